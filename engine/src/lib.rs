@@ -1,0 +1,28 @@
+//! stagehand's plan engine: the plan language (YAML), validation with positions,
+//! templates, the step DAG, the executor with retries/timeouts/cancellation, the journal
+//! and the dry-run. It knows nothing about databases: step kinds and connections come
+//! from outside through [`step::StepKind`] and [`resources::ConnectionProvider`].
+
+pub mod diag;
+pub mod dryrun;
+pub mod exec;
+pub mod graph;
+pub mod journal;
+pub mod model;
+pub mod params;
+pub mod parse;
+pub mod redact;
+pub mod resources;
+pub mod schema;
+pub mod source;
+pub mod step;
+pub mod template;
+pub mod validate;
+
+pub use diag::Diagnostic;
+pub use exec::{execute, RunOptions, RunReport, RunStatus, StepStatus};
+pub use step::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, Registry, StepAction, StepContext,
+    StepError, StepKind, Typed, TypedStep,
+};
+pub use validate::{Checker, Loaded};

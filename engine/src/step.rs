@@ -1,0 +1,293 @@
+//! The contract between the engine and step kinds. The engine knows step kinds only
+//! through this trait: a typed config (JSON Schema), declared outputs, a dry-run sentence
+//! and an async run.
+
+use crate::resources::Connections;
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// What a step publishes for later steps: `{{steps.ID.outputs.KEY}}`.
+pub type Outputs = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    List,
+}
+
+impl OutputType {
+    /// A value of this type used to type-check configs before the real one exists.
+    pub fn sample(self) -> serde_json::Value {
+        match self {
+            OutputType::String => serde_json::Value::String(String::new()),
+            OutputType::Integer | OutputType::Number => serde_json::Value::from(0),
+            OutputType::Boolean => serde_json::Value::Bool(false),
+            OutputType::Object => serde_json::Value::Object(Default::default()),
+            OutputType::List => serde_json::Value::Array(Vec::new()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputSpec {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub ty: OutputType,
+    pub description: &'static str,
+}
+
+pub const fn output(name: &'static str, ty: OutputType, description: &'static str) -> OutputSpec {
+    OutputSpec {
+        name,
+        ty,
+        description,
+    }
+}
+
+/// Why a step failed, and whether trying again may help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    pub message: String,
+    /// Transient (network, lock wait, throttling): the engine retries per the step's policy.
+    pub retryable: bool,
+    /// What the operator should do next, shown under the error.
+    pub hint: Option<String>,
+}
+
+impl StepError {
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+            hint: None,
+        }
+    }
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+            hint: None,
+        }
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn cancelled() -> Self {
+        Self::fatal("cancelled")
+    }
+}
+
+/// A config that does not fit its step kind; `path` is relative to `with`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// How a background step learns that its `until` step finished.
+pub type UntilResult = Result<Outputs, String>;
+
+/// Everything a running step may use from the engine.
+pub struct StepContext {
+    pub run_id: String,
+    pub step_id: String,
+    pub attempt: u32,
+    /// Cancelled on timeout, on interrupt, or when the run fails fast. Steps that hold
+    /// resources watch it and clean up before returning.
+    pub cancel: CancellationToken,
+    pub connections: Connections,
+    /// The run's state directory (`<state>/runs/<run id>`), for step scratch files.
+    pub run_dir: std::path::PathBuf,
+    pub(crate) ready: Mutex<Option<oneshot::Sender<()>>>,
+    pub(crate) until: Mutex<Option<oneshot::Receiver<UntilResult>>>,
+    pub(crate) redactor: Arc<crate::redact::Redactor>,
+}
+
+impl StepContext {
+    /// A background step calls this once its dependents may start.
+    pub async fn signal_ready(&self) {
+        if let Some(tx) = self.ready.lock().await.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until the step named by `until` finishes and returns its outputs; an error
+    /// when it failed or was skipped, or when the run was cancelled.
+    pub async fn wait_until(&self) -> UntilResult {
+        let rx = self.until.lock().await.take();
+        let Some(rx) = rx else {
+            return Err("this step has no `until` (or already waited for it)".into());
+        };
+        tokio::select! {
+            r = rx => r.unwrap_or_else(|_| Err("the run ended before the `until` step finished".into())),
+            _ = self.cancel.cancelled() => Err("cancelled".into()),
+        }
+    }
+
+    /// Removes secret values from text a step wants to log or return.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text)
+    }
+
+    /// A context for unit-testing a step kind outside a plan run.
+    pub fn detached(step_id: &str, connections: Connections) -> Self {
+        Self {
+            run_id: "detached".into(),
+            step_id: step_id.into(),
+            attempt: 1,
+            cancel: CancellationToken::new(),
+            connections,
+            run_dir: std::env::temp_dir(),
+            ready: Mutex::new(None),
+            until: Mutex::new(None),
+            redactor: Arc::new(crate::redact::Redactor::default()),
+        }
+    }
+}
+
+/// A step configured and ready to run (or to be described by the dry-run).
+#[async_trait]
+pub trait StepAction: Send + Sync {
+    /// One sentence: what this step would do with this config.
+    fn describe(&self) -> String;
+    /// Names of the plan connections this step uses (checked by validation).
+    fn connections(&self) -> Vec<String> {
+        Vec::new()
+    }
+    async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError>;
+}
+
+/// A step kind: `uses: NAME` in a plan.
+pub trait StepKind: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    /// JSON Schema of the `with` mapping.
+    fn config_schema(&self) -> serde_json::Value;
+    fn outputs(&self) -> Vec<OutputSpec>;
+    /// Whether the kind can run as `background: true` (and uses `wait_until`).
+    fn supports_background(&self) -> bool {
+        false
+    }
+    /// Builds the action from a rendered `with`.
+    fn build(&self, with: &serde_json::Value) -> Result<Box<dyn StepAction>, ConfigError>;
+}
+
+/// The typed way to write a step kind: a serde config with a derived JSON Schema.
+#[async_trait]
+pub trait TypedStep: Send + Sync + 'static {
+    type Config: DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static;
+    const NAME: &'static str;
+    const SUMMARY: &'static str;
+    const BACKGROUND: bool = false;
+    fn outputs() -> Vec<OutputSpec>;
+    /// Checks beyond what serde checks (ranges, exclusive fields).
+    fn check(_cfg: &Self::Config) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    fn describe(cfg: &Self::Config) -> String;
+    fn connections(_cfg: &Self::Config) -> Vec<String> {
+        Vec::new()
+    }
+    async fn run(cfg: &Self::Config, ctx: &StepContext) -> Result<Outputs, StepError>;
+}
+
+/// Adapts a [`TypedStep`] to the object-safe [`StepKind`].
+pub struct Typed<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for Typed<T> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+struct TypedAction<T: TypedStep> {
+    cfg: T::Config,
+}
+
+#[async_trait]
+impl<T: TypedStep> StepAction for TypedAction<T> {
+    fn describe(&self) -> String {
+        T::describe(&self.cfg)
+    }
+    fn connections(&self) -> Vec<String> {
+        T::connections(&self.cfg)
+    }
+    async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
+        T::run(&self.cfg, ctx).await
+    }
+}
+
+impl<T: TypedStep> StepKind for Typed<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+    fn summary(&self) -> &'static str {
+        T::SUMMARY
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        let schema = schemars::generate::SchemaSettings::draft07()
+            .into_generator()
+            .into_root_schema_for::<T::Config>();
+        serde_json::to_value(schema).unwrap_or_default()
+    }
+    fn outputs(&self) -> Vec<OutputSpec> {
+        T::outputs()
+    }
+    fn supports_background(&self) -> bool {
+        T::BACKGROUND
+    }
+    fn build(&self, with: &serde_json::Value) -> Result<Box<dyn StepAction>, ConfigError> {
+        let cfg: T::Config = deserialize_config(with)?;
+        T::check(&cfg)?;
+        Ok(Box::new(TypedAction::<T> { cfg }))
+    }
+}
+
+/// serde with the path of the offending field, so the error points into `with`.
+pub fn deserialize_config<C: DeserializeOwned>(with: &serde_json::Value) -> Result<C, ConfigError> {
+    serde_path_to_error::deserialize(with).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigError {
+            path: if path == "." { String::new() } else { path },
+            message: inner,
+            hint: None,
+        }
+    })
+}
+
+/// The step kinds a run can use, by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn StepKind>>,
+}
+
+impl Registry {
+    pub fn register(&mut self, kind: impl StepKind + 'static) {
+        self.kinds.insert(kind.name(), Arc::new(kind));
+    }
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn StepKind>> {
+        self.kinds.get(name)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.keys().copied()
+    }
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn StepKind>> {
+        self.kinds.values()
+    }
+}
+

@@ -1,0 +1,402 @@
+//! Semantic checks of a parsed plan: step kinds, needs and cycles, background/until,
+//! template references, connections, and each step's typed config. All problems are
+//! collected, each with its position.
+
+use crate::diag::{did_you_mean, one_of, At, Collector, Diagnostic};
+use crate::graph::StepGraph;
+use crate::model::{Plan, StepSpec};
+use crate::params;
+use crate::parse::{parse_plan, Parsed};
+use crate::resources::ConnectionProvider;
+use crate::source::{child_key, PositionIndex};
+use crate::step::Registry;
+use crate::template::{self, Mode, Renderer};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A plan that passed validation, with what the executor and dry-run need.
+pub struct Loaded {
+    pub plan: Plan,
+    pub index: PositionIndex,
+    pub graph: StepGraph,
+    /// For each step, the indexes of every step it depends on.
+    pub ancestors: Vec<BTreeSet<usize>>,
+}
+
+impl Loaded {
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.plan.steps.iter().position(|s| s.id == id)
+    }
+
+    /// Whether `step` must wait for `need` to *finish*, rather than only to be ready.
+    /// A background need is done waiting on at its ready signal, except for steps that
+    /// come after its `until` step (those see its final outputs).
+    pub fn waits_for_completion(&self, step: usize, need: usize) -> bool {
+        let n = &self.plan.steps[need];
+        if !n.background {
+            return true;
+        }
+        match n.until.as_deref().and_then(|u| self.step_index(u)) {
+            Some(u) => u != step && self.ancestors[step].contains(&u),
+            None => true,
+        }
+    }
+}
+
+/// Why a plan cannot run: problems in the file, or in the run's param values.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{} problem(s) in the plan", .0.len())]
+    Plan(Vec<Diagnostic>),
+    #[error("{} problem(s) with params", .0.len())]
+    Params(Vec<params::ParamError>),
+}
+
+/// What validation needs besides the plan: the registry and the connection provider.
+pub struct Checker<'a> {
+    pub registry: &'a Registry,
+    pub provider: Option<&'a dyn ConnectionProvider>,
+}
+
+impl Checker<'_> {
+    /// Parses and validates plan text with the run's `--set` values. With
+    /// `allow_missing` (plain validation), required params without a value are checked
+    /// with a sample of their type; otherwise they are errors.
+    pub fn load_text(
+        &self,
+        file: &str,
+        text: &str,
+        sets: &[(String, String)],
+        allow_missing: bool,
+    ) -> Result<(Loaded, BTreeMap<String, Value>), LoadError> {
+        let Parsed {
+            plan,
+            index,
+            diagnostics,
+        } = parse_plan(file, text);
+        let Some(plan) = plan else {
+            return Err(LoadError::Plan(diagnostics));
+        };
+        let (params, param_errors) = match params::resolve(&plan, sets, allow_missing) {
+            Ok(p) => (p, Vec::new()),
+            Err(errors) => (
+                params::resolve(&plan, &[], true).unwrap_or_default(),
+                errors,
+            ),
+        };
+        let mut c = Collector::new(file, &index);
+        c.items = diagnostics;
+        let graph = StepGraph::build(&plan);
+        let cyclic = self.check_structure(&plan, &graph, &mut c);
+        // Ancestry is a graph walk, well defined with cycles too, so every other check
+        // still runs and all problems are reported together.
+        let ancestors: Vec<BTreeSet<usize>> =
+            (0..plan.steps.len()).map(|i| graph.ancestors(i)).collect();
+        let loaded = Loaded {
+            plan,
+            index: index.clone(),
+            graph,
+            ancestors,
+        };
+        if !cyclic {
+            self.check_background(&loaded, &mut c);
+        }
+        self.check_templates(&loaded, &mut c);
+        self.check_configs(&loaded, &params, &mut c);
+        let items = c.finish();
+        if !items.is_empty() {
+            Err(LoadError::Plan(items))
+        } else if !param_errors.is_empty() {
+            Err(LoadError::Params(param_errors))
+        } else {
+            Ok((loaded, params))
+        }
+    }
+
+    /// Unique ids, known kinds, known needs, no cycles. Returns whether a cycle exists.
+    fn check_structure(&self, plan: &Plan, graph: &StepGraph, c: &mut Collector) -> bool {
+        let mut seen: HashMap<&str, &StepSpec> = HashMap::new();
+        for s in &plan.steps {
+            if let Some(first) = seen.insert(&s.id, s) {
+                c.error(
+                    &child_key(&s.path, "id"),
+                    At::Value,
+                    format!("duplicate step id `{}`", s.id),
+                    Some(format!("the first step with this id is at {}", first.path)),
+                );
+            }
+            if self.registry.get(&s.uses).is_none() {
+                let hint = did_you_mean(&s.uses, self.registry.names())
+                    .unwrap_or_else(|| one_of(self.registry.names()));
+                c.error(
+                    &child_key(&s.path, "uses"),
+                    At::Value,
+                    format!("unknown step kind `{}`", s.uses),
+                    Some(format!("{hint} (see `stagehand steps`)")),
+                );
+            }
+            for (i, need) in s.needs.iter().enumerate() {
+                let npath = format!("{}.needs[{i}]", s.path);
+                if need == &s.id {
+                    c.error(&npath, At::Value, format!("step `{need}` needs itself"), None);
+                } else if plan.step(need).is_none() {
+                    let hint = did_you_mean(need, plan.steps.iter().map(|s| s.id.as_str()))
+                        .unwrap_or_else(|| "needs lists ids of other steps".into());
+                    c.error(&npath, At::Value, format!("`needs` names unknown step `{need}`"), Some(hint));
+                }
+            }
+        }
+        let cycles = graph.cycles();
+        for cycle in &cycles {
+            let names: Vec<&str> = cycle.iter().map(|i| plan.steps[*i].id.as_str()).collect();
+            let Some(first) = cycle.first().map(|i| &plan.steps[*i]) else {
+                continue;
+            };
+            let shown = format!("{} → {}", names.join(" → "), names[0]);
+            c.error(
+                &format!("{}.needs", first.path),
+                At::Value,
+                format!("cycle in `needs`: {shown}"),
+                Some("a step cannot depend on itself through other steps; remove one of these needs".into()),
+            );
+        }
+        !cycles.is_empty()
+    }
+
+    fn check_background(&self, l: &Loaded, c: &mut Collector) {
+        for (i, s) in l.plan.steps.iter().enumerate() {
+            let kind = self.registry.get(&s.uses);
+            if s.background && kind.is_some_and(|k| !k.supports_background()) {
+                c.error(
+                    &child_key(&s.path, "background"),
+                    At::Value,
+                    format!("step kind `{}` cannot run in the background", s.uses),
+                    None,
+                );
+            }
+            let Some(until) = &s.until else {
+                continue;
+            };
+            let upath = child_key(&s.path, "until");
+            if !s.background {
+                c.error(&upath, At::Key, "`until` only applies to `background: true` steps", None);
+                continue;
+            }
+            match l.step_index(until) {
+                None => c.error(&upath, At::Value, format!("`until` names unknown step `{until}`"), None),
+                Some(u) if u == i || !l.ancestors[u].contains(&i) => c.error(
+                    &upath,
+                    At::Value,
+                    format!("`until: {until}` must come after `{}`", s.id),
+                    Some(format!("`{until}` has to need `{}` (directly or through other steps), or it could finish before this step starts", s.id)),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn check_templates(&self, l: &Loaded, c: &mut Collector) {
+        let renderer = Renderer::new();
+        for conn in &l.plan.connections {
+            let mut refs = Vec::new();
+            template::references_in(&conn.config, &conn.path, &mut refs);
+            self.check_strings(&renderer, &conn.config, &conn.path, c);
+            for (path, r) in refs {
+                if r.starts_with("steps.") {
+                    c.error(&path, At::Value, format!("connections cannot read step outputs (`{r}`)"), Some("connections are opened before steps run; use params, secrets or env".into()));
+                } else {
+                    self.check_reference(l, None, &path, &r, c);
+                }
+            }
+        }
+        for (i, s) in l.plan.steps.iter().enumerate() {
+            let wpath = child_key(&s.path, "with");
+            self.check_strings(&renderer, &s.with, &wpath, c);
+            let mut refs = Vec::new();
+            template::references_in(&s.with, &wpath, &mut refs);
+            for (path, r) in refs {
+                self.check_reference(l, Some(i), &path, &r, c);
+            }
+        }
+    }
+
+    fn check_strings(&self, renderer: &Renderer, value: &Value, path: &str, c: &mut Collector) {
+        match value {
+            Value::String(s) if s.contains("{{") => {
+                if let Err(e) = renderer.check_syntax(s) {
+                    c.error(path, At::Value, e.0, None);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    self.check_strings(renderer, v, &crate::source::child_index(path, i), c);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map {
+                    self.check_strings(renderer, v, &child_key(path, k), c);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One `{{root.a.b}}` reference, read by step `reader` (None: a connection).
+    fn check_reference(&self, l: &Loaded, reader: Option<usize>, path: &str, r: &str, c: &mut Collector) {
+        let parts: Vec<&str> = r.split('.').collect();
+        let plan = &l.plan;
+        match parts.as_slice() {
+            ["params", name, ..] => {
+                if plan.param(name).is_none() {
+                    let hint = did_you_mean(name, plan.params.iter().map(|p| p.name.as_str()))
+                        .unwrap_or_else(|| "declare it under `params:`".into());
+                    c.error(path, At::Value, format!("template reads unknown param `{name}`"), Some(hint));
+                }
+            }
+            ["secrets", name] => {
+                if plan.secret(name).is_none() {
+                    let hint = did_you_mean(name, plan.secrets.iter().map(|s| s.name.as_str()))
+                        .unwrap_or_else(|| "declare it under `secrets:`".into());
+                    c.error(path, At::Value, format!("template reads unknown secret `{name}`"), Some(hint));
+                }
+            }
+            ["env", _] => {}
+            ["run", field] if ["id", "started_at", "plan"].contains(field) => {}
+            ["steps", id, "outputs", key, ..] => self.check_output_ref(l, reader, path, id, key, c),
+            _ => c.error(
+                path,
+                At::Value,
+                format!("template reference `{r}` is not one the plan can read"),
+                Some("use params.NAME, secrets.NAME, env.NAME, run.id, run.started_at, run.plan or steps.ID.outputs.KEY".into()),
+            ),
+        }
+    }
+
+    fn check_output_ref(&self, l: &Loaded, reader: Option<usize>, path: &str, id: &str, key: &str, c: &mut Collector) {
+        let plan = &l.plan;
+        let Some(src) = l.step_index(id) else {
+            let hint = did_you_mean(id, plan.steps.iter().map(|s| s.id.as_str()));
+            c.error(path, At::Value, format!("template reads outputs of unknown step `{id}`"), hint);
+            return;
+        };
+        if let Some(kind) = self.registry.get(&plan.steps[src].uses) {
+            let outs = kind.outputs();
+            if !outs.iter().any(|o| o.name == key) {
+                let hint = did_you_mean(key, outs.iter().map(|o| o.name))
+                    .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name)));
+                c.error(path, At::Value, format!("step `{id}` ({}) has no output `{key}`", plan.steps[src].uses), Some(hint));
+            }
+        }
+        let Some(reader) = reader else { return };
+        let reader_id = &plan.steps[reader].id;
+        if !l.ancestors[reader].contains(&src) {
+            c.error(
+                path,
+                At::Value,
+                format!("step `{reader_id}` reads outputs of `{id}`, which is not upstream of it"),
+                Some(format!("add `{id}` to the `needs` of `{reader_id}` (directly or through another step)")),
+            );
+        } else if !l.waits_for_completion(reader, src) {
+            c.error(
+                path,
+                At::Value,
+                format!("step `{reader_id}` reads outputs of background step `{id}` before it has finished"),
+                Some(format!("only steps after `{}` see its outputs", plan.steps[src].until.as_deref().unwrap_or("its until step"))),
+            );
+        }
+    }
+
+    /// Renders each config with sample values and builds it, so type errors show now.
+    fn check_configs(&self, l: &Loaded, params: &BTreeMap<String, Value>, c: &mut Collector) {
+        let ctx = sample_context(&l.plan, params, self.registry);
+        let renderer = Renderer::new();
+        let connection_names: Vec<&str> = l.plan.connections.iter().map(|c| c.name.as_str()).collect();
+        for conn in &l.plan.connections {
+            let Some(provider) = self.provider else { continue };
+            match renderer.render_value(&conn.config, &ctx, Mode::Check) {
+                Ok(rendered) => {
+                    if let Err(e) = provider.check(&rendered) {
+                        let path = join(&conn.path, &e.path);
+                        c.error(&path, at_for(&e.message), format!("connection `{}`: {}", conn.name, e.message), e.hint);
+                    }
+                }
+                Err(e) => c.error(&conn.path, At::Value, e.0, None),
+            }
+        }
+        for s in &l.plan.steps {
+            let Some(kind) = self.registry.get(&s.uses) else { continue };
+            let wpath = child_key(&s.path, "with");
+            let rendered = match renderer.render_value(&s.with, &ctx, Mode::Check) {
+                Ok(v) => v,
+                Err(e) => {
+                    c.error(&wpath, At::Value, e.0, None);
+                    continue;
+                }
+            };
+            match kind.build(&rendered) {
+                Ok(action) => {
+                    for name in action.connections() {
+                        if !connection_names.contains(&name.as_str()) {
+                            let hint = did_you_mean(&name, connection_names.iter().copied())
+                                .unwrap_or_else(|| "declare it under `connections:`".into());
+                            c.error(&child_key(&wpath, "connection"), At::Value, format!("unknown connection `{name}`"), Some(hint));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let path = join(&wpath, &e.path);
+                    let hint = e.hint.clone().or_else(|| Some(format!("see the fields of `{}` with `stagehand steps {}`", s.uses, s.uses)));
+                    c.error(&path, at_for(&e.message), format!("step `{}` ({}): {}", s.id, s.uses, e.message), hint);
+                }
+            }
+        }
+    }
+}
+
+fn join(base: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        base.to_string()
+    } else if rel.starts_with('[') {
+        format!("{base}{rel}")
+    } else {
+        format!("{base}.{rel}")
+    }
+}
+
+/// Unknown-field errors point at the key; the others at the value.
+fn at_for(message: &str) -> At {
+    if message.starts_with("unknown field") {
+        At::Key
+    } else {
+        At::Value
+    }
+}
+
+/// Template context for type-checking: real params, sample secrets and outputs.
+pub fn sample_context(plan: &Plan, params: &BTreeMap<String, Value>, registry: &Registry) -> Value {
+    let secrets: serde_json::Map<String, Value> = plan
+        .secrets
+        .iter()
+        .map(|s| (s.name.clone(), Value::String("secret".into())))
+        .collect();
+    let mut steps = serde_json::Map::new();
+    for s in &plan.steps {
+        let outputs: serde_json::Map<String, Value> = registry
+            .get(&s.uses)
+            .map(|k| k.outputs().into_iter().map(|o| (o.name.to_string(), o.ty.sample())).collect())
+            .unwrap_or_default();
+        steps.insert(s.id.clone(), json!({ "outputs": outputs }));
+    }
+    json!({
+        "params": params,
+        "secrets": secrets,
+        "steps": steps,
+        "env": env_map(),
+        "run": {"id": "dry-run", "started_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "plan": plan.name},
+    })
+}
+
+pub fn env_map() -> serde_json::Map<String, Value> {
+    std::env::vars().map(|(k, v)| (k, Value::String(v))).collect()
+}
+

@@ -1,0 +1,335 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use stagehand_engine::validate::LoadError;
+use stagehand_engine::{dryrun, graph, params, schema, Checker, Loaded, RunOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser)]
+#[command(name = "stagehand", version, about = "Declarative hot physical backups for MariaDB")]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only warnings and errors in the log.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a plan (or show what it would do with --dry-run).
+    Run {
+        plan: PathBuf,
+        /// Set a param: --set name=value (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        sets: Vec<String>,
+        /// Show what would run, with rendered configs; connects nowhere, writes nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report (or the dry-run) as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Where run journals and reports go [default: $STAGEHAND_STATE_DIR or ~/.local/state/stagehand].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// How long a cancelled or timed-out step gets to clean up.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
+    /// Check plan files; every problem is reported with file:line:column.
+    Validate {
+        #[arg(required = true)]
+        plans: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a plan's step graph.
+    Graph {
+        plan: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+    },
+    /// Print the JSON Schema of the plan format.
+    Schema,
+    /// List step kinds with their fields and outputs.
+    Steps {
+        /// Show one kind in full.
+        kind: Option<String>,
+    },
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+        }
+    };
+    init_logging(&cli);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STAGEHAND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Run { plan, sets, dry_run, json, state_dir, grace } => run(&plan, &sets, dry_run, json, state_dir, grace),
+        Command::Validate { plans, json } => Ok(validate(&plans, json)),
+        Command::Graph { plan, format } => {
+            let Some((loaded, _)) = load_or_report(&plan, &[], true) else { return Ok(EXIT_USAGE) };
+            let text = match format {
+                GraphFormat::Mermaid => graph::mermaid(&loaded.plan),
+                GraphFormat::Dot => graph::dot(&loaded.plan),
+            };
+            print!("{text}");
+            Ok(EXIT_OK)
+        }
+        Command::Schema => {
+            println!("{}", schema_text());
+            Ok(EXIT_OK)
+        }
+        Command::Steps { kind } => Ok(list_steps(kind.as_deref())),
+    }
+}
+
+/// The plan JSON Schema as checked in at schemas/plan.schema.json.
+pub fn schema_text() -> String {
+    let provider = stagehand_steps::connection_provider();
+    let value = schema::plan_schema(&stagehand_steps::registry(), Some(provider.as_ref()));
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+/// Loads a plan; on failure prints every problem and returns None (exit 2).
+fn load_or_report(path: &Path, sets: &[(String, String)], allow_missing: bool) -> Option<(Loaded, BTreeMap<String, serde_json::Value>)> {
+    match load(path, sets, allow_missing) {
+        Ok(l) => Some(l),
+        Err(text) => {
+            eprintln!("{text}");
+            None
+        }
+    }
+}
+
+fn load(path: &Path, sets: &[(String, String)], allow_missing: bool) -> Result<(Loaded, BTreeMap<String, serde_json::Value>), String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: error: cannot read the plan: {e}"))?;
+    let registry = stagehand_steps::registry();
+    let provider = stagehand_steps::connection_provider();
+    let checker = Checker { registry: &registry, provider: Some(provider.as_ref()) };
+    checker.load_text(&file, &text, sets, allow_missing).map_err(|e| match e {
+        LoadError::Plan(diags) => {
+            let mut out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            out.push(format!("{file}: {} problem(s); nothing was run", diags.len()));
+            out.join("\n")
+        }
+        LoadError::Params(errors) => errors.iter().map(|e| format!("{file}: error: {e}")).collect::<Vec<_>>().join("\n"),
+    })
+}
+
+fn validate(plans: &[PathBuf], json: bool) -> i32 {
+    let mut all_ok = true;
+    let mut results = Vec::new();
+    let registry = stagehand_steps::registry();
+    let provider = stagehand_steps::connection_provider();
+    let checker = Checker { registry: &registry, provider: Some(provider.as_ref()) };
+    for path in plans {
+        let file = path.display().to_string();
+        let diags = match std::fs::read_to_string(path) {
+            Err(e) => vec![format!("{file}: error: cannot read the plan: {e}")],
+            Ok(text) => match checker.load_text(&file, &text, &[], true) {
+                Ok(_) => Vec::new(),
+                Err(LoadError::Plan(d)) => d.iter().map(|d| d.to_string()).collect(),
+                Err(LoadError::Params(p)) => p.iter().map(|e| format!("{file}: error: {e}")).collect(),
+            },
+        };
+        all_ok &= diags.is_empty();
+        if json {
+            results.push(serde_json::json!({"file": file, "ok": diags.is_empty(), "errors": diags}));
+        } else if diags.is_empty() {
+            println!("{file}: ok");
+        } else {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{file}: {} problem(s)", diags.len());
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+    }
+    if all_ok { EXIT_OK } else { EXIT_USAGE }
+}
+
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, String> {
+    sets.iter().map(|s| params::parse_set(s).map_err(|e| e.to_string())).collect()
+}
+
+fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Option<PathBuf>, grace: Duration) -> anyhow::Result<i32> {
+    let sets = match parse_sets(sets) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let Some((loaded, params)) = load_or_report(plan, &sets, false) else { return Ok(EXIT_USAGE) };
+    let registry = stagehand_steps::registry();
+    let provider = stagehand_steps::connection_provider();
+    if dry_run {
+        let d = dryrun::dry_run(&loaded, &registry, Some(provider.as_ref()), &params);
+        if json {
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        } else {
+            print!("{}", d.to_text());
+        }
+        return Ok(EXIT_OK);
+    }
+    let state_dir = state_dir.unwrap_or_else(default_state_dir);
+    let interrupt = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = runtime.block_on(async {
+        spawn_signal_watch(interrupt.clone(), abort.clone());
+        let opts = RunOptions { state_dir, params, interrupt, abort, grace };
+        stagehand_engine::execute(&loaded, &registry, Some(provider), opts).await
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(match e {
+                stagehand_engine::exec::RunError::Secret { .. } | stagehand_engine::exec::RunError::Connection { .. } => EXIT_USAGE,
+                _ => EXIT_FAILED,
+            });
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    Ok(report.status.exit_code())
+}
+
+/// First SIGINT/SIGTERM: stop work, run cleanup steps. Second: stop those too.
+fn spawn_signal_watch(interrupt: CancellationToken, abort: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        for token in [interrupt, abort] {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            token.cancel();
+        }
+    });
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STAGEHAND_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("stagehand");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/stagehand"),
+        None => PathBuf::from(".stagehand"),
+    }
+}
+
+fn print_summary(r: &stagehand_engine::RunReport) {
+    println!("run {} of plan {}: {:?} in {:.1}s", r.run_id, r.plan, r.status, r.duration_ms as f64 / 1000.0);
+    for s in &r.steps {
+        let took = s.duration_ms.map(|d| format!("{:.2}s", d as f64 / 1000.0)).unwrap_or_default();
+        let retries = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
+        println!("  {:<24} {:<10} {:>8}{retries}", s.id, format!("{:?}", s.status).to_lowercase(), took);
+        if let Some(e) = &s.error {
+            println!("      {e}");
+        }
+        if let Some(h) = &s.hint {
+            println!("      hint: {h}");
+        }
+    }
+    println!("journal: {}", r.journal);
+}
+
+fn list_steps(kind: Option<&str>) -> i32 {
+    let registry = stagehand_steps::registry();
+    let kinds: Vec<_> = registry.kinds().filter(|k| kind.is_none_or(|n| k.name() == n)).collect();
+    if kinds.is_empty() {
+        eprintln!("error: unknown step kind `{}`; known: {}", kind.unwrap_or(""), registry.names().collect::<Vec<_>>().join(", "));
+        return EXIT_USAGE;
+    }
+    for k in kinds {
+        println!("{}: {}", k.name(), k.summary());
+        let schema = k.config_schema();
+        let required: Vec<&str> = schema["required"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        if let Some(props) = schema["properties"].as_object() {
+            println!("  with:");
+            for (name, p) in props {
+                let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+                let desc = p["description"].as_str().unwrap_or("").replace('\n', " ");
+                println!("    {name}{req}: {desc}");
+            }
+        }
+        println!("  outputs:");
+        for o in k.outputs() {
+            println!("    {} ({:?}): {}", o.name, o.ty, o.description);
+        }
+        if k.supports_background() {
+            println!("  can run with background: true");
+        }
+        println!();
+    }
+    EXIT_OK
+}

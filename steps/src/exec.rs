@@ -1,0 +1,178 @@
+//! `exec`: runs a program with arguments and environment; no shell unless asked.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::Value;
+use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use tokio::io::AsyncReadExt;
+
+/// Output kept per stream; a step's stdout is for small values, not data.
+const MAX_CAPTURE: usize = 1 << 20;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Program and arguments, run directly (use this or `shell`).
+    pub command: Option<Vec<String>>,
+    /// A script for `sh -c` (use this or `command`): only when you need pipes or globs.
+    pub shell: Option<String>,
+    /// Extra environment variables (values may be secrets: they are never printed).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Exit codes that mean "try again" (e.g. 75, EX_TEMPFAIL); others fail at once.
+    #[serde(default)]
+    pub retryable_exit_codes: Vec<i32>,
+}
+
+pub struct Exec;
+
+#[async_trait]
+impl TypedStep for Exec {
+    type Config = ExecConfig;
+    const NAME: &'static str = "exec";
+    const SUMMARY: &'static str = "Runs a program (no shell unless asked); stdout becomes an output";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("stdout", OutputType::String, "standard output, without the final newline"),
+            output("exit_code", OutputType::Integer, "the exit code (0 when the step succeeds)"),
+        ]
+    }
+
+    fn check(cfg: &ExecConfig) -> Result<(), ConfigError> {
+        match (&cfg.command, &cfg.shell) {
+            (Some(c), None) if c.is_empty() => Err(ConfigError {
+                path: "command".into(),
+                message: "`command` is empty".into(),
+                hint: Some("write the program first: [\"mariadb-admin\", \"ping\"]".into()),
+            }),
+            (Some(_), None) | (None, Some(_)) => Ok(()),
+            _ => Err(ConfigError {
+                path: String::new(),
+                message: "give exactly one of `command` and `shell`".into(),
+                hint: None,
+            }),
+        }
+    }
+
+    fn describe(cfg: &ExecConfig) -> String {
+        let what = match (&cfg.command, &cfg.shell) {
+            (Some(argv), _) => format!("runs `{}`", argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")),
+            (None, Some(script)) => format!("runs the shell script `{}`", script.trim()),
+            _ => "runs nothing".into(),
+        };
+        let env = if cfg.env.is_empty() {
+            String::new()
+        } else {
+            format!(" with {} set", cfg.env.keys().cloned().collect::<Vec<_>>().join(", "))
+        };
+        let cwd = cfg.cwd.as_ref().map(|d| format!(" in {d}")).unwrap_or_default();
+        format!("{what}{env}{cwd}")
+    }
+
+    async fn run(cfg: &ExecConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let mut cmd = build_command(cfg)?;
+        let mut child = cmd.spawn().map_err(|e| {
+            StepError::fatal(format!("cannot start `{}`: {e}", program_name(cfg)))
+                .with_hint("check that the program is installed and on PATH")
+        })?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let read_out = async { read_capped(stdout.as_mut()).await };
+        let read_err = async { read_capped(stderr.as_mut()).await };
+        let waited = async { tokio::join!(child.wait(), read_out, read_err) };
+        let (status, out, err) = tokio::select! {
+            r = waited => r,
+            _ = ctx.cancel.cancelled() => {
+                // kill_on_drop ends the child when this future is dropped.
+                return Err(StepError::cancelled());
+            }
+        };
+        let status = status.map_err(|e| StepError::fatal(format!("waiting for `{}`: {e}", program_name(cfg))))?;
+        let code = status.code().unwrap_or(-1);
+        if !status.success() {
+            let tail = ctx.redact(&tail_lines(&err, 20));
+            let msg = format!("`{}` exited with {}{}", program_name(cfg), describe_status(&status), if tail.is_empty() { String::new() } else { format!(": {tail}") });
+            return Err(if cfg.retryable_exit_codes.contains(&code) { StepError::retryable(msg) } else { StepError::fatal(msg) });
+        }
+        let mut outputs = Outputs::new();
+        outputs.insert("stdout".into(), Value::String(out.trim_end_matches(['\n', '\r']).to_string()));
+        outputs.insert("exit_code".into(), Value::from(code));
+        Ok(outputs)
+    }
+}
+
+fn build_command(cfg: &ExecConfig) -> Result<tokio::process::Command, StepError> {
+    let mut cmd = match (&cfg.command, &cfg.shell) {
+        (Some(argv), _) => {
+            let (prog, args) = argv.split_first().ok_or_else(|| StepError::fatal("empty command"))?;
+            let mut c = tokio::process::Command::new(prog);
+            c.args(args);
+            c
+        }
+        (None, Some(script)) => {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c").arg(script);
+            c
+        }
+        (None, None) => return Err(StepError::fatal("no command")),
+    };
+    cmd.envs(&cfg.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(dir) = &cfg.cwd {
+        cmd.current_dir(dir);
+    }
+    Ok(cmd)
+}
+
+async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<&mut R>) -> String {
+    let Some(r) = r else { return String::new() };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            // Keep draining past the cap so the child never blocks on a full pipe.
+            Ok(n) if buf.len() < MAX_CAPTURE => buf.extend_from_slice(&chunk[..n.min(MAX_CAPTURE - buf.len())]),
+            Ok(_) => {}
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn program_name(cfg: &ExecConfig) -> String {
+    match (&cfg.command, &cfg.shell) {
+        (Some(argv), _) => argv.first().cloned().unwrap_or_default(),
+        _ => "sh".into(),
+    }
+}
+
+fn describe_status(s: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("code {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "an unknown status".into(),
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn quote(arg: &str) -> String {
+    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}

@@ -1,0 +1,23 @@
+//! stagehand's step kinds and the MariaDB connection provider. Each step kind lives in
+//! one module with its typed config, its dry-run sentence and its run.
+
+pub mod exec;
+pub mod mariadb;
+pub mod sql;
+
+use stagehand_engine::resources::ConnectionProvider;
+use stagehand_engine::{Registry, Typed};
+use std::sync::Arc;
+
+/// Every step kind this build knows.
+pub fn registry() -> Registry {
+    let mut r = Registry::default();
+    r.register(Typed::<exec::Exec>::default());
+    r.register(Typed::<sql::Sql>::default());
+    r
+}
+
+/// The provider that opens the plans' `connections:` (MariaDB sessions).
+pub fn connection_provider() -> Arc<dyn ConnectionProvider> {
+    Arc::new(mariadb::MariaDbProvider)
+}

@@ -1,0 +1,226 @@
+//! MariaDB sessions: the connection provider behind a plan's `connections:`. Every step
+//! that names the same connection shares one server session, because BACKUP STAGE locks
+//! belong to the session that took them.
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use stagehand_engine::resources::{ConnectionProvider, Handle};
+use stagehand_engine::step::deserialize_config;
+use stagehand_engine::{ConfigError, StepError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// A connection in a plan: `{socket: ..., user: ..., password: ...}` or host/port.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Unix socket of the server (use this or `host`).
+    pub socket: Option<String>,
+    /// Host name or address (use this or `socket`).
+    pub host: Option<String>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    /// Usually `{{secrets.NAME}}`; never printed.
+    pub password: Option<String>,
+    pub database: Option<String>,
+    /// How long to wait for the server to accept the connection.
+    #[serde(default = "default_connect_timeout", with = "stagehand_engine::model::duration_text")]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Statements run once after connecting (e.g. `SET SESSION lock_wait_timeout=10`).
+    #[serde(default)]
+    pub init: Vec<String>,
+}
+
+fn default_port() -> u16 {
+    3306
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ConnectionConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        match (&self.socket, &self.host) {
+            (Some(_), Some(_)) | (None, None) => Err(ConfigError {
+                path: String::new(),
+                message: "give exactly one of `socket` and `host`".into(),
+                hint: Some("socket: /run/mysqld/mysqld.sock, or host: 127.0.0.1 with port".into()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where it connects, without credentials.
+    pub fn endpoint(&self) -> String {
+        match (&self.socket, &self.host) {
+            (Some(s), _) => format!("socket {s}"),
+            (None, Some(h)) => format!("{h}:{}", self.port),
+            (None, None) => "nowhere".into(),
+        }
+    }
+
+    fn opts(&self) -> mysql_async::Opts {
+        let mut b = mysql_async::OptsBuilder::default()
+            .user(Some(self.user.clone()))
+            .pass(self.password.clone())
+            .db_name(self.database.clone())
+            .prefer_socket(false)
+            .init(self.init.clone());
+        b = match (&self.socket, &self.host) {
+            (Some(s), _) => b.socket(Some(s.clone())),
+            (None, Some(h)) => b.ip_or_hostname(h.clone()).tcp_port(self.port),
+            (None, None) => b,
+        };
+        b.into()
+    }
+}
+
+/// One open server session, shared by the steps that name its connection.
+pub struct Session {
+    pub name: String,
+    pub endpoint: String,
+    /// `None` once closed, or after a cancelled statement left it in an unknown state.
+    pub conn: Mutex<Option<mysql_async::Conn>>,
+    pub server_version: String,
+}
+
+/// Turns a driver or server error into a step error, retryable when trying again may work
+/// (connection trouble, lock wait timeout, deadlock, too many connections).
+pub fn classify(e: &mysql_async::Error) -> StepError {
+    use mysql_async::Error as E;
+    match e {
+        E::Server(s) => {
+            let msg = format!("server error {} ({}): {}", s.code, s.state, s.message);
+            match s.code {
+                1205 | 1213 | 1040 | 1203 | 2006 | 2013 => StepError::retryable(msg),
+                1045 | 1044 | 1227 | 1142 => StepError::fatal(msg)
+                    .with_hint("the user lacks a privilege: see the privileges section of the README"),
+                _ => StepError::fatal(msg),
+            }
+        }
+        E::Io(_) | E::Driver(_) => StepError::retryable(format!("connection problem: {e}")),
+        other => StepError::fatal(other.to_string()),
+    }
+}
+
+pub struct MariaDbProvider;
+
+#[async_trait]
+impl ConnectionProvider for MariaDbProvider {
+    fn schema(&self) -> serde_json::Value {
+        let schema = schemars::generate::SchemaSettings::draft07()
+            .into_generator()
+            .into_root_schema_for::<ConnectionConfig>();
+        let mut v = serde_json::to_value(schema).unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.remove("$schema");
+        }
+        v
+    }
+
+    fn check(&self, config: &serde_json::Value) -> Result<(), ConfigError> {
+        deserialize_config::<ConnectionConfig>(config)?.check()
+    }
+
+    fn describe(&self, config: &serde_json::Value) -> String {
+        match deserialize_config::<ConnectionConfig>(config) {
+            Ok(c) => format!("MariaDB session as `{}` via {}", c.user, c.endpoint()),
+            Err(e) => format!("invalid connection: {}", e.message),
+        }
+    }
+
+    async fn open(&self, name: &str, config: &serde_json::Value) -> Result<Handle, StepError> {
+        let cfg: ConnectionConfig =
+            deserialize_config(config).map_err(|e| StepError::fatal(e.message))?;
+        let endpoint = cfg.endpoint();
+        let connect = mysql_async::Conn::new(cfg.opts());
+        let mut conn = match tokio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let err = classify(&e);
+                return Err(StepError {
+                    message: format!("cannot connect `{name}` to {endpoint}: {}", err.message),
+                    ..err
+                });
+            }
+            Err(_) => {
+                return Err(StepError::retryable(format!(
+                    "cannot connect `{name}` to {endpoint}: no answer within {}",
+                    humantime_secs(cfg.connect_timeout)
+                )))
+            }
+        };
+        let version: Option<String> = conn
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| classify(&e))?;
+        tracing::info!(connection = name, %endpoint, "connected");
+        Ok(Arc::new(Session {
+            name: name.to_string(),
+            endpoint,
+            conn: Mutex::new(Some(conn)),
+            server_version: version.unwrap_or_default(),
+        }))
+    }
+
+    async fn close(&self, handle: Handle) {
+        let Ok(session) = handle.downcast::<Session>() else {
+            return;
+        };
+        let conn = session.conn.lock().await.take();
+        if let Some(conn) = conn {
+            if let Err(e) = conn.disconnect().await {
+                tracing::warn!(connection = %session.name, error = %e, "disconnect failed");
+            }
+        }
+    }
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// A server value as JSON: numbers stay numbers, text and dates become strings.
+pub fn value_to_json(v: &mysql_async::Value) -> serde_json::Value {
+    use mysql_async::Value as V;
+    match v {
+        V::NULL => serde_json::Value::Null,
+        V::Bytes(b) => serde_json::Value::String(String::from_utf8_lossy(b).into_owned()),
+        V::Int(i) => serde_json::Value::from(*i),
+        V::UInt(u) => serde_json::Value::from(*u),
+        V::Float(f) => serde_json::Value::from(*f as f64),
+        V::Double(d) => serde_json::Value::from(*d),
+        V::Date(y, mo, d, h, mi, s, us) => serde_json::Value::String(format!(
+            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
+            if *us > 0 { format!(".{us:06}") } else { String::new() }
+        )),
+        V::Time(neg, d, h, m, s, us) => {
+            let hours = u64::from(*d) * 24 + u64::from(*h);
+            let sign = if *neg { "-" } else { "" };
+            let frac = if *us > 0 { format!(".{us:06}") } else { String::new() };
+            serde_json::Value::String(format!("{sign}{hours:02}:{m:02}:{s:02}{frac}"))
+        }
+    }
+}
+
+/// A row as a JSON object keyed by column name.
+pub fn row_to_json(row: &mysql_async::Row) -> serde_json::Map<String, serde_json::Value> {
+    let columns = row.columns_ref();
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let v = row
+                .as_ref(i)
+                .map(value_to_json)
+                .unwrap_or(serde_json::Value::Null);
+            (c.name_str().into_owned(), v)
+        })
+        .collect()
+}
