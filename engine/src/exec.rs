@@ -421,6 +421,7 @@ impl Run<'_> {
             ready: Mutex::new(Some(ready_tx)),
             until: Mutex::new(Some(until_rx)),
             redactor: self.redactor.clone(),
+            background: spec.background,
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {

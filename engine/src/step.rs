@@ -115,6 +115,7 @@ pub struct StepContext {
     pub(crate) ready: Mutex<Option<oneshot::Sender<()>>>,
     pub(crate) until: Mutex<Option<oneshot::Receiver<UntilResult>>>,
     pub(crate) redactor: Arc<crate::redact::Redactor>,
+    pub(crate) background: bool,
 }
 
 impl StepContext {
@@ -138,6 +139,11 @@ impl StepContext {
         }
     }
 
+    /// Whether this step runs in the background (it has an `until` to wait for).
+    pub fn is_background(&self) -> bool {
+        self.background
+    }
+
     /// Removes secret values from text a step wants to log or return.
     pub fn redact(&self, text: &str) -> String {
         self.redactor.redact(text)
@@ -155,6 +161,7 @@ impl StepContext {
             ready: Mutex::new(None),
             until: Mutex::new(None),
             redactor: Arc::new(crate::redact::Redactor::default()),
+            background: false,
         }
     }
 }

@@ -27,6 +27,16 @@ pub struct ExecConfig {
     /// Exit codes that mean "try again" (e.g. 75, EX_TEMPFAIL); others fail at once.
     #[serde(default)]
     pub retryable_exit_codes: Vec<i32>,
+    /// With `background: true`: once the `until` step finishes, its outputs are written
+    /// to the program's stdin as one JSON line and stdin is closed; a program still
+    /// running after this long is killed.
+    #[serde(default = "default_stop_timeout", with = "stagehand_engine::model::duration_text")]
+    #[schemars(with = "String")]
+    pub stop_timeout: std::time::Duration,
+}
+
+fn default_stop_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 pub struct Exec;
@@ -36,6 +46,7 @@ impl TypedStep for Exec {
     type Config = ExecConfig;
     const NAME: &'static str = "exec";
     const SUMMARY: &'static str = "Runs a program (no shell unless asked); stdout becomes an output";
+    const BACKGROUND: bool = true;
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
@@ -76,16 +87,35 @@ impl TypedStep for Exec {
     }
 
     async fn run(cfg: &ExecConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
-        let mut cmd = build_command(cfg)?;
+        let background = ctx.is_background();
+        let mut cmd = build_command(cfg, background)?;
         let mut child = cmd.spawn().map_err(|e| {
             StepError::fatal(format!("cannot start `{}`: {e}", program_name(cfg)))
                 .with_hint("check that the program is installed and on PATH")
         })?;
+        let stdin = child.stdin.take();
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
+        if background {
+            ctx.signal_ready().await;
+        }
         let read_out = async { read_capped(stdout.as_mut()).await };
         let read_err = async { read_capped(stderr.as_mut()).await };
-        let waited = async { tokio::join!(child.wait(), read_out, read_err) };
+        let stop = async {
+            if background {
+                stop_when_until_finishes(ctx, stdin, cfg.stop_timeout).await
+            } else {
+                drop(stdin);
+                std::future::pending().await
+            }
+        };
+        let waited = async {
+            tokio::select! {
+                r = child.wait() => r,
+                () = stop => { let _ = child.start_kill(); child.wait().await }
+            }
+        };
+        let waited = async { tokio::join!(waited, read_out, read_err) };
         let (status, out, err) = tokio::select! {
             r = waited => r,
             _ = ctx.cancel.cancelled() => {
@@ -107,7 +137,25 @@ impl TypedStep for Exec {
     }
 }
 
-fn build_command(cfg: &ExecConfig) -> Result<tokio::process::Command, StepError> {
+/// Hands the `until` step's outputs to the program, then gives it `timeout` to finish;
+/// returns when it should be killed.
+async fn stop_when_until_finishes(
+    ctx: &StepContext,
+    stdin: Option<tokio::process::ChildStdin>,
+    timeout: std::time::Duration,
+) {
+    use tokio::io::AsyncWriteExt;
+    let until = ctx.wait_until().await;
+    if let (Some(mut stdin), Ok(outputs)) = (stdin, until) {
+        let line = format!("{}\n", Value::Object(outputs));
+        // A program that does not read stdin is fine: it is stopped by the timeout.
+        let _ = stdin.write_all(line.as_bytes()).await;
+        let _ = stdin.shutdown().await;
+    }
+    tokio::time::sleep(timeout).await;
+}
+
+fn build_command(cfg: &ExecConfig, background: bool) -> Result<tokio::process::Command, StepError> {
     let mut cmd = match (&cfg.command, &cfg.shell) {
         (Some(argv), _) => {
             let (prog, args) = argv.split_first().ok_or_else(|| StepError::fatal("empty command"))?;
@@ -123,7 +171,7 @@ fn build_command(cfg: &ExecConfig) -> Result<tokio::process::Command, StepError>
         (None, None) => return Err(StepError::fatal("no command")),
     };
     cmd.envs(&cfg.env)
-        .stdin(Stdio::null())
+        .stdin(if background { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
