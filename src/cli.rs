@@ -1,6 +1,5 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use stagehand_engine::validate::LoadError;
 use stagehand_engine::{dryrun, graph, params, schema, Checker, Loaded, RunOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,11 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Parser)]
-#[command(name = "stagehand", version, about = "Declarative hot physical backups for MariaDB")]
+#[command(
+    name = "stagehand",
+    version,
+    about = "Declarative hot physical backups for MariaDB"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -109,7 +112,9 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STAGEHAND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -118,10 +123,19 @@ fn init_logging(cli: &Cli) {
 
 fn dispatch(command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Run { plan, sets, dry_run, json, state_dir, grace } => run(&plan, &sets, dry_run, json, state_dir, grace),
+        Command::Run {
+            plan,
+            sets,
+            dry_run,
+            json,
+            state_dir,
+            grace,
+        } => run(&plan, &sets, dry_run, json, state_dir, grace),
         Command::Validate { plans, json } => Ok(validate(&plans, json)),
         Command::Graph { plan, format } => {
-            let Some((loaded, _)) = load_or_report(&plan, &[], true) else { return Ok(EXIT_USAGE) };
+            let Some((loaded, _)) = load_or_report(&plan, &[], true) else {
+                return Ok(EXIT_USAGE);
+            };
             let text = match format {
                 GraphFormat::Mermaid => graph::mermaid(&loaded.plan),
                 GraphFormat::Dot => graph::dot(&loaded.plan),
@@ -145,7 +159,11 @@ pub fn schema_text() -> String {
 }
 
 /// Loads a plan; on failure prints every problem and returns None (exit 2).
-fn load_or_report(path: &Path, sets: &[(String, String)], allow_missing: bool) -> Option<(Loaded, BTreeMap<String, serde_json::Value>)> {
+fn load_or_report(
+    path: &Path,
+    sets: &[(String, String)],
+    allow_missing: bool,
+) -> Option<(Loaded, BTreeMap<String, serde_json::Value>)> {
     match load(path, sets, allow_missing) {
         Ok(l) => Some(l),
         Err(text) => {
@@ -155,20 +173,30 @@ fn load_or_report(path: &Path, sets: &[(String, String)], allow_missing: bool) -
     }
 }
 
-fn load(path: &Path, sets: &[(String, String)], allow_missing: bool) -> Result<(Loaded, BTreeMap<String, serde_json::Value>), String> {
+fn load(
+    path: &Path,
+    sets: &[(String, String)],
+    allow_missing: bool,
+) -> Result<(Loaded, BTreeMap<String, serde_json::Value>), String> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: error: cannot read the plan: {e}"))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{file}: error: cannot read the plan: {e}"))?;
     let registry = stagehand_steps::registry();
     let provider = stagehand_steps::connection_provider();
-    let checker = Checker { registry: &registry, provider: Some(provider.as_ref()) };
-    checker.load_text(&file, &text, sets, allow_missing).map_err(|e| match e {
-        LoadError::Plan(diags) => {
+    let checker = Checker {
+        registry: &registry,
+        provider: Some(provider.as_ref()),
+    };
+    checker
+        .load_text(&file, &text, sets, allow_missing)
+        .map_err(|diags| {
             let mut out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-            out.push(format!("{file}: {} problem(s); nothing was run", diags.len()));
+            out.push(format!(
+                "{file}: {} problem(s); nothing was run",
+                diags.len()
+            ));
             out.join("\n")
-        }
-        LoadError::Params(errors) => errors.iter().map(|e| format!("{file}: error: {e}")).collect::<Vec<_>>().join("\n"),
-    })
+        })
 }
 
 fn validate(plans: &[PathBuf], json: bool) -> i32 {
@@ -176,20 +204,23 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
     let mut results = Vec::new();
     let registry = stagehand_steps::registry();
     let provider = stagehand_steps::connection_provider();
-    let checker = Checker { registry: &registry, provider: Some(provider.as_ref()) };
+    let checker = Checker {
+        registry: &registry,
+        provider: Some(provider.as_ref()),
+    };
     for path in plans {
         let file = path.display().to_string();
         let diags = match std::fs::read_to_string(path) {
             Err(e) => vec![format!("{file}: error: cannot read the plan: {e}")],
             Ok(text) => match checker.load_text(&file, &text, &[], true) {
                 Ok(_) => Vec::new(),
-                Err(LoadError::Plan(d)) => d.iter().map(|d| d.to_string()).collect(),
-                Err(LoadError::Params(p)) => p.iter().map(|e| format!("{file}: error: {e}")).collect(),
+                Err(d) => d.iter().map(|d| d.to_string()).collect(),
             },
         };
         all_ok &= diags.is_empty();
         if json {
-            results.push(serde_json::json!({"file": file, "ok": diags.is_empty(), "errors": diags}));
+            results
+                .push(serde_json::json!({"file": file, "ok": diags.is_empty(), "errors": diags}));
         } else if diags.is_empty() {
             println!("{file}: ok");
         } else {
@@ -200,16 +231,32 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).unwrap_or_default()
+        );
     }
-    if all_ok { EXIT_OK } else { EXIT_USAGE }
+    if all_ok {
+        EXIT_OK
+    } else {
+        EXIT_USAGE
+    }
 }
 
 fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, String> {
-    sets.iter().map(|s| params::parse_set(s).map_err(|e| e.to_string())).collect()
+    sets.iter()
+        .map(|s| params::parse_set(s).map_err(|e| e.to_string()))
+        .collect()
 }
 
-fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Option<PathBuf>, grace: Duration) -> anyhow::Result<i32> {
+fn run(
+    plan: &Path,
+    sets: &[String],
+    dry_run: bool,
+    json: bool,
+    state_dir: Option<PathBuf>,
+    grace: Duration,
+) -> anyhow::Result<i32> {
     let sets = match parse_sets(sets) {
         Ok(s) => s,
         Err(e) => {
@@ -217,7 +264,9 @@ fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Optio
             return Ok(EXIT_USAGE);
         }
     };
-    let Some((loaded, params)) = load_or_report(plan, &sets, false) else { return Ok(EXIT_USAGE) };
+    let Some((loaded, params)) = load_or_report(plan, &sets, false) else {
+        return Ok(EXIT_USAGE);
+    };
     let registry = stagehand_steps::registry();
     let provider = stagehand_steps::connection_provider();
     if dry_run {
@@ -235,7 +284,13 @@ fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Optio
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let report = runtime.block_on(async {
         spawn_signal_watch(interrupt.clone(), abort.clone());
-        let opts = RunOptions { state_dir, params, interrupt, abort, grace };
+        let opts = RunOptions {
+            state_dir,
+            params,
+            interrupt,
+            abort,
+            grace,
+        };
         stagehand_engine::execute(&loaded, &registry, Some(provider), opts).await
     });
     let report = match report {
@@ -243,7 +298,8 @@ fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Optio
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(match e {
-                stagehand_engine::exec::RunError::Secret { .. } | stagehand_engine::exec::RunError::Connection { .. } => EXIT_USAGE,
+                stagehand_engine::exec::RunError::Secret { .. }
+                | stagehand_engine::exec::RunError::Connection { .. } => EXIT_USAGE,
                 _ => EXIT_FAILED,
             });
         }
@@ -260,7 +316,10 @@ fn run(plan: &Path, sets: &[String], dry_run: bool, json: bool, state_dir: Optio
 fn spawn_signal_watch(interrupt: CancellationToken, abort: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };
@@ -288,11 +347,29 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn print_summary(r: &stagehand_engine::RunReport) {
-    println!("run {} of plan {}: {:?} in {:.1}s", r.run_id, r.plan, r.status, r.duration_ms as f64 / 1000.0);
+    println!(
+        "run {} of plan {}: {:?} in {:.1}s",
+        r.run_id,
+        r.plan,
+        r.status,
+        r.duration_ms as f64 / 1000.0
+    );
     for s in &r.steps {
-        let took = s.duration_ms.map(|d| format!("{:.2}s", d as f64 / 1000.0)).unwrap_or_default();
-        let retries = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
-        println!("  {:<24} {:<10} {:>8}{retries}", s.id, format!("{:?}", s.status).to_lowercase(), took);
+        let took = s
+            .duration_ms
+            .map(|d| format!("{:.2}s", d as f64 / 1000.0))
+            .unwrap_or_default();
+        let retries = if s.attempts > 1 {
+            format!(" ({} attempts)", s.attempts)
+        } else {
+            String::new()
+        };
+        println!(
+            "  {:<24} {:<10} {:>8}{retries}",
+            s.id,
+            format!("{:?}", s.status).to_lowercase(),
+            took
+        );
         if let Some(e) = &s.error {
             println!("      {e}");
         }
@@ -305,19 +382,33 @@ fn print_summary(r: &stagehand_engine::RunReport) {
 
 fn list_steps(kind: Option<&str>) -> i32 {
     let registry = stagehand_steps::registry();
-    let kinds: Vec<_> = registry.kinds().filter(|k| kind.is_none_or(|n| k.name() == n)).collect();
+    let kinds: Vec<_> = registry
+        .kinds()
+        .filter(|k| kind.is_none_or(|n| k.name() == n))
+        .collect();
     if kinds.is_empty() {
-        eprintln!("error: unknown step kind `{}`; known: {}", kind.unwrap_or(""), registry.names().collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "error: unknown step kind `{}`; known: {}",
+            kind.unwrap_or(""),
+            registry.names().collect::<Vec<_>>().join(", ")
+        );
         return EXIT_USAGE;
     }
     for k in kinds {
         println!("{}: {}", k.name(), k.summary());
         let schema = k.config_schema();
-        let required: Vec<&str> = schema["required"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
         if let Some(props) = schema["properties"].as_object() {
             println!("  with:");
             for (name, p) in props {
-                let req = if required.contains(&name.as_str()) { " (required)" } else { "" };
+                let req = if required.contains(&name.as_str()) {
+                    " (required)"
+                } else {
+                    ""
+                };
                 let desc = p["description"].as_str().unwrap_or("").replace('\n', " ");
                 println!("    {name}{req}: {desc}");
             }

@@ -143,13 +143,9 @@ fn describe(
     if let Ok(action) = kind.build(shown) {
         return action.describe();
     }
-    match renderer
-        .render_value(&s.with, ctx, Mode::Check)
-        .map(|v| kind.build(&v))
-    {
-        Ok(Ok(action)) => action.describe(),
-        Ok(Err(e)) => format!("invalid config: {}", e.message),
-        Err(e) => format!("cannot render config: {}", e.0),
+    match crate::step::render_and_build(kind.as_ref(), renderer, &s.with, ctx, Mode::Check) {
+        Ok((_, action)) => action.describe(),
+        Err(e) => format!("invalid config: {e}"),
     }
 }
 
@@ -187,7 +183,13 @@ impl DryRun {
         for s in &self.steps {
             let mut tags = Vec::new();
             if s.when != When::Success {
-                tags.push(format!("when {}", serde_json::to_value(s.when).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()));
+                tags.push(format!(
+                    "when {}",
+                    serde_json::to_value(s.when)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default()
+                ));
             }
             if s.background {
                 tags.push(match &s.until {
@@ -204,8 +206,15 @@ impl DryRun {
             if let Some(t) = &s.timeout {
                 tags.push(format!("timeout {t}"));
             }
-            let tags = if tags.is_empty() { String::new() } else { format!(" [{}]", tags.join("; ")) };
-            out.push_str(&format!("  {} ({}){tags}\n    {}\n", s.id, s.uses, s.description));
+            let tags = if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", tags.join("; "))
+            };
+            out.push_str(&format!(
+                "  {} ({}){tags}\n    {}\n",
+                s.id, s.uses, s.description
+            ));
         }
         out
     }

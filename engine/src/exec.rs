@@ -123,7 +123,9 @@ pub fn read_secrets(loaded: &Loaded) -> Result<BTreeMap<String, String>, RunErro
     let mut out = BTreeMap::new();
     for s in &loaded.plan.secrets {
         let value = match &s.source {
-            SecretSource::Env(var) => std::env::var(var).map_err(|_| format!("environment variable {var} is not set")),
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+            }
             SecretSource::File(path) => std::fs::read_to_string(path)
                 .map(|t| t.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("cannot read {path}: {e}")),
@@ -135,7 +137,12 @@ pub fn read_secrets(loaded: &Loaded) -> Result<BTreeMap<String, String>, RunErro
             Err(_) if s.optional => {
                 out.insert(s.name.clone(), String::new());
             }
-            Err(reason) => return Err(RunError::Secret { name: s.name.clone(), reason }),
+            Err(reason) => {
+                return Err(RunError::Secret {
+                    name: s.name.clone(),
+                    reason,
+                })
+            }
         }
     }
     Ok(out)
@@ -227,7 +234,10 @@ pub async fn execute(
     let run_id = new_run_id(&plan.name);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let run_dir = opts.state_dir.join("runs").join(&run_id);
-    std::fs::create_dir_all(&run_dir).map_err(|source| RunError::StateDir { path: run_dir.clone(), source })?;
+    std::fs::create_dir_all(&run_dir).map_err(|source| RunError::StateDir {
+        path: run_dir.clone(),
+        source,
+    })?;
     let journal = Journal::create(&run_dir.join("journal.jsonl"), &run_id, redactor.clone())?;
 
     let base_ctx = json!({
@@ -288,7 +298,10 @@ pub async fn execute(
         RunStatus::Succeeded
     };
     let report = run.report(status, started_at, t0.elapsed());
-    journal.event("run_finished", json!({"status": status, "duration_ms": report.duration_ms}));
+    journal.event(
+        "run_finished",
+        json!({"status": status, "duration_ms": report.duration_ms}),
+    );
     if let Err(e) = write_json_atomic(&run_dir.join("report.json"), &report, &redactor) {
         tracing::error!(error = %e, "cannot write report.json");
     }
@@ -306,7 +319,10 @@ fn render_connections(
     for c in &loaded.plan.connections {
         let rendered = renderer
             .render_value(&c.config, ctx, Mode::Run)
-            .map_err(|e| RunError::Connection { name: c.name.clone(), reason: e.0 })?;
+            .map_err(|e| RunError::Connection {
+                name: c.name.clone(),
+                reason: e.0,
+            })?;
         configs.insert(c.name.clone(), rendered);
     }
     Ok(Connections::new(provider, configs))
@@ -348,7 +364,9 @@ impl Run<'_> {
         let spec = &self.steps()[i];
         let mut all_ok = true;
         for need in &spec.needs {
-            let Some(n) = self.loaded.step_index(need) else { continue };
+            let Some(n) = self.loaded.step_index(need) else {
+                continue;
+            };
             let slot = &self.slots[n];
             let done = if self.loaded.waits_for_completion(i, n) {
                 slot.status.is_terminal()
@@ -358,7 +376,8 @@ impl Run<'_> {
             if !done {
                 return Decision::Wait;
             }
-            let ok = slot.status == StepStatus::Succeeded || (slot.ready && slot.status == StepStatus::Running);
+            let ok = slot.status == StepStatus::Succeeded
+                || (slot.ready && slot.status == StepStatus::Running);
             all_ok &= ok;
         }
         match spec.when {
@@ -387,7 +406,8 @@ impl Run<'_> {
     fn skip(&mut self, i: usize, reason: String) {
         let id = self.steps()[i].id.clone();
         tracing::info!(step = %id, %reason, "step skipped");
-        self.journal.event("step_skipped", json!({"step": id, "reason": reason}));
+        self.journal
+            .event("step_skipped", json!({"step": id, "reason": reason}));
         self.slots[i].status = StepStatus::Skipped;
         self.slots[i].skip_reason = Some(reason);
         self.notify_until(i);
@@ -452,7 +472,12 @@ impl Run<'_> {
             .iter()
             .zip(self.steps())
             .filter(|(s, _)| s.status.is_terminal())
-            .map(|(s, spec)| (spec.id.clone(), json!({"outputs": s.outputs, "status": s.status})))
+            .map(|(s, spec)| {
+                (
+                    spec.id.clone(),
+                    json!({"outputs": s.outputs, "status": s.status}),
+                )
+            })
             .collect();
         ctx["steps"] = Value::Object(steps);
         ctx
@@ -460,7 +485,8 @@ impl Run<'_> {
 
     fn on_ready(&mut self, i: usize) {
         self.slots[i].ready = true;
-        self.journal.event("step_ready", json!({"step": self.steps()[i].id}));
+        self.journal
+            .event("step_ready", json!({"step": self.steps()[i].id}));
     }
 
     fn on_done(&mut self, i: usize, o: Outcome) {
@@ -473,7 +499,10 @@ impl Run<'_> {
         slot.duration = slot.started.as_ref().map(|(t, _)| t.elapsed());
         slot.error = o.error;
         let duration_ms = slot.duration.map(|d| d.as_millis() as u64);
-        let error = slot.error.as_ref().map(|e| self.redactor.redact(&e.message));
+        let error = slot
+            .error
+            .as_ref()
+            .map(|e| self.redactor.redact(&e.message));
         let hint = slot.error.as_ref().and_then(|e| e.hint.clone());
         self.journal.event(
             "step_finished",
@@ -485,7 +514,9 @@ impl Run<'_> {
                 tracing::error!(step = %spec.id, error = error.as_deref().unwrap_or(""), "step failed");
                 self.fail_run();
             }
-            StepStatus::Failed => tracing::warn!(step = %spec.id, "step failed (continue_on_error)"),
+            StepStatus::Failed => {
+                tracing::warn!(step = %spec.id, "step failed (continue_on_error)")
+            }
             _ => tracing::info!(step = %spec.id, status = ?o.status, "step finished"),
         }
         self.notify_until(i);
@@ -590,13 +621,27 @@ struct StepTask {
 impl StepTask {
     async fn run(self, mut ctx: StepContext) -> Outcome {
         let _ = self.index;
-        let rendered = match self.renderer.render_value(&self.spec.with, &self.ctx_value, Mode::Run) {
-            Ok(v) => v,
-            Err(e) => return failed(0, StepError::fatal(format!("cannot render `with`: {}", e.0))),
-        };
-        let action = match self.kind.build(&rendered) {
-            Ok(a) => a,
-            Err(e) => return failed(0, StepError::fatal(format!("bad config at with.{}: {}", e.path, e.message))),
+        let built = crate::step::render_and_build(
+            self.kind.as_ref(),
+            &self.renderer,
+            &self.spec.with,
+            &self.ctx_value,
+            Mode::Run,
+        );
+        let (rendered, action) = match built {
+            Ok(b) => b,
+            Err(crate::step::BuildError::Template(e)) => {
+                return failed(
+                    0,
+                    StepError::fatal(format!("cannot render `with`: {}", e.0)),
+                )
+            }
+            Err(crate::step::BuildError::Config(e)) => {
+                return failed(
+                    0,
+                    StepError::fatal(format!("bad config at with.{}: {}", e.path, e.message)),
+                )
+            }
         };
         let description = action.describe();
         self.journal.event(
@@ -637,7 +682,11 @@ impl StepTask {
         }
     }
 
-    async fn attempts(&self, action: &dyn crate::step::StepAction, ctx: &mut StepContext) -> Outcome {
+    async fn attempts(
+        &self,
+        action: &dyn crate::step::StepAction,
+        ctx: &mut StepContext,
+    ) -> Outcome {
         let policy = &self.spec.retry;
         let mut delays = backoff_delays(policy);
         let mut attempt = 1;
@@ -647,14 +696,26 @@ impl StepTask {
             let result = action.run(ctx).await;
             match result {
                 Ok(outputs) => {
-                    return Outcome { status: StepStatus::Succeeded, outputs, attempts: attempt, error: None }
+                    return Outcome {
+                        status: StepStatus::Succeeded,
+                        outputs,
+                        attempts: attempt,
+                        error: None,
+                    }
                 }
                 Err(e) if ctx.cancel.is_cancelled() => {
-                    return Outcome { status: StepStatus::Cancelled, outputs: Outputs::new(), attempts: attempt, error: Some(e) }
+                    return Outcome {
+                        status: StepStatus::Cancelled,
+                        outputs: Outputs::new(),
+                        attempts: attempt,
+                        error: Some(e),
+                    }
                 }
                 Err(e) => {
                     let delay = if e.retryable { delays.next() } else { None };
-                    let Some(delay) = delay else { return failed(attempt, e) };
+                    let Some(delay) = delay else {
+                        return failed(attempt, e);
+                    };
                     self.journal.event(
                         "step_retry",
                         json!({"step": self.spec.id, "attempt": attempt, "error": e.message,
@@ -688,5 +749,10 @@ fn backoff_delays(policy: &crate::model::RetryPolicy) -> impl Iterator<Item = Du
 }
 
 fn failed(attempts: u32, e: StepError) -> Outcome {
-    Outcome { status: StepStatus::Failed, outputs: Outputs::new(), attempts, error: Some(e) }
+    Outcome {
+        status: StepStatus::Failed,
+        outputs: Outputs::new(),
+        attempts,
+        error: Some(e),
+    }
 }

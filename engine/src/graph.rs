@@ -138,7 +138,10 @@ fn edge_label(when: When) -> &'static str {
 
 /// Graphviz dot of the plan.
 pub fn dot(plan: &Plan) -> String {
-    let mut out = format!("digraph \"{}\" {{\n    rankdir=TB;\n", plan.name.replace('"', "'"));
+    let mut out = format!(
+        "digraph \"{}\" {{\n    rankdir=TB;\n",
+        plan.name.replace('"', "'")
+    );
     for s in &plan.steps {
         let style = if s.background { ", style=dashed" } else { "" };
         out.push_str(&format!(

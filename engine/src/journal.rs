@@ -28,7 +28,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn create(path: &Path, run_id: &str, redactor: Arc<Redactor>) -> Result<Self, JournalError> {
+    pub fn create(
+        path: &Path,
+        run_id: &str,
+        redactor: Arc<Redactor>,
+    ) -> Result<Self, JournalError> {
         let file = File::create(path).map_err(|source| JournalError::Io {
             path: path.to_path_buf(),
             source,
@@ -71,7 +75,11 @@ impl Journal {
 
 /// Writes `value` as pretty JSON through a temporary file and a rename, so a reader
 /// never sees half a report.
-pub fn write_json_atomic(path: &Path, value: &impl Serialize, redactor: &Redactor) -> std::io::Result<()> {
+pub fn write_json_atomic(
+    path: &Path,
+    value: &impl Serialize,
+    redactor: &Redactor,
+) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
     let text = redactor.redact(&text);
     let tmp = path.with_extension("json.tmp");

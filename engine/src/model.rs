@@ -62,6 +62,13 @@ impl ParamType {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
     }
 
+    pub fn with_article(self) -> String {
+        match self {
+            ParamType::Integer => "an integer".into(),
+            other => format!("a {}", other.name()),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         Self::ALL
             .iter()

@@ -14,8 +14,8 @@ pub fn coerce(ty: ParamType, value: &Value) -> Result<Value, String> {
         (ParamType::Duration | ParamType::Size, Value::String(s)) => coerce_text(ty, s),
         (ParamType::Size, Value::Number(n)) if n.is_u64() => Ok(value.clone()),
         _ => Err(format!(
-            "expected a {} but found {}",
-            ty.name(),
+            "expected {} but found {}",
+            ty.with_article(),
             describe_json(value)
         )),
     }
@@ -153,7 +153,10 @@ mod tests {
     #[test]
     fn coerces_set_values() {
         assert_eq!(coerce_text(ParamType::Integer, "4"), Ok(Value::from(4)));
-        assert_eq!(coerce_text(ParamType::Boolean, "false"), Ok(Value::Bool(false)));
+        assert_eq!(
+            coerce_text(ParamType::Boolean, "false"),
+            Ok(Value::Bool(false))
+        );
         assert!(coerce_text(ParamType::Boolean, "maybe").is_err());
         assert!(coerce_text(ParamType::Duration, "2h").is_ok());
         assert!(coerce_text(ParamType::Duration, "2 parsecs").is_err());

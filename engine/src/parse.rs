@@ -184,7 +184,12 @@ impl Walker<'_, '_> {
                 match coerce(ty, &json) {
                     Ok(v) => Some(v),
                     Err(e) => {
-                        self.c.error(&dpath, At::Value, format!("bad default for param `{name}`: {e}"), None);
+                        self.c.error(
+                            &dpath,
+                            At::Value,
+                            format!("bad default for param `{name}`: {e}"),
+                            None,
+                        );
                         None
                     }
                 }
@@ -344,7 +349,9 @@ impl Walker<'_, '_> {
             background: self.opt_bool(path, map, "background").unwrap_or(false),
             until: self.opt_string(path, map, "until"),
             timeout: self.opt_duration(path, map, "timeout").or(defaults.timeout),
-            continue_on_error: self.opt_bool(path, map, "continue_on_error").unwrap_or(false),
+            continue_on_error: self
+                .opt_bool(path, map, "continue_on_error")
+                .unwrap_or(false),
             id,
             uses,
             when,
@@ -390,7 +397,12 @@ impl Walker<'_, '_> {
         let mut out = Vec::new();
         for (k, v) in map {
             let Some(name) = k.as_str() else {
-                self.c.error(section, At::Value, format!("names in `{section}` must be text"), None);
+                self.c.error(
+                    section,
+                    At::Value,
+                    format!("names in `{section}` must be text"),
+                    None,
+                );
                 continue;
             };
             let path = child_key(section, name);
@@ -411,7 +423,12 @@ impl Walker<'_, '_> {
     fn unknown_keys(&mut self, path: &str, map: &Mapping, allowed: &[&str], what: &str) {
         for key in map.keys() {
             let Some(k) = key.as_str() else {
-                self.c.error(path, At::Value, format!("keys of a {what} must be text"), None);
+                self.c.error(
+                    path,
+                    At::Value,
+                    format!("keys of a {what} must be text"),
+                    None,
+                );
                 continue;
             };
             if !allowed.contains(&k) {
@@ -545,4 +562,3 @@ fn kind_of(value: &Value) -> String {
         Err(_) => "a tagged value".into(),
     }
 }
-

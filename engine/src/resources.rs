@@ -59,11 +59,10 @@ impl Connections {
         if let Some(h) = open.get(name) {
             return Ok(h.clone());
         }
-        let config = self
-            .inner
-            .configs
-            .get(name)
-            .ok_or_else(|| StepError::fatal(format!("no connection named `{name}` in the plan")))?;
+        let config =
+            self.inner.configs.get(name).ok_or_else(|| {
+                StepError::fatal(format!("no connection named `{name}` in the plan"))
+            })?;
         let provider = self
             .inner
             .provider
@@ -77,9 +76,9 @@ impl Connections {
     /// Like [`get`](Self::get), downcast to the provider's session type.
     pub async fn get_as<T: Any + Send + Sync>(&self, name: &str) -> Result<Arc<T>, StepError> {
         let handle = self.get(name).await?;
-        handle
-            .downcast::<T>()
-            .map_err(|_| StepError::fatal(format!("connection `{name}` is not of the expected kind")))
+        handle.downcast::<T>().map_err(|_| {
+            StepError::fatal(format!("connection `{name}` is not of the expected kind"))
+        })
     }
 
     /// Whether `name` has been opened in this run.
@@ -98,7 +97,14 @@ impl Connections {
 
     /// Closes every open session (end of run; also releases any server locks they hold).
     pub async fn close_all(&self) {
-        let handles: Vec<Handle> = self.inner.open.lock().await.drain().map(|(_, h)| h).collect();
+        let handles: Vec<Handle> = self
+            .inner
+            .open
+            .lock()
+            .await
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
         if let Some(p) = self.inner.provider.as_ref() {
             for h in handles {
                 p.close(h).await;

@@ -82,14 +82,8 @@ pub fn child_index(parent: &str, index: usize) -> String {
 }
 
 enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-    },
-    Seq {
-        path: String,
-        next: usize,
-    },
+    Map { path: String, key: Option<String> },
+    Seq { path: String, next: usize },
 }
 
 #[derive(Default)]
@@ -170,12 +164,30 @@ mod tests {
     fn finds_keys_and_values() {
         let text = "version: 1\nsteps:\n  - id: a\n    with: {connection: src}\n";
         let idx = PositionIndex::build(text);
-        assert_eq!(idx.value("version"), Pos { line: 1, column: 10 });
+        assert_eq!(
+            idx.value("version"),
+            Pos {
+                line: 1,
+                column: 10
+            }
+        );
         assert_eq!(idx.key("steps"), Pos { line: 2, column: 1 });
         assert_eq!(idx.key("steps[0].id"), Pos { line: 3, column: 5 });
         assert_eq!(idx.value("steps[0].id"), Pos { line: 3, column: 9 });
-        assert_eq!(idx.key("steps[0].with.connection"), Pos { line: 4, column: 12 });
+        assert_eq!(
+            idx.key("steps[0].with.connection"),
+            Pos {
+                line: 4,
+                column: 12
+            }
+        );
         // Unknown paths fall back to their closest ancestor.
-        assert_eq!(idx.value("steps[0].with.nope"), Pos { line: 4, column: 11 });
+        assert_eq!(
+            idx.value("steps[0].with.nope"),
+            Pos {
+                line: 4,
+                column: 11
+            }
+        );
     }
 }

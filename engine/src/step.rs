@@ -298,3 +298,37 @@ impl Registry {
     }
 }
 
+/// Renders a step's `with` and builds its action. Pure `{{path}}` values keep their type
+/// first (an integer param fills an integer field); when that does not fit the kind's
+/// config, the same templates are tried once more as text (an integer param inside a
+/// list of arguments). The first error is the one reported.
+pub fn render_and_build(
+    kind: &dyn StepKind,
+    renderer: &crate::template::Renderer,
+    with: &serde_json::Value,
+    ctx: &serde_json::Value,
+    mode: crate::template::Mode,
+) -> Result<(serde_json::Value, Box<dyn StepAction>), BuildError> {
+    let typed = renderer
+        .render_value(with, ctx, mode)
+        .map_err(BuildError::Template)?;
+    let first = match kind.build(&typed) {
+        Ok(action) => return Ok((typed, action)),
+        Err(e) => e,
+    };
+    let text = renderer
+        .render_value_as_text(with, ctx, mode)
+        .map_err(BuildError::Template)?;
+    match kind.build(&text) {
+        Ok(action) => Ok((text, action)),
+        Err(_) => Err(BuildError::Config(first)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Template(crate::template::TemplateError),
+    #[error("{0}")]
+    Config(ConfigError),
+}

@@ -36,7 +36,9 @@ pub fn expressions(text: &str) -> Vec<Expr> {
         out.push(Expr {
             start,
             end,
-            inner: text[start + open..start + open + rel_end].trim().to_string(),
+            inner: text[start + open..start + open + rel_end]
+                .trim()
+                .to_string(),
         });
         from = end;
     }
@@ -166,20 +168,56 @@ impl Renderer {
             .map_err(|e| TemplateError(format!("template syntax error: {}", e.reason())))
     }
 
-    /// Renders every string inside `value`.
-    pub fn render_value(&self, value: &Value, ctx: &Value, mode: Mode) -> Result<Value, TemplateError> {
+    /// Renders every string inside `value`; a string that is one `{{path}}` takes the
+    /// referenced value with its type.
+    pub fn render_value(
+        &self,
+        value: &Value,
+        ctx: &Value,
+        mode: Mode,
+    ) -> Result<Value, TemplateError> {
+        self.render_tree(value, ctx, mode, true)
+    }
+
+    /// Like [`render_value`](Self::render_value) but every template renders as text.
+    pub fn render_value_as_text(
+        &self,
+        value: &Value,
+        ctx: &Value,
+        mode: Mode,
+    ) -> Result<Value, TemplateError> {
+        self.render_tree(value, ctx, mode, false)
+    }
+
+    fn render_tree(
+        &self,
+        value: &Value,
+        ctx: &Value,
+        mode: Mode,
+        typed: bool,
+    ) -> Result<Value, TemplateError> {
         Ok(match value {
-            Value::String(s) => self.render_str(s, ctx, mode)?,
+            Value::String(s) => {
+                let v = self.render_str(s, ctx, mode)?;
+                match (typed, v) {
+                    (false, Value::String(s)) => Value::String(s),
+                    (false, Value::Null) => Value::String(String::new()),
+                    (false, other) if !other.is_object() && !other.is_array() => {
+                        Value::String(other.to_string())
+                    }
+                    (_, other) => other,
+                }
+            }
             Value::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|v| self.render_value(v, ctx, mode))
+                    .map(|v| self.render_tree(v, ctx, mode, typed))
                     .collect::<Result<_, _>>()?,
             ),
             Value::Object(map) => {
                 let mut out = serde_json::Map::new();
                 for (k, v) in map {
-                    out.insert(k.clone(), self.render_value(v, ctx, mode)?);
+                    out.insert(k.clone(), self.render_tree(v, ctx, mode, typed)?);
                 }
                 Value::Object(out)
             }
@@ -209,7 +247,11 @@ impl Renderer {
                 (None, _) => return Ok(Value::String(String::new())),
             }
         }
-        let hb = if mode == Mode::Run { &self.strict } else { &self.lenient };
+        let hb = if mode == Mode::Run {
+            &self.strict
+        } else {
+            &self.lenient
+        };
         hb.render_template(&text, ctx)
             .map(Value::String)
             .map_err(|e| TemplateError(render_error_text(&e)))
@@ -221,7 +263,9 @@ fn placeholders(text: &str) -> String {
     let mut out = String::new();
     let mut last = 0;
     for e in expressions(text) {
-        let unresolved = references(&e.inner).iter().any(|r| !r.starts_with("params."));
+        let unresolved = references(&e.inner)
+            .iter()
+            .any(|r| !r.starts_with("params."));
         out.push_str(&text[last..e.start]);
         if unresolved {
             out.push('<');
@@ -238,8 +282,16 @@ fn placeholders(text: &str) -> String {
 
 fn render_error_text(e: &handlebars::RenderError) -> String {
     match e.reason() {
-        RenderErrorReason::MissingVariable(Some(path)) => format!("`{path}` has no value in this run"),
-        other => other.to_string(),
+        RenderErrorReason::MissingVariable(Some(path)) => {
+            format!("`{path}` has no value in this run")
+        }
+        RenderErrorReason::TemplateError(t) => format!("template syntax error: {}", t.reason()),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -260,15 +312,21 @@ fn date_helper(
     _: &mut RenderContext,
     out: &mut dyn Output,
 ) -> HelperResult {
-    let time = h
-        .param(0)
+    let time = h.param(0).and_then(|p| p.value().as_str()).ok_or_else(|| {
+        RenderErrorReason::Other("date: the first argument must be a time".into())
+    })?;
+    let format = h
+        .param(1)
         .and_then(|p| p.value().as_str())
-        .ok_or_else(|| RenderErrorReason::Other("date: the first argument must be a time".into()))?;
-    let format = h.param(1).and_then(|p| p.value().as_str()).unwrap_or("%Y-%m-%dT%H:%M:%SZ");
-    let parsed = chrono::DateTime::parse_from_rfc3339(time)
-        .map_err(|e| RenderErrorReason::Other(format!("date: `{time}` is not an RFC 3339 time: {e}")))?;
+        .unwrap_or("%Y-%m-%dT%H:%M:%SZ");
+    let parsed = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
+        RenderErrorReason::Other(format!("date: `{time}` is not an RFC 3339 time: {e}"))
+    })?;
     let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
-    if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
+    if items
+        .iter()
+        .any(|i| matches!(i, chrono::format::Item::Error))
+    {
         return Err(RenderErrorReason::Other(format!("date: bad format `{format}`")).into());
     }
     let utc = parsed.with_timezone(&chrono::Utc);
@@ -294,16 +352,26 @@ mod tests {
     #[test]
     fn pure_paths_keep_their_type() {
         let r = Renderer::new();
-        let ctx = json!({"params": {"n": 4, "dir": "/d"}, "run": {"started_at": "2026-11-21T10:00:00Z"}});
-        assert_eq!(r.render_str("{{params.n}}", &ctx, Mode::Run).unwrap(), json!(4));
-        assert_eq!(r.render_str("{{ params.dir }}/x", &ctx, Mode::Run).unwrap(), json!("/d/x"));
+        let ctx =
+            json!({"params": {"n": 4, "dir": "/d"}, "run": {"started_at": "2026-11-21T10:00:00Z"}});
         assert_eq!(
-            r.render_str(r#"b-{{date run.started_at "%Y%m%d"}}"#, &ctx, Mode::Run).unwrap(),
+            r.render_str("{{params.n}}", &ctx, Mode::Run).unwrap(),
+            json!(4)
+        );
+        assert_eq!(
+            r.render_str("{{ params.dir }}/x", &ctx, Mode::Run).unwrap(),
+            json!("/d/x")
+        );
+        assert_eq!(
+            r.render_str(r#"b-{{date run.started_at "%Y%m%d"}}"#, &ctx, Mode::Run)
+                .unwrap(),
             json!("b-20261121")
         );
         assert!(r.render_str("{{params.nope}}", &ctx, Mode::Run).is_err());
         assert!(r.render_str("x {{params.nope}}", &ctx, Mode::Run).is_err());
-        assert!(r.render_str(r#"{{date run.started_at "%Q"}}"#, &ctx, Mode::Run).is_err());
+        assert!(r
+            .render_str(r#"{{date run.started_at "%Q"}}"#, &ctx, Mode::Run)
+            .is_err());
     }
 
     #[test]
@@ -311,8 +379,12 @@ mod tests {
         let r = Renderer::new();
         let ctx = json!({"params": {"dir": "/d"}});
         assert_eq!(
-            r.render_str("{{params.dir}}/{{steps.a.outputs.b}} {{secrets.pw}}", &ctx, Mode::Display)
-                .unwrap(),
+            r.render_str(
+                "{{params.dir}}/{{steps.a.outputs.b}} {{secrets.pw}}",
+                &ctx,
+                Mode::Display
+            )
+            .unwrap(),
             json!("/d/<steps.a.outputs.b> <secrets.pw>")
         );
     }

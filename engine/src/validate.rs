@@ -9,7 +9,7 @@ use crate::params;
 use crate::parse::{parse_plan, Parsed};
 use crate::resources::ConnectionProvider;
 use crate::source::{child_key, PositionIndex};
-use crate::step::Registry;
+use crate::step::{render_and_build, BuildError, Registry};
 use crate::template::{self, Mode, Renderer};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -43,15 +43,6 @@ impl Loaded {
     }
 }
 
-/// Why a plan cannot run: problems in the file, or in the run's param values.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{} problem(s) in the plan", .0.len())]
-    Plan(Vec<Diagnostic>),
-    #[error("{} problem(s) with params", .0.len())]
-    Params(Vec<params::ParamError>),
-}
-
 /// What validation needs besides the plan: the registry and the connection provider.
 pub struct Checker<'a> {
     pub registry: &'a Registry,
@@ -68,14 +59,14 @@ impl Checker<'_> {
         text: &str,
         sets: &[(String, String)],
         allow_missing: bool,
-    ) -> Result<(Loaded, BTreeMap<String, Value>), LoadError> {
+    ) -> Result<(Loaded, BTreeMap<String, Value>), Vec<Diagnostic>> {
         let Parsed {
             plan,
             index,
             diagnostics,
         } = parse_plan(file, text);
         let Some(plan) = plan else {
-            return Err(LoadError::Plan(diagnostics));
+            return Err(diagnostics);
         };
         let (params, param_errors) = match params::resolve(&plan, sets, allow_missing) {
             Ok(p) => (p, Vec::new()),
@@ -103,13 +94,17 @@ impl Checker<'_> {
         }
         self.check_templates(&loaded, &mut c);
         self.check_configs(&loaded, &params, &mut c);
+        // Param values are checked only once the file itself is sound.
+        if c.items.is_empty() {
+            for e in &param_errors {
+                param_diagnostic(&loaded.plan, e, &mut c);
+            }
+        }
         let items = c.finish();
-        if !items.is_empty() {
-            Err(LoadError::Plan(items))
-        } else if !param_errors.is_empty() {
-            Err(LoadError::Params(param_errors))
-        } else {
+        if items.is_empty() {
             Ok((loaded, params))
+        } else {
+            Err(items)
         }
     }
 
@@ -138,11 +133,21 @@ impl Checker<'_> {
             for (i, need) in s.needs.iter().enumerate() {
                 let npath = format!("{}.needs[{i}]", s.path);
                 if need == &s.id {
-                    c.error(&npath, At::Value, format!("step `{need}` needs itself"), None);
+                    c.error(
+                        &npath,
+                        At::Value,
+                        format!("step `{need}` needs itself"),
+                        None,
+                    );
                 } else if plan.step(need).is_none() {
                     let hint = did_you_mean(need, plan.steps.iter().map(|s| s.id.as_str()))
                         .unwrap_or_else(|| "needs lists ids of other steps".into());
-                    c.error(&npath, At::Value, format!("`needs` names unknown step `{need}`"), Some(hint));
+                    c.error(
+                        &npath,
+                        At::Value,
+                        format!("`needs` names unknown step `{need}`"),
+                        Some(hint),
+                    );
                 }
             }
         }
@@ -157,7 +162,10 @@ impl Checker<'_> {
                 &format!("{}.needs", first.path),
                 At::Value,
                 format!("cycle in `needs`: {shown}"),
-                Some("a step cannot depend on itself through other steps; remove one of these needs".into()),
+                Some(
+                    "a step cannot depend on itself through other steps; remove one of these needs"
+                        .into(),
+                ),
             );
         }
         !cycles.is_empty()
@@ -179,7 +187,12 @@ impl Checker<'_> {
             };
             let upath = child_key(&s.path, "until");
             if !s.background {
-                c.error(&upath, At::Key, "`until` only applies to `background: true` steps", None);
+                c.error(
+                    &upath,
+                    At::Key,
+                    "`until` only applies to `background: true` steps",
+                    None,
+                );
                 continue;
             }
             match l.step_index(until) {
@@ -203,7 +216,15 @@ impl Checker<'_> {
             self.check_strings(&renderer, &conn.config, &conn.path, c);
             for (path, r) in refs {
                 if r.starts_with("steps.") {
-                    c.error(&path, At::Value, format!("connections cannot read step outputs (`{r}`)"), Some("connections are opened before steps run; use params, secrets or env".into()));
+                    c.error(
+                        &path,
+                        At::Value,
+                        format!("connections cannot read step outputs (`{r}`)"),
+                        Some(
+                            "connections are opened before steps run; use params, secrets or env"
+                                .into(),
+                        ),
+                    );
                 } else {
                     self.check_reference(l, None, &path, &r, c);
                 }
@@ -242,7 +263,14 @@ impl Checker<'_> {
     }
 
     /// One `{{root.a.b}}` reference, read by step `reader` (None: a connection).
-    fn check_reference(&self, l: &Loaded, reader: Option<usize>, path: &str, r: &str, c: &mut Collector) {
+    fn check_reference(
+        &self,
+        l: &Loaded,
+        reader: Option<usize>,
+        path: &str,
+        r: &str,
+        c: &mut Collector,
+    ) {
         let parts: Vec<&str> = r.split('.').collect();
         let plan = &l.plan;
         match parts.as_slice() {
@@ -272,11 +300,24 @@ impl Checker<'_> {
         }
     }
 
-    fn check_output_ref(&self, l: &Loaded, reader: Option<usize>, path: &str, id: &str, key: &str, c: &mut Collector) {
+    fn check_output_ref(
+        &self,
+        l: &Loaded,
+        reader: Option<usize>,
+        path: &str,
+        id: &str,
+        key: &str,
+        c: &mut Collector,
+    ) {
         let plan = &l.plan;
         let Some(src) = l.step_index(id) else {
             let hint = did_you_mean(id, plan.steps.iter().map(|s| s.id.as_str()));
-            c.error(path, At::Value, format!("template reads outputs of unknown step `{id}`"), hint);
+            c.error(
+                path,
+                At::Value,
+                format!("template reads outputs of unknown step `{id}`"),
+                hint,
+            );
             return;
         };
         if let Some(kind) = self.registry.get(&plan.steps[src].uses) {
@@ -284,7 +325,15 @@ impl Checker<'_> {
             if !outs.iter().any(|o| o.name == key) {
                 let hint = did_you_mean(key, outs.iter().map(|o| o.name))
                     .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name)));
-                c.error(path, At::Value, format!("step `{id}` ({}) has no output `{key}`", plan.steps[src].uses), Some(hint));
+                c.error(
+                    path,
+                    At::Value,
+                    format!(
+                        "step `{id}` ({}) has no output `{key}`",
+                        plan.steps[src].uses
+                    ),
+                    Some(hint),
+                );
             }
         }
         let Some(reader) = reader else { return };
@@ -294,7 +343,9 @@ impl Checker<'_> {
                 path,
                 At::Value,
                 format!("step `{reader_id}` reads outputs of `{id}`, which is not upstream of it"),
-                Some(format!("add `{id}` to the `needs` of `{reader_id}` (directly or through another step)")),
+                Some(format!(
+                    "add `{id}` to the `needs` of `{reader_id}` (directly or through another step)"
+                )),
             );
         } else if !l.waits_for_completion(reader, src) {
             c.error(
@@ -310,47 +361,85 @@ impl Checker<'_> {
     fn check_configs(&self, l: &Loaded, params: &BTreeMap<String, Value>, c: &mut Collector) {
         let ctx = sample_context(&l.plan, params, self.registry);
         let renderer = Renderer::new();
-        let connection_names: Vec<&str> = l.plan.connections.iter().map(|c| c.name.as_str()).collect();
+        let connection_names: Vec<&str> =
+            l.plan.connections.iter().map(|c| c.name.as_str()).collect();
         for conn in &l.plan.connections {
-            let Some(provider) = self.provider else { continue };
+            let Some(provider) = self.provider else {
+                continue;
+            };
             match renderer.render_value(&conn.config, &ctx, Mode::Check) {
                 Ok(rendered) => {
                     if let Err(e) = provider.check(&rendered) {
                         let path = join(&conn.path, &e.path);
-                        c.error(&path, at_for(&e.message), format!("connection `{}`: {}", conn.name, e.message), e.hint);
+                        let hint = e.hint.clone().or_else(|| unknown_field_hint(&e.message));
+                        c.error(
+                            &path,
+                            at_for(&e.message),
+                            format!("connection `{}`: {}", conn.name, e.message),
+                            hint,
+                        );
                     }
                 }
-                Err(e) => c.error(&conn.path, At::Value, e.0, None),
+                Err(_) => {} // reported by check_templates
             }
         }
         for s in &l.plan.steps {
-            let Some(kind) = self.registry.get(&s.uses) else { continue };
-            let wpath = child_key(&s.path, "with");
-            let rendered = match renderer.render_value(&s.with, &ctx, Mode::Check) {
-                Ok(v) => v,
-                Err(e) => {
-                    c.error(&wpath, At::Value, e.0, None);
-                    continue;
-                }
+            let Some(kind) = self.registry.get(&s.uses) else {
+                continue;
             };
-            match kind.build(&rendered) {
-                Ok(action) => {
+            let wpath = child_key(&s.path, "with");
+            match render_and_build(kind.as_ref(), &renderer, &s.with, &ctx, Mode::Check) {
+                // Template syntax errors were reported by check_templates.
+                Err(BuildError::Template(_)) => {}
+                Ok((_, action)) => {
                     for name in action.connections() {
                         if !connection_names.contains(&name.as_str()) {
                             let hint = did_you_mean(&name, connection_names.iter().copied())
                                 .unwrap_or_else(|| "declare it under `connections:`".into());
-                            c.error(&child_key(&wpath, "connection"), At::Value, format!("unknown connection `{name}`"), Some(hint));
+                            c.error(
+                                &child_key(&wpath, "connection"),
+                                At::Value,
+                                format!("unknown connection `{name}`"),
+                                Some(hint),
+                            );
                         }
                     }
                 }
-                Err(e) => {
+                Err(BuildError::Config(e)) => {
                     let path = join(&wpath, &e.path);
-                    let hint = e.hint.clone().or_else(|| Some(format!("see the fields of `{}` with `stagehand steps {}`", s.uses, s.uses)));
-                    c.error(&path, at_for(&e.message), format!("step `{}` ({}): {}", s.id, s.uses, e.message), hint);
+                    let hint = e
+                        .hint
+                        .clone()
+                        .or_else(|| unknown_field_hint(&e.message))
+                        .or_else(|| {
+                            Some(format!(
+                                "see the fields of `{}` with `stagehand steps {}`",
+                                s.uses, s.uses
+                            ))
+                        });
+                    c.error(
+                        &path,
+                        at_for(&e.message),
+                        format!("step `{}` ({}): {}", s.id, s.uses, e.message),
+                        hint,
+                    );
                 }
             }
         }
     }
+}
+
+/// A `--set` or missing-param problem, pointed at the param's declaration.
+fn param_diagnostic(plan: &Plan, e: &params::ParamError, c: &mut Collector) {
+    use params::ParamError as P;
+    let (path, at) = match e {
+        P::Missing { name } | P::Invalid { name, .. } => match plan.param(name) {
+            Some(p) => (p.path.clone(), At::Key),
+            None => ("params".to_string(), At::Key),
+        },
+        P::Unknown { .. } | P::Syntax(_) => ("params".to_string(), At::Key),
+    };
+    c.error(&path, at, e.to_string(), None);
 }
 
 fn join(base: &str, rel: &str) -> String {
@@ -361,6 +450,14 @@ fn join(base: &str, rel: &str) -> String {
     } else {
         format!("{base}.{rel}")
     }
+}
+
+/// serde says "unknown field `x`, expected one of `a`, `b`": suggest the closest.
+fn unknown_field_hint(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    did_you_mean(name, expected)
 }
 
 /// Unknown-field errors point at the key; the others at the value.
@@ -383,7 +480,12 @@ pub fn sample_context(plan: &Plan, params: &BTreeMap<String, Value>, registry: &
     for s in &plan.steps {
         let outputs: serde_json::Map<String, Value> = registry
             .get(&s.uses)
-            .map(|k| k.outputs().into_iter().map(|o| (o.name.to_string(), o.ty.sample())).collect())
+            .map(|k| {
+                k.outputs()
+                    .into_iter()
+                    .map(|o| (o.name.to_string(), o.ty.sample()))
+                    .collect()
+            })
             .unwrap_or_default();
         steps.insert(s.id.clone(), json!({ "outputs": outputs }));
     }
@@ -397,6 +499,7 @@ pub fn sample_context(plan: &Plan, params: &BTreeMap<String, Value>, registry: &
 }
 
 pub fn env_map() -> serde_json::Map<String, Value> {
-    std::env::vars().map(|(k, v)| (k, Value::String(v))).collect()
+    std::env::vars()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect()
 }
-

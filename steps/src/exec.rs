@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use tokio::io::AsyncReadExt;
@@ -30,7 +32,10 @@ pub struct ExecConfig {
     /// With `background: true`: once the `until` step finishes, its outputs are written
     /// to the program's stdin as one JSON line and stdin is closed; a program still
     /// running after this long is killed.
-    #[serde(default = "default_stop_timeout", with = "stagehand_engine::model::duration_text")]
+    #[serde(
+        default = "default_stop_timeout",
+        with = "stagehand_engine::model::duration_text"
+    )]
     #[schemars(with = "String")]
     pub stop_timeout: std::time::Duration,
 }
@@ -45,13 +50,22 @@ pub struct Exec;
 impl TypedStep for Exec {
     type Config = ExecConfig;
     const NAME: &'static str = "exec";
-    const SUMMARY: &'static str = "Runs a program (no shell unless asked); stdout becomes an output";
+    const SUMMARY: &'static str =
+        "Runs a program (no shell unless asked); stdout becomes an output";
     const BACKGROUND: bool = true;
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
-            output("stdout", OutputType::String, "standard output, without the final newline"),
-            output("exit_code", OutputType::Integer, "the exit code (0 when the step succeeds)"),
+            output(
+                "stdout",
+                OutputType::String,
+                "standard output, without the final newline",
+            ),
+            output(
+                "exit_code",
+                OutputType::Integer,
+                "the exit code (0 when the step succeeds)",
+            ),
         ]
     }
 
@@ -73,16 +87,26 @@ impl TypedStep for Exec {
 
     fn describe(cfg: &ExecConfig) -> String {
         let what = match (&cfg.command, &cfg.shell) {
-            (Some(argv), _) => format!("runs `{}`", argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")),
+            (Some(argv), _) => format!(
+                "runs `{}`",
+                argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+            ),
             (None, Some(script)) => format!("runs the shell script `{}`", script.trim()),
             _ => "runs nothing".into(),
         };
         let env = if cfg.env.is_empty() {
             String::new()
         } else {
-            format!(" with {} set", cfg.env.keys().cloned().collect::<Vec<_>>().join(", "))
+            format!(
+                " with {} set",
+                cfg.env.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
         };
-        let cwd = cfg.cwd.as_ref().map(|d| format!(" in {d}")).unwrap_or_default();
+        let cwd = cfg
+            .cwd
+            .as_ref()
+            .map(|d| format!(" in {d}"))
+            .unwrap_or_default();
         format!("{what}{env}{cwd}")
     }
 
@@ -123,15 +147,32 @@ impl TypedStep for Exec {
                 return Err(StepError::cancelled());
             }
         };
-        let status = status.map_err(|e| StepError::fatal(format!("waiting for `{}`: {e}", program_name(cfg))))?;
+        let status = status
+            .map_err(|e| StepError::fatal(format!("waiting for `{}`: {e}", program_name(cfg))))?;
         let code = status.code().unwrap_or(-1);
         if !status.success() {
             let tail = ctx.redact(&tail_lines(&err, 20));
-            let msg = format!("`{}` exited with {}{}", program_name(cfg), describe_status(&status), if tail.is_empty() { String::new() } else { format!(": {tail}") });
-            return Err(if cfg.retryable_exit_codes.contains(&code) { StepError::retryable(msg) } else { StepError::fatal(msg) });
+            let msg = format!(
+                "`{}` exited with {}{}",
+                program_name(cfg),
+                describe_status(&status),
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {tail}")
+                }
+            );
+            return Err(if cfg.retryable_exit_codes.contains(&code) {
+                StepError::retryable(msg)
+            } else {
+                StepError::fatal(msg)
+            });
         }
         let mut outputs = Outputs::new();
-        outputs.insert("stdout".into(), Value::String(out.trim_end_matches(['\n', '\r']).to_string()));
+        outputs.insert(
+            "stdout".into(),
+            Value::String(out.trim_end_matches(['\n', '\r']).to_string()),
+        );
         outputs.insert("exit_code".into(), Value::from(code));
         Ok(outputs)
     }
@@ -158,7 +199,9 @@ async fn stop_when_until_finishes(
 fn build_command(cfg: &ExecConfig, background: bool) -> Result<tokio::process::Command, StepError> {
     let mut cmd = match (&cfg.command, &cfg.shell) {
         (Some(argv), _) => {
-            let (prog, args) = argv.split_first().ok_or_else(|| StepError::fatal("empty command"))?;
+            let (prog, args) = argv
+                .split_first()
+                .ok_or_else(|| StepError::fatal("empty command"))?;
             let mut c = tokio::process::Command::new(prog);
             c.args(args);
             c
@@ -171,7 +214,11 @@ fn build_command(cfg: &ExecConfig, background: bool) -> Result<tokio::process::C
         (None, None) => return Err(StepError::fatal("no command")),
     };
     cmd.envs(&cfg.env)
-        .stdin(if background { Stdio::piped() } else { Stdio::null() })
+        .stdin(if background {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -189,7 +236,9 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<&mut R>) -> Stri
         match r.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             // Keep draining past the cap so the child never blocks on a full pipe.
-            Ok(n) if buf.len() < MAX_CAPTURE => buf.extend_from_slice(&chunk[..n.min(MAX_CAPTURE - buf.len())]),
+            Ok(n) if buf.len() < MAX_CAPTURE => {
+                buf.extend_from_slice(&chunk[..n.min(MAX_CAPTURE - buf.len())])
+            }
             Ok(_) => {}
         }
     }
@@ -218,7 +267,11 @@ fn tail_lines(text: &str, n: usize) -> String {
 }
 
 fn quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
         arg.to_string()
     } else {
         format!("'{}'", arg.replace('\'', "'\\''"))

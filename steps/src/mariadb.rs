@@ -28,7 +28,10 @@ pub struct ConnectionConfig {
     pub password: Option<String>,
     pub database: Option<String>,
     /// How long to wait for the server to accept the connection.
-    #[serde(default = "default_connect_timeout", with = "stagehand_engine::model::duration_text")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "stagehand_engine::model::duration_text"
+    )]
     #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Statements run once after connecting (e.g. `SET SESSION lock_wait_timeout=10`).
@@ -99,8 +102,9 @@ pub fn classify(e: &mysql_async::Error) -> StepError {
             let msg = format!("server error {} ({}): {}", s.code, s.state, s.message);
             match s.code {
                 1205 | 1213 | 1040 | 1203 | 2006 | 2013 => StepError::retryable(msg),
-                1045 | 1044 | 1227 | 1142 => StepError::fatal(msg)
-                    .with_hint("the user lacks a privilege: see the privileges section of the README"),
+                1045 | 1044 | 1227 | 1142 => StepError::fatal(msg).with_hint(
+                    "the user lacks a privilege: see the privileges section of the README",
+                ),
                 _ => StepError::fatal(msg),
             }
         }
@@ -198,12 +202,20 @@ pub fn value_to_json(v: &mysql_async::Value) -> serde_json::Value {
         V::Double(d) => serde_json::Value::from(*d),
         V::Date(y, mo, d, h, mi, s, us) => serde_json::Value::String(format!(
             "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}{}",
-            if *us > 0 { format!(".{us:06}") } else { String::new() }
+            if *us > 0 {
+                format!(".{us:06}")
+            } else {
+                String::new()
+            }
         )),
         V::Time(neg, d, h, m, s, us) => {
             let hours = u64::from(*d) * 24 + u64::from(*h);
             let sign = if *neg { "-" } else { "" };
-            let frac = if *us > 0 { format!(".{us:06}") } else { String::new() };
+            let frac = if *us > 0 {
+                format!(".{us:06}")
+            } else {
+                String::new()
+            };
             serde_json::Value::String(format!("{sign}{hours:02}:{m:02}:{s:02}{frac}"))
         }
     }

@@ -6,7 +6,9 @@ use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -37,15 +39,36 @@ pub struct Sql;
 impl TypedStep for Sql {
     type Config = SqlConfig;
     const NAME: &'static str = "sql";
-    const SUMMARY: &'static str = "Runs SQL statements on a plan connection; the last result set becomes outputs";
+    const SUMMARY: &'static str =
+        "Runs SQL statements on a plan connection; the last result set becomes outputs";
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
-            output("rows", OutputType::List, "rows of the last statement, as objects keyed by column"),
-            output("first", OutputType::Object, "the first of those rows ({} when none)"),
-            output("value", OutputType::String, "first column of the first row, as text (empty when none)"),
-            output("row_count", OutputType::Integer, "number of rows of the last statement"),
-            output("affected_rows", OutputType::Integer, "rows changed by the last statement"),
+            output(
+                "rows",
+                OutputType::List,
+                "rows of the last statement, as objects keyed by column",
+            ),
+            output(
+                "first",
+                OutputType::Object,
+                "the first of those rows ({} when none)",
+            ),
+            output(
+                "value",
+                OutputType::String,
+                "first column of the first row, as text (empty when none)",
+            ),
+            output(
+                "row_count",
+                OutputType::Integer,
+                "number of rows of the last statement",
+            ),
+            output(
+                "affected_rows",
+                OutputType::Integer,
+                "rows changed by the last statement",
+            ),
         ]
     }
 
@@ -68,7 +91,12 @@ impl TypedStep for Sql {
     fn describe(cfg: &SqlConfig) -> String {
         let stmts = cfg.statements();
         let shown: Vec<String> = stmts.iter().map(|s| one_line(s)).collect();
-        format!("runs {} on connection `{}`: {}", plural(stmts.len(), "statement"), cfg.connection, shown.join("; "))
+        format!(
+            "runs {} on connection `{}`: {}",
+            plural(stmts.len(), "statement"),
+            cfg.connection,
+            shown.join("; ")
+        )
     }
 
     fn connections(cfg: &SqlConfig) -> Vec<String> {
@@ -89,14 +117,20 @@ impl TypedStep for Sql {
         let (rows, affected) = result?;
         if let Some(min) = cfg.expect_min_rows {
             if (rows.len() as u64) < min {
-                return Err(StepError::fatal(format!("expected at least {min} row(s), got {}", rows.len())));
+                return Err(StepError::fatal(format!(
+                    "expected at least {min} row(s), got {}",
+                    rows.len()
+                )));
             }
         }
         Ok(outputs(rows, affected))
     }
 }
 
-async fn run_statements(session: &Session, stmts: Vec<&str>) -> Result<(Vec<Value>, u64), StepError> {
+async fn run_statements(
+    session: &Session,
+    stmts: Vec<&str>,
+) -> Result<(Vec<Value>, u64), StepError> {
     let mut guard = session.conn.lock().await;
     let conn = guard
         .as_mut()
@@ -106,16 +140,25 @@ async fn run_statements(session: &Session, stmts: Vec<&str>) -> Result<(Vec<Valu
     for stmt in stmts {
         let result: Vec<mysql_async::Row> = conn.query(stmt).await.map_err(|e| {
             let err = classify(&e);
-            StepError { message: format!("{} (in: {})", err.message, one_line(stmt)), ..err }
+            StepError {
+                message: format!("{} (in: {})", err.message, one_line(stmt)),
+                ..err
+            }
         })?;
         affected = conn.affected_rows();
-        rows = result.iter().map(|r| Value::Object(row_to_json(r))).collect();
+        rows = result
+            .iter()
+            .map(|r| Value::Object(row_to_json(r)))
+            .collect();
     }
     Ok((rows, affected))
 }
 
 fn outputs(rows: Vec<Value>, affected: u64) -> Outputs {
-    let first = rows.first().cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    let first = rows
+        .first()
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     let value = first
         .as_object()
         .and_then(|o| o.values().next())
