@@ -442,6 +442,7 @@ impl Run<'_> {
             until: Mutex::new(Some(until_rx)),
             redactor: self.redactor.clone(),
             background: spec.background,
+            upstream: self.upstream_of(i),
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -463,6 +464,17 @@ impl Run<'_> {
             let outcome = task.run(ctx).await;
             let _ = tx.send(Msg::Done(i, outcome));
         });
+    }
+
+    fn upstream_of(&self, i: usize) -> BTreeMap<String, crate::step::Upstream> {
+        self.loaded.ancestors[i]
+            .iter()
+            .filter(|a| self.slots[**a].status == StepStatus::Succeeded)
+            .map(|a| {
+                let spec = &self.steps()[*a];
+                (spec.id.clone(), crate::step::Upstream { uses: spec.uses.clone(), outputs: self.slots[*a].outputs.clone() })
+            })
+            .collect()
     }
 
     fn context_with_outputs(&self) -> Value {

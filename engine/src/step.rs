@@ -101,6 +101,13 @@ pub struct ConfigError {
 /// How a background step learns that its `until` step finished.
 pub type UntilResult = Result<Outputs, String>;
 
+/// A finished step upstream of the running one, as the running step sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    pub uses: String,
+    pub outputs: Outputs,
+}
+
 /// Everything a running step may use from the engine.
 pub struct StepContext {
     pub run_id: String,
@@ -116,6 +123,9 @@ pub struct StepContext {
     pub(crate) until: Mutex<Option<oneshot::Receiver<UntilResult>>>,
     pub(crate) redactor: Arc<crate::redact::Redactor>,
     pub(crate) background: bool,
+    /// Finished steps this one depends on (directly or not), by id: lets a step such as
+    /// a manifest writer gather what earlier steps recorded without long templates.
+    pub upstream: BTreeMap<String, Upstream>,
 }
 
 impl StepContext {
@@ -144,6 +154,11 @@ impl StepContext {
         self.background
     }
 
+    /// Upstream steps of a given kind, in plan order of their ids.
+    pub fn upstream_of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a String, &'a Upstream)> + 'a {
+        self.upstream.iter().filter(move |(_, u)| u.uses == kind)
+    }
+
     /// Removes secret values from text a step wants to log or return.
     pub fn redact(&self, text: &str) -> String {
         self.redactor.redact(text)
@@ -162,6 +177,7 @@ impl StepContext {
             until: Mutex::new(None),
             redactor: Arc::new(crate::redact::Redactor::default()),
             background: false,
+            upstream: BTreeMap::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod exec;
 pub mod mariadb;
 pub mod sql;
+pub mod stage_locks;
 
 use stagehand_engine::resources::ConnectionProvider;
 use stagehand_engine::{Registry, Typed};
@@ -14,6 +15,7 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.register(Typed::<exec::Exec>::default());
     r.register(Typed::<sql::Sql>::default());
+    r.register(Typed::<stage_locks::StageLocks>::default());
     r
 }
 

@@ -91,6 +91,47 @@ pub struct Session {
     /// `None` once closed, or after a cancelled statement left it in an unknown state.
     pub conn: Mutex<Option<mysql_async::Conn>>,
     pub server_version: String,
+    /// Backup locks this session holds (see `stage_locks`).
+    pub locks: std::sync::Mutex<crate::stage_locks::LockState>,
+    /// Cancelled when a lock's time budget ran out and the locks were released: the
+    /// backup steps working under those locks stop at once.
+    pub locks_lost: tokio_util::sync::CancellationToken,
+}
+
+impl Session {
+    /// The parsed server version.
+    pub fn version(&self) -> Option<ServerVersion> {
+        ServerVersion::parse(&self.server_version)
+    }
+}
+
+/// A server version, as `SELECT VERSION()` gives it (`10.11.19-MariaDB-0+deb12u1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+    pub mariadb: bool,
+}
+
+impl ServerVersion {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut nums = text.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+        let major = nums.next()?.parse().ok()?;
+        let minor = nums.next()?.parse().ok()?;
+        let patch = nums.next()?.parse().ok()?;
+        Some(Self { major, minor, patch, mariadb: text.to_ascii_lowercase().contains("mariadb") })
+    }
+
+    pub fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
+        (self.major, self.minor, self.patch) >= (major, minor, patch)
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
 }
 
 /// Turns a driver or server error into a step error, retryable when trying again may work
@@ -170,6 +211,8 @@ impl ConnectionProvider for MariaDbProvider {
             endpoint,
             conn: Mutex::new(Some(conn)),
             server_version: version.unwrap_or_default(),
+            locks: Default::default(),
+            locks_lost: Default::default(),
         }))
     }
 
@@ -235,4 +278,25 @@ pub fn row_to_json(row: &mysql_async::Row) -> serde_json::Map<String, serde_json
             (c.name_str().into_owned(), v)
         })
         .collect()
+}
+
+/// Runs one statement and returns its rows (a helper for steps that read server state).
+pub async fn query_rows(conn: &mut mysql_async::Conn, sql: &str) -> Result<Vec<mysql_async::Row>, StepError> {
+    conn.query(sql).await.map_err(|e| {
+        let err = classify(&e);
+        StepError { message: format!("{} (in: {sql})", err.message), ..err }
+    })
+}
+
+/// `SHOW GLOBAL STATUS/VARIABLES LIKE ...` as name → value.
+pub async fn name_values(conn: &mut mysql_async::Conn, sql: &str) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+    let rows = query_rows(conn, sql).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let name: Option<String> = r.get(0);
+            let value: Option<String> = r.get(1);
+            Some((name?.to_ascii_lowercase(), value.unwrap_or_default()))
+        })
+        .collect())
 }

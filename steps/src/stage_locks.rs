@@ -1,0 +1,508 @@
+//! `stage_locks`: BACKUP STAGE START | FLUSH | BLOCK_DDL | BLOCK_COMMIT | END on one held
+//! server session, with the hold time of each stage measured, a per-stage time budget
+//! (`max_hold`), a check for long-running blockers, and FLUSH TABLES WITH READ LOCK as
+//! the fallback where BACKUP STAGE is missing (before 10.4) or not permitted.
+
+use crate::mariadb::{classify, name_values, query_rows, ServerVersion, Session};
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Start,
+    Flush,
+    BlockDdl,
+    BlockCommit,
+    End,
+}
+
+impl Stage {
+    const ORDER: [Stage; 4] = [Stage::Start, Stage::Flush, Stage::BlockDdl, Stage::BlockCommit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Start => "start",
+            Stage::Flush => "flush",
+            Stage::BlockDdl => "block_ddl",
+            Stage::BlockCommit => "block_commit",
+            Stage::End => "end",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Stage::Start => "BACKUP STAGE START",
+            Stage::Flush => "BACKUP STAGE FLUSH",
+            Stage::BlockDdl => "BACKUP STAGE BLOCK_DDL",
+            Stage::BlockCommit => "BACKUP STAGE BLOCK_COMMIT",
+            Stage::End => "BACKUP STAGE END",
+        }
+    }
+
+    /// What holding this stage blocks on the server (observed on 10.11).
+    fn blocks(self) -> &'static str {
+        match self {
+            Stage::Start => "nothing",
+            Stage::Flush => "writes to non-transactional tables (MyISAM)",
+            Stage::BlockDdl => "DDL and MyISAM writes",
+            Stage::BlockCommit => "all commits, DDL and MyISAM/Aria writes",
+            Stage::End => "nothing",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBlocker {
+    /// Wait for long-running statements (up to `lock_wait_timeout`).
+    #[default]
+    Wait,
+    /// Fail before locking when a statement has run longer than `blocker_threshold`.
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    /// FLUSH TABLES WITH READ LOCK when BACKUP STAGE is missing or not permitted.
+    #[default]
+    Ftwrl,
+    /// Fail instead.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StageLocksConfig {
+    /// The plan connection whose session holds the locks (all stages must use the same).
+    pub connection: String,
+    /// The stage to reach; earlier stages not yet taken are taken on the way.
+    pub stage: Stage,
+    /// Session `lock_wait_timeout` while taking the stage.
+    #[serde(default, with = "stagehand_engine::model::opt_duration_text")]
+    #[schemars(with = "Option<String>")]
+    pub lock_wait_timeout: Option<Duration>,
+    #[serde(default)]
+    pub on_blocker: OnBlocker,
+    /// With `on_blocker: fail`: how long a running statement may have run.
+    #[serde(default = "default_blocker_threshold", with = "stagehand_engine::model::duration_text")]
+    #[schemars(with = "String")]
+    pub blocker_threshold: Duration,
+    /// Time budget per stage, e.g. `{block_commit: 2s}`: a stage held longer is released
+    /// (BACKUP STAGE END) and the backup fails instead of stalling production.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub max_hold: BTreeMap<Stage, String>,
+    #[serde(default)]
+    pub fallback: Fallback,
+}
+
+fn default_blocker_threshold() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl StageLocksConfig {
+    fn budget(&self, stage: Stage) -> Result<Option<Duration>, ConfigError> {
+        self.max_hold
+            .get(&stage)
+            .map(|t| {
+                humantime::parse_duration(t).map_err(|e| ConfigError {
+                    path: format!("max_hold.{}", stage.name()),
+                    message: format!("`{t}` is not a duration: {e}"),
+                    hint: Some("write e.g. 500ms, 2s".into()),
+                })
+            })
+            .transpose()
+    }
+}
+
+/// How the session holds its locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMethod {
+    BackupStage,
+    Ftwrl,
+}
+
+/// The backup-lock state of one session.
+#[derive(Debug, Default)]
+pub struct LockState {
+    pub method: Option<LockMethod>,
+    /// The stage held now and since when.
+    pub current: Option<(Stage, Instant)>,
+    /// How long each stage was held (milliseconds, fractional).
+    pub holds: BTreeMap<&'static str, f64>,
+    /// Set when a stage outlived its budget and the locks were released.
+    pub lost: Option<String>,
+    /// Bumped at each stage change; a budget watchdog acts only on its own generation.
+    pub generation: u64,
+}
+
+impl LockState {
+    /// Closes the hold of the current stage.
+    fn close_current(&mut self, now: Instant) {
+        if let Some((stage, since)) = self.current.take() {
+            let ms = now.duration_since(since).as_secs_f64() * 1000.0;
+            *self.holds.entry(stage.name()).or_insert(0.0) += ms;
+        }
+    }
+}
+
+pub struct StageLocks;
+
+#[async_trait]
+impl TypedStep for StageLocks {
+    type Config = StageLocksConfig;
+    const NAME: &'static str = "stage_locks";
+    const SUMMARY: &'static str = "Takes or releases MariaDB BACKUP STAGE locks on a held session, measuring each hold";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("stage", OutputType::String, "the stage reached"),
+            output("method", OutputType::String, "backup_stage, or ftwrl for the fallback"),
+            output("server_version", OutputType::String, "the server's version string"),
+            output("acquire_ms", OutputType::Number, "time spent waiting to take the stage(s)"),
+            output("holds_ms", OutputType::Object, "hold time of each stage so far, by stage"),
+            output("commit_blocked_ms", OutputType::Number, "at end: how long commits were blocked (BLOCK_COMMIT to END)"),
+            output("lsn", OutputType::Integer, "at block_commit: the InnoDB LSN the copy must reach"),
+            output("binlog_file", OutputType::String, "at block_commit: the binary log file"),
+            output("binlog_pos", OutputType::Integer, "at block_commit: the position in it"),
+            output("gtid_binlog_pos", OutputType::String, "at block_commit: @@gtid_binlog_pos"),
+            output("gtid_current_pos", OutputType::String, "at block_commit: @@gtid_current_pos"),
+            output("gtid_slave_pos", OutputType::String, "at block_commit: @@gtid_slave_pos"),
+            output("replica", OutputType::List, "at block_commit on a replica: each source's file and position"),
+        ]
+    }
+
+    fn check(cfg: &StageLocksConfig) -> Result<(), ConfigError> {
+        for stage in cfg.max_hold.keys() {
+            if *stage == Stage::End {
+                return Err(ConfigError { path: "max_hold.end".into(), message: "END holds nothing; give budgets for start, flush, block_ddl or block_commit".into(), hint: None });
+            }
+            cfg.budget(*stage)?;
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &StageLocksConfig) -> String {
+        let budget = cfg
+            .max_hold
+            .get(&cfg.stage)
+            .map(|b| format!(", released with an error if held longer than {b}"))
+            .unwrap_or_default();
+        match cfg.stage {
+            Stage::End => format!("releases the backup locks of connection `{}` (BACKUP STAGE END) and reports how long each stage was held", cfg.connection),
+            Stage::BlockCommit => format!(
+                "takes BACKUP STAGE BLOCK_COMMIT on connection `{}` (blocks {}), then records the InnoDB LSN, binlog position and GTID of the backup{budget}",
+                cfg.connection,
+                Stage::BlockCommit.blocks()
+            ),
+            s => format!("takes BACKUP STAGE {} on connection `{}` (blocks {}){budget}", s.name().to_uppercase(), cfg.connection, s.blocks()),
+        }
+    }
+
+    fn connections(cfg: &StageLocksConfig) -> Vec<String> {
+        vec![cfg.connection.clone()]
+    }
+
+    async fn run(cfg: &StageLocksConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
+        let work = async {
+            if cfg.stage == Stage::End {
+                release(&session).await
+            } else {
+                take(cfg, &session).await
+            }
+        };
+        tokio::select! {
+            r = work => r,
+            _ = ctx.cancel.cancelled() => {
+                // Dropping the session is what releases its locks for sure.
+                ctx.connections.discard(&cfg.connection).await;
+                Err(StepError::cancelled().with_hint("the session was closed, which released its backup locks"))
+            }
+        }
+    }
+}
+
+fn lock_state(session: &Session) -> std::sync::MutexGuard<'_, LockState> {
+    // A panic while holding this lock cannot leave it inconsistent in a way that matters
+    // more than reporting: take the data either way.
+    session.locks.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs, StepError> {
+    if let Some(lost) = lock_state(session).lost.clone() {
+        return Err(StepError::fatal(lost));
+    }
+    let version = session.version();
+    let method = choose_method(cfg, version, lock_state(session).method)?;
+    let current = lock_state(session).current.map(|(s, _)| s);
+    let todo: Vec<Stage> = Stage::ORDER.iter().copied().filter(|s| Some(*s) > current && *s <= cfg.stage).collect();
+    if todo.is_empty() {
+        return Err(StepError::fatal(format!(
+            "the session already holds stage {}; stages only move forward",
+            current.map(Stage::name).unwrap_or("none")
+        ))
+        .with_hint("each stage_locks step must name a later stage than the one before it"));
+    }
+    let mut guard = session.conn.lock().await;
+    let conn = guard.as_mut().ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    if let Some(t) = cfg.lock_wait_timeout {
+        let secs = t.as_secs().max(1);
+        conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}")).await.map_err(|e| classify(&e))?;
+    }
+    let t0 = Instant::now();
+    for stage in &todo {
+        if cfg.on_blocker == OnBlocker::Fail && *stage != Stage::Start {
+            check_blockers(conn, *stage, cfg.blocker_threshold).await?;
+        }
+        take_one(conn, *stage, method).await?;
+        let mut st = lock_state(session);
+        st.method = Some(method);
+        let now = Instant::now();
+        st.close_current(now);
+        st.current = Some((*stage, now));
+        st.generation += 1;
+    }
+    let acquire_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let mut out = base_outputs(session, cfg.stage, method, acquire_ms);
+    if cfg.stage == Stage::BlockCommit {
+        commit_point(conn, &mut out).await?;
+    }
+    drop(guard);
+    if let Some(budget) = cfg.budget(cfg.stage).map_err(|e| StepError::fatal(e.message))? {
+        spawn_budget_watchdog(session.clone(), cfg.stage, budget, method);
+    }
+    tracing::info!(stage = cfg.stage.name(), acquire_ms, "backup lock taken");
+    Ok(out)
+}
+
+fn choose_method(cfg: &StageLocksConfig, version: Option<ServerVersion>, current: Option<LockMethod>) -> Result<LockMethod, StepError> {
+    if let Some(m) = current {
+        return Ok(m);
+    }
+    let v = version.ok_or_else(|| StepError::fatal("cannot read the server version"))?;
+    if !v.mariadb {
+        return Err(StepError::fatal(format!("server {v} is not MariaDB; stagehand backs up MariaDB servers only")));
+    }
+    // BACKUP STAGE exists from MariaDB 10.4.1 on.
+    if v.at_least(10, 4, 1) {
+        return Ok(LockMethod::BackupStage);
+    }
+    match cfg.fallback {
+        Fallback::Ftwrl => {
+            tracing::warn!(version = %v, "BACKUP STAGE needs MariaDB 10.4.1 or later: falling back to FLUSH TABLES WITH READ LOCK");
+            Ok(LockMethod::Ftwrl)
+        }
+        Fallback::None => Err(StepError::fatal(format!("MariaDB {v} has no BACKUP STAGE (10.4.1 and later) and `fallback: none` forbids FTWRL"))),
+    }
+}
+
+/// Takes one stage. With FTWRL, BLOCK_DDL takes the global read lock (the whole copy is
+/// then write-blocked: the report says so) and the other stages are no-ops.
+async fn take_one(conn: &mut mysql_async::Conn, stage: Stage, method: LockMethod) -> Result<(), StepError> {
+    let sql = match (method, stage) {
+        (LockMethod::BackupStage, s) => s.sql(),
+        (LockMethod::Ftwrl, Stage::BlockDdl) => "FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK",
+        (LockMethod::Ftwrl, _) => return Ok(()),
+    };
+    conn.query_drop(sql).await.map_err(|e| {
+        let err = classify(&e);
+        let hint = match &e {
+            mysql_async::Error::Server(s) if s.code == 1205 => "another session holds a conflicting lock (a long query or DDL); raise lock_wait_timeout, or use on_blocker: fail to find out sooner",
+            mysql_async::Error::Server(s) if s.code == 1227 => "the backup user needs the RELOAD privilege (see the README)",
+            _ => "check the server's error log",
+        };
+        StepError { message: format!("{sql} failed: {}", err.message), ..err }.with_hint(hint)
+    })
+}
+
+async fn check_blockers(conn: &mut mysql_async::Conn, stage: Stage, threshold: Duration) -> Result<(), StepError> {
+    let sql = format!(
+        "SELECT ID, USER, TIME, COMMAND, LEFT(COALESCE(INFO, ''), 120) FROM information_schema.PROCESSLIST \
+         WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
+         AND TIME >= {} ORDER BY TIME DESC LIMIT 5",
+        threshold.as_secs()
+    );
+    let rows = query_rows(conn, &sql).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let id: u64 = r.get(0).unwrap_or(0);
+            let time: u64 = r.get(2).unwrap_or(0);
+            let info: String = r.get(4).unwrap_or_default();
+            format!("id {id} running {time}s: {info}")
+        })
+        .collect();
+    Err(StepError::fatal(format!(
+        "{} statement(s) running longer than {}s would block BACKUP STAGE {}: {}",
+        rows.len(),
+        threshold.as_secs(),
+        stage.name().to_uppercase(),
+        list.join("; ")
+    ))
+    .with_hint("wait for them to finish, or set on_blocker: wait to let the lock queue behind them"))
+}
+
+fn base_outputs(session: &Session, stage: Stage, method: LockMethod, acquire_ms: f64) -> Outputs {
+    let st = lock_state(session);
+    let mut holds: BTreeMap<&str, f64> = st.holds.clone();
+    if let Some((s, since)) = st.current {
+        *holds.entry(s.name()).or_insert(0.0) += since.elapsed().as_secs_f64() * 1000.0;
+    }
+    let mut out = Outputs::new();
+    out.insert("stage".into(), json!(stage.name()));
+    out.insert("method".into(), json!(method));
+    out.insert("server_version".into(), json!(session.server_version));
+    out.insert("acquire_ms".into(), json!(round3(acquire_ms)));
+    out.insert("holds_ms".into(), json!(holds.into_iter().map(|(k, v)| (k, round3(v))).collect::<BTreeMap<_, _>>()));
+    for key in ["binlog_file", "gtid_binlog_pos", "gtid_current_pos", "gtid_slave_pos"] {
+        out.insert(key.into(), json!(""));
+    }
+    out.insert("lsn".into(), json!(0));
+    out.insert("binlog_pos".into(), json!(0));
+    out.insert("commit_blocked_ms".into(), json!(0));
+    out.insert("replica".into(), json!([]));
+    out
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+/// Under BLOCK_COMMIT: the LSN the redo copy must reach, made durable, and the binlog
+/// and GTID positions the backup corresponds to.
+async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result<(), StepError> {
+    let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
+    let lsn: u64 = status.get("innodb_lsn_current").and_then(|v| v.parse().ok()).ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
+    // BLOCK_COMMIT does not flush the redo log: make every commit so far durable in the
+    // file, so the redo copy can read up to `lsn`.
+    conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS").await.map_err(|e| classify(&e))?;
+    out.insert("lsn".into(), json!(lsn));
+    let master = query_rows(conn, "SHOW MASTER STATUS").await.unwrap_or_default();
+    if let Some(row) = master.first() {
+        let file: Option<String> = row.get(0);
+        let pos: Option<u64> = row.get(1);
+        out.insert("binlog_file".into(), json!(file.unwrap_or_default()));
+        out.insert("binlog_pos".into(), json!(pos.unwrap_or(0)));
+    }
+    let gtid: Option<(Option<String>, Option<String>, Option<String>)> = conn
+        .query_first("SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@gtid_slave_pos")
+        .await
+        .map_err(|e| classify(&e))?;
+    if let Some((b, c, s)) = gtid {
+        out.insert("gtid_binlog_pos".into(), json!(b.unwrap_or_default()));
+        out.insert("gtid_current_pos".into(), json!(c.unwrap_or_default()));
+        out.insert("gtid_slave_pos".into(), json!(s.unwrap_or_default()));
+    }
+    out.insert("replica".into(), Value::Array(replica_positions(conn).await));
+    Ok(())
+}
+
+/// Each replication source's position, when this server is a replica (empty otherwise,
+/// or when the user may not see it).
+async fn replica_positions(conn: &mut mysql_async::Conn) -> Vec<Value> {
+    let Ok(rows) = query_rows(conn, "SHOW ALL SLAVES STATUS").await else { return Vec::new() };
+    rows.iter()
+        .map(|r| {
+            let col = |name: &str| -> Value {
+                r.columns_ref()
+                    .iter()
+                    .position(|c| c.name_str() == name)
+                    .and_then(|i| r.as_ref(i))
+                    .map(crate::mariadb::value_to_json)
+                    .unwrap_or(Value::Null)
+            };
+            json!({
+                "connection_name": col("Connection_name"),
+                "master_host": col("Master_Host"),
+                "relay_master_log_file": col("Relay_Master_Log_File"),
+                "exec_master_log_pos": col("Exec_Master_Log_Pos"),
+                "gtid_io_pos": col("Gtid_IO_Pos"),
+            })
+        })
+        .collect()
+}
+
+async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
+    let (method, lost, held) = {
+        let st = lock_state(session);
+        (st.method, st.lost.clone(), st.current.is_some())
+    };
+    if held {
+        let mut guard = session.conn.lock().await;
+        let conn = guard.as_mut().ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+        let sql = match method {
+            Some(LockMethod::Ftwrl) => "UNLOCK TABLES",
+            _ => Stage::End.sql(),
+        };
+        conn.query_drop(sql).await.map_err(|e| classify(&e))?;
+    }
+    let (commit_blocked, method) = {
+        let mut st = lock_state(session);
+        st.close_current(Instant::now());
+        st.generation += 1;
+        (st.holds.get("block_commit").copied().unwrap_or(0.0), st.method.unwrap_or(LockMethod::BackupStage))
+    };
+    let mut out = base_outputs(session, Stage::End, method, 0.0);
+    out.insert("commit_blocked_ms".into(), json!(round3(commit_blocked)));
+    tracing::info!(commit_blocked_ms = commit_blocked, "backup locks released");
+    match lost {
+        Some(msg) => Err(StepError::fatal(msg)),
+        None => Ok(out),
+    }
+}
+
+/// Releases the locks when `stage` is still held after `budget`.
+fn spawn_budget_watchdog(session: Arc<Session>, stage: Stage, budget: Duration, method: LockMethod) {
+    let generation = lock_state(&session).generation;
+    tokio::spawn(async move {
+        tokio::time::sleep(budget).await;
+        if lock_state(&session).generation != generation {
+            return;
+        }
+        let mut guard = session.conn.lock().await;
+        {
+            let st = lock_state(&session);
+            if st.generation != generation {
+                return;
+            }
+        }
+        let sql = if method == LockMethod::Ftwrl { "UNLOCK TABLES" } else { Stage::End.sql() };
+        let released = match guard.as_mut() {
+            Some(conn) => conn.query_drop(sql).await.is_ok(),
+            None => true,
+        };
+        if !released {
+            // The statement failed: closing the session releases the locks for sure.
+            if let Some(conn) = guard.take() {
+                let _ = conn.disconnect().await;
+            }
+        }
+        let msg = format!(
+            "BACKUP STAGE {} was held longer than its budget of {} (max_hold): the locks were released and this backup is abandoned",
+            stage.name().to_uppercase(),
+            humantime::format_duration(budget)
+        );
+        {
+            let mut st = lock_state(&session);
+            st.close_current(Instant::now());
+            st.lost = Some(msg.clone());
+            st.generation += 1;
+        }
+        tracing::error!("{msg}");
+        session.locks_lost.cancel();
+    });
+}
