@@ -591,7 +591,10 @@ impl Run<'_> {
                 attempts: s.attempts,
                 started_at: s.started.as_ref().map(|(_, t)| t.clone()),
                 duration_ms: s.duration.map(|d| d.as_millis() as u64),
-                outputs: s.outputs.clone(),
+                outputs: match self.redactor.redact_json(&Value::Object(s.outputs.clone())) {
+                    Value::Object(m) => m,
+                    _ => Outputs::new(),
+                },
                 error: s
                     .error
                     .as_ref()

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dry_run;
+mod engine_runs;
 
 mod invalid_plans;
 mod schema;
