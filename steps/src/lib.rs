@@ -1,10 +1,17 @@
 //! stagehand's step kinds and the MariaDB connection provider. Each step kind lives in
 //! one module with its typed config, its dry-run sentence and its run.
 
+pub mod copy;
+pub mod datadir;
 pub mod exec;
+pub mod innodb;
+pub mod pagecopy;
 pub mod mariadb;
+pub mod sandbox;
 pub mod sql;
 pub mod stage_locks;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use stagehand_engine::resources::ConnectionProvider;
 use stagehand_engine::{Registry, Typed};
@@ -13,6 +20,7 @@ use std::sync::Arc;
 /// Every step kind this build knows.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
+    r.register(Typed::<copy::Copy>::default());
     r.register(Typed::<exec::Exec>::default());
     r.register(Typed::<sql::Sql>::default());
     r.register(Typed::<stage_locks::StageLocks>::default());

@@ -239,7 +239,7 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
     with: {{connection: db, sql: \"INSERT INTO app.events VALUES ('always')\"}}
 "));
     let state = dir.path().join("state");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args(["run", plan.to_str().expect("utf-8"), "--set", &format!("socket={}", server.socket().display()), "--state-dir", state.to_str().expect("utf-8"), "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -1,0 +1,285 @@
+//! `copy`: the native physical copier. Copies one class of a datadir's files (InnoDB
+//! tablespaces, non-InnoDB table files, or Aria logs) into the backup directory, in
+//! parallel with bounded memory, and records each file (size, SHA-256, pages) in a part
+//! of the manifest that `seal` assembles.
+
+use crate::datadir::{discover, FileClass, FileSet, ServerSettings, SourceFile, SETTINGS_QUERY};
+use crate::mariadb::{name_values, Session};
+use crate::pagecopy::{copy_file, CopiedFile, CopyError, CopyOptions, RateLimiter};
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CopyConfig {
+    /// The plan connection to the server being copied: its settings (undo and system
+    /// tablespace locations, page size) are read from it, and the copy stops at once if
+    /// that session's backup locks are lost.
+    pub connection: String,
+    /// The server's datadir (as this machine sees it).
+    pub from: String,
+    /// The backup directory.
+    pub to: String,
+    /// Which files: innodb (default), non_innodb, aria_logs, or all.
+    #[serde(default = "default_files")]
+    pub files: FileSet,
+    /// Files copied at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Read rate limit for all threads together, e.g. `200MiB` (per second).
+    pub max_rate: Option<String>,
+    /// Read size per request.
+    #[serde(default = "default_chunk")]
+    pub chunk: String,
+    /// Re-reads of a page that fails its checksum, 100 ms apart, before giving up.
+    #[serde(default = "default_rereads")]
+    pub rereads: u32,
+}
+
+fn default_files() -> FileSet {
+    FileSet::Innodb
+}
+fn default_parallel() -> usize {
+    2
+}
+fn default_chunk() -> String {
+    "1MiB".into()
+}
+fn default_rereads() -> u32 {
+    10
+}
+
+fn parse_size(text: &str, field: &str) -> Result<u64, ConfigError> {
+    text.trim().parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|_| ConfigError {
+        path: field.into(),
+        message: format!("`{text}` is not a size"),
+        hint: Some("write e.g. 512KiB, 1MiB, 200MiB".into()),
+    })
+}
+
+impl CopyConfig {
+    fn max_rate(&self) -> Result<Option<u64>, ConfigError> {
+        self.max_rate.as_deref().map(|r| parse_size(r, "max_rate")).transpose()
+    }
+}
+
+/// The part of the manifest one copy step writes (`.stagehand/parts/<step>.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyPart {
+    pub step: String,
+    pub files_set: FileSet,
+    pub settings: ServerSettings,
+    pub started_at: String,
+    pub seconds: f64,
+    pub files: Vec<CopiedFile>,
+}
+
+/// Where copy steps leave their parts, inside the backup directory.
+pub fn parts_dir(target: &Path) -> PathBuf {
+    target.join(".stagehand").join("parts")
+}
+
+pub struct Copy;
+
+#[async_trait]
+impl TypedStep for Copy {
+    type Config = CopyConfig;
+    const NAME: &'static str = "copy";
+    const SUMMARY: &'static str = "Copies a live datadir's files into the backup directory (InnoDB page by page with checksums)";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("files", OutputType::Integer, "files copied"),
+            output("bytes", OutputType::Integer, "bytes copied"),
+            output("pages", OutputType::Integer, "InnoDB pages copied and checked"),
+            output("reread_pages", OutputType::Integer, "pages read again after a failed checksum (writes in flight)"),
+            output("unverified_pages", OutputType::Integer, "pages kept without a checksum check (see the manifest)"),
+            output("seconds", OutputType::Number, "wall time"),
+            output("mb_per_s", OutputType::Number, "throughput in MB/s"),
+            output("part", OutputType::String, "the manifest part this step wrote"),
+        ]
+    }
+
+    fn check(cfg: &CopyConfig) -> Result<(), ConfigError> {
+        if cfg.parallel == 0 || cfg.parallel > 64 {
+            return Err(ConfigError { path: "parallel".into(), message: "`parallel` must be between 1 and 64".into(), hint: None });
+        }
+        let chunk = parse_size(&cfg.chunk, "chunk")?;
+        if !(65536..=64 << 20).contains(&chunk) {
+            return Err(ConfigError { path: "chunk".into(), message: "`chunk` must be between 64KiB and 64MiB".into(), hint: None });
+        }
+        cfg.max_rate()?;
+        Ok(())
+    }
+
+    fn describe(cfg: &CopyConfig) -> String {
+        let rate = cfg.max_rate.as_ref().map(|r| format!(", at most {r}/s")).unwrap_or_default();
+        format!("copies {} from {} to {} with {} thread(s){rate}", cfg.files.describe(), cfg.from, cfg.to, cfg.parallel)
+    }
+
+    fn connections(cfg: &CopyConfig) -> Vec<String> {
+        vec![cfg.connection.clone()]
+    }
+
+    async fn run(cfg: &CopyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
+        let settings = read_settings(&session).await?;
+        let from = PathBuf::from(&cfg.from);
+        let to = PathBuf::from(&cfg.to);
+        let files: Vec<SourceFile> = discover(&from, &settings)
+            .map_err(|e| StepError::fatal(e.to_string()))?
+            .into_iter()
+            .filter(|f| cfg.files.includes(f.class))
+            .collect();
+        if cfg.files == FileSet::Innodb && !files.iter().any(|f| f.class == FileClass::SystemTablespace) {
+            return Err(StepError::fatal(format!("no InnoDB system tablespace ({}) under {}", settings.system_files().join(", "), from.display()))
+                .with_hint("`from` must be the server's datadir as this machine sees it"));
+        }
+        std::fs::create_dir_all(parts_dir(&to)).map_err(|e| StepError::fatal(format!("cannot create {}: {e}", to.display())))?;
+        let started_at = chrono_now();
+        let t0 = Instant::now();
+        let copied = copy_all(cfg, files, &to, &settings, ctx, &session).await?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let part = CopyPart { step: ctx.step_id.clone(), files_set: cfg.files, settings, started_at, seconds, files: copied };
+        let part_path = parts_dir(&to).join(format!("{}.json", ctx.step_id));
+        write_json(&part_path, &part)?;
+        Ok(summary(&part, &part_path))
+    }
+}
+
+fn chrono_now() -> String {
+    // RFC 3339 without pulling chrono into this crate: the engine formats run times.
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+async fn read_settings(session: &Session) -> Result<ServerSettings, StepError> {
+    let mut guard = session.conn.lock().await;
+    let conn = guard.as_mut().ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    let vars = name_values(conn, SETTINGS_QUERY).await?;
+    Ok(ServerSettings::from_variables(&vars))
+}
+
+/// Runs `parallel` blocking workers over the files, largest first.
+async fn copy_all(
+    cfg: &CopyConfig,
+    mut files: Vec<SourceFile>,
+    to: &Path,
+    settings: &ServerSettings,
+    ctx: &StepContext,
+    session: &Session,
+) -> Result<Vec<CopiedFile>, StepError> {
+    let system_format = system_format(&files);
+    files.sort_by_key(|f| std::cmp::Reverse(std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0)));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let opts = Arc::new(CopyOptions {
+        chunk_bytes: parse_size(&cfg.chunk, "chunk").map_err(|e| StepError::fatal(e.message))? as usize,
+        rereads: cfg.rereads,
+        reread_delay: Duration::from_millis(100),
+        cancel: cancel.clone(),
+        limiter: cfg.max_rate().map_err(|e| StepError::fatal(e.message))?.map(|r| Arc::new(RateLimiter::new(r))),
+        system_format,
+    });
+    let _ = settings;
+    let queue = Arc::new(Mutex::new(VecDeque::from(files)));
+    let progress = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..cfg.parallel {
+        let (queue, opts, to, progress) = (queue.clone(), opts.clone(), to.to_path_buf(), progress.clone());
+        workers.push(tokio::task::spawn_blocking(move || worker(&queue, &to, &opts, &progress)));
+    }
+    let all = futures_join(workers);
+    tokio::pin!(all);
+    let result = tokio::select! {
+        r = &mut all => r,
+        _ = ctx.cancel.cancelled() => { cancel.store(true, Ordering::Relaxed); let _ = all.await; return Err(StepError::cancelled()); }
+        _ = session.locks_lost.cancelled() => {
+            cancel.store(true, Ordering::Relaxed);
+            let _ = all.await;
+            return Err(StepError::fatal("the backup locks were released (a max_hold budget ran out): copy stopped"));
+        }
+    };
+    let mut copied = Vec::new();
+    for r in result {
+        copied.extend(r?);
+    }
+    copied.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(copied)
+}
+
+async fn futures_join(workers: Vec<tokio::task::JoinHandle<Result<Vec<CopiedFile>, StepError>>>) -> Vec<Result<Vec<CopiedFile>, StepError>> {
+    let mut out = Vec::new();
+    for w in workers {
+        out.push(w.await.unwrap_or_else(|e| Err(StepError::fatal(format!("copy worker crashed: {e}")))));
+    }
+    out
+}
+
+fn worker(queue: &Mutex<VecDeque<SourceFile>>, to: &Path, opts: &CopyOptions, progress: &AtomicU64) -> Result<Vec<CopiedFile>, StepError> {
+    let mut done = Vec::new();
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let Some(file) = next else { return Ok(done) };
+        match copy_file(&file, to, opts) {
+            Ok(rec) => {
+                progress.fetch_add(rec.size, Ordering::Relaxed);
+                done.push(rec);
+            }
+            // Dropped before we opened it: a table removed before the copy's locks.
+            Err(CopyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound && file.class == FileClass::Tablespace => {
+                tracing::warn!(file = %file.rel, "vanished before it was copied; the redo log records its removal");
+            }
+            Err(e) => {
+                // Stop the other workers too: the step has failed.
+                opts.cancel.store(true, Ordering::Relaxed);
+                let err = match &e {
+                    CopyError::CorruptPage { .. } => StepError::fatal(e.to_string()).with_hint("run CHECK TABLE on that table on the server; a backup of a corrupt page is not a backup"),
+                    CopyError::Cancelled => StepError::cancelled(),
+                    CopyError::Io { .. } => StepError::fatal(e.to_string()).with_hint("check free space and permissions of the backup directory"),
+                };
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// The system tablespace format from page 0 of ibdata1, for ibdata2….
+fn system_format(files: &[SourceFile]) -> Option<crate::innodb::page::SpaceFormat> {
+    let first = files.iter().find(|f| f.class == FileClass::SystemTablespace)?;
+    let mut head = vec![0u8; 65536];
+    let file = std::fs::File::open(&first.abs).ok()?;
+    let n = std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).ok()?;
+    crate::innodb::page::SpaceFormat::from_page0(&head[..n]).ok()
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StepError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| StepError::fatal(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", path.display())))
+}
+
+fn summary(part: &CopyPart, part_path: &Path) -> Outputs {
+    let bytes: u64 = part.files.iter().map(|f| f.size).sum();
+    let sum = |f: fn(&CopiedFile) -> u64| part.files.iter().map(f).sum::<u64>();
+    let mut out = Outputs::new();
+    out.insert("files".into(), json!(part.files.len()));
+    out.insert("bytes".into(), json!(bytes));
+    out.insert("pages".into(), json!(sum(|f| f.pages)));
+    out.insert("reread_pages".into(), json!(sum(|f| f.reread_pages)));
+    out.insert("unverified_pages".into(), json!(sum(|f| f.unverified_pages)));
+    out.insert("seconds".into(), json!((part.seconds * 1000.0).round() / 1000.0));
+    let mbps = if part.seconds > 0.0 { bytes as f64 / 1e6 / part.seconds } else { 0.0 };
+    out.insert("mb_per_s".into(), json!((mbps * 10.0).round() / 10.0));
+    out.insert("part".into(), json!(part_path.display().to_string()));
+    out
+}
