@@ -42,6 +42,8 @@ pub struct DryStep {
     pub background: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
+    #[serde(rename = "if", skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Value>,
     pub retry_attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -105,6 +107,11 @@ pub fn dry_run(
                 when: s.when,
                 background: s.background,
                 until: s.until.clone(),
+                condition: s.condition.as_ref().map(|c| {
+                    renderer
+                        .render_value(c, &ctx, Mode::Display)
+                        .unwrap_or_else(|e| Value::String(format!("<cannot render: {}>", e.0)))
+                }),
                 retry_attempts: s.retry.attempts,
                 timeout: s.timeout.map(|t| humantime::format_duration(t).to_string()),
                 description: describe(registry, &renderer, &ctx, s, &shown),
@@ -199,6 +206,14 @@ impl DryRun {
             }
             if !s.needs.is_empty() {
                 tags.push(format!("after {}", s.needs.join(", ")));
+            }
+            if let Some(c) = &s.condition {
+                let runs = if crate::template::is_truthy(c) {
+                    "runs"
+                } else {
+                    "skipped"
+                };
+                tags.push(format!("if {} ({runs})", compact(c)));
             }
             if s.retry_attempts > 1 {
                 tags.push(format!("{} attempts", s.retry_attempts));

@@ -413,8 +413,31 @@ impl Run<'_> {
         self.notify_until(i);
     }
 
+    /// Renders a step's `if:`; None when it has none.
+    fn condition_holds(&self, i: usize) -> Result<bool, String> {
+        let Some(cond) = &self.steps()[i].condition else {
+            return Ok(true);
+        };
+        self.renderer
+            .render_value(cond, &self.context_with_outputs(), Mode::Run)
+            .map(|v| crate::template::is_truthy(&v))
+            .map_err(|e| e.0)
+    }
+
     fn start(&mut self, i: usize) {
         let spec = self.steps()[i].clone();
+        match self.condition_holds(i) {
+            Ok(true) => {}
+            Ok(false) => return self.skip(i, "its `if` condition is false".into()),
+            Err(e) => {
+                self.journal.event("step_finished", json!({"step": spec.id, "status": StepStatus::Failed, "error": format!("cannot evaluate `if`: {e}")}));
+                self.slots[i].status = StepStatus::Failed;
+                self.slots[i].error = Some(StepError::fatal(format!("cannot evaluate `if`: {e}")));
+                self.fail_run();
+                self.notify_until(i);
+                return;
+            }
+        }
         let Some(kind) = self.registry.get(&spec.uses).cloned() else {
             self.skip(i, format!("unknown step kind {}", spec.uses));
             return;
@@ -472,7 +495,13 @@ impl Run<'_> {
             .filter(|a| self.slots[**a].status == StepStatus::Succeeded)
             .map(|a| {
                 let spec = &self.steps()[*a];
-                (spec.id.clone(), crate::step::Upstream { uses: spec.uses.clone(), outputs: self.slots[*a].outputs.clone() })
+                (
+                    spec.id.clone(),
+                    crate::step::Upstream {
+                        uses: spec.uses.clone(),
+                        outputs: self.slots[*a].outputs.clone(),
+                    },
+                )
             })
             .collect()
     }

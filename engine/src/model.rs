@@ -176,6 +176,8 @@ pub struct StepSpec {
     pub timeout: Option<Duration>,
     /// A failure of this step is reported but does not fail the run.
     pub continue_on_error: bool,
+    /// `if`: a boolean or a template rendered when the step could start; false skips it.
+    pub condition: Option<serde_json::Value>,
     /// Path of this step in the file (`steps[3]`), for diagnostics.
     pub path: String,
 }

@@ -36,6 +36,7 @@ const STEP_KEYS: &[&str] = &[
     "retry",
     "timeout",
     "continue_on_error",
+    "if",
 ];
 
 /// The outcome of parsing: a best-effort plan (bad parts left out), the file's position
@@ -352,6 +353,7 @@ impl Walker<'_, '_> {
             continue_on_error: self
                 .opt_bool(path, map, "continue_on_error")
                 .unwrap_or(false),
+            condition: self.condition(path, map),
             id,
             uses,
             when,
@@ -359,6 +361,23 @@ impl Walker<'_, '_> {
             retry,
             path: path.to_string(),
         })
+    }
+
+    /// `if:` takes a boolean or a template string.
+    fn condition(&mut self, path: &str, map: &Mapping) -> Option<serde_json::Value> {
+        match map.get("if")? {
+            Value::Bool(b) => Some(serde_json::Value::Bool(*b)),
+            Value::String(s) => Some(serde_json::Value::String(s.clone())),
+            other => {
+                self.type_error(
+                    path,
+                    "if",
+                    "true, false or a template such as \"{{params.prepare}}\"",
+                    other,
+                );
+                None
+            }
+        }
     }
 
     // ---- small typed readers; each reports its own error and returns None ----

@@ -46,7 +46,8 @@ pub fn plan_schema(registry: &Registry, provider: Option<&dyn ConnectionProvider
             "until": {"type": "string"},
             "retry": retry,
             "timeout": duration,
-            "continue_on_error": {"type": "boolean"}
+            "continue_on_error": {"type": "boolean"},
+            "if": {"oneOf": [{"type": "boolean"}, {"type": "string"}], "description": "false (or a template rendering to false, 0, no, off or empty) skips the step"}
         },
         "allOf": per_kind
     });

@@ -155,7 +155,10 @@ impl StepContext {
     }
 
     /// Upstream steps of a given kind, in plan order of their ids.
-    pub fn upstream_of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = (&'a String, &'a Upstream)> + 'a {
+    pub fn upstream_of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Upstream)> + 'a {
         self.upstream.iter().filter(move |(_, u)| u.uses == kind)
     }
 

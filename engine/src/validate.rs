@@ -235,6 +235,11 @@ impl Checker<'_> {
             self.check_strings(&renderer, &s.with, &wpath, c);
             let mut refs = Vec::new();
             template::references_in(&s.with, &wpath, &mut refs);
+            if let Some(cond) = &s.condition {
+                let ipath = child_key(&s.path, "if");
+                self.check_strings(&renderer, cond, &ipath, c);
+                template::references_in(cond, &ipath, &mut refs);
+            }
             for (path, r) in refs {
                 self.check_reference(l, Some(i), &path, &r, c);
             }

@@ -66,8 +66,16 @@ impl ServerSettings {
 
     /// The system tablespace files from `innodb_data_file_path` (`ibdata1:12M:autoextend`).
     pub fn system_files(&self) -> Vec<String> {
-        let spec = if self.innodb_data_file_path.is_empty() { "ibdata1:12M:autoextend" } else { &self.innodb_data_file_path };
-        spec.split(';').filter_map(|part| part.split(':').next()).filter(|n| !n.is_empty()).map(String::from).collect()
+        let spec = if self.innodb_data_file_path.is_empty() {
+            "ibdata1:12M:autoextend"
+        } else {
+            &self.innodb_data_file_path
+        };
+        spec.split(';')
+            .filter_map(|part| part.split(':').next())
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -81,15 +89,20 @@ pub enum FileClass {
     UndoTablespace,
     /// *.ibd: file-per-table tablespaces (and partitions).
     Tablespace,
-    /// Non-InnoDB table and database files (frm, MYD, MAD, par, opt …).
+    /// Non-InnoDB table and database files (frm, MyISAM, par, opt …), but Aria data.
     NonInnodb,
+    /// Aria table files (.MAD/.MAI): Aria keeps writing under BLOCK_DDL.
+    AriaData,
     /// aria_log.* and aria_log_control.
     AriaLog,
 }
 
 impl FileClass {
     pub fn is_innodb(self) -> bool {
-        matches!(self, FileClass::SystemTablespace | FileClass::UndoTablespace | FileClass::Tablespace)
+        matches!(
+            self,
+            FileClass::SystemTablespace | FileClass::UndoTablespace | FileClass::Tablespace
+        )
     }
 }
 
@@ -99,10 +112,13 @@ impl FileClass {
 pub enum FileSet {
     /// InnoDB tablespaces, page by page (under BLOCK_DDL).
     Innodb,
-    /// Non-InnoDB table files (under BLOCK_DDL, after FLUSH).
+    /// Non-InnoDB table files (under BLOCK_DDL: FLUSH stopped MyISAM writes). Aria
+    /// tables are copied too, as a first pass.
     NonInnodb,
-    /// Aria logs (under BLOCK_COMMIT).
-    AriaLogs,
+    /// Aria tables and logs (under BLOCK_COMMIT: crash-safe Aria tables keep changing
+    /// until then, and their logs must match them). Aria tables an earlier copy step
+    /// took and that have not changed since are not copied again.
+    Aria,
     /// Everything (for a cold copy of a stopped server).
     All,
 }
@@ -112,8 +128,8 @@ impl FileSet {
         match self {
             FileSet::All => true,
             FileSet::Innodb => class.is_innodb(),
-            FileSet::NonInnodb => class == FileClass::NonInnodb,
-            FileSet::AriaLogs => class == FileClass::AriaLog,
+            FileSet::NonInnodb => matches!(class, FileClass::NonInnodb | FileClass::AriaData),
+            FileSet::Aria => matches!(class, FileClass::AriaData | FileClass::AriaLog),
         }
     }
 
@@ -121,7 +137,7 @@ impl FileSet {
         match self {
             FileSet::Innodb => "InnoDB tablespaces (page by page, checksums verified)",
             FileSet::NonInnodb => "non-InnoDB table files (frm, MyISAM, Aria, CSV, …)",
-            FileSet::AriaLogs => "the Aria logs",
+            FileSet::Aria => "Aria logs and the Aria tables changed since the first pass",
             FileSet::All => "every data file",
         }
     }
@@ -137,38 +153,59 @@ pub struct SourceFile {
 }
 
 /// Extensions of non-InnoDB files that belong in a backup (as mariadb-backup's list).
-const NON_INNODB_EXT: &[&str] = &["frm", "isl", "myd", "myi", "mad", "mai", "mrg", "trg", "trn", "arm", "arz", "csm", "csv", "opt", "par"];
+const NON_INNODB_EXT: &[&str] = &[
+    "frm", "isl", "myd", "myi", "mad", "mai", "mrg", "trg", "trn", "arm", "arz", "csm", "csv",
+    "opt", "par",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatadirError {
     #[error("cannot list {path}: {source}")]
-    List { path: PathBuf, source: std::io::Error },
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
 }
 
 /// Lists the files of a datadir with the class of each.
-pub fn discover(datadir: &Path, settings: &ServerSettings) -> Result<Vec<SourceFile>, DatadirError> {
+pub fn discover(
+    datadir: &Path,
+    settings: &ServerSettings,
+) -> Result<Vec<SourceFile>, DatadirError> {
     let mut out = Vec::new();
     let home = settings.resolve_dir(datadir, &settings.innodb_data_home_dir);
     for name in settings.system_files() {
         let abs = home.join(&name);
         if abs.exists() {
-            out.push(SourceFile { abs, rel: name, class: FileClass::SystemTablespace });
+            out.push(SourceFile {
+                abs,
+                rel: name,
+                class: FileClass::SystemTablespace,
+            });
         }
     }
     let undo_dir = settings.resolve_dir(datadir, &settings.innodb_undo_directory);
     for entry in read_dir(&undo_dir)? {
         let name = file_name(&entry);
         if is_undo_name(&name) {
-            out.push(SourceFile { abs: entry, rel: name, class: FileClass::UndoTablespace });
+            out.push(SourceFile {
+                abs: entry,
+                rel: name,
+                class: FileClass::UndoTablespace,
+            });
         }
     }
     let aria_dir = settings.resolve_dir(datadir, &settings.aria_log_dir_path);
     for entry in read_dir(&aria_dir)? {
         let name = file_name(&entry);
         if name == "aria_log_control" || name.starts_with("aria_log.") {
-            out.push(SourceFile { abs: entry, rel: name, class: FileClass::AriaLog });
+            out.push(SourceFile {
+                abs: entry,
+                rel: name,
+                class: FileClass::AriaLog,
+            });
         }
     }
     for entry in read_dir(datadir)? {
@@ -189,7 +226,10 @@ fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), Datadi
         if !entry.is_file() || name.starts_with("#sql") {
             continue;
         }
-        let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let ext = name
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
         let class = match ext.as_str() {
             "ibd" => FileClass::Tablespace,
             "isl" => {
@@ -197,10 +237,15 @@ fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), Datadi
                     "{db}/{name}: tables with DATA DIRECTORY are not supported yet (their tablespace lives outside the datadir)"
                 )))
             }
+            "mad" | "mai" => FileClass::AriaData,
             e if NON_INNODB_EXT.contains(&e) => FileClass::NonInnodb,
             _ => continue,
         };
-        out.push(SourceFile { abs: entry, rel: format!("{db}/{name}"), class });
+        out.push(SourceFile {
+            abs: entry,
+            rel: format!("{db}/{name}"),
+            class,
+        });
     }
     Ok(())
 }
@@ -215,14 +260,19 @@ fn is_skipped_dir(name: &str) -> bool {
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DatadirError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DatadirError::List { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| DatadirError::List {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut out: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     out.sort();
     Ok(out)
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -233,19 +283,43 @@ mod tests {
     fn classifies_a_datadir() {
         let d = tempfile::tempdir().expect("tempdir");
         let root = d.path();
-        for f in ["ibdata1", "ib_logfile0", "undo001", "undo002", "aria_log.00000001", "aria_log_control", "binlog.000001", "mysqld.pid", "ib_buffer_pool"] {
+        for f in [
+            "ibdata1",
+            "ib_logfile0",
+            "undo001",
+            "undo002",
+            "aria_log.00000001",
+            "aria_log_control",
+            "binlog.000001",
+            "mysqld.pid",
+            "ib_buffer_pool",
+        ] {
             std::fs::write(root.join(f), b"x").expect("write");
         }
         std::fs::create_dir_all(root.join("app")).expect("mkdir");
-        for f in ["t.ibd", "t.frm", "m.MYD", "m.MYI", "db.opt", "#sql-1.ibd", "p#P#p0.ibd", "p.par"] {
+        for f in [
+            "t.ibd",
+            "t.frm",
+            "a.MAD",
+            "a.MAI",
+            "m.MYD",
+            "m.MYI",
+            "db.opt",
+            "#sql-1.ibd",
+            "p#P#p0.ibd",
+            "p.par",
+        ] {
             std::fs::write(root.join("app").join(f), b"x").expect("write");
         }
         let files = discover(root, &ServerSettings::default()).expect("discover");
-        let got: Vec<(String, FileClass)> = files.iter().map(|f| (f.rel.clone(), f.class)).collect();
+        let got: Vec<(String, FileClass)> =
+            files.iter().map(|f| (f.rel.clone(), f.class)).collect();
         assert_eq!(
             got,
             vec![
                 ("app/db.opt".into(), FileClass::NonInnodb),
+                ("app/a.MAD".into(), FileClass::AriaData),
+                ("app/a.MAI".into(), FileClass::AriaData),
                 ("app/m.MYD".into(), FileClass::NonInnodb),
                 ("app/m.MYI".into(), FileClass::NonInnodb),
                 ("app/p#P#p0.ibd".into(), FileClass::Tablespace),

@@ -5,9 +5,12 @@ pub mod copy;
 pub mod datadir;
 pub mod exec;
 pub mod innodb;
-pub mod pagecopy;
+pub mod manifest;
 pub mod mariadb;
+pub mod pagecopy;
+pub mod redo_tail;
 pub mod sandbox;
+pub mod seal;
 pub mod sql;
 pub mod stage_locks;
 #[cfg(feature = "testkit")]
@@ -22,6 +25,8 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.register(Typed::<copy::Copy>::default());
     r.register(Typed::<exec::Exec>::default());
+    r.register(Typed::<redo_tail::RedoTail>::default());
+    r.register(Typed::<seal::Seal>::default());
     r.register(Typed::<sql::Sql>::default());
     r.register(Typed::<stage_locks::StageLocks>::default());
     r

@@ -116,11 +116,18 @@ pub struct ServerVersion {
 
 impl ServerVersion {
     pub fn parse(text: &str) -> Option<Self> {
-        let mut nums = text.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
+        let mut nums = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty());
         let major = nums.next()?.parse().ok()?;
         let minor = nums.next()?.parse().ok()?;
         let patch = nums.next()?.parse().ok()?;
-        Some(Self { major, minor, patch, mariadb: text.to_ascii_lowercase().contains("mariadb") })
+        Some(Self {
+            major,
+            minor,
+            patch,
+            mariadb: text.to_ascii_lowercase().contains("mariadb"),
+        })
     }
 
     pub fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
@@ -264,7 +271,9 @@ pub fn value_to_json(v: &mysql_async::Value) -> serde_json::Value {
     }
 }
 
-/// A row as a JSON object keyed by column name.
+/// A row as a JSON object keyed by column name. The text protocol sends every value as
+/// text: integer and floating-point columns are turned back into numbers (DECIMAL stays
+/// text, so no precision is lost).
 pub fn row_to_json(row: &mysql_async::Row) -> serde_json::Map<String, serde_json::Value> {
     let columns = row.columns_ref();
     columns
@@ -273,23 +282,59 @@ pub fn row_to_json(row: &mysql_async::Row) -> serde_json::Map<String, serde_json
         .map(|(i, c)| {
             let v = row
                 .as_ref(i)
-                .map(value_to_json)
+                .map(|v| typed_json(v, c.column_type()))
                 .unwrap_or(serde_json::Value::Null);
             (c.name_str().into_owned(), v)
         })
         .collect()
 }
 
+fn typed_json(v: &mysql_async::Value, ty: mysql_async::consts::ColumnType) -> serde_json::Value {
+    use mysql_async::consts::ColumnType as T;
+    let json = value_to_json(v);
+    let serde_json::Value::String(text) = &json else {
+        return json;
+    };
+    match ty {
+        T::MYSQL_TYPE_TINY
+        | T::MYSQL_TYPE_SHORT
+        | T::MYSQL_TYPE_LONG
+        | T::MYSQL_TYPE_INT24
+        | T::MYSQL_TYPE_LONGLONG
+        | T::MYSQL_TYPE_YEAR => text
+            .parse::<i64>()
+            .map(serde_json::Value::from)
+            .or_else(|_| text.parse::<u64>().map(serde_json::Value::from))
+            .unwrap_or(json),
+        T::MYSQL_TYPE_FLOAT | T::MYSQL_TYPE_DOUBLE => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(serde_json::Value::Number)
+            .unwrap_or(json),
+        _ => json,
+    }
+}
+
 /// Runs one statement and returns its rows (a helper for steps that read server state).
-pub async fn query_rows(conn: &mut mysql_async::Conn, sql: &str) -> Result<Vec<mysql_async::Row>, StepError> {
+pub async fn query_rows(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+) -> Result<Vec<mysql_async::Row>, StepError> {
     conn.query(sql).await.map_err(|e| {
         let err = classify(&e);
-        StepError { message: format!("{} (in: {sql})", err.message), ..err }
+        StepError {
+            message: format!("{} (in: {sql})", err.message),
+            ..err
+        }
     })
 }
 
 /// `SHOW GLOBAL STATUS/VARIABLES LIKE ...` as name → value.
-pub async fn name_values(conn: &mut mysql_async::Conn, sql: &str) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+pub async fn name_values(
+    conn: &mut mysql_async::Conn,
+    sql: &str,
+) -> Result<std::collections::BTreeMap<String, String>, StepError> {
     let rows = query_rows(conn, sql).await?;
     Ok(rows
         .iter()

@@ -1,6 +1,6 @@
 //! Copying one file of a live datadir: InnoDB tablespaces page by page with checksum
 //! validation and re-reads of pages caught mid-write; other files byte for byte. Every
-//! copy is hashed (SHA-256) as it is written, and synced before it counts.
+//! copy is hashed (SHA-256) as it is written.
 
 use crate::datadir::{FileClass, SourceFile};
 use crate::innodb::page::{check_page_at, PageStatus, SpaceFormat};
@@ -32,6 +32,49 @@ pub struct CopiedFile {
     /// area, a tablespace whose page 0 is not written yet).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unverified_pages: u64,
+    /// The source file as it was when copied, to tell later whether it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStamp>,
+}
+
+/// Identity and modification time of a source file at copy time.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceStamp {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    /// When the copy read it (ns since the epoch).
+    pub copied_ns: i128,
+}
+
+impl SourceStamp {
+    pub fn of(meta: &std::fs::Metadata, copied_ns: i128) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            copied_ns,
+        }
+    }
+
+    /// Whether the file is certainly unchanged since this stamp: same inode, size and
+    /// mtime, and it had not been modified for a second before it was copied (file
+    /// times are coarse, so a write right after a recent one could keep the same mtime).
+    pub fn still_matches(&self, meta: &std::fs::Metadata) -> bool {
+        let now = Self::of(meta, 0);
+        now.ino == self.ino
+            && now.size == self.size
+            && now.mtime_ns == self.mtime_ns
+            && self.copied_ns - self.mtime_ns > 1_000_000_000
+    }
+}
+
+pub fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -41,15 +84,26 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: page {page} still fails its checksum after {tries} reads ({status}); the source file may be corrupt")]
-    CorruptPage { path: PathBuf, page: u64, tries: u32, status: String },
+    CorruptPage {
+        path: PathBuf,
+        page: u64,
+        tries: u32,
+        status: String,
+    },
     #[error("copy cancelled")]
     Cancelled,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
-    move |source| CopyError::Io { path: path.to_path_buf(), source }
+    move |source| CopyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Knobs shared by every file of one copy.
@@ -64,16 +118,27 @@ pub struct CopyOptions {
 }
 
 /// Copies `src` to `target_root/src.rel`.
-pub fn copy_file(src: &SourceFile, target_root: &Path, opts: &CopyOptions) -> Result<CopiedFile, CopyError> {
+pub fn copy_file(
+    src: &SourceFile,
+    target_root: &Path,
+    opts: &CopyOptions,
+) -> Result<CopiedFile, CopyError> {
     let dest = target_root.join(&src.rel);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
     let input = File::open(&src.abs).map_err(io(&src.abs))?;
+    let meta = input.metadata().map_err(io(&src.abs))?;
+    let stamp = SourceStamp::of(&meta, now_ns());
     // Growth after this point comes back from the redo log, as in mariadb-backup.
-    let size = input.metadata().map_err(io(&src.abs))?.len();
+    let size = meta.len();
     let mut output = File::create(&dest).map_err(io(&dest))?;
-    let mut sink = HashingSink { file: &mut output, hash: Sha256::new(), path: &dest, written: 0 };
+    let mut sink = HashingSink {
+        file: &mut output,
+        hash: Sha256::new(),
+        path: &dest,
+        written: 0,
+    };
     let mut record = CopiedFile {
         path: src.rel.clone(),
         class: src.class,
@@ -83,15 +148,25 @@ pub fn copy_file(src: &SourceFile, target_root: &Path, opts: &CopyOptions) -> Re
         pages: 0,
         reread_pages: 0,
         unverified_pages: 0,
+        source: Some(stamp),
     };
     if src.class.is_innodb() {
-        copy_pages(&input, &src.abs, size, src.class, &mut sink, &mut record, opts)?;
+        copy_pages(
+            &input,
+            &src.abs,
+            size,
+            src.class,
+            &mut sink,
+            &mut record,
+            opts,
+        )?;
     } else {
         copy_bytes(&input, &src.abs, size, &mut sink, opts)?;
     }
     record.size = sink.written;
     record.sha256 = format!("{:x}", sink.hash.finalize());
-    output.sync_all().map_err(io(&dest))?;
+    // No fsync here: copies made under BLOCK_COMMIT must be quick, and durability only
+    // matters before the manifest is written (seal syncs every file first).
     Ok(record)
 }
 
@@ -119,13 +194,24 @@ fn read_at(input: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<usi
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(CopyError::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(CopyError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
         }
     }
     Ok(done)
 }
 
-fn copy_bytes(input: &File, path: &Path, size: u64, sink: &mut HashingSink, opts: &CopyOptions) -> Result<(), CopyError> {
+fn copy_bytes(
+    input: &File,
+    path: &Path,
+    size: u64,
+    sink: &mut HashingSink,
+    opts: &CopyOptions,
+) -> Result<(), CopyError> {
     let mut buf = vec![0u8; opts.chunk_bytes];
     let mut offset = 0;
     while offset < size {
@@ -186,7 +272,12 @@ fn copy_pages(
 }
 
 /// The format of a tablespace file from its page 0 (or the system tablespace's).
-fn tablespace_format(input: &File, path: &Path, class: FileClass, opts: &CopyOptions) -> Result<Option<SpaceFormat>, CopyError> {
+fn tablespace_format(
+    input: &File,
+    path: &Path,
+    class: FileClass,
+    opts: &CopyOptions,
+) -> Result<Option<SpaceFormat>, CopyError> {
     let mut head = vec![0u8; 65536];
     let n = read_at(input, path, &mut head, 0)?;
     match SpaceFormat::from_page0(&head[..n]) {
@@ -220,7 +311,12 @@ fn validate_page(
         tries += 1;
     }
     match status {
-        Some(PageStatus::Corrupt(c)) => Err(CopyError::CorruptPage { path: path.to_path_buf(), page: page_no, tries, status: format!("{c:?}") }),
+        Some(PageStatus::Corrupt(c)) => Err(CopyError::CorruptPage {
+            path: path.to_path_buf(),
+            page: page_no,
+            tries,
+            status: format!("{c:?}"),
+        }),
         None | Some(PageStatus::Unverifiable(_)) => {
             record.unverified_pages += 1;
             Ok(())
@@ -257,7 +353,10 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
-        Self { bytes_per_sec: bytes_per_sec.max(1) as f64, state: std::sync::Mutex::new((Instant::now(), 0.0)) }
+        Self {
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+            state: std::sync::Mutex::new((Instant::now(), 0.0)),
+        }
     }
 
     /// Blocks until `bytes` may pass. At most one second of burst.

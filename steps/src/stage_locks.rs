@@ -9,12 +9,16 @@ use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use stagehand_engine::{output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep};
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     Start,
@@ -25,7 +29,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ORDER: [Stage; 4] = [Stage::Start, Stage::Flush, Stage::BlockDdl, Stage::BlockCommit];
+    const ORDER: [Stage; 4] = [
+        Stage::Start,
+        Stage::Flush,
+        Stage::BlockDdl,
+        Stage::BlockCommit,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -93,7 +102,10 @@ pub struct StageLocksConfig {
     #[serde(default)]
     pub on_blocker: OnBlocker,
     /// With `on_blocker: fail`: how long a running statement may have run.
-    #[serde(default = "default_blocker_threshold", with = "stagehand_engine::model::duration_text")]
+    #[serde(
+        default = "default_blocker_threshold",
+        with = "stagehand_engine::model::duration_text"
+    )]
     #[schemars(with = "String")]
     pub blocker_threshold: Duration,
     /// Time budget per stage, e.g. `{block_commit: 2s}`: a stage held longer is released
@@ -162,23 +174,72 @@ pub struct StageLocks;
 impl TypedStep for StageLocks {
     type Config = StageLocksConfig;
     const NAME: &'static str = "stage_locks";
-    const SUMMARY: &'static str = "Takes or releases MariaDB BACKUP STAGE locks on a held session, measuring each hold";
+    const SUMMARY: &'static str =
+        "Takes or releases MariaDB BACKUP STAGE locks on a held session, measuring each hold";
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
             output("stage", OutputType::String, "the stage reached"),
-            output("method", OutputType::String, "backup_stage, or ftwrl for the fallback"),
-            output("server_version", OutputType::String, "the server's version string"),
-            output("acquire_ms", OutputType::Number, "time spent waiting to take the stage(s)"),
-            output("holds_ms", OutputType::Object, "hold time of each stage so far, by stage"),
-            output("commit_blocked_ms", OutputType::Number, "at end: how long commits were blocked (BLOCK_COMMIT to END)"),
-            output("lsn", OutputType::Integer, "at block_commit: the InnoDB LSN the copy must reach"),
-            output("binlog_file", OutputType::String, "at block_commit: the binary log file"),
-            output("binlog_pos", OutputType::Integer, "at block_commit: the position in it"),
-            output("gtid_binlog_pos", OutputType::String, "at block_commit: @@gtid_binlog_pos"),
-            output("gtid_current_pos", OutputType::String, "at block_commit: @@gtid_current_pos"),
-            output("gtid_slave_pos", OutputType::String, "at block_commit: @@gtid_slave_pos"),
-            output("replica", OutputType::List, "at block_commit on a replica: each source's file and position"),
+            output(
+                "method",
+                OutputType::String,
+                "backup_stage, or ftwrl for the fallback",
+            ),
+            output(
+                "server_version",
+                OutputType::String,
+                "the server's version string",
+            ),
+            output(
+                "acquire_ms",
+                OutputType::Number,
+                "time spent waiting to take the stage(s)",
+            ),
+            output(
+                "holds_ms",
+                OutputType::Object,
+                "hold time of each stage so far, by stage",
+            ),
+            output(
+                "commit_blocked_ms",
+                OutputType::Number,
+                "at end: how long commits were blocked (BLOCK_COMMIT to END)",
+            ),
+            output(
+                "lsn",
+                OutputType::Integer,
+                "at block_commit: the InnoDB LSN the copy must reach",
+            ),
+            output(
+                "binlog_file",
+                OutputType::String,
+                "at block_commit: the binary log file",
+            ),
+            output(
+                "binlog_pos",
+                OutputType::Integer,
+                "at block_commit: the position in it",
+            ),
+            output(
+                "gtid_binlog_pos",
+                OutputType::String,
+                "at block_commit: @@gtid_binlog_pos",
+            ),
+            output(
+                "gtid_current_pos",
+                OutputType::String,
+                "at block_commit: @@gtid_current_pos",
+            ),
+            output(
+                "gtid_slave_pos",
+                OutputType::String,
+                "at block_commit: @@gtid_slave_pos",
+            ),
+            output(
+                "replica",
+                OutputType::List,
+                "at block_commit on a replica: each source's file and position",
+            ),
         ]
     }
 
@@ -246,7 +307,11 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
     let version = session.version();
     let method = choose_method(cfg, version, lock_state(session).method)?;
     let current = lock_state(session).current.map(|(s, _)| s);
-    let todo: Vec<Stage> = Stage::ORDER.iter().copied().filter(|s| Some(*s) > current && *s <= cfg.stage).collect();
+    let todo: Vec<Stage> = Stage::ORDER
+        .iter()
+        .copied()
+        .filter(|s| Some(*s) > current && *s <= cfg.stage)
+        .collect();
     if todo.is_empty() {
         return Err(StepError::fatal(format!(
             "the session already holds stage {}; stages only move forward",
@@ -255,10 +320,14 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
         .with_hint("each stage_locks step must name a later stage than the one before it"));
     }
     let mut guard = session.conn.lock().await;
-    let conn = guard.as_mut().ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    let conn = guard
+        .as_mut()
+        .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
     if let Some(t) = cfg.lock_wait_timeout {
         let secs = t.as_secs().max(1);
-        conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}")).await.map_err(|e| classify(&e))?;
+        conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
+            .await
+            .map_err(|e| classify(&e))?;
     }
     let t0 = Instant::now();
     for stage in &todo {
@@ -279,20 +348,29 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
         commit_point(conn, &mut out).await?;
     }
     drop(guard);
-    if let Some(budget) = cfg.budget(cfg.stage).map_err(|e| StepError::fatal(e.message))? {
+    if let Some(budget) = cfg
+        .budget(cfg.stage)
+        .map_err(|e| StepError::fatal(e.message))?
+    {
         spawn_budget_watchdog(session.clone(), cfg.stage, budget, method);
     }
     tracing::info!(stage = cfg.stage.name(), acquire_ms, "backup lock taken");
     Ok(out)
 }
 
-fn choose_method(cfg: &StageLocksConfig, version: Option<ServerVersion>, current: Option<LockMethod>) -> Result<LockMethod, StepError> {
+fn choose_method(
+    cfg: &StageLocksConfig,
+    version: Option<ServerVersion>,
+    current: Option<LockMethod>,
+) -> Result<LockMethod, StepError> {
     if let Some(m) = current {
         return Ok(m);
     }
     let v = version.ok_or_else(|| StepError::fatal("cannot read the server version"))?;
     if !v.mariadb {
-        return Err(StepError::fatal(format!("server {v} is not MariaDB; stagehand backs up MariaDB servers only")));
+        return Err(StepError::fatal(format!(
+            "server {v} is not MariaDB; stagehand backs up MariaDB servers only"
+        )));
     }
     // BACKUP STAGE exists from MariaDB 10.4.1 on.
     if v.at_least(10, 4, 1) {
@@ -303,13 +381,19 @@ fn choose_method(cfg: &StageLocksConfig, version: Option<ServerVersion>, current
             tracing::warn!(version = %v, "BACKUP STAGE needs MariaDB 10.4.1 or later: falling back to FLUSH TABLES WITH READ LOCK");
             Ok(LockMethod::Ftwrl)
         }
-        Fallback::None => Err(StepError::fatal(format!("MariaDB {v} has no BACKUP STAGE (10.4.1 and later) and `fallback: none` forbids FTWRL"))),
+        Fallback::None => Err(StepError::fatal(format!(
+            "MariaDB {v} has no BACKUP STAGE (10.4.1 and later) and `fallback: none` forbids FTWRL"
+        ))),
     }
 }
 
 /// Takes one stage. With FTWRL, BLOCK_DDL takes the global read lock (the whole copy is
 /// then write-blocked: the report says so) and the other stages are no-ops.
-async fn take_one(conn: &mut mysql_async::Conn, stage: Stage, method: LockMethod) -> Result<(), StepError> {
+async fn take_one(
+    conn: &mut mysql_async::Conn,
+    stage: Stage,
+    method: LockMethod,
+) -> Result<(), StepError> {
     let sql = match (method, stage) {
         (LockMethod::BackupStage, s) => s.sql(),
         (LockMethod::Ftwrl, Stage::BlockDdl) => "FLUSH NO_WRITE_TO_BINLOG TABLES WITH READ LOCK",
@@ -326,7 +410,11 @@ async fn take_one(conn: &mut mysql_async::Conn, stage: Stage, method: LockMethod
     })
 }
 
-async fn check_blockers(conn: &mut mysql_async::Conn, stage: Stage, threshold: Duration) -> Result<(), StepError> {
+async fn check_blockers(
+    conn: &mut mysql_async::Conn,
+    stage: Stage,
+    threshold: Duration,
+) -> Result<(), StepError> {
     let sql = format!(
         "SELECT ID, USER, TIME, COMMAND, LEFT(COALESCE(INFO, ''), 120) FROM information_schema.PROCESSLIST \
          WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Sleep', 'Daemon', 'Binlog Dump', 'Slave_IO', 'Slave_SQL', 'Slave_worker') \
@@ -353,7 +441,9 @@ async fn check_blockers(conn: &mut mysql_async::Conn, stage: Stage, threshold: D
         stage.name().to_uppercase(),
         list.join("; ")
     ))
-    .with_hint("wait for them to finish, or set on_blocker: wait to let the lock queue behind them"))
+    .with_hint(
+        "wait for them to finish, or set on_blocker: wait to let the lock queue behind them",
+    ))
 }
 
 fn base_outputs(session: &Session, stage: Stage, method: LockMethod, acquire_ms: f64) -> Outputs {
@@ -367,8 +457,19 @@ fn base_outputs(session: &Session, stage: Stage, method: LockMethod, acquire_ms:
     out.insert("method".into(), json!(method));
     out.insert("server_version".into(), json!(session.server_version));
     out.insert("acquire_ms".into(), json!(round3(acquire_ms)));
-    out.insert("holds_ms".into(), json!(holds.into_iter().map(|(k, v)| (k, round3(v))).collect::<BTreeMap<_, _>>()));
-    for key in ["binlog_file", "gtid_binlog_pos", "gtid_current_pos", "gtid_slave_pos"] {
+    out.insert(
+        "holds_ms".into(),
+        json!(holds
+            .into_iter()
+            .map(|(k, v)| (k, round3(v)))
+            .collect::<BTreeMap<_, _>>()),
+    );
+    for key in [
+        "binlog_file",
+        "gtid_binlog_pos",
+        "gtid_current_pos",
+        "gtid_slave_pos",
+    ] {
         out.insert(key.into(), json!(""));
     }
     out.insert("lsn".into(), json!(0));
@@ -386,12 +487,19 @@ fn round3(v: f64) -> f64 {
 /// and GTID positions the backup corresponds to.
 async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result<(), StepError> {
     let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
-    let lsn: u64 = status.get("innodb_lsn_current").and_then(|v| v.parse().ok()).ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
+    let lsn: u64 = status
+        .get("innodb_lsn_current")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
     // BLOCK_COMMIT does not flush the redo log: make every commit so far durable in the
     // file, so the redo copy can read up to `lsn`.
-    conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS").await.map_err(|e| classify(&e))?;
+    conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
+        .await
+        .map_err(|e| classify(&e))?;
     out.insert("lsn".into(), json!(lsn));
-    let master = query_rows(conn, "SHOW MASTER STATUS").await.unwrap_or_default();
+    let master = query_rows(conn, "SHOW MASTER STATUS")
+        .await
+        .unwrap_or_default();
     if let Some(row) = master.first() {
         let file: Option<String> = row.get(0);
         let pos: Option<u64> = row.get(1);
@@ -407,14 +515,19 @@ async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result
         out.insert("gtid_current_pos".into(), json!(c.unwrap_or_default()));
         out.insert("gtid_slave_pos".into(), json!(s.unwrap_or_default()));
     }
-    out.insert("replica".into(), Value::Array(replica_positions(conn).await));
+    out.insert(
+        "replica".into(),
+        Value::Array(replica_positions(conn).await),
+    );
     Ok(())
 }
 
 /// Each replication source's position, when this server is a replica (empty otherwise,
 /// or when the user may not see it).
 async fn replica_positions(conn: &mut mysql_async::Conn) -> Vec<Value> {
-    let Ok(rows) = query_rows(conn, "SHOW ALL SLAVES STATUS").await else { return Vec::new() };
+    let Ok(rows) = query_rows(conn, "SHOW ALL SLAVES STATUS").await else {
+        return Vec::new();
+    };
     rows.iter()
         .map(|r| {
             let col = |name: &str| -> Value {
@@ -443,7 +556,9 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
     };
     if held {
         let mut guard = session.conn.lock().await;
-        let conn = guard.as_mut().ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+        let conn = guard
+            .as_mut()
+            .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
         let sql = match method {
             Some(LockMethod::Ftwrl) => "UNLOCK TABLES",
             _ => Stage::End.sql(),
@@ -454,7 +569,10 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
         let mut st = lock_state(session);
         st.close_current(Instant::now());
         st.generation += 1;
-        (st.holds.get("block_commit").copied().unwrap_or(0.0), st.method.unwrap_or(LockMethod::BackupStage))
+        (
+            st.holds.get("block_commit").copied().unwrap_or(0.0),
+            st.method.unwrap_or(LockMethod::BackupStage),
+        )
     };
     let mut out = base_outputs(session, Stage::End, method, 0.0);
     out.insert("commit_blocked_ms".into(), json!(round3(commit_blocked)));
@@ -466,7 +584,12 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
 }
 
 /// Releases the locks when `stage` is still held after `budget`.
-fn spawn_budget_watchdog(session: Arc<Session>, stage: Stage, budget: Duration, method: LockMethod) {
+fn spawn_budget_watchdog(
+    session: Arc<Session>,
+    stage: Stage,
+    budget: Duration,
+    method: LockMethod,
+) {
     let generation = lock_state(&session).generation;
     tokio::spawn(async move {
         tokio::time::sleep(budget).await;
@@ -480,7 +603,11 @@ fn spawn_budget_watchdog(session: Arc<Session>, stage: Stage, budget: Duration, 
                 return;
             }
         }
-        let sql = if method == LockMethod::Ftwrl { "UNLOCK TABLES" } else { Stage::End.sql() };
+        let sql = if method == LockMethod::Ftwrl {
+            "UNLOCK TABLES"
+        } else {
+            Stage::End.sql()
+        };
         let released = match guard.as_mut() {
             Some(conn) => conn.query_drop(sql).await.is_ok(),
             None => true,

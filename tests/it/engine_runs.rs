@@ -36,15 +36,37 @@ fn run_plan(server: &TestServer, dir: &Path, plan: &Path, extra_env: &[(&str, &s
     let state = dir.join("state");
     let socket = format!("socket={}", server.socket().display());
     let r = stagehand_env(
-        &["run", plan.to_str().expect("utf-8"), "--set", &socket, "--state-dir", state.to_str().expect("utf-8"), "--json"],
+        &[
+            "run",
+            plan.to_str().expect("utf-8"),
+            "--set",
+            &socket,
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--json",
+        ],
         extra_env,
     );
-    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("report JSON ({e}); stdout: {}\nstderr: {}", r.stdout, r.stderr));
-    PlanRun { code: r.code, journal: journal_of(&report), report, stdout: r.stdout, stderr: r.stderr }
+    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+        panic!(
+            "report JSON ({e}); stdout: {}\nstderr: {}",
+            r.stdout, r.stderr
+        )
+    });
+    PlanRun {
+        code: r.code,
+        journal: journal_of(&report),
+        report,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    }
 }
 
 fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"].as_array().and_then(|s| s.iter().find(|s| s["id"] == id)).unwrap_or_else(|| panic!("step {id} in report"))
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("step {id} in report"))
 }
 
 const HEADER: &str = r#"version: 1
@@ -95,9 +117,15 @@ async fn outputs_flow_between_sql_steps_on_one_shared_session() {
 async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
     let server = TestServer::builder().name("failure-step").start().await;
     server.exec("CREATE DATABASE app").await;
-    server.exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB").await;
+    server
+        .exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB")
+        .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "fail", &format!("{HEADER}steps:
+    let plan = write_plan(
+        dir.path(),
+        "fail",
+        &format!(
+            "{HEADER}steps:
   - id: broken
     uses: sql
     with: {{connection: db, sql: \"SELECT * FROM app.no_such_table\"}}
@@ -115,12 +143,20 @@ async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
     needs: [after]
     when: always
     with: {{connection: other, sql: \"INSERT INTO app.events VALUES ('always')\"}}
-"));
+"
+        ),
+    );
     let r = run_plan(&server, dir.path(), &plan, &[]);
     assert_eq!(r.code, 1, "a failed step exits 1");
     assert_eq!(r.report["status"], "failed");
     assert_eq!(step(&r.report, "broken")["status"], "failed");
-    assert!(step(&r.report, "broken")["error"].as_str().unwrap_or("").contains("1146"), "error names the server error");
+    assert!(
+        step(&r.report, "broken")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("1146"),
+        "error names the server error"
+    );
     assert_eq!(step(&r.report, "after")["status"], "skipped");
     assert_eq!(step(&r.report, "on_failure")["status"], "succeeded");
     let mut events: Vec<String> = server.query("SELECT what FROM app.events").await;
@@ -132,7 +168,11 @@ async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
 async fn failure_steps_are_skipped_when_nothing_fails() {
     let server = TestServer::builder().name("no-failure").start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "ok", &format!("{HEADER}steps:
+    let plan = write_plan(
+        dir.path(),
+        "ok",
+        &format!(
+            "{HEADER}steps:
   - id: fine
     uses: sql
     with: {{connection: db, sql: \"SELECT 1\"}}
@@ -141,7 +181,9 @@ async fn failure_steps_are_skipped_when_nothing_fails() {
     needs: [fine]
     when: failure
     with: {{connection: db, sql: \"SELECT 2\"}}
-"));
+"
+        ),
+    );
     let r = run_plan(&server, dir.path(), &plan, &[]);
     assert_eq!(r.code, 0);
     assert_eq!(step(&r.report, "on_failure")["status"], "skipped");
@@ -151,7 +193,9 @@ async fn failure_steps_are_skipped_when_nothing_fails() {
 async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
     let server = TestServer::builder().name("retries").start().await;
     server.exec("CREATE DATABASE app").await;
-    server.exec("CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB").await;
+    server
+        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await;
     server.exec("INSERT INTO app.t VALUES (1, 0)").await;
     let dir = tempfile::tempdir().expect("tempdir");
     // `holder` keeps a row lock in its open transaction until `release` commits it 2.5 s
@@ -179,13 +223,31 @@ async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
     let update = step(&r.report, "update");
     let attempts = update["attempts"].as_u64().unwrap_or(0);
     assert!(attempts >= 2, "update was retried ({attempts} attempts)");
-    let retries: Vec<&Value> = r.journal.iter().filter(|e| e["event"] == "step_retry" && e["step"] == "update").collect();
-    assert_eq!(retries.len() as u64, attempts - 1, "one step_retry event per retry");
+    let retries: Vec<&Value> = r
+        .journal
+        .iter()
+        .filter(|e| e["event"] == "step_retry" && e["step"] == "update")
+        .collect();
+    assert_eq!(
+        retries.len() as u64,
+        attempts - 1,
+        "one step_retry event per retry"
+    );
     for (i, e) in retries.iter().enumerate() {
-        assert!(e["error"].as_str().unwrap_or("").contains("1205"), "retry {i} was a lock wait timeout: {e}");
+        assert!(
+            e["error"].as_str().unwrap_or("").contains("1205"),
+            "retry {i} was a lock wait timeout: {e}"
+        );
         let expected = 300u64 << i;
-        assert_eq!(e["delay_ms"].as_u64(), Some(expected.min(2000)), "exponential backoff without jitter");
-        assert!(e["attempt_ms"].as_u64().unwrap_or(0) >= 900, "each failed attempt waited for the lock (~1 s)");
+        assert_eq!(
+            e["delay_ms"].as_u64(),
+            Some(expected.min(2000)),
+            "exponential backoff without jitter"
+        );
+        assert!(
+            e["attempt_ms"].as_u64().unwrap_or(0) >= 900,
+            "each failed attempt waited for the lock (~1 s)"
+        );
     }
     let v: Option<i64> = server.query_first("SELECT v FROM app.t WHERE id = 1").await;
     assert_eq!(v, Some(1), "the update ran exactly once");
@@ -195,7 +257,11 @@ async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
 async fn a_timed_out_step_is_cancelled_with_a_clear_error() {
     let server = TestServer::builder().name("timeout").start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "timeout", &format!("{HEADER}steps:
+    let plan = write_plan(
+        dir.path(),
+        "timeout",
+        &format!(
+            "{HEADER}steps:
   - id: slow
     uses: sql
     timeout: 1s
@@ -205,26 +271,40 @@ async fn a_timed_out_step_is_cancelled_with_a_clear_error() {
     needs: [slow]
     when: always
     with: {{connection: db, sql: \"SELECT 'cleanup ran' AS msg\"}}
-"));
+"
+        ),
+    );
     let t0 = Instant::now();
     let r = run_plan(&server, dir.path(), &plan, &[]);
-    assert!(t0.elapsed() < Duration::from_secs(15), "the run did not wait for SLEEP(30)");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "the run did not wait for SLEEP(30)"
+    );
     assert_eq!(r.code, 1);
     let slow = step(&r.report, "slow");
     assert_eq!(slow["status"], "failed");
     let err = slow["error"].as_str().unwrap_or("");
     assert!(err.contains("timed out after 1s"), "{err}");
     // The session was discarded after the cancelled statement; the cleanup step got a new one.
-    assert_eq!(step(&r.report, "cleanup")["outputs"]["value"], "cleanup ran");
+    assert_eq!(
+        step(&r.report, "cleanup")["outputs"]["value"],
+        "cleanup ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_runs_the_always_steps_and_exits_130() {
     let server = TestServer::builder().name("sigint").start().await;
     server.exec("CREATE DATABASE app").await;
-    server.exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB").await;
+    server
+        .exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB")
+        .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "sigint", &format!("{HEADER}steps:
+    let plan = write_plan(
+        dir.path(),
+        "sigint",
+        &format!(
+            "{HEADER}steps:
   - id: long
     uses: exec
     with: {{command: [sleep, \"60\"]}}
@@ -237,10 +317,20 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
     needs: [long]
     when: always
     with: {{connection: db, sql: \"INSERT INTO app.events VALUES ('always')\"}}
-"));
+"
+        ),
+    );
     let state = dir.path().join("state");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args(["run", plan.to_str().expect("utf-8"), "--set", &format!("socket={}", server.socket().display()), "--state-dir", state.to_str().expect("utf-8"), "--json"])
+        .args([
+            "run",
+            plan.to_str().expect("utf-8"),
+            "--set",
+            &format!("socket={}", server.socket().display()),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+            "--json",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -248,10 +338,16 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
     // Wait until the long step runs, then interrupt.
     let t0 = Instant::now();
     while !journal_has(&state, "step_started", "long") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the long step never started");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the long step never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(kill.success());
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(130), "interrupted runs exit 130");
@@ -261,21 +357,34 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
     assert_eq!(step(&report, "never")["status"], "skipped");
     let events: Vec<String> = server.query("SELECT what FROM app.events").await;
     assert_eq!(events, vec!["always"]);
-    assert!(journal_of(&report).iter().any(|e| e["event"] == "run_interrupted"));
+    assert!(journal_of(&report)
+        .iter()
+        .any(|e| e["event"] == "run_interrupted"));
 }
 
 fn journal_has(state: &Path, event: &str, step_id: &str) -> bool {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else { return false };
+    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
+        return false;
+    };
     runs.filter_map(|r| r.ok())
         .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .any(|text| text.lines().any(|l| l.contains(&format!("\"event\":\"{event}\"")) && l.contains(&format!("\"step\":\"{step_id}\""))))
+        .any(|text| {
+            text.lines().any(|l| {
+                l.contains(&format!("\"event\":\"{event}\""))
+                    && l.contains(&format!("\"step\":\"{step_id}\""))
+            })
+        })
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
     let server = TestServer::builder().name("background").start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "bg", &format!("{HEADER}steps:
+    let plan = write_plan(
+        dir.path(),
+        "bg",
+        &format!(
+            "{HEADER}steps:
   - id: begin
     uses: sql
     with: {{connection: db, sql: \"SELECT 1\"}}
@@ -298,20 +407,36 @@ async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
     needs: [point, watcher]
     when: always
     with: {{command: [echo, \"{{{{steps.watcher.outputs.stdout}}}}\"]}}
-"));
+"
+        ),
+    );
     let r = run_plan(&server, dir.path(), &plan, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let journal = &r.journal;
-    let pos = |event: &str, id: &str| journal.iter().position(|e| e["event"] == event && e["step"] == id).unwrap_or_else(|| panic!("{event} {id} in journal"));
+    let pos = |event: &str, id: &str| {
+        journal
+            .iter()
+            .position(|e| e["event"] == event && e["step"] == id)
+            .unwrap_or_else(|| panic!("{event} {id} in journal"))
+    };
     // Dependents start at the ready signal, while the background step still runs.
     assert!(pos("step_ready", "watcher") < pos("step_started", "work"));
     assert!(pos("step_started", "work") < pos("step_finished", "watcher"));
     // It runs until `point` finishes, and receives its outputs.
     assert!(pos("step_finished", "point") < pos("step_finished", "watcher"));
-    assert!(pos("step_finished", "watcher") < pos("step_started", "end"), "steps after `until` wait for the background step");
-    let stdout = step(&r.report, "watcher")["outputs"]["stdout"].as_str().unwrap_or("").to_string();
+    assert!(
+        pos("step_finished", "watcher") < pos("step_started", "end"),
+        "steps after `until` wait for the background step"
+    );
+    let stdout = step(&r.report, "watcher")["outputs"]["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(stdout.starts_with("watching\nfinal {"), "{stdout}");
-    assert!(stdout.contains("\"lsn\":4242"), "the until step's outputs reached it: {stdout}");
+    assert!(
+        stdout.contains("\"lsn\":4242"),
+        "the until step's outputs reached it: {stdout}"
+    );
     assert_eq!(step(&r.report, "end")["outputs"]["stdout"], stdout.as_str());
 }
 
@@ -319,10 +444,20 @@ async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
 async fn secrets_never_reach_the_journal_report_or_logs() {
     let server = TestServer::builder().name("secrets").start().await;
     let secret = "Very-Secret-Pa55word";
-    server.exec(&format!("CREATE USER 'app'@'localhost' IDENTIFIED BY '{secret}'")).await;
-    server.exec("GRANT SELECT ON *.* TO 'app'@'localhost'").await;
+    server
+        .exec(&format!(
+            "CREATE USER 'app'@'localhost' IDENTIFIED BY '{secret}'"
+        ))
+        .await;
+    server
+        .exec("GRANT SELECT ON *.* TO 'app'@'localhost'")
+        .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "secret", &format!("version: 1
+    let plan = write_plan(
+        dir.path(),
+        "secret",
+        &format!(
+            "version: 1
 name: secrets
 params:
   socket: {{type: path, required: true}}
@@ -338,15 +473,33 @@ steps:
     uses: exec
     needs: [whoami]
     with: {{command: [sh, -c, 'echo \"pw is $PW\"; exit 3'], env: {{PW: \"{{{{secrets.pw}}}}\"}}}}
-"));
+"
+        ),
+    );
     let r = run_plan(&server, dir.path(), &plan, &[("TEST_APP_PASSWORD", secret)]);
     assert_eq!(r.code, 1, "the leak step fails on purpose");
-    assert_eq!(step(&r.report, "whoami")["outputs"]["value"], "app@localhost", "the secret password connected");
-    let journal_text = std::fs::read_to_string(r.report["journal"].as_str().unwrap_or_default()).expect("journal");
-    let run_dir = Path::new(r.report["journal"].as_str().unwrap_or_default()).parent().expect("run dir").to_path_buf();
+    assert_eq!(
+        step(&r.report, "whoami")["outputs"]["value"],
+        "app@localhost",
+        "the secret password connected"
+    );
+    let journal_text =
+        std::fs::read_to_string(r.report["journal"].as_str().unwrap_or_default()).expect("journal");
+    let run_dir = Path::new(r.report["journal"].as_str().unwrap_or_default())
+        .parent()
+        .expect("run dir")
+        .to_path_buf();
     let report_text = std::fs::read_to_string(run_dir.join("report.json")).expect("report.json");
-    for (what, text) in [("journal", &journal_text), ("report.json", &report_text), ("stdout", &r.stdout), ("stderr", &r.stderr)] {
+    for (what, text) in [
+        ("journal", &journal_text),
+        ("report.json", &report_text),
+        ("stdout", &r.stdout),
+        ("stderr", &r.stderr),
+    ] {
         assert!(!text.contains(secret), "the secret leaked into {what}");
     }
-    assert!(journal_text.contains("***"), "the journal shows where the secret was masked");
+    assert!(
+        journal_text.contains("***"),
+        "the journal shows where the secret was masked"
+    );
 }

@@ -1,0 +1,164 @@
+//! The backup manifest, `stagehand.json`: written last, so a backup directory without it
+//! (or with `complete: false`) is never taken for a finished backup.
+
+use crate::datadir::ServerSettings;
+use crate::pagecopy::CopiedFile;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const MANIFEST_FILE: &str = "stagehand.json";
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub complete: bool,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub server: ServerSettings,
+    pub lsn: Lsns,
+    pub binlog: Binlog,
+    pub locks: Locks,
+    pub redo: RedoFacts,
+    pub copies: Vec<CopyFacts>,
+    /// Every file of the backup but this manifest, sorted by path.
+    pub files: Vec<CopiedFile>,
+    /// Whether the directory has been prepared (made consistent) in place, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Prepared>,
+    /// The metadata files named as the server's version expects (xtrabackup_* or
+    /// mariadb_backup_*).
+    pub metadata_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Lsns {
+    /// The checkpoint the redo copy started from (recovery starts there).
+    pub checkpoint: u64,
+    pub checkpoint_end: u64,
+    /// The LSN read under BLOCK_COMMIT: the backup holds every commit up to here.
+    pub commit: u64,
+    /// The LSN the redo copy reached (≥ commit).
+    pub last: u64,
+    /// The server's newest checkpoint when the copy ended (`to_lsn` of mariadb-backup).
+    pub last_checkpoint: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Binlog {
+    pub file: String,
+    pub position: u64,
+    pub gtid_binlog_pos: String,
+    pub gtid_current_pos: String,
+    pub gtid_slave_pos: String,
+    #[serde(default)]
+    pub replica: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Locks {
+    pub method: String,
+    /// Milliseconds each stage was held.
+    pub holds_ms: serde_json::Map<String, serde_json::Value>,
+    /// BLOCK_COMMIT to END: how long commits waited.
+    pub commit_blocked_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RedoFacts {
+    pub bytes: u64,
+    pub capacity: u64,
+    pub max_lag_bytes: u64,
+    pub final_catch_up_ms: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CopyFacts {
+    pub step: String,
+    pub files: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prepared {
+    pub engine: String,
+    pub at: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: no {MANIFEST_FILE}: this is not a complete stagehand backup (an interrupted backup never gets one)")]
+    Missing { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: the manifest does not parse: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: the manifest says the backup is not complete")]
+    Incomplete { path: String },
+}
+
+impl Manifest {
+    /// Reads the manifest of a backup directory; an incomplete backup is an error.
+    pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let shown = path.display().to_string();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing {
+                    path: dir.display().to_string(),
+                })
+            }
+            Err(source) => {
+                return Err(ManifestError::Io {
+                    path: shown,
+                    source,
+                })
+            }
+        };
+        let m: Manifest = serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        if !m.complete {
+            return Err(ManifestError::Incomplete { path: shown });
+        }
+        Ok(m)
+    }
+
+    /// Writes the manifest atomically (temporary file, fsync, rename, fsync of the
+    /// directory): the last write of a backup.
+    pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let tmp = dir.join(format!(".{MANIFEST_FILE}.tmp"));
+        let io = |source| ManifestError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(self).map_err(|e| ManifestError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,462 @@
+//! `redo_tail`: a background step that copies the InnoDB redo log from the checkpoint at
+//! its start until the LSN that `stage_locks` records at BLOCK_COMMIT, writing the
+//! backup's linear `ib_logfile0` as it goes. It keeps current (polling every few ms) so
+//! only the last few KB remain when commits are blocked, and it fails loudly when the
+//! server overwrote log it had not copied yet.
+
+use crate::datadir::{ServerSettings, SETTINGS_QUERY};
+use crate::innodb::redo::{
+    backup_creator, parse_mtrs, BackupLogWriter, LogFileHeader, LogGeometry, START_OFFSET,
+};
+use crate::mariadb::{name_values, Session};
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use std::fs::File;
+use std::io::BufWriter;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedoTailConfig {
+    /// The plan connection to the server (its settings and version are read once).
+    pub connection: String,
+    /// The server's datadir as this machine sees it (the log directory is resolved
+    /// against it).
+    pub datadir: String,
+    /// The backup directory; the copied log becomes its `ib_logfile0`.
+    pub to: String,
+    /// Pause between reads when the log has nothing new.
+    #[serde(
+        default = "default_poll",
+        with = "stagehand_engine::model::duration_text"
+    )]
+    #[schemars(with = "String")]
+    pub poll: Duration,
+    /// Largest read, in bytes (at least 2 MiB: one mini-transaction can be 1 MiB).
+    #[serde(default = "default_read_size")]
+    pub read_size: u64,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_millis(2)
+}
+fn default_read_size() -> u64 {
+    8 << 20
+}
+
+pub struct RedoTail;
+
+#[async_trait]
+impl TypedStep for RedoTail {
+    type Config = RedoTailConfig;
+    const NAME: &'static str = "redo_tail";
+    const SUMMARY: &'static str = "Copies the InnoDB redo log continuously (background) up to the LSN recorded at BLOCK_COMMIT";
+    const BACKGROUND: bool = true;
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output(
+                "from_lsn",
+                OutputType::Integer,
+                "the checkpoint LSN the copy started from",
+            ),
+            output(
+                "checkpoint_end_lsn",
+                OutputType::Integer,
+                "that checkpoint's end LSN (where recovery parses from)",
+            ),
+            output(
+                "to_lsn",
+                OutputType::Integer,
+                "the LSN copied up to (a mini-transaction boundary at or after the target)",
+            ),
+            output(
+                "target_lsn",
+                OutputType::Integer,
+                "the LSN it had to reach (from BLOCK_COMMIT)",
+            ),
+            output(
+                "last_checkpoint_lsn",
+                OutputType::Integer,
+                "the server's newest checkpoint when the copy ended",
+            ),
+            output("bytes", OutputType::Integer, "log bytes copied"),
+            output(
+                "capacity",
+                OutputType::Integer,
+                "the server log's circular capacity in bytes",
+            ),
+            output(
+                "max_lag_bytes",
+                OutputType::Integer,
+                "the most log the copy was ever behind the server",
+            ),
+            output(
+                "final_catch_up_ms",
+                OutputType::Number,
+                "time from receiving the target LSN to reaching it",
+            ),
+            output("seconds", OutputType::Number, "wall time"),
+        ]
+    }
+
+    fn check(cfg: &RedoTailConfig) -> Result<(), ConfigError> {
+        if cfg.read_size < 2 << 20 {
+            return Err(ConfigError {
+                path: "read_size".into(),
+                message: "`read_size` must be at least 2097152 (2 MiB)".into(),
+                hint: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &RedoTailConfig) -> String {
+        format!(
+            "copies the redo log of the server at connection `{}` (datadir {}) into {}/ib_logfile0 from its current checkpoint until the LSN recorded at BLOCK_COMMIT, polling every {}",
+            cfg.connection,
+            cfg.datadir,
+            cfg.to,
+            humantime::format_duration(cfg.poll)
+        )
+    }
+
+    fn connections(cfg: &RedoTailConfig) -> Vec<String> {
+        vec![cfg.connection.clone()]
+    }
+
+    async fn run(cfg: &RedoTailConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
+        let settings = {
+            let mut guard = session.conn.lock().await;
+            let conn = guard
+                .as_mut()
+                .ok_or_else(|| StepError::fatal("connection closed"))?;
+            ServerSettings::from_variables(&name_values(conn, SETTINGS_QUERY).await?)
+        };
+        let log_path = settings
+            .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
+            .join("ib_logfile0");
+        let tail = Tail::open(&log_path, Path::new(&cfg.to), &settings, cfg)?;
+        let shared = Arc::new(Shared::default());
+        ctx.signal_ready().await;
+        let worker = {
+            let shared = shared.clone();
+            tokio::task::spawn_blocking(move || tail.run(&shared))
+        };
+        tokio::pin!(worker);
+        let until = ctx.wait_until();
+        tokio::pin!(until);
+        let mut told = false;
+        loop {
+            tokio::select! {
+                r = &mut worker => return r.map_err(|e| StepError::fatal(format!("redo copier crashed: {e}")))?,
+                r = &mut until, if !told => {
+                    told = true;
+                    match r.ok().and_then(|o| o.get("lsn").and_then(|v| v.as_u64())).filter(|l| *l > 0) {
+                        Some(lsn) => shared.set_target(lsn),
+                        None => shared.stop("the step that records the commit point did not give an LSN (it failed or was skipped)"),
+                    }
+                }
+                _ = session.locks_lost.cancelled(), if !shared.stopping() => shared.stop("the backup locks were released (a max_hold budget ran out)"),
+            }
+        }
+    }
+}
+
+/// What the async side tells the copier thread.
+#[derive(Default)]
+struct Shared {
+    /// 0 until the target LSN is known.
+    target: AtomicU64,
+    target_at: std::sync::Mutex<Option<Instant>>,
+    stop: AtomicBool,
+    stop_reason: std::sync::Mutex<String>,
+}
+
+impl Shared {
+    fn set_target(&self, lsn: u64) {
+        *self.target_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.target.store(lsn, Ordering::Release);
+    }
+    fn stop(&self, reason: &str) {
+        *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = reason.to_string();
+        self.stop.store(true, Ordering::Release);
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+struct Tail {
+    source: File,
+    source_path: PathBuf,
+    inode: u64,
+    geometry: LogGeometry,
+    framing: crate::innodb::redo::MtrFraming,
+    from_lsn: u64,
+    checkpoint_end_lsn: u64,
+    writer: BackupLogWriter<BufWriter<File>>,
+    dest_path: PathBuf,
+    poll: Duration,
+    read_size: u64,
+    log_file_size_setting: u64,
+}
+
+fn read_header(file: &File, path: &Path) -> Result<LogFileHeader, StepError> {
+    let mut head = vec![0u8; START_OFFSET as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|e| StepError::fatal(format!("cannot read {}: {e}", path.display())))?;
+    LogFileHeader::parse(&head).map_err(|e| {
+        StepError::fatal(format!(
+            "{}: not a MariaDB 10.8+ redo log: {e}",
+            path.display()
+        ))
+    })
+}
+
+impl Tail {
+    fn open(
+        log_path: &Path,
+        to: &Path,
+        settings: &ServerSettings,
+        cfg: &RedoTailConfig,
+    ) -> Result<Self, StepError> {
+        let source = File::open(log_path).map_err(|e| {
+            StepError::fatal(format!("cannot open the redo log {}: {e}", log_path.display())).with_hint("`datadir` must be the server's datadir as this machine sees it, readable by this user")
+        })?;
+        let meta = source
+            .metadata()
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let header = read_header(&source, log_path)?;
+        let checkpoint = header
+            .latest_checkpoint()
+            .map_err(|e| StepError::fatal(format!("{}: {e}", log_path.display())))?;
+        let geometry = LogGeometry::new(header.header.first_lsn, meta.len())
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let version = crate::mariadb::ServerVersion::parse(&settings.version)
+            .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
+        std::fs::create_dir_all(to)
+            .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", to.display())))?;
+        let dest_path = to.join("ib_logfile0");
+        let dest = File::create(&dest_path)
+            .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", dest_path.display())))?;
+        let server_header = header.header.is_encrypted().then_some(&header.header);
+        let writer = BackupLogWriter::with_server_header(
+            BufWriter::with_capacity(1 << 20, dest),
+            server_header,
+            checkpoint.checkpoint_lsn,
+            checkpoint.end_lsn,
+            &backup_creator(version.major, version.minor, version.patch),
+        )
+        .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", dest_path.display())))?;
+        tracing::info!(
+            from_lsn = checkpoint.checkpoint_lsn,
+            capacity = geometry.capacity(),
+            "redo tail started"
+        );
+        Ok(Self {
+            source,
+            source_path: log_path.to_path_buf(),
+            inode: meta.ino(),
+            geometry,
+            framing: header.header.framing(),
+            from_lsn: checkpoint.checkpoint_lsn,
+            checkpoint_end_lsn: checkpoint.end_lsn,
+            writer,
+            dest_path,
+            poll: cfg.poll,
+            read_size: cfg.read_size.min(geometry.capacity()),
+            log_file_size_setting: settings.innodb_log_file_size,
+        })
+    }
+
+    /// The copy loop: read what is new, keep the valid mini-transactions, repeat.
+    fn run(mut self, shared: &Shared) -> Result<Outputs, StepError> {
+        let t0 = Instant::now();
+        let mut pos = self.from_lsn;
+        let mut buf = vec![0u8; self.read_size as usize];
+        let mut max_lag = 0u64;
+        let mut lag = 0u64;
+        loop {
+            if shared.stopping() {
+                let reason = shared
+                    .stop_reason
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return Err(StepError::fatal(format!(
+                    "redo copy stopped at LSN {pos}: {reason}"
+                )));
+            }
+            let target = shared.target.load(Ordering::Acquire);
+            if target > 0 && pos >= target {
+                return self.finish(pos, target, max_lag, t0, shared);
+            }
+            let got = self.read_once(pos, &mut buf)?;
+            pos += got;
+            if got > 0 {
+                // Behind by at least what this read found; reads go on at once.
+                lag += got;
+                max_lag = max_lag.max(lag);
+            } else {
+                lag = 0;
+                self.check_not_overrun(pos)?;
+                std::thread::sleep(self.poll);
+            }
+        }
+    }
+
+    /// Reads from `pos`, appends the whole mini-transactions found; returns their bytes.
+    fn read_once(&mut self, pos: u64, buf: &mut [u8]) -> Result<u64, StepError> {
+        let len = buf.len() as u64;
+        let ranges = self
+            .geometry
+            .ranges(pos, len)
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let mut filled = 0usize;
+        for (offset, n) in ranges {
+            let part = &mut buf[filled..filled + n as usize];
+            let got = read_full_at(&self.source, part, offset).map_err(|e| {
+                StepError::fatal(format!("reading {}: {e}", self.source_path.display()))
+            })?;
+            filled += got;
+            if got < n as usize {
+                break;
+            }
+        }
+        let geometry = self.geometry;
+        let parsed = parse_mtrs(&buf[..filled], pos, self.framing, |lsn| {
+            geometry.expected_bit(lsn)
+        });
+        let valid = parsed.end_lsn - pos;
+        if valid > 0 {
+            self.writer
+                .append_parsed(&buf[..filled], &parsed)
+                .map_err(|e| {
+                    StepError::fatal(format!("writing {}: {e}", self.dest_path.display()))
+                        .with_hint("check free space in the backup directory")
+                })?;
+        }
+        Ok(valid)
+    }
+
+    /// Nothing new parsed at `pos`: fine if the server has not written past it; an
+    /// overrun if its checkpoint is already beyond (log it wrote there is gone).
+    fn check_not_overrun(&self, pos: u64) -> Result<(), StepError> {
+        let meta = std::fs::metadata(&self.source_path)
+            .map_err(|e| StepError::fatal(format!("{}: {e}", self.source_path.display())))?;
+        if meta.ino() != self.inode {
+            return Err(StepError::fatal(format!(
+                "{} was replaced while the backup copied it (innodb_log_file_size changed online?); the copy cannot continue",
+                self.source_path.display()
+            ))
+            .with_hint("run the backup again once the log resize has finished"));
+        }
+        let header = read_header(&self.source, &self.source_path)?;
+        let checkpoint = header
+            .latest_checkpoint()
+            .map(|c| c.checkpoint_lsn)
+            .unwrap_or(0);
+        if checkpoint > pos {
+            return Err(self.overrun_error(pos, checkpoint));
+        }
+        Ok(())
+    }
+
+    fn overrun_error(&self, pos: u64, checkpoint: u64) -> StepError {
+        let cap_mib = self.geometry.capacity() as f64 / (1 << 20) as f64;
+        StepError::fatal(format!(
+            "the server overwrote redo log that was not copied yet: the copy reached LSN {pos}, but the server's checkpoint is already at LSN {checkpoint} \
+             ({} bytes ahead) and its circular log holds only {:.0} MiB; this backup cannot be consistent",
+            checkpoint - pos,
+            cap_mib
+        ))
+        .with_hint(format!(
+            "raise innodb_log_file_size (now {} MiB) so the log holds the writes of a whole backup, or run the backup when writes are lighter; `stagehand run --check` estimates the headroom",
+            self.log_file_size_setting >> 20
+        ))
+    }
+
+    fn finish(
+        self,
+        pos: u64,
+        target: u64,
+        max_lag: u64,
+        t0: Instant,
+        shared: &Shared,
+    ) -> Result<Outputs, StepError> {
+        let catch_up = shared
+            .target_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let last_checkpoint = read_header(&self.source, &self.source_path)?
+            .latest_checkpoint()
+            .map(|c| c.checkpoint_lsn)
+            .unwrap_or(self.from_lsn);
+        let out = self
+            .writer
+            .finish()
+            .map_err(|e| StepError::fatal(format!("writing {}: {e}", self.dest_path.display())))?;
+        let file = out.into_inner().map_err(|e| {
+            StepError::fatal(format!(
+                "writing {}: {}",
+                self.dest_path.display(),
+                e.error()
+            ))
+        })?;
+        file.sync_all()
+            .map_err(|e| StepError::fatal(format!("syncing {}: {e}", self.dest_path.display())))?;
+        tracing::info!(
+            from_lsn = self.from_lsn,
+            to_lsn = pos,
+            catch_up_ms = catch_up,
+            "redo tail finished"
+        );
+        let mut o = Outputs::new();
+        o.insert("from_lsn".into(), json!(self.from_lsn));
+        o.insert("checkpoint_end_lsn".into(), json!(self.checkpoint_end_lsn));
+        o.insert("to_lsn".into(), json!(pos));
+        o.insert("target_lsn".into(), json!(target));
+        o.insert(
+            "last_checkpoint_lsn".into(),
+            json!(last_checkpoint.min(pos)),
+        );
+        o.insert("bytes".into(), json!(pos - self.from_lsn));
+        o.insert("capacity".into(), json!(self.geometry.capacity()));
+        o.insert("max_lag_bytes".into(), json!(max_lag));
+        o.insert(
+            "final_catch_up_ms".into(),
+            json!((catch_up * 1000.0).round() / 1000.0),
+        );
+        o.insert(
+            "seconds".into(),
+            json!((t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+        );
+        Ok(o)
+    }
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
