@@ -317,9 +317,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("app/db.opt".into(), FileClass::NonInnodb),
                 ("app/a.MAD".into(), FileClass::AriaData),
                 ("app/a.MAI".into(), FileClass::AriaData),
+                ("app/db.opt".into(), FileClass::NonInnodb),
                 ("app/m.MYD".into(), FileClass::NonInnodb),
                 ("app/m.MYI".into(), FileClass::NonInnodb),
                 ("app/p#P#p0.ibd".into(), FileClass::Tablespace),
