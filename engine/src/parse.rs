@@ -181,7 +181,7 @@ impl Walker<'_, '_> {
             };
             let default = map.get("default").and_then(|d| {
                 let dpath = child_key(&path, "default");
-                let json = self.to_json(&dpath, d)?;
+                let json = self.json_of(&dpath, d)?;
                 match coerce(ty, &json) {
                     Ok(v) => Some(v),
                     Err(e) => {
@@ -245,7 +245,7 @@ impl Walker<'_, '_> {
             if self.mapping(&path, v).is_none() {
                 continue;
             }
-            if let Some(config) = self.to_json(&path, v) {
+            if let Some(config) = self.json_of(&path, v) {
                 out.push(ConnectionSpec { name, config, path });
             }
         }
@@ -336,7 +336,7 @@ impl Walker<'_, '_> {
             Some(v) => {
                 let wpath = child_key(path, "with");
                 self.mapping(&wpath, v)?;
-                self.to_json(&wpath, v)?
+                self.json_of(&wpath, v)?
             }
         };
         // A step's retry fields override the plan's defaults one by one.
@@ -559,7 +559,7 @@ impl Walker<'_, '_> {
         );
     }
 
-    fn to_json(&mut self, path: &str, value: &Value) -> Option<serde_json::Value> {
+    fn json_of(&mut self, path: &str, value: &Value) -> Option<serde_json::Value> {
         match serde_json::to_value(value) {
             Ok(v) => Some(v),
             Err(e) => {

@@ -372,20 +372,18 @@ impl Checker<'_> {
             let Some(provider) = self.provider else {
                 continue;
             };
-            match renderer.render_value(&conn.config, &ctx, Mode::Check) {
-                Ok(rendered) => {
-                    if let Err(e) = provider.check(&rendered) {
-                        let path = join(&conn.path, &e.path);
-                        let hint = e.hint.clone().or_else(|| unknown_field_hint(&e.message));
-                        c.error(
-                            &path,
-                            at_for(&e.message),
-                            format!("connection `{}`: {}", conn.name, e.message),
-                            hint,
-                        );
-                    }
+            // A render error here was reported by check_templates.
+            if let Ok(rendered) = renderer.render_value(&conn.config, &ctx, Mode::Check) {
+                if let Err(e) = provider.check(&rendered) {
+                    let path = join(&conn.path, &e.path);
+                    let hint = e.hint.clone().or_else(|| unknown_field_hint(&e.message));
+                    c.error(
+                        &path,
+                        at_for(&e.message),
+                        format!("connection `{}`: {}", conn.name, e.message),
+                        hint,
+                    );
                 }
-                Err(_) => {} // reported by check_templates
             }
         }
         for s in &l.plan.steps {

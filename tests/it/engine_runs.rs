@@ -456,25 +456,23 @@ async fn secrets_never_reach_the_journal_report_or_logs() {
     let plan = write_plan(
         dir.path(),
         "secret",
-        &format!(
-            "version: 1
+        "version: 1
 name: secrets
 params:
-  socket: {{type: path, required: true}}
+  socket: {type: path, required: true}
 secrets:
-  pw: {{env: TEST_APP_PASSWORD}}
+  pw: {env: TEST_APP_PASSWORD}
 connections:
-  app: {{socket: \"{{{{params.socket}}}}\", user: app, password: \"{{{{secrets.pw}}}}\"}}
+  app: {socket: \"{{params.socket}}\", user: app, password: \"{{secrets.pw}}\"}
 steps:
   - id: whoami
     uses: sql
-    with: {{connection: app, sql: \"SELECT CURRENT_USER() AS u\"}}
+    with: {connection: app, sql: \"SELECT CURRENT_USER() AS u\"}
   - id: leak
     uses: exec
     needs: [whoami]
-    with: {{command: [sh, -c, 'echo \"pw is $PW\"; exit 3'], env: {{PW: \"{{{{secrets.pw}}}}\"}}}}
-"
-        ),
+    with: {command: [sh, -c, 'echo \"pw is $PW\"; exit 3'], env: {PW: \"{{secrets.pw}}\"}}
+",
     );
     let r = run_plan(&server, dir.path(), &plan, &[("TEST_APP_PASSWORD", secret)]);
     assert_eq!(r.code, 1, "the leak step fails on purpose");
