@@ -334,6 +334,21 @@ fn date_helper(
     Ok(())
 }
 
+/// Whether a rendered `if:` value lets its step run: false, "false", "0", "no", "off"
+/// and "" do not.
+pub fn is_truthy(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::Null => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "" | "false" | "0" | "no" | "off"
+        ),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,20 +402,5 @@ mod tests {
             .unwrap(),
             json!("/d/<steps.a.outputs.b> <secrets.pw>")
         );
-    }
-}
-
-/// Whether a rendered `if:` value lets its step run: false, "false", "0", "no", "off"
-/// and "" do not.
-pub fn is_truthy(value: &Value) -> bool {
-    match value {
-        Value::Bool(b) => *b,
-        Value::Null => false,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "" | "false" | "0" | "no" | "off"
-        ),
-        _ => true,
     }
 }
