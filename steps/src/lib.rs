@@ -1,6 +1,7 @@
 //! stagehand's step kinds and the MariaDB connection provider. Each step kind lives in
 //! one module with its typed config, its dry-run sentence and its run.
 
+pub mod backup_server;
 pub mod copy;
 pub mod datadir;
 pub mod exec;
@@ -8,6 +9,7 @@ pub mod innodb;
 pub mod manifest;
 pub mod mariadb;
 pub mod pagecopy;
+pub mod prepare;
 pub mod redo_tail;
 pub mod sandbox;
 pub mod seal;
@@ -15,6 +17,7 @@ pub mod sql;
 pub mod stage_locks;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod verify;
 
 use stagehand_engine::resources::ConnectionProvider;
 use stagehand_engine::{Registry, Typed};
@@ -25,10 +28,12 @@ pub fn registry() -> Registry {
     let mut r = Registry::default();
     r.register(Typed::<copy::Copy>::default());
     r.register(Typed::<exec::Exec>::default());
+    r.register(Typed::<prepare::Prepare>::default());
     r.register(Typed::<redo_tail::RedoTail>::default());
     r.register(Typed::<seal::Seal>::default());
     r.register(Typed::<sql::Sql>::default());
     r.register(Typed::<stage_locks::StageLocks>::default());
+    r.register(Typed::<verify::Verify>::default());
     r
 }
 

@@ -1,0 +1,300 @@
+//! `prepare`: turns a backup directory into a consistent datadir, in place.
+//! `engine: mariadbd` starts the server binary on it in a sandbox: crash recovery
+//! applies the copied redo log and rolls back unfinished transactions, then a slow
+//! shutdown leaves clean files. `engine: mariadb-backup` runs `mariadb-backup
+//! --prepare` (redo only; the first start rolls back). Either way the manifest is
+//! rewritten with the new files and hashes and says how it was prepared.
+
+use crate::backup_server;
+use crate::innodb::backup_files as bf;
+use crate::manifest::{Manifest, Prepared};
+use crate::pagecopy::CopiedFile;
+use crate::sandbox::ShutdownMode;
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum Engine {
+    #[serde(rename = "mariadbd")]
+    Mariadbd,
+    #[serde(rename = "mariadb-backup")]
+    MariadbBackup,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Mariadbd => "mariadbd",
+            Engine::MariadbBackup => "mariadb-backup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareConfig {
+    /// The backup directory (prepared in place).
+    pub target: String,
+    /// `mariadbd` (crash recovery by the server itself) or `mariadb-backup`.
+    #[serde(default = "default_engine")]
+    pub engine: Engine,
+    /// Memory for recovery (the buffer pool, or mariadb-backup's --use-memory).
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    /// Path of the binary (default: found on PATH, /usr/sbin, /usr/bin).
+    pub binary: Option<String>,
+}
+
+fn default_engine() -> Engine {
+    Engine::Mariadbd
+}
+fn default_memory() -> String {
+    "256MiB".into()
+}
+
+fn memory_bytes(cfg: &PrepareConfig) -> Result<u64, ConfigError> {
+    cfg.memory
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| ConfigError {
+            path: "memory".into(),
+            message: format!("`{}` is not a size", cfg.memory),
+            hint: Some("write e.g. 256MiB, 2GiB".into()),
+        })
+}
+
+pub struct Prepare;
+
+#[async_trait]
+impl TypedStep for Prepare {
+    type Config = PrepareConfig;
+    const NAME: &'static str = "prepare";
+    const SUMMARY: &'static str = "Makes a backup directory consistent in place (mariadbd crash recovery, or mariadb-backup --prepare)";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("engine", OutputType::String, "how it was prepared"),
+            output("seconds", OutputType::Number, "wall time"),
+            output(
+                "already_prepared",
+                OutputType::Boolean,
+                "true when the directory was prepared before (nothing done)",
+            ),
+            output(
+                "files",
+                OutputType::Integer,
+                "files in the prepared directory",
+            ),
+        ]
+    }
+
+    fn check(cfg: &PrepareConfig) -> Result<(), ConfigError> {
+        memory_bytes(cfg).map(|_| ())
+    }
+
+    fn describe(cfg: &PrepareConfig) -> String {
+        match cfg.engine {
+            Engine::Mariadbd => format!(
+                "prepares {} in place: starts mariadbd on it (no network, no grants) so crash recovery applies the redo log and rolls back, then shuts it down slowly",
+                cfg.target
+            ),
+            Engine::MariadbBackup => format!("prepares {} in place with `mariadb-backup --prepare` (redo applied; the first start rolls back)", cfg.target),
+        }
+    }
+
+    async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let dir = PathBuf::from(&cfg.target);
+        let mut manifest = Manifest::read(&dir).map_err(|e| {
+            StepError::fatal(e.to_string())
+                .with_hint("prepare works on a complete backup made by stagehand")
+        })?;
+        if let Some(p) = &manifest.prepared {
+            tracing::info!(engine = %p.engine, "already prepared");
+            return Ok(outputs(p.engine.as_str(), 0.0, true, manifest.files.len()));
+        }
+        let t0 = Instant::now();
+        let memory = memory_bytes(cfg).map_err(|e| StepError::fatal(e.message))?;
+        let binary = cfg.binary.as_ref().map(PathBuf::from);
+        let work = async {
+            match cfg.engine {
+                Engine::Mariadbd => prepare_with_server(&dir, memory, binary).await,
+                Engine::MariadbBackup => prepare_with_mariadb_backup(&dir, memory, binary).await,
+            }
+        };
+        tokio::select! {
+            r = work => r?,
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled().with_hint("the backup directory may be half prepared: prepare a fresh copy of the backup")),
+        }
+        mark_prepared(&dir, &manifest, cfg.engine)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        manifest.prepared = Some(Prepared {
+            engine: cfg.engine.name().into(),
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            seconds,
+        });
+        let dir2 = dir.clone();
+        manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
+            .await
+            .map_err(|e| StepError::fatal(e.to_string()))??;
+        manifest
+            .write(&dir)
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        Ok(outputs(
+            cfg.engine.name(),
+            seconds,
+            false,
+            manifest.files.len(),
+        ))
+    }
+}
+
+fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> Outputs {
+    let mut o = Outputs::new();
+    o.insert("engine".into(), json!(engine));
+    o.insert("seconds".into(), json!((seconds * 1000.0).round() / 1000.0));
+    o.insert("already_prepared".into(), json!(already));
+    o.insert("files".into(), json!(files));
+    o
+}
+
+async fn prepare_with_server(
+    dir: &Path,
+    memory: u64,
+    binary: Option<PathBuf>,
+) -> Result<(), StepError> {
+    let run = backup_server::run_dir()?;
+    let server = backup_server::start_on(dir, run.path(), memory, binary).await?;
+    let log = server.error_log().to_path_buf();
+    server
+        .shutdown(ShutdownMode::Slow)
+        .await
+        .map_err(|e| StepError::fatal(format!("the slow shutdown after recovery failed: {e}")))?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if text.contains("[ERROR]") {
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[ERROR]"))
+            .take(10)
+            .collect();
+        return Err(StepError::fatal(format!(
+            "crash recovery reported errors:\n{}",
+            errors.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+async fn prepare_with_mariadb_backup(
+    dir: &Path,
+    memory: u64,
+    binary: Option<PathBuf>,
+) -> Result<(), StepError> {
+    let bin = binary
+        .or_else(|| crate::sandbox::find_binary("mariadb-backup"))
+        .ok_or_else(|| {
+            StepError::fatal("mariadb-backup not found")
+                .with_hint("install it with 'apt-get install mariadb-backup'")
+        })?;
+    let out = tokio::process::Command::new(&bin)
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", dir.display()))
+        .arg(format!("--use-memory={memory}"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", bin.display())))?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !text.contains("completed OK!") {
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(StepError::fatal(format!(
+            "mariadb-backup --prepare failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// Records in the mariadb-backup metadata that the redo has been applied, so its
+/// `--copy-back` accepts the directory and `--prepare` does not apply it again.
+fn mark_prepared(dir: &Path, manifest: &Manifest, engine: Engine) -> Result<(), StepError> {
+    if engine == Engine::MariadbBackup {
+        return Ok(()); // mariadb-backup rewrote its own file
+    }
+    let Some(name) = manifest
+        .metadata_files
+        .iter()
+        .find(|n| n.ends_with("_checkpoints"))
+    else {
+        return Ok(());
+    };
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    let mut c = bf::parse_checkpoints(&text)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    c.backup_type = bf::BackupType::LogApplied;
+    std::fs::write(&path, bf::render_checkpoints(&c))
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))
+}
+
+/// Every file of a directory (but the manifest), hashed: prepare changes many files.
+pub fn rehash_dir(dir: &Path) -> Result<Vec<CopiedFile>, StepError> {
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<CopiedFile>) -> Result<(), StepError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let rel = path
+            .strip_prefix(root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if rel != crate::manifest::MANIFEST_FILE && !rel.starts_with('.') {
+            let mut f = crate::seal::hash_file(root, &rel)?;
+            f.class = class_of(&rel);
+            out.push(f);
+        }
+    }
+    Ok(())
+}
+
+fn class_of(rel: &str) -> crate::datadir::FileClass {
+    use crate::datadir::FileClass as C;
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.starts_with("ibdata") {
+        C::SystemTablespace
+    } else if name.starts_with("undo") && name.len() == 7 {
+        C::UndoTablespace
+    } else if name.ends_with(".ibd") {
+        C::Tablespace
+    } else if name.starts_with("aria_log") {
+        C::AriaLog
+    } else if name.ends_with(".MAD") || name.ends_with(".MAI") {
+        C::AriaData
+    } else {
+        C::NonInnodb
+    }
+}
