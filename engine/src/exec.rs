@@ -177,6 +177,8 @@ struct Slot {
     attempts: u32,
     error: Option<StepError>,
     skip_reason: Option<String>,
+    /// Skipped because its `if` was false: dependents treat it as done, not failed.
+    disabled: bool,
 }
 
 impl Slot {
@@ -192,6 +194,7 @@ impl Slot {
             attempts: 0,
             error: None,
             skip_reason: None,
+            disabled: false,
         }
     }
 }
@@ -428,7 +431,10 @@ impl Run<'_> {
         let spec = self.steps()[i].clone();
         match self.condition_holds(i) {
             Ok(true) => {}
-            Ok(false) => return self.skip(i, "its `if` condition is false".into()),
+            Ok(false) => {
+                self.slots[i].disabled = true;
+                return self.skip(i, "its `if` condition is false".into());
+            }
             Err(e) => {
                 self.journal.event("step_finished", json!({"step": spec.id, "status": StepStatus::Failed, "error": format!("cannot evaluate `if`: {e}")}));
                 self.slots[i].status = StepStatus::Failed;
