@@ -46,6 +46,9 @@ pub struct RedoTailConfig {
     pub read_size: u64,
 }
 
+/// What a poll reads when the copy is caught up: the server's last few writes.
+const SMALL_READ: usize = 64 << 10;
+
 fn default_poll() -> Duration {
     Duration::from_millis(2)
 }
@@ -287,6 +290,7 @@ impl Tail {
         let mut buf = vec![0u8; self.read_size as usize];
         let mut max_lag = 0u64;
         let mut lag = 0u64;
+        let mut want = SMALL_READ.min(buf.len());
         loop {
             if shared.stopping() {
                 let reason = shared
@@ -302,8 +306,14 @@ impl Tail {
             if target > 0 && pos >= target {
                 return self.finish(pos, target, max_lag, t0, shared);
             }
-            let got = self.read_once(pos, &mut buf)?;
+            let got = self.read_once(pos, &mut buf[..want])?;
             pos += got;
+            // Caught up, a poll reads a little; behind, reads grow to the buffer's size.
+            want = if got as usize * 2 > want {
+                (want * 4).min(buf.len())
+            } else {
+                SMALL_READ.min(buf.len())
+            };
             if got > 0 {
                 // Behind by at least what this read found; reads go on at once.
                 lag += got;
