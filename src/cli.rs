@@ -53,6 +53,10 @@ enum Command {
         /// Show what would run, with rendered configs; connects nowhere, writes nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Preflight: connect read-only and check what the steps need (privileges, paths,
+        /// free space, redo log headroom); runs no step.
+        #[arg(long, conflicts_with = "dry_run")]
+        check: bool,
         /// Print the report (or the dry-run) as JSON.
         #[arg(long)]
         json: bool,
@@ -127,10 +131,17 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
             plan,
             sets,
             dry_run,
+            check,
             json,
             state_dir,
             grace,
-        } => run(&plan, &sets, dry_run, json, state_dir, grace),
+        } => {
+            if check {
+                preflight(&plan, &sets, json)
+            } else {
+                run(&plan, &sets, dry_run, json, state_dir, grace)
+            }
+        }
         Command::Validate { plans, json } => Ok(validate(&plans, json)),
         Command::Graph { plan, format } => {
             let Some((loaded, _)) = load_or_report(&plan, &[], true) else {
@@ -310,6 +321,54 @@ fn run(
         print_summary(&report);
     }
     Ok(report.status.exit_code())
+}
+
+fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
+    let sets = match parse_sets(sets) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let Some((loaded, params)) = load_or_report(plan, &sets, false) else {
+        return Ok(EXIT_USAGE);
+    };
+    let registry = stagehand_steps::registry();
+    let provider = stagehand_steps::connection_provider();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let report = match runtime.block_on(stagehand_engine::exec::check(
+        &loaded,
+        &registry,
+        Some(provider),
+        &params,
+    )) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("preflight of plan {}:", report.plan);
+        for s in &report.steps {
+            for f in &s.findings {
+                let tag = match f.level {
+                    stagehand_engine::step::Level::Ok => "ok   ",
+                    stagehand_engine::step::Level::Warn => "WARN ",
+                    stagehand_engine::step::Level::Error => "ERROR",
+                };
+                println!("  {tag} {:<14} {}", s.id, f.message);
+            }
+        }
+    }
+    Ok(if report.has_errors() {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 /// First SIGINT/SIGTERM: stop work, run cleanup steps. Second: stop those too.

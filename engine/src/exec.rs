@@ -806,3 +806,86 @@ fn failed(attempts: u32, e: StepError) -> Outcome {
         error: Some(e),
     }
 }
+
+/// `stagehand run --check`: each step's preflight against the live system, read-only.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub plan: String,
+    pub steps: Vec<CheckedStep>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckedStep {
+    pub id: String,
+    pub uses: String,
+    pub findings: Vec<crate::step::Finding>,
+}
+
+impl CheckReport {
+    pub fn has_errors(&self) -> bool {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.findings)
+            .any(|f| f.level == crate::step::Level::Error)
+    }
+}
+
+/// Runs every step's preflight (outputs of earlier steps are samples: nothing runs).
+pub async fn check(
+    loaded: &Loaded,
+    registry: &Registry,
+    provider: Option<Arc<dyn ConnectionProvider>>,
+    params: &BTreeMap<String, Value>,
+) -> Result<CheckReport, RunError> {
+    let secrets = read_secrets(loaded)?;
+    let redactor = Arc::new(Redactor::new(secrets.values().cloned()));
+    let renderer = Renderer::new();
+    let mut ctx_value = crate::validate::sample_context(&loaded.plan, params, registry);
+    ctx_value["secrets"] = json!(secrets);
+    let connections = render_connections(loaded, &renderer, &ctx_value, provider)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut steps = Vec::new();
+    for spec in &loaded.plan.steps {
+        let Some(kind) = registry.get(&spec.uses) else {
+            continue;
+        };
+        let findings = match crate::step::render_and_build(
+            kind.as_ref(),
+            &renderer,
+            &spec.with,
+            &ctx_value,
+            Mode::Check,
+        ) {
+            Err(e) => vec![crate::step::Finding::error(format!(
+                "cannot build the step: {e}"
+            ))],
+            Ok((_, action)) => {
+                let mut ctx = StepContext::detached(&spec.id, connections.clone());
+                ctx.redactor = redactor.clone();
+                action.preflight(&ctx).await
+            }
+        };
+        // The same finding from several steps (one server, one user) is shown once.
+        let findings: Vec<_> = findings
+            .into_iter()
+            .filter(|f| seen.insert(f.message.clone()))
+            .collect();
+        let findings = findings
+            .into_iter()
+            .map(|mut f| {
+                f.message = redactor.redact(&f.message);
+                f
+            })
+            .collect();
+        steps.push(CheckedStep {
+            id: spec.id.clone(),
+            uses: spec.uses.clone(),
+            findings,
+        });
+    }
+    connections.close_all().await;
+    Ok(CheckReport {
+        plan: loaded.plan.name.clone(),
+        steps,
+    })
+}

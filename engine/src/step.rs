@@ -195,6 +195,47 @@ pub trait StepAction: Send + Sync {
         Vec::new()
     }
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError>;
+    /// `stagehand run --check`: inspect the live system, read-only, and say what would
+    /// go wrong. Nothing may be changed.
+    async fn preflight(&self, _ctx: &StepContext) -> Vec<Finding> {
+        Vec::new()
+    }
+}
+
+/// One result of a preflight check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Error,
+}
+
+impl Finding {
+    pub fn ok(m: impl Into<String>) -> Self {
+        Self {
+            level: Level::Ok,
+            message: m.into(),
+        }
+    }
+    pub fn warn(m: impl Into<String>) -> Self {
+        Self {
+            level: Level::Warn,
+            message: m.into(),
+        }
+    }
+    pub fn error(m: impl Into<String>) -> Self {
+        Self {
+            level: Level::Error,
+            message: m.into(),
+        }
+    }
 }
 
 /// A step kind: `uses: NAME` in a plan.
@@ -229,6 +270,9 @@ pub trait TypedStep: Send + Sync + 'static {
         Vec::new()
     }
     async fn run(cfg: &Self::Config, ctx: &StepContext) -> Result<Outputs, StepError>;
+    async fn preflight(_cfg: &Self::Config, _ctx: &StepContext) -> Vec<Finding> {
+        Vec::new()
+    }
 }
 
 /// Adapts a [`TypedStep`] to the object-safe [`StepKind`].
@@ -254,6 +298,9 @@ impl<T: TypedStep> StepAction for TypedAction<T> {
     }
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
         T::run(&self.cfg, ctx).await
+    }
+    async fn preflight(&self, ctx: &StepContext) -> Vec<Finding> {
+        T::preflight(&self.cfg, ctx).await
     }
 }
 

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -173,11 +174,93 @@ impl TypedStep for Copy {
         vec![cfg.connection.clone()]
     }
 
+    async fn preflight(cfg: &CopyConfig, ctx: &StepContext) -> Vec<Finding> {
+        let session = match crate::mariadb::preflight_session(ctx, &cfg.connection).await {
+            Ok(s) => s,
+            Err(f) => return vec![f],
+        };
+        let settings = match read_settings(&session).await {
+            Ok(s) => s,
+            Err(e) => return vec![Finding::error(e.message)],
+        };
+        let (from, to) = (PathBuf::from(&cfg.from), PathBuf::from(&cfg.to));
+        let files = match discover(&from, &settings) {
+            Ok(f) => f
+                .into_iter()
+                .filter(|f| cfg.files.includes(f.class))
+                .collect::<Vec<_>>(),
+            Err(e) => return vec![Finding::error(e.to_string())],
+        };
+        let mut out = Vec::new();
+        let unreadable: Vec<&str> = files
+            .iter()
+            .filter(|f| std::fs::File::open(&f.abs).is_err())
+            .map(|f| f.rel.as_str())
+            .take(5)
+            .collect();
+        if !unreadable.is_empty() {
+            out.push(Finding::error(format!(
+                "cannot read {} under {} (run as the mysql user or root)",
+                unreadable.join(", "),
+                from.display()
+            )));
+        }
+        if cfg.files == FileSet::Innodb
+            && !files.iter().any(|f| f.class == FileClass::SystemTablespace)
+        {
+            out.push(Finding::error(format!("{} holds no InnoDB system tablespace: is it the server's datadir (the server says {})?", from.display(), settings.datadir)));
+        }
+        if to.join(crate::manifest::MANIFEST_FILE).exists() {
+            out.push(Finding::error(format!(
+                "{} already holds a complete backup",
+                to.display()
+            )));
+        }
+        let need: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(&f.abs).ok())
+            .map(|m| m.len())
+            .sum();
+        let probe = to
+            .ancestors()
+            .find(|p| p.exists())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        match fs4::available_space(&probe) {
+            Ok(free) if free < need => out.push(Finding::error(format!(
+                "{}: {:.2} GB free, the copy of {} needs {:.2} GB",
+                probe.display(),
+                free as f64 / 1e9,
+                cfg.files.describe(),
+                need as f64 / 1e9
+            ))),
+            Ok(free) => out.push(Finding::ok(format!(
+                "{}: {:.2} GB free for {:.2} GB of {}",
+                probe.display(),
+                free as f64 / 1e9,
+                need as f64 / 1e9,
+                cfg.files.describe()
+            ))),
+            Err(e) => out.push(Finding::warn(format!(
+                "cannot tell the free space of {}: {e}",
+                probe.display()
+            ))),
+        }
+        out
+    }
+
     async fn run(cfg: &CopyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let settings = read_settings(&session).await?;
         let from = PathBuf::from(&cfg.from);
         let to = PathBuf::from(&cfg.to);
+        if to.join(crate::manifest::MANIFEST_FILE).exists() {
+            return Err(StepError::fatal(format!(
+                "{} already holds a complete backup; refusing to overwrite it",
+                to.display()
+            ))
+            .with_hint("give each backup its own target directory"));
+        }
         let files: Vec<SourceFile> = discover(&from, &settings)
             .map_err(|e| StepError::fatal(e.to_string()))?
             .into_iter()

@@ -345,3 +345,38 @@ pub async fn name_values(
         })
         .collect())
 }
+
+/// A preflight's session: the error becomes a finding.
+pub async fn preflight_session(
+    ctx: &stagehand_engine::StepContext,
+    name: &str,
+) -> Result<Arc<Session>, stagehand_engine::step::Finding> {
+    ctx.connections.get_as::<Session>(name).await.map_err(|e| {
+        stagehand_engine::step::Finding::error(format!("connection `{name}`: {}", e.message))
+    })
+}
+
+/// Runs one query on a session (for preflights and settings).
+pub async fn session_values(
+    session: &Session,
+    sql: &str,
+) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+    let mut guard = session.conn.lock().await;
+    let conn = guard
+        .as_mut()
+        .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    name_values(conn, sql).await
+}
+
+/// All rows of a query as text, first column only.
+pub async fn session_column(session: &Session, sql: &str) -> Result<Vec<String>, StepError> {
+    let mut guard = session.conn.lock().await;
+    let conn = guard
+        .as_mut()
+        .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    let rows = query_rows(conn, sql).await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<Option<String>, _>(0).flatten().unwrap_or_default())
+        .collect())
+}

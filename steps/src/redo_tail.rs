@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
+use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -137,6 +138,17 @@ impl TypedStep for RedoTail {
         vec![cfg.connection.clone()]
     }
 
+    async fn preflight(cfg: &RedoTailConfig, ctx: &StepContext) -> Vec<Finding> {
+        let session = match crate::mariadb::preflight_session(ctx, &cfg.connection).await {
+            Ok(s) => s,
+            Err(f) => return vec![f],
+        };
+        match redo_headroom(cfg, &session).await {
+            Ok(f) => f,
+            Err(e) => vec![Finding::error(e.message)],
+        }
+    }
+
     async fn run(cfg: &RedoTailConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let settings = {
@@ -175,6 +187,84 @@ impl TypedStep for RedoTail {
         }
     }
 }
+
+/// The copy speed assumed to estimate a backup's duration in the preflight.
+const ASSUMED_COPY_BYTES_PER_SEC: f64 = 300e6;
+/// How long the sampling of the redo write rate lasts.
+const RATE_SAMPLE: Duration = Duration::from_secs(3);
+
+/// Preflight: is the log readable, and does its capacity leave room for this backup at
+/// the server's current write rate?
+async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Finding>, StepError> {
+    let settings = ServerSettings::from_variables(
+        &crate::mariadb::session_values(session, SETTINGS_QUERY).await?,
+    );
+    let log_path = settings
+        .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
+        .join("ib_logfile0");
+    let mut out = Vec::new();
+    let file = File::open(&log_path).map_err(|e| {
+        StepError::fatal(format!(
+            "cannot open the redo log {}: {e}",
+            log_path.display()
+        ))
+    })?;
+    read_header(&file, &log_path)?;
+    let capacity = file
+        .metadata()
+        .map(|m| m.len())
+        .unwrap_or(0)
+        .saturating_sub(START_OFFSET) as f64;
+    out.push(Finding::ok(format!(
+        "redo log {} is readable ({:.0} MiB of circular capacity)",
+        log_path.display(),
+        capacity / MIB
+    )));
+    let lsn = |m: &std::collections::BTreeMap<String, String>, k: &str| {
+        m.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let q =
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_lsn_current', 'Innodb_checkpoint_age')";
+    let a = crate::mariadb::session_values(session, q).await?;
+    tokio::time::sleep(RATE_SAMPLE).await;
+    let b = crate::mariadb::session_values(session, q).await?;
+    let rate =
+        (lsn(&b, "innodb_lsn_current") - lsn(&a, "innodb_lsn_current")) / RATE_SAMPLE.as_secs_f64();
+    let age = lsn(&b, "innodb_checkpoint_age");
+    let data: f64 = crate::mariadb::session_column(session, "SELECT COALESCE(SUM(DATA_LENGTH + INDEX_LENGTH), 0) FROM information_schema.TABLES WHERE ENGINE = 'InnoDB'")
+        .await?
+        .first()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let copy_secs = data / ASSUMED_COPY_BYTES_PER_SEC;
+    let facts = format!(
+        "the server writes {:.2} MB/s of redo; the log holds {:.0} MiB, {} of writes; the copy starts {:.1} MiB behind (checkpoint age); about {:.1} GB of InnoDB data, ~{:.0} s to copy at {:.0} MB/s",
+        rate / 1e6,
+        capacity / MIB,
+        if rate > 0.0 { format!("{:.0} s", capacity / rate) } else { "unlimited time".into() },
+        age / MIB,
+        data / 1e9,
+        copy_secs,
+        ASSUMED_COPY_BYTES_PER_SEC / 1e6
+    );
+    let headroom_secs = if rate > 0.0 {
+        (capacity - age).max(0.0) / rate
+    } else {
+        f64::INFINITY
+    };
+    // The tail keeps up while it runs; what can lose log is a stall of the backup host
+    // (or a slow target) longer than the headroom, most likely at the start.
+    out.push(if headroom_secs < 2.0 {
+        Finding::error(format!("{facts}: only {headroom_secs:.1} s of headroom — a backup now would likely lose log; raise innodb_log_file_size"))
+    } else if headroom_secs < 30.0 || (rate > 0.0 && copy_secs * rate > 4.0 * capacity) {
+        Finding::warn(format!("{facts}: {headroom_secs:.0} s of headroom; a stall of the backup longer than that loses log — consider a larger innodb_log_file_size"))
+    } else {
+        Finding::ok(format!("{facts}: {} of headroom", if headroom_secs.is_finite() { format!("{headroom_secs:.0} s") } else { "unlimited".into() }))
+    });
+    Ok(out)
+}
+
+const MIB: f64 = 1048576.0;
 
 /// What the async side tells the copier thread.
 #[derive(Default)]

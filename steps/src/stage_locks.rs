@@ -9,6 +9,7 @@ use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -272,6 +273,54 @@ impl TypedStep for StageLocks {
 
     fn connections(cfg: &StageLocksConfig) -> Vec<String> {
         vec![cfg.connection.clone()]
+    }
+
+    async fn preflight(cfg: &StageLocksConfig, ctx: &StepContext) -> Vec<Finding> {
+        if cfg.stage == Stage::End {
+            return Vec::new();
+        }
+        let session = match crate::mariadb::preflight_session(ctx, &cfg.connection).await {
+            Ok(s) => s,
+            Err(f) => return vec![f],
+        };
+        let mut out = Vec::new();
+        match session.version() {
+            Some(v) if v.mariadb && v.at_least(10, 4, 1) => out.push(Finding::ok(format!("MariaDB {v}: BACKUP STAGE available"))),
+            Some(v) if v.mariadb => out.push(Finding::warn(format!("MariaDB {v} has no BACKUP STAGE: FLUSH TABLES WITH READ LOCK will block all writes during the copy"))),
+            Some(v) => out.push(Finding::error(format!("server {v} is not MariaDB"))),
+            None => out.push(Finding::error("cannot read the server version")),
+        }
+        let grants = crate::mariadb::session_column(&session, "SHOW GRANTS")
+            .await
+            .unwrap_or_default()
+            .join("\n")
+            .to_uppercase();
+        let log_bin = crate::mariadb::session_column(&session, "SELECT @@log_bin")
+            .await
+            .unwrap_or_default()
+            .first()
+            .is_some_and(|v| v == "1");
+        let mut needed = vec![("RELOAD", true)];
+        needed.push(("PROCESS", cfg.on_blocker == OnBlocker::Fail));
+        needed.push(("BINLOG MONITOR", log_bin));
+        let all = grants.contains("ALL PRIVILEGES ON *.*");
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|(p, want)| *want && !all && !grants.contains(p) && !grants.contains("SUPER"))
+            .map(|(p, _)| *p)
+            .collect();
+        if missing.is_empty() {
+            out.push(Finding::ok(
+                "the backup user has the privileges the locks and the commit point need",
+            ));
+        } else {
+            out.push(Finding::error(format!(
+                "the backup user lacks {}: GRANT {} ON *.* TO <backup user>",
+                missing.join(", "),
+                missing.join(", ")
+            )));
+        }
+        out
     }
 
     async fn run(cfg: &StageLocksConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
