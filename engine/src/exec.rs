@@ -379,7 +379,9 @@ impl Run<'_> {
             if !done {
                 return Decision::Wait;
             }
+            // A step skipped by its own `if` counts as done for the steps after it.
             let ok = slot.status == StepStatus::Succeeded
+                || slot.disabled
                 || (slot.ready && slot.status == StepStatus::Running);
             all_ok &= ok;
         }

@@ -1,0 +1,126 @@
+//! The executor with an in-process step kind: concurrency limits and `if:` conditions.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use stagehand_engine::{
+    output, Checker, OutputSpec, OutputType, Outputs, Registry, RunOptions, StepContext, StepError,
+    StepStatus, Typed, TypedStep,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NapConfig {
+    ms: u64,
+}
+
+struct Nap;
+
+#[async_trait]
+impl TypedStep for Nap {
+    type Config = NapConfig;
+    const NAME: &'static str = "nap";
+    const SUMMARY: &'static str = "sleeps";
+    fn outputs() -> Vec<OutputSpec> {
+        vec![output("slept_ms", OutputType::Integer, "how long")]
+    }
+    fn describe(cfg: &NapConfig) -> String {
+        format!("sleeps {} ms", cfg.ms)
+    }
+    async fn run(cfg: &NapConfig, _ctx: &StepContext) -> Result<Outputs, StepError> {
+        let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+        PEAK.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(cfg.ms)).await;
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+        let mut o = Outputs::new();
+        o.insert("slept_ms".into(), cfg.ms.into());
+        Ok(o)
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::default();
+    r.register(Typed::<Nap>::default());
+    r
+}
+
+async fn run(text: &str, sets: &[(&str, &str)]) -> stagehand_engine::RunReport {
+    let registry = registry();
+    let checker = Checker {
+        registry: &registry,
+        provider: None,
+    };
+    let sets: Vec<(String, String)> = sets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (loaded, params) = checker
+        .load_text("t.yaml", text, &sets, false)
+        .unwrap_or_else(|d| panic!("plan invalid: {d:?}"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let opts = RunOptions {
+        state_dir: state.path().to_path_buf(),
+        params,
+        interrupt: Default::default(),
+        abort: Default::default(),
+        grace: Duration::from_secs(5),
+    };
+    stagehand_engine::execute(&loaded, &registry, None, opts)
+        .await
+        .expect("run")
+}
+
+#[tokio::test]
+async fn max_parallel_bounds_concurrency_and_if_false_is_transparent() {
+    let plan = r#"
+version: 1
+name: t
+max_parallel: 2
+params:
+  flag: {type: boolean, default: false}
+steps:
+  - {id: a, uses: nap, with: {ms: 150}}
+  - {id: b, uses: nap, with: {ms: 150}}
+  - {id: c, uses: nap, with: {ms: 150}}
+  - {id: d, uses: nap, with: {ms: 150}}
+  - {id: off, uses: nap, needs: [a, b, c, d], if: "{{params.flag}}", with: {ms: 1}}
+  - {id: after_off, uses: nap, needs: [off], with: {ms: 1}}
+"#;
+    let t0 = std::time::Instant::now();
+    let report = run(plan, &[]).await;
+    assert_eq!(report.status, stagehand_engine::RunStatus::Succeeded);
+    assert_eq!(
+        PEAK.load(Ordering::SeqCst),
+        2,
+        "never more than max_parallel steps at once"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "4 steps of 150 ms, 2 at a time"
+    );
+    let status = |id: &str| report.step(id).map(|s| s.status);
+    assert_eq!(status("off"), Some(StepStatus::Skipped));
+    assert!(report
+        .step("off")
+        .and_then(|s| s.error.clone())
+        .unwrap_or_default()
+        .contains("`if` condition is false"));
+    // A step disabled by its condition does not make its dependents fail or skip.
+    assert_eq!(
+        status("after_off"),
+        Some(StepStatus::Succeeded),
+        "{:?}",
+        report.step("after_off")
+    );
+
+    let report = run(plan, &[("flag", "true")]).await;
+    assert_eq!(
+        report.step("off").map(|s| s.status),
+        Some(StepStatus::Succeeded)
+    );
+}
