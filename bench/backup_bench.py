@@ -6,8 +6,7 @@ as the physical limit. Writes the figures to docs/BENCHMARKS.md (and raw JSON be
     python3 bench/backup_bench.py [--dir /tmp/stagehand-bench] [--table-size 1000000]
 
 Needs: mariadb-server, mariadb-backup, sysbench (apt-get install), a release build.
-Each tool copies from the page cache (the data fits in memory): figures compare the
-tools' own cost, not the disk's.
+Each run starts with the page cache dropped, so every tool reads from disk.
 """
 import argparse, json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
@@ -72,8 +71,14 @@ def measured(cmd, env=None):
 SB_LINE = re.compile(r"\[ (\d+)s \].*?tps: ([\d.]+).*?lat \(ms,95%\): ([\d.]+)")
 
 
+def drop_caches():
+    """Every tool starts from a cold page cache (needs root; skipped otherwise)."""
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], stderr=subprocess.DEVNULL)
+
+
 def one_backup(name, cmd, sock, target, load, tables, size, data_bytes):
     shutil.rmtree(target, ignore_errors=True)
+    drop_caches()
     sb = None
     if load:
         sb_log = open(target.parent / "sysbench.log", "w")
@@ -166,7 +171,8 @@ def write_report(out: Path, results, data_bytes, version, a):
 Command: `python3 bench/backup_bench.py --tables {a.tables} --table-size {a.table_size}`
 (run on {time.strftime('%Y-%m-%d')}, {cpu} cores, MariaDB {version}; data {data_bytes / 1e9:.2f} GB of
 sysbench tables, buffer pool 1 GiB, innodb_log_file_size 512 MiB, binlog on). Every row is
-one backup of the same datadir in the same run; the datadir is in the page cache for all.
+one backup of the same datadir in the same run, each started with a cold page cache
+(`echo 3 > /proc/sys/vm/drop_caches`), so each tool reads the datadir from disk.
 
 Columns: `wall_s` wall time; `mb_per_s` datadir bytes / wall time; `cpu_s` user+system CPU of
 the tool; `max_rss_mib` its peak memory; `max_commit_ms` the longest single-row commit seen by
