@@ -261,11 +261,7 @@ impl TypedStep for Copy {
             ))
             .with_hint("give each backup its own target directory"));
         }
-        let files: Vec<SourceFile> = discover(&from, &settings)
-            .map_err(|e| StepError::fatal(e.to_string()))?
-            .into_iter()
-            .filter(|f| cfg.files.includes(f.class))
-            .collect();
+        let files = files_to_copy(cfg.files, &from, &to, &settings)?;
         if cfg.files == FileSet::Innodb
             && !files.iter().any(|f| f.class == FileClass::SystemTablespace)
         {
@@ -308,10 +304,41 @@ impl TypedStep for Copy {
 
 /// Aria data files an earlier copy step of this backup took and that have not changed
 /// since: kept as they are, so the copy under BLOCK_COMMIT is short.
-fn split_unchanged(
-    files: Vec<SourceFile>,
+/// The files of a set. The Aria pass runs under BLOCK_COMMIT, where every millisecond
+/// blocks commits: no DDL can have happened since BLOCK_DDL, so it reuses the first
+/// pass's list of Aria tables and lists only the Aria log directory.
+fn files_to_copy(
+    set: FileSet,
+    from: &Path,
     to: &Path,
-) -> Result<(Vec<SourceFile>, Vec<CopiedFile>), StepError> {
+    settings: &ServerSettings,
+) -> Result<Vec<SourceFile>, StepError> {
+    if set == FileSet::Aria {
+        let earlier: Vec<SourceFile> = earlier_files(to)
+            .into_values()
+            .filter(|f| f.class == FileClass::AriaData)
+            .map(|f| SourceFile {
+                abs: from.join(&f.path),
+                rel: f.path,
+                class: FileClass::AriaData,
+            })
+            .collect();
+        if !earlier.is_empty() {
+            let mut files = crate::datadir::aria_logs(from, settings)
+                .map_err(|e| StepError::fatal(e.to_string()))?;
+            files.extend(earlier);
+            return Ok(files);
+        }
+    }
+    Ok(discover(from, settings)
+        .map_err(|e| StepError::fatal(e.to_string()))?
+        .into_iter()
+        .filter(|f| set.includes(f.class))
+        .collect())
+}
+
+/// What earlier copy steps of this backup recorded, by path.
+fn earlier_files(to: &Path) -> std::collections::HashMap<String, CopiedFile> {
     let mut earlier = std::collections::HashMap::new();
     if let Ok(entries) = std::fs::read_dir(parts_dir(to)) {
         for e in entries.filter_map(|e| e.ok()) {
@@ -326,6 +353,14 @@ fn split_unchanged(
             }
         }
     }
+    earlier
+}
+
+fn split_unchanged(
+    files: Vec<SourceFile>,
+    to: &Path,
+) -> Result<(Vec<SourceFile>, Vec<CopiedFile>), StepError> {
+    let earlier = earlier_files(to);
     let mut todo = Vec::new();
     let mut kept = Vec::new();
     for f in files {

@@ -197,17 +197,7 @@ pub fn discover(
             });
         }
     }
-    let aria_dir = settings.resolve_dir(datadir, &settings.aria_log_dir_path);
-    for entry in read_dir(&aria_dir)? {
-        let name = file_name(&entry);
-        if name == "aria_log_control" || name.starts_with("aria_log.") {
-            out.push(SourceFile {
-                abs: entry,
-                rel: name,
-                class: FileClass::AriaLog,
-            });
-        }
-    }
+    out.extend(aria_logs(datadir, settings)?);
     for entry in read_dir(datadir)? {
         if entry.is_dir() && !is_skipped_dir(&file_name(&entry)) {
             discover_database(&entry, &mut out)?;
@@ -216,6 +206,25 @@ pub fn discover(
     out.sort_by(|a, b| a.rel.cmp(&b.rel));
     out.dedup_by(|a, b| a.rel == b.rel);
     Ok(out)
+}
+
+/// aria_log_control and aria_log.* in the Aria log directory.
+pub fn aria_logs(
+    datadir: &Path,
+    settings: &ServerSettings,
+) -> Result<Vec<SourceFile>, DatadirError> {
+    let aria_dir = settings.resolve_dir(datadir, &settings.aria_log_dir_path);
+    Ok(read_dir(&aria_dir)?
+        .into_iter()
+        .filter_map(|entry| {
+            let name = file_name(&entry);
+            (name == "aria_log_control" || name.starts_with("aria_log.")).then_some(SourceFile {
+                abs: entry,
+                rel: name,
+                class: FileClass::AriaLog,
+            })
+        })
+        .collect())
 }
 
 fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DatadirError> {
