@@ -513,11 +513,12 @@ fn system_format(files: &[SourceFile]) -> Option<crate::innodb::page::SpaceForma
     crate::innodb::page::SpaceFormat::from_page0(&head[..n]).ok()
 }
 
+/// Writes a manifest part (tmp + rename). Not synced: parts only live until `seal`,
+/// and an fsync here would lengthen the copy made under BLOCK_COMMIT.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StepError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| StepError::fatal(e.to_string()))?;
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::File::open(&tmp).and_then(|f| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", path.display())))
 }

@@ -201,7 +201,8 @@ impl TypedStep for Notify {
                         .map(|(i, a)| (format!("email.cc[{i}]"), a)),
                 );
             for (path, a) in addresses {
-                if !a.is_empty() && !(a.starts_with('<') && !a.contains('@')) {
+                let placeholder = a.starts_with('<') && !a.contains('@');
+                if !a.is_empty() && !placeholder {
                     if let Err(e) = a.parse::<Mailbox>() {
                         return Err(config_error(
                             &path,
@@ -221,10 +222,9 @@ impl TypedStep for Notify {
         }
         if let Some(w) = &cfg.webhook {
             let u = &w.url;
-            if !u.is_empty()
-                && !u.starts_with('<')
-                && !(u.starts_with("http://") || u.starts_with("https://"))
-            {
+            let checkable = !u.is_empty() && !u.starts_with('<');
+            let http = u.starts_with("http://") || u.starts_with("https://");
+            if checkable && !http {
                 return Err(config_error(
                     "webhook.url",
                     "the webhook URL must start with http:// or https://",

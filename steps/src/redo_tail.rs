@@ -509,15 +509,15 @@ impl Tail {
             .writer
             .finish()
             .map_err(|e| StepError::fatal(format!("writing {}: {e}", self.dest_path.display())))?;
-        let file = out.into_inner().map_err(|e| {
+        // Flushed to the OS here; `seal` syncs it with every other file, after the locks
+        // are released (an fsync now would keep commits blocked longer).
+        out.into_inner().map_err(|e| {
             StepError::fatal(format!(
                 "writing {}: {}",
                 self.dest_path.display(),
                 e.error()
             ))
         })?;
-        file.sync_all()
-            .map_err(|e| StepError::fatal(format!("syncing {}: {e}", self.dest_path.display())))?;
         tracing::info!(
             from_lsn = self.from_lsn,
             to_lsn = pos,
