@@ -1,10 +1,12 @@
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use stagehand_engine::{dryrun, graph, params, schema, Checker, Loaded, RunOptions};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+mod runs;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -66,6 +68,24 @@ enum Command {
         /// How long a cancelled or timed-out step gets to clean up.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// Write the run's metrics here at the end (Prometheus text format, atomically:
+        /// point node_exporter's textfile collector at its directory).
+        #[arg(long, env = "STAGEHAND_METRICS_FILE", value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+        /// Also push the metrics to this Prometheus Pushgateway (job `stagehand`,
+        /// grouped by plan).
+        #[arg(long, env = "STAGEHAND_PUSHGATEWAY", value_name = "URL")]
+        pushgateway: Option<String>,
+    },
+    /// Past runs recorded in the state directory: list, show, and the dead-man check.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// Print a shell completion script: `stagehand completions bash > /etc/bash_completion.d/stagehand`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Check plan files; every problem is reported with file:line:column.
     Validate {
@@ -86,6 +106,47 @@ enum Command {
     Steps {
         /// Show one kind in full.
         kind: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// List recorded runs, newest first.
+    List {
+        /// Only the runs of this plan.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        /// [default: $STAGEHAND_STATE_DIR or ~/.local/state/stagehand]
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show one run: status, params, steps with their times, errors and hints.
+    Show {
+        /// A run id, or a prefix or suffix of one that names a single run.
+        id: String,
+        /// The run's report.json as recorded.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Dead-man check: exit 0 when a successful run of the plan finished within
+    /// --max-age, else exit 1 saying when the last success was.
+    Check {
+        #[arg(long)]
+        plan: String,
+        /// e.g. 26h for a nightly plan.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_age: Duration,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -135,12 +196,29 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
             json,
             state_dir,
             grace,
+            metrics_file,
+            pushgateway,
         } => {
             if check {
                 preflight(&plan, &sets, json)
             } else {
-                run(&plan, &sets, dry_run, json, state_dir, grace)
+                let outputs = RunOutputs {
+                    json,
+                    metrics_file,
+                    pushgateway,
+                };
+                run(&plan, &sets, dry_run, state_dir, grace, outputs)
             }
+        }
+        Command::Runs { command } => Ok(runs::dispatch(command_args(command))),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "stagehand",
+                &mut std::io::stdout(),
+            );
+            Ok(EXIT_OK)
         }
         Command::Validate { plans, json } => Ok(validate(&plans, json)),
         Command::Graph { plan, format } => {
@@ -260,14 +338,59 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
+fn command_args(c: RunsCommand) -> runs::Args {
+    use runs::Args;
+    match c {
+        RunsCommand::List {
+            plan,
+            limit,
+            json,
+            state_dir,
+        } => Args::List {
+            plan,
+            limit,
+            json,
+            state_dir: state_dir.unwrap_or_else(default_state_dir),
+        },
+        RunsCommand::Show {
+            id,
+            json,
+            state_dir,
+        } => Args::Show {
+            id,
+            json,
+            state_dir: state_dir.unwrap_or_else(default_state_dir),
+        },
+        RunsCommand::Check {
+            plan,
+            max_age,
+            json,
+            state_dir,
+        } => Args::Check {
+            plan,
+            max_age,
+            json,
+            state_dir: state_dir.unwrap_or_else(default_state_dir),
+        },
+    }
+}
+
+/// Where a run's results go besides the state directory.
+struct RunOutputs {
+    json: bool,
+    metrics_file: Option<PathBuf>,
+    pushgateway: Option<String>,
+}
+
 fn run(
     plan: &Path,
     sets: &[String],
     dry_run: bool,
-    json: bool,
     state_dir: Option<PathBuf>,
     grace: Duration,
+    outputs: RunOutputs,
 ) -> anyhow::Result<i32> {
+    let json = outputs.json;
     let sets = match parse_sets(sets) {
         Ok(s) => s,
         Err(e) => {
@@ -290,6 +413,7 @@ fn run(
         return Ok(EXIT_OK);
     }
     let state_dir = state_dir.unwrap_or_else(default_state_dir);
+    let history_dir = state_dir.clone();
     let interrupt = CancellationToken::new();
     let abort = CancellationToken::new();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -320,6 +444,14 @@ fn run(
     } else {
         print_summary(&report);
     }
+    // Metrics are a side channel: failing to write them is reported, and the exit code
+    // stays the run's.
+    runs::publish_metrics(
+        &report,
+        &history_dir,
+        outputs.metrics_file.as_deref(),
+        outputs.pushgateway.as_deref(),
+    );
     Ok(report.status.exit_code())
 }
 

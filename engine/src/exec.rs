@@ -8,7 +8,7 @@ use crate::resources::{ConnectionProvider, Connections};
 use crate::step::{Outputs, Registry, StepContext, StepError, UntilResult};
 use crate::template::{Mode, Renderer};
 use crate::validate::{env_map, Loaded};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// How a step ended (or that it has not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepStatus {
     Pending,
@@ -35,9 +35,10 @@ impl StepStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
+    #[default]
     Succeeded,
     Failed,
     Interrupted,
@@ -221,6 +222,9 @@ struct Run<'a> {
     run_id: String,
     run_dir: PathBuf,
     opts: &'a RunOptions,
+    started_at: String,
+    t0: Instant,
+    host: String,
 }
 
 /// Runs a validated plan to its end and returns the report (also written as
@@ -274,8 +278,11 @@ pub async fn execute(
         run_id: run_id.clone(),
         run_dir: run_dir.clone(),
         opts: &opts,
+        started_at: started_at.clone(),
+        t0: Instant::now(),
+        host: host_name(),
     };
-    let t0 = Instant::now();
+    let t0 = run.t0;
     loop {
         run.schedule();
         let running = run.slots.iter().any(|s| s.status == StepStatus::Running);
@@ -474,6 +481,7 @@ impl Run<'_> {
             redactor: self.redactor.clone(),
             background: spec.background,
             upstream: self.upstream_of(i),
+            run: self.snapshot(),
         };
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -529,7 +537,57 @@ impl Run<'_> {
             })
             .collect();
         ctx["steps"] = Value::Object(steps);
+        ctx["report"] = serde_json::to_value(self.snapshot()).unwrap_or_default();
         ctx
+    }
+
+    /// The run so far, for the step about to start (`StepContext::run`, `{{report.*}}`).
+    fn snapshot(&self) -> crate::step::RunSnapshot {
+        let step_of = |(s, spec): (&Slot, &crate::model::StepSpec)| crate::step::StepSnapshot {
+            id: spec.id.clone(),
+            uses: spec.uses.clone(),
+            status: s.status,
+            attempts: s.attempts,
+            duration_ms: s.duration.map(|d| d.as_millis() as u64),
+            outputs: s.outputs.clone(),
+            error: s.error.as_ref().map(|e| self.redactor.redact(&e.message)),
+            hint: s.error.as_ref().and_then(|e| e.hint.clone()),
+        };
+        let all: Vec<_> = self.slots.iter().zip(self.steps()).map(step_of).collect();
+        let failed_steps: Vec<_> = all
+            .iter()
+            .filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::Cancelled))
+            .cloned()
+            .collect();
+        let elapsed = self.t0.elapsed();
+        crate::step::RunSnapshot {
+            id: self.run_id.clone(),
+            plan: self.loaded.plan.name.clone(),
+            plan_file: self.loaded.plan.file.clone(),
+            host: self.host.clone(),
+            started_at: self.started_at.clone(),
+            duration_ms: elapsed.as_millis() as u64,
+            // Whole seconds, or milliseconds under a second.
+            duration: humantime::format_duration(if elapsed.as_secs() == 0 {
+                Duration::from_millis(elapsed.as_millis() as u64)
+            } else {
+                Duration::from_secs(elapsed.as_secs())
+            })
+            .to_string(),
+            status: if self.interrupted {
+                RunStatus::Interrupted
+            } else if self.failed {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            },
+            failed_step: failed_steps.first().cloned(),
+            failed_steps,
+            steps: all
+                .into_iter()
+                .map(|s| (s.id.clone(), serde_json::to_value(s).unwrap_or_default()))
+                .collect(),
+        }
     }
 
     fn on_ready(&mut self, i: usize) {
@@ -553,15 +611,20 @@ impl Run<'_> {
             .as_ref()
             .map(|e| self.redactor.redact(&e.message));
         let hint = slot.error.as_ref().and_then(|e| e.hint.clone());
+        let advisory =
+            o.status == StepStatus::Failed && slot.error.as_ref().is_some_and(|e| e.advisory);
         self.journal.event(
             "step_finished",
             json!({"step": spec.id, "status": o.status, "attempts": o.attempts, "duration_ms": duration_ms,
                    "outputs": self.redactor.redact_json(&Value::Object(self.slots[i].outputs.clone())), "error": error, "hint": hint}),
         );
         match o.status {
-            StepStatus::Failed | StepStatus::Cancelled if !spec.continue_on_error => {
+            StepStatus::Failed | StepStatus::Cancelled if !spec.continue_on_error && !advisory => {
                 tracing::error!(step = %spec.id, error = error.as_deref().unwrap_or(""), "step failed");
                 self.fail_run();
+            }
+            StepStatus::Failed if advisory => {
+                tracing::warn!(step = %spec.id, error = error.as_deref().unwrap_or(""), "step failed (it does not fail the run)")
             }
             StepStatus::Failed => {
                 tracing::warn!(step = %spec.id, "step failed (continue_on_error)")
@@ -655,6 +718,16 @@ impl Run<'_> {
     }
 }
 
+/// This machine's name, for reports (`{{report.host}}`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -700,7 +773,8 @@ impl StepTask {
             "step_started",
             json!({"step": self.spec.id, "uses": self.spec.uses, "with": rendered, "description": description}),
         );
-        tracing::info!(step = %self.spec.id, "{description}");
+        // The sentence holds rendered values: secrets are masked as in the journal.
+        tracing::info!(step = %self.spec.id, "{}", ctx.redact(&description));
         let cancel = ctx.cancel.clone();
         let limit = self.spec.timeout;
         let attempts_loop = self.attempts(action.as_ref(), &mut ctx);

@@ -63,6 +63,9 @@ pub struct StepError {
     pub retryable: bool,
     /// What the operator should do next, shown under the error.
     pub hint: Option<String>,
+    /// The step failed but the run does not, as with `continue_on_error`, decided by the
+    /// step (a notification that could not be sent after its retries).
+    pub advisory: bool,
 }
 
 impl StepError {
@@ -71,6 +74,7 @@ impl StepError {
             message: message.into(),
             retryable: false,
             hint: None,
+            advisory: false,
         }
     }
     pub fn retryable(message: impl Into<String>) -> Self {
@@ -78,7 +82,13 @@ impl StepError {
             message: message.into(),
             retryable: true,
             hint: None,
+            advisory: false,
         }
+    }
+    /// Marks the failure as not failing the run (see [`StepError::advisory`]).
+    pub fn advisory(mut self) -> Self {
+        self.advisory = true;
+        self
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -108,6 +118,48 @@ pub struct Upstream {
     pub outputs: Outputs,
 }
 
+/// One step of the run as it stood when the current step started.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepSnapshot {
+    pub id: String,
+    pub uses: String,
+    pub status: crate::exec::StepStatus,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub outputs: Outputs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The run so far, as the current step sees it when it starts (templates read it as
+/// `{{report.status}}`, `{{report.failed_step.error}}`, `{{report.steps.ID.outputs.KEY}}`):
+/// what a notification or a report step says about the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSnapshot {
+    pub id: String,
+    pub plan: String,
+    pub plan_file: String,
+    /// This machine's host name.
+    pub host: String,
+    pub started_at: String,
+    /// Time since the run started.
+    pub duration_ms: u64,
+    /// The same, for people: `1m 12s`.
+    pub duration: String,
+    /// What the run's status would be if it ended now: `succeeded` until a step fails
+    /// the run (failures under `continue_on_error` do not), then `failed`, or
+    /// `interrupted` after SIGINT/SIGTERM.
+    pub status: crate::exec::RunStatus,
+    /// The first step that failed, if any (also those under `continue_on_error`).
+    pub failed_step: Option<StepSnapshot>,
+    pub failed_steps: Vec<StepSnapshot>,
+    /// Every step of the plan by id, in plan order (the current one is `running`).
+    pub steps: serde_json::Map<String, serde_json::Value>,
+}
+
 /// Everything a running step may use from the engine.
 pub struct StepContext {
     pub run_id: String,
@@ -126,6 +178,10 @@ pub struct StepContext {
     /// Finished steps this one depends on (directly or not), by id: lets a step such as
     /// a manifest writer gather what earlier steps recorded without long templates.
     pub upstream: BTreeMap<String, Upstream>,
+    /// The run so far (status, failed steps, every step's outputs) when this step started.
+    /// Outputs are as the steps returned them: pass what leaves the run through
+    /// [`StepContext::redact`].
+    pub run: RunSnapshot,
 }
 
 impl StepContext {
@@ -181,6 +237,7 @@ impl StepContext {
             redactor: Arc::new(crate::redact::Redactor::default()),
             background: false,
             upstream: BTreeMap::new(),
+            run: RunSnapshot::default(),
         }
     }
 }

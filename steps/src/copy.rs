@@ -446,8 +446,18 @@ async fn copy_all(
         }
     };
     let mut copied = Vec::new();
+    let mut errors = Vec::new();
     for r in result {
-        copied.extend(r?);
+        match r {
+            Ok(files) => copied.extend(files),
+            Err(e) => errors.push(e),
+        }
+    }
+    // A worker stopped because another one failed reports "cancelled": the real cause
+    // is the other error.
+    errors.sort_by_key(|e| e.message == "cancelled");
+    if let Some(first) = errors.into_iter().next() {
+        return Err(first);
     }
     copied.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(copied)

@@ -187,8 +187,9 @@ impl TypedStep for Notify {
             if e.to.is_empty() {
                 return Err(config_error("email.to", "`to` is empty", None));
             }
-            // Values from secrets are empty while a plan is validated and placeholders
-            // (`<secrets.to>`) in the dry-run: they are checked when the step runs.
+            // Values from secrets and outputs are samples while a plan is validated
+            // (`secret`, ``) and placeholders in the dry-run (`<secrets.to>`): only what
+            // looks like an address is checked here, the rest when the step runs.
             let addresses = std::iter::once(("email.from".to_string(), &e.from))
                 .chain(
                     e.to.iter()
@@ -201,8 +202,7 @@ impl TypedStep for Notify {
                         .map(|(i, a)| (format!("email.cc[{i}]"), a)),
                 );
             for (path, a) in addresses {
-                let placeholder = a.starts_with('<') && !a.contains('@');
-                if !a.is_empty() && !placeholder {
+                if a.contains('@') {
                     if let Err(e) = a.parse::<Mailbox>() {
                         return Err(config_error(
                             &path,
@@ -222,9 +222,9 @@ impl TypedStep for Notify {
         }
         if let Some(w) = &cfg.webhook {
             let u = &w.url;
-            let checkable = !u.is_empty() && !u.starts_with('<');
+            // As for addresses: a sample or a placeholder has no scheme.
             let http = u.starts_with("http://") || u.starts_with("https://");
-            if checkable && !http {
+            if u.contains("://") && !http {
                 return Err(config_error(
                     "webhook.url",
                     "the webhook URL must start with http:// or https://",
@@ -265,7 +265,7 @@ impl TypedStep for Notify {
         } else {
             "a failure to send does not fail the run"
         };
-        format!("{} ({fails})", what.join(" and "))
+        format!("{}; {fails}", what.join(" and "))
     }
 
     async fn run(cfg: &NotifyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
@@ -862,10 +862,10 @@ mod tests {
         let cfg = |v: Value| serde_json::from_value::<NotifyConfig>(v).map_err(|e| e.to_string());
         let none = cfg(json!({})).map(|c| Notify::check(&c).is_err());
         assert_eq!(none, Ok(true));
-        let bad = cfg(json!({"email": {"host": "h", "from": "not an address", "to": ["a@b.c"]}}))
+        let bad = cfg(json!({"email": {"host": "h", "from": "two@at@signs", "to": ["a@b.c"]}}))
             .map(|c| Notify::check(&c).map_err(|e| e.path));
         assert_eq!(bad, Ok(Err("email.from".to_string())));
-        let ok = cfg(json!({"email": {"host": "h", "from": "Backups <b@x.org>", "to": ["a@b.c", ""]}, "webhook": {"url": "https://x/y"}}))
+        let ok = cfg(json!({"email": {"host": "h", "from": "Backups <b@x.org>", "to": ["a@b.c", "secret", ""]}, "webhook": {"url": "https://x/y"}}))
             .map(|c| Notify::check(&c).is_ok());
         assert_eq!(ok, Ok(true));
     }

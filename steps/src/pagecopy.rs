@@ -324,7 +324,11 @@ fn validate_page(
     while matches!(status, Some(PageStatus::Corrupt(_))) && tries <= opts.rereads {
         check_cancel(opts)?;
         std::thread::sleep(opts.reread_delay);
-        read_at(input, path, page, page_no * page.len() as u64)?;
+        // Read it from the disk, not from a cached copy that could be stale.
+        let offset = page_no * page.len() as u64;
+        drop_from_cache(input, offset, page.len());
+        read_at(input, path, page, offset)?;
+        tracing::debug!(file = %path.display(), page = page_no, try_no = tries, "re-reading a page that failed its checksum");
         status = check(page);
         tries += 1;
     }

@@ -5,5 +5,14 @@ mod cli;
 mod dry_run;
 mod engine_runs;
 
+mod backup_faults;
+mod backup_oracle;
 mod invalid_plans;
 mod schema;
+mod workload;
+
+// notify, run history, metrics (issue 5)
+mod history;
+mod metrics;
+mod notify;
+mod servers;

@@ -1,0 +1,817 @@
+//! The consistency oracle for hot backups: a backup taken while clients write must
+//! restore to exactly the transactions up to the GTID it recorded at BLOCK_COMMIT —
+//! nothing later, nothing missing — on every engine, through both ways of preparing it
+//! (crash recovery by `mariadbd`, and `mariadb-backup --prepare`).
+//!
+//! Each scenario: a TestServer with binlog and GTIDs, the `bank` workload
+//! (tests/it/workload.rs) running from before the backup until after it, then
+//! `plans/full-backup.yaml` through the CLI, then two restores on copies of the backup,
+//! each checked by `workload::verify` against the commit log of the workload and by
+//! `CHECK TABLE`.
+
+use crate::cli::repo_root;
+use crate::workload::{
+    check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
+    WorkloadOptions,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use serde_json::Value;
+use stagehand_steps::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_steps::testkit::TestServer;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One oracle scenario.
+struct Scenario {
+    name: &'static str,
+    /// Server options on top of binlog + server-id (also given to install-db).
+    server_options: Vec<(&'static str, Option<&'static str>)>,
+    workload: WorkloadOptions,
+    /// Commits the workload makes before the backup starts.
+    warmup_commits: u64,
+    /// How long the workload keeps writing after the backup finished.
+    after_backup: Duration,
+}
+
+/// What the backup run produced.
+struct Backup {
+    dir: PathBuf,
+    manifest: Value,
+    /// `binlog.gtid_binlog_pos` of the manifest, and its domain-0 seq_no.
+    gtid: String,
+    upto: u64,
+    seconds: f64,
+}
+
+/// How a copy of the backup is made startable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    /// InnoDB crash recovery by mariadbd itself.
+    Mariadbd,
+    /// `mariadb-backup --prepare`, then a normal start.
+    MariadbBackup,
+}
+
+impl Restore {
+    fn engine(self) -> &'static str {
+        match self {
+            Restore::Mariadbd => "mariadbd",
+            Restore::MariadbBackup => "mariadb-backup",
+        }
+    }
+}
+
+/// Runs the stagehand binary (blocking) and returns (exit code, stdout, stderr).
+fn stagehand(args: &[String]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .output()
+        .expect("the stagehand binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+async fn gtid_now(conn: &mut Conn) -> String {
+    let pos: Option<String> = conn
+        .query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .expect("SELECT @@gtid_binlog_pos");
+    pos.unwrap_or_default()
+}
+
+/// Runs plans/full-backup.yaml against `server` into `<work>/backup` (blocking, in a
+/// thread of its own so that the workload keeps running).
+async fn take_backup(server: &TestServer, work: &Path) -> Backup {
+    let dir = work.join("backup");
+    let args: Vec<String> = vec![
+        "run".into(),
+        "plans/full-backup.yaml".into(),
+        "--set".into(),
+        format!("socket={}", server.socket().display()),
+        "--set".into(),
+        "user=root".into(),
+        "--set".into(),
+        format!("datadir={}", server.datadir().display()),
+        "--set".into(),
+        format!("target={}", dir.display()),
+        "--set".into(),
+        "prepare=false".into(),
+        "--state-dir".into(),
+        work.join("state").display().to_string(),
+        "--json".into(),
+    ];
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
+        .await
+        .expect("backup thread");
+    let seconds = t0.elapsed().as_secs_f64();
+    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    if code != 0 {
+        let failed: Vec<String> = report["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["status"] == "failed")
+            .map(|s| format!("step {}: {}", s["id"], s["error"]))
+            .collect();
+        // What the redo copy wrote so far, against the server's log.
+        let partial = dir.join("ib_logfile0");
+        let redo = std::fs::read(&partial)
+            .ok()
+            .filter(|b| b.len() > 12288)
+            .and_then(|b| {
+                let from = u64::from_be_bytes(b[8..16].try_into().ok()?);
+                let to = from + (b.len() as u64 - 12288);
+                redo_divergence(&server.datadir().join("ib_logfile0"), &partial, from, to)
+                    .or_else(|| Some(format!("the redo copied so far (LSN {from} to {to}) is the server's, byte for byte")))
+            })
+            .unwrap_or_default();
+        panic!(
+            "the backup failed (exit {code}) after {seconds:.1}s:\n{}\n{redo}\nreport: {stdout}\nstderr: {stderr}",
+            failed.join("\n")
+        );
+    }
+    let manifest_path = dir.join("stagehand.json");
+    let text = std::fs::read_to_string(&manifest_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest_path.display()));
+    let manifest: Value = serde_json::from_str(&text).expect("stagehand.json is JSON");
+    assert_eq!(manifest["complete"], true, "the manifest says complete");
+    let gtid = manifest["binlog"]["gtid_binlog_pos"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let upto = domain0_seq_no(&gtid);
+    assert!(
+        upto > 0,
+        "the manifest records a GTID: {:?}",
+        manifest["binlog"]
+    );
+    assert_eq!(
+        step(&report, "seal")["outputs"]["gtid_binlog_pos"],
+        gtid.as_str(),
+        "the report and the manifest agree on the GTID"
+    );
+    let lsn = &manifest["lsn"];
+    assert!(
+        lsn["commit"].as_u64().unwrap_or(0) > 0
+            && lsn["last"].as_u64() >= lsn["commit"].as_u64()
+            && lsn["checkpoint"].as_u64() <= lsn["commit"].as_u64(),
+        "LSNs in order: {lsn}"
+    );
+    Backup {
+        dir,
+        manifest,
+        gtid,
+        upto,
+        seconds,
+    }
+}
+
+/// `name=value` lines of backup-my.cnf.
+fn backup_my_cnf(dir: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(dir.join("backup-my.cnf")).expect("backup-my.cnf");
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp runs");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+/// Lines of an error log worth showing: errors, warnings, recovery and binlog facts.
+fn interesting_log_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| {
+            l.contains("[ERROR]")
+                || l.contains("[Warning]")
+                || l.contains("recovery")
+                || l.contains("Recovery")
+                || l.contains("binlog")
+                || l.contains("rolled back")
+                || l.contains("Rolled back")
+                || l.contains("crashed")
+                || l.contains("repair")
+                || l.contains("aria")
+                || l.contains("Aria")
+                || l.contains("LSN")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// "Last binlog file './binlog.000001', position 1234": what InnoDB itself recovered as
+/// its last committed binlog position.
+fn last_binlog_position(text: &str) -> Option<(String, u64)> {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("Last binlog file"))?;
+    let rest = &line[line.find("Last binlog file")? + "Last binlog file".len()..];
+    let file = rest
+        .trim()
+        .trim_start_matches('\'')
+        .split(['\'', ','])
+        .next()?
+        .trim()
+        .to_owned();
+    let pos = rest.rsplit("position").next()?.trim();
+    let pos: String = pos.chars().take_while(char::is_ascii_digit).collect();
+    Some((file, pos.parse().ok()?))
+}
+
+/// The end position of every transaction in the source's binlog, by GTID seq_no.
+async fn binlog_ends(conn: &mut Conn, file: &str) -> BTreeMap<u64, u64> {
+    let rows: Vec<mysql_async::Row> = conn
+        .query(format!("SHOW BINLOG EVENTS IN '{file}'"))
+        .await
+        .expect("SHOW BINLOG EVENTS");
+    let mut ends = BTreeMap::new();
+    let mut current: Option<u64> = None;
+    for row in rows {
+        let kind: String = row.get("Event_type").unwrap_or_default();
+        let info: String = row.get("Info").unwrap_or_default();
+        let end: u64 = row.get("End_log_pos").unwrap_or_default();
+        if kind == "Gtid" {
+            current = info
+                .split_whitespace()
+                .find_map(|w| crate::workload::Gtid::parse(w).map(|g| g.seq_no));
+        } else if let Some(seq) = current {
+            ends.insert(seq, end);
+        }
+    }
+    ends
+}
+
+/// A started restored copy.
+struct Restored {
+    server: SandboxServer,
+    /// The prepare plan's JSON report.
+    prepare_report: String,
+    /// What InnoDB recovered as its last binlog file and position, when the prepare
+    /// wrote it down (mariadb-backup's `xtrabackup_binlog_pos_innodb`).
+    innodb_binlog: Option<(String, u64)>,
+    prepare_seconds: f64,
+    start_seconds: f64,
+}
+
+/// Prepares a copy of the backup with plans/prepare.yaml (`engine` = `how`) and starts
+/// a server on it with the backup's settings (and binlog on, as the source had).
+async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
+    let copy = work.join(format!("restore-{}", how.engine()));
+    copy_dir(&backup.dir, &copy);
+    let plan = repo_root().join("plans/prepare.yaml");
+    let args: Vec<String> = vec![
+        "run".into(),
+        plan.display().to_string(),
+        "--set".into(),
+        format!("target={}", copy.display()),
+        "--set".into(),
+        format!("engine={}", how.engine()),
+        "--state-dir".into(),
+        work.join(format!("state-{}", how.engine()))
+            .display()
+            .to_string(),
+        "--json".into(),
+    ];
+    let t0 = Instant::now();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
+        .await
+        .expect("prepare thread");
+    let prepare_seconds = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        code,
+        0,
+        "plans/prepare.yaml with engine={} failed\nreport: {stdout}\nstderr: {stderr}",
+        how.engine()
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(copy.join("stagehand.json")).expect("manifest after prepare"),
+    )
+    .expect("manifest JSON");
+    assert_eq!(
+        manifest["prepared"]["engine"],
+        how.engine(),
+        "the manifest says how the copy was prepared"
+    );
+    // mariadb-backup --prepare writes what InnoDB recovered as its last binlog position.
+    let innodb_binlog = [
+        "xtrabackup_binlog_pos_innodb",
+        "mariadb_backup_binlog_pos_innodb",
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(copy.join(f)).ok())
+    .and_then(|text| {
+        let (file, pos) = text.trim().split_once('\t')?;
+        Some((file.to_owned(), pos.trim().parse().ok()?))
+    });
+    let cnf = backup_my_cnf(&copy);
+    let mut opts = SandboxOptions::new(&copy, work.join(format!("run-{}", how.engine())))
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"));
+    for key in [
+        "innodb_page_size",
+        "innodb_undo_tablespaces",
+        "innodb_data_file_path",
+    ] {
+        if let Some(v) = cnf.get(key).filter(|v| !v.is_empty()) {
+            opts = opts.option(key, Some(v));
+        }
+    }
+    let t1 = Instant::now();
+    let server = match SandboxServer::start(opts).await {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "the server does not start on the {} restore: {e}\nprepare report:\n{stdout}",
+            how.engine()
+        ),
+    };
+    Restored {
+        server,
+        prepare_report: stdout,
+        innodb_binlog,
+        prepare_seconds,
+        start_seconds: t1.elapsed().as_secs_f64(),
+    }
+}
+
+/// The checks on one restored server; panics with every broken invariant.
+async fn check_restored(
+    label: &str,
+    how: Restore,
+    restored: Restored,
+    backup: &Backup,
+    log: &WorkloadLog,
+    opts: &WorkloadOptions,
+    binlog_end_of: &BTreeMap<u64, u64>,
+) -> Vec<String> {
+    let server = restored.server;
+    let mut conn = Conn::new(server.opts("root", ""))
+        .await
+        .expect("connect to the restored server");
+    let checked = check_tables(&mut conn, &tables(opts)).await;
+    let report = verify(&mut conn, log, opts, backup.upto).await;
+    // The oracle is sharp to one transaction: the data must not also match the GTID
+    // just before or just after the backup's (both are workload commits).
+    let mut problems = Vec::new();
+    for other in [backup.upto - 1, backup.upto + 1] {
+        let r = verify(&mut conn, log, opts, other).await;
+        if r.violations.is_empty()
+            && log.commits_between(other.min(backup.upto), other.max(backup.upto)) > 0
+        {
+            problems.push(format!(
+                "the oracle cannot tell GTID seq_no {other} from the backup's {}",
+                backup.upto
+            ));
+        }
+    }
+    let lsn: Option<(String, u64)> = conn
+        .query_first("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+        .await
+        .expect("Innodb_lsn_current");
+    let restored_gtid = gtid_now(&mut conn).await;
+    let _ = conn.disconnect().await;
+    let err_log = std::fs::read_to_string(server.error_log()).unwrap_or_default();
+    let _ = server.kill().await;
+
+    problems.extend(report.violations.iter().cloned());
+    for t in &checked {
+        if !t.ok {
+            problems.push(format!(
+                "{}: CHECK TABLE not OK even after REPAIR: {:?} then {:?}",
+                t.table, t.check, t.repair
+            ));
+        }
+        if t.repair.is_some() && !(t.table.ends_with("myisam_log")) {
+            problems.push(format!(
+                "{}: only MyISAM may need a repair, but CHECK TABLE said {:?}",
+                t.table, t.check
+            ));
+        }
+    }
+    let commit_lsn = backup.manifest["lsn"]["commit"].as_u64().unwrap_or(0);
+    let lsn_now = lsn.map_or(0, |(_, v)| v);
+    if lsn_now < commit_lsn {
+        problems.push(format!(
+            "the restored server's LSN {lsn_now} is before the backup's commit LSN {commit_lsn}"
+        ));
+    }
+    // InnoDB's own record of its last commit's binlog position (when it prints it):
+    // the end of the last InnoDB transaction at or before the backup's GTID.
+    let innodb_binlog = restored
+        .innodb_binlog
+        .clone()
+        .or_else(|| last_binlog_position(&err_log));
+    if how == Restore::MariadbBackup && innodb_binlog.is_none() {
+        problems.push(
+            "mariadb-backup --prepare wrote no xtrabackup_binlog_pos_innodb (InnoDB recovered no binlog position)"
+                .to_owned(),
+        );
+    }
+    let expected_end = binlog_end_of.get(&report.last_transfer_seq_no).copied();
+    if let Some((_, pos)) = &innodb_binlog {
+        if Some(*pos) != expected_end {
+            problems.push(format!(
+                "InnoDB recovered binlog position {pos}, but the last transfer up to the backup's GTID (seq_no {}) ends at {expected_end:?}",
+                report.last_transfer_seq_no
+            ));
+        }
+    }
+    eprintln!(
+        "[{label} {}] checked at seq_no {}: prepare {:.1}s, start {:.1}s; rows: ledger {}, myisam {}, aria {}; SUM {}; expected transfers {} (last at seq_no {}); InnoDB binlog pos {:?} (expected {:?}); restored LSN {lsn_now} (commit LSN {commit_lsn}); restored @@gtid_binlog_pos {restored_gtid:?}",
+        how.engine(),
+        report.upto,
+        restored.prepare_seconds,
+        restored.start_seconds,
+        report.ledger_rows,
+        report.myisam_rows,
+        report.aria_rows,
+        report.sum_balance,
+        report.expected_transfers,
+        report.last_transfer_seq_no,
+        innodb_binlog,
+        expected_end,
+    );
+    for t in &checked {
+        if t.repair.is_some() || t.check.len() > 1 {
+            eprintln!(
+                "[{label} {}] {}: CHECK {:?}; REPAIR+CHECK {:?}",
+                how.engine(),
+                t.table,
+                t.check,
+                t.repair
+            );
+        }
+    }
+    let lines = interesting_log_lines(&err_log);
+    eprintln!(
+        "[{label} {}] error log (selected lines):\n  {}",
+        how.engine(),
+        lines.join("\n  ")
+    );
+    if problems.is_empty() {
+        return problems;
+    }
+    vec![format!(
+        "the {} restore of the backup at GTID {} is inconsistent:\n  - {}\n  error log of the restored server:\n    {}\n  prepare report: {}",
+        how.engine(),
+        backup.gtid,
+        problems.join("\n  - "),
+        lines.join("\n    "),
+        restored.prepare_report
+    )]
+}
+
+/// Compares the backup's `ib_logfile0` (a linear copy from the checkpoint LSN) with the
+/// server's circular log over `[from, to)`: a hot copy must hold the server's log bytes
+/// exactly. Returns the first LSN where they differ, with a sentence on where the
+/// differing bytes come from. Only meaningful while the server's log has not wrapped
+/// (the sequence bytes of the first lap are 1 in both).
+fn redo_divergence(source_log: &Path, backup_log: &Path, from: u64, to: u64) -> Option<String> {
+    use stagehand_steps::innodb::redo::{LogFileHeader, LogGeometry, START_OFFSET};
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(source_log).expect("the server's ib_logfile0");
+    let mut head = vec![0u8; START_OFFSET as usize];
+    src.read_exact_at(&mut head, 0).expect("log header");
+    let header = LogFileHeader::parse(&head).expect("a 10.8+ log header");
+    let size = src.metadata().expect("log size").len();
+    let geometry = LogGeometry::new(header.header.first_lsn, size).expect("log geometry");
+    if to - header.header.first_lsn >= geometry.capacity() {
+        return None; // wrapped: the sequence bytes differ by design
+    }
+    let mut server_bytes = vec![0u8; (to - from) as usize];
+    let mut filled = 0;
+    for (offset, n) in geometry.ranges(from, to - from).expect("ranges") {
+        src.read_exact_at(&mut server_bytes[filled..filled + n as usize], offset)
+            .expect("read the server's log");
+        filled += n as usize;
+    }
+    let bak = std::fs::File::open(backup_log).expect("the backup's ib_logfile0");
+    let mut backup_bytes = vec![0u8; (to - from) as usize];
+    bak.read_exact_at(&mut backup_bytes, START_OFFSET)
+        .expect("read the backup's log");
+    let d = server_bytes
+        .iter()
+        .zip(&backup_bytes)
+        .position(|(a, b)| a != b)?;
+    let at = from + d as u64;
+    let n = 48.min(backup_bytes.len() - d);
+    let pattern = &backup_bytes[d..d + n];
+    let origin: Vec<String> = server_bytes[..d]
+        .windows(n)
+        .enumerate()
+        .filter(|(_, w)| *w == pattern)
+        .map(|(i, _)| {
+            let lsn = from + i as u64;
+            format!("LSN {lsn} ({} bytes earlier)", at - lsn)
+        })
+        .collect();
+    let differing = server_bytes[d..]
+        .iter()
+        .zip(&backup_bytes[d..])
+        .filter(|(a, b)| a != b)
+        .count();
+    Some(format!(
+        "the backup's redo log differs from the server's from LSN {at} on ({differing} of the {} bytes up to LSN {to} differ; LSN {at} is at offset {} of its 4 KiB log block); the backup's bytes there are {}",
+        to - at,
+        (at - header.header.first_lsn) % 4096,
+        if origin.is_empty() {
+            "found nowhere earlier in the server's log".to_owned()
+        } else {
+            format!("a copy of the server's log at {}", origin.join(", "))
+        }
+    ))
+}
+
+/// Keeps what a failed scenario leaves for a post-mortem under
+/// `target/test-logs/<name>-<pid>/`: the unprepared backup and the server's redo log.
+fn save_artifacts(name: &str, backup: &Backup, server: &TestServer) -> PathBuf {
+    let dest =
+        stagehand_steps::testkit::test_logs_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dest);
+    copy_dir(&backup.dir, &dest.join("backup"));
+    let _ = std::fs::copy(
+        server.datadir().join("ib_logfile0"),
+        dest.join("server-ib_logfile0"),
+    );
+    dest
+}
+
+async fn run_scenario(s: Scenario) {
+    let t_start = Instant::now();
+    let mut builder = TestServer::builder()
+        .name(s.name)
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        // The page cleaner flushes all the time: pages change on disk while they are
+        // copied, and checkpoints move during the backup.
+        .runtime_option("innodb_max_dirty_pages_pct", Some("0"))
+        .runtime_option("innodb_max_dirty_pages_pct_lwm", Some("0"));
+    for (k, v) in &s.server_options {
+        builder = builder.option(k, *v);
+    }
+    let server = builder.start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut conn = server.conn().await;
+    create_schema(&mut conn, &s.workload).await;
+
+    let workload = Workload::start(server.opts(), &s.workload);
+    workload
+        .wait_for_commits(s.warmup_commits, Duration::from_secs(30))
+        .await;
+    let before = gtid_now(&mut conn).await;
+    let backup = take_backup(&server, work.path()).await;
+    let commits_at_end = workload.commits();
+    tokio::time::sleep(s.after_backup).await;
+    let log = workload.stop().await;
+    let after = gtid_now(&mut conn).await;
+    let (before_n, after_n) = (domain0_seq_no(&before), domain0_seq_no(&after));
+    let during = log.commits_between(before_n, backup.upto);
+    let transfers_during = log.transfers_between(before_n, backup.upto);
+    eprintln!(
+        "[{}] backup {:.1}s at GTID {} (before {before}, after {after}); commits during the backup up to its GTID: {during} ({transfers_during} InnoDB); workload: {} transfers, {} MyISAM, {} Aria appends, {} retries, longest op {:?}; locks {}; lsn {}",
+        s.name,
+        backup.seconds,
+        backup.gtid,
+        log.transfers.len(),
+        log.myisam.len(),
+        log.aria.len(),
+        log.retries,
+        log.longest_op,
+        backup.manifest["locks"],
+        backup.manifest["lsn"],
+    );
+    let files = backup.manifest["files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let sum = |k: &str| files.iter().filter_map(|f| f[k].as_u64()).sum::<u64>();
+    eprintln!(
+        "[{}] backup files {}, InnoDB pages {}, re-read pages {}, unverified pages {}; copies {}",
+        s.name,
+        files.len(),
+        sum("pages"),
+        sum("reread_pages"),
+        sum("unverified_pages"),
+        backup.manifest["copies"]
+    );
+    for f in &files {
+        if f["unverified_pages"].as_u64().unwrap_or(0) > 0
+            || f["reread_pages"].as_u64().unwrap_or(0) > 0
+        {
+            eprintln!(
+                "[{}]   {}: {} pages, {} re-read, {} unverified",
+                s.name, f["path"], f["pages"], f["reread_pages"], f["unverified_pages"]
+            );
+        }
+    }
+    // The workload really ran across the backup: commits between its start and the
+    // commit point, and after the commit point.
+    assert!(
+        transfers_during > 0,
+        "no InnoDB commit between the backup's start (GTID {before}) and its commit point {}",
+        backup.gtid
+    );
+    assert!(
+        after_n > backup.upto && log.commits_between(backup.upto, after_n) > 0,
+        "no commit after the backup's commit point ({} → {after}); commits at its end: {commits_at_end}",
+        backup.gtid
+    );
+    // mariadb-backup's metadata says the same position as the manifest.
+    let binlog_file = backup.manifest["binlog"]["file"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let info = std::fs::read_to_string(backup.dir.join("mariadb_backup_binlog_info"))
+        .or_else(|_| std::fs::read_to_string(backup.dir.join("xtrabackup_binlog_info")))
+        .expect("binlog info file");
+    let fields: Vec<&str> = info.trim_end().split('\t').collect();
+    assert_eq!(
+        fields,
+        vec![
+            binlog_file.as_str(),
+            &backup.manifest["binlog"]["position"].to_string(),
+            backup.gtid.as_str()
+        ],
+        "binlog info file"
+    );
+
+    // The oracle's model is right: the source holds every commit.
+    let source = verify(&mut conn, &log, &s.workload, after_n).await;
+    assert!(
+        source.violations.is_empty(),
+        "the workload log does not describe the source server itself: {:#?}",
+        source.violations
+    );
+    let binlog_end_of = binlog_ends(&mut conn, &binlog_file).await;
+    // The binlog position recorded at BLOCK_COMMIT is the end of the transaction with
+    // the recorded GTID.
+    assert_eq!(
+        binlog_end_of.get(&backup.upto).copied(),
+        backup.manifest["binlog"]["position"].as_u64(),
+        "the recorded binlog position ends the transaction of the recorded GTID"
+    );
+    // The copied redo log is the server's, byte for byte, from the checkpoint to the
+    // LSN the copy reached (all of it durable since BLOCK_COMMIT).
+    let mut problems = Vec::new();
+    let (from_lsn, last_lsn) = (
+        backup.manifest["lsn"]["checkpoint"].as_u64().unwrap_or(0),
+        backup.manifest["lsn"]["last"].as_u64().unwrap_or(0),
+    );
+    if let Some(d) = redo_divergence(
+        &server.datadir().join("ib_logfile0"),
+        &backup.dir.join("ib_logfile0"),
+        from_lsn,
+        last_lsn,
+    ) {
+        problems.push(d);
+    }
+    drop(conn);
+
+    for how in [Restore::Mariadbd, Restore::MariadbBackup] {
+        let t0 = Instant::now();
+        let restored = restore(&backup, work.path(), how).await;
+        problems.extend(
+            check_restored(
+                s.name,
+                how,
+                restored,
+                &backup,
+                &log,
+                &s.workload,
+                &binlog_end_of,
+            )
+            .await,
+        );
+        eprintln!(
+            "[{}] {} restore checked in {:.1}s",
+            s.name,
+            how.engine(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if !problems.is_empty() {
+        let saved = save_artifacts(s.name, &backup, &server);
+        panic!(
+            "[{}] the backup at GTID {} (LSN {}) does not restore consistently:\n- {}\n(backup and server redo log saved in {})",
+            s.name,
+            backup.gtid,
+            backup.manifest["lsn"],
+            problems.join("\n- "),
+            saved.display()
+        );
+    }
+    eprintln!(
+        "[{}] scenario done in {:.1}s",
+        s.name,
+        t_start.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_restores_exactly_up_to_its_gtid() {
+    run_scenario(Scenario {
+        name: "oracle-basic",
+        server_options: vec![],
+        workload: WorkloadOptions {
+            clients: 4,
+            accounts: 20_000,
+            ..WorkloadOptions::default()
+        },
+        warmup_commits: 300,
+        after_backup: Duration::from_millis(500),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_of_partitioned_tables() {
+    run_scenario(Scenario {
+        name: "oracle-partitioned",
+        server_options: vec![],
+        workload: WorkloadOptions {
+            accounts_options: "PARTITION BY HASH(id) PARTITIONS 4".into(),
+            ledger_options: "PARTITION BY KEY(client) PARTITIONS 3".into(),
+            ..light()
+        },
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_of_tables_in_the_system_tablespace() {
+    run_scenario(Scenario {
+        name: "oracle-system-ts",
+        server_options: vec![("innodb_file_per_table", Some("0"))],
+        workload: light(),
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_with_separate_undo_tablespaces() {
+    run_scenario(Scenario {
+        name: "oracle-undo",
+        server_options: vec![("innodb_undo_tablespaces", Some("3"))],
+        workload: light(),
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_of_page_compressed_tables() {
+    run_scenario(Scenario {
+        name: "oracle-page-compressed",
+        server_options: vec![],
+        workload: WorkloadOptions {
+            accounts_options: "PAGE_COMPRESSED=1".into(),
+            ledger_options: "PAGE_COMPRESSED=1".into(),
+            ..light()
+        },
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+    })
+    .await;
+}
+
+/// The lighter workload of scenarios 2–5: still concurrent on every engine.
+fn light() -> WorkloadOptions {
+    WorkloadOptions {
+        clients: 2,
+        accounts: 5_000,
+        ..WorkloadOptions::default()
+    }
+}
