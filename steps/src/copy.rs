@@ -254,6 +254,7 @@ impl TypedStep for Copy {
         let settings = read_settings(&session).await?;
         let from = PathBuf::from(&cfg.from);
         let to = PathBuf::from(&cfg.to);
+        crate::manifest::claim_target(&to, &ctx.run_id).map_err(|e| e.into_step_error())?;
         if to.join(crate::manifest::MANIFEST_FILE).exists() {
             return Err(StepError::fatal(format!(
                 "{} already holds a complete backup; refusing to overwrite it",
@@ -442,7 +443,7 @@ async fn copy_all(
         _ = session.locks_lost.cancelled() => {
             cancel.store(true, Ordering::Relaxed);
             let _ = all.await;
-            return Err(StepError::fatal("the backup locks were released (a max_hold budget ran out): copy stopped"));
+            return Err(StepError::fatal(format!("copy stopped: {}", session.locks_lost_reason())));
         }
     };
     let mut copied = Vec::new();

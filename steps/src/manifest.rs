@@ -162,3 +162,90 @@ impl Manifest {
         Ok(())
     }
 }
+
+/// The marker naming the run that is writing a backup directory.
+const RUN_MARKER: &str = ".stagehand/run";
+
+/// Claims `dir` for run `run_id`: creates it, or accepts it when it is empty or already
+/// claimed by this run. A directory with anything else in it (an interrupted backup of
+/// another run, unrelated files) is refused: left-over files would end up in a backup
+/// that looks complete.
+pub fn claim_target(dir: &Path, run_id: &str) -> Result<(), ClaimError> {
+    let marker = dir.join(RUN_MARKER);
+    if let Ok(owner) = std::fs::read_to_string(&marker) {
+        if owner.trim() == run_id {
+            return Ok(());
+        }
+        return Err(ClaimError::OtherRun {
+            dir: dir.display().to_string(),
+            owner: owner.trim().to_string(),
+        });
+    }
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(source) => {
+            return Err(ClaimError::Io {
+                dir: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    if !empty {
+        return Err(ClaimError::NotEmpty {
+            dir: dir.display().to_string(),
+        });
+    }
+    let io = |source| ClaimError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir.join(".stagehand")).map_err(io)?;
+    std::fs::write(&marker, run_id).map_err(io)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{dir} is not empty: a backup goes into a new or empty directory (left-over files would end up in it)")]
+    NotEmpty { dir: String },
+    #[error("{dir} holds the files of run {owner} (an interrupted backup?), not of this run")]
+    OtherRun { dir: String, owner: String },
+    #[error("{dir}: {source}")]
+    Io { dir: String, source: std::io::Error },
+}
+
+impl ClaimError {
+    pub fn into_step_error(self) -> stagehand_engine::StepError {
+        stagehand_engine::StepError::fatal(self.to_string())
+            .with_hint("remove the directory (or choose another target) and run the backup again")
+    }
+}
+
+/// Files in `dir` that `listed` does not name (the manifest and the staging area aside).
+pub fn unlisted_files(dir: &Path, listed: &[crate::pagecopy::CopiedFile]) -> Vec<String> {
+    let names: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            if rel == MANIFEST_FILE || rel.starts_with(".stagehand") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if !names.contains(rel.as_str()) {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}

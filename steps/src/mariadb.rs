@@ -99,6 +99,15 @@ pub struct Session {
 }
 
 impl Session {
+    /// Why this session's backup locks were lost (budget ran out, server went away).
+    pub fn locks_lost_reason(&self) -> String {
+        self.locks
+            .lock()
+            .map(|st| st.lost.clone())
+            .unwrap_or_default()
+            .unwrap_or_else(|| "the backup locks were lost".into())
+    }
+
     /// The parsed server version.
     pub fn version(&self) -> Option<ServerVersion> {
         ServerVersion::parse(&self.server_version)

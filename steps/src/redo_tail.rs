@@ -161,6 +161,8 @@ impl TypedStep for RedoTail {
         let log_path = settings
             .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
             .join("ib_logfile0");
+        crate::manifest::claim_target(Path::new(&cfg.to), &ctx.run_id)
+            .map_err(|e| e.into_step_error())?;
         let tail = Tail::open(&log_path, Path::new(&cfg.to), &settings, cfg)?;
         let shared = Arc::new(Shared::default());
         ctx.signal_ready().await;
@@ -182,7 +184,7 @@ impl TypedStep for RedoTail {
                         None => shared.stop("the step that records the commit point did not give an LSN (it failed or was skipped)"),
                     }
                 }
-                _ = session.locks_lost.cancelled(), if !shared.stopping() => shared.stop("the backup locks were released (a max_hold budget ran out)"),
+                _ = session.locks_lost.cancelled(), if !shared.stopping() => shared.stop(&session.locks_lost_reason()),
             }
         }
     }

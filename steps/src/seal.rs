@@ -65,6 +65,7 @@ impl TypedStep for Seal {
 
     async fn run(cfg: &SealConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let dir = Path::new(&cfg.to).to_path_buf();
+        crate::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
         let run_id = ctx.run_id.clone();
         let upstream = ctx.upstream.clone();
         tokio::task::spawn_blocking(move || seal(&dir, &run_id, &upstream))
@@ -197,6 +198,16 @@ fn seal(
         files.push(hash_file(dir, name)?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    let extra = unlisted_files(dir, &files);
+    if !extra.is_empty() {
+        return Err(StepError::fatal(format!(
+            "{} file(s) in {} were not written by this backup: {}",
+            extra.len(),
+            dir.display(),
+            extra.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint("a backup directory must hold only what the backup wrote; remove it and run the backup again"));
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         tool: format!("stagehand {}", env!("CARGO_PKG_VERSION")),

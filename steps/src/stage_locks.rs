@@ -157,6 +157,8 @@ pub struct LockState {
     pub lost: Option<String>,
     /// Bumped at each stage change; a budget watchdog acts only on its own generation.
     pub generation: u64,
+    /// Whether the liveness watch of this session runs.
+    pub watched: bool,
 }
 
 impl LockState {
@@ -376,7 +378,7 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
         let secs = t.as_secs().max(1);
         conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| session_error(&e, "setting lock_wait_timeout"))?;
     }
     let t0 = Instant::now();
     for stage in &todo {
@@ -392,6 +394,10 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
         st.generation += 1;
     }
     let acquire_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let watch = !std::mem::replace(&mut lock_state(session).watched, true);
+    if watch {
+        spawn_liveness_watch(session.clone());
+    }
     let mut out = base_outputs(session, cfg.stage, method, acquire_ms);
     if cfg.stage == Stage::BlockCommit {
         commit_point(conn, &mut out).await?;
@@ -437,6 +443,21 @@ fn choose_method(
 }
 
 /// Takes one stage. With FTWRL, BLOCK_DDL takes the global read lock (the whole copy is
+/// A statement on the locking session failed: if the connection itself is gone, say
+/// so plainly — the server released the session's locks with it.
+fn session_error(e: &mysql_async::Error, doing: &str) -> StepError {
+    match e {
+        mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => StepError::fatal(format!(
+            "the server closed the backup session while {doing} (stopped, restarted or killed?): its backup locks are gone and this backup is abandoned"
+        ))
+        .with_hint("check the server's error log, then run the backup again"),
+        _ => {
+            let err = classify(e);
+            StepError { message: format!("{doing} failed: {}", err.message), ..err }
+        }
+    }
+}
+
 /// then write-blocked: the report says so) and the other stages are no-ops.
 async fn take_one(
     conn: &mut mysql_async::Conn,
@@ -449,6 +470,9 @@ async fn take_one(
         (LockMethod::Ftwrl, _) => return Ok(()),
     };
     conn.query_drop(sql).await.map_err(|e| {
+        if matches!(e, mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)) {
+            return session_error(&e, &format!("taking {sql}"));
+        }
         let err = classify(&e);
         let hint = match &e {
             mysql_async::Error::Server(s) if s.code == 1205 => "another session holds a conflicting lock (a long query or DDL); raise lock_wait_timeout, or use on_blocker: fail to find out sooner",
@@ -612,7 +636,14 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
             Some(LockMethod::Ftwrl) => "UNLOCK TABLES",
             _ => Stage::End.sql(),
         };
-        conn.query_drop(sql).await.map_err(|e| classify(&e))?;
+        match conn.query_drop(sql).await {
+            Ok(()) => {}
+            // The session died (server stopped?): its locks died with it.
+            Err(mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)) => {
+                tracing::warn!(connection = %session.name, "the backup session was already closed; no locks are held")
+            }
+            Err(e) => return Err(session_error(&e, sql)),
+        }
     }
     let (commit_blocked, method) = {
         let mut st = lock_state(session);
@@ -630,6 +661,50 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
         Some(msg) => Err(StepError::fatal(msg)),
         None => Ok(out),
     }
+}
+
+/// How often the locking session is pinged while it holds locks.
+const LIVENESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// While the session holds backup locks, pings it every second; if the server closed it
+/// (stopped, restarted, killed), the locks are gone: the steps working under them are
+/// told at once (`locks_lost`) instead of finishing a copy that can no longer be sealed.
+fn spawn_liveness_watch(session: Arc<Session>) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LIVENESS_INTERVAL).await;
+            if lock_state(&session).current.is_none() || session.locks_lost.is_cancelled() {
+                lock_state(&session).watched = false;
+                return;
+            }
+            // A stage statement in progress holds the connection: skip this round.
+            let Ok(mut guard) = session.conn.try_lock() else {
+                continue;
+            };
+            let alive = match guard.as_mut() {
+                Some(conn) => matches!(
+                    tokio::time::timeout(Duration::from_secs(10), conn.ping()).await,
+                    Ok(Ok(()))
+                ),
+                None => false,
+            };
+            if alive {
+                continue;
+            }
+            guard.take();
+            drop(guard);
+            let msg = "the server closed the backup session (stopped, restarted or killed?): its backup locks are gone and this backup is abandoned".to_string();
+            {
+                let mut st = lock_state(&session);
+                st.close_current(Instant::now());
+                st.lost = Some(msg.clone());
+                st.watched = false;
+            }
+            tracing::error!("{msg}");
+            session.locks_lost.cancel();
+            return;
+        }
+    });
 }
 
 /// Releases the locks when `stage` is still held after `budget`.

@@ -148,6 +148,9 @@ fn check_files(
             }
         }
     }
+    for extra in crate::manifest::unlisted_files(dir, &m.files) {
+        bad.push(format!("{extra}: not in the manifest"));
+    }
     if bad.is_empty() {
         Ok((bytes, pages))
     } else {
