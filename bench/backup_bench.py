@@ -114,6 +114,7 @@ def one_backup(name, cmd, sock, target, load, tables, size, data_bytes):
         res["stagehand_holds_ms"] = m["locks"]["holds_ms"]
     res["mb_per_s"] = round(data_bytes / 1e6 / res["wall_s"], 1)
     res["name"], res["load"] = name, "sysbench 2 threads" if load else "idle"
+    res["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res), flush=True)
     shutil.rmtree(target, ignore_errors=True)
     return res
@@ -159,7 +160,7 @@ def main():
 
 def write_report(out: Path, results, data_bytes, version, a):
     cols = ["name", "load", "wall_s", "mb_per_s", "cpu_s", "max_rss_mib", "max_commit_ms", "ms_in_slow_commits",
-            "stagehand_commit_blocked_ms", "tps_before", "tps_during", "tps_min_second", "p95_ms_worst_second", "exit"]
+            "stagehand_commit_blocked_ms", "tps_before", "tps_during", "tps_min_second", "p95_ms_worst_second", "loadavg_1m", "exit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
@@ -180,7 +181,9 @@ a probe committing every 2 ms during the backup (`examples/commit_probe.rs`: the
 measurement for every tool), `ms_in_slow_commits` the total time of its commits slower than
 5 ms; `stagehand_commit_blocked_ms` BLOCK_COMMIT→END as stagehand measures it; `tps_before` /
 `tps_during` sysbench oltp_read_write TPS in the 15 s before and during the backup,
-`tps_min_second` the worst second, `p95_ms_worst_second` the highest per-second p95 latency.
+`tps_min_second` the worst second, `p95_ms_worst_second` the highest per-second p95 latency,
+`loadavg_1m` the machine's load average after the backup (anything above ~2 on this 2-core
+machine means other work competed with the run and the row is noisy).
 stagehand runs `plans/full-backup.yaml` with `prepare=false verify=false` (mariadb-backup does
 not verify either).
 

@@ -81,6 +81,28 @@ impl Connections {
         })
     }
 
+    /// A new session of connection `name`, not shared with other steps: for a step that
+    /// needs the server while the shared session is busy (holding or waiting for a
+    /// lock). The caller closes it with [`close_private`](Self::close_private).
+    pub async fn open_private(&self, name: &str) -> Result<Handle, StepError> {
+        let config =
+            self.inner.configs.get(name).ok_or_else(|| {
+                StepError::fatal(format!("no connection named `{name}` in the plan"))
+            })?;
+        let provider = self
+            .inner
+            .provider
+            .as_ref()
+            .ok_or_else(|| StepError::fatal("this run has no connection provider"))?;
+        provider.open(name, config).await
+    }
+
+    pub async fn close_private(&self, handle: Handle) {
+        if let Some(p) = self.inner.provider.as_ref() {
+            p.close(handle).await;
+        }
+    }
+
     /// Whether `name` has been opened in this run.
     pub async fn is_open(&self, name: &str) -> bool {
         self.inner.open.lock().await.contains_key(name)

@@ -165,10 +165,22 @@ impl TypedStep for RedoTail {
             .map_err(|e| e.into_step_error())?;
         let tail = Tail::open(&log_path, Path::new(&cfg.to), &settings, cfg)?;
         let shared = Arc::new(Shared::default());
+        // A session of its own: the shared one holds (or waits for) the backup locks.
+        let private = ctx.connections.open_private(&cfg.connection).await?;
+        let watch = private
+            .clone()
+            .downcast::<Session>()
+            .map_err(|_| StepError::fatal("connection of an unexpected kind"))?;
+        poll_lsns(&watch, &shared).await?;
+        let poller = tokio::spawn(lsn_poller(watch, shared.clone(), cfg.poll));
         ctx.signal_ready().await;
         let worker = {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || tail.run(&shared))
+            tokio::task::spawn_blocking(move || {
+                let r = tail.run(&shared);
+                shared.done.store(true, Ordering::Release);
+                r
+            })
         };
         tokio::pin!(worker);
         let until = ctx.wait_until();
@@ -176,7 +188,12 @@ impl TypedStep for RedoTail {
         let mut told = false;
         loop {
             tokio::select! {
-                r = &mut worker => return r.map_err(|e| StepError::fatal(format!("redo copier crashed: {e}")))?,
+                r = &mut worker => {
+                    shared.done.store(true, Ordering::Release);
+                    let _ = poller.await;
+                    ctx.connections.close_private(private).await;
+                    return r.map_err(|e| StepError::fatal(format!("redo copier crashed: {e}")))?;
+                }
                 r = &mut until, if !told => {
                     told = true;
                     match r.ok().and_then(|o| o.get("lsn").and_then(|v| v.as_u64())).filter(|l| *l > 0) {
@@ -186,6 +203,41 @@ impl TypedStep for RedoTail {
                 }
                 _ = session.locks_lost.cancelled(), if !shared.stopping() => shared.stop(&session.locks_lost_reason()),
             }
+        }
+    }
+}
+
+/// Reads the server's current and durable LSNs into `shared`.
+async fn poll_lsns(session: &Session, shared: &Shared) -> Result<(), StepError> {
+    let v = crate::mariadb::session_values(
+        session,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_lsn_current', 'Innodb_lsn_flushed')",
+    )
+    .await?;
+    let get = |k: &str| v.get(k).and_then(|x| x.parse::<u64>().ok());
+    match (get("innodb_lsn_flushed"), get("innodb_lsn_current")) {
+        (Some(f), Some(c)) => {
+            shared.current.store(c, Ordering::Release);
+            shared.flushed.store(f, Ordering::Release);
+            Ok(())
+        }
+        _ => Err(StepError::fatal(
+            "the server did not report Innodb_lsn_flushed and Innodb_lsn_current",
+        )),
+    }
+}
+
+/// Keeps the LSNs current while the copier runs; a failure stops the copy (without the
+/// durable end it cannot tell log from leftovers).
+async fn lsn_poller(session: Arc<Session>, shared: Arc<Shared>, every: Duration) {
+    while !shared.done.load(Ordering::Acquire) {
+        tokio::time::sleep(every).await;
+        if let Err(e) = poll_lsns(&session, &shared).await {
+            shared.stop(&format!(
+                "cannot read the server's log position: {}",
+                e.message
+            ));
+            return;
         }
     }
 }
@@ -271,6 +323,14 @@ const MIB: f64 = 1048576.0;
 /// What the async side tells the copier thread.
 #[derive(Default)]
 struct Shared {
+    /// The server's durable log end (`Innodb_lsn_flushed`): only log below it is copied.
+    /// The rest of the last log block holds stale leftovers of the server's log buffer —
+    /// whole older mini-transactions with valid checksums — until it is written again.
+    flushed: AtomicU64,
+    /// The server's current LSN (`Innodb_lsn_current`), for the overrun arithmetic.
+    current: AtomicU64,
+    /// Set once the copier thread has ended, so the LSN poller stops.
+    done: AtomicBool,
     /// 0 until the target LSN is known.
     target: AtomicU64,
     target_at: std::sync::Mutex<Option<Instant>>,
@@ -398,7 +458,32 @@ impl Tail {
             if target > 0 && pos >= target {
                 return self.finish(pos, target, max_lag, t0, shared);
             }
-            let got = self.read_once(pos, &mut buf[..want])?;
+            let flushed = shared.flushed.load(Ordering::Acquire);
+            let durable = flushed.saturating_sub(pos);
+            let len = durable.min(want as u64) as usize;
+            let got = if len > 0 {
+                self.read_once(pos, &mut buf[..len])?
+            } else {
+                0
+            };
+            // Read bytes are valid only if the server had not lapped them meanwhile.
+            self.check_not_lapped(pos, shared.current.load(Ordering::Acquire))?;
+            if got == 0 && len > 0 {
+                if (len as u64) < durable && len < buf.len() {
+                    // One mini-transaction longer than this read: read more at once.
+                    want = (want * 4).min(buf.len());
+                    continue;
+                }
+                // Flushed log is whole mini-transactions: if it does not parse, it was
+                // overwritten (give the LSN poller time to show it) or it is not the log
+                // this copy expects. Never skip it silently.
+                std::thread::sleep(self.poll * 3);
+                self.check_not_lapped(pos, shared.current.load(Ordering::Acquire))?;
+                return Err(StepError::fatal(format!(
+                    "the redo log at LSN {pos} does not parse although the server has flushed it up to LSN {flushed}; the copy cannot continue"
+                ))
+                .with_hint("check the server's error log and the file system; run the backup again"));
+            }
             pos += got;
             // Caught up, a poll reads a little; behind, reads grow to the buffer's size.
             want = if got as usize * 2 > want {
@@ -412,7 +497,7 @@ impl Tail {
                 max_lag = max_lag.max(lag);
             } else {
                 lag = 0;
-                self.check_not_overrun(pos)?;
+                self.check_same_file()?;
                 std::thread::sleep(self.poll);
             }
         }
@@ -454,7 +539,17 @@ impl Tail {
 
     /// Nothing new parsed at `pos`: fine if the server has not written past it; an
     /// overrun if its checkpoint is already beyond (log it wrote there is gone).
-    fn check_not_overrun(&self, pos: u64) -> Result<(), StepError> {
+    /// The server writes LSN `pos + capacity` over LSN `pos`: once its current LSN is
+    /// that far ahead, what the copy has not read yet at `pos` is gone.
+    fn check_not_lapped(&self, pos: u64, current: u64) -> Result<(), StepError> {
+        if current > pos && current - pos >= self.geometry.capacity() {
+            return Err(self.overrun_error(pos, current));
+        }
+        Ok(())
+    }
+
+    /// `SET GLOBAL innodb_log_file_size` replaces the file: the copy cannot follow.
+    fn check_same_file(&self) -> Result<(), StepError> {
         let meta = std::fs::metadata(&self.source_path)
             .map_err(|e| StepError::fatal(format!("{}: {e}", self.source_path.display())))?;
         if meta.ino() != self.inode {
@@ -464,23 +559,15 @@ impl Tail {
             ))
             .with_hint("run the backup again once the log resize has finished"));
         }
-        let header = read_header(&self.source, &self.source_path)?;
-        let checkpoint = header
-            .latest_checkpoint()
-            .map(|c| c.checkpoint_lsn)
-            .unwrap_or(0);
-        if checkpoint > pos {
-            return Err(self.overrun_error(pos, checkpoint));
-        }
         Ok(())
     }
 
-    fn overrun_error(&self, pos: u64, checkpoint: u64) -> StepError {
+    fn overrun_error(&self, pos: u64, current: u64) -> StepError {
         let cap_mib = self.geometry.capacity() as f64 / (1 << 20) as f64;
         StepError::fatal(format!(
-            "the server overwrote redo log that was not copied yet: the copy reached LSN {pos}, but the server's checkpoint is already at LSN {checkpoint} \
+            "the server overwrote redo log that was not copied yet: the copy reached LSN {pos}, but the server is already at LSN {current} \
              ({} bytes ahead) and its circular log holds only {:.0} MiB; this backup cannot be consistent",
-            checkpoint - pos,
+            current - pos,
             cap_mib
         ))
         .with_hint(format!(

@@ -7,7 +7,13 @@
 //! (tests/it/workload.rs) running from before the backup until after it, then
 //! `plans/full-backup.yaml` through the CLI, then two restores on copies of the backup,
 //! each checked by `workload::verify` against the commit log of the workload and by
-//! `CHECK TABLE`.
+//! `CHECK TABLE`. Also checked exactly: the binlog position and GTID the backup
+//! recorded (manifest, `xtrabackup_binlog_info`, the source's binlog events), InnoDB's
+//! own last binlog position after `mariadb-backup --prepare`, the restored LSN, and the
+//! copied redo log, byte for byte against the server's.
+//!
+//! A failed scenario leaves the backup directory and a copy of the server's datadir
+//! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
 use crate::workload::{
@@ -96,7 +102,9 @@ async fn gtid_now(conn: &mut Conn) -> String {
 
 /// Runs plans/full-backup.yaml against `server` into `<work>/backup` (blocking, in a
 /// thread of its own so that the workload keeps running).
-async fn take_backup(server: &TestServer, work: &Path) -> Backup {
+/// A failed run is an `Err` with the failed steps' errors and a comparison of the redo
+/// copied so far with the server's log.
+async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String> {
     let dir = work.join("backup");
     let args: Vec<String> = vec![
         "run".into(),
@@ -130,21 +138,11 @@ async fn take_backup(server: &TestServer, work: &Path) -> Backup {
             .map(|s| format!("step {}: {}", s["id"], s["error"]))
             .collect();
         // What the redo copy wrote so far, against the server's log.
-        let partial = dir.join("ib_logfile0");
-        let redo = std::fs::read(&partial)
-            .ok()
-            .filter(|b| b.len() > 12288)
-            .and_then(|b| {
-                let from = u64::from_be_bytes(b[8..16].try_into().ok()?);
-                let to = from + (b.len() as u64 - 12288);
-                redo_divergence(&server.datadir().join("ib_logfile0"), &partial, from, to)
-                    .or_else(|| Some(format!("the redo copied so far (LSN {from} to {to}) is the server's, byte for byte")))
-            })
-            .unwrap_or_default();
-        panic!(
+        let redo = partial_redo_check(server, &dir.join("ib_logfile0")).unwrap_or_default();
+        return Err(format!(
             "the backup failed (exit {code}) after {seconds:.1}s:\n{}\n{redo}\nreport: {stdout}\nstderr: {stderr}",
             failed.join("\n")
-        );
+        ));
     }
     let manifest_path = dir.join("stagehand.json");
     let text = std::fs::read_to_string(&manifest_path)
@@ -173,13 +171,31 @@ async fn take_backup(server: &TestServer, work: &Path) -> Backup {
             && lsn["checkpoint"].as_u64() <= lsn["commit"].as_u64(),
         "LSNs in order: {lsn}"
     );
-    Backup {
+    Ok(Backup {
         dir,
         manifest,
         gtid,
         upto,
         seconds,
+    })
+}
+
+/// Compares the `ib_logfile0` a failed backup left with the server's log.
+fn partial_redo_check(server: &TestServer, partial: &Path) -> Option<String> {
+    use stagehand_steps::innodb::redo::START_OFFSET;
+    let bytes = std::fs::read(partial).ok()?;
+    if bytes.len() as u64 <= START_OFFSET {
+        return None;
     }
+    // The backup log header: its first LSN (the checkpoint) at offset 8.
+    let from = u64::from_be_bytes(bytes[8..16].try_into().ok()?);
+    let to = from + (bytes.len() as u64 - START_OFFSET);
+    let server_log = server.datadir().join("ib_logfile0");
+    Some(
+        redo_divergence(&server_log, partial, from, to).unwrap_or_else(|| {
+            format!("the redo copied so far (LSN {from} to {to}) is the server's, byte for byte")
+        }),
+    )
 }
 
 /// `name=value` lines of backup-my.cnf.
@@ -551,16 +567,20 @@ fn redo_divergence(source_log: &Path, backup_log: &Path, from: u64, to: u64) -> 
 }
 
 /// Keeps what a failed scenario leaves for a post-mortem under
-/// `target/test-logs/<name>-<pid>/`: the unprepared backup and the server's redo log.
-fn save_artifacts(name: &str, backup: &Backup, server: &TestServer) -> PathBuf {
+/// `target/test-logs/<name>-<pid>/`: the backup directory (unprepared, or as far as a
+/// failed run got) and a copy of the source server's datadir (taken while it runs).
+fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf {
     let dest =
         stagehand_steps::testkit::test_logs_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dest);
-    copy_dir(&backup.dir, &dest.join("backup"));
-    let _ = std::fs::copy(
-        server.datadir().join("ib_logfile0"),
-        dest.join("server-ib_logfile0"),
-    );
+    // Best effort: a failing copy must not hide the failure being reported.
+    let copy = |from: &Path, to: PathBuf| {
+        let _ = Command::new("cp").arg("-a").arg(from).arg(to).status();
+    };
+    if backup_dir.exists() {
+        copy(backup_dir, dest.join("backup"));
+    }
+    copy(server.datadir(), dest.join("server-datadir"));
     dest
 }
 
@@ -587,7 +607,18 @@ async fn run_scenario(s: Scenario) {
         .wait_for_commits(s.warmup_commits, Duration::from_secs(30))
         .await;
     let before = gtid_now(&mut conn).await;
-    let backup = take_backup(&server, work.path()).await;
+    let backup = match take_backup(&server, work.path()).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = workload.stop().await;
+            let saved = save_artifacts(s.name, &work.path().join("backup"), &server);
+            panic!(
+                "[{}] {e}\n(the backup directory and the server's datadir are saved in {})",
+                s.name,
+                saved.display()
+            );
+        }
+    };
     let commits_at_end = workload.commits();
     tokio::time::sleep(s.after_backup).await;
     let log = workload.stop().await;
@@ -718,9 +749,9 @@ async fn run_scenario(s: Scenario) {
         );
     }
     if !problems.is_empty() {
-        let saved = save_artifacts(s.name, &backup, &server);
+        let saved = save_artifacts(s.name, &backup.dir, &server);
         panic!(
-            "[{}] the backup at GTID {} (LSN {}) does not restore consistently:\n- {}\n(backup and server redo log saved in {})",
+            "[{}] the backup at GTID {} (LSN {}) does not restore consistently:\n- {}\n(the backup and the server's datadir are saved in {})",
             s.name,
             backup.gtid,
             backup.manifest["lsn"],
