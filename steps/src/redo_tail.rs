@@ -233,10 +233,12 @@ async fn lsn_poller(session: Arc<Session>, shared: Arc<Shared>, every: Duration)
     while !shared.done.load(Ordering::Acquire) {
         tokio::time::sleep(every).await;
         if let Err(e) = poll_lsns(&session, &shared).await {
-            shared.stop(&format!(
-                "cannot read the server's log position: {}",
-                e.message
-            ));
+            let why = if e.retryable {
+                "the server closed the connection (stopped, restarted or killed?) while the redo copy read its log position".to_string()
+            } else {
+                format!("cannot read the server's log position: {}", e.message)
+            };
+            shared.stop(&why);
             return;
         }
     }

@@ -815,9 +815,8 @@ async fn server_stopped_mid_copy_fails_the_backup_clearly() {
     eprintln!("failed steps in order:\n  {}", failed.join("\n  "));
     let first = failed.first().cloned().unwrap_or_default();
     assert!(
-        first.contains("the server closed the backup session")
-            && first.contains("backup locks are gone"),
-        "the first failure says the server closed the locking session: {first}"
+        first.contains("the server closed") && first.contains("(stopped, restarted or killed?)"),
+        "the first failure says the server went away: {first}"
     );
     assert_ne!(
         fin.step("lock_commit")["status"],
@@ -1107,8 +1106,8 @@ async fn assert_overwrite_failure(run: &HeavyRun) {
         err.contains("the server overwrote redo log that was not copied yet"),
         "the redo copy names the overwrite: {err}"
     );
-    // "the copy reached LSN X, but the server's checkpoint is already at LSN Y (Z bytes
-    // ahead) and its circular log holds only 8 MiB"
+    // "the copy reached LSN X, but the server is already at LSN Y (Z bytes ahead) and
+    // its circular log holds only 8 MiB"
     let num_after = |key: &str| -> u64 {
         err.split(key)
             .nth(1)
@@ -1121,10 +1120,12 @@ async fn assert_overwrite_failure(run: &HeavyRun) {
             .unwrap_or_else(|| panic!("`{key}` and a number in: {err}"))
     };
     let reached = num_after("the copy reached LSN");
-    let checkpoint = num_after("checkpoint is already at LSN");
+    let server_at = num_after("the server is already at LSN");
     let ahead = num_after("(");
-    assert!(checkpoint > reached, "{err}");
-    assert_eq!(checkpoint - reached, ahead, "{err}");
+    assert!(server_at > reached, "{err}");
+    assert_eq!(server_at - reached, ahead, "{err}");
+    // Overwritten means lapped: at least one capacity (8 MiB log minus its header) ahead.
+    assert!(ahead >= 8 * 1024 * 1024 - 12288, "{err}");
     assert!(err.contains("holds only 8 MiB"), "{err}");
     let hint = fin.step("redo")["hint"]
         .as_str()
