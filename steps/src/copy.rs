@@ -484,10 +484,11 @@ fn worker(
     progress: &AtomicU64,
 ) -> Result<Vec<CopiedFile>, StepError> {
     let mut done = Vec::new();
+    let mut scratch = Vec::with_capacity(opts.chunk_bytes);
     loop {
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(file) = next else { return Ok(done) };
-        match copy_file(&file, to, opts) {
+        match copy_file(&file, to, opts, &mut scratch) {
             Ok(rec) => {
                 progress.fetch_add(rec.size, Ordering::Relaxed);
                 done.push(rec);

@@ -122,6 +122,7 @@ pub fn copy_file(
     src: &SourceFile,
     target_root: &Path,
     opts: &CopyOptions,
+    scratch: &mut Vec<u8>,
 ) -> Result<CopiedFile, CopyError> {
     let dest = target_root.join(&src.rel);
     if let Some(parent) = dest.parent() {
@@ -159,9 +160,10 @@ pub fn copy_file(
             &mut sink,
             &mut record,
             opts,
+            scratch,
         )?;
     } else {
-        copy_bytes(&input, &src.abs, size, &mut sink, opts)?;
+        copy_bytes(&input, &src.abs, size, &mut sink, opts, scratch)?;
     }
     record.size = sink.written;
     record.sha256 = format!("{:x}", sink.hash.finalize());
@@ -227,8 +229,9 @@ fn copy_bytes(
     size: u64,
     sink: &mut HashingSink,
     opts: &CopyOptions,
+    buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    let mut buf = vec![0u8; opts.chunk_bytes];
+    buf.resize(opts.chunk_bytes, 0);
     let mut offset = 0;
     while offset < size {
         check_cancel(opts)?;
@@ -253,12 +256,13 @@ fn copy_pages(
     sink: &mut HashingSink,
     record: &mut CopiedFile,
     opts: &CopyOptions,
+    buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    let format = tablespace_format(input, path, class, opts)?;
+    let format = tablespace_format(input, path, class, opts, buf)?;
     let Some(fmt) = format else {
         // Page 0 not written yet (a table created after the last checkpoint): the redo
         // log recreates its pages, so the bytes are kept as they are.
-        copy_bytes(input, path, size, sink, opts)?;
+        copy_bytes(input, path, size, sink, opts, buf)?;
         record.unverified_pages = size / 16384;
         return Ok(());
     };
@@ -266,7 +270,9 @@ fn copy_pages(
     let page_size = fmt.physical_size as u64;
     // For ibdata2… the page numbers continue from the previous files; not checked there.
     let pages_per_chunk = (opts.chunk_bytes as u64 / page_size).max(1);
-    let mut buf = vec![0u8; (pages_per_chunk * page_size) as usize];
+    // One buffer per copy thread, reused file after file: memory stays bounded and no
+    // time goes into zeroing a fresh buffer for every small file.
+    buf.resize((pages_per_chunk * page_size) as usize, 0);
     let mut offset = 0;
     while offset < size {
         check_cancel(opts)?;
@@ -295,10 +301,11 @@ fn tablespace_format(
     path: &Path,
     class: FileClass,
     opts: &CopyOptions,
+    buf: &mut Vec<u8>,
 ) -> Result<Option<SpaceFormat>, CopyError> {
-    let mut head = vec![0u8; 65536];
-    let n = read_at(input, path, &mut head, 0)?;
-    match SpaceFormat::from_page0(&head[..n]) {
+    buf.resize(buf.len().max(65536), 0);
+    let n = read_at(input, path, &mut buf[..65536], 0)?;
+    match SpaceFormat::from_page0(&buf[..n]) {
         Ok(fmt) => Ok(Some(fmt)),
         // ibdata2… start with an ordinary page: use ibdata1's format.
         Err(_) if class == FileClass::SystemTablespace => Ok(opts.system_format),
