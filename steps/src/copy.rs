@@ -419,23 +419,37 @@ async fn copy_all(
             .map_err(|e| StepError::fatal(e.message))?
             .map(|r| Arc::new(RateLimiter::new(r))),
         system_format,
+        progress: Arc::new(AtomicU64::new(0)),
     });
     let _ = settings;
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
-    let progress = Arc::new(AtomicU64::new(0));
+    let progress = opts.progress.clone();
+    let total: u64 = queue
+        .lock()
+        .map(|q| {
+            q.iter()
+                .filter_map(|f| std::fs::metadata(&f.abs).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let reporter = tokio::spawn(report_progress(
+        ctx.step_id.clone(),
+        progress.clone(),
+        total,
+    ));
     let mut workers = Vec::new();
     for _ in 0..cfg.parallel {
-        let (queue, opts, to, progress) = (
-            queue.clone(),
-            opts.clone(),
-            to.to_path_buf(),
-            progress.clone(),
-        );
+        let (queue, opts, to) = (queue.clone(), opts.clone(), to.to_path_buf());
         workers.push(tokio::task::spawn_blocking(move || {
-            worker(&queue, &to, &opts, &progress)
+            worker(&queue, &to, &opts)
         }));
     }
-    let all = futures_join(workers);
+    let all = async {
+        let r = futures_join(workers).await;
+        reporter.abort();
+        r
+    };
     tokio::pin!(all);
     let result = tokio::select! {
         r = &mut all => r,
@@ -464,6 +478,34 @@ async fn copy_all(
     Ok(copied)
 }
 
+/// How often a running copy says how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs "copied X of Y (p %), rate, ETA" every ten seconds while the copy runs.
+async fn report_progress(step: String, done: Arc<AtomicU64>, total: u64) {
+    let t0 = Instant::now();
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let bytes = done.load(Ordering::Relaxed);
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = bytes as f64 / secs.max(0.001);
+        let eta = if rate > 0.0 {
+            total.saturating_sub(bytes) as f64 / rate
+        } else {
+            f64::INFINITY
+        };
+        tracing::info!(
+            step = %step,
+            "copied {:.2} of {:.2} GB ({:.0} %), {:.0} MB/s, about {:.0} s left",
+            bytes as f64 / 1e9,
+            total as f64 / 1e9,
+            100.0 * bytes as f64 / (total.max(1)) as f64,
+            rate / 1e6,
+            eta
+        );
+    }
+}
+
 async fn futures_join(
     workers: Vec<tokio::task::JoinHandle<Result<Vec<CopiedFile>, StepError>>>,
 ) -> Vec<Result<Vec<CopiedFile>, StepError>> {
@@ -481,7 +523,6 @@ fn worker(
     queue: &Mutex<VecDeque<SourceFile>>,
     to: &Path,
     opts: &CopyOptions,
-    progress: &AtomicU64,
 ) -> Result<Vec<CopiedFile>, StepError> {
     let mut done = Vec::new();
     let mut scratch = Vec::with_capacity(opts.chunk_bytes);
@@ -489,10 +530,7 @@ fn worker(
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(file) = next else { return Ok(done) };
         match copy_file(&file, to, opts, &mut scratch) {
-            Ok(rec) => {
-                progress.fetch_add(rec.size, Ordering::Relaxed);
-                done.push(rec);
-            }
+            Ok(rec) => done.push(rec),
             // Dropped before we opened it: a table removed before the copy's locks.
             Err(CopyError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound

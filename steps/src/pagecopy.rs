@@ -115,6 +115,8 @@ pub struct CopyOptions {
     pub limiter: Option<Arc<RateLimiter>>,
     /// The system tablespace's format, from page 0 of its first file (ibdata2… have none).
     pub system_format: Option<SpaceFormat>,
+    /// Bytes read so far by all threads (for progress lines).
+    pub progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Copies `src` to `target_root/src.rel`.
@@ -156,7 +158,6 @@ pub fn copy_file(
             &input,
             &src.abs,
             size,
-            src.class,
             &mut sink,
             &mut record,
             opts,
@@ -248,17 +249,17 @@ fn copy_bytes(
     Ok(())
 }
 
+/// Copies a tablespace page by page; the file's class is `record.class`.
 fn copy_pages(
     input: &File,
     path: &Path,
     size: u64,
-    class: FileClass,
     sink: &mut HashingSink,
     record: &mut CopiedFile,
     opts: &CopyOptions,
     buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    let format = tablespace_format(input, path, class, opts, buf)?;
+    let format = tablespace_format(input, path, record.class, opts, buf)?;
     let Some(fmt) = format else {
         // Page 0 not written yet (a table created after the last checkpoint): the redo
         // log recreates its pages, so the bytes are kept as they are.
@@ -368,6 +369,7 @@ fn check_cancel(opts: &CopyOptions) -> Result<(), CopyError> {
 }
 
 fn throttle(opts: &CopyOptions, bytes: usize) {
+    opts.progress.fetch_add(bytes as u64, Ordering::Relaxed);
     if let Some(l) = &opts.limiter {
         l.take(bytes as u64);
     }
