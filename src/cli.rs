@@ -391,14 +391,7 @@ fn run(
     outputs: RunOutputs,
 ) -> anyhow::Result<i32> {
     let json = outputs.json;
-    let sets = match parse_sets(sets) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(EXIT_USAGE);
-        }
-    };
-    let Some((loaded, params)) = load_or_report(plan, &sets, false) else {
+    let Some((loaded, params)) = load_for_run(plan, sets) else {
         return Ok(EXIT_USAGE);
     };
     let registry = stagehand_steps::registry();
@@ -455,15 +448,22 @@ fn run(
     Ok(report.status.exit_code())
 }
 
-fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
-    let sets = match parse_sets(sets) {
-        Ok(s) => s,
+/// Parses `--set` values and loads the plan with them; problems are printed (exit 2).
+fn load_for_run(
+    plan: &Path,
+    sets: &[String],
+) -> Option<(Loaded, BTreeMap<String, serde_json::Value>)> {
+    match parse_sets(sets) {
+        Ok(sets) => load_or_report(plan, &sets, false),
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(EXIT_USAGE);
+            None
         }
-    };
-    let Some((loaded, params)) = load_or_report(plan, &sets, false) else {
+    }
+}
+
+fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
+    let Some((loaded, params)) = load_for_run(plan, sets) else {
         return Ok(EXIT_USAGE);
     };
     let registry = stagehand_steps::registry();

@@ -33,6 +33,18 @@ impl StepStatus {
     fn is_terminal(self) -> bool {
         !matches!(self, StepStatus::Pending | StepStatus::Running)
     }
+
+    /// The lowercase word used in reports, metrics and notifications.
+    pub fn name(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -46,17 +46,6 @@ fn number(v: f64) -> String {
     }
 }
 
-fn status_name(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Pending => "pending",
-        StepStatus::Running => "running",
-        StepStatus::Succeeded => "succeeded",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Cancelled => "cancelled",
-    }
-}
-
 /// The metrics of one finished run. `last_success` is the finish time (Unix seconds) of
 /// the plan's latest successful run, this one included, from the run history.
 pub fn render(report: &RunReport, last_success: Option<f64>) -> String {
@@ -142,7 +131,7 @@ pub fn render(report: &RunReport, last_success: Option<f64>) -> String {
                     ("plan", plan),
                     ("step", &s.id),
                     ("uses", &s.uses),
-                    ("status", status_name(status)),
+                    ("status", status.name()),
                 ],
                 f64::from(u8::from(s.status == status)),
             );

@@ -53,12 +53,11 @@ impl Connections {
         Self::new(None, BTreeMap::new())
     }
 
-    /// The shared session for `name`, opening it on first use.
-    pub async fn get(&self, name: &str) -> Result<Handle, StepError> {
-        let mut open = self.inner.open.lock().await;
-        if let Some(h) = open.get(name) {
-            return Ok(h.clone());
-        }
+    /// The (rendered) config of connection `name` and the provider that opens it.
+    fn config_and_provider(
+        &self,
+        name: &str,
+    ) -> Result<(&serde_json::Value, &Arc<dyn ConnectionProvider>), StepError> {
         let config =
             self.inner.configs.get(name).ok_or_else(|| {
                 StepError::fatal(format!("no connection named `{name}` in the plan"))
@@ -68,6 +67,16 @@ impl Connections {
             .provider
             .as_ref()
             .ok_or_else(|| StepError::fatal("this run has no connection provider"))?;
+        Ok((config, provider))
+    }
+
+    /// The shared session for `name`, opening it on first use.
+    pub async fn get(&self, name: &str) -> Result<Handle, StepError> {
+        let mut open = self.inner.open.lock().await;
+        if let Some(h) = open.get(name) {
+            return Ok(h.clone());
+        }
+        let (config, provider) = self.config_and_provider(name)?;
         let handle = provider.open(name, config).await?;
         open.insert(name.to_string(), handle.clone());
         Ok(handle)
@@ -85,15 +94,7 @@ impl Connections {
     /// needs the server while the shared session is busy (holding or waiting for a
     /// lock). The caller closes it with [`close_private`](Self::close_private).
     pub async fn open_private(&self, name: &str) -> Result<Handle, StepError> {
-        let config =
-            self.inner.configs.get(name).ok_or_else(|| {
-                StepError::fatal(format!("no connection named `{name}` in the plan"))
-            })?;
-        let provider = self
-            .inner
-            .provider
-            .as_ref()
-            .ok_or_else(|| StepError::fatal("this run has no connection provider"))?;
+        let (config, provider) = self.config_and_provider(name)?;
         provider.open(name, config).await
     }
 

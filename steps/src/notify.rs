@@ -430,17 +430,6 @@ fn status_word(s: RunStatus) -> &'static str {
     }
 }
 
-fn step_status_word(s: StepStatus) -> &'static str {
-    match s {
-        StepStatus::Pending => "pending",
-        StepStatus::Running => "running",
-        StepStatus::Succeeded => "succeeded",
-        StepStatus::Failed => "failed",
-        StepStatus::Skipped => "skipped",
-        StepStatus::Cancelled => "cancelled",
-    }
-}
-
 pub fn default_subject(run: &RunSnapshot) -> String {
     format!(
         "[stagehand] {} {} on {}",
@@ -614,7 +603,7 @@ pub fn default_body(run: &RunSnapshot, facts: &Facts) -> String {
         let status = s
             .get("status")
             .and_then(|v| serde_json::from_value::<StepStatus>(v.clone()).ok())
-            .map(step_status_word)
+            .map(StepStatus::name)
             .unwrap_or("?");
         let took = s
             .get("duration_ms")
