@@ -555,17 +555,7 @@ impl Run<'_> {
 
     /// The run so far, for the step about to start (`StepContext::run`, `{{report.*}}`).
     fn snapshot(&self) -> crate::step::RunSnapshot {
-        let step_of = |(s, spec): (&Slot, &crate::model::StepSpec)| crate::step::StepSnapshot {
-            id: spec.id.clone(),
-            uses: spec.uses.clone(),
-            status: s.status,
-            attempts: s.attempts,
-            duration_ms: s.duration.map(|d| d.as_millis() as u64),
-            outputs: s.outputs.clone(),
-            error: s.error.as_ref().map(|e| self.redactor.redact(&e.message)),
-            hint: s.error.as_ref().and_then(|e| e.hint.clone()),
-        };
-        let all: Vec<_> = self.slots.iter().zip(self.steps()).map(step_of).collect();
+        let all = self.step_reports();
         let failed_steps: Vec<_> = all
             .iter()
             .filter(|s| matches!(s.status, StepStatus::Failed | StepStatus::Cancelled))
@@ -691,9 +681,9 @@ impl Run<'_> {
         }
     }
 
-    fn report(&self, status: RunStatus, started_at: String, elapsed: Duration) -> RunReport {
-        let steps = self
-            .slots
+    /// Every step as the report shows it (outputs and errors redacted).
+    fn step_reports(&self) -> Vec<StepReport> {
+        self.slots
             .iter()
             .zip(self.steps())
             .map(|(s, spec)| StepReport {
@@ -714,7 +704,11 @@ impl Run<'_> {
                     .or_else(|| s.skip_reason.as_ref().map(|r| format!("skipped: {r}"))),
                 hint: s.error.as_ref().and_then(|e| e.hint.clone()),
             })
-            .collect();
+            .collect()
+    }
+
+    fn report(&self, status: RunStatus, started_at: String, elapsed: Duration) -> RunReport {
+        let steps = self.step_reports();
         RunReport {
             run_id: self.run_id.clone(),
             plan: self.loaded.plan.name.clone(),

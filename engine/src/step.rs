@@ -118,21 +118,9 @@ pub struct Upstream {
     pub outputs: Outputs,
 }
 
-/// One step of the run as it stood when the current step started.
-#[derive(Debug, Clone, Serialize)]
-pub struct StepSnapshot {
-    pub id: String,
-    pub uses: String,
-    pub status: crate::exec::StepStatus,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    pub outputs: Outputs,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
+/// One step of the run as it stood when the current step started: the same record as
+/// in the final report.
+pub type StepSnapshot = crate::exec::StepReport;
 
 /// The run so far, as the current step sees it when it starts (templates read it as
 /// `{{report.status}}`, `{{report.failed_step.error}}`, `{{report.steps.ID.outputs.KEY}}`):
