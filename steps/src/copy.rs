@@ -16,7 +16,7 @@ use stagehand_engine::{
 };
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -407,6 +407,12 @@ async fn copy_all(
     files.sort_by_key(|f| {
         std::cmp::Reverse(std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0))
     });
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(&f.abs).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = crate::progress::Progress::start(&ctx.step_id, "copied", total);
     let cancel = Arc::new(AtomicBool::new(false));
     let opts = Arc::new(CopyOptions {
         chunk_bytes: parse_size(&cfg.chunk, "chunk").map_err(|e| StepError::fatal(e.message))?
@@ -419,25 +425,10 @@ async fn copy_all(
             .map_err(|e| StepError::fatal(e.message))?
             .map(|r| Arc::new(RateLimiter::new(r))),
         system_format,
-        progress: Arc::new(AtomicU64::new(0)),
+        progress: progress.counter(),
     });
     let _ = settings;
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
-    let progress = opts.progress.clone();
-    let total: u64 = queue
-        .lock()
-        .map(|q| {
-            q.iter()
-                .filter_map(|f| std::fs::metadata(&f.abs).ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
-    let reporter = tokio::spawn(report_progress(
-        ctx.step_id.clone(),
-        progress.clone(),
-        total,
-    ));
     let mut workers = Vec::new();
     for _ in 0..cfg.parallel {
         let (queue, opts, to) = (queue.clone(), opts.clone(), to.to_path_buf());
@@ -447,7 +438,7 @@ async fn copy_all(
     }
     let all = async {
         let r = futures_join(workers).await;
-        reporter.abort();
+        drop(progress);
         r
     };
     tokio::pin!(all);
@@ -476,34 +467,6 @@ async fn copy_all(
     }
     copied.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(copied)
-}
-
-/// How often a running copy says how far it is.
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
-/// Logs "copied X of Y (p %), rate, ETA" every ten seconds while the copy runs.
-async fn report_progress(step: String, done: Arc<AtomicU64>, total: u64) {
-    let t0 = Instant::now();
-    loop {
-        tokio::time::sleep(PROGRESS_EVERY).await;
-        let bytes = done.load(Ordering::Relaxed);
-        let secs = t0.elapsed().as_secs_f64();
-        let rate = bytes as f64 / secs.max(0.001);
-        let eta = if rate > 0.0 {
-            total.saturating_sub(bytes) as f64 / rate
-        } else {
-            f64::INFINITY
-        };
-        tracing::info!(
-            step = %step,
-            "copied {:.2} of {:.2} GB ({:.0} %), {:.0} MB/s, about {:.0} s left",
-            bytes as f64 / 1e9,
-            total as f64 / 1e9,
-            100.0 * bytes as f64 / (total.max(1)) as f64,
-            rate / 1e6,
-            eta
-        );
-    }
 }
 
 async fn futures_join(

@@ -31,6 +31,80 @@ pub struct Manifest {
     /// The metadata files named as the server's version expects (xtrabackup_* or
     /// mariadb_backup_*).
     pub metadata_files: Vec<String>,
+    /// `full` (the only kind today; incremental backups will name their base).
+    #[serde(default = "full")]
+    pub backup_type: String,
+    /// The backup this one needs to be restored (an incremental's base); rotation never
+    /// deletes a backup another one depends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The plan (name) that made the backup.
+    #[serde(default)]
+    pub plan: String,
+    /// The host the backup was taken on.
+    #[serde(default)]
+    pub host: String,
+    /// When a `verify` step last checked the backup, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+fn full() -> String {
+    "full".into()
+}
+
+/// How one file of a backup is stored when not as is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredForm {
+    /// Path of the stored object, relative to the backup (`ibdata1.zst`).
+    pub path: String,
+    /// `zstd`.
+    pub codec: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verified {
+    pub at: String,
+    /// `hashes`, `pages` or `restore` (a server was started on a copy).
+    pub depth: String,
+}
+
+impl Manifest {
+    /// Bytes the backup takes where it is stored (compressed sizes where compressed),
+    /// the manifest aside.
+    pub fn stored_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| f.stored.as_ref().map_or(f.size, |s| s.size))
+            .sum()
+    }
+
+    /// Bytes of the data the backup holds (uncompressed).
+    pub fn data_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Parses a manifest read from anywhere; `shown` names it in errors.
+    pub fn from_slice(text: &[u8], shown: &str) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
+            path: shown.to_string(),
+            source,
+        })?;
+        if !m.complete {
+            return Err(ManifestError::Incomplete {
+                path: shown.to_string(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// The manifest as written to disk or to a repository.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // A Manifest holds only strings, numbers and maps: serialising cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -128,14 +202,7 @@ impl Manifest {
                 })
             }
         };
-        let m: Manifest = serde_json::from_slice(&text).map_err(|source| ManifestError::Parse {
-            path: shown.clone(),
-            source,
-        })?;
-        if !m.complete {
-            return Err(ManifestError::Incomplete { path: shown });
-        }
-        Ok(m)
+        Self::from_slice(&text, &shown)
     }
 
     /// Writes the manifest atomically (temporary file, fsync, rename, fsync of the

@@ -35,6 +35,10 @@ pub struct CopiedFile {
     /// The source file as it was when copied, to tell later whether it changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceStamp>,
+    /// How the file is stored when it is not stored as is (compressed): its object's
+    /// path, codec, size and SHA-256. `size` and `sha256` above stay those of the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<crate::manifest::StoredForm>,
 }
 
 /// Identity and modification time of a source file at copy time.
@@ -152,6 +156,7 @@ pub fn copy_file(
         reread_pages: 0,
         unverified_pages: 0,
         source: Some(stamp),
+        stored: None,
     };
     if src.class.is_innodb() {
         copy_pages(

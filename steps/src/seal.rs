@@ -66,9 +66,13 @@ impl TypedStep for Seal {
     async fn run(cfg: &SealConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let dir = Path::new(&cfg.to).to_path_buf();
         crate::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
-        let run_id = ctx.run_id.clone();
+        let made_by = MadeBy {
+            run_id: ctx.run_id.clone(),
+            plan: ctx.run.plan.clone(),
+            host: ctx.run.host.clone(),
+        };
         let upstream = ctx.upstream.clone();
-        tokio::task::spawn_blocking(move || seal(&dir, &run_id, &upstream))
+        tokio::task::spawn_blocking(move || seal(&dir, &made_by, &upstream))
             .await
             .map_err(|e| StepError::fatal(format!("seal crashed: {e}")))?
     }
@@ -98,9 +102,16 @@ fn str_of(o: &Outputs, k: &str) -> String {
         .to_string()
 }
 
+/// Which run, plan and host made the backup.
+struct MadeBy {
+    run_id: String,
+    plan: String,
+    host: String,
+}
+
 fn seal(
     dir: &Path,
-    run_id: &str,
+    made_by: &MadeBy,
     upstream: &std::collections::BTreeMap<String, Upstream>,
 ) -> Result<Outputs, StepError> {
     let commit = find(upstream, "stage_locks", |u| {
@@ -212,7 +223,7 @@ fn seal(
         format: MANIFEST_FORMAT,
         tool: format!("stagehand {}", env!("CARGO_PKG_VERSION")),
         complete: true,
-        run_id: run_id.to_string(),
+        run_id: made_by.run_id.clone(),
         started_at,
         finished_at,
         server: settings,
@@ -242,6 +253,11 @@ fn seal(
         files,
         prepared: None,
         metadata_files: metadata,
+        backup_type: "full".into(),
+        base: None,
+        plan: made_by.plan.clone(),
+        host: made_by.host.clone(),
+        verified: None,
     };
     sync_all(dir, &manifest.files)?;
     // The staging area must not reach a datadir on copy-back.
@@ -328,6 +344,7 @@ pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
         reread_pages: 0,
         unverified_pages: 0,
         source: None,
+        stored: None,
     })
 }
 

@@ -1,0 +1,1 @@
+//! Retries of repository requests. (Being written.)
