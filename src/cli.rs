@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod backups;
 mod runs;
 
 pub const EXIT_OK: i32 = 0;
@@ -81,6 +82,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Backups in a repository (local directory or S3): list, show.
+    Backups {
+        #[command(subcommand)]
+        command: backups::BackupsCommand,
     },
     /// Print a shell completion script: `stagehand completions bash > /etc/bash_completion.d/stagehand`.
     Completions {
@@ -211,6 +217,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
             }
         }
         Command::Runs { command } => Ok(runs::dispatch(command_args(command))),
+        Command::Backups { command } => backups::dispatch(command),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

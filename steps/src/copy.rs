@@ -45,6 +45,11 @@ pub struct CopyConfig {
     /// Re-reads of a page that fails its checksum, 100 ms apart, before giving up.
     #[serde(default = "default_rereads")]
     pub rereads: u32,
+    /// When the backup streams out (an `upload` with `follow: true`): wait before
+    /// starting a file while more than this much of what the step copied is still on
+    /// local disk (`4GiB`). Bounds scratch space; do not set it on a copy that runs
+    /// under BLOCK_COMMIT.
+    pub max_spool: Option<String>,
 }
 
 fn default_files() -> FileSet {
@@ -152,6 +157,9 @@ impl TypedStep for Copy {
             });
         }
         cfg.max_rate()?;
+        if let Some(spool) = &cfg.max_spool {
+            parse_size(spool, "max_spool")?;
+        }
         Ok(())
     }
 
@@ -428,12 +436,27 @@ async fn copy_all(
         progress: progress.counter(),
     });
     let _ = settings;
+    let hand_off = Arc::new(HandOff {
+        step: ctx.step_id.clone(),
+        gate: match &cfg.max_spool {
+            Some(limit) => Some(crate::spool::SpoolGate::new(
+                to,
+                parse_size(limit, "max_spool").map_err(|e| StepError::fatal(e.message))?,
+            )),
+            None => None,
+        },
+    });
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let mut workers = Vec::new();
     for _ in 0..cfg.parallel {
-        let (queue, opts, to) = (queue.clone(), opts.clone(), to.to_path_buf());
+        let (queue, opts, to, hand_off) = (
+            queue.clone(),
+            opts.clone(),
+            to.to_path_buf(),
+            hand_off.clone(),
+        );
         workers.push(tokio::task::spawn_blocking(move || {
-            worker(&queue, &to, &opts)
+            worker(&queue, &to, &opts, &hand_off)
         }));
     }
     let all = async {
@@ -482,18 +505,50 @@ async fn futures_join(
     out
 }
 
+/// How a copy hands finished files on: announced in the directory's ledger for a
+/// following upload, and held back by the spool limit if one is set.
+struct HandOff {
+    step: String,
+    gate: Option<crate::spool::SpoolGate>,
+}
+
+impl HandOff {
+    fn wait_for_room(&self, file: &SourceFile, cancel: &AtomicBool) -> bool {
+        let Some(gate) = &self.gate else { return true };
+        let size = std::fs::metadata(&file.abs).map(|m| m.len()).unwrap_or(0);
+        gate.wait_for_room(size, cancel)
+    }
+
+    fn finished(&self, to: &Path, rec: &CopiedFile) -> Result<(), StepError> {
+        crate::spool::announce(to, &self.step, rec).map_err(|e| {
+            StepError::fatal(format!("cannot record {} as copied: {e}", rec.path))
+        })?;
+        if let Some(gate) = &self.gate {
+            gate.add(&rec.path, rec.size);
+        }
+        Ok(())
+    }
+}
+
 fn worker(
     queue: &Mutex<VecDeque<SourceFile>>,
     to: &Path,
     opts: &CopyOptions,
+    hand_off: &HandOff,
 ) -> Result<Vec<CopiedFile>, StepError> {
     let mut done = Vec::new();
     let mut scratch = Vec::with_capacity(opts.chunk_bytes);
     loop {
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
         let Some(file) = next else { return Ok(done) };
+        if !hand_off.wait_for_room(&file, &opts.cancel) {
+            return Err(StepError::cancelled());
+        }
         match copy_file(&file, to, opts, &mut scratch) {
-            Ok(rec) => done.push(rec),
+            Ok(rec) => {
+                hand_off.finished(to, &rec)?;
+                done.push(rec)
+            }
             // Dropped before we opened it: a table removed before the copy's locks.
             Err(CopyError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound

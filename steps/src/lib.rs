@@ -2,9 +2,13 @@
 //! one module with its typed config, its dry-run sentence and its run.
 
 pub mod backup_server;
+pub mod compress;
 pub mod copy;
+pub mod copy_back;
 pub mod datadir;
+pub mod decompress;
 pub mod exec;
+pub mod fetch;
 pub mod http;
 pub mod innodb;
 pub mod manifest;
@@ -15,12 +19,18 @@ pub mod progress;
 pub mod prepare;
 pub mod redo_tail;
 pub mod repo;
+pub mod rotate;
 pub mod sandbox;
 pub mod seal;
+pub mod server;
+pub mod spool;
 pub mod sql;
 pub mod stage_locks;
+pub mod upload;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(feature = "testkit")]
+pub mod testkit_s3;
 pub mod verify;
 
 use stagehand_engine::resources::ConnectionProvider;
@@ -30,14 +40,21 @@ use std::sync::Arc;
 /// Every step kind this build knows.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
+    r.register(Typed::<compress::Compress>::default());
     r.register(Typed::<copy::Copy>::default());
+    r.register(Typed::<copy_back::CopyBack>::default());
+    r.register(Typed::<decompress::Decompress>::default());
     r.register(Typed::<exec::Exec>::default());
+    r.register(Typed::<fetch::Fetch>::default());
     r.register(Typed::<notify::Notify>::default());
     r.register(Typed::<prepare::Prepare>::default());
     r.register(Typed::<redo_tail::RedoTail>::default());
+    r.register(Typed::<rotate::Rotate>::default());
     r.register(Typed::<seal::Seal>::default());
+    r.register(Typed::<server::Server>::default());
     r.register(Typed::<sql::Sql>::default());
     r.register(Typed::<stage_locks::StageLocks>::default());
+    r.register(Typed::<upload::Upload>::default());
     r.register(Typed::<verify::Verify>::default());
     r
 }

@@ -210,6 +210,12 @@ pub struct SandboxOptions {
     pub admin_user: String,
     /// Password of [`SandboxOptions::admin_user`].
     pub admin_password: String,
+    /// Socket path to listen on instead of `<run_dir>/mariadbd.sock` (its parent is
+    /// created if missing; at most [`MAX_SOCKET_PATH_LEN`] bytes).
+    pub socket: Option<PathBuf>,
+    /// System user mariadbd runs as (`--user`, needs root); the run directory, the
+    /// tmpdir and the error log are handed to it. `None`: the current user.
+    pub run_as: Option<String>,
 }
 
 impl SandboxOptions {
@@ -229,7 +235,21 @@ impl SandboxOptions {
             skip_slave_start: true,
             admin_user: "root".to_owned(),
             admin_password: String::new(),
+            socket: None,
+            run_as: None,
         }
+    }
+
+    /// Listens on this socket path instead of one in the run directory.
+    pub fn socket_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// Runs mariadbd as this system user (`--user`; needs root).
+    pub fn run_as(mut self, user: &str) -> Self {
+        self.run_as = Some(user.to_owned());
+        self
     }
 
     /// Loopback TCP on a free port (`true`) or no networking (`false`).
@@ -378,7 +398,11 @@ impl SandboxServer {
         };
         let mut short_socket_dir = None;
         let mut socket = run_dir.join("mariadbd.sock");
-        if socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
+        let mut created_socket_dir = None;
+        if let Some(wanted) = &opts.socket {
+            socket = absolute(wanted)?;
+            created_socket_dir = prepare_socket_path(&socket)?;
+        } else if socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
             // sun_path holds at most 107 bytes + NUL: mariadbd would refuse to
             // start ("The socket file path is too long"). Put the socket in a
             // short private directory under /tmp instead; it is removed on drop.
@@ -407,6 +431,17 @@ impl SandboxServer {
             started_in: Duration::ZERO,
         };
         let root = is_root();
+        if let (Some(user), true) = (&opts.run_as, root) {
+            // mariadbd drops to `user` early: it must be able to write its own files.
+            let (uid, gid) = lookup_user(user)?;
+            touch(&server.error_log)?;
+            let mut owned = vec![server.run_dir.clone(), server.error_log.clone()];
+            owned.extend(server.tmpdir.clone());
+            owned.extend(created_socket_dir);
+            for path in &owned {
+                chown_path(path, uid, gid)?;
+            }
+        }
 
         let mut attempt = 0;
         loop {
@@ -468,7 +503,9 @@ impl SandboxServer {
         if let Some(tmpdir) = &self.tmpdir {
             args.push(arg("--tmpdir=", tmpdir));
         }
-        if root {
+        if let Some(user) = &opts.run_as {
+            args.push(format!("--user={user}").into());
+        } else if root {
             // mariadbd refuses to run as root unless told so.
             args.push("--user=root".into());
         }
@@ -1041,6 +1078,91 @@ fn normalize_option_name(name: &str) -> String {
 fn absolute(path: &Path) -> Result<PathBuf, SandboxError> {
     std::path::absolute(path)
         .map_err(|e| SandboxError::io(format!("cannot make {} absolute", path.display()), e))
+}
+
+/// Checks a caller-chosen socket path and creates its parent directory when missing;
+/// returns the directory when it was created (it is then handed to `run_as`).
+fn prepare_socket_path(socket: &Path) -> Result<Option<PathBuf>, SandboxError> {
+    if socket.as_os_str().len() > MAX_SOCKET_PATH_LEN {
+        return Err(SandboxError::InvalidOptions(format!(
+            "socket path {} is longer than {MAX_SOCKET_PATH_LEN} bytes (the kernel's limit)",
+            socket.display()
+        )));
+    }
+    let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    if parent.is_dir() {
+        return Ok(None);
+    }
+    fs::create_dir_all(parent)
+        .map_err(|e| SandboxError::io(format!("cannot create {}", parent.display()), e))?;
+    Ok(Some(parent.to_path_buf()))
+}
+
+/// uid and primary gid of a system user (getpwnam_r).
+pub fn lookup_user(name: &str) -> Result<(u32, u32), SandboxError> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| SandboxError::InvalidOptions(format!("bad user name {name:?}")))?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized memory owned here.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(SandboxError::InvalidOptions(format!(
+            "unknown system user {name:?}"
+        )));
+    }
+    Ok((pwd.pw_uid, pwd.pw_gid))
+}
+
+/// gid of a system group (getgrnam_r).
+pub fn lookup_group(name: &str) -> Result<u32, SandboxError> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| SandboxError::InvalidOptions(format!("bad group name {name:?}")))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in lookup_user.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return Err(SandboxError::InvalidOptions(format!(
+            "unknown system group {name:?}"
+        )));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// chown without following a final symlink.
+pub fn chown_path(path: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| SandboxError::io(format!("cannot chown {} to {uid}:{gid}", path.display()), e))
+}
+
+fn touch(path: &Path) -> Result<(), SandboxError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| SandboxError::io(format!("cannot create {}", path.display()), e))
 }
 
 fn create_short_socket_dir() -> Result<PathBuf, SandboxError> {

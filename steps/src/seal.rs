@@ -289,9 +289,14 @@ fn seal(
 /// Makes every file and directory of the backup durable before the manifest says it
 /// is complete.
 fn sync_all(dir: &Path, files: &[CopiedFile]) -> Result<(), StepError> {
+    // A streamed backup's files leave as they are finished; the follower checks them.
+    let streaming = crate::spool::is_streaming(dir);
     let mut dirs = std::collections::BTreeSet::new();
     for f in files {
         let path = dir.join(&f.path);
+        if streaming && !path.exists() {
+            continue;
+        }
         std::fs::File::open(&path)
             .and_then(|h| h.sync_all())
             .map_err(|e| StepError::fatal(format!("cannot sync {}: {e}", path.display())))?;

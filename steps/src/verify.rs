@@ -1,12 +1,15 @@
 //! `verify`: checks a backup directory against its manifest — every file's size and
 //! SHA-256, every InnoDB page's checksum, the LSNs — and optionally restores it into a
 //! scratch directory, starts a server on it, runs CHECK TABLE on every table and counts
-//! rows.
+//! rows. A file stored compressed is read through its decoder: the object's size and
+//! SHA-256 are checked as well as the data's.
 
 use crate::backup_server;
+use crate::compress::StoredReader;
 use crate::datadir::FileClass;
 use crate::innodb::page::{check_page_at, PageStatus, SpaceFormat};
 use crate::manifest::Manifest;
+use crate::pagecopy::CopiedFile;
 use crate::sandbox::ShutdownMode;
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -95,7 +98,7 @@ impl TypedStep for Verify {
         out.insert("pages".into(), json!(pages));
         out.insert("prepared".into(), json!(manifest.prepared.is_some()));
         let (tables, rows) = if cfg.restore {
-            test_restore(&dir, cfg.scratch.as_deref()).await?
+            test_restore(&dir, &manifest, cfg.scratch.as_deref()).await?
         } else {
             (0, serde_json::Map::new())
         };
@@ -121,7 +124,7 @@ fn check_files(
         .files
         .iter()
         .find(|f| f.class == FileClass::SystemTablespace)
-        .and_then(|f| read_head(&dir.join(&f.path)))
+        .and_then(|f| read_head(dir, f))
         .and_then(|h| SpaceFormat::from_page0(&h).ok());
     let mut bytes = 0;
     let mut pages = 0;
@@ -130,25 +133,28 @@ fn check_files(
         if cancel.is_cancelled() {
             return Err(StepError::cancelled());
         }
-        let path = dir.join(&f.path);
         let check_pages = f.class.is_innodb();
-        match hash_and_check(&path, check_pages, f.class, system_format) {
-            Err(e) => bad.push(format!("{}: {e}", f.path)),
+        match check_file(dir, f, check_pages, system_format) {
+            Err(e) => bad.push(format!("{}: {e}", shown(f))),
             Ok((size, sha, n, corrupt)) => {
                 bytes += size;
                 pages += n;
                 if size != f.size {
-                    bad.push(format!("{}: size {size}, manifest says {}", f.path, f.size));
+                    bad.push(format!(
+                        "{}: size {size}, manifest says {}",
+                        shown(f),
+                        f.size
+                    ));
                 } else if sha != f.sha256 {
-                    bad.push(format!("{}: SHA-256 differs from the manifest", f.path));
+                    bad.push(format!("{}: SHA-256 differs from the manifest", shown(f)));
                 }
                 if let Some(p) = corrupt {
-                    bad.push(format!("{}: page {p} fails its checksum", f.path));
+                    bad.push(format!("{}: page {p} fails its checksum", shown(f)));
                 }
             }
         }
     }
-    for extra in crate::manifest::unlisted_files(dir, &m.files) {
+    for extra in crate::manifest::unlisted_files(dir, &as_stored(&m.files)) {
         bad.push(format!("{extra}: not in the manifest"));
     }
     if bad.is_empty() {
@@ -159,25 +165,97 @@ fn check_files(
     }
 }
 
-fn read_head(path: &Path) -> Option<Vec<u8>> {
-    let mut f = std::fs::File::open(path).ok()?;
+/// How a file is named in errors: with its stored object when stored compressed.
+fn shown(f: &CopiedFile) -> String {
+    match &f.stored {
+        Some(s) => format!("{} (stored as {})", f.path, s.path),
+        None => f.path.clone(),
+    }
+}
+
+/// The manifest's entries under the paths they are stored at.
+fn as_stored(files: &[CopiedFile]) -> Vec<CopiedFile> {
+    files
+        .iter()
+        .map(|f| CopiedFile {
+            path: f.stored.as_ref().map_or(f.path.clone(), |s| s.path.clone()),
+            ..f.clone()
+        })
+        .collect()
+}
+
+/// The data of a backup file: the file itself, or its stored object decompressed.
+enum Data {
+    Plain(std::fs::File),
+    Stored(Box<StoredReader>),
+}
+
+impl Read for Data {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Data::Plain(f) => f.read(buf),
+            Data::Stored(r) => r.read(buf),
+        }
+    }
+}
+
+fn open_data(dir: &Path, f: &CopiedFile) -> std::io::Result<Data> {
+    Ok(match &f.stored {
+        Some(s) => Data::Stored(Box::new(StoredReader::open(&dir.join(&s.path))?)),
+        None => Data::Plain(std::fs::File::open(dir.join(&f.path))?),
+    })
+}
+
+/// The first 64 KiB of a file's data (page 0 and what follows).
+fn read_head(dir: &Path, f: &CopiedFile) -> Option<Vec<u8>> {
     let mut head = vec![0u8; 65536];
-    let n = f.read(&mut head).ok()?;
+    let n = read_full(&mut open_data(dir, f).ok()?, &mut head).ok()?;
     head.truncate(n);
     Some(head)
 }
 
+/// Hashes a file's data and checks its pages, and for a stored object also the
+/// object's size and SHA-256 (read to its end).
+fn check_file(
+    dir: &Path,
+    f: &CopiedFile,
+    pages: bool,
+    system: Option<SpaceFormat>,
+) -> std::io::Result<(u64, String, u64, Option<u64>)> {
+    let mut data = open_data(dir, f)?;
+    let result = hash_and_check(&mut data, pages, f.class, system)?;
+    if let (Data::Stored(r), Some(s)) = (data, &f.stored) {
+        let (size, sha) = r.finish()?;
+        if size != s.size {
+            return Err(std::io::Error::other(format!(
+                "the stored object holds {size} bytes, the manifest says {}",
+                s.size
+            )));
+        }
+        if sha != s.sha256 {
+            return Err(std::io::Error::other(
+                "the stored object's SHA-256 differs from the manifest",
+            ));
+        }
+    }
+    Ok(result)
+}
+
 /// Hashes a file and, for tablespaces, checks each page; returns the first bad page.
 fn hash_and_check(
-    path: &Path,
+    data: &mut impl Read,
     pages: bool,
     class: FileClass,
     system: Option<SpaceFormat>,
 ) -> std::io::Result<(u64, String, u64, Option<u64>)> {
-    let mut f = std::fs::File::open(path)?;
+    // Page 0 gives the format: read it first, then hash it with the rest.
+    let mut head = vec![0u8; 65536];
+    let n = read_full(data, &mut head)?;
+    head.truncate(n);
+    let mut f = std::io::Cursor::new(&head).chain(data);
     let mut h = Sha256::new();
     let fmt = if pages {
-        match read_head(path).and_then(|head| SpaceFormat::from_page0(&head).ok()) {
+        match SpaceFormat::from_page0(&head).ok() {
             Some(f) => Some(f),
             None if class == FileClass::SystemTablespace => system,
             None => None,
@@ -212,12 +290,14 @@ fn hash_and_check(
     Ok((size, format!("{:x}", h.finalize()), page_no, corrupt))
 }
 
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
-        match f.read(&mut buf[done..])? {
-            0 => break,
-            n => done += n,
+        match f.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(done)
@@ -234,9 +314,14 @@ fn check_lsns(dir: &Path, m: &Manifest) -> Result<(), StepError> {
         )));
     }
     if m.prepared.is_none() {
-        let size = std::fs::metadata(dir.join("ib_logfile0"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        // A compressed log's data size was checked against the manifest's already.
+        let log = m.files.iter().find(|f| f.path == "ib_logfile0");
+        let size = match log {
+            Some(f) if f.stored.is_some() => f.size,
+            _ => std::fs::metadata(dir.join("ib_logfile0"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        };
         let expected = crate::innodb::redo::START_OFFSET + (l.last - l.checkpoint);
         if size != expected {
             return Err(StepError::fatal(format!(
@@ -247,10 +332,12 @@ fn check_lsns(dir: &Path, m: &Manifest) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Copies the backup to a scratch directory, starts a server on it (recovery prepares
-/// an unprepared copy), CHECK TABLE on every table, row counts; removes the copy.
+/// Copies the backup to a scratch directory (decompressed), starts a server on it
+/// (recovery prepares an unprepared copy), CHECK TABLE on every table, row counts;
+/// removes the copy.
 async fn test_restore(
     dir: &Path,
+    m: &Manifest,
     scratch: Option<&str>,
 ) -> Result<(usize, serde_json::Map<String, Value>), StepError> {
     let base = scratch
@@ -266,10 +353,12 @@ async fn test_restore(
             ))
         })?;
     let data = copy.path().join("data");
-    let (src, dst) = (dir.to_path_buf(), data.clone());
-    tokio::task::spawn_blocking(move || copy_tree(&src, &dst))
-        .await
-        .map_err(|e| StepError::fatal(e.to_string()))??;
+    let (src, dst, m) = (dir.to_path_buf(), data.clone(), m.clone());
+    tokio::task::spawn_blocking(move || {
+        copy_tree(&src, &dst).and_then(|()| unpack(&src, &m, &dst))
+    })
+    .await
+    .map_err(|e| StepError::fatal(e.to_string()))??;
     let run = backup_server::run_dir()?;
     let server = backup_server::start_on(&data, run.path(), 256 << 20, None).await?;
     let result = check_tables(&server).await;
@@ -327,6 +416,19 @@ async fn check_tables(
             failed.join("; ")
         )))
     }
+}
+
+/// Replaces the stored objects copied to `dst` by their data, decompressed from `src`.
+fn unpack(src: &Path, m: &Manifest, dst: &Path) -> Result<(), StepError> {
+    for f in &m.files {
+        let Some(s) = &f.stored else { continue };
+        let err = |e: std::io::Error| StepError::fatal(format!("{}: {e}", shown(f)));
+        let mut r = StoredReader::open(&src.join(&s.path)).map_err(err)?;
+        let mut out = std::fs::File::create(dst.join(&f.path)).map_err(err)?;
+        std::io::copy(&mut r, &mut out).map_err(err)?;
+        std::fs::remove_file(dst.join(&s.path)).map_err(err)?;
+    }
+    Ok(())
 }
 
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StepError> {

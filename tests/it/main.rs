@@ -15,4 +15,7 @@ mod workload;
 mod history;
 mod metrics;
 mod notify;
+mod rotate;
 mod servers;
+mod storage_compress;
+mod restore;

@@ -7,6 +7,7 @@
 //! kind of storage; [`Repository`] is the backup layer on top of it.
 
 pub mod local;
+pub mod retention;
 pub mod retry;
 pub mod s3;
 
@@ -61,6 +62,10 @@ pub struct RepoConfig {
     /// S3: requests in flight at once per file (parts of one upload or download).
     #[serde(default = "default_part_parallel")]
     pub part_parallel: usize,
+    /// S3: how long to wait for a response (and between bytes of a download) before
+    /// the attempt counts as failed and is retried.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: String,
 }
 
 fn default_attempts() -> u32 {
@@ -72,6 +77,9 @@ fn default_part_size() -> String {
 fn default_part_parallel() -> usize {
     4
 }
+fn default_read_timeout() -> String {
+    "30s".into()
+}
 
 impl RepoConfig {
     /// A repository at `url` with defaults for everything else.
@@ -81,6 +89,7 @@ impl RepoConfig {
             max_attempts: default_attempts(),
             part_size: default_part_size(),
             part_parallel: default_part_parallel(),
+            read_timeout: default_read_timeout(),
             ..Default::default()
         }
     }
@@ -117,7 +126,22 @@ impl RepoConfig {
             }
         }
         self.part_size_bytes()?;
+        self.read_timeout_duration()?;
         Ok(())
+    }
+
+    /// `read_timeout` parsed (30 s when empty).
+    pub fn read_timeout_duration(&self) -> Result<std::time::Duration, StoreError> {
+        if self.read_timeout.trim().is_empty() {
+            return Ok(std::time::Duration::from_secs(30));
+        }
+        match humantime::parse_duration(self.read_timeout.trim()) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            _ => Err(StoreError::config(format!(
+                "read_timeout `{}` is not a duration (e.g. 30s)",
+                self.read_timeout
+            ))),
+        }
     }
 
     pub fn part_size_bytes(&self) -> Result<u64, StoreError> {

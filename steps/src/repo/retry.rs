@@ -1,1 +1,316 @@
-//! Retries of repository requests. (Being written.)
+//! Retries of repository requests.
+//!
+//! The S3 client is built with the SDK's own retries disabled (`RetryConfig::disabled()`)
+//! and every request goes through [`Retry::run`] instead, because we want:
+//! full-jitter backoff with our own base and cap, a per-request budget
+//! (`max_attempts` of the repository), one log line per retry, an error that names the
+//! operation, the key, the attempts and the final cause, and exact control of what is
+//! transient (the SDK's standard mode also retries some 4xx codes we treat as final,
+//! and cannot resume a download from the bytes already written).
+
+use super::{StoreError, StoreErrorKind};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use std::future::Future;
+use std::time::Duration;
+
+/// Default first backoff step.
+pub const DEFAULT_BASE: Duration = Duration::from_millis(200);
+/// Default longest backoff.
+pub const DEFAULT_CAP: Duration = Duration::from_secs(10);
+/// Environment overrides of base and cap (milliseconds), for tests and odd networks.
+pub const ENV_BASE_MS: &str = "STAGEHAND_S3_RETRY_BASE_MS";
+pub const ENV_CAP_MS: &str = "STAGEHAND_S3_RETRY_CAP_MS";
+
+/// S3 error codes worth another attempt whatever their HTTP status.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "TooManyRequests",
+    "OperationAborted",
+];
+
+/// The retry policy of one store.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Attempts per request, the first included (at least 1).
+    pub max_attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+    /// Strings scrubbed from every message (the plan's keys).
+    secrets: Vec<String>,
+}
+
+impl Retry {
+    pub fn new(max_attempts: u32, base: Duration, cap: Duration) -> Self {
+        Retry {
+            max_attempts: max_attempts.max(1),
+            base,
+            cap: cap.max(base),
+            secrets: Vec::new(),
+        }
+    }
+
+    /// Base and cap from the environment when set, else the defaults.
+    pub fn from_env(max_attempts: u32) -> Self {
+        let ms = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        Self::new(
+            max_attempts,
+            ms(ENV_BASE_MS).unwrap_or(DEFAULT_BASE),
+            ms(ENV_CAP_MS).unwrap_or(DEFAULT_CAP),
+        )
+    }
+
+    /// Never let these strings reach a message (credentials).
+    pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = String>) -> Self {
+        self.secrets
+            .extend(secrets.into_iter().filter(|s| !s.is_empty()));
+        self
+    }
+
+    /// Full jitter: a uniform pick in `[0, min(cap, base · 2^attempt)]`, so clients
+    /// that failed together do not come back together.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.cap);
+        let ms = ceiling.as_millis().min(u128::from(u64::MAX)) as u64;
+        Duration::from_millis(fastrand::u64(0..=ms))
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), "***");
+        }
+        out
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
+    /// `op` names the S3 operation and `target` the object (`s3://bucket/key`).
+    pub async fn run<T, F, Fut>(&self, op: &str, target: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            match attempt(n).await {
+                Ok(v) => return Ok(v),
+                Err(f) => {
+                    if let Some(e) = self.give_up(op, target, n, &f) {
+                        return Err(e);
+                    }
+                    self.pause(op, target, n, &f).await;
+                }
+            }
+        }
+    }
+
+    /// The final error for failure `f` of attempt `n`, or `None` when another attempt
+    /// is due.
+    pub fn give_up(&self, op: &str, target: &str, n: u32, f: &Failure) -> Option<StoreError> {
+        let cause = self.scrub(&f.cause);
+        if f.kind != StoreErrorKind::Transient {
+            let tail = if n == 1 {
+                "not retried".to_string()
+            } else {
+                format!("attempt {n} of {}, not retried", self.max_attempts)
+            };
+            return Some(StoreError::new(f.kind, format!("{op} {target}: {cause} ({tail})")));
+        }
+        if n >= self.max_attempts {
+            return Some(StoreError::transient(format!(
+                "{op} {target}: failed after {n} attempt{}: {cause}",
+                if n == 1 { "" } else { "s" }
+            )));
+        }
+        None
+    }
+
+    /// Logs the retry and sleeps the backoff for attempt `n`.
+    pub async fn pause(&self, op: &str, target: &str, n: u32, f: &Failure) {
+        let wait = self.backoff(n - 1);
+        tracing::warn!(
+            op,
+            target,
+            attempt = n,
+            max_attempts = self.max_attempts,
+            wait_ms = wait.as_millis() as u64,
+            "S3 request failed, retrying: {}",
+            self.scrub(&f.cause)
+        );
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One failed attempt, classified.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: StoreErrorKind,
+    /// What went wrong, for people (never credentials once scrubbed).
+    pub cause: String,
+    /// The HTTP status when the server answered.
+    pub status: Option<u16>,
+    /// The S3 error code when the server sent one.
+    pub code: Option<String>,
+}
+
+impl Failure {
+    pub fn new(kind: StoreErrorKind, cause: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            cause: cause.into(),
+            status: None,
+            code: None,
+        }
+    }
+    pub fn transient(cause: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Transient, cause)
+    }
+    pub fn permanent(cause: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Permanent, cause)
+    }
+    pub fn is_code(&self, code: &str) -> bool {
+        self.code.as_deref() == Some(code)
+    }
+}
+
+/// Classifies an SDK error: transient (5xx, 429, throttling and timeout codes,
+/// timeouts, connection and I/O errors, unreadable responses) or not (other 4xx).
+pub fn classify<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let e = ctx.err();
+            let code = e.code().map(str::to_string);
+            let kind = classify_status(status, code.as_deref());
+            let mut cause = format!("HTTP {status}");
+            if let Some(c) = &code {
+                cause.push(' ');
+                cause.push_str(c);
+            }
+            if let Some(m) = e.message().filter(|m| !m.is_empty()) {
+                cause.push_str(": ");
+                cause.push_str(m);
+            }
+            Failure {
+                kind,
+                cause,
+                status: Some(status),
+                code,
+            }
+        }
+        SdkError::TimeoutError(_) => Failure::transient(format!("timed out ({})", DisplayErrorContext(err))),
+        SdkError::DispatchFailure(d) => {
+            // A request the client could not even build for sending (bad URI…) will
+            // not improve; everything else here is the network.
+            let kind = if d.is_user() {
+                StoreErrorKind::Permanent
+            } else {
+                StoreErrorKind::Transient
+            };
+            Failure::new(kind, DisplayErrorContext(err).to_string())
+        }
+        SdkError::ResponseError(_) => Failure::transient(DisplayErrorContext(err).to_string()),
+        SdkError::ConstructionFailure(_) => {
+            Failure::new(StoreErrorKind::Config, DisplayErrorContext(err).to_string())
+        }
+        _ => Failure::permanent(DisplayErrorContext(err).to_string()),
+    }
+}
+
+/// What an HTTP status and S3 code mean for a retry.
+pub fn classify_status(status: u16, code: Option<&str>) -> StoreErrorKind {
+    if status >= 500 || status == 429 || status == 408 {
+        return StoreErrorKind::Transient;
+    }
+    if let Some(c) = code {
+        if TRANSIENT_CODES.contains(&c) {
+            return StoreErrorKind::Transient;
+        }
+        if c == "NoSuchKey" || c == "NoSuchUpload" || c == "NotFound" {
+            return StoreErrorKind::NotFound;
+        }
+        return StoreErrorKind::Permanent;
+    }
+    if status == 404 {
+        return StoreErrorKind::NotFound;
+    }
+    StoreErrorKind::Permanent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_codes() {
+        assert_eq!(classify_status(503, Some("SlowDown")), StoreErrorKind::Transient);
+        assert_eq!(classify_status(500, None), StoreErrorKind::Transient);
+        assert_eq!(classify_status(429, None), StoreErrorKind::Transient);
+        assert_eq!(classify_status(400, Some("RequestTimeout")), StoreErrorKind::Transient);
+        assert_eq!(classify_status(403, Some("AccessDenied")), StoreErrorKind::Permanent);
+        assert_eq!(classify_status(403, Some("SignatureDoesNotMatch")), StoreErrorKind::Permanent);
+        assert_eq!(classify_status(403, Some("InvalidAccessKeyId")), StoreErrorKind::Permanent);
+        assert_eq!(classify_status(404, Some("NoSuchBucket")), StoreErrorKind::Permanent);
+        assert_eq!(classify_status(404, Some("NoSuchKey")), StoreErrorKind::NotFound);
+        assert_eq!(classify_status(404, None), StoreErrorKind::NotFound);
+    }
+
+    #[test]
+    fn full_jitter_stays_under_the_ceiling() {
+        let r = Retry::new(6, Duration::from_millis(200), Duration::from_secs(10));
+        for attempt in 0..40 {
+            let ceiling = Duration::from_millis(200 * (1u64 << attempt.min(20))).min(Duration::from_secs(10));
+            for _ in 0..50 {
+                assert!(r.backoff(attempt) <= ceiling);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn budget_and_messages() {
+        let r = Retry::new(3, Duration::from_millis(1), Duration::from_millis(2))
+            .with_secrets(["SECRETKEY".to_string()]);
+        let mut calls = 0;
+        let err = r
+            .run("PutObject", "s3://b/k", |_| {
+                calls += 1;
+                async { Err::<(), _>(Failure::transient("HTTP 500 InternalError: SECRETKEY leaked")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls, 3);
+        assert_eq!(err.kind, StoreErrorKind::Transient);
+        assert!(err.message.contains("after 3 attempts"), "{}", err.message);
+        assert!(err.message.contains("PutObject s3://b/k"), "{}", err.message);
+        assert!(!err.message.contains("SECRETKEY"), "{}", err.message);
+
+        let mut calls = 0;
+        let err = r
+            .run("PutObject", "s3://b/k", |_| {
+                calls += 1;
+                async { Err::<(), _>(Failure::permanent("HTTP 403 AccessDenied")) }
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls, 1);
+        assert_eq!(err.kind, StoreErrorKind::Permanent);
+        assert!(err.message.contains("not retried"), "{}", err.message);
+    }
+}

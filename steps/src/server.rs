@@ -1,0 +1,336 @@
+//! `server` (background): starts `mariadbd` on a datadir (a restored one, typically) so
+//! the steps after it can check it with `sql` steps, and shuts it down cleanly once its
+//! `until` step has finished, or when the run is cancelled.
+//!
+//! ```yaml
+//! - id: restored
+//!   uses: server
+//!   needs: [restore]
+//!   background: true
+//!   until: check
+//!   with: {datadir: /srv/restore/data, socket: /tmp/restore.sock}
+//! - id: check
+//!   uses: sql
+//!   needs: [restored]
+//!   with: {connection: restored, sql: "SELECT COUNT(*) FROM app.orders"}
+//! ```
+//!
+//! The server reads no option file (`--no-defaults`: only `options` apply), listens on
+//! `socket` (and on 127.0.0.1:`port` when given, else `--skip-networking`), uses a
+//! private tmpdir, keeps its error log in the run's state directory and does not start
+//! replication (`--skip-slave-start`). Grants are on: a restored server keeps its
+//! accounts, so the plan's connection uses real credentials. Connecting as `root`
+//! without a password over the socket works when stagehand runs as the OS user `root`
+//! and `root@localhost` has MariaDB's default `unix_socket` authentication.
+//!
+//! The readiness probe and `SHUTDOWN` use `root` over the socket; when that account is
+//! refused, the server still counts as up (it answered) and is stopped with SIGTERM,
+//! the same clean shutdown.
+
+use crate::sandbox::{
+    log_tail_since, server_version, SandboxError, SandboxOptions, SandboxServer, ShutdownMode,
+    LOG_TAIL_LINES,
+};
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often a running server is checked for an unexpected exit.
+const LIVENESS_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The datadir to start on.
+    pub datadir: String,
+    /// The Unix socket to listen on (what the plan's connection uses); at most 107
+    /// bytes, its directory is created when missing.
+    pub socket: String,
+    /// Also listen on 127.0.0.1 at this port (default: no TCP at all).
+    pub port: Option<u16>,
+    /// The system user mariadbd runs as (needs root; default: the current user, `root`
+    /// included).
+    pub user: Option<String>,
+    /// Extra server options: `name: value`, or `name: null` for a flag
+    /// (`skip-log-bin: null`). E.g. innodb_undo_directory, innodb_log_group_home_dir,
+    /// innodb_buffer_pool_size.
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+    /// Path of mariadbd (default: found on PATH, /usr/sbin, /usr/bin).
+    pub binary: Option<String>,
+    /// How long the server may take to accept connections (crash recovery included).
+    #[serde(
+        default = "default_start_timeout",
+        with = "stagehand_engine::model::duration_text"
+    )]
+    #[schemars(with = "String")]
+    pub start_timeout: Duration,
+    /// How long a shutdown may take before the server is killed.
+    #[serde(
+        default = "default_stop_timeout",
+        with = "stagehand_engine::model::duration_text"
+    )]
+    #[schemars(with = "String")]
+    pub stop_timeout: Duration,
+}
+
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Why the server step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("mariadbd did not start on {datadir}: {source}")]
+    Start {
+        datadir: String,
+        source: SandboxError,
+    },
+    #[error("mariadbd on {datadir} exited unexpectedly; last lines of {log}:\n{tail}")]
+    Died {
+        datadir: String,
+        log: String,
+        tail: String,
+    },
+    #[error("mariadbd on {datadir} did not shut down cleanly: {message}")]
+    Stop { datadir: String, message: String },
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl ServerError {
+    fn into_step_error(self) -> StepError {
+        let hint = match &self {
+            ServerError::Start { .. } => Some("the lines above are the end of the server's error log; a restored datadir needs the source's innodb_page_size, undo and log directory settings in `options`"),
+            _ => None,
+        };
+        let e = StepError::fatal(self.to_string());
+        match hint {
+            Some(h) => e.with_hint(h),
+            None => e,
+        }
+    }
+}
+
+pub struct Server;
+
+#[async_trait]
+impl TypedStep for Server {
+    type Config = ServerConfig;
+    const NAME: &'static str = "server";
+    const SUMMARY: &'static str = "Runs mariadbd on a datadir in the background until a later step has finished (checks of a restore)";
+    const BACKGROUND: bool = true;
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("socket", OutputType::String, "the server's Unix socket"),
+            output(
+                "port",
+                OutputType::Integer,
+                "its TCP port on 127.0.0.1 (0: none)",
+            ),
+            output("version", OutputType::String, "mariadbd's version"),
+            output(
+                "started_ms",
+                OutputType::Integer,
+                "time until it accepted connections",
+            ),
+            output(
+                "error_log",
+                OutputType::String,
+                "the server's error log (kept in the run's state directory)",
+            ),
+        ]
+    }
+
+    fn check(cfg: &ServerConfig) -> Result<(), ConfigError> {
+        server_options(cfg).map(|_| ())?;
+        if cfg.socket.len() > crate::sandbox::MAX_SOCKET_PATH_LEN {
+            return Err(ConfigError {
+                path: "socket".into(),
+                message: format!(
+                    "the socket path is longer than {} bytes",
+                    crate::sandbox::MAX_SOCKET_PATH_LEN
+                ),
+                hint: Some("use a short path such as /tmp/restore.sock".into()),
+            });
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &ServerConfig) -> String {
+        let net = match cfg.port {
+            Some(p) => format!(" and 127.0.0.1:{p}"),
+            None => String::new(),
+        };
+        let user = cfg
+            .user
+            .as_ref()
+            .map(|u| format!(" as user {u}"))
+            .unwrap_or_default();
+        let opts = if cfg.options.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " with {}",
+                cfg.options.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        };
+        format!(
+            "starts mariadbd on {}{user}{opts}, listening on {}{net}; shuts it down when its `until` step has finished",
+            cfg.datadir, cfg.socket
+        )
+    }
+
+    async fn run(cfg: &ServerConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let run_dir = ctx.run_dir.join(&ctx.step_id);
+        let opts = sandbox_options(cfg, &run_dir).map_err(ServerError::into_step_error)?;
+        let datadir = cfg.datadir.clone();
+        let start = SandboxServer::start(opts);
+        let mut server = tokio::select! {
+            r = start => r.map_err(|source| ServerError::Start { datadir: datadir.clone(), source }.into_step_error())?,
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+        };
+        let version = server_version(server.binary()).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the server's version");
+            String::new()
+        });
+        let outputs = outputs_of(&server, &version);
+        tracing::info!(socket = %server.socket().display(), %version, "server is up");
+        ctx.signal_ready().await;
+        if ctx.is_background() {
+            watch(ctx, &mut server, &datadir).await?;
+        }
+        let cancelled = ctx.cancel.is_cancelled();
+        stop(server, &datadir).await?;
+        if cancelled {
+            return Err(StepError::cancelled()
+                .with_hint("the server was shut down cleanly before the step ended"));
+        }
+        Ok(outputs)
+    }
+}
+
+/// Waits for the `until` step (or a cancel); fails when the server dies meanwhile.
+async fn watch(
+    ctx: &StepContext,
+    server: &mut SandboxServer,
+    datadir: &str,
+) -> Result<(), StepError> {
+    let until = ctx.wait_until();
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            r = &mut until => {
+                if let Err(e) = r {
+                    tracing::info!(reason = %e, "stopping the server");
+                }
+                return Ok(());
+            }
+            _ = tokio::time::sleep(LIVENESS_EVERY) => {
+                if !server.is_running() {
+                    let log = server.error_log().to_path_buf();
+                    return Err(ServerError::Died {
+                        datadir: datadir.to_string(),
+                        log: log.display().to_string(),
+                        tail: log_tail_since(&log, 0, LOG_TAIL_LINES),
+                    }
+                    .into_step_error());
+                }
+            }
+        }
+    }
+}
+
+/// A clean (fast) shutdown; a failure carries the end of the error log.
+async fn stop(server: SandboxServer, datadir: &str) -> Result<(), StepError> {
+    let log = server.error_log().to_path_buf();
+    let err = |message: String| {
+        ServerError::Stop {
+            datadir: datadir.to_string(),
+            message,
+        }
+        .into_step_error()
+    };
+    match server.shutdown(ShutdownMode::Fast).await {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(err(format!(
+            "it exited with {status}; last lines of {}:\n{}",
+            log.display(),
+            log_tail_since(&log, 0, LOG_TAIL_LINES)
+        ))),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn outputs_of(server: &SandboxServer, version: &str) -> Outputs {
+    let mut o = Outputs::new();
+    o.insert(
+        "socket".into(),
+        json!(server.socket().display().to_string()),
+    );
+    o.insert("port".into(), json!(server.port().unwrap_or(0)));
+    o.insert("version".into(), json!(version));
+    o.insert(
+        "started_ms".into(),
+        json!(server.started_in().as_millis() as u64),
+    );
+    o.insert(
+        "error_log".into(),
+        json!(server.error_log().display().to_string()),
+    );
+    o
+}
+
+fn sandbox_options(cfg: &ServerConfig, run_dir: &Path) -> Result<SandboxOptions, ServerError> {
+    let options = server_options(cfg).map_err(|e| ServerError::Setup(e.message))?;
+    let mut opts = SandboxOptions::new(PathBuf::from(&cfg.datadir), run_dir)
+        .socket_path(&cfg.socket)
+        .options(options)
+        .start_timeout(cfg.start_timeout)
+        .shutdown_timeout(cfg.stop_timeout);
+    if let Some(port) = cfg.port {
+        opts = opts.tcp_port(port);
+    }
+    if let Some(user) = &cfg.user {
+        opts = opts.run_as(user);
+    }
+    if let Some(b) = &cfg.binary {
+        opts = opts.binary(b);
+    }
+    Ok(opts)
+}
+
+/// `options` as `--name=value` pairs: text, numbers and booleans (ON/OFF); null is a
+/// flag.
+fn server_options(cfg: &ServerConfig) -> Result<Vec<(String, Option<String>)>, ConfigError> {
+    cfg.options
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(if *b { "ON" } else { "OFF" }.to_string()),
+                _ => {
+                    return Err(ConfigError {
+                        path: format!("options.{k}"),
+                        message: "a server option is text, a number, a boolean or null".into(),
+                        hint: None,
+                    })
+                }
+            };
+            Ok((k.clone(), value))
+        })
+        .collect()
+}

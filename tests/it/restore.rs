@@ -1,0 +1,497 @@
+//! Restores (`copy_back` + `server`) of a real backup: one throwaway server with binlog
+//! and two undo tablespaces gets known rows, `plans/full-backup.yaml` backs it up and
+//! prepares it (once, shared by the tests), then each test restores it with a small
+//! plan run by the `stagehand` binary: copy_back → server (background, until check) →
+//! sql check of the rows written before the backup.
+
+use crate::cli::stagehand;
+use serde_json::Value;
+use stagehand_steps::testkit::TestServer;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Rows of app.t (id, v = id * 7) and app.a (Aria) written before the backup.
+const ROWS: i64 = 1000;
+const ARIA_ROWS: i64 = 100;
+
+struct Fixture {
+    root: PathBuf,
+    backup: PathBuf,
+    gtid: String,
+}
+
+/// The shared prepared backup, made by the first test that needs it.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(make_fixture())
+    })
+}
+
+async fn make_fixture() -> Fixture {
+    remove_stale_roots();
+    // Short (sockets live here) and traversable by the mysql user (a test runs the
+    // server as mysql).
+    let root = std::env::temp_dir().join(format!("sh-restore-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("fixture root");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let server = TestServer::builder()
+        .name("restore-src")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .option("innodb_undo_tablespaces", Some("2"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE app").await;
+    server
+        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
+        .await;
+    server
+        .exec(&format!(
+            "INSERT INTO app.t SELECT seq, seq * 7 FROM seq_1_to_{ROWS}"
+        ))
+        .await;
+    server
+        .exec("CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria")
+        .await;
+    server
+        .exec(&format!(
+            "INSERT INTO app.a SELECT seq FROM seq_1_to_{ARIA_ROWS}"
+        ))
+        .await;
+    let backup = root.join("backup");
+    let args = [
+        "run".to_string(),
+        "plans/full-backup.yaml".into(),
+        "--set".into(),
+        format!("socket={}", server.socket().display()),
+        "--set".into(),
+        format!("datadir={}", server.datadir().display()),
+        "--set".into(),
+        format!("target={}", backup.display()),
+        "--state-dir".into(),
+        root.join("backup-state").display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = tokio::task::spawn_blocking(move || stagehand(&args))
+        .await
+        .expect("backup thread");
+    assert_eq!(r.code, 0, "the backup runs: {}\n{}", r.stdout, r.stderr);
+    // Rows after the backup must not be in a restore.
+    server.exec("INSERT INTO app.t VALUES (100000, 1)").await;
+    let manifest = read_json(&backup.join("stagehand.json"));
+    assert!(
+        manifest["prepared"].is_object(),
+        "the backup is prepared: {manifest}"
+    );
+    let gtid = manifest["binlog"]["gtid_binlog_pos"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!gtid.is_empty(), "the manifest has a GTID");
+    Fixture { root, backup, gtid }
+}
+
+/// Fixture roots of test processes that are gone.
+fn remove_stale_roots() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("sh-restore-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// A fresh directory for one test under the fixture root.
+fn case_dir(name: &str) -> PathBuf {
+    let d = fixture().root.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("case dir");
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// The plan: copy_back with `copy_back` (YAML flow-mapping body), then, unless
+/// `server` is None, a server with that `with` body until a check of the rows.
+fn plan_text(socket: &Path, copy_back: &str, server: Option<&str>) -> String {
+    let mut s = format!(
+        "version: 1
+name: restore-test
+connections:
+  restored: {{socket: \"{}\", user: root}}
+steps:
+  - id: restore
+    uses: copy_back
+    with: {{{copy_back}}}
+",
+        socket.display()
+    );
+    if let Some(server) = server {
+        s.push_str(&format!(
+            "  - id: restored
+    uses: server
+    needs: [restore]
+    background: true
+    until: check
+    with: {{{server}}}
+  - id: check
+    uses: sql
+    needs: [restored]
+    with:
+      connection: restored
+      sql: SELECT (SELECT COUNT(*) FROM app.t) AS n, (SELECT SUM(v) FROM app.t) AS s, (SELECT COUNT(*) FROM app.a) AS a
+"
+        ));
+    }
+    s
+}
+
+struct PlanRun {
+    code: i32,
+    report: Value,
+    text: String,
+}
+
+fn run(dir: &Path, plan: &str) -> PlanRun {
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, plan).expect("write plan");
+    let state = dir.join("state");
+    let r = stagehand(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+    PlanRun {
+        code: r.code,
+        report,
+        text: format!("stdout: {}\nstderr: {}", r.stdout, r.stderr),
+    }
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+fn num(v: &Value) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(-1),
+        Value::String(s) => s.parse().unwrap_or(-1),
+        _ => -1,
+    }
+}
+
+/// The check step saw exactly the rows written before the backup.
+fn assert_rows(r: &PlanRun) {
+    assert_eq!(r.code, 0, "the restore plan succeeds: {}", r.text);
+    let first = &step(&r.report, "check")["outputs"]["first"];
+    assert_eq!(num(&first["n"]), ROWS, "rows of app.t: {first}");
+    assert_eq!(
+        num(&first["s"]),
+        7 * ROWS * (ROWS + 1) / 2,
+        "SUM(v): {first}"
+    );
+    assert_eq!(num(&first["a"]), ARIA_ROWS, "rows of app.a: {first}");
+}
+
+fn server_with(datadir: &Path, socket: &Path, extra: &str) -> String {
+    format!(
+        "datadir: \"{}\", socket: \"{}\", start_timeout: 60s, options: {{innodb_undo_tablespaces: 2{extra}}}",
+        datadir.display(),
+        socket.display()
+    )
+}
+
+/// Files (relative paths) under a directory.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn restores_a_prepared_backup_and_the_server_starts_on_it() {
+    let f = fixture();
+    let dir = case_dir("basic");
+    let data = dir.join("data");
+    let socket = dir.join("s.sock");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\"",
+        f.backup.display(),
+        data.display()
+    );
+    let r = run(
+        &dir,
+        &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
+    );
+    assert_rows(&r);
+    let out = &step(&r.report, "restore")["outputs"];
+    assert_eq!(
+        out["gtid_binlog_pos"],
+        f.gtid.as_str(),
+        "GTID output: {out}"
+    );
+    assert!(
+        out["binlog_file"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("binlog.")),
+        "{out}"
+    );
+    assert!(
+        num(&out["binlog_position"]) > 0 && num(&out["files"]) > 5 && num(&out["bytes"]) > 0,
+        "{out}"
+    );
+    let srv = &step(&r.report, "restored")["outputs"];
+    assert!(
+        srv["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("10.") || v.starts_with("11.")),
+        "{srv}"
+    );
+    assert_eq!(srv["socket"], socket.display().to_string().as_str());
+    // The backup's own files stay behind; the backup is untouched.
+    let restored = files_under(&data);
+    for f in [
+        "stagehand.json",
+        "backup-my.cnf",
+        "xtrabackup_checkpoints",
+        "xtrabackup_binlog_info",
+        "xtrabackup_info",
+    ] {
+        assert!(
+            !restored.iter().any(|r| r == f),
+            "{f} is not restored: {restored:?}"
+        );
+    }
+    assert!(
+        !restored.iter().any(|r| r.starts_with(".stagehand")),
+        "{restored:?}"
+    );
+    for f in [
+        "ibdata1",
+        "ib_logfile0",
+        "undo001",
+        "undo002",
+        "app/t.ibd",
+        "app/a.MAD",
+    ] {
+        assert!(
+            restored.iter().any(|r| r == f),
+            "{f} is restored: {restored:?}"
+        );
+    }
+    assert!(f.backup.join("ibdata1").exists() && f.backup.join("stagehand.json").exists());
+}
+
+#[test]
+fn a_non_empty_datadir_is_refused_untouched_and_force_replaces_its_contents() {
+    let f = fixture();
+    let dir = case_dir("force");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("olddb")).expect("mkdir");
+    std::fs::write(data.join("leftover.txt"), "old").expect("write");
+    std::fs::write(data.join("olddb/x.frm"), "old").expect("write");
+    let outside = dir.join("outside.txt");
+    std::fs::write(&outside, "keep").expect("write");
+    let before = files_under(&dir);
+    let socket = dir.join("s.sock");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\"",
+        f.backup.display(),
+        data.display()
+    );
+    let r = run(&dir, &plan_text(&socket, &cb, None));
+    assert_eq!(r.code, 1, "refused: {}", r.text);
+    let err = step(&r.report, "restore")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(&data.display().to_string())
+            && err.contains("not empty")
+            && err.contains("leftover.txt"),
+        "the error names the directory and what is in it: {err}"
+    );
+    let after: Vec<String> = files_under(&dir)
+        .into_iter()
+        .filter(|p| !p.starts_with("state") && p != "plan.yaml")
+        .collect();
+    let before: Vec<String> = before
+        .into_iter()
+        .filter(|p| !p.starts_with("state") && p != "plan.yaml")
+        .collect();
+    assert_eq!(after, before, "nothing was written");
+
+    let cb = format!("{cb}, force: true, parallel: 3");
+    let r = run(
+        &dir,
+        &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
+    );
+    assert_rows(&r);
+    assert!(
+        !data.join("leftover.txt").exists() && !data.join("olddb").exists(),
+        "force removed the old contents"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&outside).ok().as_deref(),
+        Some("keep"),
+        "nothing outside the datadir is touched"
+    );
+}
+
+#[test]
+fn an_unprepared_backup_is_refused() {
+    let f = fixture();
+    let dir = case_dir("unprepared");
+    let backup = dir.join("backup");
+    std::fs::create_dir_all(&backup).expect("mkdir");
+    let mut manifest = read_json(&f.backup.join("stagehand.json"));
+    manifest.as_object_mut().expect("object").remove("prepared");
+    std::fs::write(backup.join("stagehand.json"), manifest.to_string()).expect("write");
+    let data = dir.join("data");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\"",
+        backup.display(),
+        data.display()
+    );
+    let r = run(&dir, &plan_text(&dir.join("s.sock"), &cb, None));
+    assert_eq!(r.code, 1, "refused: {}", r.text);
+    let s = step(&r.report, "restore");
+    let err = s["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("not prepared") && err.contains("prepare"),
+        "{s}"
+    );
+    assert!(!data.exists(), "nothing was created");
+}
+
+#[test]
+fn move_mode_empties_the_backup_of_its_data_files() {
+    let f = fixture();
+    let dir = case_dir("move");
+    let backup = dir.join("backup");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&f.backup)
+        .arg(&backup)
+        .status()
+        .expect("cp");
+    assert!(ok.success());
+    let data = dir.join("data");
+    let socket = dir.join("s.sock");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\", mode: move",
+        backup.display(),
+        data.display()
+    );
+    let r = run(
+        &dir,
+        &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
+    );
+    assert_rows(&r);
+    let left = files_under(&backup);
+    for gone in [
+        "ibdata1",
+        "ib_logfile0",
+        "undo001",
+        "app/t.ibd",
+        "app/t.frm",
+        "stagehand.json",
+    ] {
+        assert!(
+            !left.iter().any(|l| l == gone),
+            "{gone} left the backup: {left:?}"
+        );
+    }
+    assert!(left.iter().any(|l| l == "stagehand.moved.json"), "{left:?}");
+    assert!(
+        left.iter().any(|l| l == "backup-my.cnf"),
+        "metadata files stay: {left:?}"
+    );
+}
+
+#[test]
+fn undo_and_log_directories_from_a_defaults_file() {
+    let f = fixture();
+    let dir = case_dir("dirs");
+    let (data, undo, redo) = (dir.join("data"), dir.join("undo"), dir.join("redo"));
+    let cnf = dir.join("my.cnf");
+    std::fs::write(
+        &cnf,
+        format!(
+            "[mysqld]\ndatadir={}\ninnodb_undo_directory={}\ninnodb_log_group_home_dir={}\n",
+            data.display(),
+            undo.display(),
+            redo.display()
+        ),
+    )
+    .expect("write my.cnf");
+    let socket = dir.join("s.sock");
+    let cb = format!(
+        "from: \"{}\", defaults_file: \"{}\", owner: mysql",
+        f.backup.display(),
+        cnf.display()
+    );
+    let extra = format!(
+        ", innodb_undo_directory: \"{}\", innodb_log_group_home_dir: \"{}\"",
+        undo.display(),
+        redo.display()
+    );
+    let server = format!("{}, user: mysql", server_with(&data, &socket, &extra));
+    let r = run(&dir, &plan_text(&socket, &cb, Some(&server)));
+    assert_rows(&r);
+    assert_eq!(files_under(&redo), vec!["ib_logfile0".to_string()]);
+    let undo_files = files_under(&undo);
+    assert!(
+        undo_files.starts_with(&["undo001".to_string(), "undo002".to_string()]),
+        "{undo_files:?}"
+    );
+    let in_data = files_under(&data);
+    assert!(
+        !in_data
+            .iter()
+            .any(|f| f.starts_with("undo00") || f == "ib_logfile0"),
+        "{in_data:?}"
+    );
+    let (mysql_uid, _) = stagehand_steps::sandbox::lookup_user("mysql").expect("mysql user");
+    for p in [
+        data.join("ibdata1"),
+        data.join("app"),
+        data.join("app/t.ibd"),
+        undo.join("undo001"),
+        redo.clone(),
+    ] {
+        let uid = std::fs::metadata(&p).map(|m| m.uid()).unwrap_or(u32::MAX);
+        assert_eq!(uid, mysql_uid, "{} belongs to mysql", p.display());
+    }
+}
