@@ -51,3 +51,44 @@ if ! has_aiosmtpd; then
   fi
   has_aiosmtpd || { echo "aiosmtpd is still missing: install python3-aiosmtpd or pip install aiosmtpd" >&2; exit 1; }
 fi
+
+# The S3 store tests (steps/tests/s3_store.rs) run a real moto_server on loopback. pip
+# into `python3` where that works (pyenv, virtualenvs, Pythons without PEP 668); else,
+# as on a stock Debian 12 (PEP 668: "externally managed"), into a venv of our own,
+# which the test harness also looks in. moto >= 5.2.2: 5.2.1 answers
+# CompleteMultipartUpload with a wrong XML root (getmoto/moto#10055).
+MOTO_SPEC='moto[server]>=5.2.2'
+MOTO_VENV="${HOME}/.local/share/stagehand/moto"
+has_moto() {
+  [ -n "${STAGEHAND_MOTO_SERVER:-}" ] && [ -x "${STAGEHAND_MOTO_SERVER}" ] && return 0
+  command -v moto_server >/dev/null 2>&1 || [ -x "${MOTO_VENV}/bin/moto_server" ] || [ -x "${HOME}/.local/bin/moto_server" ]
+}
+pip_usable() {
+  python3 -m pip --version >/dev/null 2>&1 || return 1
+  # PEP 668: pip refuses to install into an externally managed interpreter.
+  ! python3 -c 'import os, sys, sysconfig; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)' 2>/dev/null
+}
+if ! has_moto; then
+  echo "== installing moto_server (S3 server for the repository tests)"
+  if command -v python3 >/dev/null 2>&1 && pip_usable && python3 -m pip install -q "$MOTO_SPEC"; then
+    # pyenv only shows new console scripts after a rehash.
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash || true; fi
+  fi
+  if ! has_moto; then
+    if [ ! -x "${MOTO_VENV}/bin/pip" ] && ! python3 -m venv "$MOTO_VENV" >/dev/null 2>&1; then
+      # Debian ships venv's pip bootstrap separately (python3-venv).
+      rm -rf "$MOTO_VENV"
+      if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get update -qq
+        $SUDO apt-get install -y -qq --no-install-recommends python3-venv </dev/null
+      fi
+      python3 -m venv "$MOTO_VENV" || {
+        echo "python3 cannot make a venv: install python3-venv, or run pip install '$MOTO_SPEC'" >&2
+        exit 1
+      }
+    fi
+    "${MOTO_VENV}/bin/pip" install -q "$MOTO_SPEC"
+  fi
+  has_moto || { echo "moto_server is still missing: run pip install '$MOTO_SPEC'" >&2; exit 1; }
+fi

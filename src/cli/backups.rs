@@ -8,7 +8,9 @@ use stagehand_steps::manifest::Manifest;
 use stagehand_steps::repo::{BackupEntry, RepoConfig, Repository};
 
 /// Where the repository is: its URL plus the S3 settings a plan would give. Keys come
-/// from the usual AWS chain (AWS_ACCESS_KEY_ID, profiles, roles), never from flags.
+/// from STAGEHAND_S3_ACCESS_KEY_ID / STAGEHAND_S3_SECRET_ACCESS_KEY (as the shipped
+/// plans' secrets) or the usual AWS chain (AWS_ACCESS_KEY_ID, profiles, roles), never
+/// from flags (they would show in `ps`).
 #[derive(ClapArgs, Debug, Clone)]
 pub struct RepoArgs {
     /// `/path`, `file:///path` or `s3://bucket/prefix`.
@@ -29,6 +31,10 @@ impl RepoArgs {
         cfg.endpoint = self.endpoint.clone();
         cfg.region = self.region.clone();
         cfg.path_style = self.path_style;
+        // The same variables the shipped plans read their S3 secrets from; else the
+        // AWS chain.
+        cfg.access_key_id = std::env::var("STAGEHAND_S3_ACCESS_KEY_ID").ok();
+        cfg.secret_access_key = std::env::var("STAGEHAND_S3_SECRET_ACCESS_KEY").ok();
         cfg
     }
 }

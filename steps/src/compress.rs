@@ -280,6 +280,17 @@ pub(crate) fn remove_stale_tmps(dir: &Path, f: &CopiedFile) -> Result<(), StepEr
     Ok(())
 }
 
+/// A stored form this build can read (zstd).
+pub fn check_codec(f: &CopiedFile) -> Result<(), StorageError> {
+    match &f.stored {
+        Some(s) if s.codec != CODEC => Err(StorageError::Codec {
+            path: f.path.clone(),
+            codec: s.codec.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn lost(f: &CopiedFile) -> StorageError {
     StorageError::Lost {
         path: f.path.clone(),
@@ -300,6 +311,8 @@ pub enum StorageError {
     Corrupt { path: String, what: String },
     #[error("{path}: neither the file nor its stored object {stored} is in the backup: the backup is incomplete")]
     Lost { path: String, stored: String },
+    #[error("{path}: stored with codec `{codec}`, which this build does not read (only `zstd`)")]
+    Codec { path: String, codec: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -308,6 +321,7 @@ impl StorageError {
     pub fn into_step_error(self) -> StepError {
         let hint = match &self {
             StorageError::Io { .. } => return StepError::fatal(self.to_string()),
+            StorageError::Codec { .. } => "use a stagehand version that knows the codec",
             StorageError::Cancelled => {
                 return StepError::cancelled()
                     .with_hint("run the step again: it carries on where it stopped")

@@ -864,7 +864,7 @@ fn run_parallel(
     counter: &ByteCounter,
     written: &Mutex<Vec<Written>>,
 ) -> Result<(), CopyBackError> {
-    items.sort_by(|a, b| b.size.cmp(&a.size));
+    items.sort_by_key(|i| std::cmp::Reverse(i.size));
     let queue = Mutex::new(items.into_iter());
     let first_error: Mutex<Option<CopyBackError>> = Mutex::new(None);
     let failed = AtomicBool::new(false);

@@ -11,9 +11,9 @@
 //! object; file only while the manifest says stored → hash it and take it over.
 
 use crate::compress::{
-    check_data, check_parallel, corrupt, default_parallel, io_at, lost, rates, read_manifest,
-    remove_if_there, remove_stale_tmps, run_pool, stored_path, sync_parent, tmp_path, Action,
-    HashingReader, HashingWriter, Job, Outcome, StorageError, StoredReader, Work,
+    check_codec, check_data, check_parallel, corrupt, default_parallel, io_at, lost, rates,
+    read_manifest, remove_if_there, remove_stale_tmps, run_pool, stored_path, sync_parent,
+    tmp_path, Action, HashingReader, HashingWriter, Job, Outcome, StorageError, StoredReader, Work,
 };
 use crate::manifest::Manifest;
 use crate::pagecopy::CopiedFile;
@@ -136,6 +136,7 @@ fn plan_decompress(dir: &Path, m: &Manifest) -> Result<Vec<Job>, StepError> {
     let mut jobs = Vec::new();
     for (index, f) in m.files.iter().enumerate() {
         remove_stale_tmps(dir, f)?;
+        check_codec(f).map_err(StorageError::into_step_error)?;
         let rel_zst = stored_path(f);
         let plain = dir.join(&f.path).is_file();
         let zst = dir.join(&rel_zst).is_file();
@@ -355,6 +356,31 @@ mod tests {
             .await
             .expect("cleanup");
         assert!(!d.path().join("db/t.ibd.zst").exists());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_codec_is_refused_before_anything_is_touched() {
+        let d = tempfile::tempdir().expect("tempdir");
+        sample(d.path());
+        Compress::run(&cfg(d.path()), &ctx())
+            .await
+            .expect("compress");
+        let mut m = Manifest::read(d.path()).expect("manifest");
+        for f in m.files.iter_mut().filter(|f| f.path == "db/t.ibd") {
+            if let Some(s) = f.stored.as_mut() {
+                s.codec = "lz4".into();
+            }
+        }
+        m.write(d.path()).expect("write");
+        let e = Decompress::run(&dcfg(d.path()), &ctx())
+            .await
+            .expect_err("codec");
+        assert!(
+            e.message.contains("db/t.ibd") && e.message.contains("lz4"),
+            "{}",
+            e.message
+        );
+        assert!(d.path().join("ibdata1.zst").exists(), "nothing touched");
     }
 
     #[tokio::test]

@@ -594,13 +594,13 @@ mod tests {
             },
         ];
         let plan = retention::decide(&backups, &policy, now()).expect("plan");
-        let sizes = HashMap::from([("20261101T010000Z".to_string(), 2_000_000u64)]);
+        let sizes = HashMap::from([("20261101T010000Z".to_string(), 2_097_152u64)]);
         let f = findings("/repo", &plan, &sizes, false);
         let text: Vec<(Level, &str)> = f.iter().map(|f| (f.level, f.message.as_str())).collect();
         assert_eq!(
             text,
             [
-                (Level::Ok, "/repo: 3 backups: keeps 2, deletes 1 (2.0 MB)"),
+                (Level::Ok, "/repo: 3 backups: keeps 2, deletes 1 (2.0 MiB)"),
                 (
                     Level::Warn,
                     "  keep    20261121T020000Z  incomplete: left alone"

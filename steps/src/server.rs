@@ -28,13 +28,14 @@
 //! the same clean shutdown.
 
 use crate::sandbox::{
-    log_tail_since, server_version, SandboxError, SandboxOptions, SandboxServer, ShutdownMode,
-    LOG_TAIL_LINES,
+    find_binary, log_tail_since, server_version, SandboxError, SandboxOptions, SandboxServer,
+    ShutdownMode, LOG_TAIL_LINES,
 };
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -111,7 +112,7 @@ pub enum ServerError {
 impl ServerError {
     fn into_step_error(self) -> StepError {
         let hint = match &self {
-            ServerError::Start { .. } => Some("the lines above are the end of the server's error log; a restored datadir needs the source's innodb_page_size, undo and log directory settings in `options`"),
+            ServerError::Start { .. } => Some("the lines above end the server's error log: a restored datadir needs the source's innodb_page_size and undo/log directories in `options`, and a server run as `user` needs write access to its datadir and socket directory"),
             _ => None,
         };
         let e = StepError::fatal(self.to_string());
@@ -190,6 +191,36 @@ impl TypedStep for Server {
             "starts mariadbd on {}{user}{opts}, listening on {}{net}; shuts it down when its `until` step has finished",
             cfg.datadir, cfg.socket
         )
+    }
+
+    async fn preflight(cfg: &ServerConfig, _ctx: &StepContext) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let binary = match &cfg.binary {
+            Some(b) => find_binary(b),
+            None => find_binary("mariadbd"),
+        };
+        match binary {
+            Some(b) => match server_version(&b).await {
+                Ok(v) => out.push(Finding::ok(format!("{} is MariaDB {v}", b.display()))),
+                Err(e) => out.push(Finding::error(e.to_string())),
+            },
+            None => out.push(Finding::error(
+                "mariadbd not found (apt-get install mariadb-server)",
+            )),
+        }
+        if !Path::new(&cfg.datadir).is_dir() {
+            out.push(Finding::warn(format!(
+                "{} does not exist yet (fine when an earlier step restores it)",
+                cfg.datadir
+            )));
+        }
+        if Path::new(&cfg.socket).exists() {
+            out.push(Finding::warn(format!(
+                "{} exists: is another server listening there?",
+                cfg.socket
+            )));
+        }
+        out
     }
 
     async fn run(cfg: &ServerConfig, ctx: &StepContext) -> Result<Outputs, StepError> {

@@ -118,7 +118,9 @@ impl MotoServer {
                 });
             }
         }
-        let mut child = cmd.spawn().map_err(io(format!("starting {}", bin.display())))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(io(format!("starting {}", bin.display())))?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         // Keep the last lines of its log for a startup failure, and drain the pipe.
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -190,7 +192,12 @@ impl MotoServer {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| HarnessError::S3(format!("CreateBucket {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e))))
+            .map_err(|e| {
+                HarnessError::S3(format!(
+                    "CreateBucket {bucket}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                ))
+            })
     }
 }
 
@@ -210,8 +217,7 @@ fn http_ok(addr: SocketAddr) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     use std::io::Write;
-    if s
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -260,7 +266,13 @@ pub fn unique_bucket(tag: &str) -> String {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tag: String = tag
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(30)
         .collect();
     format!("sh-{tag}-{}-{n}", std::process::id())
@@ -380,7 +392,9 @@ impl FaultProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(io("binding the fault proxy"))?;
-        let addr = listener.local_addr().map_err(io("binding the fault proxy"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("binding the fault proxy"))?;
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -473,7 +487,10 @@ pub fn s3_operation(method: &str, target: &str) -> String {
         return x.to_string();
     }
     let has = |k: &str| params.contains(k);
-    let object = path.trim_start_matches('/').split_once('/').is_some_and(|(_, k)| !k.is_empty());
+    let object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, k)| !k.is_empty());
     let op = match method {
         "POST" if has("uploads") => "CreateMultipartUpload",
         "POST" if has("uploadId") => "CompleteMultipartUpload",
@@ -561,11 +578,14 @@ async fn read_request(s: &mut TcpStream) -> std::io::Result<Option<Request>> {
     if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
-    let chunked = header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked =
+        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
     let body = if chunked {
         read_chunked(s, rest).await?
     } else {
-        let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let len: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if rest.len() < len {
             let missing = len - rest.len();
             read_more(s, &mut rest, missing).await?;
@@ -621,9 +641,16 @@ async fn read_chunked(s: &mut TcpStream, mut buf: Vec<u8>) -> std::io::Result<Ve
 }
 
 fn is_hop_header(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "expect", "transfer-encoding", "content-length"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "expect",
+        "transfer-encoding",
+        "content-length",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 async fn handle(
@@ -660,7 +687,11 @@ async fn handle(
             let xml = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the fault proxy</Message><RequestId>faultproxy</RequestId></Error>"
             );
-            let body = if req.method == "HEAD" { "" } else { xml.as_str() };
+            let body = if req.method == "HEAD" {
+                ""
+            } else {
+                xml.as_str()
+            };
             let resp = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nx-amz-request-id: faultproxy\r\nConnection: close\r\n\r\n{body}",
                 reason(status),
@@ -709,7 +740,10 @@ async fn forward(
     for (k, v) in req.headers.iter().filter(|(k, _)| !is_hop_header(k)) {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
-    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", req.body.len()));
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        req.body.len()
+    ));
     up.write_all(head.as_bytes()).await?;
     up.write_all(&req.body).await?;
     up.flush().await?;
@@ -719,7 +753,11 @@ async fn forward(
     };
     // The client must not reuse its connection: this one ends with the response.
     let mut out = String::new();
-    for (i, line) in resp_head.split("\r\n").filter(|l| !l.is_empty()).enumerate() {
+    for (i, line) in resp_head
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         if i > 0 {
             let name = line.split(':').next().unwrap_or("");
             if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive") {
@@ -764,11 +802,26 @@ mod tests {
     #[test]
     fn operations() {
         assert_eq!(s3_operation("PUT", "/b/k?x-id=PutObject"), "PutObject");
-        assert_eq!(s3_operation("PUT", "/b/k?partNumber=1&uploadId=x"), "UploadPart");
-        assert_eq!(s3_operation("POST", "/b/k?uploads"), "CreateMultipartUpload");
-        assert_eq!(s3_operation("POST", "/b/k?uploadId=x"), "CompleteMultipartUpload");
-        assert_eq!(s3_operation("GET", "/b?list-type=2&prefix=p"), "ListObjectsV2");
-        assert_eq!(s3_operation("GET", "/b?uploads&prefix=p"), "ListMultipartUploads");
+        assert_eq!(
+            s3_operation("PUT", "/b/k?partNumber=1&uploadId=x"),
+            "UploadPart"
+        );
+        assert_eq!(
+            s3_operation("POST", "/b/k?uploads"),
+            "CreateMultipartUpload"
+        );
+        assert_eq!(
+            s3_operation("POST", "/b/k?uploadId=x"),
+            "CompleteMultipartUpload"
+        );
+        assert_eq!(
+            s3_operation("GET", "/b?list-type=2&prefix=p"),
+            "ListObjectsV2"
+        );
+        assert_eq!(
+            s3_operation("GET", "/b?uploads&prefix=p"),
+            "ListMultipartUploads"
+        );
         assert_eq!(s3_operation("HEAD", "/b/k"), "HeadObject");
         assert_eq!(s3_operation("PUT", "/b"), "CreateBucket");
         assert_eq!(s3_operation("POST", "/b?delete"), "DeleteObjects");

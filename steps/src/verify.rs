@@ -200,6 +200,7 @@ impl Read for Data {
 }
 
 fn open_data(dir: &Path, f: &CopiedFile) -> std::io::Result<Data> {
+    crate::compress::check_codec(f).map_err(std::io::Error::other)?;
     Ok(match &f.stored {
         Some(s) => Data::Stored(Box::new(StoredReader::open(&dir.join(&s.path))?)),
         None => Data::Plain(std::fs::File::open(dir.join(&f.path))?),
@@ -447,4 +448,56 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StepError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::tests::{backup, cfg, ctx, text};
+    use crate::compress::Compress;
+    use stagehand_engine::TypedStep;
+
+    #[tokio::test]
+    async fn a_compressed_backup_is_checked_through_its_objects() {
+        let d = tempfile::tempdir().expect("tempdir");
+        backup(
+            d.path(),
+            &[("ibdata1", text(1 << 20)), ("db/t.frm", text(5000))],
+        );
+        Compress::run(&cfg(d.path()), &ctx())
+            .await
+            .expect("compress");
+        let m = Manifest::read(d.path()).expect("manifest");
+        let none = tokio_util::sync::CancellationToken::new();
+        let (bytes, _) = check_files(d.path(), &m, &none).expect("verifies");
+        assert_eq!(bytes, m.data_bytes());
+
+        // A flipped byte in an object is named.
+        let obj = d.path().join("db/t.frm.zst");
+        let mut b = std::fs::read(&obj).expect("read");
+        let mid = b.len() / 2;
+        b[mid] ^= 1;
+        std::fs::write(&obj, &b).expect("write");
+        let e = check_files(d.path(), &m, &none).expect_err("damaged");
+        assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
+        b[mid] ^= 1;
+        std::fs::write(&obj, &b).expect("write");
+
+        // Bytes appended after the frame: the object's hash catches them.
+        b.extend_from_slice(b"tail");
+        std::fs::write(&obj, &b).expect("write");
+        let e = check_files(d.path(), &m, &none).expect_err("appended");
+        assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
+
+        // The original left beside its object is not in the manifest.
+        b.truncate(b.len() - 4);
+        std::fs::write(&obj, &b).expect("write");
+        std::fs::write(d.path().join("ibdata1"), text(1 << 20)).expect("write");
+        let e = check_files(d.path(), &m, &none).expect_err("stray original");
+        assert!(
+            e.message.contains("ibdata1: not in the manifest"),
+            "{}",
+            e.message
+        );
+    }
 }

@@ -19,3 +19,4 @@ mod rotate;
 mod servers;
 mod storage_compress;
 mod restore;
+mod storage_roundtrip;

@@ -52,7 +52,7 @@ async fn make_fixture() -> Fixture {
         .await;
     server
         .exec(&format!(
-            "INSERT INTO app.t SELECT seq, seq * 7 FROM seq_1_to_{ROWS}"
+            "INSERT INTO app.t SELECT seq, seq * 7 FROM app.seq_1_to_{ROWS}"
         ))
         .await;
     server
@@ -60,7 +60,7 @@ async fn make_fixture() -> Fixture {
         .await;
     server
         .exec(&format!(
-            "INSERT INTO app.a SELECT seq FROM seq_1_to_{ARIA_ROWS}"
+            "INSERT INTO app.a SELECT seq FROM app.seq_1_to_{ARIA_ROWS}"
         ))
         .await;
     let backup = root.join("backup");
@@ -77,9 +77,8 @@ async fn make_fixture() -> Fixture {
         root.join("backup-state").display().to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = tokio::task::spawn_blocking(move || stagehand(&args))
-        .await
-        .expect("backup thread");
+    // Nothing else runs on this runtime: blocking here is fine.
+    let r = stagehand(&args);
     assert_eq!(r.code, 0, "the backup runs: {}\n{}", r.stdout, r.stderr);
     // Rows after the backup must not be in a restore.
     server.exec("INSERT INTO app.t VALUES (100000, 1)").await;
@@ -456,7 +455,8 @@ fn undo_and_log_directories_from_a_defaults_file() {
         ),
     )
     .expect("write my.cnf");
-    let socket = dir.join("s.sock");
+    // A directory the step creates, so that it is handed to the mysql user.
+    let socket = dir.join("sock/s.sock");
     let cb = format!(
         "from: \"{}\", defaults_file: \"{}\", owner: mysql",
         f.backup.display(),
@@ -494,4 +494,46 @@ fn undo_and_log_directories_from_a_defaults_file() {
         let uid = std::fs::metadata(&p).map(|m| m.uid()).unwrap_or(u32::MAX);
         assert_eq!(uid, mysql_uid, "{} belongs to mysql", p.display());
     }
+}
+
+#[test]
+fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
+    let f = fixture();
+    let dir = case_dir("damaged");
+    let backup = dir.join("backup");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&f.backup)
+        .arg(&backup)
+        .status()
+        .expect("cp");
+    assert!(ok.success());
+    // One flipped byte in the middle of a tablespace.
+    let victim = backup.join("app/t.ibd");
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, bytes).expect("write");
+    let data = dir.join("data");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\", parallel: 1",
+        backup.display(),
+        data.display()
+    );
+    let r = run(&dir, &plan_text(&dir.join("s.sock"), &cb, None));
+    assert_eq!(r.code, 1, "refused: {}", r.text);
+    let err = step(&r.report, "restore")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("app/t.ibd")
+            && err.contains("does not match the manifest")
+            && err.contains("undone"),
+        "{err}"
+    );
+    assert!(
+        !data.exists(),
+        "what was written is removed again, the datadir too"
+    );
 }

@@ -271,7 +271,7 @@ fn old_incomplete_backups_go_when_asked() {
     let repo = dir.path().join("repo");
     let newest = Synthetic::complete(HOUR).write(&repo);
     let interrupted = Synthetic::incomplete(2 * DAY).write(&repo);
-    let running = Synthetic::incomplete(HOUR).write(&repo);
+    let running = Synthetic::incomplete(2 * HOUR).write(&repo);
     let plan = rotate_plan(
         dir.path(),
         &repo,
@@ -279,7 +279,7 @@ fn old_incomplete_backups_go_when_asked() {
     );
     let r = run_plan(dir.path(), &plan, &[], &[]);
     let out = succeeded(&r);
-    assert_eq!(ids(&out["deleted_ids"]), [interrupted.clone()]);
+    assert_eq!(ids(&out["deleted_ids"]), [interrupted]);
     let mut left = vec![newest, running];
     left.sort();
     assert_eq!(folders(&repo), left);

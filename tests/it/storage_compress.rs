@@ -237,8 +237,12 @@ async fn compressed_backup_verifies_flags_a_flipped_byte_and_decompresses_to_the
     let victim = dir.join("app/hashes.ibd.zst");
     let mid = std::fs::metadata(&victim).expect("object").len() / 2;
     flip(&victim, mid);
-    let (r, _) = run_plan(work.path(), &p.verify, &dir);
+    let (r, report) = run_plan(work.path(), &p.verify, &dir);
     assert_eq!(r.code, 1, "verify fails:\n{}\n{}", r.stdout, r.stderr);
+    eprintln!(
+        "verify of the damaged backup: {}",
+        report["steps"][0]["error"]
+    );
     assert!(
         r.stdout.contains("app/hashes.ibd.zst") || r.stderr.contains("app/hashes.ibd.zst"),
         "the error names the object:\n{}\n{}",

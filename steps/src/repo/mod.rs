@@ -94,6 +94,23 @@ impl RepoConfig {
         }
     }
 
+    /// Empty optional fields as absent: plans pass optional params and secrets (which
+    /// render as empty strings when not given).
+    pub fn normalized(&self) -> RepoConfig {
+        let none_if_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        RepoConfig {
+            endpoint: none_if_empty(&self.endpoint),
+            region: none_if_empty(&self.region),
+            access_key_id: none_if_empty(&self.access_key_id),
+            secret_access_key: none_if_empty(&self.secret_access_key),
+            session_token: none_if_empty(&self.session_token),
+            storage_class: none_if_empty(&self.storage_class),
+            sse: none_if_empty(&self.sse),
+            sse_kms_key_id: none_if_empty(&self.sse_kms_key_id),
+            ..self.clone()
+        }
+    }
+
     pub fn kind(&self) -> Result<RepoKind, StoreError> {
         RepoKind::parse(&self.url)
     }
@@ -101,18 +118,17 @@ impl RepoConfig {
     /// Checks the configuration without touching the repository (for validation and
     /// dry-run).
     pub fn check(&self) -> Result<(), StoreError> {
-        let kind = self.kind()?;
-        if matches!(kind, RepoKind::Local(_))
-            && (self.endpoint.is_some()
-                || self.access_key_id.is_some()
-                || self.storage_class.is_some()
-                || self.sse.is_some())
-        {
-            return Err(StoreError::config(format!(
-                "{}: S3 settings (endpoint, keys, storage_class, sse) given for a local repository",
-                self.url
-            )));
+        self.normalized().check_normalized()
+    }
+
+    fn check_normalized(&self) -> Result<(), StoreError> {
+        if self.url.is_empty() {
+            // A plan checked with sample values; the run names the repository.
+            return Ok(());
         }
+        // S3 settings are ignored for a directory: a plan may pass them from params
+        // that serve both kinds.
+        self.kind()?;
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(StoreError::config(
                 "access_key_id and secret_access_key go together",
@@ -160,7 +176,7 @@ impl RepoConfig {
 
     /// The repository for people: the URL (never keys), and the endpoint if any.
     pub fn describe(&self) -> String {
-        match &self.endpoint {
+        match &self.normalized().endpoint {
             Some(e) => format!("{} (endpoint {e})", self.url),
             None => self.url.clone(),
         }
@@ -325,6 +341,10 @@ impl StoreError {
 
 /// Opens the store a repository configuration names.
 pub async fn open_store(cfg: &RepoConfig) -> Result<Arc<dyn Store>, StoreError> {
+    let cfg = &cfg.normalized();
+    if cfg.url.is_empty() {
+        return Err(StoreError::config("no repository url"));
+    }
     cfg.check()?;
     match cfg.kind()? {
         RepoKind::Local(path) => Ok(Arc::new(local::LocalStore::new(path))),

@@ -98,7 +98,12 @@ impl Retry {
 
     /// Runs `attempt` until it succeeds, fails for good, or the budget is spent.
     /// `op` names the S3 operation and `target` the object (`s3://bucket/key`).
-    pub async fn run<T, F, Fut>(&self, op: &str, target: &str, mut attempt: F) -> Result<T, StoreError>
+    pub async fn run<T, F, Fut>(
+        &self,
+        op: &str,
+        target: &str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -128,7 +133,10 @@ impl Retry {
             } else {
                 format!("attempt {n} of {}, not retried", self.max_attempts)
             };
-            return Some(StoreError::new(f.kind, format!("{op} {target}: {cause} ({tail})")));
+            return Some(StoreError::new(
+                f.kind,
+                format!("{op} {target}: {cause} ({tail})"),
+            ));
         }
         if n >= self.max_attempts {
             return Some(StoreError::transient(format!(
@@ -204,9 +212,16 @@ where
                 cause.push(' ');
                 cause.push_str(c);
             }
-            if let Some(m) = e.message().filter(|m| !m.is_empty()) {
-                cause.push_str(": ");
-                cause.push_str(m);
+            match e.message().filter(|m| !m.is_empty()) {
+                Some(m) => {
+                    cause.push_str(": ");
+                    cause.push_str(m);
+                }
+                None if code.is_none() => {
+                    cause.push_str(": ");
+                    cause.push_str(&DisplayErrorContext(e).to_string());
+                }
+                None => {}
             }
             Failure {
                 kind,
@@ -215,7 +230,9 @@ where
                 code,
             }
         }
-        SdkError::TimeoutError(_) => Failure::transient(format!("timed out ({})", DisplayErrorContext(err))),
+        SdkError::TimeoutError(_) => {
+            Failure::transient(format!("timed out ({})", DisplayErrorContext(err)))
+        }
         SdkError::DispatchFailure(d) => {
             // A request the client could not even build for sending (bad URI…) will
             // not improve; everything else here is the network.
@@ -236,7 +253,8 @@ where
 
 /// What an HTTP status and S3 code mean for a retry.
 pub fn classify_status(status: u16, code: Option<&str>) -> StoreErrorKind {
-    if status >= 500 || status == 429 || status == 408 {
+    // A success whose body did not parse: damaged on the way, like a truncated body.
+    if status >= 500 || status == 429 || status == 408 || (200..300).contains(&status) {
         return StoreErrorKind::Transient;
     }
     if let Some(c) = code {
@@ -260,15 +278,36 @@ mod tests {
 
     #[test]
     fn statuses_and_codes() {
-        assert_eq!(classify_status(503, Some("SlowDown")), StoreErrorKind::Transient);
+        assert_eq!(
+            classify_status(503, Some("SlowDown")),
+            StoreErrorKind::Transient
+        );
         assert_eq!(classify_status(500, None), StoreErrorKind::Transient);
         assert_eq!(classify_status(429, None), StoreErrorKind::Transient);
-        assert_eq!(classify_status(400, Some("RequestTimeout")), StoreErrorKind::Transient);
-        assert_eq!(classify_status(403, Some("AccessDenied")), StoreErrorKind::Permanent);
-        assert_eq!(classify_status(403, Some("SignatureDoesNotMatch")), StoreErrorKind::Permanent);
-        assert_eq!(classify_status(403, Some("InvalidAccessKeyId")), StoreErrorKind::Permanent);
-        assert_eq!(classify_status(404, Some("NoSuchBucket")), StoreErrorKind::Permanent);
-        assert_eq!(classify_status(404, Some("NoSuchKey")), StoreErrorKind::NotFound);
+        assert_eq!(
+            classify_status(400, Some("RequestTimeout")),
+            StoreErrorKind::Transient
+        );
+        assert_eq!(
+            classify_status(403, Some("AccessDenied")),
+            StoreErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_status(403, Some("SignatureDoesNotMatch")),
+            StoreErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_status(403, Some("InvalidAccessKeyId")),
+            StoreErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_status(404, Some("NoSuchBucket")),
+            StoreErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_status(404, Some("NoSuchKey")),
+            StoreErrorKind::NotFound
+        );
         assert_eq!(classify_status(404, None), StoreErrorKind::NotFound);
     }
 
@@ -276,7 +315,8 @@ mod tests {
     fn full_jitter_stays_under_the_ceiling() {
         let r = Retry::new(6, Duration::from_millis(200), Duration::from_secs(10));
         for attempt in 0..40 {
-            let ceiling = Duration::from_millis(200 * (1u64 << attempt.min(20))).min(Duration::from_secs(10));
+            let ceiling =
+                Duration::from_millis(200 * (1u64 << attempt.min(20))).min(Duration::from_secs(10));
             for _ in 0..50 {
                 assert!(r.backoff(attempt) <= ceiling);
             }
@@ -291,14 +331,22 @@ mod tests {
         let err = r
             .run("PutObject", "s3://b/k", |_| {
                 calls += 1;
-                async { Err::<(), _>(Failure::transient("HTTP 500 InternalError: SECRETKEY leaked")) }
+                async {
+                    Err::<(), _>(Failure::transient(
+                        "HTTP 500 InternalError: SECRETKEY leaked",
+                    ))
+                }
             })
             .await
             .unwrap_err();
         assert_eq!(calls, 3);
         assert_eq!(err.kind, StoreErrorKind::Transient);
         assert!(err.message.contains("after 3 attempts"), "{}", err.message);
-        assert!(err.message.contains("PutObject s3://b/k"), "{}", err.message);
+        assert!(
+            err.message.contains("PutObject s3://b/k"),
+            "{}",
+            err.message
+        );
         assert!(!err.message.contains("SECRETKEY"), "{}", err.message);
 
         let mut calls = 0;

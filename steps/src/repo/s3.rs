@@ -10,7 +10,6 @@
 use super::retry::{classify, Failure, Retry};
 use super::{ByteCounter, ObjectInfo, RepoConfig, Store, StoreError, StoreErrorKind};
 use async_trait::async_trait;
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::BehaviorVersion;
 use aws_credential_types::Credentials;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -63,10 +62,12 @@ pub fn multipart_etag(part_md5s: &[[u8; 16]]) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn md5_of(data: &[u8]) -> [u8; 16] {
@@ -105,15 +106,16 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::from_static("us-east-1"));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
-            .region(region)
             // Our own loop retries (retry.rs says why).
             .retry_config(RetryConfig::disabled())
             .timeout_config(timeouts(read_timeout, 0));
+        // Without a region here the loader's chain (environment, profile, IMDS) asks,
+        // with our HTTP client; us-east-1 when nothing says.
+        if let Some(r) = &cfg.region {
+            loader = loader.region(Region::new(r.clone()));
+        }
         if let Some(ep) = &cfg.endpoint {
             loader = loader.endpoint_url(ep);
         }
@@ -130,7 +132,11 @@ impl S3Store {
             ));
         }
         let sdk = loader.load().await;
-        let conf = aws_sdk_s3::config::Builder::from(&sdk)
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::from_static("us-east-1"));
+        }
+        let conf = conf
             .force_path_style(cfg.path_style)
             // Third-party servers (older MinIO, Ceph, Garage) reject or ignore the
             // newer flexible checksums; Content-MD5 covers our bodies.
@@ -215,6 +221,14 @@ macro_rules! new_object_settings {
         }
         r
     }};
+}
+
+/// A part the server has.
+struct SentPart {
+    number: i32,
+    etag: String,
+    md5: [u8; 16],
+    len: u64,
 }
 
 /// One part read from the file.
@@ -369,12 +383,17 @@ impl Inner {
                 )));
             }
         }
-        self.verify_head(full, len, sha256).await
+        self.verify_head(full, len, sha256).await.map(|_| ())
     }
 
     /// HEAD: the object must have `size` bytes and metadata `sha256`; otherwise it is
-    /// removed (no wrong object stays under the key).
-    async fn verify_head(&self, full: &str, size: u64, sha256: &str) -> Result<(), StoreError> {
+    /// removed (no wrong object stays under the key). Returns its ETag.
+    async fn verify_head(
+        &self,
+        full: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<Option<String>, StoreError> {
         let target = self.target(full);
         let head = self
             .retry
@@ -384,7 +403,10 @@ impl Inner {
             })
             .await?;
         let got_size = head.content_length().unwrap_or(-1);
-        let got_sha = head.metadata().and_then(|m| m.get("sha256")).map(String::as_str);
+        let got_sha = head
+            .metadata()
+            .and_then(|m| m.get("sha256"))
+            .map(String::as_str);
         if got_size != size as i64 || got_sha != Some(sha256) {
             let _ = self.delete_one(full).await;
             return Err(StoreError::mismatch(format!(
@@ -392,7 +414,7 @@ impl Inner {
                 got_sha.unwrap_or("(none)")
             )));
         }
-        Ok(())
+        Ok(head.e_tag().map(|e| unquote(e).to_string()))
     }
 
     async fn delete_one(&self, full: &str) -> Result<(), StoreError> {
@@ -431,7 +453,7 @@ impl Inner {
         upload_id: String,
         number: i32,
         part: PartData,
-    ) -> Result<(i32, String, [u8; 16], u64), StoreError> {
+    ) -> Result<SentPart, StoreError> {
         let target = format!("{} part {number}", self.target(&full));
         let md5_b64 = aws_smithy_types::base64::encode(part.md5);
         let len = part.bytes.len() as u64;
@@ -458,14 +480,22 @@ impl Inner {
                 }
             })
             .await?;
-        let etag = out.e_tag().map(|e| unquote(e).to_string()).unwrap_or_default();
+        let etag = out
+            .e_tag()
+            .map(|e| unquote(e).to_string())
+            .unwrap_or_default();
         if !self.is_kms() && !etag.is_empty() && etag != hex(&part.md5) {
             return Err(StoreError::mismatch(format!(
                 "UploadPart {target}: ETag {etag}, expected the MD5 {}",
                 hex(&part.md5)
             )));
         }
-        Ok((number, etag, part.md5, len))
+        Ok(SentPart {
+            number,
+            etag,
+            md5: part.md5,
+            len,
+        })
     }
 
     async fn put_multipart(
@@ -501,7 +531,9 @@ impl Inner {
             .upload_id()
             .filter(|u| !u.is_empty())
             .ok_or_else(|| {
-                StoreError::permanent(format!("CreateMultipartUpload {target}: no upload id in the answer"))
+                StoreError::permanent(format!(
+                    "CreateMultipartUpload {target}: no upload id in the answer"
+                ))
             })?
             .to_string();
         let guard = UploadGuard {
@@ -511,17 +543,15 @@ impl Inner {
             armed: true,
         };
         match self
-            .send_parts_and_complete(full, &upload_id, file, shown, size, part_size, sha256, progress)
+            .send_parts_and_complete(
+                full, &upload_id, file, shown, size, part_size, sha256, progress,
+            )
             .await
         {
-            Ok(completed) => {
+            Ok(()) => {
                 let mut guard = guard;
                 guard.armed = false;
-                if completed {
-                    self.verify_head(full, size, sha256).await
-                } else {
-                    Ok(())
-                }
+                Ok(())
             }
             Err(e) => {
                 guard.abort().await;
@@ -531,8 +561,8 @@ impl Inner {
     }
 
     /// Sends the parts (at most `part_parallel` in memory and in flight), checks the
-    /// SHA-256 of what was read, completes the upload and checks its ETag. Returns
-    /// `true` once the object exists.
+    /// SHA-256 of what was read, completes the upload, checks the object with a HEAD
+    /// and its ETag against the parts' MD5s.
     #[allow(clippy::too_many_arguments)]
     async fn send_parts_and_complete(
         self: &Arc<Self>,
@@ -544,18 +574,19 @@ impl Inner {
         part_size: u64,
         sha256: &str,
         progress: &ByteCounter,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let target = self.target(full);
         let n_parts = size.div_ceil(part_size);
         let mut set = tokio::task::JoinSet::new();
-        let mut done: Vec<(i32, String, [u8; 16])> = Vec::with_capacity(n_parts as usize);
-        let collect = |r: Result<Result<(i32, String, [u8; 16], u64), StoreError>, tokio::task::JoinError>,
-                       done: &mut Vec<(i32, String, [u8; 16])>|
+        let mut done: Vec<SentPart> = Vec::with_capacity(n_parts as usize);
+        let collect = |r: Result<Result<SentPart, StoreError>, tokio::task::JoinError>,
+                       done: &mut Vec<SentPart>|
          -> Result<(), StoreError> {
-            let (n, etag, md5, len) =
-                r.map_err(|e| StoreError::permanent(format!("UploadPart {target}: task failed: {e}")))??;
-            progress.fetch_add(len, Ordering::Relaxed);
-            done.push((n, etag, md5));
+            let part = r.map_err(|e| {
+                StoreError::permanent(format!("UploadPart {target}: task failed: {e}"))
+            })??;
+            progress.fetch_add(part.len, Ordering::Relaxed);
+            done.push(part);
             Ok(())
         };
         let result: Result<Sha256, StoreError> = async {
@@ -600,14 +631,21 @@ impl Inner {
                 "{shown}: read {size} bytes with SHA-256 {read_sha}, expected {sha256} (did the file change?)"
             )));
         }
-        done.sort_by_key(|p| p.0);
-        let expected_etag = multipart_etag(&done.iter().map(|p| p.2).collect::<Vec<_>>());
+        done.sort_by_key(|p| p.number);
+        let expected_etag = multipart_etag(&done.iter().map(|p| p.md5).collect::<Vec<_>>());
         let parts: Vec<CompletedPart> = done
             .iter()
-            .map(|(n, etag, _)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .e_tag(&p.etag)
+                    .build()
+            })
             .collect();
-        let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-        let out = self
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(parts))
+            .build();
+        let answered = self
             .retry
             .run("CompleteMultipartUpload", &target, |attempt| {
                 let req = self
@@ -617,14 +655,22 @@ impl Inner {
                     .key(full)
                     .upload_id(upload_id)
                     .multipart_upload(completed.clone());
+                let target = &target;
                 async move {
                     match req.send().await {
-                        Ok(o) => Ok(Some(o)),
-                        // An earlier attempt completed it and its answer was lost:
-                        // the HEAD check below decides.
+                        Ok(o) => Ok(Some(o.e_tag().map(|e| unquote(e).to_string()))),
                         Err(e) => {
                             let f = classify(&e);
-                            if attempt > 1 && f.is_code("NoSuchUpload") {
+                            // The answer was lost (an earlier attempt completed it), or
+                            // it is a success we cannot read (some servers' XML): the
+                            // HEAD check below decides.
+                            let lost = attempt > 1 && f.is_code("NoSuchUpload");
+                            let unreadable = f.status.is_some_and(|s| (200..300).contains(&s));
+                            if lost || unreadable {
+                                tracing::debug!(
+                                    "CompleteMultipartUpload {target}: {}; checking with HEAD",
+                                    f.cause
+                                );
                                 Ok(None)
                             } else {
                                 Err(f)
@@ -634,19 +680,18 @@ impl Inner {
                 }
             })
             .await?;
-        if let Some(etag) = out.as_ref().and_then(|o| o.e_tag()).map(unquote) {
-            if !self.is_kms() && etag != expected_etag {
-                let _ = self.delete_one(full).await;
-                return Err(StoreError::mismatch(format!(
-                    "CompleteMultipartUpload {target}: ETag {etag}, expected {expected_etag}; the object was removed"
-                )));
+        let head_etag = self.verify_head(full, size, sha256).await?;
+        if !self.is_kms() {
+            if let Some(etag) = answered.flatten().or(head_etag) {
+                if etag != expected_etag {
+                    let _ = self.delete_one(full).await;
+                    return Err(StoreError::mismatch(format!(
+                        "CompleteMultipartUpload {target}: ETag {etag}, expected {expected_etag}; the object was removed"
+                    )));
+                }
             }
         }
-        if out.is_none() {
-            self.verify_head(full, size, sha256).await?;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// One GET attempt from `*pos` on, appending to `file`. Moves `*pos` as bytes land.
@@ -723,7 +768,10 @@ impl Inner {
                 }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    return Err(Failure::transient(format!("reading the body at byte {}: {e}", *pos)))
+                    return Err(Failure::transient(format!(
+                        "reading the body at byte {}: {e}",
+                        *pos
+                    )))
                 }
                 Ok(Some(Ok(c))) => c,
             };
@@ -779,7 +827,9 @@ impl Store for S3Store {
             )));
         }
         if size > inner.part_size {
-            return inner.put_multipart(&full, path, size, sha256, progress).await;
+            return inner
+                .put_multipart(&full, path, size, sha256, progress)
+                .await;
         }
         let shown = path.display().to_string();
         let file = Arc::new(std::fs::File::open(path).map_err(|e| StoreError::io(&shown, e))?);
@@ -819,7 +869,9 @@ impl Store for S3Store {
             .truncate(false)
             .open(path)
             .map_err(|e| StoreError::io(&shown, e))?;
-        std_file.set_len(offset).map_err(|e| StoreError::io(&shown, e))?;
+        std_file
+            .set_len(offset)
+            .map_err(|e| StoreError::io(&shown, e))?;
         let mut file = tokio::fs::File::from_std(std_file);
         tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
             .await
@@ -848,7 +900,9 @@ impl Store for S3Store {
             }
         }
         file.flush().await.map_err(|e| StoreError::io(&shown, e))?;
-        file.sync_all().await.map_err(|e| StoreError::io(&shown, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| StoreError::io(&shown, e))?;
         Ok(pos)
     }
 
@@ -1077,7 +1131,13 @@ mod tests {
         // 16 MiB × 10,000 is the largest file the minimum covers.
         assert_eq!(part_size_for(min * MAX_PARTS, min), min);
         assert_eq!(part_size_for(min * MAX_PARTS + 1, min), min + MIB);
-        for size in [1u64 << 40, 3 << 40, MAX_OBJECT_SIZE, 123_456_789_012_345] {
+        for size in [
+            1u64 << 40,
+            3 << 40,
+            MAX_OBJECT_SIZE - 1,
+            MAX_OBJECT_SIZE,
+            1_234_567_890_123,
+        ] {
             let p = part_size_for(size, 5 * MIB);
             assert_eq!(p % MIB, 0);
             assert!(size.div_ceil(p) <= MAX_PARTS, "{size}: {p}");

@@ -6,6 +6,7 @@
 //! later pass rewrote) goes, then the manifest, last.
 
 use super::{finish_upload, ship_all, Shipper, UploadConfig};
+use crate::datadir::FileClass;
 use crate::manifest::Manifest;
 use crate::pagecopy::CopiedFile;
 use crate::repo::{self, Repository, StoreError, StoreErrorKind};
@@ -129,7 +130,13 @@ async fn follow_until_sealed(
             r = &mut until => break r,
             _ = tokio::time::sleep(POLL) => {}
         }
-        for file in ledgers.poll(dir) {
+        // Aria files may be copied again under BLOCK_COMMIT: they go once, at the end,
+        // in their final version (shipping both versions would race on one key).
+        let announced = ledgers
+            .poll(dir)
+            .into_iter()
+            .filter(|f| !matches!(f.class, FileClass::AriaData | FileClass::AriaLog));
+        for file in announced {
             let permit = tokio::select! {
                 p = limit.clone().acquire_owned() => p.map_err(|_| StoreError::permanent("upload queue closed"))?,
                 _ = ctx.cancel.cancelled() => return Err(cancelled()),
@@ -152,10 +159,11 @@ async fn follow_until_sealed(
     })
 }
 
-/// Ships a file as announced; a file rewritten since is shipped again at the end.
+/// Ships a file as announced; a file rewritten (or gone) since is shipped at the end in
+/// the version the manifest lists, or reported missing there.
 async fn ship_announced(shipper: &Shipper, file: &CopiedFile) -> Result<(), StoreError> {
     match shipper.ship(file).await {
-        Err(e) if e.kind == StoreErrorKind::Mismatch => {
+        Err(e) if matches!(e.kind, StoreErrorKind::Mismatch | StoreErrorKind::NotFound) => {
             tracing::debug!(file = %file.path, "changed since announced; shipped at the end: {e}");
             Ok(())
         }

@@ -1,0 +1,288 @@
+//! The storage pipeline end to end, with real parts: a hot backup under a concurrent
+//! workload streamed by plans/backup-to-s3.yaml (copy → zstd → multipart upload) to a
+//! real S3 server (moto) through a proxy that injects 503s and connection resets; the
+//! repository listed; plans/restore.yaml (fetch → verify → decompress → prepare →
+//! copy_back → server → check); and the restored data checked by the workload oracle
+//! at the backup's GTID. Plus: a corrupted object is caught by fetch.
+
+use crate::cli::{stagehand_env, Run};
+use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
+use serde_json::Value;
+use stagehand_steps::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_steps::testkit::TestServer;
+use stagehand_steps::testkit_s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const KEYS: &[(&str, &str)] = &[
+    ("STAGEHAND_S3_ACCESS_KEY_ID", "testing-key"),
+    ("STAGEHAND_S3_SECRET_ACCESS_KEY", "testing-secret-do-not-print"),
+    // Short backoff so injected faults cost milliseconds.
+    ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+fn run(args: &[String]) -> Run {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stagehand_env(&args, KEYS)
+}
+
+fn sets(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+fn light() -> WorkloadOptions {
+    WorkloadOptions {
+        clients: 2,
+        accounts: 5_000,
+        ..WorkloadOptions::default()
+    }
+}
+
+/// Streams a backup of `server` with plans/backup-to-s3.yaml.
+fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Run {
+    let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
+    args.extend(sets(&[
+        ("socket", server.socket().display().to_string()),
+        ("datadir", server.datadir().display().to_string()),
+        ("repository", repository.to_string()),
+        ("endpoint", endpoint.to_string()),
+        ("path_style", "true".into()),
+        ("spool", work.join("spool").display().to_string()),
+        // Small, so the copy really waits for the upload.
+        ("max_spool", "4MiB".into()),
+    ]));
+    args.extend([
+        "--state-dir".into(),
+        work.join("state").display().to_string(),
+        "--json".into(),
+    ]);
+    run(&args)
+}
+
+fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run {
+    let mut args = vec!["run".to_string(), "plans/restore.yaml".to_string()];
+    // Unix socket paths are limited to 107 bytes: keep it short.
+    let socket = format!("/tmp/sh-rt-{}-{tag}.sock", std::process::id());
+    args.extend(sets(&[
+        ("repository", repository.to_string()),
+        ("endpoint", endpoint.to_string()),
+        ("path_style", "true".into()),
+        ("workdir", work.join(format!("fetched-{tag}")).display().to_string()),
+        ("datadir", work.join(format!("datadir-{tag}")).display().to_string()),
+        ("check_socket", socket),
+    ]));
+    args.extend([
+        "--state-dir".into(),
+        work.join("state").display().to_string(),
+        "--json".into(),
+    ]);
+    run(&args)
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+fn report_of(r: &Run) -> Value {
+    serde_json::from_str(&r.stdout).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("roundtrip");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    // Transient faults on the way up: the upload must ride through them.
+    // (The files of this small server are all below the part size, so they go as
+    // single PutObjects; multipart faults are tested in steps/tests/s3_store.rs.)
+    proxy.add(Rule::op("PutObject").reset().times(2));
+    proxy.add(Rule::op("PutObject").status(503, "SlowDown").times(2));
+    let repository = format!("s3://{bucket}/db1");
+
+    let server = TestServer::builder()
+        .name("s3-roundtrip")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut conn = server.conn().await;
+    let opts = light();
+    create_schema(&mut conn, &opts).await;
+    let workload = Workload::start(server.opts(), &opts);
+    workload.wait_for_commits(200, Duration::from_secs(30)).await;
+
+    let t0 = Instant::now();
+    let work_path = work.path().to_path_buf();
+    let (repo2, endpoint) = (repository.clone(), proxy.endpoint());
+    let backup = {
+        let server_socket = server.socket().to_path_buf();
+        let datadir = server.datadir().to_path_buf();
+        let _ = (&server_socket, &datadir);
+        let s = &server;
+        // The CLI blocks: run it off the runtime's workers so the workload goes on.
+        tokio::task::block_in_place(|| backup_to(&repo2, &endpoint, s, &work_path))
+    };
+    let backup_secs = t0.elapsed().as_secs_f64();
+    let log = workload.stop().await;
+    assert_eq!(
+        backup.code, 0,
+        "backup-to-s3 failed\nstdout: {}\nstderr: {}",
+        backup.stdout, backup.stderr
+    );
+    let report = report_of(&backup);
+    let ship = &step(&report, "ship")["outputs"];
+    let id = ship["id"].as_str().expect("the upload names the backup").to_string();
+    assert!(
+        !work.path().join("spool").exists(),
+        "the spool directory is removed once the backup is in the repository"
+    );
+    let faults = proxy.seen().iter().filter(|s| s.fault.is_some()).count();
+    assert!(faults >= 4, "the proxy injected its faults (saw {faults})");
+    let secret = "testing-secret-do-not-print";
+    assert!(
+        !backup.stdout.contains(secret) && !backup.stderr.contains(secret),
+        "a secret leaked into the backup's output"
+    );
+
+    // The repository lists it, complete, with the GTID of its commit point.
+    let listed = run(&[
+        "backups".into(),
+        "list".into(),
+        repository.clone(),
+        "--endpoint".into(),
+        moto.endpoint(),
+        "--path-style".into(),
+        "--json".into(),
+    ]);
+    assert_eq!(listed.code, 0, "backups list: {}", listed.stderr);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|b| b["id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("backup {id} not listed: {rows}"));
+    assert_eq!(row["complete"], true);
+    let gtid = row["gtid_binlog_pos"].as_str().unwrap_or_default().to_string();
+    let upto = domain0_seq_no(&gtid);
+    assert!(upto > 0, "the listed backup has a GTID: {row}");
+    assert!(
+        row["stored_bytes"].as_u64() < row["data_bytes"].as_u64(),
+        "objects are compressed: {row}"
+    );
+    // No multipart upload was left behind.
+    let uploads = moto
+        .client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    assert!(uploads.uploads().is_empty(), "orphan multipart uploads: {uploads:?}");
+
+    // Restore through the same faulty proxy, then check the data at the GTID.
+    proxy.add(Rule::op("GetObject").reset().times(2));
+    let restored = tokio::task::block_in_place(|| {
+        restore_from(&repository, &proxy.endpoint(), work.path(), "a")
+    });
+    assert_eq!(
+        restored.code, 0,
+        "restore failed\nstdout: {}\nstderr: {}",
+        restored.stdout, restored.stderr
+    );
+    let rreport = report_of(&restored);
+    assert_eq!(step(&rreport, "fetch")["outputs"]["id"], id.as_str());
+    assert_eq!(step(&rreport, "check")["status"], "succeeded");
+    let datadir = work.path().join("datadir-a");
+    let sandbox = SandboxServer::start(
+        SandboxOptions::new(&datadir, work.path().join("run-check")).option("skip-log-bin", None),
+    )
+    .await
+    .expect("a server starts on the restored datadir");
+    let mut rconn = mysql_async::Conn::new(sandbox.admin_opts())
+        .await
+        .expect("connect to the restored server");
+    let oracle = verify(&mut rconn, &log, &opts, upto).await;
+    eprintln!(
+        "[s3-roundtrip] backup {backup_secs:.1}s (id {id}, GTID {gtid}, {} faults injected); restored: {} transfers, {} ledger rows, sum {}",
+        faults, oracle.expected_transfers, oracle.ledger_rows, oracle.sum_balance
+    );
+    assert!(
+        oracle.violations.is_empty(),
+        "the restored data is not the data at GTID {gtid}:\n{}",
+        oracle.violations.join("\n")
+    );
+    drop(rconn);
+    let _ = sandbox
+        .shutdown(stagehand_steps::sandbox::ShutdownMode::Fast)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
+    let server = TestServer::builder().name("corrupt-object").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo_dir = work.path().join("repo");
+    let repository = repo_dir.display().to_string();
+    let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
+    assert_eq!(backup.code, 0, "backup failed: {}\n{}", backup.stdout, backup.stderr);
+    let id = step(&report_of(&backup), "ship")["outputs"]["id"]
+        .as_str()
+        .expect("backup id")
+        .to_string();
+    // Flip one byte in the middle of the largest object.
+    let mut objects: Vec<_> = walk(&repo_dir.join(&id));
+    objects.retain(|p| p.extension().is_some_and(|e| e == "zst"));
+    objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let victim = objects.last().expect("a compressed object").clone();
+    let mut bytes = std::fs::read(&victim).expect("read object");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&victim, &bytes).expect("write object");
+
+    let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
+    assert_eq!(restored.code, 1, "a corrupt object must fail the restore: {}", restored.stdout);
+    let report = report_of(&restored);
+    let fetch = step(&report, "fetch");
+    assert_eq!(fetch["status"], "failed");
+    let error = fetch["error"].as_str().unwrap_or_default();
+    let name = victim.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    assert!(
+        error.contains(name) && error.contains("corrupt"),
+        "the error names the corrupt object {name}: {error}"
+    );
+    assert!(
+        !work.path().join("fetched-b").join("stagehand.json").exists(),
+        "a failed fetch leaves no manifest"
+    );
+    assert!(
+        !work.path().join("datadir-b").exists()
+            || std::fs::read_dir(work.path().join("datadir-b"))
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(true),
+        "nothing was copied back"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
