@@ -23,6 +23,10 @@ fn sets_for(plan_text: &str, socket: &str, port: u16) -> Vec<String> {
             "target" => "/backups/dry-run".to_string(),
             "repo" => "/backups/repo".to_string(),
             "backup_id" => "nightly-20261121".to_string(),
+            "repository" => "s3://backups/db1".to_string(),
+            // The listener that must see no connection stands in for the S3 endpoint.
+            "endpoint" => format!("http://127.0.0.1:{port}"),
+            "workdir" => "/var/tmp/restore".to_string(),
             _ if spec.get("required").and_then(|r| r.as_bool()) == Some(true) => {
                 panic!("give the required param `{name}` a value in dry_run.rs")
             }
