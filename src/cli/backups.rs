@@ -196,7 +196,10 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<18} {v}\n"));
     line("backup", format!("{id} in {url}"));
     line("type", m.backup_type.clone());
-    line("plan", format!("{} (run {}) on {}", m.plan, m.run_id, m.host));
+    line(
+        "plan",
+        format!("{} (run {}) on {}", m.plan, m.run_id, m.host),
+    );
     line("started", m.started_at.clone());
     line("finished", m.finished_at.clone());
     line("server", m.server.version.clone());
@@ -216,10 +219,7 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
             m.lsn.checkpoint, m.lsn.commit, m.lsn.last
         ),
     );
-    line(
-        "binlog",
-        format!("{}:{}", m.binlog.file, m.binlog.position),
-    );
+    line("binlog", format!("{}:{}", m.binlog.file, m.binlog.position));
     line("gtid_binlog_pos", m.binlog.gtid_binlog_pos.clone());
     line(
         "locks",

@@ -520,9 +520,8 @@ impl HandOff {
     }
 
     fn finished(&self, to: &Path, rec: &CopiedFile) -> Result<(), StepError> {
-        crate::spool::announce(to, &self.step, rec).map_err(|e| {
-            StepError::fatal(format!("cannot record {} as copied: {e}", rec.path))
-        })?;
+        crate::spool::announce(to, &self.step, rec)
+            .map_err(|e| StepError::fatal(format!("cannot record {} as copied: {e}", rec.path)))?;
         if let Some(gate) = &self.gate {
             gate.add(&rec.path, rec.size);
         }

@@ -58,10 +58,22 @@ impl TypedStep for Fetch {
             output("dir", OutputType::String, "where it is"),
             output("files", OutputType::Integer, "files in the backup"),
             output("bytes", OutputType::Integer, "bytes downloaded by this run"),
-            output("reused_files", OutputType::Integer, "files already fetched by an earlier run"),
+            output(
+                "reused_files",
+                OutputType::Integer,
+                "files already fetched by an earlier run",
+            ),
             output("seconds", OutputType::Number, "wall time"),
-            output("gtid_binlog_pos", OutputType::String, "the GTID position the backup holds"),
-            output("commit_lsn", OutputType::Integer, "the LSN the backup is consistent at"),
+            output(
+                "gtid_binlog_pos",
+                OutputType::String,
+                "the GTID position the backup holds",
+            ),
+            output(
+                "commit_lsn",
+                OutputType::Integer,
+                "the LSN the backup is consistent at",
+            ),
         ]
     }
 
@@ -102,7 +114,10 @@ impl TypedStep for Fetch {
         let id = resolve_id(&repo, &cfg.id)
             .await
             .map_err(StoreError::into_step_error)?;
-        let manifest = repo.manifest(&id).await.map_err(StoreError::into_step_error)?;
+        let manifest = repo
+            .manifest(&id)
+            .await
+            .map_err(StoreError::into_step_error)?;
         let dir = PathBuf::from(&cfg.to);
         claim_fetch_dir(&dir, &id, repo.url())?;
         let t0 = Instant::now();
@@ -176,11 +191,10 @@ fn claim_fetch_dir(dir: &Path, id: &str, url: &str) -> Result<(), StepError> {
         .with_hint("fetch into a new directory"));
     }
     if dir.join(MANIFEST_FILE).exists() {
-        return Err(StepError::fatal(format!(
-            "{} already holds a complete backup",
-            dir.display()
-        ))
-        .with_hint("fetch into a new directory"));
+        return Err(
+            StepError::fatal(format!("{} already holds a complete backup", dir.display()))
+                .with_hint("fetch into a new directory"),
+        );
     }
     let empty = std::fs::read_dir(dir)
         .map(|mut e| e.next().is_none())

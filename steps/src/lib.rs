@@ -15,8 +15,8 @@ pub mod manifest;
 pub mod mariadb;
 pub mod notify;
 pub mod pagecopy;
-pub mod progress;
 pub mod prepare;
+pub mod progress;
 pub mod redo_tail;
 pub mod repo;
 pub mod rotate;
@@ -26,11 +26,11 @@ pub mod server;
 pub mod spool;
 pub mod sql;
 pub mod stage_locks;
-pub mod upload;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 #[cfg(feature = "testkit")]
 pub mod testkit_s3;
+pub mod upload;
 pub mod verify;
 
 use stagehand_engine::resources::ConnectionProvider;

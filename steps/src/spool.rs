@@ -126,7 +126,11 @@ impl SpoolGate {
                 return true;
             }
             if !waited {
-                tracing::debug!(held, limit = self.limit, "spool full: waiting for the upload");
+                tracing::debug!(
+                    held,
+                    limit = self.limit,
+                    "spool full: waiting for the upload"
+                );
                 waited = true;
             }
             std::thread::sleep(Duration::from_millis(50));

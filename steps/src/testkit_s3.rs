@@ -24,7 +24,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error("moto_server not found (not on PATH, not in $STAGEHAND_MOTO_SERVER, not in ~/{MOTO_VENV_BIN}): install it with `pip install 'moto[server]'` or `bash scripts/ensure-deps.sh`")]
+    #[error("moto_server not found (not on PATH, not in $STAGEHAND_MOTO_SERVER, not in ~/{MOTO_VENV_BIN} or ~/.local/bin): install it with `pip install 'moto[server]'` or `bash scripts/ensure-deps.sh`")]
     MotoNotFound,
     #[error("{what}: {source}")]
     Io {
@@ -43,8 +43,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     move |source| HarnessError::Io { what, source }
 }
 
-/// The `moto_server` binary: `$STAGEHAND_MOTO_SERVER`, `PATH`, then the venv of
-/// `scripts/ensure-deps.sh`.
+/// The `moto_server` binary: `$STAGEHAND_MOTO_SERVER`, `PATH`, the venv of
+/// `scripts/ensure-deps.sh`, then `~/.local/bin`.
 pub fn find_moto_server() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(ENV_MOTO_SERVER).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
@@ -57,8 +57,14 @@ pub fn find_moto_server() -> Option<PathBuf> {
             }
         }
     }
-    let venv = PathBuf::from(std::env::var_os("HOME")?).join(MOTO_VENV_BIN);
-    venv.is_file().then_some(venv)
+    // The venv of ensure-deps.sh, then pip's `--user` scripts (often not on PATH).
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    [
+        home.join(MOTO_VENV_BIN),
+        home.join(".local/bin/moto_server"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
 }
 
 fn free_port() -> Result<u16, HarnessError> {

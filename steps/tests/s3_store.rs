@@ -4,7 +4,9 @@
 use sha2::{Digest, Sha256};
 use stagehand_steps::repo::s3::S3Store;
 use stagehand_steps::repo::{ByteCounter, RepoConfig, Store, StoreErrorKind};
-use stagehand_steps::testkit_s3::{unique_bucket, FaultProxy, MotoServer, Rule, SECRET_KEY};
+use stagehand_steps::testkit_s3::{
+    unique_bucket, FaultProxy, MotoServer, Rule, ACCESS_KEY, SECRET_KEY,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -383,6 +385,11 @@ async fn permanent_errors_are_not_retried() {
     assert_eq!(err.kind, StoreErrorKind::Permanent);
     assert!(err.message.contains("NoSuchBucket"), "{}", err.message);
     assert!(err.message.contains("PutObject"), "{}", err.message);
+    assert!(
+        err.message.contains("attempt 1 of 6, not retried"),
+        "{}",
+        err.message
+    );
     assert!(!err.message.contains(SECRET_KEY), "{}", err.message);
     assert_eq!(proxy.count("PutObject"), 1);
     assert_eq!(proxy.total(), 1);
@@ -397,6 +404,7 @@ async fn permanent_errors_are_not_retried() {
     let err = s.list("").await.expect_err("denied");
     assert_eq!(err.kind, StoreErrorKind::Permanent);
     assert!(err.message.contains("AccessDenied"), "{}", err.message);
+    assert!(!err.message.contains(ACCESS_KEY), "{}", err.message);
     assert_eq!(proxy.count("ListObjectsV2"), 1);
 }
 

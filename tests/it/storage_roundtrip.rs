@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 const KEYS: &[(&str, &str)] = &[
     ("STAGEHAND_S3_ACCESS_KEY_ID", "testing-key"),
-    ("STAGEHAND_S3_SECRET_ACCESS_KEY", "testing-secret-do-not-print"),
+    (
+        "STAGEHAND_S3_SECRET_ACCESS_KEY",
+        "testing-secret-do-not-print",
+    ),
     // Short backoff so injected faults cost milliseconds.
     ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
     ("AWS_EC2_METADATA_DISABLED", "true"),
@@ -71,8 +74,14 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
         ("repository", repository.to_string()),
         ("endpoint", endpoint.to_string()),
         ("path_style", "true".into()),
-        ("workdir", work.join(format!("fetched-{tag}")).display().to_string()),
-        ("datadir", work.join(format!("datadir-{tag}")).display().to_string()),
+        (
+            "workdir",
+            work.join(format!("fetched-{tag}")).display().to_string(),
+        ),
+        (
+            "datadir",
+            work.join(format!("datadir-{tag}")).display().to_string(),
+        ),
         ("check_socket", socket),
     ]));
     args.extend([
@@ -118,7 +127,9 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     let opts = light();
     create_schema(&mut conn, &opts).await;
     let workload = Workload::start(server.opts(), &opts);
-    workload.wait_for_commits(200, Duration::from_secs(30)).await;
+    workload
+        .wait_for_commits(200, Duration::from_secs(30))
+        .await;
 
     let t0 = Instant::now();
     let work_path = work.path().to_path_buf();
@@ -140,7 +151,10 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     );
     let report = report_of(&backup);
     let ship = &step(&report, "ship")["outputs"];
-    let id = ship["id"].as_str().expect("the upload names the backup").to_string();
+    let id = ship["id"]
+        .as_str()
+        .expect("the upload names the backup")
+        .to_string();
     assert!(
         !work.path().join("spool").exists(),
         "the spool directory is removed once the backup is in the repository"
@@ -170,7 +184,10 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         .and_then(|r| r.iter().find(|b| b["id"] == id.as_str()))
         .unwrap_or_else(|| panic!("backup {id} not listed: {rows}"));
     assert_eq!(row["complete"], true);
-    let gtid = row["gtid_binlog_pos"].as_str().unwrap_or_default().to_string();
+    let gtid = row["gtid_binlog_pos"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let upto = domain0_seq_no(&gtid);
     assert!(upto > 0, "the listed backup has a GTID: {row}");
     assert!(
@@ -185,7 +202,10 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         .send()
         .await
         .expect("ListMultipartUploads");
-    assert!(uploads.uploads().is_empty(), "orphan multipart uploads: {uploads:?}");
+    assert!(
+        uploads.uploads().is_empty(),
+        "orphan multipart uploads: {uploads:?}"
+    );
 
     // Restore through the same faulty proxy, then check the data at the GTID.
     proxy.add(Rule::op("GetObject").reset().times(2));
@@ -232,7 +252,11 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     let repo_dir = work.path().join("repo");
     let repository = repo_dir.display().to_string();
     let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
-    assert_eq!(backup.code, 0, "backup failed: {}\n{}", backup.stdout, backup.stderr);
+    assert_eq!(
+        backup.code, 0,
+        "backup failed: {}\n{}",
+        backup.stdout, backup.stderr
+    );
     let id = step(&report_of(&backup), "ship")["outputs"]["id"]
         .as_str()
         .expect("backup id")
@@ -248,18 +272,29 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     std::fs::write(&victim, &bytes).expect("write object");
 
     let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
-    assert_eq!(restored.code, 1, "a corrupt object must fail the restore: {}", restored.stdout);
+    assert_eq!(
+        restored.code, 1,
+        "a corrupt object must fail the restore: {}",
+        restored.stdout
+    );
     let report = report_of(&restored);
     let fetch = step(&report, "fetch");
     assert_eq!(fetch["status"], "failed");
     let error = fetch["error"].as_str().unwrap_or_default();
-    let name = victim.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = victim
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     assert!(
         error.contains(name) && error.contains("corrupt"),
         "the error names the corrupt object {name}: {error}"
     );
     assert!(
-        !work.path().join("fetched-b").join("stagehand.json").exists(),
+        !work
+            .path()
+            .join("fetched-b")
+            .join("stagehand.json")
+            .exists(),
         "a failed fetch leaves no manifest"
     );
     assert!(

@@ -24,7 +24,9 @@ impl LocalStore {
 
     fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
         if key.split('/').any(|c| c == ".." || c == ".") || key.starts_with('/') {
-            return Err(StoreError::config(format!("object key `{key}` leaves the repository")));
+            return Err(StoreError::config(format!(
+                "object key `{key}` leaves the repository"
+            )));
         }
         Ok(self.root.join(key))
     }
@@ -172,13 +174,16 @@ impl Store for LocalStore {
                 .truncate(false)
                 .open(&dest)
                 .map_err(|e| StoreError::io(&dshown, e))?;
-            out.set_len(offset).map_err(|e| StoreError::io(&dshown, e))?;
+            out.set_len(offset)
+                .map_err(|e| StoreError::io(&dshown, e))?;
             out.seek(SeekFrom::Start(offset))
                 .map_err(|e| StoreError::io(&dshown, e))?;
             let mut buf = vec![0u8; 1 << 20];
             let mut size = offset;
             loop {
-                let n = input.read(&mut buf).map_err(|e| StoreError::io(&shown, e))?;
+                let n = input
+                    .read(&mut buf)
+                    .map_err(|e| StoreError::io(&shown, e))?;
                 if n == 0 {
                     break;
                 }

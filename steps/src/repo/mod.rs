@@ -164,7 +164,9 @@ impl RepoConfig {
         let n = self
             .part_size
             .parse::<bytesize::ByteSize>()
-            .map_err(|_| StoreError::config(format!("part_size `{}` is not a size", self.part_size)))?
+            .map_err(|_| {
+                StoreError::config(format!("part_size `{}` is not a size", self.part_size))
+            })?
             .as_u64();
         if n < 5 * 1024 * 1024 {
             return Err(StoreError::config(
@@ -462,7 +464,9 @@ impl Repository {
             .collect();
         let n = keys.len() as u64;
         self.store.delete(&keys).await?;
-        self.store.abort_incomplete_uploads(&format!("{id}/")).await?;
+        self.store
+            .abort_incomplete_uploads(&format!("{id}/"))
+            .await?;
         Ok(n)
     }
 }

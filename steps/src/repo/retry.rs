@@ -128,14 +128,12 @@ impl Retry {
     pub fn give_up(&self, op: &str, target: &str, n: u32, f: &Failure) -> Option<StoreError> {
         let cause = self.scrub(&f.cause);
         if f.kind != StoreErrorKind::Transient {
-            let tail = if n == 1 {
-                "not retried".to_string()
-            } else {
-                format!("attempt {n} of {}, not retried", self.max_attempts)
-            };
             return Some(StoreError::new(
                 f.kind,
-                format!("{op} {target}: {cause} ({tail})"),
+                format!(
+                    "{op} {target}: {cause} (attempt {n} of {}, not retried)",
+                    self.max_attempts
+                ),
             ));
         }
         if n >= self.max_attempts {

@@ -121,6 +121,7 @@ impl S3Store {
         }
         let mut secrets = Vec::new();
         if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+            secrets.push(id.clone());
             secrets.push(secret.clone());
             secrets.extend(cfg.session_token.clone());
             loader = loader.credentials_provider(Credentials::new(

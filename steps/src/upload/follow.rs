@@ -154,9 +154,9 @@ async fn follow_until_sealed(
     while let Some(done) = tasks.join_next().await {
         super::joined(done)?;
     }
-    sealed.map(|_| ()).map_err(|e| {
-        StoreError::permanent(format!("the backup was not sealed ({e})"))
-    })
+    sealed
+        .map(|_| ())
+        .map_err(|e| StoreError::permanent(format!("the backup was not sealed ({e})")))
 }
 
 /// Ships a file as announced; a file rewritten (or gone) since is shipped at the end in

@@ -9,13 +9,13 @@ mod ship;
 
 use crate::manifest::Manifest;
 use crate::pagecopy::CopiedFile;
-pub(crate) use ship::Shipper;
 use crate::progress::Progress;
 use crate::repo::{self, RepoConfig, Repository, Store, StoreError};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
+pub(crate) use ship::Shipper;
 use stagehand_engine::step::{Finding, Level};
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
@@ -85,7 +85,11 @@ impl TypedStep for Upload {
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
-            output("id", OutputType::String, "the backup's id in the repository"),
+            output(
+                "id",
+                OutputType::String,
+                "the backup's id in the repository",
+            ),
             output("url", OutputType::String, "repository URL of the backup"),
             output("files", OutputType::Integer, "objects uploaded"),
             output("bytes", OutputType::Integer, "bytes uploaded"),
@@ -125,7 +129,10 @@ impl TypedStep for Upload {
             cfg.parallel
         );
         if let Some(c) = &cfg.compress {
-            s.push_str(&format!("; files are compressed with zstd level {} on the way", c.level));
+            s.push_str(&format!(
+                "; files are compressed with zstd level {} on the way",
+                c.level
+            ));
         }
         if cfg.follow {
             s = format!("streams the backup out while it is taken: {s}; each file leaves as soon as a copy step finishes it");
@@ -176,10 +183,13 @@ impl TypedStep for Upload {
         let manifest = match outcome {
             Ok(m) => m,
             Err(e) => {
-            // Parts of an upload cut short must not stay behind (they cost money and
-            // never expire on their own).
-            let _ = repo.store().abort_incomplete_uploads(&format!("{id}/")).await;
-            return Err(e.into_step_error().with_hint(format!(
+                // Parts of an upload cut short must not stay behind (they cost money and
+                // never expire on their own).
+                let _ = repo
+                    .store()
+                    .abort_incomplete_uploads(&format!("{id}/"))
+                    .await;
+                return Err(e.into_step_error().with_hint(format!(
                 "nothing in {} looks complete: backup {id} has no manifest there; run the plan again to upload it",
                 repo.url()
             )));
@@ -273,7 +283,13 @@ async fn upload_backup(
     store.abort_incomplete_uploads(&format!("{id}/")).await?;
     let total: u64 = manifest.stored_bytes();
     let progress = Progress::start(step, "uploaded", total);
-    let shipper = Shipper::new(store.clone(), dir, id, cfg.compress.clone(), progress.counter())?;
+    let shipper = Shipper::new(
+        store.clone(),
+        dir,
+        id,
+        cfg.compress.clone(),
+        progress.counter(),
+    )?;
     let manifest = ship_all(&shipper, manifest, cfg.parallel).await?;
     drop(progress);
     finish_upload(repo, id, &manifest).await?;
@@ -381,7 +397,10 @@ async fn check_objects(
         .filter(|k| !expected.contains(k))
         .collect();
     if !stale.is_empty() {
-        tracing::info!(count = stale.len(), "removing objects an earlier attempt left");
+        tracing::info!(
+            count = stale.len(),
+            "removing objects an earlier attempt left"
+        );
         store.delete(&stale).await?;
     }
     Ok(())

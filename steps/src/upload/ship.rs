@@ -108,8 +108,13 @@ impl Shipper {
         let stamp = stamp_of(&local);
         let stored = match (&f.stored, &inner.compress) {
             (Some(stored), _) => {
-                self.put(&stored.path, &inner.dir.join(&stored.path), stored.size, &stored.sha256)
-                    .await?;
+                self.put(
+                    &stored.path,
+                    &inner.dir.join(&stored.path),
+                    stored.size,
+                    &stored.sha256,
+                )
+                .await?;
                 Some(stored.clone())
             }
             (None, Some(c)) => Some(self.ship_compressed(f, c).await?),
@@ -132,7 +137,13 @@ impl Shipper {
         Ok(())
     }
 
-    async fn put(&self, path: &str, local: &Path, size: u64, sha256: &str) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        path: &str,
+        local: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
         let key = Repository::object_key(&self.inner.id, path);
         self.inner
             .store
@@ -215,10 +226,8 @@ fn compress_to(
     level: i32,
     threads: u32,
 ) -> std::io::Result<(u64, String, u64, String)> {
-    let mut input = std::io::BufReader::with_capacity(
-        1 << 20,
-        HashingReader::new(std::fs::File::open(src)?),
-    );
+    let mut input =
+        std::io::BufReader::with_capacity(1 << 20, HashingReader::new(std::fs::File::open(src)?));
     let out = HashingWriter::new(std::io::BufWriter::with_capacity(
         1 << 20,
         std::fs::File::create(dest)?,
