@@ -116,6 +116,15 @@ impl TypedStep for Prepare {
             StepError::fatal(e.to_string())
                 .with_hint("prepare works on a complete backup made by stagehand")
         })?;
+        if let Some(f) = manifest.files.iter().find(|f| f.stored.is_some()) {
+            return Err(StepError::fatal(format!(
+                "{} is compressed ({} is stored as {}): a server cannot start on it",
+                dir.display(),
+                f.path,
+                f.stored.as_ref().map(|s| s.path.as_str()).unwrap_or_default()
+            ))
+            .with_hint("run a `decompress` step on the directory first"));
+        }
         if let Some(p) = &manifest.prepared {
             tracing::info!(engine = %p.engine, "already prepared");
             return Ok(outputs(p.engine.as_str(), 0.0, true, manifest.files.len()));

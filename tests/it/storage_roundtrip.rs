@@ -321,3 +321,68 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test's lifetime.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill a disk and needs root (CI runs as root; run `sudo -E cargo test --test it disk_full`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete() {
+    let server = TestServer::builder().name("disk-full").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo_dir = work.path().join("small-repo");
+    let _disk = SmallDisk::mount(&repo_dir, "256k");
+    let repository = repo_dir.display().to_string();
+    let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
+    assert_eq!(backup.code, 1, "a full repository must fail the backup: {}", backup.stdout);
+    let report = report_of(&backup);
+    let ship = step(&report, "ship");
+    assert_eq!(ship["status"], "failed");
+    let error = ship["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("No space left on device"),
+        "the error says the disk is full: {error}"
+    );
+    assert!(
+        ship["hint"].as_str().unwrap_or_default().contains("run the plan again")
+            || error.contains("no manifest")
+            || backup.stderr.contains("no manifest"),
+        "the failure says what to do next: {ship}"
+    );
+    let left = walk(&repo_dir);
+    assert!(
+        left.iter().all(|p| !p.ends_with("stagehand.json")),
+        "nothing in the repository looks complete: {left:?}"
+    );
+    assert!(
+        left.iter().all(|p| !p.to_string_lossy().ends_with(".stagehand-partial")),
+        "no partial object is left: {left:?}"
+    );
+    assert_eq!(step(&report, "lock_end")["status"], "succeeded", "locks were released");
+}
