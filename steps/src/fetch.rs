@@ -261,10 +261,11 @@ async fn fetch_one(
         std::fs::create_dir_all(parent)
             .map_err(|e| StoreError::io(&parent.display().to_string(), e))?;
     }
-    let have = std::fs::metadata(local).map(|m| m.len()).unwrap_or(0);
-    if have == size && hash_of(local).await? == sha256 {
+    let have = std::fs::metadata(local).ok().map(|m| m.len());
+    if have == Some(size) && hash_of(local).await? == sha256 {
         return Ok(true);
     }
+    let have = have.unwrap_or(0);
     // Resume a shorter file; start over when it is longer (not ours) or the whole
     // file was there but wrong.
     let offset = if have < size { have } else { 0 };

@@ -121,7 +121,10 @@ impl TypedStep for Prepare {
                 "{} is compressed ({} is stored as {}): a server cannot start on it",
                 dir.display(),
                 f.path,
-                f.stored.as_ref().map(|s| s.path.as_str()).unwrap_or_default()
+                f.stored
+                    .as_ref()
+                    .map(|s| s.path.as_str())
+                    .unwrap_or_default()
             ))
             .with_hint("run a `decompress` step on the directory first"));
         }

@@ -19,4 +19,5 @@ mod restore;
 mod rotate;
 mod servers;
 mod storage_compress;
+mod storage_faults;
 mod storage_roundtrip;

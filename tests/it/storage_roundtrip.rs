@@ -360,7 +360,11 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
     let _disk = SmallDisk::mount(&repo_dir, "256k");
     let repository = repo_dir.display().to_string();
     let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
-    assert_eq!(backup.code, 1, "a full repository must fail the backup: {}", backup.stdout);
+    assert_eq!(
+        backup.code, 1,
+        "a full repository must fail the backup: {}",
+        backup.stdout
+    );
     let report = report_of(&backup);
     let ship = step(&report, "ship");
     assert_eq!(ship["status"], "failed");
@@ -370,7 +374,10 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "the error says the disk is full: {error}"
     );
     assert!(
-        ship["hint"].as_str().unwrap_or_default().contains("run the plan again")
+        ship["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("run the plan again")
             || error.contains("no manifest")
             || backup.stderr.contains("no manifest"),
         "the failure says what to do next: {ship}"
@@ -381,8 +388,13 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "nothing in the repository looks complete: {left:?}"
     );
     assert!(
-        left.iter().all(|p| !p.to_string_lossy().ends_with(".stagehand-partial")),
+        left.iter()
+            .all(|p| !p.to_string_lossy().ends_with(".stagehand-partial")),
         "no partial object is left: {left:?}"
     );
-    assert_eq!(step(&report, "lock_end")["status"], "succeeded", "locks were released");
+    assert_eq!(
+        step(&report, "lock_end")["status"],
+        "succeeded",
+        "locks were released"
+    );
 }

@@ -1,0 +1,253 @@
+//! Storage faults at the plan level, against a real S3 server (moto) behind a
+//! fault-injecting proxy: an upload that cannot succeed fails after its retry budget and
+//! leaves no object that looks complete and no multipart upload; run again once the
+//! fault is gone, it completes. A fetch cut short by a fault is resumed by the next run,
+//! which keeps the files already fetched.
+
+use crate::cli::{stagehand_env, Run};
+use serde_json::Value;
+use stagehand_steps::testkit::TestServer;
+use stagehand_steps::testkit_s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use std::path::Path;
+
+const ENV: &[(&str, &str)] = &[
+    ("STAGEHAND_S3_RETRY_BASE_MS", "10"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+const SHIP_PLAN: &str = r#"
+version: 1
+name: ship-test
+params:
+  dir: {type: path, required: true}
+  repository: {type: string, required: true}
+  endpoint: {type: string, required: true}
+steps:
+  - id: compress
+    uses: compress
+    with: {dir: "{{params.dir}}"}
+  - id: upload
+    uses: upload
+    needs: [compress]
+    with:
+      dir: "{{params.dir}}"
+      id: b1
+      repository: &repo
+        url: "{{params.repository}}"
+        endpoint: "{{params.endpoint}}"
+        path_style: true
+        access_key_id: testing
+        secret_access_key: testing
+        max_attempts: 3
+        part_size: 5MiB
+"#;
+
+const FETCH_PLAN: &str = r#"
+version: 1
+name: fetch-test
+params:
+  to: {type: path, required: true}
+  repository: {type: string, required: true}
+  endpoint: {type: string, required: true}
+steps:
+  - id: fetch
+    uses: fetch
+    with:
+      id: b1
+      to: "{{params.to}}"
+      parallel: 2
+      repository:
+        url: "{{params.repository}}"
+        endpoint: "{{params.endpoint}}"
+        path_style: true
+        access_key_id: testing
+        secret_access_key: testing
+        max_attempts: 2
+"#;
+
+fn run_plan(plan: &Path, sets: &[(&str, String)], state: &Path) -> Run {
+    let mut args: Vec<String> = vec!["run".into(), plan.display().to_string()];
+    for (k, v) in sets {
+        args.push("--set".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.extend([
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--json".into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stagehand_env(&args, ENV)
+}
+
+fn step(run: &Run, id: &str) -> Value {
+    let report: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A sealed, unprepared backup of a fresh server in `dir`.
+async fn small_backup(dir: &Path, state: &Path) {
+    let server = TestServer::builder().name("storage-faults").start().await;
+    let args = [
+        "run".to_string(),
+        "plans/full-backup.yaml".into(),
+        "--set".into(),
+        format!("socket={}", server.socket().display()),
+        "--set".into(),
+        format!("datadir={}", server.datadir().display()),
+        "--set".into(),
+        format!("target={}", dir.display()),
+        "--set".into(),
+        "prepare=false".into(),
+        "--set".into(),
+        "verify=false".into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = tokio::task::block_in_place(|| stagehand_env(&args, ENV));
+    assert_eq!(r.code, 0, "backup failed: {}", r.stderr);
+}
+
+async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
+    moto.client()
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("ListObjectsV2")
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_again() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("upfault");
+    moto.create_bucket(&bucket).await.expect("bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("proxy");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (dir, state) = (work.path().join("backup"), work.path().join("state"));
+    small_backup(&dir, &state).await;
+    let plan = work.path().join("ship.yaml");
+    std::fs::write(&plan, SHIP_PLAN).expect("plan");
+    let sets = [
+        ("dir", dir.display().to_string()),
+        ("repository", format!("s3://{bucket}/db")),
+        ("endpoint", proxy.endpoint()),
+    ];
+
+    // Every upload request fails: the budget (3 attempts) runs out.
+    proxy.add(Rule::op("PutObject").status(500, "InternalError"));
+    proxy.add(Rule::op("UploadPart").status(503, "SlowDown"));
+    let failed = tokio::task::block_in_place(|| run_plan(&plan, &sets, &state));
+    assert_eq!(failed.code, 1, "the upload must fail: {}", failed.stdout);
+    let upload = step(&failed, "upload");
+    let error = upload["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("3 attempts"),
+        "the error gives the attempts spent: {error}"
+    );
+    assert!(!error.contains("testing"), "no key in the error: {error}");
+    let hint = upload["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("no manifest"),
+        "the hint says nothing looks complete: {hint}"
+    );
+    let keys = keys_under(moto, &bucket, "db/").await;
+    assert!(
+        !keys.iter().any(|k| k.ends_with("stagehand.json")),
+        "no manifest after a failed upload: {keys:?}"
+    );
+    let uploads = moto
+        .client()
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    assert!(
+        uploads.uploads().is_empty(),
+        "orphan multipart uploads: {uploads:?}"
+    );
+
+    // The fault is gone: the same plan completes (compress has nothing left to do).
+    proxy.clear_rules();
+    let ok = tokio::task::block_in_place(|| run_plan(&plan, &sets, &state));
+    assert_eq!(ok.code, 0, "second run: {}\n{}", ok.stdout, ok.stderr);
+    let keys = keys_under(moto, &bucket, "db/b1/").await;
+    assert!(
+        keys.contains(&"db/b1/stagehand.json".to_string()),
+        "{keys:?}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("stagehand.json")).expect("local manifest"))
+            .expect("manifest");
+    let files = manifest["files"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        keys.len(),
+        files.len() + 1,
+        "one object per file plus the manifest"
+    );
+
+    // A fetch cut short by a fault on one object is resumed by the next run.
+    let fetch_plan = work.path().join("fetch.yaml");
+    std::fs::write(&fetch_plan, FETCH_PLAN).expect("plan");
+    let to = work.path().join("fetched");
+    let fsets = [
+        ("to", to.display().to_string()),
+        ("repository", format!("s3://{bucket}/db")),
+        ("endpoint", proxy.endpoint()),
+    ];
+    // The smallest non-empty object: fetched last (largest first), so the first run
+    // gets everything else before it fails.
+    let stored_size = |f: &Value| f["stored"]["size"].as_u64().or(f["size"].as_u64());
+    let victim = files
+        .iter()
+        .filter(|f| stored_size(f).unwrap_or(0) > 0)
+        .min_by_key(|f| stored_size(f))
+        .and_then(|f| f["stored"]["path"].as_str().or(f["path"].as_str()))
+        .expect("a file")
+        .to_string();
+    proxy.add(Rule::op("GetObject").target_contains(&victim).reset());
+    let cut = tokio::task::block_in_place(|| run_plan(&fetch_plan, &fsets, &state));
+    assert_eq!(
+        cut.code, 1,
+        "the fetch must fail while the object is unreachable"
+    );
+    assert!(
+        !to.join("stagehand.json").exists(),
+        "no manifest after a failed fetch"
+    );
+    proxy.clear_rules();
+    let resumed = tokio::task::block_in_place(|| run_plan(&fetch_plan, &fsets, &state));
+    assert_eq!(
+        resumed.code, 0,
+        "resumed fetch: {}\n{}",
+        resumed.stdout, resumed.stderr
+    );
+    let out = &step(&resumed, "fetch")["outputs"];
+    assert!(
+        out["reused_files"].as_u64().unwrap_or(0) > 0,
+        "the second run kept the files the first one fetched: {out}"
+    );
+    assert!(
+        to.join("stagehand.json").exists(),
+        "the fetched backup is complete"
+    );
+    // Every fetched object is the uploaded one.
+    for f in &files {
+        let path = f["stored"]["path"]
+            .as_str()
+            .or(f["path"].as_str())
+            .unwrap_or_default();
+        assert!(to.join(path).exists(), "{path} fetched");
+    }
+}
