@@ -29,6 +29,13 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Progress bars for copy, compress, upload and fetch: on a terminal (auto), always,
+    /// or never (then a progress line in the log every --progress-every).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, env = "STAGEHAND_PROGRESS", global = true)]
+    progress: ProgressMode,
+    /// How often a long step logs how far it is when no bar is shown.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, env = "STAGEHAND_PROGRESS_EVERY", global = true)]
+    progress_every: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -37,6 +44,13 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -165,6 +179,7 @@ pub fn main() -> i32 {
         }
     };
     init_logging(&cli);
+    configure_progress(&cli);
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -172,6 +187,18 @@ pub fn main() -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+fn configure_progress(cli: &Cli) {
+    use stagehand_steps::progress::{configure, Bars};
+    let bars = match (cli.progress, cli.log_format) {
+        (ProgressMode::Never, _) => Bars::Never,
+        (ProgressMode::Always, _) => Bars::Always,
+        // JSON logs are for machines: no bars among them.
+        (ProgressMode::Auto, LogFormat::Json) => Bars::Never,
+        (ProgressMode::Auto, LogFormat::Text) => Bars::Auto,
+    };
+    configure(bars, cli.progress_every);
 }
 
 fn init_logging(cli: &Cli) {

@@ -9,8 +9,30 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// How often a running step logs how far it is when no progress bar is shown.
+/// How often a running step logs how far it is when no progress bar is shown, unless
+/// [`configure`] says otherwise.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// When to draw progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bars {
+    /// On an interactive terminal, not in CI.
+    Auto,
+    Always,
+    Never,
+}
+
+static SETTINGS: OnceLock<(Bars, Duration)> = OnceLock::new();
+
+/// Sets how progress is shown for the whole process (the CLI's `--progress` and
+/// `--progress-every`); the first call wins.
+pub fn configure(bars: Bars, log_every: Duration) {
+    let _ = SETTINGS.set((bars, log_every.max(Duration::from_secs(1))));
+}
+
+fn settings() -> (Bars, Duration) {
+    *SETTINGS.get_or_init(|| (Bars::Auto, LOG_EVERY))
+}
 /// How often a bar is redrawn.
 const BAR_EVERY: Duration = Duration::from_millis(200);
 
@@ -21,13 +43,12 @@ pub struct Progress {
     bar: Option<ProgressBar>,
 }
 
-/// Bars only on an interactive terminal, never in CI or when STAGEHAND_PROGRESS=never.
+/// Bars only on an interactive terminal and never in CI, unless configured otherwise.
 fn bars_wanted() -> bool {
-    let setting = std::env::var("STAGEHAND_PROGRESS").unwrap_or_default();
-    match setting.as_str() {
-        "never" => false,
-        "always" => true,
-        _ => std::io::stderr().is_terminal() && std::env::var_os("CI").is_none(),
+    match settings().0 {
+        Bars::Never => false,
+        Bars::Always => true,
+        Bars::Auto => std::io::stderr().is_terminal() && std::env::var_os("CI").is_none(),
     }
 }
 
@@ -110,7 +131,7 @@ async fn draw_bar(bar: ProgressBar, done: ByteCounter) {
 async fn log_progress(step: String, verb: &'static str, done: ByteCounter, total: u64) {
     let t0 = Instant::now();
     loop {
-        tokio::time::sleep(LOG_EVERY).await;
+        tokio::time::sleep(settings().1).await;
         let bytes = done.load(Ordering::Relaxed);
         tracing::info!(step = %step, "{}", progress_line(verb, bytes, total, t0.elapsed()));
     }

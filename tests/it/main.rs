@@ -15,6 +15,7 @@ mod workload;
 mod history;
 mod metrics;
 mod notify;
+mod progress;
 mod restore;
 mod rotate;
 mod servers;
