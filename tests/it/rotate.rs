@@ -325,3 +325,77 @@ fn a_policy_without_a_rule_is_refused_before_anything_runs() {
     assert!(all.contains("no rule"), "{all}");
     assert_eq!(folders(&s.repo), before);
 }
+
+/// The same scenario in a real S3 bucket (moto): listing, manifest-first deletion and
+/// batched deletes go through the S3 store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
+    use stagehand_steps::testkit_s3::{unique_bucket, MotoServer};
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("rotate");
+    moto.create_bucket(&bucket).await.expect("bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = scenario(dir.path());
+    let client = moto.client();
+    let mut stack = vec![s.repo.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&s.repo).expect("under repo").display();
+            client
+                .put_object()
+                .bucket(&bucket)
+                .key(format!("nightly/{rel}"))
+                .body(std::fs::read(&p).expect("read").into())
+                .send()
+                .await
+                .expect("put");
+        }
+    }
+    let plan = write_plan(
+        dir.path(),
+        "rotate-s3",
+        &format!(
+            r#"version: 1
+name: rotate
+steps:
+  - id: rotate
+    uses: rotate
+    with:
+      repository: {{url: "s3://{bucket}/nightly", endpoint: "{}", path_style: true, access_key_id: k, secret_access_key: s}}
+      keep_last: 1
+      max_age: 10d
+"#,
+            moto.endpoint()
+        ),
+    );
+    let r = tokio::task::block_in_place(|| run_plan(dir.path(), &plan, &[], &[]));
+    let out = succeeded(&r);
+    assert_eq!(ids(&out["deleted_ids"]), s.deleted);
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("nightly/")
+        .send()
+        .await
+        .expect("list");
+    let mut left: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter_map(|k| {
+            k.strip_prefix("nightly/")?
+                .split('/')
+                .next()
+                .map(String::from)
+        })
+        .collect();
+    left.dedup();
+    let mut expected: Vec<String> = s.kept.iter().chain(&s.incomplete).cloned().collect();
+    expected.sort();
+    assert_eq!(left, expected, "exactly the planned backups are gone");
+}
