@@ -63,12 +63,27 @@ def _hwm_kib(pid: int) -> int:
     return 0
 
 
+MOTO = {"pid": None}
+
+
+def _cpu_s(pid):
+    """User+system CPU seconds of a running process (0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        fields = st[st.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, TypeError):
+        return 0.0
+
+
 def measured(name, cmd, env=None, shell=False):
     """Runs cmd (a list, or a shell pipeline string); returns wall s, CPU s of the whole
     tree (rusage), peak RSS MiB of the root process and per command name, the exit code
     and, for stagehand, its JSON report (stdout)."""
     drop_caches()
     full_env = dict(os.environ, **S3ENV, **(env or {}))
+    moto0 = _cpu_s(MOTO["pid"])
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, shell=shell, executable="/bin/bash" if shell else None, env=full_env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -98,6 +113,7 @@ def measured(name, cmd, env=None, shell=False):
     res = {"name": name, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
            "root_peak_rss_mib": round(root_peak[0] / 1024, 1),
            "peak_rss_mib_by_process": {k: round(v / 1024, 1) for k, v in sorted(peaks.items()) if v},
+           "moto_server_cpu_s": round(_cpu_s(MOTO["pid"]) - moto0, 2),
            "exit": code, "loadavg_1m": round(os.getloadavg()[0], 2)}
     if not shell and Path(cmd[0]).name == "stagehand":
         try:
@@ -205,6 +221,7 @@ def main():
         run(["cp", "-a", a.seed_from, str(base / "data")])
     srv, data, sock = start_server(base)
     moto, url = start_moto(base)
+    MOTO["pid"] = moto.pid
     st = str(base / "state")
     sh = [str(SH), "-q", "run", "--json", "--state-dir", st]
     P = str(a.parallel)
@@ -282,6 +299,10 @@ def main():
         results["restore_stagehand"] = r
         fresh(wk, dd)
 
+        r = measured("download alone: aws s3 cp … - > /dev/null (part of the row below)", f"set -o pipefail; {down} > /dev/null", shell=True)
+        r["cmd"], r["download_method"] = f"{down} > /dev/null", down_how
+        results["download_alone_mariadb_backup"] = r
+
         mw = base / "restore-mb"
         fresh(mw)
         mw.mkdir()
@@ -311,7 +332,7 @@ def write_report(out: Path, R, data_bytes, version, a, up_how):
     ratio = s["wall_s"] / stages[slowest_k]
     rs, rm = R["restore_stagehand"], R["restore_mariadb_backup"]
     rs_to_prepare = sum(rs.get("steps_ms", {}).get(k) or 0 for k in ("fetch", "verify", "decompress", "prepare")) / 1000
-    sh_rss = {k: R[k]["root_peak_rss_mib"] for k in R if k not in ("stream_mariadb_backup", "restore_mariadb_backup")}
+    sh_rss = {k: R[k]["root_peak_rss_mib"] for k in R if "mariadb_backup" not in k}
     max_rss = max(sh_rss.values())
     summary = {
         "streamed_wall_s": s["wall_s"], "slowest_stage": slowest_k, "slowest_stage_wall_s": stages[slowest_k],
@@ -329,7 +350,7 @@ def write_report(out: Path, R, data_bytes, version, a, up_how):
         rss = r["peak_rss_mib_by_process"]
         rss_s = ", ".join(f"{k} {v}" for k, v in sorted(rss.items(), key=lambda kv: -kv[1])[:3])
         return (f"| {label} | {r['wall_s']} | {r['cpu_s']} | {r['root_peak_rss_mib']} | {rss_s} | "
-                f"{fmt_mib(r['stored_bytes']) if 'stored_bytes' in r else ''} | {extra} | {r['loadavg_1m']} | {r['exit']} |")
+                f"{fmt_mib(r['stored_bytes']) if 'stored_bytes' in r else ''} | {r['moto_server_cpu_s']} | {extra} | {r['loadavg_1m']} | {r['exit']} |")
     notes = {
         "stream_stagehand": f"{s.get('objects', '')} objects",
         "stream_mariadb_backup": f"1 object; CPU/RSS incl. zstd and {up_how.split(' (')[0]}",
@@ -338,6 +359,7 @@ def write_report(out: Path, R, data_bytes, version, a, up_how):
         "stage_upload": f"{R['stage_upload'].get('objects', '')} objects",
         "restore_stagehand": "steps ms: " + ", ".join(f"{k} {v}" for k, v in rs.get("steps_ms", {}).items() if v is not None),
         "restore_mariadb_backup": "no copy-back, no server start",
+        "download_alone_mariadb_backup": "",
     }
     seed_note = f" --seed-from {a.seed_from}" if a.seed_from else ""
     hdr = ("| run | wall s | CPU s (tree) | peak RSS MiB (root process) | peak RSS MiB (largest processes) | stored | notes | load 1m | exit |\n"
@@ -358,10 +380,11 @@ cache). The exact commands and plans of every row are in `docs/benchmarks-storag
 process's own VmHWM sampled every 0.1 s (for stagehand rows: stagehand itself), the next
 column the largest peaks by process name (for the restore they include the `mariadbd`
 stagehand starts to prepare and to check). `load 1m` is the load average at the end of the
-row (above ~2 on this machine: other work competed).
+row (above ~2 on this machine: other work competed). `moto_server CPU s` is the CPU the S3
+server spent during the row, on the same 2 cores, not included in `CPU s`.
 
-| run | wall s | CPU s (tree) | peak RSS MiB (root) | peak RSS MiB (largest processes) | stored | notes | load 1m | exit |
-|---|---|---|---|---|---|---|---|---|
+| run | wall s | CPU s (tree) | peak RSS MiB (root) | peak RSS MiB (largest processes) | stored | moto_server CPU s | notes | load 1m | exit |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 Targets:

@@ -104,15 +104,23 @@ impl TypedStep for Verify {
         };
         out.insert("tables".into(), json!(tables));
         out.insert("rows".into(), Value::Object(rows));
-        tracing::info!(
-            files = manifest.files.len(),
-            bytes,
-            pages,
-            tables,
-            "backup verified"
-        );
+        let files = manifest.files.len();
+        record_verified(&dir, manifest, cfg.restore)?;
+        tracing::info!(files, bytes, pages, tables, "backup verified");
         Ok(out)
     }
+}
+
+/// Notes in the manifest that the backup passed, and how deeply: `backups list` shows it
+/// and `rotate` never deletes the newest verified backup.
+fn record_verified(dir: &Path, mut manifest: Manifest, restored: bool) -> Result<(), StepError> {
+    manifest.verified = Some(crate::manifest::Verified {
+        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        depth: if restored { "restore" } else { "pages" }.into(),
+    });
+    manifest
+        .write(dir)
+        .map_err(|e| StepError::fatal(format!("the backup is good, but {e}")))
 }
 
 fn check_files(

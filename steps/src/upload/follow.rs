@@ -43,7 +43,12 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
         .await
         .map_err(StoreError::into_step_error)?;
     let progress = crate::progress::Progress::start(&ctx.step_id, "uploaded", 0);
-    let shipper = Shipper::removing_local(
+    let make = if cfg.remove_local {
+        Shipper::removing_local
+    } else {
+        Shipper::new
+    };
+    let shipper = make(
         repo.store().clone(),
         &dir,
         &id,
@@ -51,18 +56,6 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
         progress.counter(),
     )
     .map_err(StoreError::into_step_error)?;
-    let shipper = if cfg.remove_local {
-        shipper
-    } else {
-        Shipper::new(
-            repo.store().clone(),
-            &dir,
-            &id,
-            cfg.compress.clone(),
-            progress.counter(),
-        )
-        .map_err(StoreError::into_step_error)?
-    };
     ctx.signal_ready().await;
     let t0 = Instant::now();
     let followed = follow_until_sealed(&shipper, &dir, cfg.parallel, ctx).await;
