@@ -39,7 +39,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
     let repo = Repository::open(&cfg.repository)
         .await
         .map_err(StoreError::into_step_error)?;
-    prepare_destination(&repo, &id)
+    super::claim_destination(&repo, &id)
         .await
         .map_err(StoreError::into_step_error)?;
     let progress = crate::progress::Progress::start(&ctx.step_id, "uploaded", 0);
@@ -92,18 +92,6 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
     .as_object()
     .cloned()
     .unwrap_or_default())
-}
-
-/// Refuses an id that is complete already and clears what an interrupted attempt left.
-async fn prepare_destination(repo: &Repository, id: &str) -> Result<(), StoreError> {
-    repo::check_backup_id(id)?;
-    if repo.manifest(id).await.is_ok() {
-        return Err(StoreError::permanent(format!(
-            "{}: backup {id} is already there (complete); a backup is never overwritten",
-            repo.url()
-        )));
-    }
-    repo.delete_backup(id).await.map(|_| ())
 }
 
 /// Ships announced files until the `until` step (seal) ends. An error when it failed.

@@ -271,16 +271,8 @@ async fn upload_backup(
     cfg: &UploadConfig,
     step: &str,
 ) -> Result<Manifest, StoreError> {
-    repo::check_backup_id(id)?;
-    if repo.manifest(id).await.is_ok() {
-        return Err(StoreError::permanent(format!(
-            "{}: backup {id} is already there (complete); a backup is never overwritten",
-            repo.url()
-        )));
-    }
+    claim_destination(repo, id).await?;
     let store = repo.store().clone();
-    // Left-overs of an interrupted upload of the same id.
-    store.abort_incomplete_uploads(&format!("{id}/")).await?;
     let total: u64 = manifest.stored_bytes();
     let progress = Progress::start(step, "uploaded", total);
     let shipper = Shipper::new(
@@ -294,6 +286,19 @@ async fn upload_backup(
     drop(progress);
     finish_upload(repo, id, &manifest).await?;
     Ok(manifest)
+}
+
+/// Refuses an id that is complete already (a backup is never overwritten) and clears
+/// what an interrupted attempt at the same id left (objects, multipart uploads).
+pub(crate) async fn claim_destination(repo: &Repository, id: &str) -> Result<(), StoreError> {
+    repo::check_backup_id(id)?;
+    if repo.manifest(id).await.is_ok() {
+        return Err(StoreError::permanent(format!(
+            "{}: backup {id} is already there (complete); a backup is never overwritten",
+            repo.url()
+        )));
+    }
+    repo.delete_backup(id).await.map(|_| ())
 }
 
 /// Checks the objects, writes the manifest last and reads it back.
