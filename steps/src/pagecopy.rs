@@ -319,6 +319,28 @@ fn tablespace_format(
     }
 }
 
+/// The header and trailer fields that decide a page's checks, for the error message
+/// (what a DBA, or a bug report, needs to tell a torn write from real damage).
+fn page_facts(page: &[u8]) -> String {
+    let be32 = |at: usize| {
+        page.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0)
+    };
+    let n = page.len();
+    format!(
+        "header: page {} type {} LSN {:#x}:{:#x}; trailer: {:#010x} {:#010x}",
+        be32(4),
+        page.get(24..26)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .unwrap_or(0),
+        be32(16),
+        be32(20),
+        be32(n.saturating_sub(8)),
+        be32(n.saturating_sub(4)),
+    )
+}
+
 /// Checks one page; a page that fails is read again (the server may have been writing
 /// it) after a pause, a bounded number of times.
 fn validate_page(
@@ -341,8 +363,8 @@ fn validate_page(
         let offset = page_no * page.len() as u64;
         drop_from_cache(input, offset, page.len());
         read_at(input, path, page, offset)?;
-        tracing::debug!(file = %path.display(), page = page_no, try_no = tries, "re-reading a page that failed its checksum");
         status = check(page);
+        tracing::debug!(file = %path.display(), page = page_no, try_no = tries, ?status, facts = %page_facts(page), "re-read a page that failed its checksum");
         tries += 1;
     }
     match status {
@@ -350,7 +372,7 @@ fn validate_page(
             path: path.to_path_buf(),
             page: page_no,
             tries,
-            status: format!("{c:?}"),
+            status: format!("{c:?}; {}", page_facts(page)),
         }),
         None | Some(PageStatus::Unverifiable(_)) => {
             record.unverified_pages += 1;
