@@ -194,8 +194,16 @@ Raw results: `docs/benchmarks-backup.json`.
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.read_text() if out.exists() else ""
     marker = "## Hot backup: stagehand vs mariadb-backup (issue 3)"
-    rest = old.split(marker)[0].replace("# Benchmarks\n", "").strip()
-    out.write_text(text + ("\n" + rest + "\n" if rest else ""))
+    before, _, ours = old.partition(marker)
+    rest = before.replace("# Benchmarks\n", "").strip()
+    # Sections after ours (other benchmarks, e.g. the storage pipeline) stay as they are.
+    later = ours.find("\n## ")
+    after = ours[later:].strip() if later >= 0 else ""
+    out.write_text(
+        text
+        + ("\n" + rest + "\n" if rest else "")
+        + ("\n" + after + "\n" if after else "")
+    )
     (out.parent / "benchmarks-backup.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
 
