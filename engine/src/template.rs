@@ -47,6 +47,16 @@ pub fn expressions(text: &str) -> Vec<Expr> {
 
 /// Dotted paths an expression reads from the known roots (`params.datadir`).
 pub fn references(inner: &str) -> Vec<String> {
+    references_under(inner, ROOTS)
+}
+
+/// The `{{report.*}}` references of an expression (the run so far, read by steps that
+/// report on it, such as notify).
+pub fn report_references(inner: &str) -> Vec<String> {
+    references_under(inner, &["report"])
+}
+
+fn references_under(inner: &str, roots: &[&str]) -> Vec<String> {
     if inner.starts_with('!') {
         return Vec::new(); // a comment
     }
@@ -56,7 +66,7 @@ pub fn references(inner: &str) -> Vec<String> {
     let flush = |token: &mut String, refs: &mut Vec<String>| {
         let t = token.trim_start_matches(['#', '/', '^', '~', '&', '>']);
         let root = t.split('.').next().unwrap_or("");
-        if ROOTS.contains(&root) {
+        if roots.contains(&root) {
             refs.push(t.to_string());
         }
         token.clear();
@@ -81,22 +91,36 @@ pub fn references(inner: &str) -> Vec<String> {
 
 /// Every reference in every string of a JSON value, with the path of the string.
 pub fn references_in(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    collect_in(value, path, references, out)
+}
+
+/// Every `{{report.*}}` reference in a value, with the path of the string it is in.
+pub fn report_references_in(value: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    collect_in(value, path, report_references, out)
+}
+
+fn collect_in(
+    value: &Value,
+    path: &str,
+    refs_of: fn(&str) -> Vec<String>,
+    out: &mut Vec<(String, String)>,
+) {
     match value {
         Value::String(s) => {
             for e in expressions(s) {
-                for r in references(&e.inner) {
+                for r in refs_of(&e.inner) {
                     out.push((path.to_string(), r));
                 }
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                references_in(v, &crate::source::child_index(path, i), out);
+                collect_in(v, &crate::source::child_index(path, i), refs_of, out);
             }
         }
         Value::Object(map) => {
             for (k, v) in map {
-                references_in(v, &crate::source::child_key(path, k), out);
+                collect_in(v, &crate::source::child_key(path, k), refs_of, out);
             }
         }
         _ => {}

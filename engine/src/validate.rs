@@ -243,6 +243,72 @@ impl Checker<'_> {
             for (path, r) in refs {
                 self.check_reference(l, Some(i), &path, &r, c);
             }
+            let mut report_refs = Vec::new();
+            template::report_references_in(&s.with, &wpath, &mut report_refs);
+            for (path, r) in report_refs {
+                self.check_report_reference(l, &path, &r, c);
+            }
+        }
+    }
+
+    /// One `{{report.…}}` reference: a field of the run snapshot, and for
+    /// `report.steps.ID.outputs.KEY` a step of the plan with that output. (Any step: the
+    /// report is the run so far, so no upstream rule; a step not run yet reads as empty.)
+    fn check_report_reference(&self, l: &Loaded, path: &str, r: &str, c: &mut Collector) {
+        const FIELDS: &[&str] = &[
+            "id",
+            "plan",
+            "plan_file",
+            "host",
+            "started_at",
+            "duration_ms",
+            "duration",
+            "status",
+            "failed_step",
+            "failed_steps",
+            "steps",
+        ];
+        let parts: Vec<&str> = r.split('.').collect();
+        match parts.as_slice() {
+            ["report"] => {}
+            ["report", "steps", id, rest @ ..] => {
+                let Some(src) = l.step_index(id) else {
+                    let hint = did_you_mean(id, l.plan.steps.iter().map(|s| s.id.as_str()));
+                    c.error(
+                        path,
+                        At::Value,
+                        format!("`{r}` names no step of the plan"),
+                        hint,
+                    );
+                    return;
+                };
+                let kind = &l.plan.steps[src].uses;
+                if let (["outputs", key, ..], Some(k)) = (rest, self.registry.get(kind)) {
+                    let outs = k.outputs();
+                    if !outs.iter().any(|o| o.name == *key) {
+                        let hint = did_you_mean(key, outs.iter().map(|o| o.name))
+                            .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name)));
+                        c.error(
+                            path,
+                            At::Value,
+                            format!("step `{id}` ({kind}) has no output `{key}`"),
+                            Some(hint),
+                        );
+                    }
+                }
+            }
+            ["report", field, ..] if FIELDS.contains(field) => {}
+            ["report", field, ..] => {
+                let hint = did_you_mean(field, FIELDS.iter().copied())
+                    .unwrap_or_else(|| one_of(FIELDS.iter().copied()));
+                c.error(
+                    path,
+                    At::Value,
+                    format!("the run report has no field `{field}`"),
+                    Some(hint),
+                );
+            }
+            _ => {}
         }
     }
 
