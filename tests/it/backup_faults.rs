@@ -1144,8 +1144,13 @@ async fn assert_overwrite_failure(run: &HeavyRun) {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
             .collect();
         if option.starts_with("--") {
+            // The option as a whole word (help puts a space or a line break after it).
+            let listed = help.match_indices(option.as_str()).any(|(at, _)| {
+                !help[at + option.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            });
             assert!(
-                help.contains(&format!("{option} ")),
+                listed,
                 "the hint names `stagehand run {option}`, which does not exist: {hint}"
             );
         }
