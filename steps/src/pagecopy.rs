@@ -3,7 +3,7 @@
 //! copy is hashed (SHA-256) as it is written.
 
 use crate::datadir::{FileClass, SourceFile};
-use crate::innodb::page::{check_page_at, PageStatus, SpaceFormat};
+use crate::innodb::page::{check_page_at, PageError, PageStatus, SpaceFormat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -310,13 +310,56 @@ fn tablespace_format(
     buf: &mut Vec<u8>,
 ) -> Result<Option<SpaceFormat>, CopyError> {
     buf.resize(buf.len().max(65536), 0);
-    let n = read_at(input, path, &mut buf[..65536], 0)?;
-    match SpaceFormat::from_page0(&buf[..n]) {
-        Ok(fmt) => Ok(Some(fmt)),
-        // ibdata2… start with an ordinary page: use ibdata1's format.
-        Err(_) if class == FileClass::SystemTablespace => Ok(opts.system_format),
-        Err(_) => Ok(None),
+    let mut tries = 0;
+    loop {
+        let n = read_at(input, path, &mut buf[..65536], 0)?;
+        let fmt = match SpaceFormat::from_page0(&buf[..n]) {
+            Ok(fmt) => fmt,
+            // ibdata2… start with an ordinary page: use ibdata1's format.
+            Err(_) if class == FileClass::SystemTablespace => return Ok(opts.system_format),
+            // Page 0 not written yet (or not a tablespace header at all).
+            Err(PageError::AllZeroPage0) => return Ok(None),
+            Err(_) if tries >= opts.rereads => return Ok(None),
+            Err(_) => {
+                tries += 1;
+                reread_pause(input, opts, 0, 65536)?;
+                continue;
+            }
+        };
+        // Its flags decide how every other page is checked: trust them only from a
+        // page 0 that passes its own check (a torn page 0 is read again, like any
+        // page; one that stays bad is a corrupt header).
+        let page0 = buf.get(..fmt.physical_size).unwrap_or(&[]);
+        match check_page_at(page0, 0, &fmt) {
+            Ok(PageStatus::Corrupt(c)) if tries >= opts.rereads => {
+                return Err(CopyError::CorruptPage {
+                    path: path.to_path_buf(),
+                    page: 0,
+                    tries: tries + 1,
+                    status: format!("{c:?}; {}", page_facts(page0)),
+                })
+            }
+            Ok(PageStatus::Corrupt(_)) | Err(_) => {
+                tries += 1;
+                reread_pause(input, opts, 0, 65536)?;
+            }
+            Ok(_) => return Ok(Some(fmt)),
+        }
     }
+}
+
+/// Waits before reading a range again, and drops it from the page cache so the read
+/// comes from the disk.
+fn reread_pause(
+    input: &File,
+    opts: &CopyOptions,
+    offset: u64,
+    len: usize,
+) -> Result<(), CopyError> {
+    check_cancel(opts)?;
+    std::thread::sleep(opts.reread_delay);
+    drop_from_cache(input, offset, len);
+    Ok(())
 }
 
 /// The header and trailer fields that decide a page's checks, for the error message
@@ -357,12 +400,12 @@ fn validate_page(
     let mut status = check(page);
     let mut tries = 1;
     while matches!(status, Some(PageStatus::Corrupt(_))) && tries <= opts.rereads {
-        check_cancel(opts)?;
-        std::thread::sleep(opts.reread_delay);
         // Read it from the disk, not from a cached copy that could be stale.
         let offset = page_no * page.len() as u64;
-        drop_from_cache(input, offset, page.len());
-        read_at(input, path, page, offset)?;
+        reread_pause(input, opts, offset, page.len())?;
+        let n = read_at(input, path, page, offset)?;
+        // Never check (or keep) bytes of the earlier read past a short one.
+        page[n..].fill(0);
         status = check(page);
         tracing::debug!(file = %path.display(), page = page_no, try_no = tries, ?status, facts = %page_facts(page), "re-read a page that failed its checksum");
         tries += 1;

@@ -211,6 +211,14 @@ fn lsn_trailer_and_page_number_checks() {
         SpaceFormat::from_page0(&zero),
         Err(page::PageError::AllZeroPage0)
     );
+    // Page 0 not flushed yet while page 1 is: not a format (flags 0 would be taken
+    // for the old format and page 1 would fail as "LsnMismatch").
+    let mut early = plain.clone();
+    early[..fmt.physical_size].fill(0);
+    assert_eq!(
+        SpaceFormat::from_page0(&early),
+        Err(page::PageError::AllZeroPage0)
+    );
 }
 
 fn put32(p: &mut [u8], at: usize, v: u32) {
@@ -545,4 +553,49 @@ fn encrypted_log_framing_and_writer() {
     w.append_parsed(&region, &p).expect("append");
     let ours = w.finish().expect("finish");
     assert!(ours == data("redo_enc_backup_prefix"));
+}
+
+/// Copies `bytes` as a tablespace file with the page copier.
+fn copy_tablespace(bytes: &[u8]) -> Result<stagehand_steps::pagecopy::CopiedFile, String> {
+    use stagehand_steps::datadir::{FileClass, SourceFile};
+    use stagehand_steps::pagecopy::{copy_file, CopyOptions};
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let src = dir.path().join("t.ibd");
+    std::fs::write(&src, bytes).map_err(|e| e.to_string())?;
+    let out = dir.path().join("out");
+    let file = SourceFile {
+        abs: src,
+        rel: "db/t.ibd".into(),
+        class: FileClass::Tablespace,
+    };
+    let opts = CopyOptions {
+        chunk_bytes: 1 << 20,
+        rereads: 2,
+        reread_delay: std::time::Duration::from_millis(1),
+        cancel: Default::default(),
+        limiter: None,
+        system_format: None,
+        progress: Default::default(),
+    };
+    copy_file(&file, &out, &opts, &mut Vec::new()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_tablespace_whose_page_0_is_not_written_yet_is_copied_not_failed() {
+    let plain = data("s_plain.ibd");
+    let whole = copy_tablespace(&plain).expect("an intact tablespace copies");
+    assert!(whole.pages > 0 && whole.unverified_pages == 0, "{whole:?}");
+    // Pages reach the file in any order: page 0 may still be zeros while page 1 and
+    // later are written. Its flags must not be read as "old format" (which made valid
+    // full_crc32 pages fail as LsnMismatch).
+    let fmt = SpaceFormat::from_page0(&plain).expect("page 0");
+    let mut early = plain.clone();
+    early[..fmt.physical_size].fill(0);
+    let copied = copy_tablespace(&early).expect("copied, kept as read for the redo log");
+    assert!(copied.unverified_pages > 0, "{copied:?}");
+    // A page 0 that is there but damaged stays an error.
+    let mut bad = plain.clone();
+    bad[fmt.physical_size / 2] ^= 0xff;
+    let err = copy_tablespace(&bad).expect_err("a corrupt page 0 fails");
+    assert!(err.contains("page 0"), "{err}");
 }

@@ -231,8 +231,11 @@ impl SpaceFormat {
     /// physical page; extra bytes are ignored).
     pub fn from_page0(page0: &[u8]) -> Result<Self, PageError> {
         let head = slice(page0, 0, MIN_PAGE)?;
-        // UNIV_PAGE_SIZE_MAX: no page is larger than 64 KiB.
-        if is_zero(head) && is_zero(page0.get(..65536).unwrap_or(page0)) {
+        // A written page 0 of any page size has its type (FSP_HDR) and flags in its
+        // first bytes: a zero head means page 0 is not on disk yet, even when later
+        // pages are (pages reach the file in any order). Reading flags 0 from it would
+        // mistake a full_crc32 file for an old-format one.
+        if is_zero(head) {
             return Err(PageError::AllZeroPage0);
         }
         let (space_id, flags) = read_fsp_flags(page0)?;
