@@ -459,6 +459,15 @@ fn run(
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
+            // The run could not start, and the metrics must say so: a schedule whose
+            // secret went missing is as broken as one whose backup failed.
+            let not_started = not_started_report(&loaded, plan);
+            runs::publish_metrics(
+                &not_started,
+                &history_dir,
+                outputs.metrics_file.as_deref(),
+                outputs.pushgateway.as_deref(),
+            );
             return Ok(match e {
                 stagehand_engine::exec::RunError::Secret { .. }
                 | stagehand_engine::exec::RunError::Connection { .. } => EXIT_USAGE,
@@ -480,6 +489,23 @@ fn run(
         outputs.pushgateway.as_deref(),
     );
     Ok(report.status.exit_code())
+}
+
+/// The report of a run that failed before its first step (for the metrics only).
+fn not_started_report(loaded: &Loaded, plan: &Path) -> stagehand_engine::RunReport {
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    stagehand_engine::RunReport {
+        run_id: String::new(),
+        plan: loaded.plan.name.clone(),
+        plan_file: plan.display().to_string(),
+        status: stagehand_engine::RunStatus::Failed,
+        started_at: now.clone(),
+        finished_at: now,
+        duration_ms: 0,
+        params: BTreeMap::new(),
+        steps: Vec::new(),
+        journal: String::new(),
+    }
 }
 
 /// Parses `--set` values and loads the plan with them; problems are printed (exit 2).

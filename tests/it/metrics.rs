@@ -252,3 +252,47 @@ steps:
     );
     assert_eq!(m.get("stagehand_step_attempts", &[("step", "work")]), 1.0);
 }
+
+#[test]
+fn a_run_that_cannot_start_says_so_in_the_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prom = dir.path().join("nightly.prom");
+    let plan = write_plan(
+        dir.path(),
+        "nightly",
+        r#"version: 1
+name: nightly
+secrets:
+  token: {env: STAGEHAND_TEST_TOKEN_THAT_IS_NOT_SET}
+steps:
+  - id: work
+    uses: exec
+    with: {command: [echo, "{{secrets.token}}"]}
+"#,
+    );
+    let state = dir.path().join("state");
+    let run = crate::cli::stagehand_env(
+        &[
+            "run",
+            plan.to_str().expect("utf-8"),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+        &[("STAGEHAND_METRICS_FILE", prom.to_str().expect("utf-8"))],
+    );
+    assert_eq!(
+        run.code, 2,
+        "a missing secret is a usage error: {}",
+        run.stderr
+    );
+    let m = Metrics::read(&prom);
+    assert_eq!(m.get("stagehand_last_run_success", &[]), 0.0);
+    assert_eq!(
+        m.get("stagehand_last_run_status", &[("status", "failed")]),
+        1.0
+    );
+    assert!(
+        !m.has("stagehand_last_success_timestamp_seconds"),
+        "no success to report"
+    );
+}
