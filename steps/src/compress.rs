@@ -141,30 +141,17 @@ impl TypedStep for Compress {
         let mut manifest = read_manifest(&dir, "compress")?;
         let t0 = Instant::now();
         let jobs = plan_compress(&dir, &manifest)?;
-        let total = jobs.iter().map(|j| manifest.files[j.index].size).sum();
-        let progress = crate::progress::Progress::start(&ctx.step_id, "compressed", total);
-        let work = Work {
-            dir: dir.clone(),
-            files: manifest.files.clone(),
-            counter: progress.counter(),
-            cancel: ctx.cancel.child_token(),
-        };
-        let (level, threads, parallel) = (cfg.level, cfg.threads, cfg.parallel);
-        let results = tokio::task::spawn_blocking(move || {
-            run_pool(&jobs, parallel, &work.cancel, |job| {
-                work.compress_job(job, level, threads)
-            })
-        })
-        .await
-        .map_err(|e| StepError::fatal(format!("compress crashed: {e}")))?;
-        let tally = apply(&mut manifest, results);
-        // Written even when a file failed: the files done so far are stored compressed.
-        manifest
-            .write(&dir)
-            .map_err(|e| StepError::fatal(e.to_string()))?;
-        if let Some(e) = tally.error {
-            return Err(e.into_step_error());
-        }
+        let (level, threads) = (cfg.level, cfg.threads);
+        let tally = convert_all(
+            &dir,
+            &mut manifest,
+            jobs,
+            cfg.parallel,
+            ctx,
+            "compressed",
+            move |work, job| work.compress_job(job, level, threads),
+        )
+        .await?;
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(
             files = tally.files,
@@ -178,6 +165,41 @@ impl TypedStep for Compress {
         out.insert("kept".into(), json!(tally.kept));
         out.insert("stored_bytes".into(), json!(manifest.stored_bytes()));
         Ok(out)
+    }
+}
+
+/// Runs a compress or decompress over `jobs` on `parallel` threads with a progress
+/// report, records each finished file's stored form and writes the manifest — even when
+/// a file failed, so the files done so far are recorded as they now are.
+pub(crate) async fn convert_all(
+    dir: &Path,
+    manifest: &mut Manifest,
+    jobs: Vec<Job>,
+    parallel: usize,
+    ctx: &StepContext,
+    verb: &'static str,
+    job_fn: impl Fn(&Work, &Job) -> Result<Outcome, StorageError> + Send + Sync + 'static,
+) -> Result<Tally, StepError> {
+    let total = jobs.iter().map(|j| manifest.files[j.index].size).sum();
+    let progress = crate::progress::Progress::start(&ctx.step_id, verb, total);
+    let work = Work {
+        dir: dir.to_path_buf(),
+        files: manifest.files.clone(),
+        counter: progress.counter(),
+        cancel: ctx.cancel.child_token(),
+    };
+    let results = tokio::task::spawn_blocking(move || {
+        run_pool(&jobs, parallel, &work.cancel, |job| job_fn(&work, job))
+    })
+    .await
+    .map_err(|e| StepError::fatal(format!("{verb} pool crashed: {e}")))?;
+    let mut tally = apply(manifest, results);
+    manifest
+        .write(dir)
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    match tally.error.take() {
+        Some(e) => Err(e.into_step_error()),
+        None => Ok(tally),
     }
 }
 

@@ -436,16 +436,7 @@ async fn copy_all(
         progress: progress.counter(),
     });
     let _ = settings;
-    let hand_off = Arc::new(HandOff {
-        step: ctx.step_id.clone(),
-        gate: match &cfg.max_spool {
-            Some(limit) => Some(crate::spool::SpoolGate::new(
-                to,
-                parse_size(limit, "max_spool").map_err(|e| StepError::fatal(e.message))?,
-            )),
-            None => None,
-        },
-    });
+    let hand_off = Arc::new(HandOff::new(cfg, to, &ctx.step_id)?);
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let mut workers = Vec::new();
     for _ in 0..cfg.parallel {
@@ -509,10 +500,38 @@ async fn futures_join(
 /// following upload, and held back by the spool limit if one is set.
 struct HandOff {
     step: String,
+    /// Whether an upload follows this directory (it marks it when it starts): only then
+    /// are files announced and held back by the spool limit.
+    streaming: bool,
     gate: Option<crate::spool::SpoolGate>,
 }
 
 impl HandOff {
+    fn new(cfg: &CopyConfig, to: &Path, step: &str) -> Result<Self, StepError> {
+        let streaming = crate::spool::is_streaming(to);
+        let gate = match (&cfg.max_spool, streaming) {
+            (Some(limit), true) => Some(crate::spool::SpoolGate::new(
+                to,
+                parse_size(limit, "max_spool").map_err(|e| StepError::fatal(e.message))?,
+            )),
+            // Nothing would ever drain the spool: waiting would hold the locks forever.
+            (Some(_), false) => {
+                tracing::warn!(
+                    step,
+                    "max_spool is ignored: no upload follows {}",
+                    to.display()
+                );
+                None
+            }
+            (None, _) => None,
+        };
+        Ok(HandOff {
+            step: step.to_string(),
+            streaming,
+            gate,
+        })
+    }
+
     fn wait_for_room(&self, file: &SourceFile, cancel: &AtomicBool) -> bool {
         let Some(gate) = &self.gate else { return true };
         let size = std::fs::metadata(&file.abs).map(|m| m.len()).unwrap_or(0);
@@ -520,6 +539,9 @@ impl HandOff {
     }
 
     fn finished(&self, to: &Path, rec: &CopiedFile) -> Result<(), StepError> {
+        if !self.streaming {
+            return Ok(());
+        }
         crate::spool::announce(to, &self.step, rec)
             .map_err(|e| StepError::fatal(format!("cannot record {} as copied: {e}", rec.path)))?;
         if let Some(gate) = &self.gate {

@@ -12,8 +12,8 @@
 
 use crate::compress::{
     check_codec, check_data, check_parallel, corrupt, default_parallel, io_at, lost, rates,
-    read_manifest, remove_if_there, remove_stale_tmps, run_pool, stored_path, sync_parent,
-    tmp_path, Action, HashingReader, HashingWriter, Job, Outcome, StorageError, StoredReader, Work,
+    read_manifest, remove_if_there, remove_stale_tmps, stored_path, sync_parent, tmp_path, Action,
+    HashingReader, HashingWriter, Job, Outcome, StorageError, StoredReader, Work,
 };
 use crate::manifest::Manifest;
 use crate::pagecopy::CopiedFile;
@@ -92,29 +92,16 @@ impl TypedStep for Decompress {
         let mut manifest = read_manifest(&dir, "decompress")?;
         let t0 = Instant::now();
         let jobs = plan_decompress(&dir, &manifest)?;
-        let total = jobs.iter().map(|j| manifest.files[j.index].size).sum();
-        let progress = crate::progress::Progress::start(&ctx.step_id, "decompressed", total);
-        let work = Work {
-            dir: dir.clone(),
-            files: manifest.files.clone(),
-            counter: progress.counter(),
-            cancel: ctx.cancel.child_token(),
-        };
-        let parallel = cfg.parallel;
-        let results = tokio::task::spawn_blocking(move || {
-            run_pool(&jobs, parallel, &work.cancel, |job| {
-                decompress_job(&work, job)
-            })
-        })
-        .await
-        .map_err(|e| StepError::fatal(format!("decompress crashed: {e}")))?;
-        let tally = crate::compress::apply(&mut manifest, results);
-        manifest
-            .write(&dir)
-            .map_err(|e| StepError::fatal(e.to_string()))?;
-        if let Some(e) = tally.error {
-            return Err(e.into_step_error());
-        }
+        let tally = crate::compress::convert_all(
+            &dir,
+            &mut manifest,
+            jobs,
+            cfg.parallel,
+            ctx,
+            "decompressed",
+            decompress_job,
+        )
+        .await?;
         let seconds = t0.elapsed().as_secs_f64();
         tracing::info!(
             files = tally.files,

@@ -1,5 +1,6 @@
-//! Streaming a backup out while it is being taken: the copy steps announce each file
-//! they finish in a ledger inside the backup directory (`.stagehand/ready/<step>.jsonl`,
+//! Streaming a backup out while it is being taken: when a following `upload` has marked
+//! the directory (`streaming_marker`), the copy steps announce each file they finish in a
+//! ledger inside the backup directory (`.stagehand/ready/<step>.jsonl`,
 //! one `CopiedFile` per line); a following `upload` reads the ledgers, ships each file
 //! (compressed) and deletes the local copy. A copy given `max_spool` waits before
 //! starting a file while the files it announced and that are still on disk exceed it,

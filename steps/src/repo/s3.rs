@@ -318,6 +318,38 @@ impl Drop for UploadGuard {
 }
 
 impl Inner {
+    /// Every page of ListObjectsV2 under `full_prefix` (with `delimiter`, the "folders"
+    /// come as common prefixes), each request retried on its own.
+    async fn list_pages(
+        &self,
+        full_prefix: &str,
+        delimiter: Option<&str>,
+        mut each: impl FnMut(&aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output),
+    ) -> Result<(), StoreError> {
+        let target = self.target(full_prefix);
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .retry
+                .run("ListObjectsV2", &target, |_| {
+                    let req = self
+                        .client
+                        .list_objects_v2()
+                        .bucket(&self.bucket)
+                        .prefix(full_prefix)
+                        .set_delimiter(delimiter.map(str::to_string))
+                        .set_continuation_token(token.clone());
+                    async move { req.send().await.map_err(|e| classify(&e)) }
+                })
+                .await?;
+            each(&page);
+            token = page.next_continuation_token().map(str::to_string);
+            if page.is_truncated() != Some(true) || token.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
     fn full(&self, key: &str) -> String {
         if self.prefix.is_empty() {
             key.to_string()
@@ -930,36 +962,19 @@ impl Store for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let inner = &self.inner;
-        let full_prefix = inner.full(prefix);
-        let target = inner.target(&full_prefix);
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = inner
-                .retry
-                .run("ListObjectsV2", &target, |_| {
-                    let req = inner
-                        .client
-                        .list_objects_v2()
-                        .bucket(&inner.bucket)
-                        .prefix(&full_prefix)
-                        .set_continuation_token(token.clone());
-                    async move { req.send().await.map_err(|e| classify(&e)) }
-                })
-                .await?;
-            for o in page.contents() {
-                if let Some(key) = o.key().and_then(|k| inner.relative(k)) {
-                    out.push(ObjectInfo {
-                        key: key.to_string(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                    });
+        inner
+            .list_pages(&inner.full(prefix), None, |page| {
+                for o in page.contents() {
+                    if let Some(key) = o.key().and_then(|k| inner.relative(k)) {
+                        out.push(ObjectInfo {
+                            key: key.to_string(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                        });
+                    }
                 }
-            }
-            token = page.next_continuation_token().map(str::to_string);
-            if page.is_truncated() != Some(true) || token.is_none() {
-                break;
-            }
-        }
+            })
+            .await?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -972,38 +987,21 @@ impl Store for S3Store {
         } else {
             inner.full(&format!("{p}/"))
         };
-        let target = inner.target(&full_prefix);
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = inner
-                .retry
-                .run("ListObjectsV2", &target, |_| {
-                    let req = inner
-                        .client
-                        .list_objects_v2()
-                        .bucket(&inner.bucket)
-                        .prefix(&full_prefix)
-                        .delimiter("/")
-                        .set_continuation_token(token.clone());
-                    async move { req.send().await.map_err(|e| classify(&e)) }
-                })
-                .await?;
-            for cp in page.common_prefixes() {
-                if let Some(name) = cp
-                    .prefix()
-                    .and_then(|c| c.strip_prefix(full_prefix.as_str()))
-                    .map(|c| c.trim_end_matches('/'))
-                    .filter(|c| !c.is_empty())
-                {
-                    out.push(name.to_string());
+        inner
+            .list_pages(&full_prefix, Some("/"), |page| {
+                for cp in page.common_prefixes() {
+                    if let Some(name) = cp
+                        .prefix()
+                        .and_then(|c| c.strip_prefix(full_prefix.as_str()))
+                        .map(|c| c.trim_end_matches('/'))
+                        .filter(|c| !c.is_empty())
+                    {
+                        out.push(name.to_string());
+                    }
                 }
-            }
-            token = page.next_continuation_token().map(str::to_string);
-            if page.is_truncated() != Some(true) || token.is_none() {
-                break;
-            }
-        }
+            })
+            .await?;
         out.sort();
         out.dedup();
         Ok(out)

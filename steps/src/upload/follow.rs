@@ -43,17 +43,13 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
         .await
         .map_err(StoreError::into_step_error)?;
     let progress = crate::progress::Progress::start(&ctx.step_id, "uploaded", 0);
-    let make = if cfg.remove_local {
-        Shipper::removing_local
-    } else {
-        Shipper::new
-    };
-    let shipper = make(
+    let shipper = Shipper::new(
         repo.store().clone(),
         &dir,
         &id,
         cfg.compress.clone(),
         progress.counter(),
+        cfg.remove_local,
     )
     .map_err(StoreError::into_step_error)?;
     ctx.signal_ready().await;

@@ -281,6 +281,8 @@ async fn upload_backup(
         id,
         cfg.compress.clone(),
         progress.counter(),
+        // The whole directory goes at the end (`remove_local`), once the backup is complete.
+        false,
     )?;
     let manifest = ship_all(&shipper, manifest, cfg.parallel).await?;
     drop(progress);

@@ -37,28 +37,9 @@ struct Inner {
 }
 
 impl Shipper {
+    /// A shipper of the backup in `dir` as `id`; with `remove_local`, each local file is
+    /// deleted once uploaded (streaming).
     pub fn new(
-        store: Arc<dyn Store>,
-        dir: &Path,
-        id: &str,
-        compress: Option<CompressOnUpload>,
-        counter: ByteCounter,
-    ) -> Result<Self, StoreError> {
-        Self::build(store, dir, id, compress, counter, false)
-    }
-
-    /// A shipper that deletes each local file once it is uploaded (streaming).
-    pub fn removing_local(
-        store: Arc<dyn Store>,
-        dir: &Path,
-        id: &str,
-        compress: Option<CompressOnUpload>,
-        counter: ByteCounter,
-    ) -> Result<Self, StoreError> {
-        Self::build(store, dir, id, compress, counter, true)
-    }
-
-    fn build(
         store: Arc<dyn Store>,
         dir: &Path,
         id: &str,
