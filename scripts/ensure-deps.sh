@@ -17,7 +17,9 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
-APT_PACKAGES=(mariadb-server mariadb-backup mariadb-client zstd openssl)
+# bsdutils (`script`: the progress-bar test runs on a pty) and mount (the disk-full test
+# mounts a small tmpfs) are in every Debian install; listed so a trimmed image gets them.
+APT_PACKAGES=(mariadb-server mariadb-backup mariadb-client zstd openssl bsdutils mount)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
