@@ -219,6 +219,9 @@ pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     {
         let mut f = std::fs::File::create(&tmp)?;
+        // Readable by the collector (node_exporter runs as its own user) whatever the
+        // process umask: metrics hold no secret.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }

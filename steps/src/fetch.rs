@@ -203,8 +203,9 @@ fn claim_fetch_dir(dir: &Path, id: &str, url: &str) -> Result<(), StepError> {
         return Err(StepError::fatal(format!("{} is not empty", dir.display()))
             .with_hint("fetch into a new or empty directory"));
     }
-    std::fs::create_dir_all(dir.join(".stagehand"))
-        .and_then(|_| std::fs::write(&marker, wanted))
+    crate::private_fs::make_private_dir(dir)
+        .and_then(|_| crate::private_fs::create_private_dir_all(&dir.join(".stagehand")))
+        .and_then(|_| crate::private_fs::write_private(&marker, wanted))
         .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))
 }
 

@@ -267,8 +267,17 @@ pub fn claim_target(dir: &Path, run_id: &str) -> Result<(), ClaimError> {
         dir: dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(dir.join(".stagehand")).map_err(io)?;
-    std::fs::write(&marker, run_id).map_err(io)
+    // The backup's root is private: what is below it holds every row of the server.
+    crate::private_fs::make_private_dir(dir).map_err(io)?;
+    crate::private_fs::create_private_dir_all(&dir.join(".stagehand")).map_err(io)?;
+    crate::private_fs::write_private(&marker, run_id).map_err(io)
+}
+
+/// The run that claimed `dir` as its backup directory, if any.
+pub fn claimed_by(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(RUN_MARKER))
+        .ok()
+        .map(|owner| owner.trim().to_string())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -555,6 +555,10 @@ impl SandboxServer {
         tracing::debug!(binary = %self.binary.display(), ?args, "starting sandbox mariadbd");
         let child = Command::new(&self.binary)
             .args(&args)
+            // mariadbd sets its own umask from these (default 0660 files, 0700 dirs):
+            // what it writes into a backup or a restored datadir stays owner-only.
+            .env("UMASK", "0600")
+            .env("UMASK_DIR", "0700")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_file2))

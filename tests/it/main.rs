@@ -15,6 +15,7 @@ mod workload;
 mod history;
 mod metrics;
 mod notify;
+mod private_files;
 mod progress;
 mod restore;
 mod rotate;

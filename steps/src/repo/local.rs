@@ -50,10 +50,12 @@ fn write_durably(
     let dir = dest
         .parent()
         .ok_or_else(|| StoreError::config(format!("{}: no parent directory", dest.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(&dir.display().to_string(), e))?;
+    crate::private_fs::create_private_dir_all(dir)
+        .map_err(|e| StoreError::io(&dir.display().to_string(), e))?;
     let tmp = PathBuf::from(format!("{}{PARTIAL}", dest.display()));
     let shown = tmp.display().to_string();
-    let mut out = std::fs::File::create(&tmp).map_err(|e| StoreError::io(&shown, e))?;
+    let mut out =
+        crate::private_fs::create_private_file(&tmp).map_err(|e| StoreError::io(&shown, e))?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

@@ -1,0 +1,189 @@
+//! What a backup leaves on disk (issue 11, items 4 and "a full disk"): every file and
+//! directory written for a backup is private to the user running stagehand, whatever
+//! umask it was started with; a backup that fails on a full disk frees the space and
+//! leaves its target reusable.
+
+use crate::cli::repo_root;
+use serde_json::Value;
+use stagehand_steps::testkit::TestServer;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The result of one `stagehand run … --json`.
+struct Run {
+    code: i32,
+    report: Value,
+    stderr: String,
+}
+
+/// Runs stagehand under umask 022 (the usual default: files 0644), so that only
+/// stagehand itself can make what it writes private.
+fn run_with_open_umask(args: &[String]) -> Run {
+    let out = Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_stagehand"))
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .output()
+        .expect("run stagehand");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        report: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn backup_args(server: &TestServer, target: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "plans/full-backup.yaml", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let sets = [
+        ("socket", server.socket().display().to_string()),
+        ("user", "root".to_string()),
+        ("datadir", server.datadir().display().to_string()),
+        ("target", target.display().to_string()),
+    ];
+    for (k, v) in sets {
+        args.extend(["--set".to_string(), format!("{k}={v}")]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--state-dir".to_string(), state.display().to_string()]);
+    args
+}
+
+/// Every path under `root` (itself included) whose mode lets group or others in.
+fn open_to_others(root: &Path) -> Vec<String> {
+    let mut open = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.mode() & 0o077 != 0 {
+            open.push(format!("{:o} {}", meta.mode() & 0o7777, p.display()));
+        }
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    open
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("step {id} in the report: {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_and_its_run_history_are_readable_by_their_owner_only() {
+    let server = TestServer::builder().name("private-files").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let target = work.path().join("backup");
+    let state = work.path().join("state");
+    let args = backup_args(&server, &target, &state, &["--set", "test_restore=true"]);
+    let run = tokio::task::block_in_place(|| run_with_open_umask(&args));
+    assert_eq!(run.code, 0, "backup failed: {}\n{}", run.report, run.stderr);
+    assert!(
+        target.join("mysql/global_priv.MAD").exists(),
+        "the backup holds the password hashes, so it must be private"
+    );
+    let open = open_to_others(&target);
+    assert!(
+        open.is_empty(),
+        "prepared backup entries readable by others:\n{}",
+        open.join("\n")
+    );
+    let open = open_to_others(&state);
+    assert!(
+        open.is_empty(),
+        "run history entries readable by others:\n{}",
+        open.join("\n")
+    );
+}
+
+/// A tmpfs of `size` mounted on `dir` for the test's lifetime.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill a disk and needs root (CI runs as root; run `sudo -E cargo test --test it full_disk`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_that_fills_the_disk_frees_it_and_leaves_the_target_reusable() {
+    let server = TestServer::builder().name("full-disk").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let target = work.path().join("small");
+    // Smaller than the system tablespace alone (12 MiB by default).
+    let _disk = SmallDisk::mount(&target, "4m");
+    let state = work.path().join("state");
+    let args = backup_args(&server, &target, &state, &[]);
+    let run = tokio::task::block_in_place(|| run_with_open_umask(&args));
+    assert_eq!(run.code, 1, "a full disk fails the backup: {}", run.report);
+    let errors: Vec<String> = run.report["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["status"] == "failed")
+        .map(|s| s["error"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.contains("No space left on device")),
+        "the error says the disk is full: {errors:?}"
+    );
+    assert_eq!(
+        step(&run.report, "lock_end")["status"],
+        "succeeded",
+        "the locks were released"
+    );
+    let discard = step(&run.report, "discard");
+    assert_eq!(discard["status"], "succeeded", "{discard}");
+    assert_eq!(discard["outputs"]["removed"], true, "{discard}");
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .expect("target")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "nothing is left on the full disk: {left:?}"
+    );
+
+    // The next run into the same directory is not refused (it fails again only
+    // because the disk is still too small, not because of left-overs).
+    let again = tokio::task::block_in_place(|| run_with_open_umask(&args));
+    let copy_errors = again.report.to_string();
+    assert!(
+        !copy_errors.contains("is not empty") && !copy_errors.contains("holds the files of run"),
+        "the target is reusable: {copy_errors}"
+    );
+}
