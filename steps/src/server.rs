@@ -17,7 +17,9 @@
 //!
 //! The server reads no option file (`--no-defaults`: only `options` apply), listens on
 //! `socket` (and on 127.0.0.1:`port` when given, else `--skip-networking`), uses a
-//! private tmpdir, keeps its error log in the run's state directory and does not start
+//! private tmpdir, keeps its error log in the run's state directory (a server run as
+//! another `user` writes it in a scratch directory of its own, copied there at the end: the
+//! state directory is private to stagehand's user) and does not start
 //! replication (`--skip-slave-start`). Grants are on: a restored server keeps its
 //! accounts, so the plan's connection uses real credentials. Connecting as `root`
 //! without a password over the socket works when stagehand runs as the OS user `root`
@@ -224,7 +226,19 @@ impl TypedStep for Server {
     }
 
     async fn run(cfg: &ServerConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
-        let run_dir = ctx.run_dir.join(&ctx.step_id);
+        let kept = ctx.run_dir.join(&ctx.step_id);
+        let scratch = match cfg.user {
+            Some(_) => Some(crate::backup_server::run_dir()?),
+            None => None,
+        };
+        // Copies the error log into the state directory when the step ends, however.
+        let keep_log = scratch.as_ref().map(|s| KeepLog {
+            from: s.path().join("mariadbd.err"),
+            to: kept.join("mariadbd.err"),
+        });
+        let run_dir = scratch
+            .as_ref()
+            .map_or(kept.clone(), |s| s.path().to_path_buf());
         let opts = sandbox_options(cfg, &run_dir).map_err(ServerError::into_step_error)?;
         let datadir = cfg.datadir.clone();
         let start = SandboxServer::start(opts);
@@ -236,7 +250,10 @@ impl TypedStep for Server {
             tracing::warn!(error = %e, "cannot read the server's version");
             String::new()
         });
-        let outputs = outputs_of(&server, &version);
+        let mut outputs = outputs_of(&server, &version);
+        if let Some(keep) = &keep_log {
+            outputs.insert("error_log".into(), json!(keep.to.display().to_string()));
+        }
         tracing::info!(socket = %server.socket().display(), %version, "server is up");
         ctx.signal_ready().await;
         if ctx.is_background() {
@@ -249,6 +266,27 @@ impl TypedStep for Server {
                 .with_hint("the server was shut down cleanly before the step ended"));
         }
         Ok(outputs)
+    }
+}
+
+/// A server run as another `user` cannot reach the state directory (private to
+/// stagehand's user, often under /root): it runs in a scratch directory it owns, and its
+/// error log is copied into the state directory when the step ends.
+struct KeepLog {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl Drop for KeepLog {
+    fn drop(&mut self) {
+        let copied = self
+            .to
+            .parent()
+            .map_or(Ok(()), crate::private_fs::create_private_dir_all)
+            .and_then(|_| std::fs::copy(&self.from, &self.to));
+        if let Err(e) = copied {
+            tracing::warn!(from = %self.from.display(), error = %e, "cannot keep the server's error log");
+        }
     }
 }
 
