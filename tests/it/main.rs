@@ -18,6 +18,7 @@ mod notify;
 mod progress;
 mod restore;
 mod rotate;
+mod sandbox_safety;
 mod servers;
 mod storage_compress;
 mod storage_faults;
