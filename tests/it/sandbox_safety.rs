@@ -102,9 +102,9 @@ async fn prepare_sandbox_is_refused_to_other_users() {
     let server = backup_server::start_on(&datadir, run.path(), 64 << 20, None)
         .await
         .expect("the sandbox starts");
-    assert_eq!(mode_of(run.path()), 0o700, "the run directory is private");
     assert!(server.socket().starts_with(run.path()));
     assert_only_owner_connects(server.socket());
+    assert_eq!(mode_of(run.path()), 0o700, "the run directory is private");
     server.shutdown(ShutdownMode::Fast).await.expect("shutdown");
 }
 
@@ -125,12 +125,12 @@ async fn sandbox_socket_in_a_shared_directory_is_private() {
     let server = SandboxServer::start(opts)
         .await
         .expect("the sandbox starts");
+    assert_only_owner_connects(&socket);
     assert_eq!(
         mode_of(&base.path().join("run")),
         0o700,
         "run dir is private"
     );
-    assert_only_owner_connects(&socket);
     server.shutdown(ShutdownMode::Fast).await.expect("shutdown");
 }
 
@@ -316,7 +316,11 @@ async fn interrupt_prepare(signal: &str, name: &str) {
 
     match Manifest::read(&backup) {
         Err(ManifestError::Preparing { .. }) => {}
-        other => panic!("the manifest must say `preparing` (not complete), got {other:?}"),
+        Ok(m) => panic!(
+            "the manifest must say `preparing`, not complete: complete={} preparing={} prepared={:?}",
+            m.complete, m.preparing, m.prepared
+        ),
+        Err(e) => panic!("the manifest must say `preparing`, got: {e}"),
     }
     let (code, out) = stagehand(&verify_args);
     assert_ne!(code, 0, "verify refuses a half-prepared backup: {out}");
