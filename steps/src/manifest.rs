@@ -352,3 +352,38 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::pagecopy::CopiedFile]) -> Vec
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(complete: bool, preparing: bool) -> Vec<u8> {
+        let value = serde_json::json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": "r", "started_at": "", "finished_at": "",
+            "server": ServerSettings::default(), "lsn": Lsns::default(),
+            "binlog": Binlog::default(), "locks": Locks::default(),
+            "redo": RedoFacts::default(), "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_manifest_being_prepared_is_not_complete_but_prepare_may_finish_it() {
+        let text = sample(false, true);
+        let err = Manifest::from_slice(&text, "b/stagehand.json").err();
+        assert!(
+            matches!(err, Some(ManifestError::Preparing { .. })),
+            "{err:?}"
+        );
+        let shown = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("interrupted prepare") && shown.contains("run prepare again"));
+        assert!(Manifest::from_slice_for_prepare(&text, "b").is_ok_and(|m| m.preparing));
+        assert!(matches!(
+            Manifest::from_slice_for_prepare(&sample(false, false), "b"),
+            Err(ManifestError::Incomplete { .. })
+        ));
+        let complete = Manifest::from_slice(&sample(true, false), "b");
+        assert!(complete.is_ok_and(|m| !m.to_vec().windows(9).any(|w| w == b"preparing")));
+    }
+}
