@@ -13,6 +13,7 @@ use stagehand_steps::manifest::{Manifest, ManifestError};
 use stagehand_steps::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
 use stagehand_steps::testkit::{install_datadir, TestServer};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -216,10 +217,20 @@ fn processes_on(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Waits until a mariadbd runs on `dir` (the sandbox of prepare); panics after 60 s.
+/// Waits until a mariadbd runs on `dir` (the sandbox of prepare), then freezes it
+/// (SIGSTOP) so that prepare cannot finish before it is interrupted; panics after 60 s.
 fn wait_for_sandbox(dir: &Path, stagehand: &mut std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while processes_on(dir).is_empty() {
+    loop {
+        let servers = processes_on(dir);
+        if !servers.is_empty() {
+            for (pid, _) in servers {
+                let _ = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status();
+            }
+            return;
+        }
         if let Ok(Some(status)) = stagehand.try_wait() {
             panic!("prepare ended ({status}) before its server was seen");
         }
@@ -307,7 +318,11 @@ async fn interrupt_prepare(signal: &str, name: &str) {
         .expect("kill");
     assert!(killed.success());
     let status = prepare.wait().expect("stagehand exits");
-    assert!(!status.success(), "an interrupted prepare does not succeed");
+    if signal == "KILL" {
+        assert_eq!(status.signal(), Some(9), "stagehand was killed: {status}");
+    } else {
+        assert_eq!(status.code(), Some(130), "interrupted: exit 130 ({status})");
+    }
 
     let b = backup.clone();
     tokio::task::spawn_blocking(move || wait_no_server_on(&b))
