@@ -1403,6 +1403,32 @@ mod tests {
         assert_eq!(opts.as_ref().and_then(|o| o.pass()), Some("p:w"));
     }
 
+    /// PR_SET_PDEATHSIG fires when the forking *thread* exits: a child asked for by a
+    /// short-lived thread (a tokio blocking thread, say) must outlive that thread.
+    #[test]
+    fn a_tied_child_outlives_the_thread_that_asked_for_it() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let handle = runtime.handle().clone();
+        let mut child = std::thread::spawn(move || {
+            handle.block_on(async {
+                let mut sleep = Command::new("sleep");
+                sleep.arg("60").kill_on_drop(true);
+                spawn_tied_to_process(sleep).await
+            })
+        })
+        .join()
+        .expect("the asking thread")
+        .expect("spawn");
+        let exited = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(500), child.wait()).await
+        });
+        assert!(
+            exited.is_err(),
+            "the child died with the thread that asked for it: {exited:?}"
+        );
+        let _ = runtime.block_on(child.kill());
+    }
+
     #[test]
     fn finds_sh() {
         assert!(find_binary("sh").is_some());
