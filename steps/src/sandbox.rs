@@ -9,7 +9,9 @@
 //! networking disabled unless a loopback TCP port is asked for, uses a private
 //! tmpdir (`<run_dir>/tmp`: mariadbd deletes all `#sql*` files of its tmpdir
 //! at start, which would hurt any other server sharing it) and does not start
-//! replication (`--skip-slave-start`).
+//! replication (`--skip-slave-start`). Only the user running stagehand can connect:
+//! the run directory is created 0700 and the socket made 0600. The server is SIGKILLed
+//! when stagehand dies, kill -9 included ([`spawn_tied_to_process`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stagehand_steps::sandbox::SandboxError> {
