@@ -1,6 +1,15 @@
 //! Starting a private server on a backup directory: what `prepare` (crash recovery
 //! applies the copied redo, then a slow shutdown) and `verify` (a test restore) share.
 //! The server never touches the network, the grant tables or the host's /tmp.
+//!
+//! It runs with `--skip-grant-tables`, reachable only through a socket in a 0700
+//! directory owned by the user running stagehand (the socket itself 0600): only that
+//! user (and root) can connect, and they can read the backup's files anyway. The grant
+//! tables stay off on purpose: `verify` runs CHECK TABLE and counts rows in every table
+//! without knowing any password of the backup's accounts (a one-off `--init-file`
+//! account would be written into the files being prepared), and the same option keeps
+//! the backup's installed plugins, UDFs (`mysql.plugin`, `mysql.func`) and events from
+//! being loaded or run while its files are being recovered.
 
 use crate::sandbox::{SandboxOptions, SandboxServer};
 use stagehand_engine::StepError;
@@ -31,8 +40,11 @@ pub fn backup_my_cnf_options(dir: &Path) -> Result<Vec<(String, Option<String>)>
 /// A short private directory for the socket and logs (socket paths are limited to
 /// 107 bytes, so not under the backup directory).
 pub fn run_dir() -> Result<tempfile::TempDir, StepError> {
+    use std::os::unix::fs::PermissionsExt;
+    // Created 0700 (no chmod window): nobody else may reach the socket.
     tempfile::Builder::new()
         .prefix("stagehand-srv")
+        .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in("/tmp")
         .map_err(|e| StepError::fatal(format!("cannot create a run directory in /tmp: {e}")))
 }
@@ -66,4 +78,128 @@ pub async fn start_on(
             datadir.display()
         ))
     })
+}
+
+/// A sandbox `mariadbd` left running on `datadir` by an earlier run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftServer {
+    pub pid: u32,
+    /// Its parent: 1 (or a subreaper) when its stagehand is gone.
+    pub parent: u32,
+    /// Whether the parent is a live stagehand (a prepare running now).
+    pub parent_is_stagehand: bool,
+}
+
+/// Sandbox servers running on `datadir`: processes whose executable is mariadbd (or
+/// mysqld) started as the sandbox starts them (`--no-defaults` first, then
+/// `--datadir=` this directory). Found through /proc, so no pid file is needed: the
+/// process is visible from the moment it exists.
+pub fn servers_on(datadir: &Path) -> Vec<LeftServer> {
+    let Ok(wanted) = std::fs::canonicalize(datadir) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && is_sandbox_on(pid, &wanted))
+        .filter_map(|pid| {
+            let parent = parent_of(pid)?;
+            Some(LeftServer {
+                pid,
+                parent,
+                parent_is_stagehand: parent > 1 && same_program_as_me(parent),
+            })
+        })
+        .collect()
+}
+
+fn is_sandbox_on(pid: u32, datadir: &Path) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
+    let program = args
+        .first()
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    let is_server = program
+        .as_deref()
+        .and_then(|p| p.rsplit('/').next())
+        .is_some_and(|name| name.starts_with("mariadbd") || name.starts_with("mysqld"));
+    if !is_server || args.get(1) != Some(&b"--no-defaults".as_slice()) {
+        return false;
+    }
+    args.iter().any(|a| {
+        a.strip_prefix(b"--datadir=")
+            .and_then(|d| std::fs::canonicalize(String::from_utf8_lossy(d).as_ref()).ok())
+            .is_some_and(|d| d == datadir)
+    })
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn same_program_as_me(pid: u32) -> bool {
+    let exe = |p: &str| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    matches!((exe(&pid.to_string()), exe("self")), (Some(a), Some(b)) if a == b)
+}
+
+/// Kills a sandbox server an interrupted run left on `datadir` (it would hold the
+/// files' locks: "Can't lock aria control file"), and waits until it is gone. A server
+/// whose stagehand is still running is another prepare at work: an error.
+pub async fn reclaim_left_servers(datadir: &Path) -> Result<(), StepError> {
+    for left in servers_on(datadir) {
+        if left.parent_is_stagehand {
+            return Err(StepError::fatal(format!(
+                "another stagehand (pid {}) is running a server (pid {}) on {}",
+                left.parent,
+                left.pid,
+                datadir.display()
+            ))
+            .with_hint("wait for that run to finish, or stop it, then run prepare again"));
+        }
+        tracing::warn!(pid = left.pid, parent = left.parent, datadir = %datadir.display(), "killing a server an interrupted run left on the backup");
+        // SAFETY: kill(2) with a pid read from /proc and a constant signal.
+        if unsafe { libc::kill(left.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(StepError::fatal(format!(
+                    "cannot stop the server (pid {}) left running on {}: {e}",
+                    left.pid,
+                    datadir.display()
+                ))
+                .with_hint("stop that mariadbd by hand (it may belong to another user), then run prepare again"));
+            }
+        }
+        wait_gone(left.pid, datadir).await?;
+    }
+    Ok(())
+}
+
+/// Waits until `pid` has exited (a zombie has released its files).
+async fn wait_gone(pid: u32, datadir: &Path) -> Result<(), StepError> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let after = &s[s.rfind(')')? + 1..];
+                after.split_whitespace().next().map(str::to_owned)
+            });
+        match state.as_deref() {
+            None | Some("Z") | Some("X") => return Ok(()),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    Err(StepError::fatal(format!(
+        "the server (pid {pid}) left running on {} did not exit within {WAIT:?} of SIGKILL",
+        datadir.display()
+    )))
 }

@@ -820,6 +820,7 @@ pub(crate) mod tests {
             redo: RedoFacts::default(),
             copies: Vec::new(),
             files: entries,
+            preparing: false,
             prepared: None,
             metadata_files: Vec::new(),
             backup_type: "full".into(),

@@ -25,6 +25,10 @@ pub struct Manifest {
     pub copies: Vec<CopyFacts>,
     /// Every file of the backup but this manifest, sorted by path.
     pub files: Vec<CopiedFile>,
+    /// Set (with `complete: false`) while `prepare` changes the files in place: after an
+    /// interruption the hashes no longer match and only a rerun of prepare finishes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preparing: bool,
     /// Whether the directory has been prepared (made consistent) in place, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prepared: Option<Prepared>,
@@ -92,12 +96,31 @@ impl Manifest {
             path: shown.to_string(),
             source,
         })?;
+        if m.preparing {
+            return Err(ManifestError::Preparing {
+                path: shown.to_string(),
+            });
+        }
         if !m.complete {
             return Err(ManifestError::Incomplete {
                 path: shown.to_string(),
             });
         }
         Ok(m)
+    }
+
+    /// Parses a manifest that may be in the middle of a prepare (what a rerun of
+    /// prepare accepts); anything else incomplete is an error.
+    pub fn from_slice_for_prepare(text: &[u8], shown: &str) -> Result<Self, ManifestError> {
+        match Self::from_slice(text, shown) {
+            Err(ManifestError::Preparing { .. }) => {
+                serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
+                    path: shown.to_string(),
+                    source,
+                })
+            }
+            other => other,
+        }
     }
 
     /// The manifest as written to disk or to a repository.
@@ -181,11 +204,24 @@ pub enum ManifestError {
     },
     #[error("{path}: the manifest says the backup is not complete")]
     Incomplete { path: String },
+    #[error("{path}: an interrupted prepare: files of the backup changed after the manifest was written; run prepare again on this directory to finish it")]
+    Preparing { path: String },
 }
 
 impl Manifest {
     /// Reads the manifest of a backup directory; an incomplete backup is an error.
     pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let (text, shown) = Self::read_text(dir)?;
+        Self::from_slice(&text, &shown)
+    }
+
+    /// Reads the manifest of a complete backup, or of one whose prepare was interrupted.
+    pub fn read_for_prepare(dir: &Path) -> Result<Self, ManifestError> {
+        let (text, shown) = Self::read_text(dir)?;
+        Self::from_slice_for_prepare(&text, &shown)
+    }
+
+    fn read_text(dir: &Path) -> Result<(Vec<u8>, String), ManifestError> {
         let path = dir.join(MANIFEST_FILE);
         let shown = path.display().to_string();
         let text = match std::fs::read(&path) {
@@ -202,7 +238,7 @@ impl Manifest {
                 })
             }
         };
-        Self::from_slice(&text, &shown)
+        Ok((text, shown))
     }
 
     /// Writes the manifest atomically (temporary file, fsync, rename, fsync of the
@@ -324,4 +360,39 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::pagecopy::CopiedFile]) -> Vec
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(complete: bool, preparing: bool) -> Vec<u8> {
+        let value = serde_json::json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": "r", "started_at": "", "finished_at": "",
+            "server": ServerSettings::default(), "lsn": Lsns::default(),
+            "binlog": Binlog::default(), "locks": Locks::default(),
+            "redo": RedoFacts::default(), "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_manifest_being_prepared_is_not_complete_but_prepare_may_finish_it() {
+        let text = sample(false, true);
+        let err = Manifest::from_slice(&text, "b/stagehand.json").err();
+        assert!(
+            matches!(err, Some(ManifestError::Preparing { .. })),
+            "{err:?}"
+        );
+        let shown = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("interrupted prepare") && shown.contains("run prepare again"));
+        assert!(Manifest::from_slice_for_prepare(&text, "b").is_ok_and(|m| m.preparing));
+        assert!(matches!(
+            Manifest::from_slice_for_prepare(&sample(false, false), "b"),
+            Err(ManifestError::Incomplete { .. })
+        ));
+        let complete = Manifest::from_slice(&sample(true, false), "b");
+        assert!(complete.is_ok_and(|m| !m.to_vec().windows(9).any(|w| w == b"preparing")));
+    }
 }

@@ -4,6 +4,11 @@
 //! shutdown leaves clean files. `engine: mariadb-backup` runs `mariadb-backup
 //! --prepare` (redo only; the first start rolls back). Either way the manifest is
 //! rewritten with the new files and hashes and says how it was prepared.
+//!
+//! While the files change the manifest says `preparing` (and not `complete`), so an
+//! interrupted prepare (kill -9, SIGINT, a failure) is never taken for a complete
+//! backup; running prepare again finishes the job (recovery is idempotent). The
+//! servers it starts die with stagehand, and one left by an older run is killed first.
 
 use crate::backup_server;
 use crate::innodb::backup_files as bf;
@@ -112,7 +117,7 @@ impl TypedStep for Prepare {
 
     async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let dir = PathBuf::from(&cfg.target);
-        let mut manifest = Manifest::read(&dir).map_err(|e| {
+        let mut manifest = Manifest::read_for_prepare(&dir).map_err(|e| {
             StepError::fatal(e.to_string())
                 .with_hint("prepare works on a complete backup made by stagehand")
         })?;
@@ -135,6 +140,11 @@ impl TypedStep for Prepare {
         let t0 = Instant::now();
         let memory = memory_bytes(cfg).map_err(|e| StepError::fatal(e.message))?;
         let binary = cfg.binary.as_ref().map(PathBuf::from);
+        if manifest.preparing {
+            tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
+        }
+        backup_server::reclaim_left_servers(&dir).await?;
+        mark_preparing(&dir, &manifest)?;
         let work = async {
             match cfg.engine {
                 Engine::Mariadbd => prepare_with_server(&dir, memory, binary).await,
@@ -142,8 +152,9 @@ impl TypedStep for Prepare {
             }
         };
         tokio::select! {
-            r = work => r?,
-            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled().with_hint("the backup directory may be half prepared: prepare a fresh copy of the backup")),
+            biased;
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled().with_hint(RERUN_HINT)),
+            r = work => r.map_err(with_rerun_hint)?,
         }
         mark_prepared(&dir, &manifest, cfg.engine)?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -156,6 +167,8 @@ impl TypedStep for Prepare {
         manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
             .await
             .map_err(|e| StepError::fatal(e.to_string()))??;
+        manifest.complete = true;
+        manifest.preparing = false;
         manifest
             .write(&dir)
             .map_err(|e| StepError::fatal(e.to_string()))?;
@@ -166,6 +179,27 @@ impl TypedStep for Prepare {
             manifest.files.len(),
         ))
     }
+}
+
+const RERUN_HINT: &str = "the manifest says `preparing` until a prepare finishes: run prepare again on the directory to finish it";
+
+/// Keeps a failure's own hint (e.g. "install mariadb-backup"), adding the rerun advice.
+fn with_rerun_hint(mut e: StepError) -> StepError {
+    e.hint = Some(match e.hint.take() {
+        Some(h) => format!("{h}; {RERUN_HINT}"),
+        None => RERUN_HINT.to_string(),
+    });
+    e
+}
+
+/// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.
+fn mark_preparing(dir: &Path, manifest: &Manifest) -> Result<(), StepError> {
+    let mut preparing = manifest.clone();
+    preparing.complete = false;
+    preparing.preparing = true;
+    preparing
+        .write(dir)
+        .map_err(|e| StepError::fatal(format!("cannot mark the backup as being prepared: {e}")))
 }
 
 fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> Outputs {
@@ -215,14 +249,22 @@ async fn prepare_with_mariadb_backup(
             StepError::fatal("mariadb-backup not found")
                 .with_hint("install it with 'apt-get install mariadb-backup'")
         })?;
-    let out = tokio::process::Command::new(&bin)
+    let mut command = tokio::process::Command::new(&bin);
+    command
         .arg("--prepare")
         .arg(format!("--target-dir={}", dir.display()))
         .arg(format!("--use-memory={memory}"))
-        .kill_on_drop(true)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let cannot_run = |e| StepError::fatal(format!("cannot run {}: {e}", bin.display()));
+    let out = crate::sandbox::spawn_tied_to_process(command)
         .await
-        .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", bin.display())))?;
+        .map_err(cannot_run)?
+        .wait_with_output()
+        .await
+        .map_err(cannot_run)?;
     let text = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || !text.contains("completed OK!") {
         let tail: Vec<&str> = text

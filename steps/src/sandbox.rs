@@ -9,7 +9,9 @@
 //! networking disabled unless a loopback TCP port is asked for, uses a private
 //! tmpdir (`<run_dir>/tmp`: mariadbd deletes all `#sql*` files of its tmpdir
 //! at start, which would hurt any other server sharing it) and does not start
-//! replication (`--skip-slave-start`).
+//! replication (`--skip-slave-start`). Only the user running stagehand can connect:
+//! the run directory is created 0700 and the socket made 0600. The server is SIGKILLed
+//! when stagehand dies, kill -9 included ([`spawn_tied_to_process`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), stagehand_steps::sandbox::SandboxError> {
@@ -356,12 +358,18 @@ impl SandboxServer {
         };
         let extra_args = validate_server_options(&opts.server_options)?;
 
-        fs::create_dir_all(&opts.run_dir).map_err(|e| {
-            SandboxError::io(
-                format!("cannot create run dir {}", opts.run_dir.display()),
-                e,
-            )
-        })?;
+        // 0700 from the start (no chmod window): the socket, error log and tmpdir
+        // of a server that may run with --skip-grant-tables live here.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.run_dir)
+            .map_err(|e| {
+                SandboxError::io(
+                    format!("cannot create run dir {}", opts.run_dir.display()),
+                    e,
+                )
+            })?;
         let run_dir = absolute(&opts.run_dir)?;
         let datadir = absolute(&opts.datadir)?;
         if !datadir.is_dir() {
@@ -553,7 +561,8 @@ impl SandboxServer {
             .map_err(|e| SandboxError::io("cannot duplicate error log handle", e))?;
 
         tracing::debug!(binary = %self.binary.display(), ?args, "starting sandbox mariadbd");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        command
             .args(&args)
             // mariadbd sets its own umask from these (default 0660 files, 0700 dirs):
             // what it writes into a backup or a restored datadir stays owner-only.
@@ -562,8 +571,9 @@ impl SandboxServer {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_file2))
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        let child = spawn_tied_to_process(command)
+            .await
             .map_err(|e| SandboxError::io(format!("cannot spawn {}", self.binary.display()), e))?;
         self.pid = child.id().unwrap_or(0);
         self.child = Some(child);
@@ -585,6 +595,7 @@ impl SandboxServer {
             }
             let budget = (deadline - now).min(PROBE_TIMEOUT);
             if self.socket.exists() {
+                self.restrict_socket();
                 match tokio::time::timeout(budget, probe(probe_opts.clone())).await {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(ProbeError::Rejected(e))) => {
@@ -609,6 +620,21 @@ impl SandboxServer {
             log: self.error_log.clone(),
             tail: log_tail_since(&self.error_log, log_offset, LOG_TAIL_LINES),
         })
+    }
+
+    /// mariadbd creates its socket with mode 0777 (it binds under umask 0): only
+    /// the owner may connect. The 0700 run directory already keeps others out of the
+    /// default socket; this also covers a caller-chosen path in a shared directory.
+    fn restrict_socket(&self) {
+        let Ok(meta) = fs::symlink_metadata(&self.socket) else {
+            return;
+        };
+        if meta.permissions().mode() & 0o077 == 0 {
+            return;
+        }
+        if let Err(e) = fs::set_permissions(&self.socket, fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(socket = %self.socket.display(), error = %e, "cannot make the sandbox socket private");
+        }
     }
 
     /// Path of the Unix socket.
@@ -1099,7 +1125,10 @@ fn prepare_socket_path(socket: &Path) -> Result<Option<PathBuf>, SandboxError> {
     if parent.is_dir() {
         return Ok(None);
     }
-    fs::create_dir_all(parent)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
         .map_err(|e| SandboxError::io(format!("cannot create {}", parent.display()), e))?;
     Ok(Some(parent.to_path_buf()))
 }
@@ -1197,6 +1226,78 @@ fn create_short_socket_dir() -> Result<PathBuf, SandboxError> {
         "cannot create a unique socket dir under /tmp",
         last_err.unwrap_or_else(|| io::Error::other("too many attempts")),
     ))
+}
+
+/// Spawns `command` so that the child is SIGKILLed when this process dies, however
+/// it dies (kill -9 included): the child asks for PR_SET_PDEATHSIG before exec.
+///
+/// The kernel sends that signal when the *thread* that forked exits, not the process,
+/// and tokio's blocking threads (and a worker given up by `block_in_place`) do exit.
+/// So every such child is forked by one thread that lives as long as the process.
+pub async fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes two syscalls
+    // (prctl, getppid) and builds an io::Error without allocating.
+    unsafe {
+        command.pre_exec(move || die_with_parent(parent));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    spawner()
+        .send(SpawnJob {
+            command,
+            handle,
+            reply,
+        })
+        .map_err(|_| io::Error::other("the process spawner thread is gone"))?;
+    answer
+        .await
+        .map_err(|_| io::Error::other("the process spawner thread is gone"))?
+}
+
+/// In the child, before exec: SIGKILL when the parent goes; if it went already
+/// (between fork and prctl), give up instead of running unowned.
+fn die_with_parent(parent: u32) -> io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe syscalls without pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } as u32 != parent {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+struct SpawnJob {
+    command: Command,
+    handle: tokio::runtime::Handle,
+    reply: tokio::sync::oneshot::Sender<io::Result<Child>>,
+}
+
+/// The sender to the spawner thread; the thread never ends because this sender,
+/// held in a static, is never dropped.
+fn spawner() -> &'static std::sync::mpsc::Sender<SpawnJob> {
+    static SPAWNER: std::sync::OnceLock<std::sync::mpsc::Sender<SpawnJob>> =
+        std::sync::OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (send, jobs) = std::sync::mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("stagehand-spawner".into())
+            .spawn(move || {
+                for mut job in jobs {
+                    // tokio's child watcher belongs to the caller's runtime.
+                    let _runtime = job.handle.enter();
+                    let _ = job.reply.send(job.command.spawn());
+                }
+            });
+        if let Err(e) = started {
+            // The receiver went with the closure: every send fails and says so.
+            tracing::error!(error = %e, "cannot start the process spawner thread");
+        }
+        send
+    })
 }
 
 fn send_signal(pid: u32, signal: &str) -> Result<(), SandboxError> {
@@ -1306,6 +1407,32 @@ mod tests {
         );
         assert_eq!(opts.as_ref().and_then(|o| o.user()), Some("r@t"));
         assert_eq!(opts.as_ref().and_then(|o| o.pass()), Some("p:w"));
+    }
+
+    /// PR_SET_PDEATHSIG fires when the forking *thread* exits: a child asked for by a
+    /// short-lived thread (a tokio blocking thread, say) must outlive that thread.
+    #[test]
+    fn a_tied_child_outlives_the_thread_that_asked_for_it() {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let handle = runtime.handle().clone();
+        let mut child = std::thread::spawn(move || {
+            handle.block_on(async {
+                let mut sleep = Command::new("sleep");
+                sleep.arg("60").kill_on_drop(true);
+                spawn_tied_to_process(sleep).await
+            })
+        })
+        .join()
+        .expect("the asking thread")
+        .expect("spawn");
+        let exited = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(500), child.wait()).await
+        });
+        assert!(
+            exited.is_err(),
+            "the child died with the thread that asked for it: {exited:?}"
+        );
+        let _ = runtime.block_on(child.kill());
     }
 
     #[test]

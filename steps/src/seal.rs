@@ -251,6 +251,7 @@ fn seal(
             })
             .collect(),
         files,
+        preparing: false,
         prepared: None,
         metadata_files: metadata,
         backup_type: "full".into(),

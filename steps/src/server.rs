@@ -25,6 +25,10 @@
 //! without a password over the socket works when stagehand runs as the OS user `root`
 //! and `root@localhost` has MariaDB's default `unix_socket` authentication.
 //!
+//! The socket is made 0600 as soon as it appears (mariadbd creates it 0777) and a
+//! directory created for it is 0700: only the user running stagehand (and root) can
+//! connect. The server is SIGKILLed if stagehand dies (PR_SET_PDEATHSIG).
+//!
 //! The readiness probe and `SHUTDOWN` use `root` over the socket; when that account is
 //! refused, the server still counts as up (it answered) and is stopped with SIGTERM,
 //! the same clean shutdown.

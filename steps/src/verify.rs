@@ -352,8 +352,10 @@ async fn test_restore(
     let base = scratch
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    // A copy of every table and of the password hashes: private to our user.
     let copy = tempfile::Builder::new()
         .prefix("stagehand-verify")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&base)
         .map_err(|e| {
             StepError::fatal(format!(

@@ -19,6 +19,7 @@ mod private_files;
 mod progress;
 mod restore;
 mod rotate;
+mod sandbox_safety;
 mod servers;
 mod storage_compress;
 mod storage_faults;

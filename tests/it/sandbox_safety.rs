@@ -1,0 +1,440 @@
+//! Safety of the servers stagehand starts on backups (issue 11, items 1 and 3).
+//!
+//! 1. The sandbox `prepare` and `verify` start runs with `--skip-grant-tables`: only the
+//!    user running stagehand may reach it. Another uid (`nobody`) is refused at the
+//!    socket, which sits in a 0700 directory and is not world-accessible itself.
+//! 2. Stopping stagehand during prepare (kill -9, SIGINT, SIGTERM) leaves no server on
+//!    the backup, a manifest that says the backup is not complete (`preparing`), a
+//!    `verify` that says so, and a rerun of prepare that finishes the job.
+
+use crate::cli::repo_root;
+use stagehand_steps::backup_server;
+use stagehand_steps::manifest::{Manifest, ManifestError};
+use stagehand_steps::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
+use stagehand_steps::testkit::{install_datadir, TestServer};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------------------
+// 1. Nobody else can connect
+
+/// `mariadb -S socket -e 'SELECT 1'` run as `nobody:nogroup` (or as ourselves).
+fn client_as(nobody: bool, socket: &Path) -> Output {
+    let mut cmd = if nobody {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "mariadb",
+        ]);
+        c
+    } else {
+        Command::new("mariadb")
+    };
+    cmd.arg("--no-defaults")
+        .arg("-S")
+        .arg(socket)
+        .args([
+            "-u",
+            "root",
+            "-N",
+            "-e",
+            "SELECT COUNT(*) FROM mysql.global_priv",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("the mariadb client runs")
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn assert_only_owner_connects(socket: &Path) {
+    let own = client_as(false, socket);
+    assert!(
+        own.status.success(),
+        "the user running stagehand connects: {}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+    let other = client_as(true, socket);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        !other.status.success(),
+        "user nobody must not reach the sandbox, yet it read: {}",
+        String::from_utf8_lossy(&other.stdout)
+    );
+    assert!(
+        stderr.contains("(13)") || stderr.contains("ermission denied"),
+        "refused at the socket (EACCES), not for another reason: {stderr}"
+    );
+    assert_eq!(
+        mode_of(socket) & 0o077,
+        0,
+        "the socket itself is not accessible to group or others"
+    );
+}
+
+/// A fresh datadir that looks like a backup to `backup_server::start_on`.
+async fn backup_like_datadir(base: &Path) -> PathBuf {
+    let datadir = base.join("data");
+    install_datadir(&datadir, &[])
+        .await
+        .expect("mariadb-install-db");
+    std::fs::write(datadir.join("backup-my.cnf"), "[mysqld]\n").expect("backup-my.cnf");
+    datadir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_sandbox_is_refused_to_other_users() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let datadir = backup_like_datadir(base.path()).await;
+
+    // Exactly what prepare (and verify's test restore) start.
+    let run = backup_server::run_dir().expect("run dir");
+    let server = backup_server::start_on(&datadir, run.path(), 64 << 20, None)
+        .await
+        .expect("the sandbox starts");
+    assert!(server.socket().starts_with(run.path()));
+    assert_only_owner_connects(server.socket());
+    assert_eq!(mode_of(run.path()), 0o700, "the run directory is private");
+    server.shutdown(ShutdownMode::Fast).await.expect("shutdown");
+}
+
+/// The `server` step's kind of sandbox: a socket path chosen by the plan, in a shared
+/// directory (grants on, but still not world-accessible).
+#[tokio::test(flavor = "multi_thread")]
+async fn sandbox_socket_in_a_shared_directory_is_private() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let datadir = backup_like_datadir(base.path()).await;
+    let shared = tempfile::Builder::new()
+        .prefix("stagehand-shared")
+        .tempdir_in("/tmp")
+        .expect("shared dir");
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 0755");
+    let socket = shared.path().join("s.sock");
+    let opts = SandboxOptions::new(&datadir, base.path().join("run")).socket_path(&socket);
+    let server = SandboxServer::start(opts)
+        .await
+        .expect("the sandbox starts");
+    assert_only_owner_connects(&socket);
+    assert_eq!(
+        mode_of(&base.path().join("run")),
+        0o700,
+        "run dir is private"
+    );
+    server.shutdown(ShutdownMode::Fast).await.expect("shutdown");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Stopping stagehand during prepare
+
+/// Runs stagehand (blocking) in the repository root; (exit code, stdout + stderr).
+fn stagehand(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the stagehand binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A backup of a small server (not prepared) in `work/backup`.
+async fn small_backup(name: &str, work: &Path) -> PathBuf {
+    let server = TestServer::builder().name(name).start().await;
+    server.exec("CREATE DATABASE app").await;
+    server
+        .exec(
+            "CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200)) ENGINE=InnoDB",
+        )
+        .await;
+    server
+        .exec("INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000")
+        .await;
+    let target = work.join("backup");
+    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
+    let (socket, datadir, tgt, state) = (
+        set("socket", server.socket()),
+        set("datadir", server.datadir()),
+        set("target", &target),
+        work.join("state").display().to_string(),
+    );
+    let args = [
+        "run",
+        "plans/full-backup.yaml",
+        "--set",
+        &socket,
+        "--set",
+        "user=root",
+        "--set",
+        &datadir,
+        "--set",
+        &tgt,
+        "--set",
+        "prepare=false",
+        "--state-dir",
+        &state,
+    ];
+    let (code, out) = stagehand(&args);
+    assert_eq!(code, 0, "the backup succeeds: {out}");
+    target
+}
+
+/// Processes (but us) whose command line names `dir`.
+fn processes_on(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            let program = line.split(' ').next().unwrap_or_default().to_owned();
+            let server = program.ends_with("mariadbd") || program.ends_with("mariadb-backup");
+            (server && line.contains(&needle)).then_some((pid, line))
+        })
+        .collect()
+}
+
+/// Waits until a mariadbd runs on `dir` (the sandbox of prepare), then freezes it
+/// (SIGSTOP) so that prepare cannot finish before it is interrupted; panics after 60 s.
+fn wait_for_sandbox(dir: &Path, stagehand: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let servers = processes_on(dir);
+        if !servers.is_empty() {
+            for (pid, _) in servers {
+                let _ = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status();
+            }
+            return;
+        }
+        if let Ok(Some(status)) = stagehand.try_wait() {
+            panic!("prepare ended ({status}) before its server was seen");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server started on {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_no_server_on(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = processes_on(dir);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            for (pid, _) in &left {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            panic!("servers left running on the backup after stagehand stopped: {left:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn verify_plan(work: &Path) -> PathBuf {
+    let path = work.join("verify.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\nname: verify\nparams:\n  target: {type: path, required: true}\nsteps:\n  - id: verify\n    uses: verify\n    with: {target: \"{{params.target}}\"}\n",
+    )
+    .expect("verify plan");
+    path
+}
+
+/// Interrupts `stagehand run plans/prepare.yaml` with `signal` once its server is up,
+/// then checks what is left and that a rerun finishes the job.
+async fn interrupt_prepare(signal: &str, name: &str) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let backup = small_backup(name, work.path()).await;
+    let target = format!("target={}", backup.display());
+    let state = work.path().join("state").display().to_string();
+    let verify = verify_plan(work.path());
+    let verify_args = [
+        "run",
+        verify.to_str().unwrap_or_default(),
+        "--set",
+        &target,
+        "--state-dir",
+        &state,
+    ];
+
+    let mut prepare = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args([
+            "run",
+            "plans/prepare.yaml",
+            "--set",
+            &target,
+            "--state-dir",
+            &state,
+        ])
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prepare");
+    let b = backup.clone();
+    let mut prepare = tokio::task::spawn_blocking(move || {
+        wait_for_sandbox(&b, &mut prepare);
+        prepare
+    })
+    .await
+    .expect("waiting thread");
+    let killed = Command::new("kill")
+        .args([&format!("-{signal}"), &prepare.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = prepare.wait().expect("stagehand exits");
+    if signal == "KILL" {
+        assert_eq!(status.signal(), Some(9), "stagehand was killed: {status}");
+    } else {
+        assert_eq!(status.code(), Some(130), "interrupted: exit 130 ({status})");
+    }
+
+    let b = backup.clone();
+    tokio::task::spawn_blocking(move || wait_no_server_on(&b))
+        .await
+        .expect("waiting thread");
+
+    match Manifest::read(&backup) {
+        Err(ManifestError::Preparing { .. }) => {}
+        Ok(m) => panic!(
+            "the manifest must say `preparing`, not complete: complete={} preparing={} prepared={:?}",
+            m.complete, m.preparing, m.prepared
+        ),
+        Err(e) => panic!("the manifest must say `preparing`, got: {e}"),
+    }
+    let (code, out) = stagehand(&verify_args);
+    assert_ne!(code, 0, "verify refuses a half-prepared backup: {out}");
+    assert!(
+        out.contains("interrupted prepare") && out.contains("run prepare again"),
+        "verify says why and what to do: {out}"
+    );
+
+    let (code, out) = stagehand(&[
+        "run",
+        "plans/prepare.yaml",
+        "--set",
+        &target,
+        "--state-dir",
+        &state,
+    ]);
+    assert_eq!(code, 0, "a rerun of prepare finishes the job: {out}");
+    let manifest = Manifest::read(&backup).expect("the manifest is complete again");
+    assert!(!manifest.preparing);
+    assert!(manifest.prepared.is_some(), "it says how it was prepared");
+    let (code, out) = stagehand(&verify_args);
+    assert_eq!(code, 0, "the prepared backup verifies: {out}");
+    assert!(
+        processes_on(&backup).is_empty(),
+        "no server left after the rerun"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_killed_leaves_no_server_and_a_rerun_finishes() {
+    interrupt_prepare("KILL", "prep-kill9").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_interrupted_by_sigint_is_finished_by_a_rerun() {
+    interrupt_prepare("INT", "prep-sigint").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_terminated_by_sigterm_is_finished_by_a_rerun() {
+    interrupt_prepare("TERM", "prep-sigterm").await;
+}
+
+/// A server an older stagehand left on a backup (no parent but init) is killed by the
+/// next prepare instead of failing it ("Can't lock aria control file").
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_reclaims_a_server_left_on_the_backup() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let backup = small_backup("prep-orphan", work.path()).await;
+    // An orphan like the ones older versions left: started as the sandbox starts its
+    // servers, then its parent (a shell) exits, so init adopts it.
+    let run = backup_server::run_dir().expect("run dir");
+    let sock = run.path().join("mariadbd.sock");
+    let settings: String = backup_server::backup_my_cnf_options(&backup)
+        .expect("backup-my.cnf")
+        .into_iter()
+        .map(|(k, v)| format!(" --{k}={}", v.unwrap_or_default()))
+        .collect();
+    let script = format!(
+        "mariadbd --no-defaults --datadir={b} --innodb-undo-directory={b} --socket={} --skip-networking --skip-grant-tables --user=root --innodb-buffer-pool-size=64M --log-error={} --pid-file={} --tmpdir={} --skip-log-bin{settings} >/dev/null 2>&1 </dev/null &",
+        sock.display(),
+        run.path().join("err").display(),
+        run.path().join("pid").display(),
+        run.path().display(),
+        b = backup.display(),
+    );
+    let ok = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("sh");
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the orphan server never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        backup_server::servers_on(&backup).len(),
+        1,
+        "the orphan is seen"
+    );
+
+    let target = format!("target={}", backup.display());
+    let state = work.path().join("state").display().to_string();
+    let (code, out) = stagehand(&[
+        "run",
+        "plans/prepare.yaml",
+        "--set",
+        &target,
+        "--state-dir",
+        &state,
+    ]);
+    let left = processes_on(&backup);
+    for (pid, _) in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert_eq!(code, 0, "prepare succeeds despite the orphan: {out}");
+    assert!(left.is_empty(), "the orphan is gone: {left:?}");
+    assert!(Manifest::read(&backup).is_ok_and(|m| m.prepared.is_some()));
+}
