@@ -370,7 +370,12 @@ pub async fn check_same_server(
     datadir: &Path,
 ) -> Result<(), PlacementError> {
     let given = file_id(datadir)?;
-    let verified = || session.verified_datadir.lock().unwrap_or_else(|p| p.into_inner());
+    let verified = || {
+        session
+            .verified_datadir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
     if *verified() == Some(given) {
         return Ok(());
     }
@@ -681,7 +686,13 @@ mod tests {
         let settings = settings_for(&datadir);
         let inside = check_target(&settings, &datadir, &datadir.join("backup1"));
         assert!(
-            matches!(inside, Err(PlacementError::TargetInside { what: "datadir", .. })),
+            matches!(
+                inside,
+                Err(PlacementError::TargetInside {
+                    what: "datadir",
+                    ..
+                })
+            ),
             "{inside:?}"
         );
         let sneaky = d.path().join("elsewhere/../data/b");
@@ -710,11 +721,17 @@ mod tests {
         };
         assert!(matches!(
             check_target(&settings, &datadir, &d.path().join("link/b")),
-            Err(PlacementError::TargetInside { what: "datadir", .. })
+            Err(PlacementError::TargetInside {
+                what: "datadir",
+                ..
+            })
         ));
         assert!(matches!(
             check_target(&settings, &datadir, &logs.join("b")),
-            Err(PlacementError::TargetInside { what: "redo log directory", .. })
+            Err(PlacementError::TargetInside {
+                what: "redo log directory",
+                ..
+            })
         ));
     }
 

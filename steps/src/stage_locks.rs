@@ -254,7 +254,8 @@ impl TypedStep for StageLocks {
             if cfg.budget(*stage)?.is_some_and(|b| b.is_zero()) {
                 return Err(ConfigError {
                     path: format!("max_hold.{}", stage.name()),
-                    message: "a budget of 0s would release the locks at once and fail every backup".into(),
+                    message: "a budget of 0s would release the locks at once and fail every backup"
+                        .into(),
                     hint: Some("give the longest time the stage may be held, e.g. 5s".into()),
                 });
             }
@@ -269,7 +270,8 @@ impl TypedStep for StageLocks {
         if cfg.on_blocker == OnBlocker::Fail && cfg.blocker_threshold.is_zero() {
             return Err(ConfigError {
                 path: "blocker_threshold".into(),
-                message: "a `blocker_threshold` of 0s counts every running statement as a blocker".into(),
+                message: "a `blocker_threshold` of 0s counts every running statement as a blocker"
+                    .into(),
                 hint: Some("write e.g. 10s".into()),
             });
         }
@@ -368,7 +370,11 @@ async fn privileges_finding(cfg: &StageLocksConfig, session: &Session) -> Findin
         let monitor = privileges.has("BINLOG MONITOR") || privileges.has("SUPER");
         needed.push(("BINLOG MONITOR", monitor));
     }
-    let missing: Vec<&str> = needed.iter().filter(|(_, has)| !has).map(|(p, _)| *p).collect();
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, has)| !has)
+        .map(|(p, _)| *p)
+        .collect();
     let all: Vec<&str> = needed.iter().map(|(p, _)| *p).collect();
     if missing.is_empty() {
         Finding::ok(format!(

@@ -59,7 +59,9 @@ fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
 /// The stagehand call runs blocking: off the runtime's threads, so the test servers'
 /// pools and any statement a test keeps running stay served.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("stagehand call")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("stagehand call")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,7 +301,10 @@ async fn check_and_run_test_the_privileges_they_claim() {
         if let Some(id) = running.first() {
             break *id;
         }
-        assert!(waited < Duration::from_secs(30), "SELECT SLEEP(60) never showed up");
+        assert!(
+            waited < Duration::from_secs(30),
+            "SELECT SLEEP(60) never showed up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
         waited += Duration::from_millis(200);
     };
