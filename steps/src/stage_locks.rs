@@ -359,12 +359,16 @@ async fn privileges_finding(cfg: &StageLocksConfig, session: &Session) -> Findin
     let mut needed = vec![("RELOAD", privileges.has("RELOAD"))];
     if cfg.on_blocker == OnBlocker::Fail {
         let process = match session.conn.lock().await.as_mut() {
-            Some(conn) => crate::mariadb::can_see_other_sessions(conn)
-                .await
-                .unwrap_or(false),
-            None => false,
+            Some(conn) => crate::mariadb::can_see_other_sessions(conn).await,
+            None => Ok(false),
         };
-        needed.push(("PROCESS", process));
+        match process {
+            Ok(has) => needed.push(("PROCESS", has)),
+            Err(e) => return Finding::error(format!(
+                "cannot tell whether the backup user has PROCESS (on_blocker: fail needs it): {}",
+                e.message
+            )),
+        }
     }
     if log_bin {
         let monitor = privileges.has("BINLOG MONITOR") || privileges.has("SUPER");
