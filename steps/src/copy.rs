@@ -192,6 +192,13 @@ impl TypedStep for Copy {
             Err(e) => return vec![Finding::error(e.message)],
         };
         let (from, to) = (PathBuf::from(&cfg.from), PathBuf::from(&cfg.to));
+        let mut out = Vec::new();
+        match crate::datadir::check_backup_source(&session, &settings, &from, &to).await {
+            Ok(()) => out.push(Finding::ok(crate::redo_tail::same_server_note(
+                &cfg.from, &session,
+            ))),
+            Err(e) => return vec![Finding::error(e.to_string())],
+        }
         let files = match discover(&from, &settings) {
             Ok(f) => f
                 .into_iter()
@@ -199,7 +206,6 @@ impl TypedStep for Copy {
                 .collect::<Vec<_>>(),
             Err(e) => return vec![Finding::error(e.to_string())],
         };
-        let mut out = Vec::new();
         let unreadable: Vec<&str> = files
             .iter()
             .filter(|f| std::fs::File::open(&f.abs).is_err())
@@ -262,6 +268,9 @@ impl TypedStep for Copy {
         let settings = read_settings(&session).await?;
         let from = PathBuf::from(&cfg.from);
         let to = PathBuf::from(&cfg.to);
+        crate::datadir::check_backup_source(&session, &settings, &from, &to)
+            .await
+            .map_err(|e| e.into_step_error())?;
         crate::manifest::claim_target(&to, &ctx.run_id).map_err(|e| e.into_step_error())?;
         if to.join(crate::manifest::MANIFEST_FILE).exists() {
             return Err(StepError::fatal(format!(

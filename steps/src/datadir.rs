@@ -284,6 +284,333 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Why a step's `datadir` or backup target does not fit the server its connection
+/// reaches. Checked before anything is copied.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("the server on {endpoint} has datadir {server}, but datadir is {given}: they are not the same server")]
+    OtherServer {
+        endpoint: String,
+        server: String,
+        given: String,
+    },
+    #[error("{path} is not the redo log of the server on {endpoint}: {why}")]
+    OtherRedoLog {
+        endpoint: String,
+        path: String,
+        why: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the state of the server on {endpoint}: {message}")]
+    Server { endpoint: String, message: String },
+    #[error("the backup target {target} is inside the server's {what} {dir}: the server would see the backup's files as its own")]
+    TargetInside {
+        target: String,
+        what: &'static str,
+        dir: String,
+    },
+    #[error("the backup target {target} contains the server's {what} {dir}")]
+    TargetContains {
+        target: String,
+        what: &'static str,
+        dir: String,
+    },
+    #[error("the backup target {target} cannot be a directory: {file} is not one")]
+    TargetNotDirectory { target: String, file: String },
+}
+
+impl PlacementError {
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            PlacementError::OtherServer { .. } | PlacementError::OtherRedoLog { .. } => {
+                "`socket`/`host` and `datadir` must name the same server: the locks are taken on the first while the files of the second are copied"
+            }
+            PlacementError::Io { .. } => {
+                "`datadir` must be the server's datadir as this machine sees it, readable by this user"
+            }
+            PlacementError::Server { .. } => "check the connection and the server's error log",
+            PlacementError::TargetInside { .. }
+            | PlacementError::TargetContains { .. }
+            | PlacementError::TargetNotDirectory { .. } => {
+                "give the backup a directory of its own, outside the server's datadir, undo, redo log and Aria log directories"
+            }
+        }
+    }
+
+    pub fn into_step_error(self) -> stagehand_engine::StepError {
+        let hint = self.hint();
+        stagehand_engine::StepError::fatal(self.to_string()).with_hint(hint)
+    }
+}
+
+/// Checks, before anything is copied, that `datadir` is the datadir of the server the
+/// session reaches, and that `target` lies apart from every directory of that server.
+pub async fn check_backup_source(
+    session: &crate::mariadb::Session,
+    settings: &ServerSettings,
+    datadir: &Path,
+    target: &Path,
+) -> Result<(), PlacementError> {
+    check_same_server(session, settings, datadir).await?;
+    check_target(settings, datadir, target)
+}
+
+/// `datadir` is the server's: its `@@datadir` is the same directory (device and inode:
+/// symlinks and bind mounts name it differently), and the redo log under `datadir` has
+/// the server's checkpoint. Done once per session and directory.
+pub async fn check_same_server(
+    session: &crate::mariadb::Session,
+    settings: &ServerSettings,
+    datadir: &Path,
+) -> Result<(), PlacementError> {
+    let given = file_id(datadir)?;
+    let verified = || {
+        session
+            .verified_datadir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    if *verified() == Some(given) {
+        return Ok(());
+    }
+    match file_id(Path::new(&settings.datadir)) {
+        Ok(server) if server != given => {
+            return Err(PlacementError::OtherServer {
+                endpoint: session.endpoint.clone(),
+                server: settings.datadir.clone(),
+                given: datadir.display().to_string(),
+            })
+        }
+        Ok(_) => {}
+        // The server's path does not exist here (a container): the redo log decides.
+        Err(e) => {
+            tracing::debug!(server_datadir = %settings.datadir, error = %e, "the server's datadir path is not visible here")
+        }
+    }
+    check_redo_log_is_the_servers(session, settings, datadir).await?;
+    *verified() = Some(given);
+    Ok(())
+}
+
+/// How often the redo comparison is tried: a checkpoint written between the reads can
+/// make one try inconclusive.
+const REDO_IDENTITY_TRIES: u32 = 3;
+
+/// The checkpoint in `ib_logfile0` must be the server's: its last checkpoint (read
+/// between two reads of the file's header) lies between the file's older checkpoint
+/// before and its newest checkpoint after, and no checkpoint is beyond the server's LSN.
+async fn check_redo_log_is_the_servers(
+    session: &crate::mariadb::Session,
+    settings: &ServerSettings,
+    datadir: &Path,
+) -> Result<(), PlacementError> {
+    let path = settings
+        .resolve_dir(datadir, &settings.innodb_log_group_home_dir)
+        .join("ib_logfile0");
+    let mut why = String::new();
+    for attempt in 0..REDO_IDENTITY_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let before = read_checkpoints(&path, &session.endpoint)?;
+        let (current, last) = server_lsns(session).await?;
+        let after = read_checkpoints(&path, &session.endpoint)?;
+        match redo_mismatch(&before, &after, current, last) {
+            None => return Ok(()),
+            Some(w) => why = w,
+        }
+    }
+    Err(PlacementError::OtherRedoLog {
+        endpoint: session.endpoint.clone(),
+        path: path.display().to_string(),
+        why,
+    })
+}
+
+/// The valid checkpoint LSNs in a log file's header, oldest first.
+fn read_checkpoints(path: &Path, endpoint: &str) -> Result<Vec<u64>, PlacementError> {
+    use crate::innodb::redo::{LogFileHeader, START_OFFSET};
+    use std::os::unix::fs::FileExt;
+    let io = |source| PlacementError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut head = vec![0u8; START_OFFSET as usize];
+    file.read_exact_at(&mut head, 0).map_err(io)?;
+    let header = LogFileHeader::parse(&head).map_err(|e| PlacementError::OtherRedoLog {
+        endpoint: endpoint.to_string(),
+        path: path.display().to_string(),
+        why: format!("not a MariaDB 10.8+ redo log ({e})"),
+    })?;
+    let mut lsns: Vec<u64> = [header.checkpoint_1, header.checkpoint_2]
+        .into_iter()
+        .flatten()
+        .map(|c| c.checkpoint_lsn)
+        .collect();
+    lsns.sort_unstable();
+    Ok(lsns)
+}
+
+/// `Innodb_lsn_current` and `Innodb_lsn_last_checkpoint`.
+async fn server_lsns(session: &crate::mariadb::Session) -> Result<(u64, u64), PlacementError> {
+    let values = crate::mariadb::session_values(
+        session,
+        "SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_lsn_current', 'Innodb_lsn_last_checkpoint')",
+    )
+    .await
+    .map_err(|e| PlacementError::Server {
+        endpoint: session.endpoint.clone(),
+        message: e.message,
+    })?;
+    let get = |k: &str| values.get(k).and_then(|v| v.parse::<u64>().ok());
+    match (get("innodb_lsn_current"), get("innodb_lsn_last_checkpoint")) {
+        (Some(current), Some(last)) => Ok((current, last)),
+        _ => Err(PlacementError::Server {
+            endpoint: session.endpoint.clone(),
+            message: "it did not report Innodb_lsn_current and Innodb_lsn_last_checkpoint".into(),
+        }),
+    }
+}
+
+/// Why the checkpoints read from a file (before and after) cannot be those of a server
+/// at LSN `current` whose last checkpoint is `last`; `None` when they can.
+fn redo_mismatch(before: &[u64], after: &[u64], current: u64, last: u64) -> Option<String> {
+    let (Some(&oldest), Some(&newest_before), Some(&newest)) =
+        (before.first(), before.last(), after.last())
+    else {
+        return Some("it holds no valid checkpoint".into());
+    };
+    if newest_before > current {
+        return Some(format!(
+            "its checkpoint LSN {newest_before} is beyond the server's current LSN {current}"
+        ));
+    }
+    if !(oldest..=newest).contains(&last) {
+        return Some(format!(
+            "its checkpoints (LSN {}) are not the server's last checkpoint (LSN {last})",
+            after
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    None
+}
+
+/// Device and inode: the identity of a file whatever path names it.
+fn file_id(path: &Path) -> Result<(u64, u64), PlacementError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|source| PlacementError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The backup target must not be inside a directory the server owns (it would appear
+/// as a database, or be read as undo or log files), nor contain one.
+pub fn check_target(
+    settings: &ServerSettings,
+    datadir: &Path,
+    target: &Path,
+) -> Result<(), PlacementError> {
+    let resolved = resolve_target(target)?;
+    let server_datadir = Path::new(&settings.datadir);
+    let dirs = [
+        ("datadir", datadir.to_path_buf()),
+        ("datadir", server_datadir.to_path_buf()),
+        (
+            "InnoDB data home directory",
+            settings.resolve_dir(datadir, &settings.innodb_data_home_dir),
+        ),
+        (
+            "undo directory",
+            settings.resolve_dir(datadir, &settings.innodb_undo_directory),
+        ),
+        (
+            "redo log directory",
+            settings.resolve_dir(datadir, &settings.innodb_log_group_home_dir),
+        ),
+        (
+            "Aria log directory",
+            settings.resolve_dir(datadir, &settings.aria_log_dir_path),
+        ),
+    ];
+    for (what, dir) in dirs {
+        // A directory that does not exist here holds nothing the target could clash with.
+        let Ok(dir) = dir.canonicalize() else {
+            continue;
+        };
+        let clash = |inside: bool| {
+            let (target, dir) = (target.display().to_string(), dir.display().to_string());
+            if inside {
+                PlacementError::TargetInside { target, what, dir }
+            } else {
+                PlacementError::TargetContains { target, what, dir }
+            }
+        };
+        if resolved.starts_with(&dir) {
+            return Err(clash(true));
+        }
+        if dir.starts_with(&resolved) {
+            return Err(clash(false));
+        }
+    }
+    Ok(())
+}
+
+/// The absolute path `target` will have once created: its nearest existing ancestor
+/// canonicalized (symlinks resolved), then the missing components, `..` applied.
+fn resolve_target(target: &Path) -> Result<PathBuf, PlacementError> {
+    let absolute = std::path::absolute(target).map_err(|source| PlacementError::Io {
+        path: target.display().to_string(),
+        source,
+    })?;
+    let (existing, missing) = nearest_existing(&absolute);
+    if !existing.is_dir() {
+        return Err(PlacementError::TargetNotDirectory {
+            target: target.display().to_string(),
+            file: existing.display().to_string(),
+        });
+    }
+    let mut resolved = existing
+        .canonicalize()
+        .map_err(|source| PlacementError::Io {
+            path: existing.display().to_string(),
+            source,
+        })?;
+    for part in missing.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            std::path::Component::Normal(p) => resolved.push(p),
+            _ => {}
+        }
+    }
+    Ok(resolved)
+}
+
+/// The longest existing prefix of an absolute path, and the rest.
+fn nearest_existing(path: &Path) -> (PathBuf, PathBuf) {
+    for ancestor in path.ancestors() {
+        if ancestor.symlink_metadata().is_ok() {
+            let rest = path.strip_prefix(ancestor).unwrap_or(Path::new(""));
+            return (ancestor.to_path_buf(), rest.to_path_buf());
+        }
+    }
+    (PathBuf::from("/"), path.to_path_buf())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +669,97 @@ mod tests {
                 ("undo002".into(), FileClass::UndoTablespace),
             ]
         );
+    }
+
+    fn settings_for(datadir: &Path) -> ServerSettings {
+        ServerSettings {
+            datadir: format!("{}/", datadir.display()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn target_inside_or_around_the_datadir_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let datadir = d.path().join("data");
+        std::fs::create_dir_all(datadir.join("mysql")).expect("mkdir");
+        let settings = settings_for(&datadir);
+        let inside = check_target(&settings, &datadir, &datadir.join("backup1"));
+        assert!(
+            matches!(
+                inside,
+                Err(PlacementError::TargetInside {
+                    what: "datadir",
+                    ..
+                })
+            ),
+            "{inside:?}"
+        );
+        let sneaky = d.path().join("elsewhere/../data/b");
+        assert!(matches!(
+            check_target(&settings, &datadir, &sneaky),
+            Err(PlacementError::TargetInside { .. })
+        ));
+        assert!(matches!(
+            check_target(&settings, &datadir, d.path()),
+            Err(PlacementError::TargetContains { .. })
+        ));
+        check_target(&settings, &datadir, &d.path().join("backups/b1")).expect("apart is fine");
+    }
+
+    #[test]
+    fn target_inside_a_symlinked_datadir_or_its_log_directory_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let datadir = d.path().join("data");
+        let logs = d.path().join("redo");
+        std::fs::create_dir_all(&datadir).expect("mkdir");
+        std::fs::create_dir_all(&logs).expect("mkdir");
+        std::os::unix::fs::symlink(&datadir, d.path().join("link")).expect("symlink");
+        let settings = ServerSettings {
+            innodb_log_group_home_dir: logs.display().to_string(),
+            ..settings_for(&datadir)
+        };
+        assert!(matches!(
+            check_target(&settings, &datadir, &d.path().join("link/b")),
+            Err(PlacementError::TargetInside {
+                what: "datadir",
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_target(&settings, &datadir, &logs.join("b")),
+            Err(PlacementError::TargetInside {
+                what: "redo log directory",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_target_that_is_a_file_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let datadir = d.path().join("data");
+        std::fs::create_dir_all(&datadir).expect("mkdir");
+        let file = d.path().join("a-file");
+        std::fs::write(&file, b"x").expect("write");
+        for target in [file.clone(), file.join("below")] {
+            let r = check_target(&settings_for(&datadir), &datadir, &target);
+            assert!(
+                matches!(r, Err(PlacementError::TargetNotDirectory { .. })),
+                "{r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn redo_checkpoints_must_be_the_servers() {
+        // The server's last checkpoint between the file's older slot and newest slot.
+        assert_eq!(redo_mismatch(&[100, 200], &[200, 300], 400, 200), None);
+        assert_eq!(redo_mismatch(&[100, 200], &[300, 400], 500, 300), None);
+        // Another server's log: its checkpoints are elsewhere.
+        assert!(redo_mismatch(&[44404], &[44404], 90000, 50000).is_some());
+        assert!(redo_mismatch(&[900_000], &[900_000], 50_000, 40_000)
+            .is_some_and(|w| w.contains("beyond")));
+        assert!(redo_mismatch(&[], &[], 1, 1).is_some());
     }
 }

@@ -96,6 +96,9 @@ pub struct Session {
     /// Cancelled when a lock's time budget ran out and the locks were released: the
     /// backup steps working under those locks stop at once.
     pub locks_lost: tokio_util::sync::CancellationToken,
+    /// The datadir (device, inode) already checked to belong to this session's server,
+    /// so later steps (one under BLOCK_COMMIT) do not check it again.
+    pub verified_datadir: std::sync::Mutex<Option<(u64, u64)>>,
 }
 
 impl Session {
@@ -159,7 +162,10 @@ pub fn classify(e: &mysql_async::Error) -> StepError {
             let msg = format!("server error {} ({}): {}", s.code, s.state, s.message);
             match s.code {
                 1205 | 1213 | 1040 | 1203 | 2006 | 2013 => StepError::retryable(msg),
-                1045 | 1044 | 1227 | 1142 => StepError::fatal(msg).with_hint(
+                1045 => StepError::fatal(msg).with_hint(
+                    "wrong user or password (or the account does not exist for this host): check the connection's `user` and the password secret",
+                ),
+                1044 | 1227 | 1142 => StepError::fatal(msg).with_hint(
                     "the user lacks a privilege: see the privileges section of the README",
                 ),
                 _ => StepError::fatal(msg),
@@ -229,6 +235,7 @@ impl ConnectionProvider for MariaDbProvider {
             server_version: version.unwrap_or_default(),
             locks: Default::default(),
             locks_lost: Default::default(),
+            verified_datadir: Default::default(),
         }))
     }
 
@@ -361,7 +368,8 @@ pub async fn preflight_session(
     name: &str,
 ) -> Result<Arc<Session>, stagehand_engine::step::Finding> {
     ctx.connections.get_as::<Session>(name).await.map_err(|e| {
-        stagehand_engine::step::Finding::error(format!("connection `{name}`: {}", e.message))
+        let hint = e.hint.map(|h| format!(" ({h})")).unwrap_or_default();
+        stagehand_engine::step::Finding::error(format!("connection `{name}`: {}{hint}", e.message))
     })
 }
 
@@ -388,4 +396,119 @@ pub async fn session_column(session: &Session, sql: &str) -> Result<Vec<String>,
         .iter()
         .map(|r| r.get::<Option<String>, _>(0).flatten().unwrap_or_default())
         .collect())
+}
+
+/// A session's global privileges (`ON *.*`), from `SHOW GRANTS`: it lists the user's
+/// grants and those of the roles the session has enabled (nested roles too).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GlobalPrivileges {
+    all: bool,
+    names: std::collections::BTreeSet<String>,
+}
+
+impl GlobalPrivileges {
+    /// Parses the lines of `SHOW GRANTS`. Only global grants count: `ALL PRIVILEGES ON
+    /// app.*` gives nothing here, nor does a user or role whose name spells a privilege.
+    pub fn from_grants<S: AsRef<str>>(lines: &[S]) -> Self {
+        let mut out = Self::default();
+        for line in lines {
+            for name in global_privileges_of(line.as_ref()) {
+                match name.as_str() {
+                    "ALL PRIVILEGES" | "ALL" => out.all = true,
+                    // The old name of BINLOG MONITOR (10.5.2+).
+                    "REPLICATION CLIENT" => {
+                        out.names.insert("BINLOG MONITOR".into());
+                    }
+                    _ => {}
+                }
+                out.names.insert(name);
+            }
+        }
+        out
+    }
+
+    /// Whether the session holds `privilege` (upper case, e.g. `RELOAD`) globally.
+    pub fn has(&self, privilege: &str) -> bool {
+        self.all || self.names.contains(privilege)
+    }
+}
+
+/// The privileges of one `GRANT <privileges> ON *.* TO ...` line; none for grants on
+/// databases, tables, routines, proxies, or of roles (`GRANT \`r\` TO ...`).
+fn global_privileges_of(line: &str) -> Vec<String> {
+    let Some(rest) = line.trim().strip_prefix("GRANT ") else {
+        return Vec::new();
+    };
+    let Some((privileges, object)) = rest.split_once(" ON ") else {
+        return Vec::new();
+    };
+    // Privilege lists are bare keywords; a quote means a role name came first.
+    if !object.starts_with("*.* TO ") || privileges.contains(['`', '\'', '"']) {
+        return Vec::new();
+    }
+    privileges
+        .split(',')
+        .map(|p| p.trim().to_ascii_uppercase())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The global privileges of a session (see [`GlobalPrivileges`]).
+pub async fn session_privileges(session: &Session) -> Result<GlobalPrivileges, StepError> {
+    let lines = session_column(session, "SHOW GRANTS").await?;
+    Ok(GlobalPrivileges::from_grants(&lines))
+}
+
+/// Whether the session may see other sessions' threads (the PROCESS privilege), tried
+/// with a read of `information_schema.INNODB_TRX`, which needs exactly that privilege:
+/// without it, `PROCESSLIST` quietly shows only the session's own threads.
+pub async fn can_see_other_sessions(conn: &mut mysql_async::Conn) -> Result<bool, StepError> {
+    match conn
+        .query_drop("SELECT COUNT(*) FROM information_schema.INNODB_TRX")
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(mysql_async::Error::Server(s)) if s.code == 1227 => Ok(false),
+        Err(e) => Err(classify(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_privileges_come_only_from_global_grants() {
+        let p = GlobalPrivileges::from_grants(&[
+            "GRANT `r1` TO `u1`@`localhost`",
+            "GRANT RELOAD, BINLOG MONITOR ON *.* TO `u1`@`localhost` IDENTIFIED BY PASSWORD '*D8'",
+            "GRANT `r2` TO `r1`",
+            "GRANT PROCESS ON *.* TO `r1`",
+            "GRANT ALL PRIVILEGES ON `app`.* TO `u1`@`localhost`",
+        ]);
+        assert!(p.has("RELOAD") && p.has("BINLOG MONITOR") && p.has("PROCESS"));
+        assert!(!p.has("SUPER"));
+    }
+
+    #[test]
+    fn names_that_spell_a_privilege_grant_nothing() {
+        let p = GlobalPrivileges::from_grants(&[
+            "GRANT PROCESS ON *.* TO `noreload`@`localhost`",
+            "GRANT SELECT ON `reload`.* TO `noreload`@`localhost`",
+            "GRANT `all privileges on *.*` TO `noreload`@`localhost`",
+        ]);
+        assert!(p.has("PROCESS"));
+        assert!(!p.has("RELOAD"));
+        assert!(!p.has("SUPER"));
+    }
+
+    #[test]
+    fn all_privileges_on_everything_has_every_privilege() {
+        let p = GlobalPrivileges::from_grants(&[
+            "GRANT ALL PRIVILEGES ON *.* TO `root`@`localhost` WITH GRANT OPTION",
+        ]);
+        assert!(p.has("RELOAD") && p.has("PROCESS") && p.has("BINLOG MONITOR"));
+        let old = GlobalPrivileges::from_grants(&["GRANT REPLICATION CLIENT ON *.* TO `u`@`%`"]);
+        assert!(old.has("BINLOG MONITOR"));
+    }
 }

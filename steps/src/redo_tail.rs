@@ -161,6 +161,14 @@ impl TypedStep for RedoTail {
         let log_path = settings
             .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
             .join("ib_logfile0");
+        crate::datadir::check_backup_source(
+            &session,
+            &settings,
+            Path::new(&cfg.datadir),
+            Path::new(&cfg.to),
+        )
+        .await
+        .map_err(|e| e.into_step_error())?;
         crate::manifest::claim_target(Path::new(&cfg.to), &ctx.run_id)
             .map_err(|e| e.into_step_error())?;
         let tail = Tail::open(&log_path, Path::new(&cfg.to), &settings, cfg)?;
@@ -259,6 +267,17 @@ async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Fi
         .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
         .join("ib_logfile0");
     let mut out = Vec::new();
+    match crate::datadir::check_backup_source(
+        session,
+        &settings,
+        Path::new(&cfg.datadir),
+        Path::new(&cfg.to),
+    )
+    .await
+    {
+        Ok(()) => out.push(Finding::ok(same_server_note(&cfg.datadir, session))),
+        Err(e) => return Ok(vec![Finding::error(e.to_string())]),
+    }
     let file = File::open(&log_path).map_err(|e| {
         StepError::fatal(format!(
             "cannot open the redo log {}: {e}",
@@ -321,6 +340,15 @@ async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Fi
 }
 
 const MIB: f64 = 1048576.0;
+
+/// The preflight's word that `datadir` and the connection name the same server (the
+/// same text from every step, so it is shown once).
+pub(crate) fn same_server_note(datadir: &str, session: &Session) -> String {
+    format!(
+        "{datadir} is the datadir of the server on {} (same directory, its redo log has the server's checkpoint), and the target lies outside its directories",
+        session.endpoint
+    )
+}
 
 /// What the async side tells the copier thread.
 #[derive(Default)]

@@ -251,7 +251,29 @@ impl TypedStep for StageLocks {
             if *stage == Stage::End {
                 return Err(ConfigError { path: "max_hold.end".into(), message: "END holds nothing; give budgets for start, flush, block_ddl or block_commit".into(), hint: None });
             }
-            cfg.budget(*stage)?;
+            if cfg.budget(*stage)?.is_some_and(|b| b.is_zero()) {
+                return Err(ConfigError {
+                    path: format!("max_hold.{}", stage.name()),
+                    message: "a budget of 0s would release the locks at once and fail every backup"
+                        .into(),
+                    hint: Some("give the longest time the stage may be held, e.g. 5s".into()),
+                });
+            }
+        }
+        if cfg.lock_wait_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError {
+                path: "lock_wait_timeout".into(),
+                message: "`lock_wait_timeout` must be at least 1s".into(),
+                hint: Some("omit it to keep the server's setting, or write e.g. 60s".into()),
+            });
+        }
+        if cfg.on_blocker == OnBlocker::Fail && cfg.blocker_threshold.is_zero() {
+            return Err(ConfigError {
+                path: "blocker_threshold".into(),
+                message: "a `blocker_threshold` of 0s counts every running statement as a blocker"
+                    .into(),
+                hint: Some("write e.g. 10s".into()),
+            });
         }
         Ok(())
     }
@@ -292,36 +314,7 @@ impl TypedStep for StageLocks {
             Some(v) => out.push(Finding::error(format!("server {v} is not MariaDB"))),
             None => out.push(Finding::error("cannot read the server version")),
         }
-        let grants = crate::mariadb::session_column(&session, "SHOW GRANTS")
-            .await
-            .unwrap_or_default()
-            .join("\n")
-            .to_uppercase();
-        let log_bin = crate::mariadb::session_column(&session, "SELECT @@log_bin")
-            .await
-            .unwrap_or_default()
-            .first()
-            .is_some_and(|v| v == "1");
-        let mut needed = vec![("RELOAD", true)];
-        needed.push(("PROCESS", cfg.on_blocker == OnBlocker::Fail));
-        needed.push(("BINLOG MONITOR", log_bin));
-        let all = grants.contains("ALL PRIVILEGES ON *.*");
-        let missing: Vec<&str> = needed
-            .iter()
-            .filter(|(p, want)| *want && !all && !grants.contains(p) && !grants.contains("SUPER"))
-            .map(|(p, _)| *p)
-            .collect();
-        if missing.is_empty() {
-            out.push(Finding::ok(
-                "the backup user has the privileges the locks and the commit point need",
-            ));
-        } else {
-            out.push(Finding::error(format!(
-                "the backup user lacks {}: GRANT {} ON *.* TO <backup user>",
-                missing.join(", "),
-                missing.join(", ")
-            )));
-        }
+        out.push(privileges_finding(cfg, &session).await);
         out
     }
 
@@ -343,6 +336,74 @@ impl TypedStep for StageLocks {
             }
         }
     }
+}
+
+/// Whether the backup user holds what this stage needs: RELOAD for the locks, PROCESS
+/// for `on_blocker: fail` (tried, not read: without it the blocker check sees nothing),
+/// BINLOG MONITOR (or SUPER) for the binlog position when the binary log is on.
+async fn privileges_finding(cfg: &StageLocksConfig, session: &Session) -> Finding {
+    let privileges = match crate::mariadb::session_privileges(session).await {
+        Ok(p) => p,
+        Err(e) => {
+            return Finding::error(format!(
+                "cannot read the backup user's grants (SHOW GRANTS): {}",
+                e.message
+            ))
+        }
+    };
+    let log_bin = crate::mariadb::session_column(session, "SELECT @@log_bin")
+        .await
+        .unwrap_or_default()
+        .first()
+        .is_some_and(|v| v == "1");
+    let mut needed = vec![("RELOAD", privileges.has("RELOAD"))];
+    if cfg.on_blocker == OnBlocker::Fail {
+        let process = match session.conn.lock().await.as_mut() {
+            Some(conn) => crate::mariadb::can_see_other_sessions(conn).await,
+            None => Ok(false),
+        };
+        match process {
+            Ok(has) => needed.push(("PROCESS", has)),
+            Err(e) => return Finding::error(format!(
+                "cannot tell whether the backup user has PROCESS (on_blocker: fail needs it): {}",
+                e.message
+            )),
+        }
+    }
+    if log_bin {
+        let monitor = privileges.has("BINLOG MONITOR") || privileges.has("SUPER");
+        needed.push(("BINLOG MONITOR", monitor));
+    }
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(_, has)| !has)
+        .map(|(p, _)| *p)
+        .collect();
+    let all: Vec<&str> = needed.iter().map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        Finding::ok(format!(
+            "the backup user has the privileges this step needs ({})",
+            all.join(", ")
+        ))
+    } else {
+        Finding::error(format!(
+            "the backup user lacks {}: GRANT {} ON *.* TO <backup user>",
+            missing.join(", "),
+            missing.join(", ")
+        ))
+    }
+}
+
+/// `on_blocker: fail` without PROCESS would see only its own session in PROCESSLIST and
+/// let every blocker through: refuse instead.
+async fn require_process(conn: &mut mysql_async::Conn) -> Result<(), StepError> {
+    if crate::mariadb::can_see_other_sessions(conn).await? {
+        return Ok(());
+    }
+    Err(StepError::fatal(
+        "on_blocker: fail needs the PROCESS privilege: without it the backup user sees only its own statements, so no blocker would ever be found",
+    )
+    .with_hint("GRANT PROCESS ON *.* TO <backup user>, or use on_blocker: wait"))
 }
 
 fn lock_state(session: &Session) -> std::sync::MutexGuard<'_, LockState> {
@@ -379,6 +440,9 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
         conn.query_drop(format!("SET SESSION lock_wait_timeout = {secs}"))
             .await
             .map_err(|e| session_error(&e, "setting lock_wait_timeout"))?;
+    }
+    if cfg.on_blocker == OnBlocker::Fail && todo.iter().any(|s| *s != Stage::Start) {
+        require_process(conn).await?;
     }
     let t0 = Instant::now();
     for stage in &todo {

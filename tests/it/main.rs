@@ -8,6 +8,7 @@ mod engine_runs;
 mod backup_faults;
 mod backup_oracle;
 mod invalid_plans;
+mod preflight_safety;
 mod schema;
 mod workload;
 

@@ -1,0 +1,363 @@
+//! Is this the right server, the right target, the right privileges (issue 11, items 2,
+//! 5 and 6): `plans/full-backup.yaml` through the CLI against throwaway servers, with
+//! `run --check` and with real runs. Each mistake is refused before anything is copied,
+//! naming what is wrong.
+
+use crate::cli::{repo_root, stagehand, stagehand_env, Run};
+use serde_json::Value;
+use stagehand_steps::manifest::MANIFEST_FILE;
+use stagehand_steps::testkit::TestServer;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn full_backup() -> String {
+    repo_root()
+        .join("plans/full-backup.yaml")
+        .display()
+        .to_string()
+}
+
+/// `--set` arguments of a backup of the server on `socket` with `datadir` into `target`.
+fn backup_sets(socket: &Path, user: &str, datadir: &Path, target: &Path) -> Vec<String> {
+    [
+        format!("socket={}", socket.display()),
+        format!("user={user}"),
+        format!("datadir={}", datadir.display()),
+        format!("target={}", target.display()),
+        "prepare=false".into(),
+        "verify=false".into(),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+/// `stagehand run PLAN --check` with the sets.
+fn check(plan: &str, sets: &[String], env: &[(&str, &str)]) -> Run {
+    let mut args = vec!["run", plan, "--check"];
+    args.extend(sets.iter().map(String::as_str));
+    stagehand_env(&args, env)
+}
+
+/// `stagehand run PLAN --json` with the sets and a state directory.
+fn run(plan: &str, sets: &[String], state: &Path, env: &[(&str, &str)]) -> (Run, Value) {
+    let state = state.display().to_string();
+    let mut args = vec!["run", plan, "--state-dir", &state, "--json"];
+    args.extend(sets.iter().map(String::as_str));
+    let r = stagehand_env(&args, env);
+    let report = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+    (r, report)
+}
+
+fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("step {id} in the report: {report}"))
+}
+
+/// The stagehand call runs blocking: off the runtime's threads, so the test servers'
+/// pools and any statement a test keeps running stay served.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("stagehand call")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_of_one_server_and_datadir_of_another_are_refused_before_copying() {
+    let (a, b) = tokio::join!(
+        TestServer::builder().name("identity-a").start(),
+        TestServer::builder().name("identity-b").start()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("backup");
+    let sets = backup_sets(a.socket(), "root", b.datadir(), &target);
+
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
+    let expected = format!(
+        "the server on socket {} has datadir {}/, but datadir is {}: they are not the same server",
+        a.socket().display(),
+        a.datadir().display(),
+        b.datadir().display()
+    );
+    assert!(c.stdout.contains(&expected), "{}", c.stdout);
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking({
+        let state = state.clone();
+        move || run(&full_backup(), &sets, &state, &[])
+    })
+    .await;
+    assert_eq!(r.code, 1, "the run must fail\n{}\n{}", r.stdout, r.stderr);
+    let redo = step(&report, "redo");
+    assert_eq!(redo["status"], "failed", "{report}");
+    assert!(
+        redo["error"].as_str().unwrap_or("").contains(&expected),
+        "{redo}"
+    );
+    for copy in ["copy_innodb", "copy_other", "copy_aria", "seal"] {
+        assert_ne!(step(&report, copy)["status"], "succeeded", "{report}");
+    }
+    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
+    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+
+    // The same server through a symlinked path is the same directory: accepted.
+    let link = dir.path().join("a-data");
+    std::os::unix::fs::symlink(a.datadir(), &link).expect("symlink");
+    let sets = backup_sets(a.socket(), "root", &link, &dir.path().join("other"));
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout
+            .contains(&format!("{} is the datadir of the server", link.display())),
+        "{}",
+        c.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_inside_the_datadir_or_a_file_is_refused() {
+    let server = TestServer::builder().name("target-inside").start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inside = server.datadir().join("bk");
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &inside);
+
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout.contains(&format!(
+            "the backup target {} is inside the server's datadir",
+            inside.display()
+        )),
+        "{}",
+        c.stdout
+    );
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        step(&report, "redo")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is inside the server's datadir"),
+        "{report}"
+    );
+    assert!(!inside.exists(), "nothing was created in the datadir");
+    let databases: Vec<String> = server.query("SHOW DATABASES").await;
+    assert!(!databases.iter().any(|d| d == "bk"), "{databases:?}");
+
+    // A target that is a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &file);
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout.contains(&format!(
+            "the backup target {} cannot be a directory",
+            file.display()
+        )),
+        "{}",
+        c.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_password_is_named_as_such_not_as_a_missing_privilege() {
+    let server = TestServer::builder().name("wrong-password").start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sets = backup_sets(
+        server.socket(),
+        "root",
+        server.datadir(),
+        &dir.path().join("b"),
+    );
+    let env = [("STAGEHAND_DB_PASSWORD", "not-the-password")];
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &env)
+    })
+    .await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(c.stdout.contains("wrong user or password"), "{}", c.stdout);
+    assert!(!c.stdout.contains("lacks a privilege"), "{}", c.stdout);
+    assert!(!c.stdout.contains("not-the-password"), "{}", c.stdout);
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &env)).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let hint = step(&report, "lock_start")["hint"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(hint.contains("wrong user or password"), "{report}");
+}
+
+/// A plan with only the locks: START, then BLOCK_DDL with `on_blocker: fail` (the
+/// blocker check needs PROCESS), then END.
+fn blocker_plan(dir: &Path) -> PathBuf {
+    let path = dir.join("blocker.yaml");
+    std::fs::write(
+        &path,
+        r#"version: 1
+name: blocker-check
+params:
+  socket: {type: path, required: true}
+  user: {type: string, required: true}
+connections:
+  source: {socket: "{{params.socket}}", user: "{{params.user}}"}
+steps:
+  - id: lock_start
+    uses: stage_locks
+    with: {connection: source, stage: start}
+  - id: lock_ddl
+    uses: stage_locks
+    needs: [lock_start]
+    with: {connection: source, stage: block_ddl, on_blocker: fail, blocker_threshold: 1s}
+  - id: lock_end
+    uses: stage_locks
+    needs: [lock_ddl]
+    when: always
+    with: {connection: source, stage: end}
+"#,
+    )
+    .expect("write plan");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_and_run_test_the_privileges_they_claim() {
+    let server = TestServer::builder().name("privileges").start().await;
+    // Names that spell the missing privilege, and SUPER, which holds neither.
+    server
+        .exec("CREATE USER noreload@localhost, noprocess@localhost")
+        .await;
+    server
+        .exec("GRANT PROCESS, SUPER, BINLOG MONITOR ON *.* TO noreload@localhost")
+        .await;
+    server
+        .exec("GRANT RELOAD, BINLOG MONITOR ON *.* TO noprocess@localhost")
+        .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let sets = backup_sets(
+        server.socket(),
+        "noreload",
+        server.datadir(),
+        &dir.path().join("b"),
+    );
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout
+            .contains("the backup user lacks RELOAD: GRANT RELOAD ON *.*"),
+        "{}",
+        c.stdout
+    );
+
+    let plan = blocker_plan(dir.path()).display().to_string();
+    let socket = format!("socket={}", server.socket().display());
+    let sets: Vec<String> = ["--set", &socket, "--set", "user=noprocess"]
+        .map(String::from)
+        .to_vec();
+    let c = blocking({
+        let (plan, sets) = (plan.clone(), sets.clone());
+        move || check(&plan, &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout
+            .contains("the backup user lacks PROCESS: GRANT PROCESS ON *.*"),
+        "{}",
+        c.stdout
+    );
+
+    // A statement running for a while: root sees it as a blocker; a user without
+    // PROCESS would not see it, and must refuse rather than lock anyway.
+    let mut sleeper = server.conn().await;
+    let sleeping = tokio::spawn(async move {
+        use mysql_async::prelude::Queryable;
+        let r: Result<Option<i64>, _> = sleeper.query_first("SELECT SLEEP(60)").await;
+        drop(sleeper);
+        r
+    });
+    let mut waited = Duration::ZERO;
+    let sleeper_id = loop {
+        let running: Vec<u64> = server
+            .query("SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(60)' AND TIME >= 2")
+            .await;
+        if let Some(id) = running.first() {
+            break *id;
+        }
+        assert!(
+            waited < Duration::from_secs(30),
+            "SELECT SLEEP(60) never showed up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited += Duration::from_millis(200);
+    };
+    let (r, report) = blocking({
+        let (plan, sets, state) = (plan.clone(), sets.clone(), dir.path().join("s1"));
+        move || run(&plan, &sets, &state, &[])
+    })
+    .await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let ddl = step(&report, "lock_ddl");
+    assert!(
+        ddl["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("on_blocker: fail needs the PROCESS privilege"),
+        "{report}"
+    );
+
+    let root = ["--set", &socket, "--set", "user=root"]
+        .map(String::from)
+        .to_vec();
+    let (r, report) = blocking({
+        let state = dir.path().join("s2");
+        move || run(&plan, &root, &state, &[])
+    })
+    .await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        step(&report, "lock_ddl")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("SELECT SLEEP(60)"),
+        "root sees the blocker: {report}"
+    );
+    server.exec(&format!("KILL QUERY {sleeper_id}")).await;
+    let _ = sleeping.await;
+}
+
+#[test]
+fn zero_commit_budget_is_refused_before_anything_runs() {
+    let r = stagehand(&[
+        "run",
+        &full_backup(),
+        "--check",
+        "--set",
+        "target=/nonexistent/stagehand-zero-budget",
+        "--set",
+        "max_commit_block=0s",
+    ]);
+    assert_eq!(r.code, 2, "{}\n{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("a budget of 0s would release the locks at once"),
+        "{all}"
+    );
+}
