@@ -364,10 +364,12 @@ async fn privileges_finding(cfg: &StageLocksConfig, session: &Session) -> Findin
         };
         match process {
             Ok(has) => needed.push(("PROCESS", has)),
-            Err(e) => return Finding::error(format!(
+            Err(e) => {
+                return Finding::error(format!(
                 "cannot tell whether the backup user has PROCESS (on_blocker: fail needs it): {}",
                 e.message
-            )),
+            ))
+            }
         }
     }
     if log_bin {
