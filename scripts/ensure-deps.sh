@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what stagehand's demo and tests need on Debian 12, if it is missing:
 # MariaDB 10.11 server and client, mariadb-backup (compatibility tests, benchmarks), zstd,
-# openssl (a test certificate for STARTTLS) and the aiosmtpd SMTP server (notify tests).
+# openssl (a test certificate for STARTTLS) and the aiosmtpd SMTP server (notify tests);
+# with --matrix also MariaDB 11.8 (the tests' second server version, in a cache directory).
 # Safe to run again; installs nothing when everything is there.
 set -euo pipefail
 
@@ -93,4 +94,13 @@ if ! has_moto; then
     "${MOTO_VENV}/bin/pip" install -q "$MOTO_SPEC"
   fi
   has_moto || { echo "moto_server is still missing: run pip install '$MOTO_SPEC'" >&2; exit 1; }
+fi
+
+# The version matrix (scripts/test.sh): MariaDB 11.8 LTS (Debian 13's packages), run with
+# its own loader and libraries from a cache directory; the machine's apt sources and
+# installed packages are not touched. Downloaded once (~60 MB), then reused.
+MARIADB_11_8_DIR="${STAGEHAND_MARIADB_11_8_DIR:-${HOME}/.cache/stagehand/mariadb-11.8}"
+if [ "${1:-}" = "--matrix" ] && ! "${MARIADB_11_8_DIR}/bin/mariadbd" --version 2>/dev/null | grep -q ' 11\.8\.'; then
+  echo "== fetching MariaDB 11.8 into ${MARIADB_11_8_DIR} (the tests' second server version)"
+  $SUDO bash "$(dirname "$0")/mariadb-11.8.sh" "$MARIADB_11_8_DIR" >/dev/null
 fi

@@ -121,14 +121,17 @@ fn is_sandbox_on(pid: u32, datadir: &Path) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let program = args
-        .first()
-        .map(|a| String::from_utf8_lossy(a).into_owned());
-    let is_server = program
-        .as_deref()
-        .and_then(|p| p.rsplit('/').next())
-        .is_some_and(|name| name.starts_with("mariadbd") || name.starts_with("mysqld"));
-    if !is_server || args.get(1) != Some(&b"--no-defaults".as_slice()) {
+    let is_server = |arg: &&[u8]| {
+        let name = arg.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        name.starts_with(b"mariadbd") || name.starts_with(b"mysqld")
+    };
+    // The program is the first argument, or a later one when a loader runs it
+    // (`ld-linux.so --library-path … mariadbd`, as a server build outside the
+    // system's libraries is started).
+    let Some(program) = args.iter().take(4).position(is_server) else {
+        return false;
+    };
+    if args.get(program + 1) != Some(&b"--no-defaults".as_slice()) {
         return false;
     }
     args.iter().any(|a| {
@@ -202,4 +205,106 @@ async fn wait_gone(pid: u32, datadir: &Path) -> Result<(), StepError> {
         "the server (pid {pid}) left running on {} did not exit within {WAIT:?} of SIGKILL",
         datadir.display()
     )))
+}
+
+/// The server binary (`mariadbd` or `mariadb-backup`) that prepares or test-restores a
+/// backup made by a server of version `source`: `explicit`, else `name` found in
+/// `$STAGEHAND_MARIADB_BIN`, `PATH`, /usr/sbin, /usr/bin. Refused unless it is of the
+/// backup's own series (major.minor): each series may change the redo, undo and system
+/// table formats, MariaDB supports preparing a backup only with its own version's
+/// tools, and a newer server would upgrade the files in place.
+pub async fn binary_for_backup(
+    name: &str,
+    explicit: Option<PathBuf>,
+    source: &str,
+) -> Result<PathBuf, StepError> {
+    let binary = match &explicit {
+        Some(path) => crate::sandbox::find_binary(&path.to_string_lossy()),
+        None => crate::sandbox::find_binary(name),
+    }
+    .ok_or_else(|| {
+        let shown = explicit
+            .as_ref()
+            .map_or(name.to_string(), |p| p.display().to_string());
+        StepError::fatal(format!(
+            "{shown} not found (searched $STAGEHAND_MARIADB_BIN, PATH, /usr/sbin, /usr/bin)"
+        ))
+        .with_hint(install_hint(source))
+    })?;
+    let found = crate::sandbox::server_version(&binary)
+        .await
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    match series_mismatch(source, &found) {
+        None => Ok(binary),
+        Some(why) => Err(StepError::fatal(format!("{}: {why}", binary.display()))
+            .with_hint(install_hint(source))),
+    }
+}
+
+/// Why a binary of version `found` must not prepare a backup of `source`, if it must not.
+pub fn series_mismatch(source: &str, found: &str) -> Option<String> {
+    let parse = crate::mariadb::ServerVersion::parse;
+    match (parse(source), parse(found)) {
+        (Some(s), Some(f)) if s.same_series(&f) => None,
+        (Some(s), Some(f)) => Some(format!(
+            "the backup was made by MariaDB {s} and this binary is MariaDB {f}: a backup is prepared only by a server of its own series ({}.{})",
+            s.major, s.minor
+        )),
+        (None, _) => Some(format!("cannot tell which server made the backup (version `{source}`)")),
+        (_, None) => Some(format!("cannot tell the binary's version (`{found}`)")),
+    }
+}
+
+/// `--check`'s answer to "can this host prepare a backup of a server of version
+/// `source`?" (a warning when not: the backup may be prepared on another host).
+pub async fn can_prepare_here(source: &str) -> stagehand_engine::step::Finding {
+    use stagehand_engine::step::Finding;
+    match binary_for_backup("mariadbd", None, source).await {
+        Ok(b) => Finding::ok(format!(
+            "this host can prepare a backup of it ({} is of the same series)",
+            b.display()
+        )),
+        Err(e) => Finding::warn(format!(
+            "this host cannot prepare a backup of it: {} ({})",
+            e.message,
+            e.hint.unwrap_or_default()
+        )),
+    }
+}
+
+fn install_hint(source: &str) -> String {
+    let series = crate::mariadb::ServerVersion::parse(source)
+        .map_or("the backup's".to_string(), |v| {
+            format!("{}.{}", v.major, v.minor)
+        });
+    format!(
+        "install MariaDB {series}'s server and mariadb-backup on this host and point `binary:` or STAGEHAND_MARIADB_BIN (a directory) at them, or prepare the backup on a host that has them"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_is_prepared_only_by_its_own_series() {
+        let (b10, b11) = ("10.11.19-MariaDB-0+deb12u1", "11.8.9-MariaDB-0+deb13u1");
+        assert_eq!(series_mismatch(b10, "10.11.6"), None, "patch releases mix");
+        assert_eq!(series_mismatch(b11, "11.8.3"), None);
+        let why = series_mismatch(b11, "10.11.19").expect("older series refused");
+        assert!(
+            why.contains("MariaDB 11.8.9") && why.contains("10.11.19") && why.contains("(11.8)"),
+            "{why}"
+        );
+        assert!(
+            series_mismatch(b10, "11.8.9").is_some(),
+            "newer series refused"
+        );
+        assert!(series_mismatch(b10, "11.4.5").is_some());
+        assert!(
+            series_mismatch("", "10.11.19").is_some(),
+            "unknown source refused"
+        );
+        assert!(install_hint(b11).contains("MariaDB 11.8"));
+    }
 }

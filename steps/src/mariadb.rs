@@ -145,6 +145,12 @@ impl ServerVersion {
     pub fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
         (self.major, self.minor, self.patch) >= (major, minor, patch)
     }
+
+    /// Same release series (major.minor: 10.11, 11.8): the unit of on-disk
+    /// compatibility for preparing a backup.
+    pub fn same_series(&self, other: &ServerVersion) -> bool {
+        (self.major, self.minor) == (other.major, other.minor)
+    }
 }
 
 impl std::fmt::Display for ServerVersion {

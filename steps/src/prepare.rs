@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
+use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -105,6 +106,34 @@ impl TypedStep for Prepare {
         memory_bytes(cfg).map(|_| ())
     }
 
+    async fn preflight(cfg: &PrepareConfig, _ctx: &StepContext) -> Vec<Finding> {
+        let explicit = cfg.binary.as_ref().map(PathBuf::from);
+        let dir = PathBuf::from(&cfg.target);
+        match Manifest::read_for_prepare(&dir) {
+            // A backup to prepare: is this host's binary of its series?
+            Ok(m) => vec![match backup_server::binary_for_backup(
+                cfg.engine.name(),
+                explicit,
+                &m.server.version,
+            )
+            .await
+            {
+                Ok(b) => Finding::ok(format!(
+                    "{} is a backup of MariaDB {}; {} can prepare it",
+                    dir.display(),
+                    m.server.version,
+                    b.display()
+                )),
+                Err(e) => Finding::error(match e.hint {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message,
+                }),
+            }],
+            // Not taken yet (a backup plan): say what this host prepares.
+            Err(_) => vec![this_host_prepares(cfg.engine.name(), explicit).await],
+        }
+    }
+
     fn describe(cfg: &PrepareConfig) -> String {
         match cfg.engine {
             Engine::Mariadbd => format!(
@@ -139,7 +168,15 @@ impl TypedStep for Prepare {
         }
         let t0 = Instant::now();
         let memory = memory_bytes(cfg).map_err(|e| StepError::fatal(e.message))?;
-        let binary = cfg.binary.as_ref().map(PathBuf::from);
+        // Refused before anything changes: a binary of another series must not touch it.
+        let binary = Some(
+            backup_server::binary_for_backup(
+                cfg.engine.name(),
+                cfg.binary.as_ref().map(PathBuf::from),
+                &manifest.server.version,
+            )
+            .await?,
+        );
         if manifest.preparing {
             tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
         }
@@ -178,6 +215,25 @@ impl TypedStep for Prepare {
             false,
             manifest.files.len(),
         ))
+    }
+}
+
+/// Which series the binary that would prepare here belongs to.
+async fn this_host_prepares(name: &str, explicit: Option<PathBuf>) -> Finding {
+    let shown = explicit
+        .as_ref()
+        .map_or(name.to_string(), |p| p.display().to_string());
+    let Some(binary) = crate::sandbox::find_binary(&shown) else {
+        return Finding::warn(format!("{shown} not found: this host cannot prepare the backup (install the server of the source's series, or set prepare=false and prepare elsewhere)"));
+    };
+    match crate::sandbox::server_version(&binary).await {
+        Ok(v) => Finding::ok(format!(
+            "this host prepares with {} (MariaDB {v}): backups of MariaDB {} servers",
+            binary.display(),
+            crate::mariadb::ServerVersion::parse(&v)
+                .map_or(v.clone(), |s| format!("{}.{}", s.major, s.minor))
+        )),
+        Err(e) => Finding::error(e.to_string()),
     }
 }
 

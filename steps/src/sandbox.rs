@@ -36,6 +36,10 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
 use tokio::process::{Child, Command};
 
+/// The environment variable naming a directory of server binaries (`mariadbd`,
+/// `mariadb-install-db`, `mariadb-backup`) searched before `PATH` by [`find_binary`].
+pub const SERVER_BIN_ENV: &str = "STAGEHAND_MARIADB_BIN";
+
 /// Directories searched (after `PATH`) by [`find_binary`].
 pub const FALLBACK_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/mysql/bin"];
 
@@ -78,7 +82,7 @@ const RESERVED_OPTIONS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The server binary could not be found.
-    #[error("{name} not found (searched PATH and {dirs})", dirs = FALLBACK_BIN_DIRS.join(", "))]
+    #[error("{name} not found (searched $STAGEHAND_MARIADB_BIN, PATH and {dirs})", dirs = FALLBACK_BIN_DIRS.join(", "))]
     BinaryNotFound { name: String },
 
     /// An I/O operation failed.
@@ -967,7 +971,8 @@ fn is_access_error(code: u16) -> bool {
     matches!(code, 1044 | 1045 | 1698)
 }
 
-/// Looks for an executable `name` in `PATH`, then in [`FALLBACK_BIN_DIRS`].
+/// Looks for an executable `name` in `$STAGEHAND_MARIADB_BIN`, `PATH`, then in
+/// [`FALLBACK_BIN_DIRS`].
 /// A `name` containing `/` is checked as a path.
 pub fn find_binary(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
@@ -977,8 +982,12 @@ pub fn find_binary(name: &str) -> Option<PathBuf> {
     let path_dirs = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
-    path_dirs
+    // A chosen server build (the tests' version matrix; a host with several series)
+    // comes before PATH.
+    let chosen = std::env::var_os(SERVER_BIN_ENV).map(PathBuf::from);
+    chosen
         .into_iter()
+        .chain(path_dirs)
         .chain(FALLBACK_BIN_DIRS.iter().map(PathBuf::from))
         .filter(|dir| !dir.as_os_str().is_empty())
         .map(|dir| dir.join(name))

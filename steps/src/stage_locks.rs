@@ -314,6 +314,9 @@ impl TypedStep for StageLocks {
             Some(v) => out.push(Finding::error(format!("server {v} is not MariaDB"))),
             None => out.push(Finding::error("cannot read the server version")),
         }
+        if cfg.stage == Stage::Start {
+            out.push(crate::backup_server::can_prepare_here(&session.server_version).await);
+        }
         out.push(privileges_finding(cfg, &session).await);
         out
     }

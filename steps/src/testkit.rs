@@ -223,6 +223,11 @@ impl TestServerBuilder {
             start_ms = start.as_millis() as u64,
             "test server up"
         );
+        // Shown with a failing test's output: which server build it ran on.
+        eprintln!(
+            "test server '{name}': MariaDB {version} ({})",
+            mariadbd.display()
+        );
         Ok(TestServer {
             pool,
             server,

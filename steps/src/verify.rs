@@ -349,6 +349,8 @@ async fn test_restore(
     m: &Manifest,
     scratch: Option<&str>,
 ) -> Result<(usize, serde_json::Map<String, Value>), StepError> {
+    // Before the copy: a server of another series cannot test this backup.
+    let binary = backup_server::binary_for_backup("mariadbd", None, &m.server.version).await?;
     let base = scratch
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -371,7 +373,7 @@ async fn test_restore(
     .await
     .map_err(|e| StepError::fatal(e.to_string()))??;
     let run = backup_server::run_dir()?;
-    let server = backup_server::start_on(&data, run.path(), 256 << 20, None).await?;
+    let server = backup_server::start_on(&data, run.path(), 256 << 20, Some(binary)).await?;
     let result = check_tables(&server).await;
     let _ = server.shutdown(ShutdownMode::Fast).await;
     result

@@ -25,3 +25,4 @@ mod servers;
 mod storage_compress;
 mod storage_faults;
 mod storage_roundtrip;
+mod versions;

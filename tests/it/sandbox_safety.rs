@@ -210,8 +210,11 @@ fn processes_on(dir: &Path) -> Vec<(u32, String)> {
         .filter_map(|pid| {
             let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let line = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let program = line.split(' ').next().unwrap_or_default().to_owned();
-            let server = program.ends_with("mariadbd") || program.ends_with("mariadb-backup");
+            // The program, or the one a loader runs (`ld.so --library-path DIR mariadbd`).
+            let server = line
+                .split(' ')
+                .take(4)
+                .any(|w| w.ends_with("mariadbd") || w.ends_with("mariadb-backup"));
             (server && line.contains(&needle)).then_some((pid, line))
         })
         .collect()
