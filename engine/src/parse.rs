@@ -667,3 +667,65 @@ fn kind_of(value: &Value) -> String {
         Err(_) => "a tagged value".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_error(text: &str) -> Diagnostic {
+        let parsed = parse_plan("p.yaml", text);
+        assert!(parsed.plan.is_none(), "the plan is refused");
+        match parsed.diagnostics.as_slice() {
+            [d] => d.clone(),
+            other => panic!("one diagnostic expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plans_too_deep_or_too_large_are_refused_with_a_position() {
+        let deep = format!(
+            "version: 1\nname: d\nsteps: {}{}\n",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        let d = only_error(&deep);
+        assert_eq!((d.line, d.column), (3, 7 + MAX_DEPTH));
+        assert_eq!(
+            d.message,
+            "the plan nests lists and mappings more than 64 levels deep"
+        );
+        let block = (0..=MAX_DEPTH).fold(String::new(), |text, level| {
+            format!("{text}{}a:\n", " ".repeat(level))
+        });
+        let d = only_error(&block);
+        assert_eq!(d.line, MAX_DEPTH + 1);
+
+        let large = format!("version: 1\nname: l\n# {}\n", "x".repeat(MAX_PLAN_BYTES));
+        let d = only_error(&large);
+        assert_eq!((d.line, d.column), (1, 1));
+        assert_eq!(
+            d.message,
+            format!(
+                "the plan is larger than 1 MiB ({} bytes or more)",
+                large.len()
+            )
+        );
+    }
+
+    #[test]
+    fn plan_names_are_one_safe_path_component() {
+        for good in ["nightly", "full-backup", "db1.nightly_2", "9", &"a".repeat(64)] {
+            assert!(is_plan_name(good), "{good}");
+        }
+        for bad in [
+            "", "../../x", "..", ".hidden", "a/b", "a..b", "-x", "a b", "é", &"a".repeat(65),
+        ] {
+            assert!(!is_plan_name(bad), "{bad:?}");
+        }
+        let parsed = parse_plan("p.yaml", "version: 1\nname: \"../../x\"\nsteps: []\n");
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.line, d.column), (2, 7));
+        assert_eq!(d.message, "plan name `../../x` is not a valid name");
+        assert!(d.hint.as_deref().is_some_and(|h| h.contains("no `/` or `..`")));
+    }
+}
