@@ -378,33 +378,35 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
     };
     for path in plans {
         let file = path.display().to_string();
-        let (errors, warnings) = match read_plan(path) {
-            Err(e) => (vec![e], Vec::new()),
+        // Every problem in file order, warnings among them.
+        let diags: Vec<Diagnostic> = match read_plan(path) {
+            Err(e) => {
+                all_ok = false;
+                report_unreadable(&mut results, &file, e, json);
+                continue;
+            }
             Ok(text) => match checker.load_text(&file, &text, &[], true) {
-                Ok((loaded, _)) => (Vec::new(), loaded.warnings),
-                Err(d) => {
-                    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
-                        d.into_iter().partition(Diagnostic::is_error);
-                    (errors.iter().map(|d| d.to_string()).collect(), warnings)
-                }
+                Ok((loaded, _)) => loaded.warnings,
+                Err(d) => d,
             },
         };
-        let warnings: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
-        all_ok &= errors.is_empty();
+        let errors = error_count(&diags);
+        all_ok &= errors == 0;
         if json {
-            results.push(serde_json::json!({"file": file, "ok": errors.is_empty(), "errors": errors, "warnings": warnings}));
+            let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) =
+                diags.iter().partition(|d| d.is_error());
+            let text = |ds: Vec<&Diagnostic>| ds.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+            results.push(serde_json::json!({"file": file, "ok": errors.is_empty(),
+                "errors": text(errors), "warnings": text(warnings)}));
             continue;
         }
-        for w in &warnings {
-            eprintln!("{w}");
+        for d in &diags {
+            eprintln!("{d}");
         }
-        if errors.is_empty() {
+        if errors == 0 {
             println!("{file}: ok");
         } else {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!("{file}: {} problem(s)", errors.len());
+            eprintln!("{file}: {errors} problem(s)");
         }
     }
     if json {
@@ -417,6 +419,18 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
         EXIT_OK
     } else {
         EXIT_USAGE
+    }
+}
+
+/// A plan file that cannot be read (or is too large): one error.
+fn report_unreadable(results: &mut Vec<serde_json::Value>, file: &str, error: String, json: bool) {
+    if json {
+        results.push(
+            serde_json::json!({"file": file, "ok": false, "errors": [error], "warnings": []}),
+        );
+    } else {
+        eprintln!("{error}");
+        eprintln!("{file}: 1 problem(s)");
     }
 }
 
@@ -511,20 +525,22 @@ fn run(
     });
     let report = match report {
         Ok(r) => r,
-        Err(RunError::NotRecorded { report, reason }) => {
-            print_report(&report, json)?;
-            eprintln!("error: {reason}");
-            eprintln!("  hint: {}", state_dir_hint(&history_dir));
-            runs::publish_metrics(
-                &report,
-                &history_dir,
-                outputs.metrics_file.as_deref(),
-                outputs.pushgateway.as_deref(),
-            );
-            return Ok(report.status.exit_code());
-        }
         Err(e) => {
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            // The run went to its end: its outcome is shown, and it fails.
+            if let RunError::NotRecorded { report, .. } = e {
+                print_report(&report, json)?;
+                eprintln!("error: {message}");
+                eprintln!("  hint: {}", state_dir_hint(&history_dir));
+                runs::publish_metrics(
+                    &report,
+                    &history_dir,
+                    outputs.metrics_file.as_deref(),
+                    outputs.pushgateway.as_deref(),
+                );
+                return Ok(report.status.exit_code());
+            }
+            eprintln!("error: {message}");
             if matches!(e, RunError::StateDir { .. } | RunError::Journal(_)) {
                 eprintln!("  hint: {}", state_dir_hint(&history_dir));
             }

@@ -714,11 +714,26 @@ mod tests {
 
     #[test]
     fn plan_names_are_one_safe_path_component() {
-        for good in ["nightly", "full-backup", "db1.nightly_2", "9", &"a".repeat(64)] {
+        for good in [
+            "nightly",
+            "full-backup",
+            "db1.nightly_2",
+            "9",
+            &"a".repeat(64),
+        ] {
             assert!(is_plan_name(good), "{good}");
         }
         for bad in [
-            "", "../../x", "..", ".hidden", "a/b", "a..b", "-x", "a b", "é", &"a".repeat(65),
+            "",
+            "../../x",
+            "..",
+            ".hidden",
+            "a/b",
+            "a..b",
+            "-x",
+            "a b",
+            "é",
+            &"a".repeat(65),
         ] {
             assert!(!is_plan_name(bad), "{bad:?}");
         }
@@ -726,6 +741,9 @@ mod tests {
         let d = &parsed.diagnostics[0];
         assert_eq!((d.line, d.column), (2, 7));
         assert_eq!(d.message, "plan name `../../x` is not a valid name");
-        assert!(d.hint.as_deref().is_some_and(|h| h.contains("no `/` or `..`")));
+        assert!(d
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("no `/` or `..`")));
     }
 }

@@ -128,7 +128,11 @@ impl Checker<'_> {
                 let mut refs = Vec::new();
                 template::references_in(value, &fpath, &mut refs);
                 for (path, r) in refs {
-                    let Some(secret) = r.strip_prefix("secrets.") else {
+                    // An undeclared secret is an error reported by the reference check.
+                    let Some(secret) = r
+                        .strip_prefix("secrets.")
+                        .filter(|name| l.plan.secret(name).is_some())
+                    else {
                         continue;
                     };
                     let shown = path
