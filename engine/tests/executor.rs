@@ -153,8 +153,7 @@ async fn a_run_id_that_is_not_one_path_component_is_refused() {
     };
     let err = stagehand_engine::execute(&loaded, &registry, None, opts)
         .await
-        .err()
-        .expect("the run is refused");
+        .expect_err("the run is refused");
     assert!(
         matches!(err, stagehand_engine::exec::RunError::RunId { .. }),
         "{err}"
