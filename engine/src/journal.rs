@@ -56,8 +56,12 @@ impl Journal {
     /// written must not stop a backup mid-way (locks held): the error is logged, kept
     /// for [`Journal::lost`], and the run goes on.
     pub fn event(&self, event: &str, fields: Value) {
+        let first_loss = self.lost().is_none();
         if let Err(e) = self.try_event(event, fields) {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot append to the run journal");
+            // Once is enough: a full disk would otherwise repeat it for every event.
+            if first_loss {
+                tracing::error!(error = %e, "events are being lost; the run will be failed at its end");
+            }
         }
     }
 

@@ -683,3 +683,46 @@ steps:
     }
     assert!(!r.stderr.contains('\u{1b}'), "escape codes: {:?}", r.stderr);
 }
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(
+        dir.path(),
+        "tty",
+        "version: 1\nname: tty\nsteps:\n  - {id: hello, uses: exec, with: {command: [echo, hello]}}\n",
+    );
+    let command = format!(
+        "'{}' run '{}' --state-dir '{}'",
+        env!("CARGO_BIN_EXE_stagehand"),
+        plan.display(),
+        dir.path().join("state").display()
+    );
+    let drawn = |no_color: Option<&str>, name: &str| -> String {
+        let typescript = dir.path().join(name);
+        let mut script = std::process::Command::new("script");
+        // `script` runs the command on a real pseudo-terminal and records its output.
+        script
+            .args(["-q", "-e", "-c", &command])
+            .arg(&typescript)
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            script.env("NO_COLOR", v);
+        }
+        let status = script
+            .status()
+            .expect("`script` (bsdutils) runs: apt-get install bsdutils");
+        assert!(status.success(), "the run under a terminal failed");
+        String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned()
+    };
+    let coloured = drawn(None, "coloured");
+    assert!(
+        coloured.contains("run started") && coloured.contains("\u{1b}["),
+        "{coloured:?}"
+    );
+    let plain = drawn(Some("1"), "plain");
+    assert!(plain.contains("run started"), "{plain:?}");
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+}
