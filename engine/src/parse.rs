@@ -196,8 +196,10 @@ impl Walker<'_, '_> {
     /// The plan's name, which names its runs' directories: refused unless it is one safe
     /// path component.
     fn plan_name(&mut self, map: &Mapping) -> String {
-        let name = self.required_string("", map, "name").unwrap_or_default();
-        if map.contains_key("name") && !is_plan_name(&name) {
+        let Some(name) = self.required_string("", map, "name") else {
+            return String::new();
+        };
+        if !is_plan_name(&name) {
             self.c.error(
                 "name",
                 At::Value,
