@@ -287,13 +287,6 @@ impl Renderer {
         }
     }
 
-    /// A template syntax error, if any.
-    pub fn check_syntax(&self, text: &str) -> Result<(), TemplateError> {
-        handlebars::Template::compile(text)
-            .map(|_| ())
-            .map_err(|e| TemplateError(format!("template syntax error: {}", e.reason())))
-    }
-
     /// Everything validation can know about a template before the run: its syntax, and
     /// what would only fail when it renders (partials, unknown helpers, `date` formats).
     pub fn check_template(&self, text: &str) -> Result<(), TemplateProblem> {
