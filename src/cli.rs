@@ -1,7 +1,9 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use stagehand_engine::{dryrun, graph, params, schema, Checker, Loaded, RunOptions};
+use stagehand_engine::exec::RunError;
+use stagehand_engine::{dryrun, graph, params, schema, Checker, Diagnostic, Loaded, RunOptions};
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -210,8 +212,12 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STAGEHAND_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colour only for a person at a terminal: logs piped to a file or journald stay
+    // plain text (https://no-color.org turns it off everywhere).
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal() && !no_color)
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
@@ -302,24 +308,63 @@ fn load(
     allow_missing: bool,
 ) -> Result<(Loaded, BTreeMap<String, serde_json::Value>), String> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{file}: error: cannot read the plan: {e}"))?;
+    let text = read_plan(path)?;
     let registry = stagehand_steps::registry();
     let provider = stagehand_steps::connection_provider();
     let checker = Checker {
         registry: &registry,
         provider: Some(provider.as_ref()),
     };
-    checker
+    let loaded = checker
         .load_text(&file, &text, sets, allow_missing)
         .map_err(|diags| {
             let mut out: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
             out.push(format!(
                 "{file}: {} problem(s); nothing was run",
-                diags.len()
+                error_count(&diags)
             ));
             out.join("\n")
-        })
+        })?;
+    for w in &loaded.0.warnings {
+        eprintln!("{w}");
+    }
+    Ok(loaded)
+}
+
+fn error_count(diags: &[Diagnostic]) -> usize {
+    diags.iter().filter(|d| d.is_error()).count()
+}
+
+/// A plan file's text, read no further than the plan size bound (a plan path pointing
+/// at a device or a huge file is refused, not loaded).
+fn read_plan(path: &Path) -> Result<String, String> {
+    use stagehand_engine::parse::{too_large, MAX_PLAN_BYTES};
+    let file = path.display().to_string();
+    let cannot_read = |e: std::io::Error| format!("{file}: error: cannot read the plan: {e}");
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PLAN_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(cannot_read)?;
+    if bytes.len() > MAX_PLAN_BYTES {
+        let size = std::fs::metadata(path).map_or(bytes.len(), |m| m.len() as usize);
+        let (message, hint) = too_large(size.max(bytes.len()));
+        let d = Diagnostic {
+            severity: stagehand_engine::diag::Severity::Error,
+            file: file.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message,
+            hint: Some(hint),
+        };
+        return Err(d.to_string());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        cannot_read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
 }
 
 fn validate(plans: &[PathBuf], json: bool) -> i32 {
@@ -333,24 +378,35 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
     };
     for path in plans {
         let file = path.display().to_string();
-        let diags = match std::fs::read_to_string(path) {
-            Err(e) => vec![format!("{file}: error: cannot read the plan: {e}")],
+        // Every problem in file order, warnings among them.
+        let diags: Vec<Diagnostic> = match read_plan(path) {
+            Err(e) => {
+                all_ok = false;
+                report_unreadable(&mut results, &file, e, json);
+                continue;
+            }
             Ok(text) => match checker.load_text(&file, &text, &[], true) {
-                Ok(_) => Vec::new(),
-                Err(d) => d.iter().map(|d| d.to_string()).collect(),
+                Ok((loaded, _)) => loaded.warnings,
+                Err(d) => d,
             },
         };
-        all_ok &= diags.is_empty();
+        let errors = error_count(&diags);
+        all_ok &= errors == 0;
         if json {
-            results
-                .push(serde_json::json!({"file": file, "ok": diags.is_empty(), "errors": diags}));
-        } else if diags.is_empty() {
+            let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) =
+                diags.iter().partition(|d| d.is_error());
+            let text = |ds: Vec<&Diagnostic>| ds.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+            results.push(serde_json::json!({"file": file, "ok": errors.is_empty(),
+                "errors": text(errors), "warnings": text(warnings)}));
+            continue;
+        }
+        for d in &diags {
+            eprintln!("{d}");
+        }
+        if errors == 0 {
             println!("{file}: ok");
         } else {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            eprintln!("{file}: {} problem(s)", diags.len());
+            eprintln!("{file}: {errors} problem(s)");
         }
     }
     if json {
@@ -363,6 +419,18 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
         EXIT_OK
     } else {
         EXIT_USAGE
+    }
+}
+
+/// A plan file that cannot be read (or is too large): one error.
+fn report_unreadable(results: &mut Vec<serde_json::Value>, file: &str, error: String, json: bool) {
+    if json {
+        results.push(
+            serde_json::json!({"file": file, "ok": false, "errors": [error], "warnings": []}),
+        );
+    } else {
+        eprintln!("{error}");
+        eprintln!("{file}: 1 problem(s)");
     }
 }
 
@@ -458,7 +526,24 @@ fn run(
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            let message = e.to_string();
+            // The run went to its end: its outcome is shown, and it fails.
+            if let RunError::NotRecorded { report, .. } = e {
+                print_report(&report, json)?;
+                eprintln!("error: {message}");
+                eprintln!("  hint: {}", state_dir_hint(&history_dir));
+                runs::publish_metrics(
+                    &report,
+                    &history_dir,
+                    outputs.metrics_file.as_deref(),
+                    outputs.pushgateway.as_deref(),
+                );
+                return Ok(report.status.exit_code());
+            }
+            eprintln!("error: {message}");
+            if matches!(e, RunError::StateDir { .. } | RunError::Journal(_)) {
+                eprintln!("  hint: {}", state_dir_hint(&history_dir));
+            }
             // The run could not start, and the metrics must say so: a schedule whose
             // secret went missing is as broken as one whose backup failed.
             let not_started = not_started_report(&loaded, plan);
@@ -469,17 +554,12 @@ fn run(
                 outputs.pushgateway.as_deref(),
             );
             return Ok(match e {
-                stagehand_engine::exec::RunError::Secret { .. }
-                | stagehand_engine::exec::RunError::Connection { .. } => EXIT_USAGE,
+                RunError::Secret { .. } | RunError::Connection { .. } => EXIT_USAGE,
                 _ => EXIT_FAILED,
             });
         }
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_summary(&report);
-    }
+    print_report(&report, json)?;
     // Metrics are a side channel: failing to write them is reported, and the exit code
     // stays the run's.
     runs::publish_metrics(
@@ -489,6 +569,23 @@ fn run(
         outputs.pushgateway.as_deref(),
     );
     Ok(report.status.exit_code())
+}
+
+fn print_report(report: &stagehand_engine::RunReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print_summary(report);
+    }
+    Ok(())
+}
+
+/// What to do when the run cannot be recorded under the state directory.
+fn state_dir_hint(state_dir: &Path) -> String {
+    format!(
+        "the state directory {} is full or not writable: free space there, or choose another with --state-dir or STAGEHAND_STATE_DIR",
+        state_dir.display()
+    )
 }
 
 /// The report of a run that failed before its first step (for the metrics only).

@@ -4,9 +4,18 @@ use crate::source::{Pos, PositionIndex};
 use serde::Serialize;
 use std::fmt;
 
+/// An error stops the plan; a warning is printed and the plan goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// One problem in a plan file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub file: String,
     pub line: usize,
     pub column: usize,
@@ -17,11 +26,21 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+impl Diagnostic {
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
         write!(
             f,
-            "{}:{}:{}: error: {}",
+            "{}:{}:{}: {severity}: {}",
             self.file, self.line, self.column, self.message
         )?;
         if let Some(hint) = &self.hint {
@@ -55,11 +74,26 @@ impl<'a> Collector<'a> {
     }
 
     pub fn error(&mut self, path: &str, at: At, message: impl Into<String>, hint: Option<String>) {
-        let pos = match at {
+        let pos = self.position(path, at);
+        self.push_at(path, pos, message, hint);
+    }
+
+    /// Something the plan may do but should not: printed, and validation still passes.
+    pub fn warn(&mut self, path: &str, at: At, message: impl Into<String>, hint: Option<String>) {
+        let pos = self.position(path, at);
+        self.push(Severity::Warning, path, pos, message.into(), hint);
+    }
+
+    /// Whether an error (not only warnings) was collected.
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(Diagnostic::is_error)
+    }
+
+    fn position(&self, path: &str, at: At) -> Pos {
+        match at {
             At::Key => self.index.key(path),
             At::Value => self.index.value(path),
-        };
-        self.push_at(path, pos, message, hint);
+        }
     }
 
     pub fn push_at(
@@ -69,12 +103,24 @@ impl<'a> Collector<'a> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        self.push(Severity::Error, path, pos, message.into(), hint);
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        path: &str,
+        pos: Pos,
+        message: String,
+        hint: Option<String>,
+    ) {
         self.items.push(Diagnostic {
+            severity,
             file: self.file.to_string(),
             line: pos.line,
             column: pos.column,
             path: path.to_string(),
-            message: message.into(),
+            message,
             hint,
         });
     }

@@ -57,6 +57,15 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// The lowercase word used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
     /// The CLI's exit code for this outcome.
     pub fn exit_code(self) -> i32 {
         match self {
@@ -114,10 +123,19 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("run id `{id}` is not a single file name; nothing is written outside {}", .state_dir.display())]
+    RunId { id: String, state_dir: PathBuf },
     #[error(transparent)]
     Journal(#[from] JournalError),
     #[error("connection `{name}`: {reason}")]
     Connection { name: String, reason: String },
+    /// The run went to its end but its journal or report could not be written: a run
+    /// nobody can look up later is a failed run.
+    #[error("the run is not recorded: {reason}")]
+    NotRecorded {
+        report: Box<RunReport>,
+        reason: String,
+    },
 }
 
 pub struct RunOptions {
@@ -252,7 +270,12 @@ pub async fn execute(
     let redactor = Arc::new(Redactor::new(secrets.values().cloned()));
     let run_id = new_run_id(&plan.name);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let run_dir = opts.state_dir.join("runs").join(&run_id);
+    // Validation checks plan names; this keeps any other caller inside the state dir.
+    let run_dir =
+        crate::history::run_dir(&opts.state_dir, &run_id).ok_or_else(|| RunError::RunId {
+            id: run_id.clone(),
+            state_dir: opts.state_dir.clone(),
+        })?;
     std::fs::create_dir_all(&run_dir).map_err(|source| RunError::StateDir {
         path: run_dir.clone(),
         source,
@@ -268,10 +291,13 @@ pub async fn execute(
     });
     let renderer = Arc::new(Renderer::new());
     let connections = render_connections(loaded, &renderer, &base_ctx, provider)?;
-    journal.event(
+    // A run that cannot be recorded does not start: nothing has been touched yet.
+    journal.try_event(
         "run_started",
-        json!({"plan": plan.name, "file": plan.file, "params": opts.params, "steps": plan.steps.iter().map(|s| &s.id).collect::<Vec<_>>()}),
-    );
+        json!({"plan": plan.name, "file": plan.file, "params": opts.params,
+               "steps": plan.steps.iter().map(|s| &s.id).collect::<Vec<_>>(),
+               "uses": plan.steps.iter().map(|s| (s.id.clone(), json!(s.uses))).collect::<serde_json::Map<_, _>>()}),
+    )?;
     tracing::info!(run = %run_id, plan = %plan.name, "run started");
 
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -324,11 +350,33 @@ pub async fn execute(
         "run_finished",
         json!({"status": status, "duration_ms": report.duration_ms}),
     );
-    if let Err(e) = write_json_atomic(&run_dir.join("report.json"), &report, &redactor) {
-        tracing::error!(error = %e, "cannot write report.json");
-    }
+    let report_path = run_dir.join("report.json");
+    let written = write_json_atomic(&report_path, &report, &redactor);
     tracing::info!(run = %run_id, status = ?status, "run finished");
-    Ok(report)
+    recorded(report, written, &journal, &report_path)
+}
+
+/// The report, or [`RunError::NotRecorded`] (the run counted as failed) when its report
+/// or part of its journal could not be written.
+fn recorded(
+    mut report: RunReport,
+    written: std::io::Result<()>,
+    journal: &Journal,
+    report_path: &std::path::Path,
+) -> Result<RunReport, RunError> {
+    let reason = match (written, journal.lost()) {
+        (Err(e), _) => format!("cannot write {}: {e}", report_path.display()),
+        (Ok(()), Some(lost)) => format!("{lost}; the journal is incomplete"),
+        (Ok(()), None) => return Ok(report),
+    };
+    tracing::error!(%reason, "the run is not recorded");
+    if report.status == RunStatus::Succeeded {
+        report.status = RunStatus::Failed;
+    }
+    Err(RunError::NotRecorded {
+        report: Box::new(report),
+        reason,
+    })
 }
 
 fn render_connections(

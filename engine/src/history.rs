@@ -3,12 +3,24 @@
 //! last-success time. A run without a report (still running, or killed) is listed from
 //! its journal as `incomplete`.
 
-use crate::exec::RunStatus;
+use crate::exec::{RunStatus, StepStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
+
+/// The directory of run `run_id` under `state_dir`; None unless the id is one plain
+/// path component (no `/`, `.`, `..` or root), so nothing leads out of `runs/`.
+pub fn run_dir(state_dir: &Path, run_id: &str) -> Option<PathBuf> {
+    let mut parts = Path::new(run_id).components();
+    match (parts.next(), parts.next()) {
+        (Some(Component::Normal(one)), None) if one == run_id && !run_id.contains('\0') => {
+            Some(state_dir.join("runs").join(run_id))
+        }
+        _ => None,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -56,12 +68,45 @@ impl RecordedStatus {
     }
 }
 
+/// A step's status as recorded: the executor's, or `interrupted` for a step of a run
+/// without a report whose journal shows it started and never ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordedStepStatus {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    Interrupted,
+}
+
+impl RecordedStepStatus {
+    fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Cancelled)
+    }
+}
+
+impl From<StepStatus> for RecordedStepStatus {
+    fn from(s: StepStatus) -> Self {
+        match s {
+            StepStatus::Pending => Self::Pending,
+            StepStatus::Running => Self::Running,
+            StepStatus::Succeeded => Self::Succeeded,
+            StepStatus::Failed => Self::Failed,
+            StepStatus::Skipped => Self::Skipped,
+            StepStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
 /// One step as `report.json` records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecordedStep {
     pub id: String,
     pub uses: String,
-    pub status: crate::exec::StepStatus,
+    pub status: RecordedStepStatus,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,8 +198,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<RunSummary>, HistoryError> {
 /// One run by id, or by a prefix or suffix that names only one run.
 pub fn show(state_dir: &Path, id: &str) -> Result<RunDetail, HistoryError> {
     let runs_dir = state_dir.join("runs");
-    let exact = runs_dir.join(id);
-    if !id.is_empty() && !id.contains('/') && exact.is_dir() {
+    if let Some(exact) = run_dir(state_dir, id).filter(|d| d.is_dir()) {
         if let Some(d) = read_run(&exact)? {
             return Ok(d);
         }
@@ -194,16 +238,7 @@ fn read_run(dir: &Path) -> Result<Option<RunDetail>, HistoryError> {
                 path: report_path.clone(),
                 message: e.to_string(),
             })?;
-            let failed_step = r
-                .steps
-                .iter()
-                .find(|s| {
-                    matches!(
-                        s.status,
-                        crate::exec::StepStatus::Failed | crate::exec::StepStatus::Cancelled
-                    )
-                })
-                .map(|s| s.id.clone());
+            let failed_step = first_failure(&r.steps);
             Ok(Some(RunDetail {
                 summary: RunSummary {
                     run_id: r.run_id,
@@ -235,7 +270,14 @@ fn read_run(dir: &Path) -> Result<Option<RunDetail>, HistoryError> {
     }
 }
 
-/// A run with a journal but no report: what its `run_started` event says.
+fn first_failure(steps: &[RecordedStep]) -> Option<String> {
+    steps
+        .iter()
+        .find(|s| s.status.is_failure())
+        .map(|s| s.id.clone())
+}
+
+/// A run with a journal but no report: what its events say, steps included.
 fn incomplete_from_journal(
     dir: &Path,
     journal: &Path,
@@ -246,6 +288,12 @@ fn incomplete_from_journal(
     if first["event"] != "run_started" {
         return None;
     }
+    // A killed run may end with half a line: what parses is kept.
+    let later = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok());
+    let steps = steps_from_journal(&first, later);
     let run_id = first["run"]
         .as_str()
         .map(String::from)
@@ -262,15 +310,88 @@ fn incomplete_from_journal(
             started_at: first["ts"].as_str().unwrap_or_default().to_string(),
             finished_at: None,
             duration_ms: None,
-            failed_step: None,
+            failed_step: first_failure(&steps),
             dir: dir.to_path_buf(),
         },
         plan_file: first["file"].as_str().unwrap_or_default().to_string(),
         params,
-        steps: Vec::new(),
+        steps,
         journal: journal.to_path_buf(),
         journal_events: events,
     })
+}
+
+/// The steps of a run rebuilt from its journal events, in plan order: how each ended,
+/// `interrupted` when it started and has no end, `pending` when it never started.
+fn steps_from_journal(started: &Value, events: impl Iterator<Item = Value>) -> Vec<RecordedStep> {
+    let mut steps: Vec<RecordedStep> = started["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|id| RecordedStep {
+            id: id.to_string(),
+            uses: started["uses"][id].as_str().unwrap_or_default().to_string(),
+            status: RecordedStepStatus::Pending,
+            attempts: 0,
+            duration_ms: None,
+            outputs: serde_json::Map::new(),
+            error: None,
+            hint: None,
+        })
+        .collect();
+    for event in events {
+        let Some(step) = event["step"]
+            .as_str()
+            .and_then(|id| steps.iter_mut().find(|s| s.id == id))
+        else {
+            continue;
+        };
+        apply_step_event(step, &event);
+    }
+    for step in &mut steps {
+        if step.status == RecordedStepStatus::Running {
+            step.status = RecordedStepStatus::Interrupted;
+            step.error = Some(
+                "started, and no end is recorded: the run was killed (or is still running)".into(),
+            );
+        }
+    }
+    steps
+}
+
+fn apply_step_event(step: &mut RecordedStep, event: &Value) {
+    let text = |key: &str| event[key].as_str().map(String::from);
+    match event["event"].as_str().unwrap_or_default() {
+        "step_started" => {
+            step.status = RecordedStepStatus::Running;
+            step.attempts = step.attempts.max(1);
+            if let Some(uses) = text("uses") {
+                step.uses = uses;
+            }
+        }
+        "step_retry" => {
+            let failed_attempt = event["attempt"].as_u64().unwrap_or(0) as u32;
+            step.attempts = step.attempts.max(failed_attempt + 1);
+        }
+        "step_skipped" => {
+            step.status = RecordedStepStatus::Skipped;
+            step.error = text("reason").map(|r| format!("skipped: {r}"));
+        }
+        "step_finished" => {
+            if let Ok(status) = serde_json::from_value::<StepStatus>(event["status"].clone()) {
+                step.status = status.into();
+            }
+            if let Some(n) = event["attempts"].as_u64() {
+                step.attempts = n as u32;
+            }
+            step.duration_ms = event["duration_ms"].as_u64();
+            step.outputs = event["outputs"].as_object().cloned().unwrap_or_default();
+            step.error = text("error");
+            step.hint = text("hint");
+        }
+        _ => {}
+    }
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 time.
@@ -360,6 +481,29 @@ mod tests {
             duration_ms: Some(1),
             failed_step: None,
             dir: PathBuf::from(id),
+        }
+    }
+
+    #[test]
+    fn run_dirs_are_single_components_of_the_state_dir() {
+        let state = Path::new("/var/lib/stagehand");
+        assert_eq!(
+            run_dir(state, "nightly-20261121T020000Z-ab12"),
+            Some(PathBuf::from(
+                "/var/lib/stagehand/runs/nightly-20261121T020000Z-ab12"
+            ))
+        );
+        for bad in [
+            "../../x-20261121T020000Z-ab12",
+            "..",
+            ".",
+            "",
+            "a/b",
+            "a/",
+            "/etc",
+            "x\0y",
+        ] {
+            assert_eq!(run_dir(state, bad), None, "{bad:?} is refused");
         }
     }
 

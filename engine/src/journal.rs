@@ -25,6 +25,8 @@ pub struct Journal {
     out: Arc<Mutex<BufWriter<File>>>,
     redactor: Arc<Redactor>,
     run_id: String,
+    /// The first write that failed: the journal is incomplete from there on.
+    lost: Arc<Mutex<Option<std::io::Error>>>,
 }
 
 impl Journal {
@@ -42,6 +44,7 @@ impl Journal {
             out: Arc::new(Mutex::new(BufWriter::new(file))),
             redactor,
             run_id: run_id.to_string(),
+            lost: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -49,8 +52,22 @@ impl Journal {
         &self.path
     }
 
-    /// Writes one event: `{"ts", "run", "event", ...fields}`.
+    /// Writes one event: `{"ts", "run", "event", ...fields}`. A journal that cannot be
+    /// written must not stop a backup mid-way (locks held): the error is logged, kept
+    /// for [`Journal::lost`], and the run goes on.
     pub fn event(&self, event: &str, fields: Value) {
+        let first_loss = self.lost().is_none();
+        if let Err(e) = self.try_event(event, fields) {
+            // Once is enough: a full disk would otherwise repeat it for every event.
+            if first_loss {
+                tracing::error!(error = %e, "events are being lost; the run will be failed at its end");
+            }
+        }
+    }
+
+    /// Writes one event and says whether it reached the file (for the first event, which
+    /// decides whether the run can be recorded at all).
+    pub fn try_event(&self, event: &str, fields: Value) -> Result<(), JournalError> {
         let mut line = json!({
             "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "run": self.run_id,
@@ -60,16 +77,31 @@ impl Journal {
             l.extend(f);
         }
         let text = self.redactor.redact(&line.to_string());
-        // A journal that cannot be written must not stop a backup mid-way (locks held):
-        // the error is logged and the run goes on; the report says so at the end.
-        let result = self.out.lock().map(|mut out| {
-            out.write_all(text.as_bytes())
+        let result = match self.out.lock() {
+            Ok(mut out) => out
+                .write_all(text.as_bytes())
                 .and_then(|_| out.write_all(b"\n"))
-                .and_then(|_| out.flush())
-        });
-        if !matches!(result, Ok(Ok(()))) {
-            tracing::error!(path = %self.path.display(), "cannot append to the run journal");
-        }
+                .and_then(|_| out.flush()),
+            Err(_) => Err(std::io::Error::other("the journal writer panicked")),
+        };
+        result.map_err(|source| {
+            if let Ok(mut lost) = self.lost.lock() {
+                lost.get_or_insert_with(|| std::io::Error::new(source.kind(), source.to_string()));
+            }
+            JournalError::Io {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The first write error, when some events could not be written.
+    pub fn lost(&self) -> Option<JournalError> {
+        let lost = self.lost.lock().ok()?;
+        lost.as_ref().map(|e| JournalError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        })
     }
 }
 
@@ -83,11 +115,15 @@ pub fn write_json_atomic(
     let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
     let text = redactor.redact(&text);
     let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = File::create(&tmp)?;
+    let written = File::create(&tmp).and_then(|mut f| {
         f.write_all(text.as_bytes())?;
         f.write_all(b"\n")?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    let result = written.and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        // A full disk keeps no half-written report behind.
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    result
 }

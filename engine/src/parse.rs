@@ -4,7 +4,7 @@
 use crate::diag::{did_you_mean, one_of, At, Collector, Diagnostic};
 use crate::model::*;
 use crate::params::{coerce, describe_json};
-use crate::source::{child_index, child_key, Pos, PositionIndex};
+use crate::source::{child_index, child_key, Pos, PositionIndex, MAX_DEPTH};
 use serde_yaml::{Mapping, Value};
 use std::time::Duration;
 
@@ -47,9 +47,25 @@ pub struct Parsed {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+/// The largest plan file read: a hand-written plan is a few KB, and the bound keeps a
+/// generated or hostile file from holding validation (and a CI job) for long.
+pub const MAX_PLAN_BYTES: usize = 1 << 20;
+
+/// The most steps a plan may have (backup plans have a dozen or two).
+pub const MAX_STEPS: usize = 1000;
+
+/// Plan names become file names (run ids, journals): one portable path component.
+pub const PLAN_NAME_PATTERN: &str = "^(?!.*\\.\\.)[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
 /// Parses plan text; `file` is the name used in diagnostics.
 pub fn parse_plan(file: &str, text: &str) -> Parsed {
+    if text.len() > MAX_PLAN_BYTES {
+        return refused(file, Pos { line: 1, column: 1 }, too_large(text.len()));
+    }
     let index = PositionIndex::build(text);
+    if let Some(pos) = index.too_deep() {
+        return refused(file, pos, too_deep());
+    }
     let root: Value = match serde_yaml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -84,6 +100,47 @@ pub fn parse_plan(file: &str, text: &str) -> Parsed {
     }
 }
 
+/// A plan refused before it is read further, with one diagnostic.
+fn refused(file: &str, pos: Pos, (message, hint): (String, String)) -> Parsed {
+    let index = PositionIndex::default();
+    let mut c = Collector::new(file, &index);
+    c.push_at("", pos, message, Some(hint));
+    Parsed {
+        plan: None,
+        diagnostics: c.finish(),
+        index,
+    }
+}
+
+/// The message and hint for a plan over [`MAX_PLAN_BYTES`] (`size` may be a lower bound).
+pub fn too_large(size: usize) -> (String, String) {
+    (
+        format!(
+            "the plan is larger than {} MiB ({size} bytes or more)",
+            MAX_PLAN_BYTES >> 20
+        ),
+        "a plan is a few KB of steps; split it, or check that this is the right file".into(),
+    )
+}
+
+fn too_deep() -> (String, String) {
+    (
+        format!("the plan nests lists and mappings more than {MAX_DEPTH} levels deep"),
+        "plans need a few levels; look for unbalanced brackets or runaway generated YAML here"
+            .into(),
+    )
+}
+
+/// Whether `name` is a valid plan name: letters, digits, `.`, `_`, `-`, starting with a
+/// letter or digit, at most 64 characters, no `..` (see [`PLAN_NAME_PATTERN`]).
+pub fn is_plan_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.contains("..")
+}
+
 /// serde_yaml appends " at line X column Y"; the diagnostic already says where.
 fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
@@ -108,7 +165,7 @@ impl Walker<'_, '_> {
         let map = self.mapping("", root)?;
         self.unknown_keys("", map, PLAN_KEYS, "plan");
         self.version(map);
-        let name = self.required_string("", map, "name").unwrap_or_default();
+        let name = self.plan_name(map);
         let defaults = self.defaults(map.get("defaults"));
         let steps = match map.get("steps") {
             Some(v) => self.steps(v, &defaults),
@@ -134,6 +191,23 @@ impl Walker<'_, '_> {
             fail_fast: self.opt_bool("", map, "fail_fast").unwrap_or(true),
             steps,
         })
+    }
+
+    /// The plan's name, which names its runs' directories: refused unless it is one safe
+    /// path component.
+    fn plan_name(&mut self, map: &Mapping) -> String {
+        let Some(name) = self.required_string("", map, "name") else {
+            return String::new();
+        };
+        if !is_plan_name(&name) {
+            self.c.error(
+                "name",
+                At::Value,
+                format!("plan name `{name}` is not a valid name"),
+                Some("use 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit (it names the runs' directories, so no `/` or `..`)".into()),
+            );
+        }
+        name
     }
 
     fn version(&mut self, map: &Mapping) {
@@ -296,6 +370,20 @@ impl Walker<'_, '_> {
             );
             return Vec::new();
         };
+        if items.len() > MAX_STEPS {
+            // Dependencies are checked between every pair of steps: the bound keeps
+            // validation quick whatever the file holds.
+            self.c.error(
+                &child_index("steps", MAX_STEPS),
+                At::Value,
+                format!(
+                    "the plan has {} steps; at most {MAX_STEPS} are allowed",
+                    items.len()
+                ),
+                Some("split the work into several plans".into()),
+            );
+            return Vec::new();
+        }
         items
             .iter()
             .enumerate()
@@ -579,5 +667,85 @@ fn kind_of(value: &Value) -> String {
     match serde_json::to_value(value) {
         Ok(json) => describe_json(&json),
         Err(_) => "a tagged value".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn only_error(text: &str) -> Diagnostic {
+        let parsed = parse_plan("p.yaml", text);
+        assert!(parsed.plan.is_none(), "the plan is refused");
+        match parsed.diagnostics.as_slice() {
+            [d] => d.clone(),
+            other => panic!("one diagnostic expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plans_too_deep_or_too_large_are_refused_with_a_position() {
+        let deep = format!(
+            "version: 1\nname: d\nsteps: {}{}\n",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        let d = only_error(&deep);
+        assert_eq!((d.line, d.column), (3, 7 + MAX_DEPTH));
+        assert_eq!(
+            d.message,
+            "the plan nests lists and mappings more than 64 levels deep"
+        );
+        let block = (0..=MAX_DEPTH).fold(String::new(), |text, level| {
+            format!("{text}{}a:\n", " ".repeat(level))
+        });
+        let d = only_error(&block);
+        assert_eq!(d.line, MAX_DEPTH + 1);
+
+        let large = format!("version: 1\nname: l\n# {}\n", "x".repeat(MAX_PLAN_BYTES));
+        let d = only_error(&large);
+        assert_eq!((d.line, d.column), (1, 1));
+        assert_eq!(
+            d.message,
+            format!(
+                "the plan is larger than 1 MiB ({} bytes or more)",
+                large.len()
+            )
+        );
+    }
+
+    #[test]
+    fn plan_names_are_one_safe_path_component() {
+        for good in [
+            "nightly",
+            "full-backup",
+            "db1.nightly_2",
+            "9",
+            &"a".repeat(64),
+        ] {
+            assert!(is_plan_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "../../x",
+            "..",
+            ".hidden",
+            "a/b",
+            "a..b",
+            "-x",
+            "a b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(!is_plan_name(bad), "{bad:?}");
+        }
+        let parsed = parse_plan("p.yaml", "version: 1\nname: \"../../x\"\nsteps: []\n");
+        let d = &parsed.diagnostics[0];
+        assert_eq!((d.line, d.column), (2, 7));
+        assert_eq!(d.message, "plan name `../../x` is not a valid name");
+        assert!(d
+            .hint
+            .as_deref()
+            .is_some_and(|h| h.contains("no `/` or `..`")));
     }
 }

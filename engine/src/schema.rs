@@ -60,7 +60,10 @@ pub fn plan_schema(registry: &Registry, provider: Option<&dyn ConnectionProvider
         "required": ["version", "name", "steps"],
         "properties": {
             "version": {"const": crate::model::PLAN_VERSION},
-            "name": {"type": "string"},
+            "name": {
+                "type": "string", "pattern": crate::parse::PLAN_NAME_PATTERN,
+                "description": "names the plan's runs and their directories: 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or digit, no `..`"
+            },
             "description": {"type": "string"},
             "max_parallel": {"type": "integer", "minimum": 1, "default": 4},
             "fail_fast": {"type": "boolean", "default": true},

@@ -6,8 +6,12 @@
 //! up here.
 
 use std::collections::HashMap;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
+
+/// How deep mappings and lists may nest in a plan. Real plans use six or seven levels;
+/// the bound keeps the parsers' work linear in the file's size whatever the input.
+pub const MAX_DEPTH: usize = 64;
 
 /// A 1-based line and column in a plan file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -21,18 +25,45 @@ pub struct Pos {
 pub struct PositionIndex {
     values: HashMap<String, Pos>,
     keys: HashMap<String, Pos>,
+    /// The first node nested deeper than [`MAX_DEPTH`]; indexing stopped there.
+    too_deep: Option<Pos>,
 }
 
 impl PositionIndex {
-    /// Indexes `text`. A document that does not parse gives an empty index: the YAML
-    /// error itself is reported by serde_yaml with its own position.
+    /// Indexes the first document of `text`. A document that does not parse gives an
+    /// empty index: the YAML error itself is reported by serde_yaml with its own
+    /// position. Indexing stops at the first node deeper than [`MAX_DEPTH`].
     pub fn build(text: &str) -> Self {
         let mut builder = IndexBuilder::default();
         let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut builder, false).is_err() {
-            return Self::default();
+        loop {
+            let (event, mark) = match parser.next_token() {
+                Ok(next) => next,
+                // The scanner reads a flow collection whole before its first event, and
+                // refuses flow nesting past 255 levels: that is too deep as well.
+                Err(e) if e.info() == "recursion limit exceeded" => {
+                    return Self {
+                        too_deep: Some(to_pos(*e.marker())),
+                        ..Self::default()
+                    };
+                }
+                Err(_) => return Self::default(),
+            };
+            if matches!(event, Event::DocumentEnd | Event::StreamEnd) {
+                break;
+            }
+            builder.on_event(event, mark);
+            if builder.stack.len() > MAX_DEPTH {
+                builder.index.too_deep = Some(to_pos(mark));
+                break;
+            }
         }
         builder.index
+    }
+
+    /// Where the document first nests deeper than [`MAX_DEPTH`], if it does.
+    pub fn too_deep(&self) -> Option<Pos> {
+        self.too_deep
     }
 
     /// The position of the value at `path`, or of its closest indexed ancestor.
@@ -140,7 +171,7 @@ impl IndexBuilder {
     }
 }
 
-impl MarkedEventReceiver for IndexBuilder {
+impl IndexBuilder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = to_pos(mark);
         match ev {
@@ -189,5 +220,41 @@ mod tests {
                 column: 11
             }
         );
+        assert_eq!(idx.too_deep(), None);
+    }
+
+    fn nested_lists(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn nesting_up_to_the_bound_is_indexed() {
+        let idx = PositionIndex::build(&nested_lists(MAX_DEPTH));
+        assert_eq!(idx.too_deep(), None);
+        let deepest = "[0]".repeat(MAX_DEPTH - 1);
+        assert_eq!(
+            idx.value(&deepest),
+            Pos {
+                line: 1,
+                column: MAX_DEPTH
+            }
+        );
+    }
+
+    #[test]
+    fn nesting_past_the_bound_stops_at_the_first_node_too_deep() {
+        let idx = PositionIndex::build(&nested_lists(MAX_DEPTH + 1));
+        assert_eq!(
+            idx.too_deep(),
+            Some(Pos {
+                line: 1,
+                column: MAX_DEPTH + 1
+            })
+        );
+        // Far deeper input is refused too, without reading it all.
+        let mapping = format!("a:\n {}1{}", "{a: ".repeat(100_000), "}".repeat(100_000));
+        assert!(PositionIndex::build(&mapping).too_deep().is_some());
+        let lists = format!("a: {}", nested_lists(100_000));
+        assert!(PositionIndex::build(&lists).too_deep().is_some());
     }
 }

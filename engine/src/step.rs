@@ -294,6 +294,11 @@ pub trait StepKind: Send + Sync {
     fn supports_background(&self) -> bool {
         false
     }
+    /// Fields of `with` whose text becomes a process's command line, which every local
+    /// user can read: validation warns when a secret is templated into them.
+    fn command_line_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Builds the action from a rendered `with`.
     fn build(&self, with: &serde_json::Value) -> Result<Box<dyn StepAction>, ConfigError>;
 }
@@ -305,6 +310,8 @@ pub trait TypedStep: Send + Sync + 'static {
     const NAME: &'static str;
     const SUMMARY: &'static str;
     const BACKGROUND: bool = false;
+    /// See [`StepKind::command_line_fields`].
+    const COMMAND_LINE_FIELDS: &'static [&'static str] = &[];
     fn outputs() -> Vec<OutputSpec>;
     /// Checks beyond what serde checks (ranges, exclusive fields).
     fn check(_cfg: &Self::Config) -> Result<(), ConfigError> {
@@ -367,6 +374,9 @@ impl<T: TypedStep> StepKind for Typed<T> {
     }
     fn supports_background(&self) -> bool {
         T::BACKGROUND
+    }
+    fn command_line_fields(&self) -> &'static [&'static str] {
+        T::COMMAND_LINE_FIELDS
     }
     fn build(&self, with: &serde_json::Value) -> Result<Box<dyn StepAction>, ConfigError> {
         let cfg: T::Config = deserialize_config(with)?;

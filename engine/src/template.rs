@@ -5,10 +5,12 @@
 //! A value that is exactly one `{{path}}` takes the referenced value with its type (an
 //! integer param stays an integer), so typed step fields can come from params and outputs.
 
+use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
 };
 use serde_json::Value;
+use std::cell::OnceCell;
 
 /// The roots a template may read.
 pub const ROOTS: &[&str] = &["params", "secrets", "steps", "env", "run"];
@@ -166,6 +168,106 @@ pub enum Mode {
 #[error("{0}")]
 pub struct TemplateError(pub String);
 
+/// A template validation refuses, with what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateProblem {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Helpers a plan template may call: handlebars' own and `date`.
+const HELPERS: &[&str] = &[
+    "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt", "lte",
+    "and", "or", "not", "len", "date",
+];
+
+/// The first element of a compiled template that would fail when rendered.
+fn first_unsupported(elements: &[TemplateElement]) -> Option<TemplateProblem> {
+    elements.iter().find_map(|e| match e {
+        TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+            Some(TemplateProblem {
+                message: format!(
+                    "template includes partial `{}`, and plans have no partials",
+                    d.name.as_name().unwrap_or("?")
+                ),
+                hint: Some(
+                    "write the text out in place (`{{> name}}` is handlebars' include)".into(),
+                ),
+            })
+        }
+        TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+            Some(TemplateProblem {
+                message: "template uses a decorator (`{{* ...}}`), which plans do not support"
+                    .into(),
+                hint: None,
+            })
+        }
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => helper_problem(h),
+        _ => None,
+    })
+}
+
+fn helper_problem(h: &HelperTemplate) -> Option<TemplateProblem> {
+    let calls_helper = h.block || !h.params.is_empty() || !h.hash.is_empty();
+    let name = h.name.as_name().unwrap_or_default();
+    if calls_helper && matches!(h.name, Parameter::Name(_)) && !HELPERS.contains(&name) {
+        return Some(TemplateProblem {
+            message: format!("template calls unknown helper `{name}`"),
+            hint: Some(
+                crate::diag::did_you_mean(name, HELPERS.iter().copied())
+                    .unwrap_or_else(|| crate::diag::one_of(HELPERS.iter().copied())),
+            ),
+        });
+    }
+    if name == "date" {
+        if let Some(Parameter::Literal(Value::String(format))) = h.params.get(1) {
+            if let Err(message) = strftime_items(format) {
+                return Some(TemplateProblem {
+                    message,
+                    hint: Some(
+                        "use strftime fields such as %Y %m %d %H %M %S (write %% for a %)".into(),
+                    ),
+                });
+            }
+        }
+    }
+    let nested = h
+        .params
+        .iter()
+        .chain(h.hash.values())
+        .find_map(|p| match p {
+            Parameter::Subexpression(sub) => {
+                first_unsupported(std::slice::from_ref(sub.element.as_ref()))
+            }
+            _ => None,
+        });
+    nested
+        .or_else(|| {
+            h.template
+                .as_ref()
+                .and_then(|t| first_unsupported(&t.elements))
+        })
+        .or_else(|| {
+            h.inverse
+                .as_ref()
+                .and_then(|t| first_unsupported(&t.elements))
+        })
+}
+
+/// A strftime format parsed for chrono, or why it cannot be used.
+fn strftime_items(format: &str) -> Result<Vec<chrono::format::Item<'_>>, String> {
+    let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
+    if items
+        .iter()
+        .any(|i| matches!(i, chrono::format::Item::Error))
+    {
+        return Err(format!("date: bad format `{format}`"));
+    }
+    Ok(items)
+}
+
 pub struct Renderer {
     strict: Handlebars<'static>,
     lenient: Handlebars<'static>,
@@ -185,11 +287,17 @@ impl Renderer {
         }
     }
 
-    /// A template syntax error, if any.
-    pub fn check_syntax(&self, text: &str) -> Result<(), TemplateError> {
-        handlebars::Template::compile(text)
-            .map(|_| ())
-            .map_err(|e| TemplateError(format!("template syntax error: {}", e.reason())))
+    /// Everything validation can know about a template before the run: its syntax, and
+    /// what would only fail when it renders (partials, unknown helpers, `date` formats).
+    pub fn check_template(&self, text: &str) -> Result<(), TemplateProblem> {
+        let template = handlebars::Template::compile(text).map_err(|e| TemplateProblem {
+            message: format!("template syntax error: {}", e.reason()),
+            hint: None,
+        })?;
+        match first_unsupported(&template.elements) {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
     }
 
     /// Renders every string inside `value`; a string that is one `{{path}}` takes the
@@ -220,9 +328,30 @@ impl Renderer {
         mode: Mode,
         typed: bool,
     ) -> Result<Value, TemplateError> {
+        // handlebars copies the data it renders with: once per value, not per string,
+        // so rendering stays linear in the plan's size.
+        let shared = OnceCell::new();
+        self.render_node(
+            value,
+            &Data {
+                ctx,
+                shared: &shared,
+            },
+            mode,
+            typed,
+        )
+    }
+
+    fn render_node(
+        &self,
+        value: &Value,
+        data: &Data,
+        mode: Mode,
+        typed: bool,
+    ) -> Result<Value, TemplateError> {
         Ok(match value {
             Value::String(s) => {
-                let v = self.render_str(s, ctx, mode)?;
+                let v = self.render_text(s, data, mode)?;
                 match (typed, v) {
                     (false, Value::String(s)) => Value::String(s),
                     (false, Value::Null) => Value::String(String::new()),
@@ -235,13 +364,13 @@ impl Renderer {
             Value::Array(items) => Value::Array(
                 items
                     .iter()
-                    .map(|v| self.render_tree(v, ctx, mode, typed))
+                    .map(|v| self.render_node(v, data, mode, typed))
                     .collect::<Result<_, _>>()?,
             ),
             Value::Object(map) => {
                 let mut out = serde_json::Map::new();
                 for (k, v) in map {
-                    out.insert(k.clone(), self.render_tree(v, ctx, mode, typed)?);
+                    out.insert(k.clone(), self.render_node(v, data, mode, typed)?);
                 }
                 Value::Object(out)
             }
@@ -250,6 +379,18 @@ impl Renderer {
     }
 
     pub fn render_str(&self, text: &str, ctx: &Value, mode: Mode) -> Result<Value, TemplateError> {
+        let shared = OnceCell::new();
+        self.render_text(
+            text,
+            &Data {
+                ctx,
+                shared: &shared,
+            },
+            mode,
+        )
+    }
+
+    fn render_text(&self, text: &str, data: &Data, mode: Mode) -> Result<Value, TemplateError> {
         if !text.contains("{{") {
             return Ok(Value::String(text.to_string()));
         }
@@ -263,7 +404,7 @@ impl Renderer {
             text.to_string()
         };
         if let Some(path) = pure_path(&text) {
-            match (lookup(ctx, &path), mode) {
+            match (lookup(data.ctx, &path), mode) {
                 (Some(v), _) => return Ok(v.clone()),
                 (None, Mode::Run) => {
                     return Err(TemplateError(format!("`{path}` has no value in this run")))
@@ -276,10 +417,17 @@ impl Renderer {
         } else {
             &self.lenient
         };
-        hb.render_template(&text, ctx)
+        let context = data.shared.get_or_init(|| Context::from(data.ctx.clone()));
+        hb.render_template_with_context(&text, context)
             .map(Value::String)
             .map_err(|e| TemplateError(render_error_text(&e)))
     }
+}
+
+/// The template data, as JSON and (made on first use) as handlebars' context.
+struct Data<'a> {
+    ctx: &'a Value,
+    shared: &'a OnceCell<Context>,
 }
 
 /// Replaces expressions that read anything but params with `<...>` text.
@@ -346,13 +494,7 @@ fn date_helper(
     let parsed = chrono::DateTime::parse_from_rfc3339(time).map_err(|e| {
         RenderErrorReason::Other(format!("date: `{time}` is not an RFC 3339 time: {e}"))
     })?;
-    let items: Vec<_> = chrono::format::StrftimeItems::new(format).collect();
-    if items
-        .iter()
-        .any(|i| matches!(i, chrono::format::Item::Error))
-    {
-        return Err(RenderErrorReason::Other(format!("date: bad format `{format}`")).into());
-    }
+    let items = strftime_items(format).map_err(RenderErrorReason::Other)?;
     let utc = parsed.with_timezone(&chrono::Utc);
     out.write(&utc.format_with_items(items.into_iter()).to_string())?;
     Ok(())
@@ -411,6 +553,30 @@ mod tests {
         assert!(r
             .render_str(r#"{{date run.started_at "%Q"}}"#, &ctx, Mode::Run)
             .is_err());
+    }
+
+    #[test]
+    fn validation_refuses_what_would_fail_when_rendered() {
+        let r = Renderer::new();
+        let problem = |t: &str| r.check_template(t).err().map(|p| p.message);
+        assert_eq!(problem(r#"b-{{date run.started_at "%Y%m%d"}}"#), None);
+        assert_eq!(problem("{{#if params.x}}a{{else}}b{{/if}}"), None);
+        assert_eq!(
+            problem("x {{> header}}"),
+            Some("template includes partial `header`, and plans have no partials".into())
+        );
+        assert_eq!(
+            problem(r#"{{date run.started_at "%Q"}}"#),
+            Some("date: bad format `%Q`".into())
+        );
+        assert_eq!(
+            problem(r#"{{#if params.x}}{{date run.started_at "%"}}{{/if}}"#),
+            Some("date: bad format `%`".into())
+        );
+        assert_eq!(
+            problem("{{upper params.x}}"),
+            Some("template calls unknown helper `upper`".into())
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::source::{child_key, PositionIndex};
 use crate::step::{render_and_build, BuildError, Registry};
 use crate::template::{self, Mode, Renderer};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A plan that passed validation, with what the executor and dry-run need.
 pub struct Loaded {
@@ -21,6 +21,8 @@ pub struct Loaded {
     pub graph: StepGraph,
     /// For each step, the indexes of every step it depends on.
     pub ancestors: Vec<BTreeSet<usize>>,
+    /// What validation warns about (the plan is valid): print them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Loaded {
@@ -83,11 +85,12 @@ impl Checker<'_> {
         // still runs and all problems are reported together.
         let ancestors: Vec<BTreeSet<usize>> =
             (0..plan.steps.len()).map(|i| graph.ancestors(i)).collect();
-        let loaded = Loaded {
+        let mut loaded = Loaded {
             plan,
             index: index.clone(),
             graph,
             ancestors,
+            warnings: Vec::new(),
         };
         if !cyclic {
             self.check_background(&loaded, &mut c);
@@ -95,16 +98,57 @@ impl Checker<'_> {
         self.check_templates(&loaded, &mut c);
         self.check_configs(&loaded, &params, &mut c);
         // Param values are checked only once the file itself is sound.
-        if c.items.is_empty() {
+        if !c.has_errors() {
             for e in &param_errors {
                 param_diagnostic(&loaded.plan, e, &mut c);
             }
         }
+        self.check_command_line_secrets(&loaded, &mut c);
         let items = c.finish();
-        if items.is_empty() {
-            Ok((loaded, params))
-        } else {
+        if items.iter().any(Diagnostic::is_error) {
             Err(items)
+        } else {
+            loaded.warnings = items;
+            Ok((loaded, params))
+        }
+    }
+
+    /// Warns about secrets written into a process's command line, which every local
+    /// user can read (`ps`, /proc/PID/cmdline). Names the place, never a value.
+    fn check_command_line_secrets(&self, l: &Loaded, c: &mut Collector) {
+        for s in &l.plan.steps {
+            let Some(kind) = self.registry.get(&s.uses) else {
+                continue;
+            };
+            for field in kind.command_line_fields() {
+                let Some(value) = s.with.get(*field) else {
+                    continue;
+                };
+                let fpath = child_key(&child_key(&s.path, "with"), field);
+                let mut refs = Vec::new();
+                template::references_in(value, &fpath, &mut refs);
+                for (path, r) in refs {
+                    // An undeclared secret is an error reported by the reference check.
+                    let Some(secret) = r
+                        .strip_prefix("secrets.")
+                        .filter(|name| l.plan.secret(name).is_some())
+                    else {
+                        continue;
+                    };
+                    let shown = path
+                        .strip_prefix(&format!("{}.with.", s.path))
+                        .unwrap_or(&path);
+                    c.warn(
+                        &path,
+                        At::Value,
+                        format!(
+                            "step `{}` passes secret `{secret}` on the command line ({shown}): every local user can read it with `ps`",
+                            s.id
+                        ),
+                        Some("pass it in `env:` (e.g. MYSQL_PWD for the mariadb client) or on stdin, and let the program read it from there".into()),
+                    );
+                }
+            }
         }
     }
 
@@ -210,6 +254,7 @@ impl Checker<'_> {
 
     fn check_templates(&self, l: &Loaded, c: &mut Collector) {
         let renderer = Renderer::new();
+        let known = Known::of(&l.plan);
         for conn in &l.plan.connections {
             let mut refs = Vec::new();
             template::references_in(&conn.config, &conn.path, &mut refs);
@@ -226,7 +271,7 @@ impl Checker<'_> {
                         ),
                     );
                 } else {
-                    self.check_reference(l, None, &path, &r, c);
+                    self.check_reference(l, &known, None, &path, &r, c);
                 }
             }
         }
@@ -241,7 +286,7 @@ impl Checker<'_> {
                 template::references_in(cond, &ipath, &mut refs);
             }
             for (path, r) in refs {
-                self.check_reference(l, Some(i), &path, &r, c);
+                self.check_reference(l, &known, Some(i), &path, &r, c);
             }
             let mut report_refs = Vec::new();
             template::report_references_in(&s.with, &wpath, &mut report_refs);
@@ -315,8 +360,8 @@ impl Checker<'_> {
     fn check_strings(&self, renderer: &Renderer, value: &Value, path: &str, c: &mut Collector) {
         match value {
             Value::String(s) if s.contains("{{") => {
-                if let Err(e) = renderer.check_syntax(s) {
-                    c.error(path, At::Value, e.0, None);
+                if let Err(e) = renderer.check_template(s) {
+                    c.error(path, At::Value, e.message, e.hint);
                 }
             }
             Value::Array(items) => {
@@ -337,6 +382,7 @@ impl Checker<'_> {
     fn check_reference(
         &self,
         l: &Loaded,
+        known: &Known,
         reader: Option<usize>,
         path: &str,
         r: &str,
@@ -346,14 +392,14 @@ impl Checker<'_> {
         let plan = &l.plan;
         match parts.as_slice() {
             ["params", name, ..] => {
-                if plan.param(name).is_none() {
+                if !known.params.contains(name) {
                     let hint = did_you_mean(name, plan.params.iter().map(|p| p.name.as_str()))
                         .unwrap_or_else(|| "declare it under `params:`".into());
                     c.error(path, At::Value, format!("template reads unknown param `{name}`"), Some(hint));
                 }
             }
             ["secrets", name] => {
-                if plan.secret(name).is_none() {
+                if !known.secrets.contains(name) {
                     let hint = did_you_mean(name, plan.secrets.iter().map(|s| s.name.as_str()))
                         .unwrap_or_else(|| "declare it under `secrets:`".into());
                     c.error(path, At::Value, format!("template reads unknown secret `{name}`"), Some(hint));
@@ -494,6 +540,21 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Declared names, looked up once per template reference: a plan may hold thousands.
+struct Known<'p> {
+    params: HashSet<&'p str>,
+    secrets: HashSet<&'p str>,
+}
+
+impl<'p> Known<'p> {
+    fn of(plan: &'p Plan) -> Self {
+        Self {
+            params: plan.params.iter().map(|p| p.name.as_str()).collect(),
+            secrets: plan.secrets.iter().map(|s| s.name.as_str()).collect(),
         }
     }
 }

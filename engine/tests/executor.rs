@@ -124,3 +124,44 @@ steps:
         Some(StepStatus::Succeeded)
     );
 }
+
+#[tokio::test]
+async fn a_run_id_that_is_not_one_path_component_is_refused() {
+    let registry = registry();
+    let checker = Checker {
+        registry: &registry,
+        provider: None,
+    };
+    let (mut loaded, params) = checker
+        .load_text(
+            "t.yaml",
+            "version: 1\nname: t\nsteps:\n  - {id: a, uses: nap, with: {ms: 1}}\n",
+            &[],
+            false,
+        )
+        .unwrap_or_else(|d| panic!("plan invalid: {d:?}"));
+    // Validation refuses such names; a caller that builds plans itself is stopped here.
+    loaded.plan.name = "../../escaped".into();
+    let root = tempfile::tempdir().expect("tempdir");
+    let state = root.path().join("a/b/state");
+    let opts = RunOptions {
+        state_dir: state.clone(),
+        params,
+        interrupt: Default::default(),
+        abort: Default::default(),
+        grace: Duration::from_secs(5),
+    };
+    let err = stagehand_engine::execute(&loaded, &registry, None, opts)
+        .await
+        .expect_err("the run is refused");
+    assert!(
+        matches!(err, stagehand_engine::exec::RunError::RunId { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("run id `../../escaped-"),
+        "{err}"
+    );
+    assert!(!root.path().join("a/escaped").exists());
+    assert!(!state.exists(), "nothing was written");
+}

@@ -53,6 +53,7 @@ impl TypedStep for Exec {
     const SUMMARY: &'static str =
         "Runs a program (no shell unless asked); stdout becomes an output";
     const BACKGROUND: bool = true;
+    const COMMAND_LINE_FIELDS: &'static [&'static str] = &["command", "shell"];
 
     fn outputs() -> Vec<OutputSpec> {
         vec![
@@ -112,6 +113,7 @@ impl TypedStep for Exec {
 
     async fn run(cfg: &ExecConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
         let background = ctx.is_background();
+        warn_of_secrets_on_the_command_line(cfg, ctx);
         let mut cmd = build_command(cfg, background)?;
         let mut child = cmd.spawn().map_err(|e| {
             StepError::fatal(format!("cannot start `{}`: {e}", program_name(cfg)))
@@ -175,6 +177,29 @@ impl TypedStep for Exec {
         );
         outputs.insert("exit_code".into(), Value::from(code));
         Ok(outputs)
+    }
+}
+
+/// A secret in argv (or in `sh -c`'s script) is readable by every local user for as long
+/// as the program runs. Says where, never what.
+fn warn_of_secrets_on_the_command_line(cfg: &ExecConfig, ctx: &StepContext) {
+    let places: Vec<(String, &str)> = match (&cfg.command, &cfg.shell) {
+        (Some(argv), _) => argv
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| (format!("command[{i}]"), arg.as_str()))
+            .collect(),
+        (None, Some(script)) => vec![("shell".to_string(), script.as_str())],
+        (None, None) => Vec::new(),
+    };
+    for (place, text) in places {
+        if ctx.redact(text) != text {
+            tracing::warn!(
+                step = %ctx.step_id,
+                argument = %place,
+                "a secret is passed on the command line ({place}), where every local user can read it with `ps`; pass it in `env:` or on stdin instead"
+            );
+        }
     }
 }
 

@@ -501,3 +501,228 @@ steps:
         "the journal shows where the secret was masked"
     );
 }
+
+// ---- runs that cannot be recorded, secrets on command lines, plain logs (issue 11) ----
+
+fn run_in(plan: &Path, state: &Path, env: &[(&str, &str)]) -> crate::cli::Run {
+    stagehand_env(
+        &[
+            "run",
+            plan.to_str().expect("utf-8"),
+            "--state-dir",
+            state.to_str().expect("utf-8"),
+        ],
+        env,
+    )
+}
+
+/// Fills the file system of `dir` to the last byte.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+}
+
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(name))
+            {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_run_that_cannot_be_recorded_fails_and_says_where() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let _disk = crate::storage_roundtrip::SmallDisk::mount(&state, "64k");
+    let marker = dir.path().join("ran");
+    let plan = write_plan(
+        dir.path(),
+        "record",
+        &format!(
+            "version: 1
+name: record
+steps:
+  - id: work
+    uses: exec
+    with: {{shell: \"touch {marker}; head -c 1048576 /dev/zero > {state}/more 2>/dev/null || true\"}}
+",
+            marker = marker.display(),
+            state = state.display()
+        ),
+    );
+    let hint = format!(
+        "  hint: the state directory {} is full or not writable: ",
+        state.display()
+    );
+
+    // Full before the run starts: nothing runs.
+    fill(&state);
+    let r = run_in(&plan, &state, &[]);
+    assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "error: cannot write the run journal {}/runs/record-",
+            state.display()
+        )) && r.stderr.contains("No space left on device"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(&hint), "{}", r.stderr);
+    assert!(!marker.exists(), "no step ran");
+
+    // Full during the run (the step fills it): the run is not recorded, so it fails.
+    std::fs::remove_file(state.join("filler")).expect("free the disk");
+    let r = run_in(&plan, &state, &[]);
+    assert!(marker.exists(), "the step ran");
+    assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("error: the run is not recorded: cannot write ")
+            && r.stderr.contains("/report.json: No space left on device"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains(&hint), "{}", r.stderr);
+    assert!(r.stdout.contains(": Failed in "), "{}", r.stdout);
+    assert!(
+        files_named(&state, "report.json").is_empty(),
+        "no report, not even half of one"
+    );
+}
+
+#[test]
+fn a_secret_on_an_exec_command_line_is_warned_about_but_never_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(
+        dir.path(),
+        "argv",
+        "version: 1
+name: argv
+secrets:
+  pw: {env: TEST_ARGV_SECRET}
+steps:
+  - id: dump
+    uses: exec
+    with: {command: [sh, -c, 'test -n \"$1\"', sh, \"{{secrets.pw}}\"]}
+  - id: safe
+    uses: exec
+    needs: [dump]
+    with: {command: [sh, -c, 'test -n \"$PW\"'], env: {PW: \"{{secrets.pw}}\"}}
+",
+    );
+    let file = plan.to_str().expect("utf-8");
+    let warning = format!("{file}:8:50: warning: step `dump` passes secret `pw` on the command line (command[4]): every local user can read it with `ps`\n  hint: pass it in `env:`");
+    for args in [vec!["validate", file], vec!["run", file, "--dry-run"]] {
+        let r = stagehand_env(&args, &[]);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(&warning), "{args:?}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.matches("warning:").count(),
+            1,
+            "only `dump`: {}",
+            r.stderr
+        );
+    }
+
+    let secret = "Argv-Secret-771";
+    let state = dir.path().join("state");
+    let r = run_in(&plan, &state, &[("TEST_ARGV_SECRET", secret)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let runtime: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("a secret is passed on the command line"))
+        .collect();
+    assert_eq!(runtime.len(), 1, "{}", r.stderr);
+    assert!(
+        runtime[0].contains("(command[4])") && runtime[0].contains("step=dump"),
+        "{}",
+        runtime[0]
+    );
+    assert!(!r.stderr.contains(secret) && !r.stdout.contains(secret));
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(
+        dir.path(),
+        "plain",
+        "version: 1
+name: plain
+steps:
+  - id: hello
+    uses: exec
+    with: {command: [echo, hello]}
+  - id: broken
+    uses: exec
+    needs: [hello]
+    with: {command: [sh, -c, 'exit 3']}
+",
+    );
+    // The test harness reads stderr through a pipe, as journald or a log file would.
+    let r = run_in(&plan, &dir.path().join("state"), &[]);
+    assert_eq!(r.code, 1);
+    for level in ["INFO", "ERROR"] {
+        assert!(r.stderr.contains(level), "{}", r.stderr);
+    }
+    assert!(!r.stderr.contains('\u{1b}'), "escape codes: {:?}", r.stderr);
+}
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(
+        dir.path(),
+        "tty",
+        "version: 1\nname: tty\nsteps:\n  - {id: hello, uses: exec, with: {command: [echo, hello]}}\n",
+    );
+    let command = format!(
+        "'{}' run '{}' --state-dir '{}'",
+        env!("CARGO_BIN_EXE_stagehand"),
+        plan.display(),
+        dir.path().join("state").display()
+    );
+    let drawn = |no_color: Option<&str>, name: &str| -> String {
+        let typescript = dir.path().join(name);
+        let mut script = std::process::Command::new("script");
+        // `script` runs the command on a real pseudo-terminal and records its output.
+        script
+            .args(["-q", "-e", "-c", &command])
+            .arg(&typescript)
+            .env_remove("NO_COLOR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        if let Some(v) = no_color {
+            script.env("NO_COLOR", v);
+        }
+        let status = script
+            .status()
+            .expect("`script` (bsdutils) runs: apt-get install bsdutils");
+        assert!(status.success(), "the run under a terminal failed");
+        String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned()
+    };
+    let coloured = drawn(None, "coloured");
+    assert!(
+        coloured.contains("run started") && coloured.contains("\u{1b}["),
+        "{coloured:?}"
+    );
+    let plain = drawn(Some("1"), "plain");
+    assert!(plain.contains("run started"), "{plain:?}");
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+}

@@ -323,3 +323,96 @@ fn completions_are_generated_for_each_shell() {
         "run's new flags complete too"
     );
 }
+
+#[test]
+fn runs_show_rebuilds_the_steps_of_a_killed_run_from_its_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_file = dir.path().join("slow.pid");
+    let plan = write_plan(
+        dir.path(),
+        "killed",
+        &format!(
+            r#"version: 1
+name: killed
+steps:
+  - id: first
+    uses: exec
+    with: {{command: [echo, hello]}}
+  - id: slow
+    uses: exec
+    needs: [first]
+    with: {{shell: "echo $$ > {pid}.tmp && mv {pid}.tmp {pid} && exec sleep 60"}}
+  - id: after
+    uses: exec
+    needs: [slow]
+    with: {{command: [echo, never]}}
+"#,
+            pid = pid_file.display()
+        ),
+    );
+    let state = dir.path().join("state");
+    let state_s = state.to_str().expect("utf-8");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["run", plan.to_str().expect("utf-8"), "--state-dir", state_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start stagehand");
+    let t0 = std::time::Instant::now();
+    let sleeper = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            break pid.trim().to_string();
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the slow step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    child.kill().expect("SIGKILL stagehand");
+    child.wait().expect("reap stagehand");
+    // SIGKILL gave stagehand no chance to stop its child.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &sleeper])
+        .status();
+
+    let list = stagehand(&["runs", "list", "--state-dir", state_s, "--json"]);
+    let runs: Value = serde_json::from_str(&list.stdout).expect("JSON");
+    let id = runs[0]["run_id"].as_str().expect("one run").to_string();
+    assert_eq!(runs[0]["status"], "incomplete");
+
+    let show = stagehand(&["runs", "show", &id, "--state-dir", state_s]);
+    assert_eq!(show.code, 0, "{}", show.stderr);
+    let step_line = |id: &str| -> Vec<String> {
+        show.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("  {id} ")))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{}", show.stdout))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(step_line("first")[..3], ["first", "exec", "succeeded"]);
+    assert_eq!(step_line("slow"), ["slow", "exec", "interrupted"]);
+    assert_eq!(step_line("after"), ["after", "exec", "pending"]);
+    assert!(
+        show.stdout.contains(
+            "      error: started, and no end is recorded: the run was killed (or is still running)\n"
+        ),
+        "{}",
+        show.stdout
+    );
+    assert!(show
+        .stdout
+        .contains("      outputs: stdout=hello, exit_code=0\n"));
+
+    let json = stagehand(&["runs", "show", &id, "--state-dir", state_s, "--json"]);
+    let detail: Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let statuses: Vec<&str> = detail["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "interrupted", "pending"]);
+}

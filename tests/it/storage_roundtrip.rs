@@ -323,12 +323,12 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test's lifetime.
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     dir: std::path::PathBuf,
 }
 
 impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> SmallDisk {
+    pub(crate) fn mount(dir: &Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(dir).expect("mount point");
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
