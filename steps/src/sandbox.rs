@@ -1024,14 +1024,14 @@ pub async fn server_version(binary: impl AsRef<Path>) -> Result<String, SandboxE
         .await
         .map_err(|e| SandboxError::io(format!("cannot run {} --version", binary.display()), e))?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    parse_server_version(&text).ok_or_else(|| SandboxError::Version {
-        binary: binary.to_path_buf(),
-        output: if text.trim().is_empty() {
-            String::from_utf8_lossy(&output.stderr).into_owned()
-        } else {
-            text
-        },
-    })
+    // mariadbd prints its version on stdout, mariadb-backup on stderr.
+    let errors = String::from_utf8_lossy(&output.stderr).into_owned();
+    parse_server_version(&text)
+        .or_else(|| parse_server_version(&errors))
+        .ok_or_else(|| SandboxError::Version {
+            binary: binary.to_path_buf(),
+            output: if text.trim().is_empty() { errors } else { text },
+        })
 }
 
 /// Extracts `X.Y.Z` from a `--version` line or a `VERSION()` value
@@ -1383,6 +1383,14 @@ mod tests {
             Some("10.11.19")
         );
         assert_eq!(parse_server_version("garbage 10.11"), None);
+        // mariadb-backup names the server it was built from.
+        assert_eq!(
+            parse_server_version(
+                "/usr/bin/mariadb-backup based on MariaDB server 10.11.19-MariaDB debian-linux-gnu (x86_64)\n"
+            )
+            .as_deref(),
+            Some("10.11.19")
+        );
     }
 
     #[test]

@@ -187,3 +187,68 @@ async fn a_backup_that_fills_the_disk_frees_it_and_leaves_the_target_reusable() 
         "the target is reusable: {copy_errors}"
     );
 }
+
+fn sets(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_backup_its_repository_and_a_restore_are_readable_by_their_owner_only() {
+    let server = TestServer::builder().name("private-restore").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let (repo, spool, state) = (
+        work.path().join("repo"),
+        work.path().join("spool"),
+        work.path().join("state"),
+    );
+    let (fetched, datadir) = (work.path().join("fetched"), work.path().join("datadir"));
+    let mut backup = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
+    backup.extend(sets(&[
+        ("socket", server.socket().display().to_string()),
+        ("datadir", server.datadir().display().to_string()),
+        ("repository", repo.display().to_string()),
+        ("spool", spool.display().to_string()),
+    ]));
+    backup.extend([
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--json".into(),
+    ]);
+    let run = tokio::task::block_in_place(|| run_with_open_umask(&backup));
+    assert_eq!(run.code, 0, "backup: {}\n{}", run.report, run.stderr);
+
+    let mut restore = vec!["run".to_string(), "plans/restore.yaml".to_string()];
+    let socket = format!("/tmp/sh-pf-{}.sock", std::process::id());
+    restore.extend(sets(&[
+        ("repository", repo.display().to_string()),
+        ("workdir", fetched.display().to_string()),
+        ("datadir", datadir.display().to_string()),
+        ("check_socket", socket),
+    ]));
+    restore.extend([
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--json".into(),
+    ]);
+    let run = tokio::task::block_in_place(|| run_with_open_umask(&restore));
+    assert_eq!(run.code, 0, "restore: {}\n{}", run.report, run.stderr);
+    assert!(datadir.join("mysql/global_priv.MAD").exists(), "restored");
+
+    for (what, dir) in [
+        ("repository", &repo),
+        ("spool", &spool),
+        ("fetched backup", &fetched),
+        ("restored datadir", &datadir),
+        ("run history", &state),
+    ] {
+        let open = open_to_others(dir);
+        assert!(
+            open.is_empty(),
+            "{what} entries readable by others:\n{}",
+            open.join("\n")
+        );
+    }
+}

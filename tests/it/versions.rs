@@ -155,6 +155,16 @@ async fn an_11_8_backup_is_prepared_by_11_8_and_refused_by_10_11() {
             && error.contains("STAGEHAND_MARIADB_BIN"),
         "the refusal says which server made it, which binary was found and what to do: {error}"
     );
+    // So is 10.11's mariadb-backup.
+    let mut with_tool = prepare_args(&target, &state);
+    with_tool.extend(["--set".to_string(), "engine=mariadb-backup".to_string()]);
+    let refused = tokio::task::block_in_place(|| stagehand_with(&old, &with_tool));
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    let error = prepare_error(&refused.report);
+    assert!(
+        error.contains("mariadb-backup") && error.contains("own series (11.8)"),
+        "{error}"
+    );
     assert_eq!(
         std::fs::read(target.join(MANIFEST_FILE)).expect("manifest"),
         manifest_before,
