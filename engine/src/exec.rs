@@ -903,8 +903,9 @@ impl StepTask {
                     );
                     tracing::warn!(step = %self.spec.id, attempt, error = %ctx.redact(&e.message), delay = ?delay, "retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        biased;
                         _ = ctx.cancel.cancelled() => return Outcome { status: StepStatus::Cancelled, outputs: Outputs::new(), attempts: attempt, error: Some(e) },
+                        _ = tokio::time::sleep(delay) => {}
                     }
                     attempt += 1;
                 }

@@ -466,13 +466,14 @@ async fn copy_all(
     };
     tokio::pin!(all);
     let result = tokio::select! {
-        r = &mut all => r,
+        biased;
         _ = ctx.cancel.cancelled() => { cancel.store(true, Ordering::Relaxed); let _ = all.await; return Err(StepError::cancelled()); }
         _ = session.locks_lost.cancelled() => {
             cancel.store(true, Ordering::Relaxed);
             let _ = all.await;
             return Err(StepError::fatal(format!("copy stopped: {}", session.locks_lost_reason())));
         }
+        r = &mut all => r,
     };
     let mut copied = Vec::new();
     let mut errors = Vec::new();

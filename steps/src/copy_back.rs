@@ -373,12 +373,13 @@ impl TypedStep for CopyBack {
         let files = job.items.len();
         let mut work = tokio::task::spawn_blocking(move || restore(&job, &stop2, &counter));
         let result = tokio::select! {
-            r = &mut work => r,
+            biased;
             _ = ctx.cancel.cancelled() => {
                 // The workers notice within one chunk and undo what they wrote.
                 stop.store(true, Ordering::Relaxed);
                 work.await
             }
+            r = &mut work => r,
         };
         result.map_err(|e| StepError::fatal(e.to_string()))??;
         let seconds = t0.elapsed().as_secs_f64();

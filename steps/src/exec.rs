@@ -143,11 +143,12 @@ impl TypedStep for Exec {
         };
         let waited = async { tokio::join!(waited, read_out, read_err) };
         let (status, out, err) = tokio::select! {
-            r = waited => r,
+            biased;
             _ = ctx.cancel.cancelled() => {
                 // kill_on_drop ends the child when this future is dropped.
                 return Err(StepError::cancelled());
             }
+            r = waited => r,
         };
         let status = status
             .map_err(|e| StepError::fatal(format!("waiting for `{}`: {e}", program_name(cfg))))?;

@@ -127,8 +127,9 @@ impl TypedStep for Fetch {
         let store = repo.store().clone();
         let counter = progress.counter();
         let result = tokio::select! {
-            r = fetch_all(&store, &dir, &id, &files, cfg.parallel, &counter) => r,
+            biased;
             _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+            r = fetch_all(&store, &dir, &id, &files, cfg.parallel, &counter) => r,
         };
         let reused = result.map_err(|e| {
             e.into_step_error().with_hint(format!(

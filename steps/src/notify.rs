@@ -293,8 +293,9 @@ impl TypedStep for Notify {
                 channels.push("email");
             } else {
                 let sent = tokio::select! {
-                    r = send_email(email, &subject, &body) => r,
+                    biased;
                     _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+                    r = send_email(email, &subject, &body) => r,
                 };
                 match sent {
                     Ok(()) => {
@@ -318,8 +319,9 @@ impl TypedStep for Notify {
                 // Serialized, then redacted as the journal is.
                 let payload = ctx.redact(&payload.to_string());
                 let sent = tokio::select! {
-                    r = post_webhook(hook, payload) => r,
+                    biased;
                     _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+                    r = post_webhook(hook, payload) => r,
                 };
                 match sent {
                     Ok(status) => {

@@ -198,8 +198,9 @@ async fn cancellable<T>(
     work: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StepError> {
     tokio::select! {
-        r = work => r.map_err(StoreError::into_step_error),
+        biased;
         _ = cancel.cancelled() => Err(StepError::cancelled()),
+        r = work => r.map_err(StoreError::into_step_error),
     }
 }
 
@@ -316,8 +317,9 @@ async fn completed_since(
     cancel: &CancellationToken,
 ) -> Result<bool, StepError> {
     let read = tokio::select! {
-        r = repo.manifest(id) => r,
+        biased;
         _ = cancel.cancelled() => return Err(StepError::cancelled()),
+        r = repo.manifest(id) => r,
     };
     match read {
         Ok(_) => {

@@ -247,8 +247,9 @@ impl TypedStep for Server {
         let datadir = cfg.datadir.clone();
         let start = SandboxServer::start(opts);
         let mut server = tokio::select! {
-            r = start => r.map_err(|source| ServerError::Start { datadir: datadir.clone(), source }.into_step_error())?,
+            biased;
             _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+            r = start => r.map_err(|source| ServerError::Start { datadir: datadir.clone(), source }.into_step_error())?,
         };
         let version = server_version(server.binary()).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the server's version");

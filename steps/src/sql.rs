@@ -107,12 +107,13 @@ impl TypedStep for Sql {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let work = run_statements(&session, cfg.statements());
         let result = tokio::select! {
-            r = work => r,
+            biased;
             _ = ctx.cancel.cancelled() => {
                 // The statement was abandoned mid-flight: the session's state is unknown.
                 ctx.connections.discard(&cfg.connection).await;
                 return Err(StepError::cancelled());
             }
+            r = work => r,
         };
         let (rows, affected) = result?;
         if let Some(min) = cfg.expect_min_rows {

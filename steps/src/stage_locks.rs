@@ -331,12 +331,13 @@ impl TypedStep for StageLocks {
             }
         };
         tokio::select! {
-            r = work => r,
+            biased;
             _ = ctx.cancel.cancelled() => {
                 // Dropping the session is what releases its locks for sure.
                 ctx.connections.discard(&cfg.connection).await;
                 Err(StepError::cancelled().with_hint("the session was closed, which released its backup locks"))
             }
+            r = work => r,
         }
     }
 }

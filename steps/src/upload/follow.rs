@@ -115,8 +115,9 @@ async fn follow_until_sealed(
             .filter(|f| !matches!(f.class, FileClass::AriaData | FileClass::AriaLog));
         for file in announced {
             let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => p.map_err(|_| StoreError::permanent("upload queue closed"))?,
+                biased;
                 _ = ctx.cancel.cancelled() => return Err(cancelled()),
+                p = limit.clone().acquire_owned() => p.map_err(|_| StoreError::permanent("upload queue closed"))?,
             };
             let shipper = shipper.clone();
             tasks.spawn(async move {

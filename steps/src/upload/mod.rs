@@ -177,8 +177,9 @@ impl TypedStep for Upload {
             .map_err(StoreError::into_step_error)?;
         let t0 = Instant::now();
         let outcome = tokio::select! {
-            r = upload_backup(&repo, &dir, &manifest, &id, cfg, &ctx.step_id) => r,
+            biased;
             _ = ctx.cancel.cancelled() => Err(StoreError::new(repo::StoreErrorKind::Cancelled, "cancelled")),
+            r = upload_backup(&repo, &dir, &manifest, &id, cfg, &ctx.step_id) => r,
         };
         let manifest = match outcome {
             Ok(m) => m,
