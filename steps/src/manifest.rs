@@ -270,19 +270,37 @@ impl Manifest {
 const RUN_MARKER: &str = ".stagehand/run";
 
 /// Claims `dir` for run `run_id`: creates it, or accepts it when it is empty or already
-/// claimed by this run. A directory with anything else in it (an interrupted backup of
-/// another run, unrelated files) is refused: left-over files would end up in a backup
-/// that looks complete.
+/// claimed by this run. The unsealed directory of a run that is gone (killed, its host
+/// rebooted) is emptied and claimed, so a nightly job never waits for someone to `rm`
+/// it. A directory with anything else in it (a run still going, a sealed backup,
+/// unrelated files) is refused: left-over files would end up in a backup that looks
+/// complete.
 pub fn claim_target(dir: &Path, run_id: &str) -> Result<(), ClaimError> {
+    // Two steps of one run may claim at once: one of them reclaims, the other sees it.
+    static CLAIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CLAIMING.lock().unwrap_or_else(|p| p.into_inner());
     let marker = dir.join(RUN_MARKER);
-    if let Ok(owner) = std::fs::read_to_string(&marker) {
-        if owner.trim() == run_id {
+    let io = |source| ClaimError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if let Some(claim) = Claim::read(dir) {
+        if claim.run_id == run_id {
             return Ok(());
         }
-        return Err(ClaimError::OtherRun {
-            dir: dir.display().to_string(),
-            owner: owner.trim().to_string(),
-        });
+        if !claim.is_abandoned(dir) {
+            return Err(ClaimError::OtherRun {
+                dir: dir.display().to_string(),
+                owner: claim.run_id,
+            });
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            run = %claim.run_id,
+            "run {} was interrupted (its process is gone) before it sealed this directory: its files are removed and the directory reused",
+            claim.run_id
+        );
+        empty_dir(dir).map_err(io)?;
     }
     let empty = match std::fs::read_dir(dir) {
         Ok(mut entries) => entries.next().is_none(),
@@ -299,21 +317,103 @@ pub fn claim_target(dir: &Path, run_id: &str) -> Result<(), ClaimError> {
             dir: dir.display().to_string(),
         });
     }
-    let io = |source| ClaimError::Io {
-        dir: dir.display().to_string(),
-        source,
-    };
     // The backup's root is private: what is below it holds every row of the server.
     crate::private_fs::make_private_dir(dir).map_err(io)?;
     crate::private_fs::create_private_dir_all(&dir.join(".stagehand")).map_err(io)?;
-    crate::private_fs::write_private(&marker, run_id).map_err(io)
+    crate::private_fs::write_private(&marker, Claim::mine(run_id).render()).map_err(io)
 }
 
 /// The run that claimed `dir` as its backup directory, if any.
 pub fn claimed_by(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join(RUN_MARKER))
-        .ok()
-        .map(|owner| owner.trim().to_string())
+    Claim::read(dir).map(|c| c.run_id)
+}
+
+/// What the claim marker says: the run, and (since it names a process) the host, pid
+/// and process start time that tell whether that run is still alive.
+struct Claim {
+    run_id: String,
+    process: Option<(String, u32, u64)>,
+}
+
+impl Claim {
+    fn mine(run_id: &str) -> Self {
+        let pid = std::process::id();
+        Claim {
+            run_id: run_id.to_string(),
+            process: process_start(pid).map(|start| (host_name(), pid, start)),
+        }
+    }
+
+    fn render(&self) -> String {
+        match &self.process {
+            Some((host, pid, start)) => {
+                format!("{}\nhost={host} pid={pid} start={start}\n", self.run_id)
+            }
+            None => format!("{}\n", self.run_id),
+        }
+    }
+
+    fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(dir.join(RUN_MARKER)).ok()?;
+        let mut lines = text.lines();
+        let run_id = lines.next()?.trim().to_string();
+        let fields: std::collections::HashMap<&str, &str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let process = (|| {
+            Some((
+                fields.get("host")?.to_string(),
+                fields.get("pid")?.parse().ok()?,
+                fields.get("start")?.parse().ok()?,
+            ))
+        })();
+        Some(Claim { run_id, process })
+    }
+
+    /// Unsealed, and its process provably gone: same host, and no process with that pid
+    /// started at that time. A claim from another host (a shared NFS target) or
+    /// without a process (older stagehand) is never taken for abandoned.
+    fn is_abandoned(&self, dir: &Path) -> bool {
+        let Some((host, pid, start)) = &self.process else {
+            return false;
+        };
+        !dir.join(MANIFEST_FILE).exists()
+            && *host == host_name()
+            && process_start(*pid) != Some(*start)
+    }
+}
+
+/// Start time of a process (clock ticks since boot, /proc/PID/stat field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Removes everything in `dir`, the claim marker last.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    let mut claim_dir = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n == ".stagehand") {
+            claim_dir = Some(path);
+        } else if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    claim_dir.map_or(Ok(()), std::fs::remove_dir_all)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +465,67 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::pagecopy::CopiedFile]) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory claimed by `run` as process `pid` started at `start` on `host`.
+    fn claimed_by_process(run: &str, host: &str, pid: u32, start: u64) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join(".stagehand")).expect("mkdir");
+        let claim = Claim {
+            run_id: run.into(),
+            process: Some((host.into(), pid, start)),
+        };
+        std::fs::write(d.path().join(RUN_MARKER), claim.render()).expect("marker");
+        std::fs::create_dir_all(d.path().join("db")).expect("mkdir");
+        std::fs::write(d.path().join("db/t.ibd"), b"partial").expect("write");
+        d
+    }
+
+    #[test]
+    fn the_unsealed_directory_of_a_dead_run_is_emptied_and_claimed() {
+        // A pid that cannot be running (above the kernel's pid_max), or this process
+        // with another start time: both are a run that is gone.
+        let me = std::process::id();
+        let my_start = process_start(me).expect("own start time");
+        for (pid, start) in [(u32::MAX - 1, 1), (me, my_start + 1)] {
+            let d = claimed_by_process("old-run", &host_name(), pid, start);
+            claim_target(d.path(), "new-run").expect("reclaimed");
+            assert_eq!(claimed_by(d.path()).as_deref(), Some("new-run"));
+            assert!(
+                !d.path().join("db").exists(),
+                "the dead run's files are gone"
+            );
+        }
+    }
+
+    #[test]
+    fn a_live_run_a_sealed_backup_another_host_or_an_old_marker_is_not_reclaimed() {
+        let me = std::process::id();
+        let my_start = process_start(me).expect("own start time");
+        let live = claimed_by_process("live-run", &host_name(), me, my_start);
+        assert!(matches!(
+            claim_target(live.path(), "new"),
+            Err(ClaimError::OtherRun { .. })
+        ));
+
+        let sealed = claimed_by_process("old-run", &host_name(), u32::MAX - 1, 1);
+        std::fs::write(sealed.path().join(MANIFEST_FILE), b"{}").expect("manifest");
+        assert!(claim_target(sealed.path(), "new").is_err());
+        assert!(sealed.path().join("db/t.ibd").exists());
+
+        let elsewhere = claimed_by_process("old-run", "another-host", u32::MAX - 1, 1);
+        assert!(
+            claim_target(elsewhere.path(), "new").is_err(),
+            "a shared target on NFS"
+        );
+
+        let old = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(old.path().join(".stagehand")).expect("mkdir");
+        std::fs::write(old.path().join(RUN_MARKER), "old-run").expect("marker");
+        assert!(
+            claim_target(old.path(), "new").is_err(),
+            "no process recorded"
+        );
+    }
 
     fn sample(complete: bool, preparing: bool) -> Vec<u8> {
         let value = serde_json::json!({
