@@ -450,6 +450,11 @@ async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs,
     if cfg.on_blocker == OnBlocker::Fail && todo.iter().any(|s| *s != Stage::Start) {
         require_process(conn).await?;
     }
+    if todo.contains(&Stage::Start) {
+        // Before any lock and any copy: a backup that cannot record its binlog
+        // position would be found out only under BLOCK_COMMIT.
+        binlog_position(conn).await?;
+    }
     let t0 = Instant::now();
     for stage in &todo {
         if cfg.on_blocker == OnBlocker::Fail && *stage != Stage::Start {
@@ -640,14 +645,9 @@ async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result
         .await
         .map_err(|e| classify(&e))?;
     out.insert("lsn".into(), json!(lsn));
-    let master = query_rows(conn, "SHOW MASTER STATUS")
-        .await
-        .unwrap_or_default();
-    if let Some(row) = master.first() {
-        let file: Option<String> = row.get(0);
-        let pos: Option<u64> = row.get(1);
-        out.insert("binlog_file".into(), json!(file.unwrap_or_default()));
-        out.insert("binlog_pos".into(), json!(pos.unwrap_or(0)));
+    if let Some((file, pos)) = binlog_position(conn).await? {
+        out.insert("binlog_file".into(), json!(file));
+        out.insert("binlog_pos".into(), json!(pos));
     }
     let gtid: Option<(Option<String>, Option<String>, Option<String>)> = conn
         .query_first("SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@gtid_slave_pos")
@@ -665,11 +665,45 @@ async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result
     Ok(())
 }
 
+/// The binary log's current file and position; `None` when the binary log is off. An
+/// error when it is on but cannot be read (the user lacks BINLOG MONITOR): a backup
+/// without its binlog position cannot seed a replica nor start a point-in-time
+/// recovery, so it must not look complete.
+async fn binlog_position(conn: &mut mysql_async::Conn) -> Result<Option<(String, u64)>, StepError> {
+    let log_bin: Option<i64> = conn
+        .query_first("SELECT @@log_bin")
+        .await
+        .map_err(|e| classify(&e))?;
+    if log_bin != Some(1) {
+        return Ok(None);
+    }
+    let unreadable = |why: String| {
+        StepError::fatal(format!(
+            "the binary log is on but its position cannot be read: {why}"
+        ))
+        .with_hint("GRANT BINLOG MONITOR ON *.* TO <backup user>: the backup records the binlog position it is consistent with (to seed a replica or start a point-in-time recovery)")
+    };
+    let rows = query_rows(conn, "SHOW MASTER STATUS")
+        .await
+        .map_err(|e| unreadable(e.message))?;
+    let row = rows
+        .first()
+        .ok_or_else(|| unreadable("SHOW MASTER STATUS returned no row".into()))?;
+    let file: Option<String> = row.get(0);
+    let pos: Option<u64> = row.get(1);
+    Ok(Some((file.unwrap_or_default(), pos.unwrap_or(0))))
+}
+
 /// Each replication source's position, when this server is a replica (empty otherwise,
-/// or when the user may not see it).
+/// or when the user may not see it: then said in the log, since the manifest will have
+/// no replica positions).
 async fn replica_positions(conn: &mut mysql_async::Conn) -> Vec<Value> {
-    let Ok(rows) = query_rows(conn, "SHOW ALL SLAVES STATUS").await else {
-        return Vec::new();
+    let rows = match query_rows(conn, "SHOW ALL SLAVES STATUS").await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e.message, "cannot read the replication positions (SLAVE MONITOR missing?): the backup records none");
+            return Vec::new();
+        }
     };
     rows.iter()
         .map(|r| {

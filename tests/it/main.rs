@@ -20,6 +20,7 @@ mod private_files;
 mod progress;
 mod restore;
 mod rotate;
+mod run_privileges;
 mod sandbox_safety;
 mod servers;
 mod storage_compress;
