@@ -1090,20 +1090,34 @@ mod tests {
     #[test]
     fn decodes_create_rename_delete_modify() {
         let mut recs = record(FILE_CREATE, 5, 0, b"./test/t1.ibd");
-        recs.extend(record(FILE_RENAME, 5, 0, b"./test/t1.ibd\0./test/#sql-ib9.ibd"));
+        recs.extend(record(
+            FILE_RENAME,
+            5,
+            0,
+            b"./test/t1.ibd\0./test/#sql-ib9.ibd",
+        ));
         recs.extend(record(FILE_DELETE, 300, 0, b"./test/old.ibd"));
         recs.extend(record(FILE_MODIFY, 70_000, 0, b"./test/t2.ibd"));
         assert_eq!(
             ops_of(&recs),
             [
-                FileOp::Create { space_id: 5, name: b"./test/t1.ibd" },
+                FileOp::Create {
+                    space_id: 5,
+                    name: b"./test/t1.ibd"
+                },
                 FileOp::Rename {
                     space_id: 5,
                     from: b"./test/t1.ibd",
                     to: b"./test/#sql-ib9.ibd"
                 },
-                FileOp::Delete { space_id: 300, name: b"./test/old.ibd" },
-                FileOp::Modify { space_id: 70_000, name: b"./test/t2.ibd" },
+                FileOp::Delete {
+                    space_id: 300,
+                    name: b"./test/old.ibd"
+                },
+                FileOp::Modify {
+                    space_id: 70_000,
+                    name: b"./test/t2.ibd"
+                },
             ]
         );
     }
@@ -1120,7 +1134,10 @@ mod tests {
             ops_of(&recs),
             [
                 FileOp::FirstPageInit { space_id: 7 },
-                FileOp::TrimPages { space_id: 2, size: 640 },
+                FileOp::TrimPages {
+                    space_id: 2,
+                    size: 640
+                },
             ]
         );
     }
@@ -1157,7 +1174,10 @@ mod tests {
         assert_eq!(
             ops_of(&log[from..to]),
             [
-                FileOp::Create { space_id: 12, name: b"./d/t.ibd" },
+                FileOp::Create {
+                    space_id: 12,
+                    name: b"./d/t.ibd"
+                },
                 FileOp::FirstPageInit { space_id: 12 },
             ]
         );
