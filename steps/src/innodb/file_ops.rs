@@ -70,6 +70,23 @@ pub struct SpaceOps {
 }
 
 impl SpaceOps {
+    fn since(&self, lsn: u64) -> SpaceOps {
+        let at = |a: &Option<NameAt>| a.clone().filter(|a| a.lsn >= lsn);
+        SpaceOps {
+            name: self.name.clone(),
+            created: at(&self.created),
+            deleted: at(&self.deleted),
+            renamed: self.renamed.iter().filter(|r| r.lsn >= lsn).cloned().collect(),
+            modified: self.modified.clone().filter(|m| m.last_lsn >= lsn),
+            page0_init: self.page0_init.iter().copied().filter(|&l| l >= lsn).collect(),
+            trimmed: self.trimmed.iter().filter(|t| t.lsn >= lsn).cloned().collect(),
+        }
+    }
+
+    fn has_events(&self) -> bool {
+        self.changed_file() || self.modified.is_some()
+    }
+
     /// Anything beyond FILE_MODIFY: the file as copied may not be the one the log
     /// describes at its end.
     pub fn changed_file(&self) -> bool {
@@ -179,6 +196,22 @@ impl FileOps {
         self.to_lsn = self.to_lsn.max(lsn);
     }
 
+    /// The events logged at or after `lsn` (e.g. after a file's copy began). A space
+    /// keeps its `modified` summary when its last FILE_MODIFY is that late.
+    pub fn since(&self, lsn: u64) -> FileOps {
+        let spaces = self
+            .spaces
+            .iter()
+            .map(|(id, s)| (*id, s.since(lsn)))
+            .filter(|(_, s)| s.has_events())
+            .collect();
+        FileOps {
+            from_lsn: self.from_lsn.max(lsn),
+            spaces,
+            ..self.clone()
+        }
+    }
+
     pub fn counts(&self) -> FileOpCounts {
         let mut c = FileOpCounts::default();
         for s in self.spaces.values() {
@@ -279,6 +312,12 @@ mod tests {
                 changed_spaces: 2
             }
         );
+        let late = l.since(120);
+        assert_eq!(late.spaces.len(), 3);
+        assert!(late.spaces[&9].created.is_none() && late.spaces[&9].renamed.len() == 1);
+        assert_eq!(late.spaces[&5].renamed.len(), 1);
+        assert_eq!(late.counts().page0_inits, 0);
+        assert!(l.since(141).spaces.is_empty());
         let json = serde_json::to_string(&l).expect("json");
         let back: FileOps = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, l);
