@@ -117,7 +117,10 @@ fn space<'a>(ledger: &'a FileOps, id: u32, what: &str) -> &'a SpaceOps {
 fn assert_rebuilt(ledger: &FileOps, table: &str, old: u32, new: u32) {
     assert_ne!(old, new, "{table} got a new tablespace");
     let o = space(ledger, old, table);
-    assert!(o.deleted.is_some(), "{table}: old space {old} deleted: {o:?}");
+    assert!(
+        o.deleted.is_some(),
+        "{table}: old space {old} deleted: {o:?}"
+    );
     assert_eq!(
         o.renamed.first().map(|r| r.from.as_str()),
         Some(ibd(table).as_str()),
@@ -125,12 +128,21 @@ fn assert_rebuilt(ledger: &FileOps, table: &str, old: u32, new: u32) {
     );
     assert!(o.created.is_none() && o.page0_init.is_empty(), "{o:?}");
     let n = space(ledger, new, table);
-    assert!(n.created.is_some(), "{table}: new space {new} created: {n:?}");
+    assert!(
+        n.created.is_some(),
+        "{table}: new space {new} created: {n:?}"
+    );
     assert!(n.deleted.is_none(), "{n:?}");
-    assert!(!n.page0_init.is_empty(), "{table}: page 0 of {new} built: {n:?}");
+    assert!(
+        !n.page0_init.is_empty(),
+        "{table}: page 0 of {new} built: {n:?}"
+    );
     assert_eq!(n.name.as_deref(), Some(ibd(table).as_str()), "{n:?}");
     if let (Some(created), Some(deleted)) = (&n.created, &o.deleted) {
-        assert!(created.lsn <= deleted.lsn, "created before the old one is dropped");
+        assert!(
+            created.lsn <= deleted.lsn,
+            "created before the old one is dropped"
+        );
     }
 }
 
@@ -230,7 +242,10 @@ async fn ledger_names_the_ddl_run_between_start_and_block_ddl() {
     let text = std::fs::read_to_string(target.join(".stagehand/file_ops.json"))
         .expect("the ledger is written when the redo tail ends");
     let whole: FileOps = serde_json::from_str(&text).expect("the ledger parses");
-    eprintln!("redo outputs: {redo}\nDDL from LSN {ddl_lsn}; ledger: {text}");
+    eprintln!(
+        "server {}; redo outputs: {redo}\nDDL from LSN {ddl_lsn}; ledger: {text}",
+        server.version()
+    );
     assert!(whole.tracked);
     assert!(whole.from_lsn <= ddl_lsn && ddl_lsn < whole.to_lsn);
     let ledger = whole.since(ddl_lsn);

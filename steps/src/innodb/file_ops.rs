@@ -76,10 +76,25 @@ impl SpaceOps {
             name: self.name.clone(),
             created: at(&self.created),
             deleted: at(&self.deleted),
-            renamed: self.renamed.iter().filter(|r| r.lsn >= lsn).cloned().collect(),
+            renamed: self
+                .renamed
+                .iter()
+                .filter(|r| r.lsn >= lsn)
+                .cloned()
+                .collect(),
             modified: self.modified.clone().filter(|m| m.last_lsn >= lsn),
-            page0_init: self.page0_init.iter().copied().filter(|&l| l >= lsn).collect(),
-            trimmed: self.trimmed.iter().filter(|t| t.lsn >= lsn).cloned().collect(),
+            page0_init: self
+                .page0_init
+                .iter()
+                .copied()
+                .filter(|&l| l >= lsn)
+                .collect(),
+            trimmed: self
+                .trimmed
+                .iter()
+                .filter(|t| t.lsn >= lsn)
+                .cloned()
+                .collect(),
         }
     }
 
