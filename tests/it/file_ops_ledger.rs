@@ -91,6 +91,91 @@ async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &
     }
 }
 
+/// A backup run of [`gated_plan`], stopped at the gate between START and BLOCK_DDL.
+struct GatedBackup {
+    child: tokio::process::Child,
+    flag: PathBuf,
+    target: PathBuf,
+    stderr: PathBuf,
+    /// The server's LSN once the gate was reached: what the test does next is logged
+    /// after it.
+    ddl_lsn: u64,
+}
+
+impl GatedBackup {
+    async fn start(server: &TestServer, dir: &Path) -> GatedBackup {
+        let flag = dir.join("ddl-done");
+        let plan = gated_plan(dir, &flag);
+        let state = dir.join("state");
+        let target = dir.join("backup");
+        let stderr = dir.join("stagehand.stderr");
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+            .arg("run")
+            .arg(&plan)
+            .args(["--set", &format!("socket={}", server.socket().display())])
+            .args(["--set", "user=root"])
+            .args(["--set", &format!("datadir={}", server.datadir().display())])
+            .args(["--set", &format!("target={}", target.display())])
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--json")
+            .current_dir(repo_root())
+            .env_remove("STAGEHAND_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("stderr file"),
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start stagehand");
+        wait_for_start(&mut child, &state, "gate").await;
+        // The log copied starts at the last checkpoint, which on a fresh server comes
+        // before the test's setup: the operations under test are those after this LSN.
+        let ddl_lsn = server
+            .query_first::<(String, u64)>("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+            .await
+            .map(|(_, lsn)| lsn)
+            .expect("Innodb_lsn_current");
+        GatedBackup {
+            child,
+            flag,
+            target,
+            stderr,
+            ddl_lsn,
+        }
+    }
+
+    /// Opens the gate, waits for the backup; returns the redo step's outputs and the
+    /// whole ledger.
+    async fn finish(self, server: &TestServer) -> (Value, FileOps) {
+        std::fs::write(&self.flag, b"").expect("open the gate");
+        let out = tokio::time::timeout(Duration::from_secs(180), self.child.wait_with_output())
+            .await
+            .expect("the backup finishes")
+            .expect("wait for stagehand");
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        assert_eq!(out.status.code(), Some(0), "stagehand failed:\n{stderr}");
+        let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        let redo = report["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == "redo"))
+            .map(|s| s["outputs"].clone())
+            .expect("redo step in the report");
+        let text = std::fs::read_to_string(self.target.join(".stagehand/file_ops.json"))
+            .expect("the ledger is written when the redo tail ends");
+        let whole: FileOps = serde_json::from_str(&text).expect("the ledger parses");
+        eprintln!(
+            "server {}; redo outputs: {redo}\nafter LSN {}; ledger: {text}",
+            server.version(),
+            self.ddl_lsn
+        );
+        assert!(whole.tracked);
+        assert!(whole.from_lsn <= self.ddl_lsn && self.ddl_lsn < whole.to_lsn);
+        (redo, whole)
+    }
+}
+
 async fn space_id(server: &TestServer, name: &str) -> u32 {
     server
         .query_first::<u32>(&format!(
@@ -173,39 +258,7 @@ async fn ledger_names_the_ddl_run_between_start_and_block_ddl() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let flag = dir.path().join("ddl-done");
-    let plan = gated_plan(dir.path(), &flag);
-    let state = dir.path().join("state");
-    let target = dir.path().join("backup");
-    let stderr = dir.path().join("stagehand.stderr");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .arg("run")
-        .arg(&plan)
-        .args(["--set", &format!("socket={}", server.socket().display())])
-        .args(["--set", "user=root"])
-        .args(["--set", &format!("datadir={}", server.datadir().display())])
-        .args(["--set", &format!("target={}", target.display())])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--json")
-        .current_dir(repo_root())
-        .env_remove("STAGEHAND_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(
-            std::fs::File::create(&stderr).expect("stderr file"),
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start stagehand");
-    wait_for_start(&mut child, &state, "gate").await;
-    // The log copied starts at the last checkpoint, which on a fresh server comes
-    // before the tables above were made: the DDL under test is what follows this LSN.
-    let ddl_lsn = server
-        .query_first::<(String, u64)>("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
-        .await
-        .map(|(_, lsn)| lsn)
-        .expect("Innodb_lsn_current");
+    let backup = GatedBackup::start(&server, dir.path()).await;
 
     // Only START is held: none of these waits for the backup.
     for sql in [
@@ -224,30 +277,8 @@ async fn ledger_names_the_ddl_run_between_start_and_block_ddl() {
     let rebuilt = space_id(&server, "d/rebuilt").await;
     let trunc = space_id(&server, "d/trunc").await;
     let opt = space_id(&server, "d/opt").await;
-    std::fs::write(&flag, b"").expect("open the gate");
-
-    let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
-        .await
-        .expect("the backup finishes")
-        .expect("wait for stagehand");
-    let stderr = std::fs::read_to_string(&stderr).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "stagehand failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let redo = report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == "redo"))
-        .map(|s| s["outputs"].clone())
-        .expect("redo step in the report");
-
-    let text = std::fs::read_to_string(target.join(".stagehand/file_ops.json"))
-        .expect("the ledger is written when the redo tail ends");
-    let whole: FileOps = serde_json::from_str(&text).expect("the ledger parses");
-    eprintln!(
-        "server {}; redo outputs: {redo}\nDDL from LSN {ddl_lsn}; ledger: {text}",
-        server.version()
-    );
-    assert!(whole.tracked);
-    assert!(whole.from_lsn <= ddl_lsn && ddl_lsn < whole.to_lsn);
+    let ddl_lsn = backup.ddl_lsn;
+    let (redo, whole) = backup.finish(&server).await;
     let ledger = whole.since(ddl_lsn);
 
     assert_eq!(kept, before["keep"], "RENAME keeps the tablespace");
@@ -309,4 +340,93 @@ async fn ledger_names_the_ddl_run_between_start_and_block_ddl() {
     assert_eq!(redo["page0_inits"], all.page0_inits);
     assert_eq!(redo["file_ops_tracked"], true);
     assert!(redo["to_lsn"].as_u64() <= Some(whole.to_lsn));
+}
+
+/// Sizes of the server's undo tablespaces `undo001`, `undo002`.
+fn undo_sizes(server: &TestServer) -> Vec<u64> {
+    ["undo001", "undo002"]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(server.datadir().join(f))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ledger_records_undo_truncation_during_the_copy() {
+    const INITIAL: u64 = 10 << 20;
+    let server = TestServer::builder()
+        .name("file-ops-undo")
+        .option("innodb_undo_tablespaces", Some("2"))
+        .runtime_option("innodb_undo_log_truncate", Some("ON"))
+        .runtime_option("innodb_max_undo_log_size", Some("10M"))
+        // 10.11 looks for undo to truncate every Nth purge batch; gone in later versions.
+        .runtime_option("loose-innodb_purge_rseg_truncate_frequency", Some("1"))
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE d").await;
+    server
+        .exec("CREATE TABLE d.u (id INT PRIMARY KEY, pad VARCHAR(1000)) ENGINE=InnoDB")
+        .await;
+    server
+        .exec("INSERT INTO d.u SELECT seq, REPEAT('a', 1000) FROM d.seq_1_to_20000")
+        .await;
+    assert!(undo_sizes(&server).iter().all(|&s| s <= INITIAL));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backup = GatedBackup::start(&server, dir.path()).await;
+    // One transaction writes ~20 MB of undo into one undo tablespace; once purged, the
+    // tablespace is over innodb_max_undo_log_size and purge truncates it.
+    server.exec("UPDATE d.u SET pad = REPEAT('b', 1000)").await;
+    let grown = undo_sizes(&server);
+    let grown_space = grown
+        .iter()
+        .position(|&s| s > INITIAL)
+        .expect("an undo tablespace grew past 10 MiB");
+    server
+        .exec("SET GLOBAL innodb_max_purge_lag_wait = 0")
+        .await;
+    let t0 = Instant::now();
+    while undo_sizes(&server)[grown_space] > INITIAL {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "purge did not truncate undo{:03} (sizes {:?})",
+            grown_space + 1,
+            undo_sizes(&server)
+        );
+        server
+            .exec("SET GLOBAL innodb_max_purge_lag_wait = 0")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let truncated_pages = undo_sizes(&server)[grown_space] / 16384;
+    let ddl_lsn = backup.ddl_lsn;
+    let (redo, whole) = backup.finish(&server).await;
+    let ledger = whole.since(ddl_lsn);
+
+    // Undo tablespace N has space id N (innodb_undo_tablespaces, fresh install).
+    let undo_id = grown_space as u32 + 1;
+    let u = space(&ledger, undo_id, "the truncated undo tablespace");
+    assert!(
+        u.trimmed
+            .iter()
+            .any(|t| u64::from(t.pages) == truncated_pages),
+        "TRIM_PAGES to {truncated_pages} pages: {u:?}"
+    );
+    assert!(!u.page0_init.is_empty(), "page 0 built again: {u:?}");
+    assert!(u.created.is_none() && u.deleted.is_none() && u.renamed.is_empty());
+    assert!(u.pages_not_in_copy());
+    // Nothing else changed as a file.
+    let changed: Vec<u32> = ledger
+        .spaces
+        .iter()
+        .filter(|(_, s)| s.changed_file())
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(changed, [undo_id], "{ledger:#?}");
+    assert!(redo["undo_trims"].as_u64() >= Some(1), "{redo}");
 }
