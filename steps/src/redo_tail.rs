@@ -638,13 +638,22 @@ impl Tail {
         }
     }
 
-    /// Writes the ledger (tmp + rename: a reader sees the old one or the whole new one).
+    /// Writes the ledger (tmp + rename: a reader sees no file or the whole one). Compact
+    /// and not synced: this runs while commits are blocked.
     fn write_file_ops(&self) -> Result<(), StepError> {
-        if let Some(dir) = self.file_ops_path.parent() {
-            crate::private_fs::create_private_dir_all(dir)
-                .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = &self.file_ops_path;
+        let failed = |e: &dyn std::fmt::Display| {
+            StepError::fatal(format!("cannot write {}: {e}", path.display()))
+                .with_hint("check free space in the backup directory")
+        };
+        if let Some(dir) = path.parent() {
+            crate::private_fs::create_private_dir_all(dir).map_err(|e| failed(&e))?;
         }
-        crate::copy::write_json(&self.file_ops_path, &self.file_ops)
+        let text = serde_json::to_vec(&self.file_ops.changed_only()).map_err(|e| failed(&e))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| failed(&e))
     }
 
     /// Nothing new parsed at `pos`: fine if the server has not written past it; an

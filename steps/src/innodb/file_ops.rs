@@ -141,6 +141,14 @@ pub struct FileOps {
     /// ledger is empty and says nothing about DDL.
     pub tracked: bool,
     pub spaces: BTreeMap<u32, SpaceOps>,
+    /// Spaces left out of `spaces` by [`FileOps::changed_only`] because the log only
+    /// modified their pages.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub modified_only_spaces: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn text(name: &[u8]) -> String {
@@ -155,6 +163,7 @@ impl FileOps {
             to_lsn: from_lsn,
             tracked,
             spaces: BTreeMap::new(),
+            modified_only_spaces: 0,
         }
     }
 
@@ -224,6 +233,27 @@ impl FileOps {
             from_lsn: self.from_lsn.max(lsn),
             spaces,
             ..self.clone()
+        }
+    }
+
+    /// The spaces whose file changed; the others (page writes only, which redo
+    /// replays) are only counted. This is what the ledger file holds: a server with
+    /// many tables changes most of them, and the file is written while commits wait.
+    pub fn changed_only(&self) -> FileOps {
+        let spaces: BTreeMap<u32, SpaceOps> = self
+            .spaces
+            .iter()
+            .filter(|(_, s)| s.changed_file())
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        let left_out = (self.spaces.len() - spaces.len()) as u64;
+        FileOps {
+            format: self.format,
+            from_lsn: self.from_lsn,
+            to_lsn: self.to_lsn,
+            tracked: self.tracked,
+            spaces,
+            modified_only_spaces: self.modified_only_spaces + left_out,
         }
     }
 
@@ -333,6 +363,10 @@ mod tests {
         assert_eq!(late.spaces[&5].renamed.len(), 1);
         assert_eq!(late.counts().page0_inits, 0);
         assert!(l.since(141).spaces.is_empty());
+        let file = l.changed_only();
+        assert_eq!(file.spaces.keys().copied().collect::<Vec<_>>(), [5, 9]);
+        assert_eq!(file.modified_only_spaces, 1);
+        assert_eq!(file.counts(), l.counts());
         let json = serde_json::to_string(&l).expect("json");
         let back: FileOps = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, l);
