@@ -2,11 +2,15 @@
 //! its start until the LSN that `stage_locks` records at BLOCK_COMMIT, writing the
 //! backup's linear `ib_logfile0` as it goes. It keeps current (polling every few ms) so
 //! only the last few KB remain when commits are blocked, and it fails loudly when the
-//! server overwrote log it had not copied yet.
+//! server overwrote log it had not copied yet. It also keeps the ledger of tablespace
+//! file operations found in the copied log (`innodb::file_ops`), written to
+//! `.stagehand/file_ops.json` in the backup directory when it ends.
 
 use crate::datadir::{ServerSettings, SETTINGS_QUERY};
+use crate::innodb::file_ops::FileOps;
 use crate::innodb::redo::{
-    backup_creator, parse_mtrs, BackupLogWriter, LogFileHeader, LogGeometry, START_OFFSET,
+    backup_creator, parse_mtrs, tablespace_ops, BackupLogWriter, LogFileHeader, LogGeometry,
+    MtrFraming, MtrInfo, START_OFFSET,
 };
 use crate::mariadb::{name_values, Session};
 use async_trait::async_trait;
@@ -110,6 +114,46 @@ impl TypedStep for RedoTail {
                 "time from receiving the target LSN to reaching it",
             ),
             output("seconds", OutputType::Number, "wall time"),
+            output(
+                "file_ops_ledger",
+                OutputType::String,
+                "the ledger of tablespace file operations in the copied log (JSON)",
+            ),
+            output(
+                "file_ops_tracked",
+                OutputType::Boolean,
+                "whether file operations could be read (false for an encrypted log)",
+            ),
+            output(
+                "files_created",
+                OutputType::Integer,
+                "tablespaces created in the copied log (FILE_CREATE)",
+            ),
+            output(
+                "files_deleted",
+                OutputType::Integer,
+                "tablespaces deleted in the copied log (FILE_DELETE)",
+            ),
+            output(
+                "files_renamed",
+                OutputType::Integer,
+                "tablespace renames in the copied log (FILE_RENAME)",
+            ),
+            output(
+                "page0_inits",
+                OutputType::Integer,
+                "tablespaces built from nothing in the copied log (INIT_PAGE of page 0)",
+            ),
+            output(
+                "undo_trims",
+                OutputType::Integer,
+                "tablespace truncations in the copied log (TRIM_PAGES, undo truncation)",
+            ),
+            output(
+                "spaces_changed",
+                OutputType::Integer,
+                "tablespaces whose file changed beyond page writes (created, deleted, renamed, rebuilt)",
+            ),
         ]
     }
 
@@ -387,7 +431,7 @@ struct Tail {
     source_path: PathBuf,
     inode: u64,
     geometry: LogGeometry,
-    framing: crate::innodb::redo::MtrFraming,
+    framing: MtrFraming,
     from_lsn: u64,
     checkpoint_end_lsn: u64,
     writer: BackupLogWriter<BufWriter<File>>,
@@ -395,6 +439,9 @@ struct Tail {
     poll: Duration,
     read_size: u64,
     log_file_size_setting: u64,
+    /// Tablespace file operations seen in the copied log.
+    file_ops: FileOps,
+    file_ops_path: PathBuf,
 }
 
 fn read_header(file: &File, path: &Path) -> Result<LogFileHeader, StepError> {
@@ -462,6 +509,11 @@ impl Tail {
             poll: cfg.poll,
             read_size: cfg.read_size.min(geometry.capacity()),
             log_file_size_setting: settings.innodb_log_file_size,
+            file_ops: FileOps::new(
+                checkpoint.checkpoint_lsn,
+                header.header.framing() == MtrFraming::Plain,
+            ),
+            file_ops_path: to.join(".stagehand").join("file_ops.json"),
         })
     }
 
@@ -563,8 +615,45 @@ impl Tail {
                     StepError::fatal(format!("writing {}: {e}", self.dest_path.display()))
                         .with_hint("check free space in the backup directory")
                 })?;
+            self.note_file_ops(&buf[..filled], pos, &parsed.mtrs);
+            self.file_ops.advance(parsed.end_lsn);
         }
         Ok(valid)
+    }
+
+    /// Adds the tablespace events of the mtrs the parser flagged (most mtrs carry
+    /// none, so this walks only a few). `buf` holds the log from LSN `pos`.
+    fn note_file_ops(&mut self, buf: &[u8], pos: u64, mtrs: &[MtrInfo]) {
+        for m in mtrs.iter().filter(|m| m.has_tablespace_ops) {
+            let from = (m.start_lsn - pos) as usize;
+            let to = (m.seq_lsn - pos) as usize;
+            for op in tablespace_ops(buf.get(from..to).unwrap_or(&[])) {
+                tracing::debug!(
+                    lsn = m.end_lsn,
+                    ?op,
+                    "tablespace file operation in the redo log"
+                );
+                self.file_ops.record(&op, m.end_lsn);
+            }
+        }
+    }
+
+    /// Writes the ledger (tmp + rename: a reader sees no file or the whole one). Compact
+    /// and not synced: this runs while commits are blocked.
+    fn write_file_ops(&self) -> Result<(), StepError> {
+        let path = &self.file_ops_path;
+        let failed = |e: &dyn std::fmt::Display| {
+            StepError::fatal(format!("cannot write {}: {e}", path.display()))
+                .with_hint("check free space in the backup directory")
+        };
+        if let Some(dir) = path.parent() {
+            crate::private_fs::create_private_dir_all(dir).map_err(|e| failed(&e))?;
+        }
+        let text = serde_json::to_vec(&self.file_ops.changed_only()).map_err(|e| failed(&e))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| failed(&e))
     }
 
     /// Nothing new parsed at `pos`: fine if the server has not written past it; an
@@ -620,6 +709,9 @@ impl Tail {
             .unwrap_or_else(|p| p.into_inner())
             .map(|t| t.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or(0.0);
+        // Small and not synced (like the copy parts): `seal` syncs what it keeps.
+        self.write_file_ops()?;
+        let counts = self.file_ops.counts();
         let last_checkpoint = read_header(&self.source, &self.source_path)?
             .latest_checkpoint()
             .map(|c| c.checkpoint_lsn)
@@ -641,6 +733,7 @@ impl Tail {
             from_lsn = self.from_lsn,
             to_lsn = pos,
             catch_up_ms = catch_up,
+            spaces_changed = counts.changed_spaces,
             "redo tail finished"
         );
         let mut o = Outputs::new();
@@ -663,6 +756,17 @@ impl Tail {
             "seconds".into(),
             json!((t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
         );
+        o.insert(
+            "file_ops_ledger".into(),
+            json!(self.file_ops_path.display().to_string()),
+        );
+        o.insert("file_ops_tracked".into(), json!(self.file_ops.tracked));
+        o.insert("files_created".into(), json!(counts.created));
+        o.insert("files_deleted".into(), json!(counts.deleted));
+        o.insert("files_renamed".into(), json!(counts.renamed));
+        o.insert("page0_inits".into(), json!(counts.page0_inits));
+        o.insert("undo_trims".into(), json!(counts.trims));
+        o.insert("spaces_changed".into(), json!(counts.changed_spaces));
         Ok(o)
     }
 }

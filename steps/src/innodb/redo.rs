@@ -44,6 +44,13 @@ pub const FILE_DELETE: u8 = 0x90;
 pub const FILE_RENAME: u8 = 0xA0;
 pub const FILE_MODIFY: u8 = 0xB0;
 pub const FILE_CHECKPOINT: u8 = 0xF0;
+/// Page record types (bits 6..4 of the first byte, mtr0types.h `mrec_type_t`).
+pub const INIT_PAGE: u8 = 0x10;
+pub const EXTENDED: u8 = 0x20;
+/// Subtype byte of an EXTENDED record that truncates a data file to the page
+/// number of its page id (mtr0types.h `mrec_ext_t`; written by
+/// mtr0mtr.cc `mtr_t::trim_pages` when purge shrinks an undo tablespace).
+pub const TRIM_PAGES: u8 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedoError {
@@ -337,6 +344,9 @@ pub struct MtrInfo {
     /// Payload of a FILE_CHECKPOINT record in this mtr, if any (plain
     /// framing only; encrypted logs keep record bodies encrypted).
     pub file_checkpoint: Option<u64>,
+    /// The mtr holds a record that [`tablespace_ops`] reports (plain framing
+    /// only): readers re-walk just these mtrs.
+    pub has_tablespace_ops: bool,
 }
 
 /// Why parsing stopped. `NeedMoreData` means the buffer ended inside an
@@ -493,15 +503,16 @@ fn parse_one(
         return MtrOutcome::Stop(StopReason::Checksum);
     }
     let records = buf.get(pos..seq_pos).unwrap_or(&[]);
-    let file_checkpoint = match framing {
-        MtrFraming::Plain => find_file_checkpoint(records),
-        MtrFraming::Encrypted => None,
+    let scan = match framing {
+        MtrFraming::Plain => scan_records(records),
+        MtrFraming::Encrypted => RecordScan::default(),
     };
     MtrOutcome::Ok(MtrInfo {
         start_lsn: lsn,
         seq_lsn,
         end_lsn: lsn + (end - pos) as u64,
-        file_checkpoint,
+        file_checkpoint: scan.file_checkpoint,
+        has_tablespace_ops: scan.has_tablespace_ops,
     })
 }
 
@@ -565,7 +576,10 @@ impl RedoRecord<'_> {
     }
 }
 
-/// A decoded file-level record (log0recv.cc `log_parse_file`).
+/// A tablespace-level event decoded from one record: the file-level records
+/// (log0recv.cc `log_parse_file`) and the two page records that mariadb-backup
+/// watches while it copies (log0recv.cc `recv_sys_t::parse`, `storing ==
+/// BACKUP`: the `first_page_init` and `undo_space_trunc` callbacks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileOp<'a> {
     Create {
@@ -581,6 +595,8 @@ pub enum FileOp<'a> {
         from: &'a [u8],
         to: &'a [u8],
     },
+    /// The first change to a tablespace after a checkpoint (and every
+    /// checkpoint names the tablespaces changed since the one before).
     Modify {
         space_id: u32,
         name: &'a [u8],
@@ -590,12 +606,42 @@ pub enum FileOp<'a> {
     },
     /// FILE_CHECKPOINT with a zero payload: padding.
     Padding,
+    /// INIT_PAGE of page 0: the tablespace was (re)initialised from nothing
+    /// (created, or an undo tablespace truncated); every later page of it is
+    /// in the log, what the file held before is not.
+    FirstPageInit {
+        space_id: u32,
+    },
+    /// EXTENDED/TRIM_PAGES: the file was truncated to `size` pages (undo
+    /// tablespace truncation by purge).
+    TrimPages {
+        space_id: u32,
+        size: u32,
+    },
 }
 
-/// Decode a file-level record, `None` if it is not one or is malformed.
+impl FileOp<'_> {
+    /// The tablespace this event is about (`None` for checkpoints, padding).
+    pub fn space_id(&self) -> Option<u32> {
+        match *self {
+            FileOp::Create { space_id, .. }
+            | FileOp::Delete { space_id, .. }
+            | FileOp::Rename { space_id, .. }
+            | FileOp::Modify { space_id, .. }
+            | FileOp::FirstPageInit { space_id }
+            | FileOp::TrimPages { space_id, .. } => Some(space_id),
+            FileOp::Checkpoint { .. } | FileOp::Padding => None,
+        }
+    }
+}
+
+/// Decode a tablespace-level record, `None` if it is not one or is malformed.
 pub fn file_op<'a>(rec: &RedoRecord<'a>) -> Option<FileOp<'a>> {
-    if !rec.is_file_op() {
+    if rec.same_page {
         return None;
+    }
+    if !rec.is_file_op() {
+        return page_file_op(rec);
     }
     let space_id = rec.space_id;
     let name = rec.body;
@@ -618,6 +664,28 @@ pub fn file_op<'a>(rec: &RedoRecord<'a>) -> Option<FileOp<'a>> {
         }
         _ => None,
     }
+}
+
+/// The page records that change what a tablespace's file is, not just a page.
+fn page_file_op<'a>(rec: &RedoRecord<'a>) -> Option<FileOp<'a>> {
+    match rec.page_op() {
+        INIT_PAGE if rec.page_no == 0 => Some(FileOp::FirstPageInit {
+            space_id: rec.space_id,
+        }),
+        EXTENDED if rec.body == [TRIM_PAGES] => Some(FileOp::TrimPages {
+            space_id: rec.space_id,
+            size: rec.page_no,
+        }),
+        _ => None,
+    }
+}
+
+/// The tablespace events of one plain mtr's record bytes (from its start to
+/// its sequence byte), in log order; checkpoints and padding left out.
+pub fn tablespace_ops(mtr_records: &[u8]) -> impl Iterator<Item = FileOp<'_>> {
+    records(mtr_records)
+        .filter_map(|r| file_op(&r))
+        .filter(|op| op.space_id().is_some())
 }
 
 /// Iterator over the records of one plain mtr's record bytes (up to, not
@@ -686,11 +754,25 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-fn find_file_checkpoint(mtr_records: &[u8]) -> Option<u64> {
-    records(mtr_records).find_map(|r| match file_op(&r) {
-        Some(FileOp::Checkpoint { lsn }) => Some(lsn),
-        _ => None,
-    })
+#[derive(Default)]
+struct RecordScan {
+    file_checkpoint: Option<u64>,
+    has_tablespace_ops: bool,
+}
+
+/// One pass over an mtr's records for what [`MtrInfo`] reports.
+fn scan_records(mtr_records: &[u8]) -> RecordScan {
+    let mut scan = RecordScan::default();
+    for op in records(mtr_records).filter_map(|r| file_op(&r)) {
+        match op {
+            FileOp::Checkpoint { lsn } => {
+                scan.file_checkpoint.get_or_insert(lsn);
+            }
+            FileOp::Padding => {}
+            _ => scan.has_tablespace_ops = true,
+        }
+    }
+    scan
 }
 
 /// mariadb-backup's creator string: `snprintf(.., 16, "Backup %u.%u.%u")`,
@@ -981,6 +1063,124 @@ mod tests {
         let m = file_checkpoint_mtr(20000, 1);
         let p = parse_mtrs(m.get(..14).unwrap_or(&[]), 20000, MtrFraming::Plain, |_| 1);
         assert_eq!(p.stop, StopReason::NeedMoreData);
+    }
+
+    /// One record: type (high nibble) + length + space id, page number, tail.
+    fn record(kind: u8, space: u32, page: u32, tail: &[u8]) -> Vec<u8> {
+        let mut body = encode_varint(space);
+        body.extend(encode_varint(page));
+        body.extend_from_slice(tail);
+        if (1..16).contains(&body.len()) {
+            let mut r = vec![kind | body.len() as u8];
+            r.extend(body);
+            return r;
+        }
+        let v = encode_varint((body.len() - 15) as u32);
+        let v = encode_varint((body.len() + v.len() - 15) as u32);
+        let mut r = vec![kind];
+        r.extend(v);
+        r.extend(body);
+        r
+    }
+
+    fn ops_of(recs: &[u8]) -> Vec<FileOp<'_>> {
+        tablespace_ops(recs).collect()
+    }
+
+    #[test]
+    fn decodes_create_rename_delete_modify() {
+        let mut recs = record(FILE_CREATE, 5, 0, b"./test/t1.ibd");
+        recs.extend(record(
+            FILE_RENAME,
+            5,
+            0,
+            b"./test/t1.ibd\0./test/#sql-ib9.ibd",
+        ));
+        recs.extend(record(FILE_DELETE, 300, 0, b"./test/old.ibd"));
+        recs.extend(record(FILE_MODIFY, 70_000, 0, b"./test/t2.ibd"));
+        assert_eq!(
+            ops_of(&recs),
+            [
+                FileOp::Create {
+                    space_id: 5,
+                    name: b"./test/t1.ibd"
+                },
+                FileOp::Rename {
+                    space_id: 5,
+                    from: b"./test/t1.ibd",
+                    to: b"./test/#sql-ib9.ibd"
+                },
+                FileOp::Delete {
+                    space_id: 300,
+                    name: b"./test/old.ibd"
+                },
+                FileOp::Modify {
+                    space_id: 70_000,
+                    name: b"./test/t2.ibd"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn page_zero_init_and_trim_are_tablespace_ops() {
+        // INIT_PAGE of page 0 (a tablespace built from nothing), INIT_PAGE of
+        // page 3 (an ordinary page), then TRIM_PAGES of undo space 2 to 640.
+        let mut recs = record(INIT_PAGE, 7, 0, &[]);
+        recs.extend(record(INIT_PAGE, 7, 3, &[]));
+        recs.extend(record(EXTENDED, 2, 640, &[TRIM_PAGES]));
+        recs.extend(record(EXTENDED, 2, 640, &[2]));
+        assert_eq!(
+            ops_of(&recs),
+            [
+                FileOp::FirstPageInit { space_id: 7 },
+                FileOp::TrimPages {
+                    space_id: 2,
+                    size: 640
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn same_page_records_are_not_file_records() {
+        // After a page record, bit 7 means "same page": 0x9n is then an
+        // INIT_PAGE-typed same-page record, not FILE_DELETE, and a same-page
+        // EXTENDED record with a TRIM_PAGES byte truncates nothing.
+        let mut recs = record(0x30, 9, 0, &[100, 0xAB]);
+        recs.extend_from_slice(&[0x90 | 1, 0]);
+        recs.extend_from_slice(&[0x80 | EXTENDED | 1, TRIM_PAGES]);
+        let all: Vec<_> = records(&recs).collect();
+        assert_eq!(all.len(), 3);
+        assert!(all[1].same_page && all[2].same_page);
+        assert!(ops_of(&recs).is_empty());
+    }
+
+    #[test]
+    fn parse_flags_only_mtrs_with_tablespace_ops() {
+        let mut log = mtr(&record(0x30, 9, 4, &[100, 0xAB]), 1);
+        let mut create = record(FILE_CREATE, 12, 0, b"./d/t.ibd");
+        create.extend(record(INIT_PAGE, 12, 0, &[]));
+        log.extend(mtr(&create, 1));
+        log.extend(file_checkpoint_mtr(20000, 1));
+        let p = parse_mtrs(&log, 20000, MtrFraming::Plain, |_| 1);
+        assert_eq!(p.mtrs.len(), 3);
+        let flags: Vec<_> = p.mtrs.iter().map(|m| m.has_tablespace_ops).collect();
+        assert_eq!(flags, [false, true, false]);
+        assert_eq!(p.last_file_checkpoint(), Some(20000));
+        let second = &p.mtrs[1];
+        let from = (second.start_lsn - 20000) as usize;
+        let to = (second.seq_lsn - 20000) as usize;
+        assert_eq!(
+            ops_of(&log[from..to]),
+            [
+                FileOp::Create {
+                    space_id: 12,
+                    name: b"./d/t.ibd"
+                },
+                FileOp::FirstPageInit { space_id: 12 },
+            ]
+        );
     }
 
     #[test]
