@@ -20,4 +20,4 @@ bin="${STAGEHAND_MARIADB_11_8_DIR:-${HOME}/.cache/stagehand/mariadb-11.8}/bin"
 echo "== version matrix: backup, fault, storage, restore and safety tests on $("$bin/mariadbd" --no-defaults --version)"
 STAGEHAND_MARIADB_BIN="$bin" cargo test --locked --test it -- \
   backup_oracle:: backup_faults:: storage_roundtrip:: storage_faults:: restore:: \
-  sandbox_safety:: preflight_safety:: private_files::
+  sandbox_safety:: preflight_safety:: private_files:: run_privileges:: file_ops_ledger::
