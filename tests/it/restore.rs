@@ -537,3 +537,47 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
         "what was written is removed again, the datadir too"
     );
 }
+
+#[test]
+fn force_into_the_datadir_of_a_running_server_is_refused_and_nothing_is_removed() {
+    let f = fixture();
+    let dir = case_dir("live");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let live = rt.block_on(TestServer::builder().name("restore-live").start());
+    rt.block_on(live.exec("CREATE DATABASE keepme"));
+    let before = files_under(live.datadir());
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\", force: true",
+        f.backup.display(),
+        live.datadir().display()
+    );
+    let plan = plan_text(&dir.join("sock/s.sock"), &cb, None);
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, &plan).expect("write plan");
+    let state = dir.join("state");
+    let args = ["run", path.to_str().expect("utf-8"), "--state-dir"];
+    let check = stagehand(&[&args[..], &[state.to_str().expect("utf-8"), "--check"]].concat());
+    let pid = format!("pid {}", live.pid());
+    assert_ne!(check.code, 0, "--check refuses: {}", check.stdout);
+    assert!(
+        format!("{}{}", check.stdout, check.stderr).contains(&pid),
+        "--check names the running server: {}\n{}",
+        check.stdout,
+        check.stderr
+    );
+    let r = run(&dir, &plan);
+    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
+    let err = step(&r.report, "restore")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(&pid) && err.contains("stop it first"),
+        "the error names the server: {err}"
+    );
+    assert_eq!(files_under(live.datadir()), before, "nothing was removed");
+    let n: Option<i64> = rt.block_on(live.query_first(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'keepme'",
+    ));
+    assert_eq!(n, Some(1), "the live server still has its data");
+}
