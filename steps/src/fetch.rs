@@ -375,3 +375,48 @@ async fn hash_of(path: &Path) -> Result<String, StoreError> {
     .await
     .map_err(|e| StoreError::permanent(format!("a hash task crashed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(run_id: &str, complete: bool, preparing: bool) -> Manifest {
+        let value = json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": run_id, "started_at": "2026-01-01T00:00:00Z", "finished_at": "",
+            "server": crate::datadir::ServerSettings::default(),
+            "lsn": crate::manifest::Lsns::default(),
+            "binlog": crate::manifest::Binlog::default(),
+            "locks": crate::manifest::Locks::default(),
+            "redo": crate::manifest::RedoFacts::default(),
+            "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::from_value(value).expect("a manifest")
+    }
+
+    fn holding(m: &Manifest) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let text = serde_json::to_vec(m).expect("json");
+        std::fs::write(d.path().join(MANIFEST_FILE), text).expect("write");
+        d
+    }
+
+    #[test]
+    fn the_same_backup_already_fetched_is_kept_and_another_is_refused() {
+        let wanted = manifest("backup-1", true, false);
+        for (local, what) in [
+            (manifest("backup-1", true, false), "complete"),
+            (manifest("backup-1", false, true), "being prepared"),
+        ] {
+            let d = holding(&local);
+            let claim = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).ok();
+            assert_eq!(claim, Some(Claim::AlreadyFetched), "{what}");
+        }
+        let d = holding(&manifest("backup-2", true, false));
+        let err = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).err();
+        assert!(
+            err.is_some_and(|e| e.to_string().contains("another backup")),
+            "another backup is refused"
+        );
+    }
+}
