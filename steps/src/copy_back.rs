@@ -140,6 +140,8 @@ pub enum CopyBackError {
         available: u64,
         needed: u64,
     },
+    #[error("a server (pid {pid}) is running on {dir}: it holds a lock on {file}; stop it first")]
+    InUse { dir: String, file: String, pid: i32 },
     #[error("cancelled")]
     Cancelled,
 }
@@ -160,6 +162,7 @@ impl CopyBackError {
             CopyBackError::NotEmpty { .. } => "restore into a new or empty directory, or set `force: true` to remove what is there first".into(),
             CopyBackError::Damaged { .. } => "the backup is damaged: restore another backup (and run `verify` on this one)".into(),
             CopyBackError::Owner { .. } => "run stagehand as root, or leave `owner` out".into(),
+            CopyBackError::InUse { .. } => "stop that server (systemctl stop mariadb) before restoring into its datadir; nothing was removed".into(),
             _ => return None,
         })
     }
@@ -436,6 +439,7 @@ fn plan(cfg: &CopyBackConfig) -> Result<(Job, Manifest), CopyBackError> {
     check_overlap(&from, &targets)?;
     let owner = cfg.owner.as_deref().map(resolve_owner).transpose()?;
     let (items, skipped) = plan_files(&from, &manifest, &targets)?;
+    check_not_in_use(&targets)?;
     check_targets(&targets, cfg.force)?;
     if cfg.mode == Mode::Copy {
         check_space(&targets, &items)?;
@@ -678,6 +682,53 @@ fn check_targets(targets: &Targets, force: bool) -> Result<(), CopyBackError> {
         }
     }
     Ok(())
+}
+
+/// Files a running server keeps an fcntl write lock on: InnoDB's system tablespace and
+/// Aria's control file.
+fn lock_files(targets: &Targets) -> Vec<PathBuf> {
+    let mut files = vec![
+        targets.datadir.join("ibdata1"),
+        targets.home.join("ibdata1"),
+        targets.datadir.join("aria_log_control"),
+    ];
+    files.dedup();
+    files
+}
+
+/// Refuses targets a running server uses: removing or overwriting its files under it
+/// destroys the live data (binlogs included) and the restore alike.
+fn check_not_in_use(targets: &Targets) -> Result<(), CopyBackError> {
+    for file in lock_files(targets) {
+        if let Some(pid) = lock_holder(&file)? {
+            return Err(CopyBackError::InUse {
+                dir: targets.datadir.display().to_string(),
+                file: file.display().to_string(),
+                pid,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The pid of another process holding a lock on `file` (F_GETLK); none when the file
+/// is missing or unlocked. An OFD lock reports pid -1.
+fn lock_holder(file: &Path) -> Result<Option<i32>, CopyBackError> {
+    use std::os::fd::AsRawFd;
+    let f = match File::open(file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CopyBackError::io(file, e)),
+    };
+    // SAFETY: a zeroed flock is a valid value; the fd is open for the call.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    if rc != 0 {
+        return Err(CopyBackError::io(file, std::io::Error::last_os_error()));
+    }
+    Ok((lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid))
 }
 
 /// Names in a directory, sorted; none when it does not exist.
@@ -1166,6 +1217,9 @@ fn preflight_findings(cfg: &CopyBackConfig) -> Vec<Finding> {
         }
     };
     if let Err(e) = check_overlap(&from, &targets) {
+        out.push(Finding::error(e.to_string()));
+    }
+    if let Err(e) = check_not_in_use(&targets) {
         out.push(Finding::error(e.to_string()));
     }
     for dir in targets.dirs() {

@@ -4,7 +4,7 @@
 //! partly fetched file from where it stopped. The manifest is written last, so the
 //! directory is a complete backup only when every file is there and checked.
 
-use crate::manifest::MANIFEST_FILE;
+use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::progress::Progress;
 use crate::repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
 use crate::upload::{check_repo, probe_repository, stored_files};
@@ -119,9 +119,20 @@ impl TypedStep for Fetch {
             .await
             .map_err(StoreError::into_step_error)?;
         let dir = PathBuf::from(&cfg.to);
-        claim_fetch_dir(&dir, &id, repo.url())?;
         let t0 = Instant::now();
         let files = stored_files(&manifest);
+        if claim_fetch_dir(&dir, &id, repo.url(), &manifest)? == Claim::AlreadyFetched {
+            tracing::info!(dir = %dir.display(), %id, "already fetched: nothing to download");
+            return Ok(fetch_outputs(
+                cfg,
+                &id,
+                &manifest,
+                files.len(),
+                0,
+                files.len() as u64,
+                t0,
+            ));
+        }
         let total: u64 = files.iter().map(|f| f.1).sum();
         let progress = Progress::start(&ctx.step_id, "fetched", total);
         let store = repo.store().clone();
@@ -144,20 +155,58 @@ impl TypedStep for Fetch {
             .map_err(|e| StepError::fatal(e.to_string()))?;
         let _ = std::fs::remove_file(dir.join(FETCH_MARKER));
         let _ = std::fs::remove_dir(dir.join(".stagehand"));
-        Ok(json!({
-            "id": id,
-            "dir": cfg.to,
-            "files": files.len(),
-            "bytes": bytes,
-            "reused_files": reused,
-            "seconds": t0.elapsed().as_secs_f64(),
-            "gtid_binlog_pos": manifest.binlog.gtid_binlog_pos,
-            "commit_lsn": manifest.lsn.commit,
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default())
+        Ok(fetch_outputs(
+            cfg,
+            &id,
+            &manifest,
+            files.len(),
+            bytes,
+            reused,
+            t0,
+        ))
     }
+}
+
+fn fetch_outputs(
+    cfg: &FetchConfig,
+    id: &str,
+    manifest: &Manifest,
+    files: usize,
+    bytes: u64,
+    reused: u64,
+    t0: Instant,
+) -> Outputs {
+    json!({
+        "id": id,
+        "dir": cfg.to,
+        "files": files,
+        "bytes": bytes,
+        "reused_files": reused,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "gtid_binlog_pos": manifest.binlog.gtid_binlog_pos,
+        "commit_lsn": manifest.lsn.commit,
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// What a fetch directory holds when the step starts.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Empty, new, or an interrupted fetch of this backup: fetch (resume) into it.
+    Fetch,
+    /// This very backup, fetched by an earlier run (perhaps since verified, decompressed
+    /// or being prepared): nothing to do, so a rerun of a restore plan carries on.
+    AlreadyFetched,
+}
+
+/// The same backup: the run that made it, when and where.
+fn same_backup(local: &Manifest, wanted: &Manifest) -> bool {
+    local.run_id == wanted.run_id
+        && local.started_at == wanted.started_at
+        && local.host == wanted.host
+        && local.plan == wanted.plan
 }
 
 /// `latest` → the newest complete backup's id.
@@ -175,14 +224,20 @@ pub async fn resolve_id(repo: &Repository, id: &str) -> Result<String, StoreErro
 }
 
 /// Accepts an empty (or missing) directory, or one an earlier fetch of the same backup
-/// was filling; anything else is refused, so that no stray file ends up in a restore.
-fn claim_fetch_dir(dir: &Path, id: &str, url: &str) -> Result<(), StepError> {
+/// was filling or has filled; anything else is refused, so that no stray file ends up
+/// in a restore.
+fn claim_fetch_dir(
+    dir: &Path,
+    id: &str,
+    url: &str,
+    manifest: &Manifest,
+) -> Result<Claim, StepError> {
     let marker = dir.join(FETCH_MARKER);
     let wanted = format!("{url}/{id}");
     if let Ok(owner) = std::fs::read_to_string(&marker) {
         if owner.trim() == wanted {
             tracing::info!("resuming the fetch into {}", dir.display());
-            return Ok(());
+            return Ok(Claim::Fetch);
         }
         return Err(StepError::fatal(format!(
             "{} is being filled with {} by another fetch, not with {wanted}",
@@ -192,10 +247,23 @@ fn claim_fetch_dir(dir: &Path, id: &str, url: &str) -> Result<(), StepError> {
         .with_hint("fetch into a new directory"));
     }
     if dir.join(MANIFEST_FILE).exists() {
-        return Err(
-            StepError::fatal(format!("{} already holds a complete backup", dir.display()))
-                .with_hint("fetch into a new directory"),
-        );
+        // A complete manifest, or one a prepare left `preparing` (the next prepare
+        // finishes it).
+        return match Manifest::read_for_prepare(dir) {
+            Ok(local) if same_backup(&local, manifest) => Ok(Claim::AlreadyFetched),
+            Ok(local) => Err(StepError::fatal(format!(
+                "{} already holds another backup (made by run {} at {}), not {id}",
+                dir.display(),
+                local.run_id,
+                local.started_at
+            ))
+            .with_hint("fetch into a new directory")),
+            Err(e) => Err(StepError::fatal(format!(
+                "{} holds a backup manifest this fetch cannot resume from ({e})",
+                dir.display()
+            ))
+            .with_hint("fetch into a new directory")),
+        };
     }
     let empty = std::fs::read_dir(dir)
         .map(|mut e| e.next().is_none())
@@ -208,6 +276,7 @@ fn claim_fetch_dir(dir: &Path, id: &str, url: &str) -> Result<(), StepError> {
         .and_then(|_| crate::private_fs::create_private_dir_all(&dir.join(".stagehand")))
         .and_then(|_| crate::private_fs::write_private(&marker, wanted))
         .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))
+        .map(|_| Claim::Fetch)
 }
 
 async fn fetch_all(
@@ -305,4 +374,49 @@ async fn hash_of(path: &Path) -> Result<String, StoreError> {
     })
     .await
     .map_err(|e| StoreError::permanent(format!("a hash task crashed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(run_id: &str, complete: bool, preparing: bool) -> Manifest {
+        let value = json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": run_id, "started_at": "2026-01-01T00:00:00Z", "finished_at": "",
+            "server": crate::datadir::ServerSettings::default(),
+            "lsn": crate::manifest::Lsns::default(),
+            "binlog": crate::manifest::Binlog::default(),
+            "locks": crate::manifest::Locks::default(),
+            "redo": crate::manifest::RedoFacts::default(),
+            "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::from_value(value).expect("a manifest")
+    }
+
+    fn holding(m: &Manifest) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let text = serde_json::to_vec(m).expect("json");
+        std::fs::write(d.path().join(MANIFEST_FILE), text).expect("write");
+        d
+    }
+
+    #[test]
+    fn the_same_backup_already_fetched_is_kept_and_another_is_refused() {
+        let wanted = manifest("backup-1", true, false);
+        for (local, what) in [
+            (manifest("backup-1", true, false), "complete"),
+            (manifest("backup-1", false, true), "being prepared"),
+        ] {
+            let d = holding(&local);
+            let claim = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).ok();
+            assert_eq!(claim, Some(Claim::AlreadyFetched), "{what}");
+        }
+        let d = holding(&manifest("backup-2", true, false));
+        let err = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).err();
+        assert!(
+            err.is_some_and(|e| e.to_string().contains("another backup")),
+            "another backup is refused"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 //!   needs: [restore]
 //!   background: true
 //!   until: check
-//!   with: {datadir: /srv/restore/data, socket: /tmp/restore.sock}
+//!   with: {datadir: /srv/restore/data, socket: /tmp/restore/server.sock}
 //! - id: check
 //!   uses: sql
 //!   needs: [restored]
@@ -25,17 +25,21 @@
 //! without a password over the socket works when stagehand runs as the OS user `root`
 //! and `root@localhost` has MariaDB's default `unix_socket` authentication.
 //!
-//! The socket is made 0600 as soon as it appears (mariadbd creates it 0777) and a
-//! directory created for it is 0700: only the user running stagehand (and root) can
-//! connect. The server is SIGKILLed if stagehand dies (PR_SET_PDEATHSIG).
+//! The socket lives only in a directory private to the server's user: a missing one is
+//! created 0700 (and handed to `user`); an existing one that others can enter, or that
+//! belongs to someone but us, root or `user`, is refused, and so is a file already at
+//! the socket's path (another user's fake server would get the plan's credentials), in
+//! `--check` and at run time. mariadbd creates its socket 0777 (made 0600 as soon as
+//! it appears): the directory is what keeps other users out. The server is SIGKILLed
+//! if stagehand dies (PR_SET_PDEATHSIG).
 //!
 //! The readiness probe and `SHUTDOWN` use `root` over the socket; when that account is
 //! refused, the server still counts as up (it answered) and is stopped with SIGTERM,
 //! the same clean shutdown.
 
 use crate::sandbox::{
-    find_binary, log_tail_since, server_version, SandboxError, SandboxOptions, SandboxServer,
-    ShutdownMode, LOG_TAIL_LINES,
+    chown_path, find_binary, is_root, log_tail_since, lookup_user, server_version, SandboxError,
+    SandboxOptions, SandboxServer, ShutdownMode, LOG_TAIL_LINES,
 };
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -46,6 +50,7 @@ use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
 use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -113,12 +118,15 @@ pub enum ServerError {
     Stop { datadir: String, message: String },
     #[error("{0}")]
     Setup(String),
+    #[error("{0}")]
+    UnsafeSocket(String),
 }
 
 impl ServerError {
     fn into_step_error(self) -> StepError {
         let hint = match &self {
             ServerError::Start { .. } => Some("the lines above end the server's error log: a restored datadir needs the source's innodb_page_size and undo/log directories in `options`, and a server run as `user` needs write access to its datadir and socket directory"),
+            ServerError::UnsafeSocket(_) => Some("put `socket` in a directory of its own that stagehand creates (e.g. /tmp/stagehand-restore/check.sock: made 0700), or fix that directory's owner and mode (0700); remove a socket file a killed run left behind"),
             _ => None,
         };
         let e = StepError::fatal(self.to_string());
@@ -169,7 +177,7 @@ impl TypedStep for Server {
                     "the socket path is longer than {} bytes",
                     crate::sandbox::MAX_SOCKET_PATH_LEN
                 ),
-                hint: Some("use a short path such as /tmp/restore.sock".into()),
+                hint: Some("use a short path such as /tmp/restore/server.sock".into()),
             });
         }
         Ok(())
@@ -220,11 +228,12 @@ impl TypedStep for Server {
                 cfg.datadir
             )));
         }
-        if Path::new(&cfg.socket).exists() {
-            out.push(Finding::warn(format!(
-                "{} exists: is another server listening there?",
+        match check_socket_place(cfg) {
+            Ok(()) => out.push(Finding::ok(format!(
+                "{}: a private place for the socket",
                 cfg.socket
-            )));
+            ))),
+            Err(e) => out.push(Finding::error(e.to_string())),
         }
         out
     }
@@ -243,6 +252,7 @@ impl TypedStep for Server {
         let run_dir = scratch
             .as_ref()
             .map_or(kept.clone(), |s| s.path().to_path_buf());
+        prepare_socket_dir(cfg).map_err(ServerError::into_step_error)?;
         let opts = sandbox_options(cfg, &run_dir).map_err(ServerError::into_step_error)?;
         let datadir = cfg.datadir.clone();
         let start = SandboxServer::start(opts);
@@ -272,6 +282,99 @@ impl TypedStep for Server {
         }
         Ok(outputs)
     }
+}
+
+/// Who may own the socket's directory: us, root, and the server's `user`.
+fn trusted_uids(cfg: &ServerConfig) -> Result<Vec<u32>, ServerError> {
+    // SAFETY: geteuid cannot fail.
+    let mut uids = vec![0, unsafe { libc::geteuid() }];
+    if let Some(user) = &cfg.user {
+        let (uid, _) = lookup_user(user).map_err(|e| ServerError::Setup(e.to_string()))?;
+        uids.push(uid);
+    }
+    Ok(uids)
+}
+
+/// The socket's directory, absolute.
+fn socket_dir(cfg: &ServerConfig) -> Result<PathBuf, ServerError> {
+    let socket = std::path::absolute(&cfg.socket)
+        .map_err(|e| ServerError::Setup(format!("{}: {e}", cfg.socket)))?;
+    Ok(socket
+        .parent()
+        .map_or_else(|| PathBuf::from("/"), Path::to_path_buf))
+}
+
+/// mariadbd creates its socket 0777: only a directory no one else can enter or write
+/// keeps other users from connecting (D4) or planting a socket of their own that the
+/// plan's connection would trust (D5). A missing directory is fine (it is created
+/// 0700); an existing one must be ours (or root's, or `user`'s), mode 0700-ish, and
+/// hold no file at the socket's path.
+fn check_socket_place(cfg: &ServerConfig) -> Result<(), ServerError> {
+    let dir = socket_dir(cfg)?;
+    let unsafe_socket =
+        |why: String| ServerError::UnsafeSocket(format!("socket {}: {why}", cfg.socket));
+    let link = match std::fs::symlink_metadata(&dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(unsafe_socket(format!(
+                "cannot inspect {}: {e}",
+                dir.display()
+            )))
+        }
+    };
+    let trusted = trusted_uids(cfg)?;
+    let meta = std::fs::metadata(&dir)
+        .map_err(|e| unsafe_socket(format!("cannot inspect {}: {e}", dir.display())))?;
+    for m in [&link, &meta] {
+        if !trusted.contains(&m.uid()) {
+            return Err(unsafe_socket(format!(
+                "its directory {} belongs to uid {}, not to this user, root or the server's user",
+                dir.display(),
+                m.uid()
+            )));
+        }
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_socket(format!(
+            "{} is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(unsafe_socket(format!(
+            "its directory {} has mode {:o}: other users could connect to the server or put a socket of their own there",
+            dir.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let socket = dir.join(Path::new(&cfg.socket).file_name().unwrap_or_default());
+    if std::fs::symlink_metadata(&socket).is_ok() {
+        return Err(unsafe_socket(
+            "a file exists there already: another server may be listening, and the plan's connection would talk to it".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the socket's place, then creates a missing directory 0700, handed to `user`
+/// (who must create the socket in it).
+fn prepare_socket_dir(cfg: &ServerConfig) -> Result<(), ServerError> {
+    check_socket_place(cfg)?;
+    let dir = socket_dir(cfg)?;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| ServerError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    if let (Some(user), true) = (&cfg.user, is_root()) {
+        let (uid, gid) = lookup_user(user).map_err(|e| ServerError::Setup(e.to_string()))?;
+        chown_path(&dir, uid, gid).map_err(|e| ServerError::Setup(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// A server run as another `user` cannot reach the state directory (private to

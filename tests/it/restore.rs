@@ -243,7 +243,7 @@ fn restores_a_prepared_backup_and_the_server_starts_on_it() {
     let f = fixture();
     let dir = case_dir("basic");
     let data = dir.join("data");
-    let socket = dir.join("s.sock");
+    let socket = dir.join("sock/s.sock");
     let cb = format!(
         "from: \"{}\", datadir: \"{}\"",
         f.backup.display(),
@@ -323,7 +323,7 @@ fn a_non_empty_datadir_is_refused_untouched_and_force_replaces_its_contents() {
     let outside = dir.join("outside.txt");
     std::fs::write(&outside, "keep").expect("write");
     let before = files_under(&dir);
-    let socket = dir.join("s.sock");
+    let socket = dir.join("sock/s.sock");
     let cb = format!(
         "from: \"{}\", datadir: \"{}\"",
         f.backup.display(),
@@ -383,7 +383,7 @@ fn an_unprepared_backup_is_refused() {
         backup.display(),
         data.display()
     );
-    let r = run(&dir, &plan_text(&dir.join("s.sock"), &cb, None));
+    let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
     assert_eq!(r.code, 1, "refused: {}", r.text);
     let s = step(&r.report, "restore");
     let err = s["error"].as_str().unwrap_or_default();
@@ -407,7 +407,7 @@ fn move_mode_empties_the_backup_of_its_data_files() {
         .expect("cp");
     assert!(ok.success());
     let data = dir.join("data");
-    let socket = dir.join("s.sock");
+    let socket = dir.join("sock/s.sock");
     let cb = format!(
         "from: \"{}\", datadir: \"{}\", mode: move",
         backup.display(),
@@ -520,7 +520,7 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
         backup.display(),
         data.display()
     );
-    let r = run(&dir, &plan_text(&dir.join("s.sock"), &cb, None));
+    let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
     assert_eq!(r.code, 1, "refused: {}", r.text);
     let err = step(&r.report, "restore")["error"]
         .as_str()
@@ -535,5 +535,257 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
     assert!(
         !data.exists(),
         "what was written is removed again, the datadir too"
+    );
+}
+
+#[test]
+fn force_into_the_datadir_of_a_running_server_is_refused_and_nothing_is_removed() {
+    let f = fixture();
+    let dir = case_dir("live");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let live = rt.block_on(TestServer::builder().name("restore-live").start());
+    rt.block_on(live.exec("CREATE DATABASE keepme"));
+    let before = files_under(live.datadir());
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\", force: true",
+        f.backup.display(),
+        live.datadir().display()
+    );
+    let plan = plan_text(&dir.join("sock/s.sock"), &cb, None);
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, &plan).expect("write plan");
+    let state = dir.join("state");
+    let args = ["run", path.to_str().expect("utf-8"), "--state-dir"];
+    let check = stagehand(&[&args[..], &[state.to_str().expect("utf-8"), "--check"]].concat());
+    let pid = format!("pid {}", live.pid());
+    assert_ne!(check.code, 0, "--check refuses: {}", check.stdout);
+    assert!(
+        format!("{}{}", check.stdout, check.stderr).contains(&pid),
+        "--check names the running server: {}\n{}",
+        check.stdout,
+        check.stderr
+    );
+    let r = run(&dir, &plan);
+    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
+    let err = step(&r.report, "restore")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains(&pid) && err.contains("stop it first"),
+        "the error names the server: {err}"
+    );
+    assert_eq!(files_under(live.datadir()), before, "nothing was removed");
+    let n: Option<i64> = rt.block_on(live.query_first(
+        "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = 'keepme'",
+    ));
+    assert_eq!(n, Some(1), "the live server still has its data");
+}
+
+/// A plan that starts only a server step on `socket` (the datadir need not exist: the
+/// step is refused before it starts) and then checks it over that socket.
+fn server_only_plan(dir: &Path, socket: &Path) -> String {
+    format!(
+        "version: 1
+name: socket-test
+connections:
+  restored: {{socket: \"{s}\", user: root, password: not-for-a-stranger}}
+steps:
+  - id: restored
+    uses: server
+    background: true
+    until: check
+    with: {{datadir: \"{d}\", socket: \"{s}\", start_timeout: 60s}}
+  - id: check
+    uses: sql
+    needs: [restored]
+    with: {{connection: restored, sql: SELECT 1 AS one}}
+",
+        s = socket.display(),
+        d = dir.join("data").display()
+    )
+}
+
+/// Runs `stagehand run PLAN --check` on a plan written to `dir`.
+fn check_run(dir: &Path, plan: &str) -> crate::cli::Run {
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, plan).expect("write plan");
+    let state = dir.join("state");
+    stagehand(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--state-dir",
+        state.to_str().expect("utf-8"),
+        "--check",
+    ])
+}
+
+/// A fake server bound by `nobody`: records in `marker` any connection it accepts.
+struct NobodysSocket(std::process::Child);
+
+impl NobodysSocket {
+    fn bind(socket: &Path, marker: &Path) -> NobodysSocket {
+        let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(5)\nwhile True:\n  c,_=s.accept()\n  open(sys.argv[2],'w').write('connected')\n";
+        let child = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", script])
+            .arg(socket)
+            .arg(marker)
+            .spawn()
+            .expect("setpriv python3");
+        let mut me = NobodysSocket(child);
+        // Wait for the bind (bounded): not a timing assertion, a precondition.
+        for _ in 0..200 {
+            if socket.exists() {
+                return me;
+            }
+            if let Ok(Some(status)) = me.0.try_wait() {
+                panic!("the fake server exited: {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("nobody's socket {} did not appear", socket.display());
+    }
+}
+
+impl Drop for NobodysSocket {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_socket_planted_by_another_user_is_refused_and_never_connected_to() {
+    let dir = case_dir("planted");
+    let theirs = dir.join("theirs");
+    std::fs::create_dir(&theirs).expect("mkdir");
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown to nobody");
+    let socket = theirs.join("s.sock");
+    let marker = theirs.join("connected");
+    let _fake = NobodysSocket::bind(&socket, &marker);
+    let plan = server_only_plan(&dir, &socket);
+
+    let check = check_run(&dir, &plan);
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert_ne!(check.code, 0, "--check refuses: {said}");
+    assert!(
+        said.contains("uid 65534"),
+        "--check names the owner: {said}"
+    );
+
+    let r = run(&dir, &plan);
+    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
+    let err = step(&r.report, "restored")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("uid 65534") && err.contains(&theirs.display().to_string()),
+        "the error names the directory and its owner: {err}"
+    );
+    assert_ne!(step(&r.report, "check")["status"], "succeeded");
+    assert!(
+        !marker.exists(),
+        "nothing connected to the planted socket (no credentials sent)"
+    );
+}
+
+#[test]
+fn a_file_already_at_the_socket_path_is_refused() {
+    let dir = case_dir("stale-socket");
+    let mine = dir.join("mine");
+    std::fs::create_dir(&mine).expect("mkdir");
+    std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let socket = mine.join("s.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let plan = server_only_plan(&dir, &socket);
+    let check = check_run(&dir, &plan);
+    assert_ne!(check.code, 0, "--check refuses: {}", check.stdout);
+    let r = run(&dir, &plan);
+    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
+    let err = step(&r.report, "restored")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("exists there already"),
+        "the error says why: {err}"
+    );
+}
+
+#[test]
+fn the_server_steps_socket_is_in_a_private_directory_other_users_cannot_connect() {
+    let f = fixture();
+    let dir = case_dir("private-socket");
+    let data = dir.join("data");
+    let sock_dir = dir.join("sock");
+    let socket = sock_dir.join("s.sock");
+    let probe = dir.join("probe.txt");
+    let cb = format!(
+        "from: \"{}\", datadir: \"{}\"",
+        f.backup.display(),
+        data.display()
+    );
+    // While the server runs: its directory's mode, and whether nobody can connect.
+    let shell = format!(
+        "stat -c %a {d} > {p}; if setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/bin/python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' {s}; then echo connected >> {p}; else echo refused >> {p}; fi",
+        d = sock_dir.display(),
+        p = probe.display(),
+        s = socket.display()
+    );
+    let plan = format!(
+        "version: 1
+name: private-socket
+connections:
+  restored: {{socket: \"{s}\", user: root}}
+steps:
+  - id: restore
+    uses: copy_back
+    with: {{{cb}}}
+  - id: restored
+    uses: server
+    needs: [restore]
+    background: true
+    until: check
+    with: {{{server}}}
+  - id: probe
+    uses: exec
+    needs: [restored]
+    with: {{shell: \"{shell}\"}}
+  - id: check
+    uses: sql
+    needs: [probe]
+    with: {{connection: restored, sql: SELECT 1 AS one}}
+",
+        s = socket.display(),
+        server = server_with(&data, &socket, ""),
+    );
+    // A socket straight in a directory others can enter is refused before the start.
+    let shared = dir.join("s.sock");
+    let shared_plan = plan
+        .replace(&socket.display().to_string(), &shared.display().to_string())
+        .replace(&probe.display().to_string(), "/dev/null");
+    let r = run(&dir, &shared_plan);
+    assert_eq!(
+        r.code, 1,
+        "a shared socket directory is refused: {}",
+        r.text
+    );
+    let err = step(&r.report, "restored")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(err.contains("mode 755"), "the error says why: {err}");
+    // Its copy_back had run: start over on an empty datadir.
+    std::fs::remove_dir_all(&data).expect("remove the restored datadir");
+
+    let r = run(&dir, &plan);
+    assert_eq!(r.code, 0, "the plan runs: {}", r.text);
+    let seen = std::fs::read_to_string(&probe).unwrap_or_default();
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["700", "refused"],
+        "the socket's directory is 0700 and nobody cannot connect: {seen}"
     );
 }

@@ -68,8 +68,9 @@ fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path)
 
 fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run {
     let mut args = vec!["run".to_string(), "plans/restore.yaml".to_string()];
-    // Unix socket paths are limited to 107 bytes: keep it short.
-    let socket = format!("/tmp/sh-rt-{}-{tag}.sock", std::process::id());
+    // Unix socket paths are limited to 107 bytes: keep it short (the tempdir is). The
+    // server step creates its directory, private.
+    let socket = work.join(format!("s-{tag}/c.sock")).display().to_string();
     args.extend(sets(&[
         ("repository", repository.to_string()),
         ("endpoint", endpoint.to_string()),
@@ -304,6 +305,63 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
                 .unwrap_or(true),
         "nothing was copied back"
     );
+}
+
+/// A restore killed after its fetch had finished (here: a plan that only fetches)
+/// leaves a complete fetched backup in the workdir; running the restore plan again
+/// must carry on from there, not refuse the workdir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
+    let server = TestServer::builder().name("refetch").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let repository = work.path().join("repo").display().to_string();
+    let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
+    assert_eq!(
+        backup.code, 0,
+        "backup: {}\n{}",
+        backup.stdout, backup.stderr
+    );
+    let fetched = work.path().join("fetched-c");
+    let plan = work.path().join("fetch-only.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: fetch-only\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{}\", repository: {{url: \"{repository}\"}}}}\n",
+            fetched.display()
+        ),
+    )
+    .expect("write plan");
+    let first = tokio::task::block_in_place(|| {
+        run(&[
+            "run".into(),
+            plan.display().to_string(),
+            "--state-dir".into(),
+            work.path().join("state").display().to_string(),
+        ])
+    });
+    assert_eq!(
+        first.code, 0,
+        "the fetch: {}\n{}",
+        first.stdout, first.stderr
+    );
+    assert!(
+        fetched.join("stagehand.json").exists(),
+        "the fetch finished"
+    );
+
+    let rerun = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "c"));
+    assert_eq!(
+        rerun.code, 0,
+        "the rerun carries on\nstdout: {}\nstderr: {}",
+        rerun.stdout, rerun.stderr
+    );
+    let report = report_of(&rerun);
+    assert_eq!(
+        step(&report, "fetch")["outputs"]["bytes"],
+        0,
+        "nothing downloaded again"
+    );
+    assert_eq!(step(&report, "check")["status"], "succeeded");
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
