@@ -701,7 +701,7 @@ pub fn check_target(
     datadir: &Path,
     target: &Path,
 ) -> Result<(), PlacementError> {
-    let resolved = resolve_target(target)?;
+    let place = target_place(target)?;
     let server_datadir = Path::new(&settings.datadir);
     let dirs = [
         ("datadir", datadir.to_path_buf()),
@@ -725,7 +725,7 @@ pub fn check_target(
     ];
     for (what, dir) in dirs {
         // A directory that does not exist here holds nothing the target could clash with.
-        let Ok(dir) = dir.canonicalize() else {
+        let Ok(dir_chain) = ancestry(&dir) else {
             continue;
         };
         let clash = |inside: bool| {
@@ -736,46 +736,68 @@ pub fn check_target(
                 PlacementError::TargetContains { target, what, dir }
             }
         };
-        if resolved.starts_with(&dir) {
+        if place.chain.contains(&dir_chain[0]) {
             return Err(clash(true));
         }
-        if dir.starts_with(&resolved) {
+        if place.exists && dir_chain.contains(&place.chain[0]) {
             return Err(clash(false));
         }
     }
     Ok(())
 }
 
-/// The absolute path `target` will have once created: its nearest existing ancestor
-/// canonicalized (symlinks resolved), then the missing components, `..` applied.
-fn resolve_target(target: &Path) -> Result<PathBuf, PlacementError> {
+/// Where a target will be created: the (device, inode) of the directory it will be in
+/// (or that it is) and of each of its parents, and whether it exists already.
+struct TargetPlace {
+    chain: Vec<(u64, u64)>,
+    exists: bool,
+}
+
+/// Device and inode rather than paths: a bind mount or a symlink names a directory by
+/// another path, and `..` of a bind mount's root is the mount point's parent, as the
+/// kernel will see it when the target is created.
+fn target_place(target: &Path) -> Result<TargetPlace, PlacementError> {
     let absolute = std::path::absolute(target).map_err(|source| PlacementError::Io {
         path: target.display().to_string(),
         source,
     })?;
     let (existing, missing) = nearest_existing(&absolute);
+    // `a/../b` below the existing part: lexical (`a` will be created, so `..` is here).
+    let mut anchor = existing;
+    let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+    for part in missing.components() {
+        match part {
+            std::path::Component::ParentDir if names.pop().is_none() => anchor.push(".."),
+            std::path::Component::Normal(p) => names.push(p),
+            _ => {}
+        }
+    }
+    let (existing, missing) = nearest_existing(&names.iter().fold(anchor, |p, n| p.join(n)));
     if !existing.is_dir() {
         return Err(PlacementError::TargetNotDirectory {
             target: target.display().to_string(),
             file: existing.display().to_string(),
         });
     }
-    let mut resolved = existing
-        .canonicalize()
-        .map_err(|source| PlacementError::Io {
-            path: existing.display().to_string(),
-            source,
-        })?;
-    for part in missing.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                resolved.pop();
-            }
-            std::path::Component::Normal(p) => resolved.push(p),
-            _ => {}
+    Ok(TargetPlace {
+        chain: ancestry(&existing)?,
+        exists: missing.as_os_str().is_empty(),
+    })
+}
+
+/// The (device, inode) of a directory and of each of its parents up to `/`, following
+/// `..` as the kernel does.
+fn ancestry(dir: &Path) -> Result<Vec<(u64, u64)>, PlacementError> {
+    let mut chain = vec![file_id(dir)?];
+    let mut up = dir.join("..");
+    while let Ok(id) = file_id(&up) {
+        if chain.contains(&id) {
+            break;
         }
+        chain.push(id);
+        up.push("..");
     }
-    Ok(resolved)
+    Ok(chain)
 }
 
 /// The longest existing prefix of an absolute path, and the rest.

@@ -470,3 +470,88 @@ async fn a_datadir_the_server_names_by_another_path_is_accepted_by_its_open_file
         c.stdout
     );
 }
+
+/// A bind mount, unmounted on drop (before the temp directory holding it is removed).
+struct BindMount {
+    at: PathBuf,
+}
+
+impl BindMount {
+    fn new(from: &Path, at: &Path) -> BindMount {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test bind-mounts a datadir and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        BindMount {
+            at: at.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_inside_the_datadir_through_a_bind_mount_is_refused() {
+    let server = TestServer::builder().name("bind-target").start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path().join("bm2");
+    let _bind = BindMount::new(server.datadir(), &mount);
+    let target = mount.join("evil");
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
+
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    let expected = format!(
+        "the backup target {} is inside the server's datadir",
+        target.display()
+    );
+    assert!(c.stdout.contains(&expected), "{}", c.stdout);
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        step(&report, "redo")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&expected),
+        "{report}"
+    );
+    assert!(
+        !server.datadir().join("evil").exists(),
+        "nothing in the datadir"
+    );
+    let databases: Vec<String> = server.query("SHOW DATABASES").await;
+    assert!(!databases.iter().any(|d| d == "evil"), "{databases:?}");
+
+    // The directory holding the datadir, through a bind mount: contains it.
+    let parent = dir.path().join("bm3");
+    let _around = BindMount::new(server.base_dir(), &parent);
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &parent);
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout.contains(&format!(
+            "the backup target {} contains the server's datadir",
+            parent.display()
+        )),
+        "{}",
+        c.stdout
+    );
+}
