@@ -962,4 +962,30 @@ mod tests {
             .is_some_and(|w| w.contains("beyond")));
         assert!(redo_mismatch(&[], &[], 1, 1).is_some());
     }
+
+    #[test]
+    fn the_process_behind_a_socket_must_hold_this_log_and_run_in_its_datadir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let socket = d.path().join("s.sock");
+        // This test process listens: its open files are what is looked at.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("listen");
+        let (real, copy) = (d.path().join("real"), d.path().join("copy"));
+        for dir in [&real, &copy] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            std::fs::write(dir.join("ib_logfile0"), b"log").expect("write");
+        }
+        let _held = std::fs::File::open(real.join("ib_logfile0")).expect("open");
+        let other = server_open_files(&socket, &copy.join("ib_logfile0"), &copy);
+        let held = real.join("ib_logfile0").display().to_string();
+        assert!(
+            matches!(&other, Ok(OpenFiles::Others(w)) if w.contains(&held)),
+            "{other:?}"
+        );
+        // The very file open, but the process runs elsewhere (not in `real`).
+        let elsewhere = server_open_files(&socket, &real.join("ib_logfile0"), &real);
+        assert!(
+            matches!(&elsewhere, Ok(OpenFiles::Others(w)) if w.contains("runs in")),
+            "{elsewhere:?}"
+        );
+    }
 }
