@@ -194,9 +194,9 @@ impl TypedStep for Copy {
         let (from, to) = (PathBuf::from(&cfg.from), PathBuf::from(&cfg.to));
         let mut out = Vec::new();
         match crate::datadir::check_backup_source(&session, &settings, &from, &to).await {
-            Ok(()) => out.push(Finding::ok(crate::redo_tail::same_server_note(
-                &cfg.from, &session,
-            ))),
+            Ok(proof) => out.push(crate::redo_tail::same_server_finding(
+                &cfg.from, &session, &proof,
+            )),
             Err(e) => return vec![Finding::error(e.to_string())],
         }
         let files = match discover(&from, &settings) {

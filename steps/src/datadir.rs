@@ -294,6 +294,12 @@ pub enum PlacementError {
         server: String,
         given: String,
     },
+    #[error("{given} does not hold the files the server on {endpoint} has open: {why}")]
+    NotTheServersFiles {
+        endpoint: String,
+        given: String,
+        why: String,
+    },
     #[error("{path} is not the redo log of the server on {endpoint}: {why}")]
     OtherRedoLog {
         endpoint: String,
@@ -328,6 +334,9 @@ impl PlacementError {
     /// What to do about it.
     pub fn hint(&self) -> &'static str {
         match self {
+            PlacementError::NotTheServersFiles { .. } => {
+                "`datadir` must be the directory the server has open (a copy or an old directory at its path is not): give the directory the server's files are in"
+            }
             PlacementError::OtherServer { .. } | PlacementError::OtherRedoLog { .. } => {
                 "`socket`/`host` and `datadir` must name the same server: the locks are taken on the first while the files of the second are copied"
             }
@@ -349,6 +358,25 @@ impl PlacementError {
     }
 }
 
+/// How `datadir` was shown to be the datadir of the session's server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceProof {
+    /// The process behind the socket has this redo log open and runs in `datadir`: the
+    /// same files, whatever path the server itself uses for them (containers).
+    OpenFiles { log: PathBuf },
+    /// The server's `@@datadir` is this directory (device and inode) and the redo log has
+    /// its checkpoint. `unproven` says why the open files could not be checked (`None`
+    /// over TCP, where there is no process to look at).
+    PathAndCheckpoint { unproven: Option<String> },
+}
+
+/// A datadir (device, inode) checked to be the session's server's, and how.
+#[derive(Debug, Clone)]
+pub struct VerifiedSource {
+    pub datadir: (u64, u64),
+    pub proof: SourceProof,
+}
+
 /// Checks, before anything is copied, that `datadir` is the datadir of the server the
 /// session reaches, and that `target` lies apart from every directory of that server.
 pub async fn check_backup_source(
@@ -356,19 +384,23 @@ pub async fn check_backup_source(
     settings: &ServerSettings,
     datadir: &Path,
     target: &Path,
-) -> Result<(), PlacementError> {
-    check_same_server(session, settings, datadir).await?;
-    check_target(settings, datadir, target)
+) -> Result<SourceProof, PlacementError> {
+    let proof = check_same_server(session, settings, datadir).await?;
+    check_target(settings, datadir, target)?;
+    Ok(proof)
 }
 
-/// `datadir` is the server's: its `@@datadir` is the same directory (device and inode:
-/// symlinks and bind mounts name it differently), and the redo log under `datadir` has
-/// the server's checkpoint. Done once per session and directory.
+/// `datadir` is the server's. Over a socket, the server's process must have the redo log
+/// under `datadir` open (a stale copy at the server's path has the same name but other
+/// files). Otherwise, or when its open files cannot be read, its `@@datadir` must be the
+/// same directory (device and inode: symlinks and bind mounts name it differently). In
+/// every case the redo log under `datadir` must have the server's checkpoint. Done once
+/// per session and directory.
 pub async fn check_same_server(
     session: &crate::mariadb::Session,
     settings: &ServerSettings,
     datadir: &Path,
-) -> Result<(), PlacementError> {
+) -> Result<SourceProof, PlacementError> {
     let given = file_id(datadir)?;
     let verified = || {
         session
@@ -376,26 +408,174 @@ pub async fn check_same_server(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     };
-    if *verified() == Some(given) {
-        return Ok(());
+    if let Some(v) = verified().as_ref().filter(|v| v.datadir == given) {
+        return Ok(v.proof.clone());
     }
-    match file_id(Path::new(&settings.datadir)) {
-        Ok(server) if server != given => {
-            return Err(PlacementError::OtherServer {
-                endpoint: session.endpoint.clone(),
-                server: settings.datadir.clone(),
-                given: datadir.display().to_string(),
-            })
-        }
-        Ok(_) => {}
-        // The server's path does not exist here (a container): the redo log decides.
-        Err(e) => {
-            tracing::debug!(server_datadir = %settings.datadir, error = %e, "the server's datadir path is not visible here")
-        }
+    let log = redo_log_path(settings, datadir);
+    let open = match &session.socket {
+        Some(socket) => server_open_files(socket, &log, datadir)?,
+        None => OpenFiles::Unknown(None),
+    };
+    if open != OpenFiles::Open {
+        check_datadir_variable(session, settings, datadir, given)?;
+    }
+    if let OpenFiles::Others(why) = open {
+        return Err(PlacementError::NotTheServersFiles {
+            endpoint: session.endpoint.clone(),
+            given: datadir.display().to_string(),
+            why,
+        });
     }
     check_redo_log_is_the_servers(session, settings, datadir).await?;
-    *verified() = Some(given);
-    Ok(())
+    let proof = match open {
+        OpenFiles::Unknown(unproven) => SourceProof::PathAndCheckpoint { unproven },
+        _ => SourceProof::OpenFiles { log },
+    };
+    *verified() = Some(VerifiedSource {
+        datadir: given,
+        proof: proof.clone(),
+    });
+    Ok(proof)
+}
+
+/// The server's `@@datadir` must be the directory `given` names.
+fn check_datadir_variable(
+    session: &crate::mariadb::Session,
+    settings: &ServerSettings,
+    datadir: &Path,
+    given: (u64, u64),
+) -> Result<(), PlacementError> {
+    match file_id(Path::new(&settings.datadir)) {
+        Ok(server) if server != given => Err(PlacementError::OtherServer {
+            endpoint: session.endpoint.clone(),
+            server: settings.datadir.clone(),
+            given: datadir.display().to_string(),
+        }),
+        Ok(_) => Ok(()),
+        // The server's path does not exist here (a container): the redo log decides.
+        Err(e) => {
+            tracing::debug!(server_datadir = %settings.datadir, error = %e, "the server's datadir path is not visible here");
+            Ok(())
+        }
+    }
+}
+
+/// `ib_logfile0` under `datadir`, where the redo copy reads it.
+fn redo_log_path(settings: &ServerSettings, datadir: &Path) -> PathBuf {
+    settings
+        .resolve_dir(datadir, &settings.innodb_log_group_home_dir)
+        .join("ib_logfile0")
+}
+
+/// What the server's process has open, compared with the redo log under `datadir`.
+#[derive(Debug, PartialEq, Eq)]
+enum OpenFiles {
+    /// It has this very file open, and runs in `datadir`.
+    Open,
+    /// It has other files: why they are not these.
+    Others(String),
+    /// Cannot tell (why; `None` over TCP).
+    Unknown(Option<String>),
+}
+
+/// Which redo log the process listening on `socket` has open: `log` (and its working
+/// directory, where mariadbd runs, is `datadir`), another one, or cannot tell.
+fn server_open_files(
+    socket: &Path,
+    log: &Path,
+    datadir: &Path,
+) -> Result<OpenFiles, PlacementError> {
+    let pid = match peer_pid(socket) {
+        Ok(pid) => pid,
+        Err(why) => return Ok(OpenFiles::Unknown(Some(why))),
+    };
+    let want = file_id(log)?;
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    let entries = match std::fs::read_dir(&fd_dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return Ok(OpenFiles::Unknown(Some(format!(
+                "cannot read {} ({e}): run stagehand as root or as the server's user to tie the path to the server's open files",
+                fd_dir.display()
+            ))))
+        }
+    };
+    let mut other_logs = Vec::new();
+    for fd in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if file_id(&fd).is_ok_and(|id| id == want) {
+            return Ok(working_directory_is(pid, datadir));
+        }
+        if let Ok(open) = std::fs::read_link(&fd) {
+            if open.to_string_lossy().contains("/ib_logfile0") {
+                other_logs.push(open.display().to_string());
+            }
+        }
+    }
+    Ok(if other_logs.is_empty() {
+        // A proxy or a socket-activating service listens, not mariadbd itself.
+        OpenFiles::Unknown(Some(format!(
+            "the process listening on the socket (pid {pid}) has no redo log open"
+        )))
+    } else {
+        OpenFiles::Others(format!(
+            "the server (pid {pid}) has {} open, not {}",
+            other_logs.join(", "),
+            log.display()
+        ))
+    })
+}
+
+/// mariadbd runs in its datadir: with a redo log outside it, the log alone does not
+/// tie `datadir` to the server.
+fn working_directory_is(pid: i32, datadir: &Path) -> OpenFiles {
+    let cwd = PathBuf::from(format!("/proc/{pid}/cwd"));
+    match (file_id(&cwd), file_id(datadir)) {
+        (Ok(a), Ok(b)) if a != b => OpenFiles::Others(format!(
+            "the server (pid {pid}) has its redo log open but runs in {}, not in it",
+            std::fs::read_link(&cwd)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "another directory".into())
+        )),
+        _ => OpenFiles::Open,
+    }
+}
+
+/// The pid of the process listening on a Unix socket (SO_PEERCRED).
+fn peer_pid(socket: &Path) -> Result<i32, String> {
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to {} to find the server's process: {e}",
+            socket.display()
+        )
+    })?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` live across the call and `len` is the size of `cred`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot ask {} for the server's process: {}",
+            socket.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    if cred.pid <= 0 {
+        return Err("the server's process is not visible from here (another pid namespace)".into());
+    }
+    Ok(cred.pid)
 }
 
 /// How often the redo comparison is tried: a checkpoint written between the reads can
@@ -410,9 +590,7 @@ async fn check_redo_log_is_the_servers(
     settings: &ServerSettings,
     datadir: &Path,
 ) -> Result<(), PlacementError> {
-    let path = settings
-        .resolve_dir(datadir, &settings.innodb_log_group_home_dir)
-        .join("ib_logfile0");
+    let path = redo_log_path(settings, datadir);
     let mut why = String::new();
     for attempt in 0..REDO_IDENTITY_TRIES {
         if attempt > 0 {
@@ -523,7 +701,7 @@ pub fn check_target(
     datadir: &Path,
     target: &Path,
 ) -> Result<(), PlacementError> {
-    let resolved = resolve_target(target)?;
+    let place = target_place(target)?;
     let server_datadir = Path::new(&settings.datadir);
     let dirs = [
         ("datadir", datadir.to_path_buf()),
@@ -547,7 +725,7 @@ pub fn check_target(
     ];
     for (what, dir) in dirs {
         // A directory that does not exist here holds nothing the target could clash with.
-        let Ok(dir) = dir.canonicalize() else {
+        let Ok(dir_chain) = ancestry(&dir) else {
             continue;
         };
         let clash = |inside: bool| {
@@ -558,46 +736,68 @@ pub fn check_target(
                 PlacementError::TargetContains { target, what, dir }
             }
         };
-        if resolved.starts_with(&dir) {
+        if place.chain.contains(&dir_chain[0]) {
             return Err(clash(true));
         }
-        if dir.starts_with(&resolved) {
+        if place.exists && dir_chain.contains(&place.chain[0]) {
             return Err(clash(false));
         }
     }
     Ok(())
 }
 
-/// The absolute path `target` will have once created: its nearest existing ancestor
-/// canonicalized (symlinks resolved), then the missing components, `..` applied.
-fn resolve_target(target: &Path) -> Result<PathBuf, PlacementError> {
+/// Where a target will be created: the (device, inode) of the directory it will be in
+/// (or that it is) and of each of its parents, and whether it exists already.
+struct TargetPlace {
+    chain: Vec<(u64, u64)>,
+    exists: bool,
+}
+
+/// Device and inode rather than paths: a bind mount or a symlink names a directory by
+/// another path, and `..` of a bind mount's root is the mount point's parent, as the
+/// kernel will see it when the target is created.
+fn target_place(target: &Path) -> Result<TargetPlace, PlacementError> {
     let absolute = std::path::absolute(target).map_err(|source| PlacementError::Io {
         path: target.display().to_string(),
         source,
     })?;
     let (existing, missing) = nearest_existing(&absolute);
+    // `a/../b` below the existing part: lexical (`a` will be created, so `..` is here).
+    let mut anchor = existing;
+    let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+    for part in missing.components() {
+        match part {
+            std::path::Component::ParentDir if names.pop().is_none() => anchor.push(".."),
+            std::path::Component::Normal(p) => names.push(p),
+            _ => {}
+        }
+    }
+    let (existing, missing) = nearest_existing(&names.iter().fold(anchor, |p, n| p.join(n)));
     if !existing.is_dir() {
         return Err(PlacementError::TargetNotDirectory {
             target: target.display().to_string(),
             file: existing.display().to_string(),
         });
     }
-    let mut resolved = existing
-        .canonicalize()
-        .map_err(|source| PlacementError::Io {
-            path: existing.display().to_string(),
-            source,
-        })?;
-    for part in missing.components() {
-        match part {
-            std::path::Component::ParentDir => {
-                resolved.pop();
-            }
-            std::path::Component::Normal(p) => resolved.push(p),
-            _ => {}
+    Ok(TargetPlace {
+        chain: ancestry(&existing)?,
+        exists: missing.as_os_str().is_empty(),
+    })
+}
+
+/// The (device, inode) of a directory and of each of its parents up to `/`, following
+/// `..` as the kernel does.
+fn ancestry(dir: &Path) -> Result<Vec<(u64, u64)>, PlacementError> {
+    let mut chain = vec![file_id(dir)?];
+    let mut up = dir.join("..");
+    while let Ok(id) = file_id(&up) {
+        if chain.contains(&id) {
+            break;
         }
+        chain.push(id);
+        up.push("..");
     }
-    Ok(resolved)
+    Ok(chain)
 }
 
 /// The longest existing prefix of an absolute path, and the rest.
@@ -761,5 +961,31 @@ mod tests {
         assert!(redo_mismatch(&[900_000], &[900_000], 50_000, 40_000)
             .is_some_and(|w| w.contains("beyond")));
         assert!(redo_mismatch(&[], &[], 1, 1).is_some());
+    }
+
+    #[test]
+    fn the_process_behind_a_socket_must_hold_this_log_and_run_in_its_datadir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let socket = d.path().join("s.sock");
+        // This test process listens: its open files are what is looked at.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("listen");
+        let (real, copy) = (d.path().join("real"), d.path().join("copy"));
+        for dir in [&real, &copy] {
+            std::fs::create_dir_all(dir).expect("mkdir");
+            std::fs::write(dir.join("ib_logfile0"), b"log").expect("write");
+        }
+        let _held = std::fs::File::open(real.join("ib_logfile0")).expect("open");
+        let other = server_open_files(&socket, &copy.join("ib_logfile0"), &copy);
+        let held = real.join("ib_logfile0").display().to_string();
+        assert!(
+            matches!(&other, Ok(OpenFiles::Others(w)) if w.contains(&held)),
+            "{other:?}"
+        );
+        // The very file open, but the process runs elsewhere (not in `real`).
+        let elsewhere = server_open_files(&socket, &real.join("ib_logfile0"), &real);
+        assert!(
+            matches!(&elsewhere, Ok(OpenFiles::Others(w)) if w.contains("runs in")),
+            "{elsewhere:?}"
+        );
     }
 }

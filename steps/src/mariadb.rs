@@ -96,9 +96,12 @@ pub struct Session {
     /// Cancelled when a lock's time budget ran out and the locks were released: the
     /// backup steps working under those locks stop at once.
     pub locks_lost: tokio_util::sync::CancellationToken,
-    /// The datadir (device, inode) already checked to belong to this session's server,
-    /// so later steps (one under BLOCK_COMMIT) do not check it again.
-    pub verified_datadir: std::sync::Mutex<Option<(u64, u64)>>,
+    /// The Unix socket it connected to (`None` over TCP): the server's process is
+    /// asked for through it (SO_PEERCRED) to see which files it has open.
+    pub socket: Option<std::path::PathBuf>,
+    /// The datadir already checked to belong to this session's server, and how, so
+    /// later steps (one under BLOCK_COMMIT) do not check it again.
+    pub verified_datadir: std::sync::Mutex<Option<crate::datadir::VerifiedSource>>,
 }
 
 impl Session {
@@ -241,6 +244,7 @@ impl ConnectionProvider for MariaDbProvider {
             server_version: version.unwrap_or_default(),
             locks: Default::default(),
             locks_lost: Default::default(),
+            socket: cfg.socket.as_ref().map(std::path::PathBuf::from),
             verified_datadir: Default::default(),
         }))
     }

@@ -319,7 +319,7 @@ async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Fi
     )
     .await
     {
-        Ok(()) => out.push(Finding::ok(same_server_note(&cfg.datadir, session))),
+        Ok(proof) => out.push(same_server_finding(&cfg.datadir, session, &proof)),
         Err(e) => return Ok(vec![Finding::error(e.to_string())]),
     }
     let file = File::open(&log_path).map_err(|e| {
@@ -386,12 +386,31 @@ async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Fi
 const MIB: f64 = 1048576.0;
 
 /// The preflight's word that `datadir` and the connection name the same server (the
-/// same text from every step, so it is shown once).
-pub(crate) fn same_server_note(datadir: &str, session: &Session) -> String {
-    format!(
-        "{datadir} is the datadir of the server on {} (same directory, its redo log has the server's checkpoint), and the target lies outside its directories",
+/// same text from every step, so it is shown once), and how that is known: a warning
+/// when the server's open files could not be looked at over its socket.
+pub(crate) fn same_server_finding(
+    datadir: &str,
+    session: &Session,
+    proof: &crate::datadir::SourceProof,
+) -> Finding {
+    use crate::datadir::SourceProof;
+    let head = format!(
+        "{datadir} is the datadir of the server on {}",
         session.endpoint
-    )
+    );
+    let tail = "and the target lies outside its directories";
+    match proof {
+        SourceProof::OpenFiles { log } => Finding::ok(format!(
+            "{head} (same files (the server has {} open), its redo log has the server's checkpoint), {tail}",
+            log.display()
+        )),
+        SourceProof::PathAndCheckpoint { unproven: None } => Finding::ok(format!(
+            "{head} (same directory, its redo log has the server's checkpoint), {tail}"
+        )),
+        SourceProof::PathAndCheckpoint { unproven: Some(why) } => Finding::warn(format!(
+            "{head} by its path and checkpoint only (same directory, its redo log has the server's checkpoint), {tail}; whether the server has these files open was not checked ({why}): a stale copy at the server's path would pass"
+        )),
+    }
 }
 
 /// What the async side tells the copier thread.

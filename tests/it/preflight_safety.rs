@@ -361,3 +361,197 @@ fn zero_commit_budget_is_refused_before_anything_runs() {
         "{all}"
     );
 }
+
+/// Moves a running server's datadir aside (the server keeps its open files) and puts
+/// it back on drop, so the test server's own cleanup finds it.
+struct MovedDatadir {
+    datadir: PathBuf,
+    moved: PathBuf,
+}
+
+impl MovedDatadir {
+    fn new(datadir: &Path, moved: &Path) -> MovedDatadir {
+        std::fs::rename(datadir, moved).expect("move the datadir aside");
+        MovedDatadir {
+            datadir: datadir.to_path_buf(),
+            moved: moved.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for MovedDatadir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.datadir);
+        let _ = std::fs::rename(&self.moved, &self.datadir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_copy_at_the_servers_datadir_path_is_refused() {
+    let server = TestServer::builder().name("stale-copy").start().await;
+    server.exec("CREATE DATABASE app").await;
+    server
+        .exec("CREATE TABLE app.m (v INT) ENGINE=MyISAM")
+        .await;
+    server.exec("INSERT INTO app.m VALUES (1)").await;
+    let real = server.base_dir().join("data.real");
+    let _moved = MovedDatadir::new(server.datadir(), &real);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&real)
+        .arg(server.datadir())
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp -a of the datadir");
+    // Only non-InnoDB writes: the copy's redo log keeps the server's checkpoint.
+    server.exec("INSERT INTO app.m VALUES (2)").await;
+    server.exec("FLUSH TABLES").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("backup");
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
+
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
+    let expected = format!(
+        "{} does not hold the files the server on socket {} has open",
+        server.datadir().display(),
+        server.socket().display()
+    );
+    assert!(c.stdout.contains(&expected), "{}", c.stdout);
+    assert!(
+        c.stdout
+            .contains(&format!("{}/ib_logfile0 open", real.display())),
+        "names the file the server has open: {}",
+        c.stdout
+    );
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
+    assert_eq!(r.code, 1, "the run must fail\n{}\n{}", r.stdout, r.stderr);
+    assert!(
+        step(&report, "redo")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&expected),
+        "{report}"
+    );
+    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
+    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_datadir_the_server_names_by_another_path_is_accepted_by_its_open_files() {
+    // As in a container: the server's @@datadir path names another directory here.
+    let server = TestServer::builder().name("other-path").start().await;
+    let elsewhere = server.base_dir().join("host-view");
+    let _moved = MovedDatadir::new(server.datadir(), &elsewhere);
+    std::fs::create_dir(server.datadir()).expect("another directory at the server's path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sets = backup_sets(
+        server.socket(),
+        "root",
+        &elsewhere,
+        &dir.path().join("backup"),
+    );
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout.contains(&format!(
+            "{} is the datadir of the server on socket {} (same files (the server has {}/ib_logfile0 open)",
+            elsewhere.display(),
+            server.socket().display(),
+            elsewhere.display()
+        )),
+        "{}",
+        c.stdout
+    );
+}
+
+/// A bind mount, unmounted on drop (before the temp directory holding it is removed).
+struct BindMount {
+    at: PathBuf,
+}
+
+impl BindMount {
+    fn new(from: &Path, at: &Path) -> BindMount {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test bind-mounts a datadir and needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        BindMount {
+            at: at.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.at).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_inside_the_datadir_through_a_bind_mount_is_refused() {
+    let server = TestServer::builder().name("bind-target").start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = dir.path().join("bm2");
+    let _bind = BindMount::new(server.datadir(), &mount);
+    let target = mount.join("evil");
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
+
+    let c = blocking({
+        let sets = sets.clone();
+        move || check(&full_backup(), &sets, &[])
+    })
+    .await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    let expected = format!(
+        "the backup target {} is inside the server's datadir",
+        target.display()
+    );
+    assert!(c.stdout.contains(&expected), "{}", c.stdout);
+
+    let state = dir.path().join("state");
+    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        step(&report, "redo")["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&expected),
+        "{report}"
+    );
+    assert!(
+        !server.datadir().join("evil").exists(),
+        "nothing in the datadir"
+    );
+    let databases: Vec<String> = server.query("SHOW DATABASES").await;
+    assert!(!databases.iter().any(|d| d == "evil"), "{databases:?}");
+
+    // The directory holding the datadir, through a bind mount: contains it.
+    let parent = dir.path().join("bm3");
+    let _around = BindMount::new(server.base_dir(), &parent);
+    let sets = backup_sets(server.socket(), "root", server.datadir(), &parent);
+    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
+    assert!(
+        c.stdout.contains(&format!(
+            "the backup target {} contains the server's datadir",
+            parent.display()
+        )),
+        "{}",
+        c.stdout
+    );
+}
