@@ -180,7 +180,9 @@ impl TypedStep for Prepare {
         if manifest.preparing {
             tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
         }
-        backup_server::reclaim_left_servers(&dir).await?;
+        // A server an interrupted run left behind has run recovery on the files too.
+        let reclaimed = backup_server::reclaim_left_servers(&dir).await?;
+        check_unchanged(&dir, &manifest, manifest.preparing || reclaimed, ctx).await?;
         mark_preparing(&dir, &manifest)?;
         let work = async {
             match cfg.engine {
@@ -246,6 +248,46 @@ fn with_rerun_hint(mut e: StepError) -> StepError {
         None => RERUN_HINT.to_string(),
     });
     e
+}
+
+/// Refuses a damaged or tampered backup before anything changes (prepare re-hashes the
+/// files, so it would otherwise bless them): verify's own check of every file against
+/// the manifest. Only a rerun after an interrupted prepare (`interrupted`) skips the files crash
+/// recovery rewrites; table definitions and non-InnoDB tables are checked even then.
+async fn check_unchanged(
+    dir: &Path,
+    manifest: &Manifest,
+    interrupted: bool,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
+    let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
+    tokio::task::spawn_blocking(move || {
+        let rewritten = |p: &str| interrupted && rewritten_by_recovery(p, &m.metadata_files);
+        crate::verify::check_files(&d, &m, &cancel, &rewritten)
+    })
+    .await
+    .map_err(|e| StepError::fatal(format!("the check before prepare crashed: {e}")))?
+    .map(|_| ())
+    .map_err(|mut e| {
+        e.message = format!("refusing to prepare (nothing was changed): {}", e.message);
+        e
+    })
+}
+
+/// Files crash recovery (or `mariadb-backup --prepare`) writes: InnoDB's tablespaces
+/// and redo log, the Aria log, the server's scratch files, and the mariadb-backup
+/// metadata prepare rewrites.
+fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
+    // The server's own files sit at the top: `db1/undo1.frm` is a table's.
+    let top_level = !rel.contains('/');
+    const PREFIXES: &[&str] = &["ibdata", "ib_logfile", "aria_log", "ibtmp"];
+    const NAMES: &[&str] = &["ib_buffer_pool", "ddl_recovery.log", "multi-master.info"];
+    let undo = rel
+        .strip_prefix("undo")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (top_level && (PREFIXES.iter().any(|p| rel.starts_with(p)) || NAMES.contains(&rel) || undo))
+        || rel.ends_with(".ibd")
+        || metadata_files.iter().any(|m| m == rel)
 }
 
 /// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.
