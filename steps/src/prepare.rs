@@ -276,7 +276,7 @@ async fn check_unchanged(
 
 /// Files crash recovery (or `mariadb-backup --prepare`) writes: InnoDB's tablespaces
 /// and redo log, the Aria log, the server's scratch files, and the mariadb-backup
-/// metadata prepare rewrites.
+/// checkpoints file prepare rewrites (not its other metadata).
 fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
     // The server's own files sit at the top: `db1/undo1.frm` is a table's.
     let top_level = !rel.contains('/');
@@ -287,7 +287,7 @@ fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     (top_level && (PREFIXES.iter().any(|p| rel.starts_with(p)) || NAMES.contains(&rel) || undo))
         || rel.ends_with(".ibd")
-        || metadata_files.iter().any(|m| m == rel)
+        || (rel.ends_with("_checkpoints") && metadata_files.iter().any(|m| m == rel))
 }
 
 /// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.
@@ -448,5 +448,45 @@ fn class_of(rel: &str) -> crate::datadir::FileClass {
         C::AriaData
     } else {
         C::NonInnodb
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_skips_only_what_crash_recovery_writes() {
+        let meta: Vec<String> = ["xtrabackup_checkpoints", "xtrabackup_info", "backup-my.cnf"]
+            .map(String::from)
+            .to_vec();
+        for rewritten in [
+            "ibdata1",
+            "undo001",
+            "ib_logfile0",
+            "aria_log.00000001",
+            "aria_log_control",
+            "ibtmp1",
+            "db1/t.ibd",
+            "xtrabackup_checkpoints",
+        ] {
+            assert!(rewritten_by_recovery(rewritten, &meta), "{rewritten}");
+        }
+        for checked in [
+            "db1/t.frm",
+            "db1/a.MAD",
+            "db1/a.MAI",
+            "db1/m.MYD",
+            "db1/db.opt",
+            "db1/p.par",
+            "db1/t.TRG",
+            "db1/undo1.frm",
+            "db1/ibdata1.frm",
+            "undo_x",
+            "backup-my.cnf",
+            "xtrabackup_info",
+        ] {
+            assert!(!rewritten_by_recovery(checked, &meta), "{checked}");
+        }
     }
 }

@@ -490,7 +490,7 @@ mod tests {
             .expect("compress");
         let m = Manifest::read(d.path()).expect("manifest");
         let none = tokio_util::sync::CancellationToken::new();
-        let (bytes, _) = check_files(d.path(), &m, &none).expect("verifies");
+        let (bytes, _) = check_files(d.path(), &m, &none, &|_| false).expect("verifies");
         assert_eq!(bytes, m.data_bytes());
 
         // A flipped byte in an object is named.
@@ -499,7 +499,7 @@ mod tests {
         let mid = b.len() / 2;
         b[mid] ^= 1;
         std::fs::write(&obj, &b).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("damaged");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("damaged");
         assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
         b[mid] ^= 1;
         std::fs::write(&obj, &b).expect("write");
@@ -507,14 +507,14 @@ mod tests {
         // Bytes appended after the frame: the object's hash catches them.
         b.extend_from_slice(b"tail");
         std::fs::write(&obj, &b).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("appended");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("appended");
         assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
 
         // The original left beside its object is not in the manifest.
         b.truncate(b.len() - 4);
         std::fs::write(&obj, &b).expect("write");
         std::fs::write(d.path().join("ibdata1"), text(1 << 20)).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("stray original");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("stray original");
         assert!(
             e.message.contains("ibdata1: not in the manifest"),
             "{}",

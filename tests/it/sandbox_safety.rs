@@ -354,6 +354,9 @@ async fn interrupt_prepare(signal: &str, name: &str) {
         "verify says why and what to do: {out}"
     );
 
+    if signal == "KILL" {
+        rerun_still_checks_table_files(&backup, work.path());
+    }
     let (code, out) = stagehand(&[
         "run",
         "plans/prepare.yaml",
@@ -371,6 +374,29 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     assert!(
         processes_on(&backup).is_empty(),
         "no server left after the rerun"
+    );
+}
+
+/// The rerun of an interrupted prepare skips only the files crash recovery rewrites: a
+/// tampered table definition in a copy of the half-prepared backup is still refused.
+fn rerun_still_checks_table_files(backup: &Path, work: &Path) {
+    let copy = work.join("half-prepared-copy");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(backup)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let frm = copy.join("app/t.frm");
+    let mut bytes = std::fs::read(&frm).expect("t.frm");
+    bytes[200..208].copy_from_slice(b"TAMPERED");
+    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    let (code, out) = stagehand_prepare(&copy, &work.join("state"));
+    assert_eq!(code, 1, "the rerun refuses a tampered table file: {out}");
+    assert!(
+        out.contains("1 problem(s)") && out.contains("app/t.frm"),
+        "naming it, and only it (the files recovery rewrote are skipped): {out}"
     );
 }
 
