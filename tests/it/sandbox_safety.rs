@@ -545,7 +545,9 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
 /// Starts `mariadbd` on `backup` as a child of the test, with `socket` and its pid file
 /// and tmpdir in `run`, and waits until it serves.
 async fn own_server(backup: &Path, run: &Path, socket: &Path) -> std::process::Child {
-    let mut cmd = Command::new("mariadbd");
+    // The build the backup came from (STAGEHAND_MARIADB_BIN in the version matrix).
+    let binary = stagehand_steps::sandbox::find_binary("mariadbd").expect("mariadbd");
+    let mut cmd = Command::new(binary);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", backup.display()))
         .arg(format!("--innodb-undo-directory={}", backup.display()))
