@@ -42,11 +42,17 @@ pub fn backup_my_cnf_options(dir: &Path) -> Result<Vec<(String, Option<String>)>
 pub fn run_dir() -> Result<tempfile::TempDir, StepError> {
     use std::os::unix::fs::PermissionsExt;
     // Created 0700 (no chmod window): nobody else may reach the socket.
-    tempfile::Builder::new()
-        .prefix("stagehand-srv")
+    let dir = tempfile::Builder::new()
+        .prefix(RUN_DIR_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in("/tmp")
-        .map_err(|e| StepError::fatal(format!("cannot create a run directory in /tmp: {e}")))
+        .map_err(|e| StepError::fatal(format!("cannot create a run directory in /tmp: {e}")))?;
+    // Who started the servers run here: a later prepare tells a live run's server
+    // (parent still this process) from one left behind (adopted by init).
+    let starter = dir.path().join(STARTER_FILE);
+    std::fs::write(&starter, std::process::id().to_string())
+        .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", starter.display())))?;
+    Ok(dir)
 }
 
 /// Starts `mariadbd` on `datadir` with the backup's settings; `memory` sizes the buffer
@@ -80,20 +86,24 @@ pub async fn start_on(
     })
 }
 
-/// A sandbox `mariadbd` left running on `datadir` by an earlier run.
+/// A `mariadbd` running on a backup directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeftServer {
     pub pid: u32,
-    /// Its parent: 1 (or a subreaper) when its stagehand is gone.
     pub parent: u32,
-    /// Whether the parent is a live stagehand (a prepare running now).
-    pub parent_is_stagehand: bool,
+    /// Started by stagehand: the sandbox's arguments, its socket or pid file in a
+    /// stagehand run directory ([`run_dir`]).
+    pub ours: bool,
+    /// Adopted by init or a subreaper: whoever started it is gone.
+    pub orphaned: bool,
 }
 
-/// Sandbox servers running on `datadir`: processes whose executable is mariadbd (or
-/// mysqld) started as the sandbox starts them (`--no-defaults` first, then
-/// `--datadir=` this directory). Found through /proc, so no pid file is needed: the
-/// process is visible from the moment it exists.
+/// The prefix of [`run_dir`]'s name: how a sandbox server is recognised.
+const RUN_DIR_PREFIX: &str = "stagehand-srv";
+
+/// The servers running on `datadir`: processes whose program is mariadbd (or mysqld)
+/// with `--datadir=` this directory, whoever started them. Found through /proc, so no
+/// pid file is needed: the process is visible from the moment it exists.
 pub fn servers_on(datadir: &Path) -> Vec<LeftServer> {
     let Ok(wanted) = std::fs::canonicalize(datadir) else {
         return Vec::new();
@@ -102,43 +112,80 @@ pub fn servers_on(datadir: &Path) -> Vec<LeftServer> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let ancestors = ancestors_of(me);
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != me && is_sandbox_on(pid, &wanted))
+        .filter(|&pid| pid != me)
         .filter_map(|pid| {
+            let run_dir = server_on(pid, &wanted)?;
             let parent = parent_of(pid)?;
+            // An orphan goes to init, or to a subreaper: no longer the stagehand that
+            // started it (recorded in its run directory; when not, as older versions
+            // left them, the nearest subreaper above us that is not a stagehand).
+            let orphaned = parent <= 1
+                || match run_dir.as_deref().and_then(starter_of) {
+                    Some(starter) => parent != starter,
+                    None => ancestors.contains(&parent) && !is_stagehand(parent),
+                };
             Some(LeftServer {
                 pid,
                 parent,
-                parent_is_stagehand: parent > 1 && same_program_as_me(parent),
+                ours: run_dir.is_some(),
+                orphaned,
             })
         })
         .collect()
 }
 
-fn is_sandbox_on(pid: u32, datadir: &Path) -> bool {
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = raw.split(|b| *b == 0).collect();
-    let is_server = |arg: &&[u8]| {
-        let name = arg.rsplit(|b| *b == b'/').next().unwrap_or_default();
-        name.starts_with(b"mariadbd") || name.starts_with(b"mysqld")
+/// `Some(run directory)` when `pid` is a server on `datadir`: the run directory when
+/// stagehand's sandbox started it (`--no-defaults` first, its socket or pid file in a
+/// run directory), else `None`.
+fn server_on(pid: u32, datadir: &Path) -> Option<Option<PathBuf>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let is_server = |arg: &String| {
+        let name = arg.rsplit('/').next().unwrap_or_default();
+        name.starts_with("mariadbd") || name.starts_with("mysqld")
     };
     // The program is the first argument, or a later one when a loader runs it
     // (`ld-linux.so --library-path … mariadbd`, as a server build outside the
     // system's libraries is started).
-    let Some(program) = args.iter().take(4).position(is_server) else {
-        return false;
-    };
-    if args.get(program + 1) != Some(&b"--no-defaults".as_slice()) {
-        return false;
-    }
-    args.iter().any(|a| {
-        a.strip_prefix(b"--datadir=")
-            .and_then(|d| std::fs::canonicalize(String::from_utf8_lossy(d).as_ref()).ok())
+    let program = args.iter().take(4).position(is_server)?;
+    let on_datadir = args.iter().any(|a| {
+        a.strip_prefix("--datadir=")
+            .and_then(|d| std::fs::canonicalize(d).ok())
             .is_some_and(|d| d == datadir)
-    })
+    });
+    if !on_datadir {
+        return None;
+    }
+    let run_dir = |value: &str| {
+        let dir = Path::new(value).parent()?;
+        let name = dir.file_name()?.to_str()?;
+        name.starts_with(RUN_DIR_PREFIX).then(|| dir.to_path_buf())
+    };
+    let signed = args.iter().find_map(|a| {
+        a.strip_prefix("--socket=")
+            .or_else(|| a.strip_prefix("--pid-file="))
+            .and_then(run_dir)
+    });
+    let sandbox = args.get(program + 1).map(String::as_str) == Some("--no-defaults");
+    Some(signed.filter(|_| sandbox))
+}
+
+/// The file in a run directory that names the stagehand process that made it.
+const STARTER_FILE: &str = "stagehand.pid";
+
+/// The stagehand that made `run_dir` (and started the server whose files are in it).
+fn starter_of(run_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(run_dir.join(STARTER_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -148,25 +195,62 @@ fn parent_of(pid: u32) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn same_program_as_me(pid: u32) -> bool {
-    let exe = |p: &str| std::fs::read_link(format!("/proc/{p}/exe")).ok();
-    matches!((exe(&pid.to_string()), exe("self")), (Some(a), Some(b)) if a == b)
+/// `pid`'s parent, its parent, … up to (not including) init.
+fn ancestors_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut p = pid;
+    while let Some(parent) = parent_of(p).filter(|&q| q > 1 && !out.contains(&q)) {
+        out.push(parent);
+        p = parent;
+    }
+    out
 }
 
-/// Kills a sandbox server an interrupted run left on `datadir` (it would hold the
-/// files' locks: "Can't lock aria control file"), and waits until it is gone. A server
-/// whose stagehand is still running is another prepare at work: an error.
-pub async fn reclaim_left_servers(datadir: &Path) -> Result<(), StepError> {
-    for left in servers_on(datadir) {
-        if left.parent_is_stagehand {
-            return Err(StepError::fatal(format!(
-                "another stagehand (pid {}) is running a server (pid {}) on {}",
-                left.parent,
-                left.pid,
-                datadir.display()
-            ))
-            .with_hint("wait for that run to finish, or stop it, then run prepare again"));
-        }
+/// Whether `pid` runs a stagehand (this binary, or one named stagehand elsewhere).
+fn is_stagehand(pid: u32) -> bool {
+    let exe = |p: &str| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let named = |e: &Path| {
+        e.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("stagehand"))
+    };
+    match (exe(&pid.to_string()), exe("self")) {
+        (Some(a), Some(b)) => a == b || named(&a),
+        _ => false,
+    }
+}
+
+/// Why prepare must not touch a server running on `datadir`, if it must not: one
+/// stagehand did not start, or one whose parent (a stagehand at work) is alive.
+fn not_reclaimable(left: &LeftServer, datadir: &Path) -> Option<StepError> {
+    let dir = datadir.display();
+    if !left.ours {
+        return Some(StepError::fatal(format!(
+            "a mariadbd that stagehand did not start (pid {}, parent {}) is running on {dir}: prepare would change the files under it, and it is not stagehand's to stop",
+            left.pid, left.parent
+        ))
+        .with_hint("nothing was killed or changed: find out who runs that server, stop it, then run prepare again"));
+    }
+    if !left.orphaned {
+        return Some(StepError::fatal(format!(
+            "a stagehand server (pid {}) is running on {dir}, and the process that started it (pid {}) is still running: another prepare or verify is at work",
+            left.pid, left.parent
+        ))
+        .with_hint("nothing was killed or changed: wait for that run to finish (or stop it), then run prepare again"));
+    }
+    None
+}
+
+/// Kills the sandbox servers an interrupted stagehand left on `datadir` (they would
+/// hold the files' locks: "Can't lock aria control file") and waits until they are
+/// gone; `Ok(true)` when there were any. Any other server on it (someone else's, or
+/// one whose stagehand is still at work) is an error, and then nothing is killed.
+pub async fn reclaim_left_servers(datadir: &Path) -> Result<bool, StepError> {
+    let left = servers_on(datadir);
+    if let Some(e) = left.iter().find_map(|l| not_reclaimable(l, datadir)) {
+        return Err(e);
+    }
+    for left in &left {
         tracing::warn!(pid = left.pid, parent = left.parent, datadir = %datadir.display(), "killing a server an interrupted run left on the backup");
         // SAFETY: kill(2) with a pid read from /proc and a constant signal.
         if unsafe { libc::kill(left.pid as libc::pid_t, libc::SIGKILL) } != 0 {
@@ -182,7 +266,7 @@ pub async fn reclaim_left_servers(datadir: &Path) -> Result<(), StepError> {
         }
         wait_gone(left.pid, datadir).await?;
     }
-    Ok(())
+    Ok(!left.is_empty())
 }
 
 /// Waits until `pid` has exited (a zombie has released its files).

@@ -180,7 +180,9 @@ impl TypedStep for Prepare {
         if manifest.preparing {
             tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
         }
-        backup_server::reclaim_left_servers(&dir).await?;
+        // A server an interrupted run left behind has run recovery on the files too.
+        let reclaimed = backup_server::reclaim_left_servers(&dir).await?;
+        check_unchanged(&dir, &manifest, manifest.preparing || reclaimed, ctx).await?;
         mark_preparing(&dir, &manifest)?;
         let work = async {
             match cfg.engine {
@@ -246,6 +248,46 @@ fn with_rerun_hint(mut e: StepError) -> StepError {
         None => RERUN_HINT.to_string(),
     });
     e
+}
+
+/// Refuses a damaged or tampered backup before anything changes (prepare re-hashes the
+/// files, so it would otherwise bless them): verify's own check of every file against
+/// the manifest. Only a rerun after an interrupted prepare (`interrupted`) skips the files crash
+/// recovery rewrites; table definitions and non-InnoDB tables are checked even then.
+async fn check_unchanged(
+    dir: &Path,
+    manifest: &Manifest,
+    interrupted: bool,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
+    let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
+    tokio::task::spawn_blocking(move || {
+        let rewritten = |p: &str| interrupted && rewritten_by_recovery(p, &m.metadata_files);
+        crate::verify::check_files(&d, &m, &cancel, &rewritten)
+    })
+    .await
+    .map_err(|e| StepError::fatal(format!("the check before prepare crashed: {e}")))?
+    .map(|_| ())
+    .map_err(|mut e| {
+        e.message = format!("refusing to prepare (nothing was changed): {}", e.message);
+        e
+    })
+}
+
+/// Files crash recovery (or `mariadb-backup --prepare`) writes: InnoDB's tablespaces
+/// and redo log, the Aria log, the server's scratch files, and the mariadb-backup
+/// checkpoints file prepare rewrites (not its other metadata).
+fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
+    // The server's own files sit at the top: `db1/undo1.frm` is a table's.
+    let top_level = !rel.contains('/');
+    const PREFIXES: &[&str] = &["ibdata", "ib_logfile", "aria_log", "ibtmp"];
+    const NAMES: &[&str] = &["ib_buffer_pool", "ddl_recovery.log", "multi-master.info"];
+    let undo = rel
+        .strip_prefix("undo")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (top_level && (PREFIXES.iter().any(|p| rel.starts_with(p)) || NAMES.contains(&rel) || undo))
+        || rel.ends_with(".ibd")
+        || (rel.ends_with("_checkpoints") && metadata_files.iter().any(|m| m == rel))
 }
 
 /// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.
@@ -406,5 +448,45 @@ fn class_of(rel: &str) -> crate::datadir::FileClass {
         C::AriaData
     } else {
         C::NonInnodb
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_skips_only_what_crash_recovery_writes() {
+        let meta: Vec<String> = ["xtrabackup_checkpoints", "xtrabackup_info", "backup-my.cnf"]
+            .map(String::from)
+            .to_vec();
+        for rewritten in [
+            "ibdata1",
+            "undo001",
+            "ib_logfile0",
+            "aria_log.00000001",
+            "aria_log_control",
+            "ibtmp1",
+            "db1/t.ibd",
+            "xtrabackup_checkpoints",
+        ] {
+            assert!(rewritten_by_recovery(rewritten, &meta), "{rewritten}");
+        }
+        for checked in [
+            "db1/t.frm",
+            "db1/a.MAD",
+            "db1/a.MAI",
+            "db1/m.MYD",
+            "db1/db.opt",
+            "db1/p.par",
+            "db1/t.TRG",
+            "db1/undo1.frm",
+            "db1/ibdata1.frm",
+            "undo_x",
+            "backup-my.cnf",
+            "xtrabackup_info",
+        ] {
+            assert!(!rewritten_by_recovery(checked, &meta), "{checked}");
+        }
     }
 }

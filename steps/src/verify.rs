@@ -88,9 +88,10 @@ impl TypedStep for Verify {
         let manifest = Manifest::read(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
         let (d, m) = (dir.clone(), manifest.clone());
         let cancel = ctx.cancel.clone();
-        let (bytes, pages) = tokio::task::spawn_blocking(move || check_files(&d, &m, &cancel))
-            .await
-            .map_err(|e| StepError::fatal(format!("verify crashed: {e}")))??;
+        let (bytes, pages) =
+            tokio::task::spawn_blocking(move || check_files(&d, &m, &cancel, &|_| false))
+                .await
+                .map_err(|e| StepError::fatal(format!("verify crashed: {e}")))??;
         check_lsns(&dir, &manifest)?;
         let mut out = Outputs::new();
         out.insert("files".into(), json!(manifest.files.len()));
@@ -123,10 +124,15 @@ fn record_verified(dir: &Path, mut manifest: Manifest, restored: bool) -> Result
         .map_err(|e| StepError::fatal(format!("the backup is good, but {e}")))
 }
 
-fn check_files(
+/// Checks a backup's files against its manifest: each file's size, SHA-256 and InnoDB
+/// page checksums, and that no file is missing from it. `skip(path)` leaves a file out
+/// (prepare's rerun skips the files an interrupted crash recovery already rewrote).
+/// `prepare` runs the same check before it changes anything.
+pub fn check_files(
     dir: &Path,
     m: &Manifest,
     cancel: &tokio_util::sync::CancellationToken,
+    skip: &dyn Fn(&str) -> bool,
 ) -> Result<(u64, u64), StepError> {
     let system_format = m
         .files
@@ -137,7 +143,7 @@ fn check_files(
     let mut bytes = 0;
     let mut pages = 0;
     let mut bad = Vec::new();
-    for f in &m.files {
+    for f in m.files.iter().filter(|f| !skip(&f.path)) {
         if cancel.is_cancelled() {
             return Err(StepError::cancelled());
         }
@@ -162,14 +168,17 @@ fn check_files(
             }
         }
     }
-    for extra in crate::manifest::unlisted_files(dir, &as_stored(&m.files)) {
+    for extra in crate::manifest::unlisted_files(dir, &as_stored(&m.files))
+        .into_iter()
+        .filter(|p| !skip(p))
+    {
         bad.push(format!("{extra}: not in the manifest"));
     }
     if bad.is_empty() {
         Ok((bytes, pages))
     } else {
         Err(StepError::fatal(format!("{} problem(s) in {}: {}", bad.len(), dir.display(), bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ")))
-            .with_hint("the backup is damaged: do not restore it; take a new one (or fetch it again from its repository)"))
+            .with_hint("the backup is damaged: do not restore it; take a new backup (or fetch it again from its repository)"))
     }
 }
 
@@ -481,7 +490,7 @@ mod tests {
             .expect("compress");
         let m = Manifest::read(d.path()).expect("manifest");
         let none = tokio_util::sync::CancellationToken::new();
-        let (bytes, _) = check_files(d.path(), &m, &none).expect("verifies");
+        let (bytes, _) = check_files(d.path(), &m, &none, &|_| false).expect("verifies");
         assert_eq!(bytes, m.data_bytes());
 
         // A flipped byte in an object is named.
@@ -490,7 +499,7 @@ mod tests {
         let mid = b.len() / 2;
         b[mid] ^= 1;
         std::fs::write(&obj, &b).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("damaged");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("damaged");
         assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
         b[mid] ^= 1;
         std::fs::write(&obj, &b).expect("write");
@@ -498,14 +507,14 @@ mod tests {
         // Bytes appended after the frame: the object's hash catches them.
         b.extend_from_slice(b"tail");
         std::fs::write(&obj, &b).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("appended");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("appended");
         assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
 
         // The original left beside its object is not in the manifest.
         b.truncate(b.len() - 4);
         std::fs::write(&obj, &b).expect("write");
         std::fs::write(d.path().join("ibdata1"), text(1 << 20)).expect("write");
-        let e = check_files(d.path(), &m, &none).expect_err("stray original");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("stray original");
         assert!(
             e.message.contains("ibdata1: not in the manifest"),
             "{}",

@@ -6,6 +6,10 @@
 //! 2. Stopping stagehand during prepare (kill -9, SIGINT, SIGTERM) leaves no server on
 //!    the backup, a manifest that says the backup is not complete (`preparing`), a
 //!    `verify` that says so, and a rerun of prepare that finishes the job.
+//! 3. Prepare checks the files against the manifest first: it never blesses (re-hashes)
+//!    a damaged backup.
+//! 4. Prepare kills only a sandbox server stagehand started and left behind, never
+//!    someone else's server on the directory.
 
 use crate::cli::repo_root;
 use stagehand_steps::backup_server;
@@ -168,6 +172,9 @@ async fn small_backup(name: &str, work: &Path) -> PathBuf {
         .await;
     server
         .exec("INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000")
+        .await;
+    server
+        .exec("CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria SELECT seq AS id FROM app.seq_1_to_100")
         .await;
     let target = work.join("backup");
     let set = |k: &str, v: &Path| format!("{k}={}", v.display());
@@ -347,6 +354,9 @@ async fn interrupt_prepare(signal: &str, name: &str) {
         "verify says why and what to do: {out}"
     );
 
+    if signal == "KILL" {
+        rerun_still_checks_table_files(&backup, work.path());
+    }
     let (code, out) = stagehand(&[
         "run",
         "plans/prepare.yaml",
@@ -364,6 +374,29 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     assert!(
         processes_on(&backup).is_empty(),
         "no server left after the rerun"
+    );
+}
+
+/// The rerun of an interrupted prepare skips only the files crash recovery rewrites: a
+/// tampered table definition in a copy of the half-prepared backup is still refused.
+fn rerun_still_checks_table_files(backup: &Path, work: &Path) {
+    let copy = work.join("half-prepared-copy");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(backup)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let frm = copy.join("app/t.frm");
+    let mut bytes = std::fs::read(&frm).expect("t.frm");
+    bytes[200..208].copy_from_slice(b"TAMPERED");
+    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    let (code, out) = stagehand_prepare(&copy, &work.join("state"));
+    assert_eq!(code, 1, "the rerun refuses a tampered table file: {out}");
+    assert!(
+        out.contains("1 problem(s)") && out.contains("app/t.frm"),
+        "naming it, and only it (the files recovery rewrote are skipped): {out}"
     );
 }
 
@@ -440,4 +473,153 @@ async fn prepare_reclaims_a_server_left_on_the_backup() {
     assert_eq!(code, 0, "prepare succeeds despite the orphan: {out}");
     assert!(left.is_empty(), "the orphan is gone: {left:?}");
     assert!(Manifest::read(&backup).is_ok_and(|m| m.prepared.is_some()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Prepare never blesses a damaged backup (re-hashing its files)
+
+fn prepare_args(backup: &Path, state: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "plans/prepare.yaml".into(),
+        "--set".into(),
+        format!("target={}", backup.display()),
+        "--state-dir".into(),
+        state.display().to_string(),
+    ]
+}
+
+fn stagehand_prepare(backup: &Path, state: &Path) -> (i32, String) {
+    let args = prepare_args(backup, state);
+    stagehand(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A table definition overwritten in the middle and an Aria data file with bytes
+/// appended: prepare refuses, names both, changes nothing; an intact copy prepares.
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let backup = small_backup("prep-tamper", work.path()).await;
+    let intact = work.path().join("intact");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&backup)
+        .arg(&intact)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+
+    let frm = backup.join("app/t.frm");
+    let mut bytes = std::fs::read(&frm).expect("t.frm");
+    bytes[200..208].copy_from_slice(b"TAMPERED");
+    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    let mad = backup.join("app/a.MAD");
+    let mut data = std::fs::read(&mad).expect("a.MAD");
+    data.extend_from_slice(b"garbage\n");
+    std::fs::write(&mad, data).expect("append to a.MAD");
+    let manifest_path = backup.join(stagehand_steps::manifest::MANIFEST_FILE);
+    let before = std::fs::read(&manifest_path).expect("manifest");
+
+    let (code, out) = stagehand_prepare(&backup, &work.path().join("state"));
+    assert_eq!(code, 1, "prepare refuses a damaged backup: {out}");
+    assert!(
+        out.contains("app/t.frm") && out.contains("app/a.MAD"),
+        "the damaged files are named: {out}"
+    );
+    assert!(
+        out.contains("the backup is damaged: do not restore it; take a new backup"),
+        "and what to do: {out}"
+    );
+    let after = std::fs::read(&manifest_path).expect("manifest");
+    assert!(before == after, "the manifest is byte-identical");
+    assert!(processes_on(&backup).is_empty(), "no server was started");
+
+    let (code, out) = stagehand_prepare(&intact, &work.path().join("state"));
+    assert_eq!(code, 0, "an intact backup prepares: {out}");
+    assert!(Manifest::read(&intact).is_ok_and(|m| m.prepared.is_some()));
+}
+
+// ---------------------------------------------------------------------------------------
+// Prepare kills only the servers stagehand left behind
+
+/// Starts `mariadbd` on `backup` as a child of the test, with `socket` and its pid file
+/// and tmpdir in `run`, and waits until it serves.
+async fn own_server(backup: &Path, run: &Path, socket: &Path) -> std::process::Child {
+    // The build the backup came from (STAGEHAND_MARIADB_BIN in the version matrix).
+    let binary = stagehand_steps::sandbox::find_binary("mariadbd").expect("mariadbd");
+    let mut cmd = Command::new(binary);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", backup.display()))
+        .arg(format!("--innodb-undo-directory={}", backup.display()))
+        .arg(format!("--socket={}", socket.display()))
+        .arg("--skip-networking")
+        .arg("--user=root")
+        .arg(format!("--tmpdir={}", run.display()))
+        .arg(format!("--pid-file={}", run.join("m.pid").display()))
+        .arg(format!("--log-error={}", run.join("m.err").display()))
+        .arg("--innodb-buffer-pool-size=64M")
+        .arg("--skip-log-bin");
+    for (k, v) in backup_server::backup_my_cnf_options(backup).expect("backup-my.cnf") {
+        cmd.arg(format!("--{k}={}", v.unwrap_or_default()));
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mariadbd starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("our server exited ({status}) before it served");
+        }
+        assert!(Instant::now() < deadline, "our server never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+/// Prepare refuses (exit 1, naming the pid) while `server` runs on `backup`, and the
+/// server is still alive afterwards; then the test stops it itself.
+fn assert_refused_and_alive(
+    mut server: std::process::Child,
+    backup: &Path,
+    state: &Path,
+    says: &str,
+) {
+    let (code, out) = stagehand_prepare(backup, state);
+    let alive = server.try_wait().expect("try_wait").is_none();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        alive,
+        "prepare must not kill a server it did not leave: {out}"
+    );
+    assert_eq!(code, 1, "prepare refuses: {out}");
+    assert!(
+        out.contains(&format!("pid {}", server.id())) && out.contains(says),
+        "it names the server and why ({says}): {out}"
+    );
+    assert!(
+        out.contains("nothing was killed"),
+        "and says nothing was done: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prepare_never_kills_a_server_it_did_not_leave() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let backup = small_backup("prep-foreign", work.path()).await;
+    let state = work.path().join("state");
+
+    // A DBA's own server on the directory, started as the sandbox would be.
+    let run = work.path().join("dba");
+    std::fs::create_dir(&run).expect("dba dir");
+    let server = own_server(&backup, &run, &run.join("s.sock")).await;
+    assert_refused_and_alive(server, &backup, &state, "stagehand did not start");
+
+    // A stagehand-style sandbox whose starter (this test) is alive: another run's.
+    let run = backup_server::run_dir().expect("run dir");
+    let server = own_server(&backup, run.path(), &run.path().join("s.sock")).await;
+    assert_refused_and_alive(server, &backup, &state, "still running");
 }
