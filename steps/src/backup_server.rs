@@ -118,7 +118,7 @@ pub fn servers_on(datadir: &Path) -> Vec<LeftServer> {
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
             let run_dir = server_on(pid, &wanted)?;
-            let parent = parent_of(pid)?;
+            let parent = crate::procfs::parent(pid)?;
             // An orphan goes to init, or to a subreaper: no longer the stagehand that
             // started it (recorded in its run directory; when not, as older versions
             // left them, the nearest subreaper above us that is not a stagehand).
@@ -188,18 +188,11 @@ fn starter_of(run_dir: &Path) -> Option<u32> {
         .ok()
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// `pid`'s parent, its parent, … up to (not including) init.
 fn ancestors_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     let mut p = pid;
-    while let Some(parent) = parent_of(p).filter(|&q| q > 1 && !out.contains(&q)) {
+    while let Some(parent) = crate::procfs::parent(p).filter(|&q| q > 1 && !out.contains(&q)) {
         out.push(parent);
         p = parent;
     }
@@ -274,13 +267,7 @@ async fn wait_gone(pid: u32, datadir: &Path) -> Result<(), StepError> {
     const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let after = &s[s.rfind(')')? + 1..];
-                after.split_whitespace().next().map(str::to_owned)
-            });
-        match state.as_deref() {
+        match crate::procfs::state(pid).as_deref() {
             None | Some("Z") | Some("X") => return Ok(()),
             _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }

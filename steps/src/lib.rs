@@ -18,6 +18,7 @@ pub mod notify;
 pub mod pagecopy;
 pub mod prepare;
 pub mod private_fs;
+pub mod procfs;
 pub mod progress;
 pub mod redo_tail;
 pub mod repo;

@@ -340,7 +340,7 @@ impl Claim {
         let pid = std::process::id();
         Claim {
             run_id: run_id.to_string(),
-            process: process_start(pid).map(|start| (host_name(), pid, start)),
+            process: crate::procfs::start_time(pid).map(|start| (host_name(), pid, start)),
         }
     }
 
@@ -382,16 +382,8 @@ impl Claim {
         };
         !dir.join(MANIFEST_FILE).exists()
             && *host == host_name()
-            && process_start(*pid) != Some(*start)
+            && crate::procfs::start_time(*pid) != Some(*start)
     }
-}
-
-/// Start time of a process (clock ticks since boot, /proc/PID/stat field 22).
-fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn host_name() -> String {
@@ -485,7 +477,7 @@ mod tests {
         // A pid that cannot be running (above the kernel's pid_max), or this process
         // with another start time: both are a run that is gone.
         let me = std::process::id();
-        let my_start = process_start(me).expect("own start time");
+        let my_start = crate::procfs::start_time(me).expect("own start time");
         for (pid, start) in [(u32::MAX - 1, 1), (me, my_start + 1)] {
             let d = claimed_by_process("old-run", &host_name(), pid, start);
             claim_target(d.path(), "new-run").expect("reclaimed");
@@ -500,7 +492,7 @@ mod tests {
     #[test]
     fn a_live_run_a_sealed_backup_another_host_or_an_old_marker_is_not_reclaimed() {
         let me = std::process::id();
-        let my_start = process_start(me).expect("own start time");
+        let my_start = crate::procfs::start_time(me).expect("own start time");
         let live = claimed_by_process("live-run", &host_name(), me, my_start);
         assert!(matches!(
             claim_target(live.path(), "new"),

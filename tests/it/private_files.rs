@@ -4,10 +4,11 @@
 //! leaves its target reusable.
 
 use crate::cli::repo_root;
+use crate::storage_roundtrip::SmallDisk;
 use serde_json::Value;
 use stagehand_steps::testkit::TestServer;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The result of one `stagehand run … --json`.
@@ -110,32 +111,6 @@ async fn a_backup_and_its_run_history_are_readable_by_their_owner_only() {
         "run history entries readable by others:\n{}",
         open.join("\n")
     );
-}
-
-/// A tmpfs of `size` mounted on `dir` for the test's lifetime.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill a disk and needs root (CI runs as root; run `sudo -E cargo test --test it full_disk`): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        SmallDisk(dir.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
