@@ -57,7 +57,7 @@ if ! has_aiosmtpd; then
   has_aiosmtpd || { echo "aiosmtpd is still missing: install python3-aiosmtpd or pip install aiosmtpd" >&2; exit 1; }
 fi
 
-# The S3 store tests (steps/tests/s3_store.rs) run a real moto_server on loopback. pip
+# The S3 store tests (crates/repo/tests/s3_store.rs) run a real moto_server on loopback. pip
 # into `python3` where that works (pyenv, virtualenvs, Pythons without PEP 668); else,
 # as on a stock Debian 12 (PEP 668: "externally managed"), into a venv of our own,
 # which the test harness also looks in. moto >= 5.2.2: 5.2.1 answers

@@ -192,7 +192,7 @@ pub fn main() -> i32 {
 }
 
 fn configure_progress(cli: &Cli) {
-    use stagehand_steps::progress::{configure, Bars};
+    use stagehand_host::progress::{configure, Bars};
     let bars = match (cli.progress, cli.log_format) {
         (ProgressMode::Never, _) => Bars::Never,
         (ProgressMode::Always, _) => Bars::Always,

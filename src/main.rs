@@ -6,6 +6,6 @@ mod cli;
 fn main() {
     // Before anything is created: a backup, its journal and everything else written
     // are readable by this user only (see private_fs).
-    stagehand_steps::private_fs::restrict_umask();
+    stagehand_host::private_fs::restrict_umask();
     std::process::exit(cli::main());
 }

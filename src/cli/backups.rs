@@ -4,8 +4,8 @@
 use super::{EXIT_FAILED, EXIT_OK};
 use clap::{Args as ClapArgs, Subcommand};
 use serde_json::json;
-use stagehand_steps::manifest::Manifest;
-use stagehand_steps::repo::{BackupEntry, RepoConfig, Repository};
+use stagehand_backup::manifest::Manifest;
+use stagehand_repo::{BackupEntry, RepoConfig, Repository};
 
 /// Where the repository is: its URL plus the S3 settings a plan would give. Keys come
 /// from STAGEHAND_S3_ACCESS_KEY_ID / STAGEHAND_S3_SECRET_ACCESS_KEY (as the shipped
@@ -174,7 +174,7 @@ async fn show(cfg: &RepoConfig, id: &str, as_json: bool) -> anyhow::Result<i32> 
         Ok(r) => r,
         Err(e) => return Ok(fail(&e.message)),
     };
-    let id = match stagehand_steps::fetch::resolve_id(&repo, id).await {
+    let id = match stagehand_repo::checks::resolve_id(&repo, id).await {
         Ok(id) => id,
         Err(e) => return Ok(fail(&e.message)),
     };

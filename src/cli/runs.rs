@@ -283,8 +283,8 @@ pub fn publish_metrics(
             base.trim_end_matches('/'),
             path_segment(&report.plan)
         );
-        let sent = stagehand_steps::http::send(
-            stagehand_steps::http::Method::Put,
+        let sent = stagehand_host::http::send(
+            stagehand_host::http::Method::Put,
             &url,
             "text/plain; version=0.0.4",
             &[],
@@ -293,11 +293,11 @@ pub fn publish_metrics(
         );
         match sent {
             Ok(r) if r.is_success() => {
-                tracing::info!(url = %stagehand_steps::http::origin(&url), "metrics pushed")
+                tracing::info!(url = %stagehand_host::http::origin(&url), "metrics pushed")
             }
             Ok(r) => eprintln!(
                 "warning: the Pushgateway {} answered HTTP {}: {}",
-                stagehand_steps::http::origin(&url),
+                stagehand_host::http::origin(&url),
                 r.status,
                 r.body.trim()
             ),

@@ -23,8 +23,8 @@ use crate::workload::{
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
-use stagehand_steps::sandbox::{SandboxOptions, SandboxServer};
-use stagehand_steps::testkit::TestServer;
+use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_testkit::TestServer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -182,7 +182,7 @@ async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String>
 
 /// Compares the `ib_logfile0` a failed backup left with the server's log.
 fn partial_redo_check(server: &TestServer, partial: &Path) -> Option<String> {
-    use stagehand_steps::innodb::redo::START_OFFSET;
+    use stagehand_innodb::redo::START_OFFSET;
     let bytes = std::fs::read(partial).ok()?;
     if bytes.len() as u64 <= START_OFFSET {
         return None;
@@ -511,7 +511,7 @@ async fn check_restored(
 /// differing bytes come from. Only meaningful while the server's log has not wrapped
 /// (the sequence bytes of the first lap are 1 in both).
 fn redo_divergence(source_log: &Path, backup_log: &Path, from: u64, to: u64) -> Option<String> {
-    use stagehand_steps::innodb::redo::{LogFileHeader, LogGeometry, START_OFFSET};
+    use stagehand_innodb::redo::{LogFileHeader, LogGeometry, START_OFFSET};
     use std::os::unix::fs::FileExt;
     let src = std::fs::File::open(source_log).expect("the server's ib_logfile0");
     let mut head = vec![0u8; START_OFFSET as usize];
@@ -570,8 +570,7 @@ fn redo_divergence(source_log: &Path, backup_log: &Path, from: u64, to: u64) -> 
 /// `target/test-logs/<name>-<pid>/`: the backup directory (unprepared, or as far as a
 /// failed run got) and a copy of the source server's datadir (taken while it runs).
 fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf {
-    let dest =
-        stagehand_steps::testkit::test_logs_dir().join(format!("{name}-{}", std::process::id()));
+    let dest = stagehand_testkit::test_logs_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dest);
     // Best effort: a failing copy must not hide the failure being reported.
     let copy = |from: &Path, to: PathBuf| {

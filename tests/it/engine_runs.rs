@@ -4,7 +4,7 @@
 
 use crate::cli::stagehand_env;
 use serde_json::Value;
-use stagehand_steps::testkit::TestServer;
+use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

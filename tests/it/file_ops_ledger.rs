@@ -6,8 +6,8 @@
 
 use crate::cli::repo_root;
 use serde_json::Value;
-use stagehand_steps::innodb::file_ops::{FileOps, SpaceOps};
-use stagehand_steps::testkit::TestServer;
+use stagehand_innodb::file_ops::{FileOps, SpaceOps};
+use stagehand_testkit::TestServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -1,5 +1,5 @@
 //! Integration tests: the CLI on plan files, and runs against real MariaDB servers
-//! started by the test harness (stagehand_steps::testkit).
+//! started by the test harness (stagehand_testkit).
 
 mod cli;
 mod dry_run;

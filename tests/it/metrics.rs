@@ -4,7 +4,7 @@
 
 use crate::notify::{run_plan, write_plan};
 use crate::servers::HttpReceiver;
-use stagehand_steps::testkit::TestServer;
+use stagehand_testkit::TestServer;
 use std::collections::BTreeMap;
 use std::path::Path;
 

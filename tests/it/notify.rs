@@ -636,7 +636,7 @@ steps:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
-    let server = stagehand_steps::testkit::TestServer::builder()
+    let server = stagehand_testkit::TestServer::builder()
         .name("notify-backup")
         .start()
         .await;

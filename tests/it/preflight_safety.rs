@@ -5,8 +5,8 @@
 
 use crate::cli::{repo_root, stagehand, stagehand_env, Run};
 use serde_json::Value;
-use stagehand_steps::manifest::MANIFEST_FILE;
-use stagehand_steps::testkit::TestServer;
+use stagehand_backup::manifest::MANIFEST_FILE;
+use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 use crate::cli::repo_root;
 use crate::storage_roundtrip::SmallDisk;
 use serde_json::Value;
-use stagehand_steps::testkit::TestServer;
+use stagehand_testkit::TestServer;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;

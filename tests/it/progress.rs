@@ -2,7 +2,7 @@
 //! every `--progress-every` without one.
 
 use crate::cli::stagehand_env;
-use stagehand_steps::testkit::TestServer;
+use stagehand_testkit::TestServer;
 use std::path::Path;
 
 const PLAN: &str = r#"

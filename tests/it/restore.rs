@@ -6,7 +6,7 @@
 
 use crate::cli::stagehand;
 use serde_json::Value;
-use stagehand_steps::testkit::TestServer;
+use stagehand_testkit::TestServer;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -483,7 +483,7 @@ fn undo_and_log_directories_from_a_defaults_file() {
             .any(|f| f.starts_with("undo00") || f == "ib_logfile0"),
         "{in_data:?}"
     );
-    let (mysql_uid, _) = stagehand_steps::sandbox::lookup_user("mysql").expect("mysql user");
+    let (mysql_uid, _) = stagehand_mariadb::sandbox::lookup_user("mysql").expect("mysql user");
     for p in [
         data.join("ibdata1"),
         data.join("app"),

@@ -6,8 +6,8 @@
 use crate::cli::stagehand;
 use crate::notify::{run_plan, write_plan, PlanRun};
 use serde_json::{json, Value};
-use stagehand_steps::datadir::ServerSettings;
-use stagehand_steps::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
+use stagehand_backup::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
+use stagehand_mariadb::datadir::ServerSettings;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -330,7 +330,7 @@ fn a_policy_without_a_rule_is_refused_before_anything_runs() {
 /// batched deletes go through the S3 store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
-    use stagehand_steps::testkit_s3::{unique_bucket, MotoServer};
+    use stagehand_testkit::s3::{unique_bucket, MotoServer};
     let moto = MotoServer::shared();
     let bucket = unique_bucket("rotate");
     moto.create_bucket(&bucket).await.expect("bucket");

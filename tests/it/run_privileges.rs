@@ -4,8 +4,8 @@
 
 use crate::cli::stagehand_env;
 use serde_json::Value;
-use stagehand_steps::manifest::MANIFEST_FILE;
-use stagehand_steps::testkit::TestServer;
+use stagehand_backup::manifest::MANIFEST_FILE;
+use stagehand_testkit::TestServer;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_without_binlog_monitor_fails_before_copying() {

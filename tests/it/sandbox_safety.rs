@@ -12,10 +12,10 @@
 //!    someone else's server on the directory.
 
 use crate::cli::repo_root;
-use stagehand_steps::backup_server;
-use stagehand_steps::manifest::{Manifest, ManifestError};
-use stagehand_steps::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
-use stagehand_steps::testkit::{install_datadir, TestServer};
+use stagehand_backup::manifest::{Manifest, ManifestError};
+use stagehand_mariadb::backup_server;
+use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
+use stagehand_testkit::{install_datadir, TestServer};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -517,7 +517,7 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
     let mut data = std::fs::read(&mad).expect("a.MAD");
     data.extend_from_slice(b"garbage\n");
     std::fs::write(&mad, data).expect("append to a.MAD");
-    let manifest_path = backup.join(stagehand_steps::manifest::MANIFEST_FILE);
+    let manifest_path = backup.join(stagehand_backup::manifest::MANIFEST_FILE);
     let before = std::fs::read(&manifest_path).expect("manifest");
 
     let (code, out) = stagehand_prepare(&backup, &work.path().join("state"));
@@ -546,7 +546,7 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
 /// and tmpdir in `run`, and waits until it serves.
 async fn own_server(backup: &Path, run: &Path, socket: &Path) -> std::process::Child {
     // The build the backup came from (STAGEHAND_MARIADB_BIN in the version matrix).
-    let binary = stagehand_steps::sandbox::find_binary("mariadbd").expect("mariadbd");
+    let binary = stagehand_mariadb::sandbox::find_binary("mariadbd").expect("mariadbd");
     let mut cmd = Command::new(binary);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", backup.display()))

@@ -7,11 +7,11 @@
 
 use crate::cli::{stagehand, Run};
 use serde_json::Value;
-use stagehand_steps::compress::StoredReader;
-use stagehand_steps::manifest::{Manifest, MANIFEST_FILE};
-use stagehand_steps::pagecopy::CopiedFile;
-use stagehand_steps::seal::hash_file;
-use stagehand_steps::testkit::TestServer;
+use stagehand_backup::codec::StoredReader;
+use stagehand_backup::entry::hash_file;
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
+use stagehand_testkit::TestServer;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -6,8 +6,8 @@
 
 use crate::cli::{stagehand_env, Run};
 use serde_json::Value;
-use stagehand_steps::testkit::TestServer;
-use stagehand_steps::testkit_s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use stagehand_testkit::TestServer;
 use std::path::Path;
 
 const ENV: &[(&str, &str)] = &[

@@ -8,9 +8,9 @@
 use crate::cli::{stagehand_env, Run};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use serde_json::Value;
-use stagehand_steps::sandbox::{SandboxOptions, SandboxServer};
-use stagehand_steps::testkit::TestServer;
-use stagehand_steps::testkit_s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
+use stagehand_testkit::TestServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -242,7 +242,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     );
     drop(rconn);
     let _ = sandbox
-        .shutdown(stagehand_steps::sandbox::ShutdownMode::Fast)
+        .shutdown(stagehand_mariadb::sandbox::ShutdownMode::Fast)
         .await;
 }
 

@@ -1,0 +1,115 @@
+//! Every path under a backup directory, in one place. A backup directory holds the
+//! copied files, the metadata files mariadb-backup also writes, the manifest
+//! (`stagehand.json`, written last) and a work folder `.stagehand/` that lives only
+//! until the backup is sealed: the run marker, the copy steps' parts, the streaming
+//! ledgers, the redo file-operation ledger and fetch's marker.
+
+use crate::entry::CopiedFile;
+use serde::{Deserialize, Serialize};
+use stagehand_engine::StepError;
+use stagehand_mariadb::datadir::{FileSet, ServerSettings};
+use std::path::{Path, PathBuf};
+
+/// The work folder's name; nothing in it is part of the backup.
+pub const WORK_DIR: &str = ".stagehand";
+
+/// A backup directory and the paths under it.
+#[derive(Debug, Clone)]
+pub struct BackupDir {
+    root: PathBuf,
+}
+
+impl BackupDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `.stagehand/`: removed when the backup is sealed.
+    pub fn work(&self) -> PathBuf {
+        self.root.join(WORK_DIR)
+    }
+    /// Which run owns the unsealed directory (see `manifest::claim_target`).
+    pub fn run_marker(&self) -> PathBuf {
+        self.work().join("run")
+    }
+    /// Where copy steps leave their parts of the manifest.
+    pub fn parts(&self) -> PathBuf {
+        self.work().join("parts")
+    }
+    pub fn part(&self, step: &str) -> PathBuf {
+        self.parts().join(format!("{step}.json"))
+    }
+    /// The ledgers of files announced to a streaming upload.
+    pub fn ready(&self) -> PathBuf {
+        self.work().join("ready")
+    }
+    /// Present while the files leave as they are finished (a streamed backup).
+    pub fn streaming_marker(&self) -> PathBuf {
+        self.work().join("streaming")
+    }
+    /// The tablespace file operations the redo tail saw.
+    pub fn file_ops(&self) -> PathBuf {
+        self.work().join("file_ops.json")
+    }
+    /// Present while `fetch` fills the directory.
+    pub fn fetch_marker(&self) -> PathBuf {
+        self.work().join("fetching")
+    }
+
+    /// Every part the copy steps wrote, oldest first (a later part wins for the same
+    /// file). None when no copy step ran yet; an unreadable part is an error, never
+    /// skipped: a backup must not silently lose the files a part lists.
+    pub fn read_parts(&self) -> Result<Vec<CopyPart>, StepError> {
+        let dir = self.parts();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StepError::fatal(format!("{}: {e}", dir.display()))),
+        };
+        let mut parts = Vec::new();
+        for e in entries {
+            let p = e
+                .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?
+                .path();
+            if p.extension().is_some_and(|x| x == "json") {
+                parts.push(read_part(&p)?);
+            }
+        }
+        parts.sort_by_key(|p: &CopyPart| p.finished_ns);
+        Ok(parts)
+    }
+
+    /// Writes one copy step's part. Not synced: parts only live until `seal`, which
+    /// syncs what it keeps, and an fsync here would lengthen a copy made under
+    /// BLOCK_COMMIT.
+    pub fn write_part(&self, part: &CopyPart) -> Result<PathBuf, StepError> {
+        let path = self.part(&part.step);
+        let failed = |e: &dyn std::fmt::Display| {
+            StepError::fatal(format!("cannot write {}: {e}", path.display()))
+        };
+        let text = serde_json::to_vec_pretty(part).map_err(|e| failed(&e))?;
+        let opts = stagehand_host::atomic::AtomicOptions::unsynced();
+        stagehand_host::atomic::write_atomic(&path, &text, opts).map_err(|e| failed(&e))?;
+        Ok(path)
+    }
+}
+
+fn read_part(p: &Path) -> Result<CopyPart, StepError> {
+    let text = std::fs::read(p).map_err(|e| StepError::fatal(format!("{}: {e}", p.display())))?;
+    serde_json::from_slice(&text).map_err(|e| StepError::fatal(format!("{}: {e}", p.display())))
+}
+
+/// The part of the manifest one copy step writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyPart {
+    pub step: String,
+    pub files_set: FileSet,
+    pub settings: ServerSettings,
+    pub started_at: String,
+    pub seconds: f64,
+    /// When the step finished (ns since the epoch): later parts win for the same file.
+    pub finished_ns: i128,
+    pub files: Vec<CopiedFile>,
+}

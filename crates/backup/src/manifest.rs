@@ -1,0 +1,551 @@
+//! The backup manifest, `stagehand.json`: written last, so a backup directory without it
+//! (or with `complete: false`) is never taken for a finished backup.
+
+use crate::entry::CopiedFile;
+use serde::{Deserialize, Serialize};
+use stagehand_mariadb::datadir::ServerSettings;
+use std::path::Path;
+
+pub const MANIFEST_FILE: &str = "stagehand.json";
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub complete: bool,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub server: ServerSettings,
+    pub lsn: Lsns,
+    pub binlog: Binlog,
+    pub locks: Locks,
+    pub redo: RedoFacts,
+    pub copies: Vec<CopyFacts>,
+    /// Every file of the backup but this manifest, sorted by path.
+    pub files: Vec<CopiedFile>,
+    /// Set (with `complete: false`) while `prepare` changes the files in place: after an
+    /// interruption the hashes no longer match and only a rerun of prepare finishes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preparing: bool,
+    /// Whether the directory has been prepared (made consistent) in place, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Prepared>,
+    /// The metadata files named as the server's version expects (xtrabackup_* or
+    /// mariadb_backup_*).
+    pub metadata_files: Vec<String>,
+    /// `full` (the only kind today; incremental backups will name their base).
+    #[serde(default = "full")]
+    pub backup_type: String,
+    /// The backup this one needs to be restored (an incremental's base); rotation never
+    /// deletes a backup another one depends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The plan (name) that made the backup.
+    #[serde(default)]
+    pub plan: String,
+    /// The host the backup was taken on.
+    #[serde(default)]
+    pub host: String,
+    /// When a `verify` step last checked the backup, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+fn full() -> String {
+    "full".into()
+}
+
+/// How one file of a backup is stored when not as is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredForm {
+    /// Path of the stored object, relative to the backup (`ibdata1.zst`).
+    pub path: String,
+    /// `zstd`.
+    pub codec: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verified {
+    pub at: String,
+    /// `hashes`, `pages` or `restore` (a server was started on a copy).
+    pub depth: String,
+}
+
+impl Manifest {
+    /// Bytes the backup takes where it is stored (compressed sizes where compressed),
+    /// the manifest aside.
+    pub fn stored_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| f.stored.as_ref().map_or(f.size, |s| s.size))
+            .sum()
+    }
+
+    /// Bytes of the data the backup holds (uncompressed).
+    pub fn data_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    /// Parses a manifest read from anywhere; `shown` names it in errors.
+    pub fn from_slice(text: &[u8], shown: &str) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
+            path: shown.to_string(),
+            source,
+        })?;
+        if m.preparing {
+            return Err(ManifestError::Preparing {
+                path: shown.to_string(),
+            });
+        }
+        if !m.complete {
+            return Err(ManifestError::Incomplete {
+                path: shown.to_string(),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Parses a manifest that may be in the middle of a prepare (what a rerun of
+    /// prepare accepts); anything else incomplete is an error.
+    pub fn from_slice_for_prepare(text: &[u8], shown: &str) -> Result<Self, ManifestError> {
+        match Self::from_slice(text, shown) {
+            Err(ManifestError::Preparing { .. }) => {
+                serde_json::from_slice(text).map_err(|source| ManifestError::Parse {
+                    path: shown.to_string(),
+                    source,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The manifest as written to disk or to a repository.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // A Manifest holds only strings, numbers and maps: serialising cannot fail.
+        serde_json::to_vec_pretty(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Lsns {
+    /// The checkpoint the redo copy started from (recovery starts there).
+    pub checkpoint: u64,
+    pub checkpoint_end: u64,
+    /// The LSN read under BLOCK_COMMIT: the backup holds every commit up to here.
+    pub commit: u64,
+    /// The LSN the redo copy reached (≥ commit).
+    pub last: u64,
+    /// The server's newest checkpoint when the copy ended (`to_lsn` of mariadb-backup).
+    pub last_checkpoint: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Binlog {
+    pub file: String,
+    pub position: u64,
+    pub gtid_binlog_pos: String,
+    pub gtid_current_pos: String,
+    pub gtid_slave_pos: String,
+    #[serde(default)]
+    pub replica: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Locks {
+    pub method: String,
+    /// Milliseconds each stage was held.
+    pub holds_ms: serde_json::Map<String, serde_json::Value>,
+    /// BLOCK_COMMIT to END: how long commits waited.
+    pub commit_blocked_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct RedoFacts {
+    pub bytes: u64,
+    pub capacity: u64,
+    pub max_lag_bytes: u64,
+    pub final_catch_up_ms: f64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CopyFacts {
+    pub step: String,
+    pub files: String,
+    pub started_at: String,
+    pub seconds: f64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prepared {
+    pub engine: String,
+    pub at: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: no {MANIFEST_FILE}: this is not a complete stagehand backup (an interrupted backup never gets one)")]
+    Missing { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: the manifest does not parse: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: the manifest says the backup is not complete")]
+    Incomplete { path: String },
+    #[error("{path}: an interrupted prepare: files of the backup changed after the manifest was written; run prepare again on this directory to finish it")]
+    Preparing { path: String },
+}
+
+impl Manifest {
+    /// Reads the manifest of a backup directory; an incomplete backup is an error.
+    pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let (text, shown) = Self::read_text(dir)?;
+        Self::from_slice(&text, &shown)
+    }
+
+    /// Reads the manifest of a complete backup, or of one whose prepare was interrupted.
+    pub fn read_for_prepare(dir: &Path) -> Result<Self, ManifestError> {
+        let (text, shown) = Self::read_text(dir)?;
+        Self::from_slice_for_prepare(&text, &shown)
+    }
+
+    fn read_text(dir: &Path) -> Result<(Vec<u8>, String), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let shown = path.display().to_string();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ManifestError::Missing {
+                    path: dir.display().to_string(),
+                })
+            }
+            Err(source) => {
+                return Err(ManifestError::Io {
+                    path: shown,
+                    source,
+                })
+            }
+        };
+        Ok((text, shown))
+    }
+
+    /// Writes the manifest atomically (temporary file, fsync, rename, fsync of the
+    /// directory): the last write of a backup.
+    pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let io = |source| ManifestError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(self).map_err(|e| ManifestError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e),
+        })?;
+        let opts = stagehand_host::atomic::AtomicOptions::durable();
+        stagehand_host::atomic::write_atomic(&path, &text, opts).map_err(io)
+    }
+}
+
+/// The marker naming the run that is writing a backup directory.
+
+/// Claims `dir` for run `run_id`: creates it, or accepts it when it is empty or already
+/// claimed by this run. The unsealed directory of a run that is gone (killed, its host
+/// rebooted) is emptied and claimed, so a nightly job never waits for someone to `rm`
+/// it. A directory with anything else in it (a run still going, a sealed backup,
+/// unrelated files) is refused: left-over files would end up in a backup that looks
+/// complete.
+pub fn claim_target(dir: &Path, run_id: &str) -> Result<(), ClaimError> {
+    // Two steps of one run may claim at once: one of them reclaims, the other sees it.
+    static CLAIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CLAIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let marker = crate::dir::BackupDir::new(dir).run_marker();
+    let io = |source| ClaimError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if let Some(claim) = Claim::read(dir) {
+        if claim.run_id == run_id {
+            return Ok(());
+        }
+        if !claim.is_abandoned(dir) {
+            return Err(ClaimError::OtherRun {
+                dir: dir.display().to_string(),
+                owner: claim.run_id,
+            });
+        }
+        tracing::warn!(
+            dir = %dir.display(),
+            run = %claim.run_id,
+            "run {} was interrupted (its process is gone) before it sealed this directory: its files are removed and the directory reused",
+            claim.run_id
+        );
+        empty_dir(dir).map_err(io)?;
+    }
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(source) => {
+            return Err(ClaimError::Io {
+                dir: dir.display().to_string(),
+                source,
+            })
+        }
+    };
+    if !empty {
+        return Err(ClaimError::NotEmpty {
+            dir: dir.display().to_string(),
+        });
+    }
+    // The backup's root is private: what is below it holds every row of the server.
+    stagehand_host::private_fs::make_private_dir(dir).map_err(io)?;
+    stagehand_host::private_fs::create_private_dir_all(&crate::dir::BackupDir::new(dir).work())
+        .map_err(io)?;
+    stagehand_host::private_fs::write_private(&marker, Claim::mine(run_id).render()).map_err(io)
+}
+
+/// The run that claimed `dir` as its backup directory, if any.
+pub fn claimed_by(dir: &Path) -> Option<String> {
+    Claim::read(dir).map(|c| c.run_id)
+}
+
+/// What the claim marker says: the run, and (since it names a process) the host, pid
+/// and process start time that tell whether that run is still alive.
+struct Claim {
+    run_id: String,
+    process: Option<(String, u32, u64)>,
+}
+
+impl Claim {
+    fn mine(run_id: &str) -> Self {
+        let pid = std::process::id();
+        Claim {
+            run_id: run_id.to_string(),
+            process: stagehand_host::procfs::start_time(pid).map(|start| (host_name(), pid, start)),
+        }
+    }
+
+    fn render(&self) -> String {
+        match &self.process {
+            Some((host, pid, start)) => {
+                format!("{}\nhost={host} pid={pid} start={start}\n", self.run_id)
+            }
+            None => format!("{}\n", self.run_id),
+        }
+    }
+
+    fn read(dir: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(crate::dir::BackupDir::new(dir).run_marker()).ok()?;
+        let mut lines = text.lines();
+        let run_id = lines.next()?.trim().to_string();
+        let fields: std::collections::HashMap<&str, &str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let process = (|| {
+            Some((
+                fields.get("host")?.to_string(),
+                fields.get("pid")?.parse().ok()?,
+                fields.get("start")?.parse().ok()?,
+            ))
+        })();
+        Some(Claim { run_id, process })
+    }
+
+    /// Unsealed, and its process provably gone: same host, and no process with that pid
+    /// started at that time. A claim from another host (a shared NFS target) or
+    /// without a process (older stagehand) is never taken for abandoned.
+    fn is_abandoned(&self, dir: &Path) -> bool {
+        let Some((host, pid, start)) = &self.process else {
+            return false;
+        };
+        !dir.join(MANIFEST_FILE).exists()
+            && *host == host_name()
+            && stagehand_host::procfs::start_time(*pid) != Some(*start)
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Removes everything in `dir`, the claim marker last.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    let mut claim_dir = None;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n == crate::dir::WORK_DIR) {
+            claim_dir = Some(path);
+        } else if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    claim_dir.map_or(Ok(()), std::fs::remove_dir_all)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{dir} is not empty: a backup goes into a new or empty directory (left-over files would end up in it)")]
+    NotEmpty { dir: String },
+    #[error("{dir} holds the files of run {owner} (an interrupted backup?), not of this run")]
+    OtherRun { dir: String, owner: String },
+    #[error("{dir}: {source}")]
+    Io { dir: String, source: std::io::Error },
+}
+
+impl ClaimError {
+    pub fn into_step_error(self) -> stagehand_engine::StepError {
+        stagehand_engine::StepError::fatal(self.to_string())
+            .with_hint("remove the directory (or choose another target) and run the backup again")
+    }
+}
+
+/// Files in `dir` that `listed` does not name (the manifest and the staging area aside).
+pub fn unlisted_files(dir: &Path, listed: &[crate::entry::CopiedFile]) -> Vec<String> {
+    let names: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(dir)
+                .map(|r| r.display().to_string())
+                .unwrap_or_default();
+            if rel == MANIFEST_FILE || rel.starts_with(crate::dir::WORK_DIR) {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if !names.contains(rel.as_str()) {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory claimed by `run` as process `pid` started at `start` on `host`.
+    fn claimed_by_process(run: &str, host: &str, pid: u32, start: u64) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join(".stagehand")).expect("mkdir");
+        let claim = Claim {
+            run_id: run.into(),
+            process: Some((host.into(), pid, start)),
+        };
+        std::fs::write(
+            crate::dir::BackupDir::new(d.path()).run_marker(),
+            claim.render(),
+        )
+        .expect("marker");
+        std::fs::create_dir_all(d.path().join("db")).expect("mkdir");
+        std::fs::write(d.path().join("db/t.ibd"), b"partial").expect("write");
+        d
+    }
+
+    #[test]
+    fn the_unsealed_directory_of_a_dead_run_is_emptied_and_claimed() {
+        // A pid that cannot be running (above the kernel's pid_max), or this process
+        // with another start time: both are a run that is gone.
+        let me = std::process::id();
+        let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
+        for (pid, start) in [(u32::MAX - 1, 1), (me, my_start + 1)] {
+            let d = claimed_by_process("old-run", &host_name(), pid, start);
+            claim_target(d.path(), "new-run").expect("reclaimed");
+            assert_eq!(claimed_by(d.path()).as_deref(), Some("new-run"));
+            assert!(
+                !d.path().join("db").exists(),
+                "the dead run's files are gone"
+            );
+        }
+    }
+
+    #[test]
+    fn a_live_run_a_sealed_backup_another_host_or_an_old_marker_is_not_reclaimed() {
+        let me = std::process::id();
+        let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
+        let live = claimed_by_process("live-run", &host_name(), me, my_start);
+        assert!(matches!(
+            claim_target(live.path(), "new"),
+            Err(ClaimError::OtherRun { .. })
+        ));
+
+        let sealed = claimed_by_process("old-run", &host_name(), u32::MAX - 1, 1);
+        std::fs::write(sealed.path().join(MANIFEST_FILE), b"{}").expect("manifest");
+        assert!(claim_target(sealed.path(), "new").is_err());
+        assert!(sealed.path().join("db/t.ibd").exists());
+
+        let elsewhere = claimed_by_process("old-run", "another-host", u32::MAX - 1, 1);
+        assert!(
+            claim_target(elsewhere.path(), "new").is_err(),
+            "a shared target on NFS"
+        );
+
+        let old = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(old.path().join(".stagehand")).expect("mkdir");
+        std::fs::write(
+            crate::dir::BackupDir::new(old.path()).run_marker(),
+            "old-run",
+        )
+        .expect("marker");
+        assert!(
+            claim_target(old.path(), "new").is_err(),
+            "no process recorded"
+        );
+    }
+
+    fn sample(complete: bool, preparing: bool) -> Vec<u8> {
+        let value = serde_json::json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": "r", "started_at": "", "finished_at": "",
+            "server": ServerSettings::default(), "lsn": Lsns::default(),
+            "binlog": Binlog::default(), "locks": Locks::default(),
+            "redo": RedoFacts::default(), "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_manifest_being_prepared_is_not_complete_but_prepare_may_finish_it() {
+        let text = sample(false, true);
+        let err = Manifest::from_slice(&text, "b/stagehand.json").err();
+        assert!(
+            matches!(err, Some(ManifestError::Preparing { .. })),
+            "{err:?}"
+        );
+        let shown = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(shown.contains("interrupted prepare") && shown.contains("run prepare again"));
+        assert!(Manifest::from_slice_for_prepare(&text, "b").is_ok_and(|m| m.preparing));
+        assert!(matches!(
+            Manifest::from_slice_for_prepare(&sample(false, false), "b"),
+            Err(ManifestError::Incomplete { .. })
+        ));
+        let complete = Manifest::from_slice(&sample(true, false), "b");
+        assert!(complete.is_ok_and(|m| !m.to_vec().windows(9).any(|w| w == b"preparing")));
+    }
+}

@@ -1,0 +1,11 @@
+//! MariaDB server handling: client sessions and the backup locks they hold (`session`),
+//! the server's settings, data directory layout and identity (`datadir`), private
+//! throwaway servers (`sandbox`) and which server binary may open a backup
+//! (`backup_server`). Knows nothing about the backup directory's format, repositories
+//! or plans (beyond the engine's step error and finding types).
+
+pub mod backup_server;
+pub mod datadir;
+pub mod locks;
+pub mod sandbox;
+pub mod session;

@@ -1,0 +1,473 @@
+//! The S3 store against a real moto_server, directly and through the fault proxy.
+//! Run: `cargo test -p stagehand-steps --features testkit --test s3_store`.
+
+use sha2::{Digest, Sha256};
+use stagehand_repo::s3::S3Store;
+use stagehand_repo::{ByteCounter, RepoConfig, Store, StoreErrorKind};
+use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule, ACCESS_KEY, SECRET_KEY};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+
+async fn bucket(tag: &str) -> (&'static MotoServer, String) {
+    let moto = MotoServer::shared();
+    let b = unique_bucket(tag);
+    moto.create_bucket(&b).await.expect("create bucket");
+    (moto, b)
+}
+
+async fn store(cfg: RepoConfig, bucket: &str, prefix: &str) -> S3Store {
+    S3Store::connect(&cfg, bucket, prefix)
+        .await
+        .expect("connect")
+        .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
+}
+
+fn write_random(dir: &Path, name: &str, size: usize) -> (PathBuf, String) {
+    let mut data = vec![0u8; size];
+    fastrand::fill(&mut data);
+    let p = dir.join(name);
+    std::fs::write(&p, &data).expect("write");
+    (p, format!("{:x}", Sha256::digest(&data)))
+}
+
+fn sha_of(p: &Path) -> String {
+    format!("{:x}", Sha256::digest(std::fs::read(p).expect("read")))
+}
+
+/// Multipart uploads still open in the bucket, asked of moto directly.
+async fn open_uploads(moto: &MotoServer, bucket: &str) -> usize {
+    let out = moto
+        .client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    out.uploads().len()
+}
+
+async fn exists(moto: &MotoServer, bucket: &str, key: &str) -> bool {
+    moto.client()
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_put_get_list_delete() {
+    let (moto, b) = bucket("roundtrip").await;
+    let mut cfg = moto.repo_config(&b, "team/repo");
+    cfg.sse = Some("AES256".into());
+    cfg.storage_class = Some("STANDARD_IA".into());
+    let s = store(cfg, &b, "team/repo").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (small, small_sha) = write_random(dir.path(), "small", 300_000);
+    let progress = ByteCounter::default();
+
+    s.put_file(
+        "20260101T000000Z/ibdata1",
+        &small,
+        300_000,
+        &small_sha,
+        &progress,
+    )
+    .await
+    .expect("put_file");
+    assert_eq!(progress.load(Ordering::Relaxed), 300_000);
+    s.put_bytes("20260101T000000Z/stagehand.json", b"{\"a\":1}".to_vec())
+        .await
+        .expect("put_bytes");
+    s.put_bytes("20260102T000000Z/db/t1.ibd", b"x".to_vec())
+        .await
+        .expect("put_bytes");
+
+    // Stored under the prefix, with the hash, the storage class and encryption.
+    let head = moto
+        .client()
+        .head_object()
+        .bucket(&b)
+        .key("team/repo/20260101T000000Z/ibdata1")
+        .send()
+        .await
+        .expect("head under the prefix");
+    assert_eq!(
+        head.metadata().and_then(|m| m.get("sha256")),
+        Some(&small_sha)
+    );
+    assert_eq!(
+        head.server_side_encryption().map(|s| s.as_str()),
+        Some("AES256")
+    );
+    assert_eq!(
+        head.storage_class().map(|s| s.as_str()),
+        Some("STANDARD_IA")
+    );
+
+    let all = s.list("").await.expect("list");
+    let keys: Vec<_> = all.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "20260101T000000Z/ibdata1",
+            "20260101T000000Z/stagehand.json",
+            "20260102T000000Z/db/t1.ibd"
+        ]
+    );
+    assert_eq!(all[0].size, 300_000);
+    assert_eq!(s.list("20260102T000000Z/").await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_dirs("").await.expect("list_dirs"),
+        ["20260101T000000Z", "20260102T000000Z"]
+    );
+    assert_eq!(s.list_dirs("20260102T000000Z/").await.unwrap(), ["db"]);
+
+    assert_eq!(
+        s.get_bytes("20260101T000000Z/stagehand.json")
+            .await
+            .unwrap(),
+        Some(b"{\"a\":1}".to_vec())
+    );
+    assert_eq!(s.get_bytes("20260101T000000Z/missing").await.unwrap(), None);
+    let back = dir.path().join("back");
+    let n = s
+        .get_to_file("20260101T000000Z/ibdata1", &back, 0, &progress)
+        .await
+        .expect("get_to_file");
+    assert_eq!(n, 300_000);
+    assert_eq!(sha_of(&back), small_sha);
+    assert_eq!(progress.load(Ordering::Relaxed), 600_000);
+
+    let keys: Vec<String> = all.iter().map(|o| o.key.clone()).collect();
+    s.delete(&keys).await.expect("delete");
+    s.delete(&keys)
+        .await
+        .expect("deleting missing keys is fine");
+    assert!(s.list("").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_mib_goes_multipart_in_three_parts() {
+    let (moto, b) = bucket("multipart").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    cfg.part_size = "5MiB".into();
+    let s = store(cfg, &b, "p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, sha) = write_random(dir.path(), "big", 12 * MIB);
+    let progress = ByteCounter::default();
+    s.put_file("id/big", &f, (12 * MIB) as u64, &sha, &progress)
+        .await
+        .expect("multipart put");
+    assert_eq!(proxy.count("CreateMultipartUpload"), 1);
+    assert_eq!(proxy.count("UploadPart"), 3);
+    assert_eq!(proxy.count("CompleteMultipartUpload"), 1);
+    assert_eq!(proxy.count("PutObject"), 0);
+    assert_eq!(progress.load(Ordering::Relaxed), (12 * MIB) as u64);
+    let head = moto
+        .client()
+        .head_object()
+        .bucket(&b)
+        .key("p/id/big")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        head.e_tag().unwrap_or("").ends_with("-3\""),
+        "{:?}",
+        head.e_tag()
+    );
+
+    let back = dir.path().join("back");
+    let n = s
+        .get_to_file("id/big", &back, 0, &progress)
+        .await
+        .expect("get");
+    assert_eq!(n, (12 * MIB) as u64);
+    assert_eq!(sha_of(&back), sha);
+    assert_eq!(open_uploads(moto, &b).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_get_resumes_from_offset() {
+    let (moto, b) = bucket("resume").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "");
+    cfg.endpoint = Some(proxy.endpoint());
+    let s = store(cfg, &b, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, sha) = write_random(dir.path(), "obj", 3 * MIB);
+    let data = std::fs::read(&f).unwrap();
+    s.put_file(
+        "k/obj",
+        &f,
+        data.len() as u64,
+        &sha,
+        &ByteCounter::default(),
+    )
+    .await
+    .unwrap();
+
+    // A partial earlier download: its first MiB is good, what follows is garbage.
+    let back = dir.path().join("back");
+    let mut partial = data[..MIB].to_vec();
+    partial.extend_from_slice(&[0xAB; 4096]);
+    std::fs::write(&back, &partial).unwrap();
+    let progress = ByteCounter::default();
+    let n = s
+        .get_to_file("k/obj", &back, MIB as u64, &progress)
+        .await
+        .expect("resume");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(progress.load(Ordering::Relaxed), (2 * MIB) as u64);
+    assert_eq!(sha_of(&back), sha);
+
+    // Nothing left to fetch.
+    let n = s
+        .get_to_file("k/obj", &back, data.len() as u64, &progress)
+        .await
+        .expect("at the end");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(sha_of(&back), sha);
+
+    // A body cut short is resumed from where it stopped.
+    proxy.reset_counts();
+    proxy.add(Rule::op("GetObject").times(1).truncate(700_000));
+    let back2 = dir.path().join("back2");
+    let n = s
+        .get_to_file("k/obj", &back2, 0, &ByteCounter::default())
+        .await
+        .expect("after a cut");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(sha_of(&back2), sha);
+    assert_eq!(proxy.count("GetObject"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_down_twice_then_success() {
+    let (moto, b) = bucket("slowdown").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    let s = store(cfg, &b, "p").await;
+    proxy.add(Rule::op("PutObject").times(2).status(503, "SlowDown"));
+    s.put_bytes("a/stagehand.json", b"{}".to_vec())
+        .await
+        .expect("put after 503s");
+    assert_eq!(proxy.count("PutObject"), 3);
+    assert_eq!(proxy.faulted("PutObject"), 2);
+    assert!(exists(moto, &b, "p/a/stagehand.json").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_reset_is_retried() {
+    let (moto, b) = bucket("reset").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    cfg.part_size = "5MiB".into();
+    let s = store(cfg, &b, "p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, sha) = write_random(dir.path(), "big", 11 * MIB);
+    proxy.add(Rule::op("UploadPart").times(1).reset());
+    proxy.add(Rule::op("HeadObject").times(1).reset());
+    s.put_file(
+        "x/big",
+        &f,
+        (11 * MIB) as u64,
+        &sha,
+        &ByteCounter::default(),
+    )
+    .await
+    .expect("put after resets");
+    assert_eq!(proxy.count("UploadPart"), 4);
+    assert_eq!(proxy.count("HeadObject"), 2);
+    let back = dir.path().join("back");
+    s.get_to_file("x/big", &back, 0, &ByteCounter::default())
+        .await
+        .unwrap();
+    assert_eq!(sha_of(&back), sha);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stall_beyond_read_timeout_is_retried() {
+    let (moto, b) = bucket("stall").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    cfg.read_timeout = "1s".into();
+    let s = store(cfg, &b, "p").await;
+    proxy.add(
+        Rule::op("PutObject")
+            .times(1)
+            .stall(Duration::from_secs(10)),
+    );
+    proxy.add(
+        Rule::op("GetObject")
+            .times(1)
+            .stall(Duration::from_secs(10)),
+    );
+    let t = Instant::now();
+    s.put_bytes("s/m.json", b"hello".to_vec())
+        .await
+        .expect("put after a stall");
+    assert_eq!(
+        s.get_bytes("s/m.json").await.expect("get after a stall"),
+        Some(b"hello".to_vec())
+    );
+    // Two stalls cut at the 1 s read timeout, not at the attempt timeout (7 s).
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(proxy.count("PutObject"), 2);
+    assert_eq!(proxy.count("GetObject"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_forever_fail_after_max_attempts_and_leave_nothing() {
+    let (moto, b) = bucket("forever").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    cfg.part_size = "5MiB".into();
+    cfg.max_attempts = 3;
+    let s = store(cfg, &b, "p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, sha) = write_random(dir.path(), "big", 12 * MIB);
+    proxy.add(Rule::op("UploadPart").status(500, "InternalError"));
+    let err = s
+        .put_file(
+            "x/big",
+            &f,
+            (12 * MIB) as u64,
+            &sha,
+            &ByteCounter::default(),
+        )
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.kind, StoreErrorKind::Transient);
+    let m = &err.message;
+    assert!(m.contains("UploadPart"), "{m}");
+    assert!(m.contains("s3://") && m.contains("p/x/big"), "{m}");
+    assert!(m.contains("after 3 attempts"), "{m}");
+    assert!(m.contains("500") && m.contains("InternalError"), "{m}");
+    assert!(!m.contains(SECRET_KEY), "{m}");
+    assert_eq!(proxy.count("AbortMultipartUpload"), 1);
+    assert_eq!(proxy.count("CompleteMultipartUpload"), 0);
+    assert_eq!(open_uploads(moto, &b).await, 0);
+    assert!(!exists(moto, &b, "p/x/big").await);
+    // Each part had its own budget of 3, no more.
+    assert!(
+        proxy.count("UploadPart") <= 9,
+        "{}",
+        proxy.count("UploadPart")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_not_retried() {
+    let moto = MotoServer::shared();
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let b = unique_bucket("never-created");
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    let s = store(cfg, &b, "p").await;
+    let err = s
+        .put_bytes("a/stagehand.json", b"{}".to_vec())
+        .await
+        .expect_err("no bucket");
+    assert_eq!(err.kind, StoreErrorKind::Permanent);
+    assert!(err.message.contains("NoSuchBucket"), "{}", err.message);
+    assert!(err.message.contains("PutObject"), "{}", err.message);
+    assert!(
+        err.message.contains("attempt 1 of 6, not retried"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains(SECRET_KEY), "{}", err.message);
+    assert_eq!(proxy.count("PutObject"), 1);
+    assert_eq!(proxy.total(), 1);
+
+    // Access denied is final too.
+    let (moto, b) = bucket("denied").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    let s = store(cfg, &b, "p").await;
+    proxy.add(Rule::op("ListObjectsV2").status(403, "AccessDenied"));
+    let err = s.list("").await.expect_err("denied");
+    assert_eq!(err.kind, StoreErrorKind::Permanent);
+    assert!(err.message.contains("AccessDenied"), "{}", err.message);
+    assert!(!err.message.contains(ACCESS_KEY), "{}", err.message);
+    assert_eq!(proxy.count("ListObjectsV2"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_in_batches_and_abort_incomplete_uploads() {
+    let (moto, b) = bucket("batches").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    let s = store(cfg, &b, "p").await;
+    s.put_bytes("a/1", b"1".to_vec()).await.unwrap();
+    s.put_bytes("a/2", b"2".to_vec()).await.unwrap();
+    let mut keys: Vec<String> = (0..1500).map(|i| format!("gone/{i}")).collect();
+    keys.push("a/1".into());
+    keys.push("a/2".into());
+    s.delete(&keys).await.expect("delete");
+    assert_eq!(proxy.count("DeleteObjects"), 2);
+    assert!(s.list("").await.unwrap().is_empty());
+
+    // Two interrupted uploads under the prefix, one outside it.
+    let c = moto.client();
+    for k in ["p/x/1", "p/y/2", "elsewhere/3"] {
+        c.create_multipart_upload()
+            .bucket(&b)
+            .key(k)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.abort_incomplete_uploads("").await.expect("abort"), 2);
+    assert_eq!(open_uploads(moto, &b).await, 1);
+    assert_eq!(s.abort_incomplete_uploads("").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_upload_is_aborted() {
+    let (moto, b) = bucket("cancel").await;
+    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
+    let mut cfg = moto.repo_config(&b, "p");
+    cfg.endpoint = Some(proxy.endpoint());
+    cfg.part_size = "5MiB".into();
+    let s = store(cfg, &b, "p").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (f, sha) = write_random(dir.path(), "big", 11 * MIB);
+    proxy.add(Rule::op("UploadPart").stall(Duration::from_secs(20)));
+    let r = tokio::time::timeout(
+        Duration::from_secs(2),
+        s.put_file(
+            "c/big",
+            &f,
+            (11 * MIB) as u64,
+            &sha,
+            &ByteCounter::default(),
+        ),
+    )
+    .await;
+    assert!(r.is_err(), "the put should still be running");
+    assert!(proxy.count("UploadPart") >= 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open_uploads(moto, &b).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped upload was not aborted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!exists(moto, &b, "p/c/big").await);
+}

@@ -1,0 +1,410 @@
+//! `fetch`: downloads a backup from a repository into a local directory, files in
+//! parallel, each checked against the manifest's size and SHA-256. Resumable: a new run
+//! into the same directory keeps the files already fetched and intact, and continues a
+//! partly fetched file from where it stopped. The manifest is written last, so the
+//! directory is a complete backup only when every file is there and checked.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use stagehand_backup::dir::BackupDir;
+use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
+use stagehand_engine::step::Finding;
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use stagehand_host::progress::Progress;
+use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
+use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Marks a directory being filled by fetch, with the backup it holds.
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Where the backup comes from.
+    pub repository: RepoConfig,
+    /// The backup's id, or `latest` (the newest complete backup).
+    pub id: String,
+    /// The local directory (created; must be empty, or hold an interrupted fetch of the
+    /// same backup, which is resumed).
+    pub to: String,
+    /// Files downloaded at once.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+}
+
+fn default_parallel() -> usize {
+    4
+}
+
+pub struct Fetch;
+
+#[async_trait]
+impl TypedStep for Fetch {
+    type Config = FetchConfig;
+    const NAME: &'static str = "fetch";
+    const SUMMARY: &'static str =
+        "Downloads a backup from a repository (parallel, resumable, every file's hash checked)";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("id", OutputType::String, "the backup fetched"),
+            output("dir", OutputType::String, "where it is"),
+            output("files", OutputType::Integer, "files in the backup"),
+            output("bytes", OutputType::Integer, "bytes downloaded by this run"),
+            output(
+                "reused_files",
+                OutputType::Integer,
+                "files already fetched by an earlier run",
+            ),
+            output("seconds", OutputType::Number, "wall time"),
+            output(
+                "gtid_binlog_pos",
+                OutputType::String,
+                "the GTID position the backup holds",
+            ),
+            output(
+                "commit_lsn",
+                OutputType::Integer,
+                "the LSN the backup is consistent at",
+            ),
+        ]
+    }
+
+    fn check(cfg: &FetchConfig) -> Result<(), ConfigError> {
+        check_repo(&cfg.repository)?;
+        if cfg.id != "latest" {
+            stagehand_repo::check_backup_id(&cfg.id).map_err(|e| ConfigError {
+                path: "id".into(),
+                message: e.message,
+                hint: Some("a backup id as `stagehand backups list` shows it, or `latest`".into()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &FetchConfig) -> String {
+        let which = if cfg.id == "latest" {
+            "the newest complete backup".to_string()
+        } else {
+            format!("backup {}", cfg.id)
+        };
+        format!(
+            "downloads {which} from {} into {} ({} files at once), checking every file's size and SHA-256 against its manifest; writes the manifest last",
+            cfg.repository.describe(),
+            cfg.to,
+            cfg.parallel
+        )
+    }
+
+    async fn preflight(cfg: &FetchConfig, _ctx: &StepContext) -> Vec<Finding> {
+        vec![probe_repository(&cfg.repository).await]
+    }
+
+    async fn run(cfg: &FetchConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let repo = Repository::open(&cfg.repository)
+            .await
+            .map_err(StoreError::into_step_error)?;
+        let id = resolve_id(&repo, &cfg.id)
+            .await
+            .map_err(StoreError::into_step_error)?;
+        let manifest = repo
+            .manifest(&id)
+            .await
+            .map_err(StoreError::into_step_error)?;
+        let dir = PathBuf::from(&cfg.to);
+        let t0 = Instant::now();
+        let files = stored_files(&manifest);
+        if claim_fetch_dir(&dir, &id, repo.url(), &manifest)? == Claim::AlreadyFetched {
+            tracing::info!(dir = %dir.display(), %id, "already fetched: nothing to download");
+            return Ok(fetch_outputs(
+                cfg,
+                &id,
+                &manifest,
+                files.len(),
+                0,
+                files.len() as u64,
+                t0,
+            ));
+        }
+        let total: u64 = files.iter().map(|f| f.1).sum();
+        let progress = Progress::start(&ctx.step_id, "fetched", total);
+        let store = repo.store().clone();
+        let counter = progress.counter();
+        let result = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+            r = fetch_all(&store, &dir, &id, &files, cfg.parallel, &counter) => r,
+        };
+        let reused = result.map_err(|e| {
+            e.into_step_error().with_hint(format!(
+                "{} is not a complete backup (no manifest); run the fetch again to resume it",
+                dir.display()
+            ))
+        })?;
+        let bytes = progress.done();
+        drop(progress);
+        manifest
+            .write(&dir)
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let _ = std::fs::remove_file(BackupDir::new(&dir).fetch_marker());
+        let _ = std::fs::remove_dir(BackupDir::new(&dir).work());
+        Ok(fetch_outputs(
+            cfg,
+            &id,
+            &manifest,
+            files.len(),
+            bytes,
+            reused,
+            t0,
+        ))
+    }
+}
+
+fn fetch_outputs(
+    cfg: &FetchConfig,
+    id: &str,
+    manifest: &Manifest,
+    files: usize,
+    bytes: u64,
+    reused: u64,
+    t0: Instant,
+) -> Outputs {
+    json!({
+        "id": id,
+        "dir": cfg.to,
+        "files": files,
+        "bytes": bytes,
+        "reused_files": reused,
+        "seconds": t0.elapsed().as_secs_f64(),
+        "gtid_binlog_pos": manifest.binlog.gtid_binlog_pos,
+        "commit_lsn": manifest.lsn.commit,
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// What a fetch directory holds when the step starts.
+#[derive(Debug, PartialEq, Eq)]
+enum Claim {
+    /// Empty, new, or an interrupted fetch of this backup: fetch (resume) into it.
+    Fetch,
+    /// This very backup, fetched by an earlier run (perhaps since verified, decompressed
+    /// or being prepared): nothing to do, so a rerun of a restore plan carries on.
+    AlreadyFetched,
+}
+
+/// The same backup: the run that made it, when and where.
+fn same_backup(local: &Manifest, wanted: &Manifest) -> bool {
+    local.run_id == wanted.run_id
+        && local.started_at == wanted.started_at
+        && local.host == wanted.host
+        && local.plan == wanted.plan
+}
+
+/// Accepts an empty (or missing) directory, or one an earlier fetch of the same backup
+/// was filling or has filled; anything else is refused, so that no stray file ends up
+/// in a restore.
+fn claim_fetch_dir(
+    dir: &Path,
+    id: &str,
+    url: &str,
+    manifest: &Manifest,
+) -> Result<Claim, StepError> {
+    let marker = BackupDir::new(&dir).fetch_marker();
+    let wanted = format!("{url}/{id}");
+    if let Ok(owner) = std::fs::read_to_string(&marker) {
+        if owner.trim() == wanted {
+            tracing::info!("resuming the fetch into {}", dir.display());
+            return Ok(Claim::Fetch);
+        }
+        return Err(StepError::fatal(format!(
+            "{} is being filled with {} by another fetch, not with {wanted}",
+            dir.display(),
+            owner.trim()
+        ))
+        .with_hint("fetch into a new directory"));
+    }
+    if dir.join(MANIFEST_FILE).exists() {
+        // A complete manifest, or one a prepare left `preparing` (the next prepare
+        // finishes it).
+        return match Manifest::read_for_prepare(dir) {
+            Ok(local) if same_backup(&local, manifest) => Ok(Claim::AlreadyFetched),
+            Ok(local) => Err(StepError::fatal(format!(
+                "{} already holds another backup (made by run {} at {}), not {id}",
+                dir.display(),
+                local.run_id,
+                local.started_at
+            ))
+            .with_hint("fetch into a new directory")),
+            Err(e) => Err(StepError::fatal(format!(
+                "{} holds a backup manifest this fetch cannot resume from ({e})",
+                dir.display()
+            ))
+            .with_hint("fetch into a new directory")),
+        };
+    }
+    let empty = std::fs::read_dir(dir)
+        .map(|mut e| e.next().is_none())
+        .unwrap_or(true);
+    if !empty {
+        return Err(StepError::fatal(format!("{} is not empty", dir.display()))
+            .with_hint("fetch into a new or empty directory"));
+    }
+    stagehand_host::private_fs::make_private_dir(dir)
+        .and_then(|_| {
+            stagehand_host::private_fs::create_private_dir_all(&BackupDir::new(&dir).work())
+        })
+        .and_then(|_| stagehand_host::private_fs::write_private(&marker, wanted))
+        .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))
+        .map(|_| Claim::Fetch)
+}
+
+async fn fetch_all(
+    store: &Arc<dyn Store>,
+    dir: &Path,
+    id: &str,
+    files: &[(String, u64, String)],
+    parallel: usize,
+    counter: &ByteCounter,
+) -> Result<u64, StoreError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut reused = 0;
+    let mut order: Vec<&(String, u64, String)> = files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.1));
+    for (path, size, sha) in order.into_iter().cloned() {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::permanent("fetch queue closed"))?;
+        let (store, counter) = (store.clone(), counter.clone());
+        let key = Repository::object_key(id, &path);
+        let local = dir.join(&path);
+        tasks.spawn(async move {
+            let _permit = permit;
+            fetch_one(&store, &key, &local, size, &sha, &counter).await
+        });
+        while let Some(done) = tasks.try_join_next() {
+            reused += u64::from(joined(done)?);
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        reused += u64::from(joined(done)?);
+    }
+    Ok(reused)
+}
+
+fn joined(r: Result<Result<bool, StoreError>, tokio::task::JoinError>) -> Result<bool, StoreError> {
+    r.map_err(|e| StoreError::permanent(format!("a fetch task crashed: {e}")))?
+}
+
+/// Fetches one object into `local`; `true` when it was already there and intact.
+async fn fetch_one(
+    store: &Arc<dyn Store>,
+    key: &str,
+    local: &Path,
+    size: u64,
+    sha256: &str,
+    counter: &ByteCounter,
+) -> Result<bool, StoreError> {
+    if let Some(parent) = local.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::io(&parent.display().to_string(), e))?;
+    }
+    let have = std::fs::metadata(local).ok().map(|m| m.len());
+    if have == Some(size) && hash_of(local).await? == sha256 {
+        return Ok(true);
+    }
+    let have = have.unwrap_or(0);
+    // Resume a shorter file; start over when it is longer (not ours) or the whole
+    // file was there but wrong.
+    let offset = if have < size { have } else { 0 };
+    let got = store.get_to_file(key, local, offset, counter).await?;
+    let hash = hash_of(local).await?;
+    if got == size && hash == sha256 {
+        return Ok(false);
+    }
+    if offset > 0 {
+        // The kept part may have been bad: fetch the whole object once more.
+        let got = store.get_to_file(key, local, 0, counter).await?;
+        let hash = hash_of(local).await?;
+        if got == size && hash == sha256 {
+            return Ok(false);
+        }
+        return Err(corrupt(key, got, &hash, size, sha256));
+    }
+    Err(corrupt(key, got, &hash, size, sha256))
+}
+
+fn corrupt(key: &str, got: u64, hash: &str, size: u64, sha256: &str) -> StoreError {
+    StoreError::mismatch(format!(
+        "{key} is corrupt in the repository: {got} bytes with SHA-256 {hash}, its manifest says {size} bytes with {sha256}"
+    ))
+}
+
+async fn hash_of(path: &Path) -> Result<String, StoreError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let shown = path.display().to_string();
+        let mut f = std::fs::File::open(&path).map_err(|e| StoreError::io(&shown, e))?;
+        let mut h = Sha256::new();
+        std::io::copy(&mut f, &mut h).map_err(|e| StoreError::io(&shown, e))?;
+        Ok(format!("{:x}", h.finalize()))
+    })
+    .await
+    .map_err(|e| StoreError::permanent(format!("a hash task crashed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(run_id: &str, complete: bool, preparing: bool) -> Manifest {
+        let value = json!({
+            "format": 1, "tool": "t", "complete": complete, "preparing": preparing,
+            "run_id": run_id, "started_at": "2026-01-01T00:00:00Z", "finished_at": "",
+            "server": stagehand_mariadb::datadir::ServerSettings::default(),
+            "lsn": stagehand_backup::manifest::Lsns::default(),
+            "binlog": stagehand_backup::manifest::Binlog::default(),
+            "locks": stagehand_backup::manifest::Locks::default(),
+            "redo": stagehand_backup::manifest::RedoFacts::default(),
+            "copies": [], "files": [], "metadata_files": [],
+        });
+        serde_json::from_value(value).expect("a manifest")
+    }
+
+    fn holding(m: &Manifest) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        let text = serde_json::to_vec(m).expect("json");
+        std::fs::write(d.path().join(MANIFEST_FILE), text).expect("write");
+        d
+    }
+
+    #[test]
+    fn the_same_backup_already_fetched_is_kept_and_another_is_refused() {
+        let wanted = manifest("backup-1", true, false);
+        for (local, what) in [
+            (manifest("backup-1", true, false), "complete"),
+            (manifest("backup-1", false, true), "being prepared"),
+        ] {
+            let d = holding(&local);
+            let claim = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).ok();
+            assert_eq!(claim, Some(Claim::AlreadyFetched), "{what}");
+        }
+        let d = holding(&manifest("backup-2", true, false));
+        let err = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).err();
+        assert!(
+            err.is_some_and(|e| e.to_string().contains("another backup")),
+            "another backup is refused"
+        );
+    }
+}

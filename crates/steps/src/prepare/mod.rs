@@ -1,0 +1,492 @@
+//! `prepare`: turns a backup directory into a consistent datadir, in place.
+//! `engine: mariadbd` starts the server binary on it in a sandbox: crash recovery
+//! applies the copied redo log and rolls back unfinished transactions, then a slow
+//! shutdown leaves clean files. `engine: mariadb-backup` runs `mariadb-backup
+//! --prepare` (redo only; the first start rolls back). Either way the manifest is
+//! rewritten with the new files and hashes and says how it was prepared.
+//!
+//! While the files change the manifest says `preparing` (and not `complete`), so an
+//! interrupted prepare (kill -9, SIGINT, a failure) is never taken for a complete
+//! backup; running prepare again finishes the job (recovery is idempotent). The
+//! servers it starts die with stagehand, and one left by an older run is killed first.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::{Manifest, Prepared};
+use stagehand_engine::step::Finding;
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use stagehand_innodb::backup_files as bf;
+use stagehand_mariadb::backup_server;
+use stagehand_mariadb::sandbox::ShutdownMode;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum Engine {
+    #[serde(rename = "mariadbd")]
+    Mariadbd,
+    #[serde(rename = "mariadb-backup")]
+    MariadbBackup,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Mariadbd => "mariadbd",
+            Engine::MariadbBackup => "mariadb-backup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareConfig {
+    /// The backup directory (prepared in place).
+    pub target: String,
+    /// `mariadbd` (crash recovery by the server itself) or `mariadb-backup`.
+    #[serde(default = "default_engine")]
+    pub engine: Engine,
+    /// Memory for recovery (the buffer pool, or mariadb-backup's --use-memory).
+    #[serde(default = "default_memory")]
+    pub memory: String,
+    /// Path of the binary (default: found on PATH, /usr/sbin, /usr/bin).
+    pub binary: Option<String>,
+}
+
+fn default_engine() -> Engine {
+    Engine::Mariadbd
+}
+fn default_memory() -> String {
+    "256MiB".into()
+}
+
+fn memory_bytes(cfg: &PrepareConfig) -> Result<u64, ConfigError> {
+    cfg.memory
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| ConfigError {
+            path: "memory".into(),
+            message: format!("`{}` is not a size", cfg.memory),
+            hint: Some("write e.g. 256MiB, 2GiB".into()),
+        })
+}
+
+pub struct Prepare;
+
+#[async_trait]
+impl TypedStep for Prepare {
+    type Config = PrepareConfig;
+    const NAME: &'static str = "prepare";
+    const SUMMARY: &'static str = "Makes a backup directory consistent in place (mariadbd crash recovery, or mariadb-backup --prepare)";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("engine", OutputType::String, "how it was prepared"),
+            output("seconds", OutputType::Number, "wall time"),
+            output(
+                "already_prepared",
+                OutputType::Boolean,
+                "true when the directory was prepared before (nothing done)",
+            ),
+            output(
+                "files",
+                OutputType::Integer,
+                "files in the prepared directory",
+            ),
+        ]
+    }
+
+    fn check(cfg: &PrepareConfig) -> Result<(), ConfigError> {
+        memory_bytes(cfg).map(|_| ())
+    }
+
+    async fn preflight(cfg: &PrepareConfig, _ctx: &StepContext) -> Vec<Finding> {
+        let explicit = cfg.binary.as_ref().map(PathBuf::from);
+        let dir = PathBuf::from(&cfg.target);
+        match Manifest::read_for_prepare(&dir) {
+            // A backup to prepare: is this host's binary of its series?
+            Ok(m) => vec![match backup_server::binary_for_backup(
+                cfg.engine.name(),
+                explicit,
+                &m.server.version,
+            )
+            .await
+            {
+                Ok(b) => Finding::ok(format!(
+                    "{} is a backup of MariaDB {}; {} can prepare it",
+                    dir.display(),
+                    m.server.version,
+                    b.display()
+                )),
+                Err(e) => Finding::error(match e.hint {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message,
+                }),
+            }],
+            // Not taken yet (a backup plan): say what this host prepares.
+            Err(_) => vec![this_host_prepares(cfg.engine.name(), explicit).await],
+        }
+    }
+
+    fn describe(cfg: &PrepareConfig) -> String {
+        match cfg.engine {
+            Engine::Mariadbd => format!(
+                "prepares {} in place: starts mariadbd on it (no network, no grants) so crash recovery applies the redo log and rolls back, then shuts it down slowly",
+                cfg.target
+            ),
+            Engine::MariadbBackup => format!("prepares {} in place with `mariadb-backup --prepare` (redo applied; the first start rolls back)", cfg.target),
+        }
+    }
+
+    async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let dir = PathBuf::from(&cfg.target);
+        let mut manifest = Manifest::read_for_prepare(&dir).map_err(|e| {
+            StepError::fatal(e.to_string())
+                .with_hint("prepare works on a complete backup made by stagehand")
+        })?;
+        if let Some(f) = manifest.files.iter().find(|f| f.stored.is_some()) {
+            return Err(StepError::fatal(format!(
+                "{} is compressed ({} is stored as {}): a server cannot start on it",
+                dir.display(),
+                f.path,
+                f.stored
+                    .as_ref()
+                    .map(|s| s.path.as_str())
+                    .unwrap_or_default()
+            ))
+            .with_hint("run a `decompress` step on the directory first"));
+        }
+        if let Some(p) = &manifest.prepared {
+            tracing::info!(engine = %p.engine, "already prepared");
+            return Ok(outputs(p.engine.as_str(), 0.0, true, manifest.files.len()));
+        }
+        let t0 = Instant::now();
+        let memory = memory_bytes(cfg).map_err(|e| StepError::fatal(e.message))?;
+        // Refused before anything changes: a binary of another series must not touch it.
+        let binary = Some(
+            backup_server::binary_for_backup(
+                cfg.engine.name(),
+                cfg.binary.as_ref().map(PathBuf::from),
+                &manifest.server.version,
+            )
+            .await?,
+        );
+        if manifest.preparing {
+            tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
+        }
+        // A server an interrupted run left behind has run recovery on the files too.
+        let reclaimed = backup_server::reclaim_left_servers(&dir).await?;
+        check_unchanged(&dir, &manifest, manifest.preparing || reclaimed, ctx).await?;
+        mark_preparing(&dir, &manifest)?;
+        let work = async {
+            match cfg.engine {
+                Engine::Mariadbd => prepare_with_server(&dir, memory, binary).await,
+                Engine::MariadbBackup => prepare_with_mariadb_backup(&dir, memory, binary).await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled().with_hint(RERUN_HINT)),
+            r = work => r.map_err(with_rerun_hint)?,
+        }
+        mark_prepared(&dir, &manifest, cfg.engine)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        manifest.prepared = Some(Prepared {
+            engine: cfg.engine.name().into(),
+            at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            seconds,
+        });
+        let dir2 = dir.clone();
+        manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
+            .await
+            .map_err(|e| StepError::fatal(e.to_string()))??;
+        manifest.complete = true;
+        manifest.preparing = false;
+        manifest
+            .write(&dir)
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        Ok(outputs(
+            cfg.engine.name(),
+            seconds,
+            false,
+            manifest.files.len(),
+        ))
+    }
+}
+
+/// Which series the binary that would prepare here belongs to.
+async fn this_host_prepares(name: &str, explicit: Option<PathBuf>) -> Finding {
+    let shown = explicit
+        .as_ref()
+        .map_or(name.to_string(), |p| p.display().to_string());
+    let Some(binary) = stagehand_mariadb::sandbox::find_binary(&shown) else {
+        return Finding::warn(format!("{shown} not found: this host cannot prepare the backup (install the server of the source's series, or set prepare=false and prepare elsewhere)"));
+    };
+    match stagehand_mariadb::sandbox::server_version(&binary).await {
+        Ok(v) => Finding::ok(format!(
+            "this host prepares with {} (MariaDB {v}): backups of MariaDB {} servers",
+            binary.display(),
+            stagehand_mariadb::session::ServerVersion::parse(&v)
+                .map_or(v.clone(), |s| format!("{}.{}", s.major, s.minor))
+        )),
+        Err(e) => Finding::error(e.to_string()),
+    }
+}
+
+const RERUN_HINT: &str = "the manifest says `preparing` until a prepare finishes: run prepare again on the directory to finish it";
+
+/// Keeps a failure's own hint (e.g. "install mariadb-backup"), adding the rerun advice.
+fn with_rerun_hint(mut e: StepError) -> StepError {
+    e.hint = Some(match e.hint.take() {
+        Some(h) => format!("{h}; {RERUN_HINT}"),
+        None => RERUN_HINT.to_string(),
+    });
+    e
+}
+
+/// Refuses a damaged or tampered backup before anything changes (prepare re-hashes the
+/// files, so it would otherwise bless them): verify's own check of every file against
+/// the manifest. Only a rerun after an interrupted prepare (`interrupted`) skips the files crash
+/// recovery rewrites; table definitions and non-InnoDB tables are checked even then.
+async fn check_unchanged(
+    dir: &Path,
+    manifest: &Manifest,
+    interrupted: bool,
+    ctx: &StepContext,
+) -> Result<(), StepError> {
+    let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
+    tokio::task::spawn_blocking(move || {
+        let rewritten = |p: &str| interrupted && rewritten_by_recovery(p, &m.metadata_files);
+        stagehand_backup::check::check_files(&d, &m, &cancel, &rewritten)
+    })
+    .await
+    .map_err(|e| StepError::fatal(format!("the check before prepare crashed: {e}")))?
+    .map(|_| ())
+    .map_err(|mut e| {
+        e.message = format!("refusing to prepare (nothing was changed): {}", e.message);
+        e
+    })
+}
+
+/// Files crash recovery (or `mariadb-backup --prepare`) writes: InnoDB's tablespaces
+/// and redo log, the Aria log, the server's scratch files, and the mariadb-backup
+/// checkpoints file prepare rewrites (not its other metadata).
+fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
+    // The server's own files sit at the top: `db1/undo1.frm` is a table's.
+    let top_level = !rel.contains('/');
+    const PREFIXES: &[&str] = &["ibdata", "ib_logfile", "aria_log", "ibtmp"];
+    const NAMES: &[&str] = &["ib_buffer_pool", "ddl_recovery.log", "multi-master.info"];
+    let undo = rel
+        .strip_prefix("undo")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (top_level && (PREFIXES.iter().any(|p| rel.starts_with(p)) || NAMES.contains(&rel) || undo))
+        || rel.ends_with(".ibd")
+        || (rel.ends_with("_checkpoints") && metadata_files.iter().any(|m| m == rel))
+}
+
+/// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.
+fn mark_preparing(dir: &Path, manifest: &Manifest) -> Result<(), StepError> {
+    let mut preparing = manifest.clone();
+    preparing.complete = false;
+    preparing.preparing = true;
+    preparing
+        .write(dir)
+        .map_err(|e| StepError::fatal(format!("cannot mark the backup as being prepared: {e}")))
+}
+
+fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> Outputs {
+    let mut o = Outputs::new();
+    o.insert("engine".into(), json!(engine));
+    o.insert("seconds".into(), json!((seconds * 1000.0).round() / 1000.0));
+    o.insert("already_prepared".into(), json!(already));
+    o.insert("files".into(), json!(files));
+    o
+}
+
+async fn prepare_with_server(
+    dir: &Path,
+    memory: u64,
+    binary: Option<PathBuf>,
+) -> Result<(), StepError> {
+    let run = backup_server::run_dir()?;
+    let server = backup_server::start_on(dir, run.path(), memory, binary).await?;
+    let log = server.error_log().to_path_buf();
+    server
+        .shutdown(ShutdownMode::Slow)
+        .await
+        .map_err(|e| StepError::fatal(format!("the slow shutdown after recovery failed: {e}")))?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if text.contains("[ERROR]") {
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("[ERROR]"))
+            .take(10)
+            .collect();
+        return Err(StepError::fatal(format!(
+            "crash recovery reported errors:\n{}",
+            errors.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+async fn prepare_with_mariadb_backup(
+    dir: &Path,
+    memory: u64,
+    binary: Option<PathBuf>,
+) -> Result<(), StepError> {
+    let bin = binary
+        .or_else(|| stagehand_mariadb::sandbox::find_binary("mariadb-backup"))
+        .ok_or_else(|| {
+            StepError::fatal("mariadb-backup not found")
+                .with_hint("install it with 'apt-get install mariadb-backup'")
+        })?;
+    let mut command = tokio::process::Command::new(&bin);
+    command
+        .arg("--prepare")
+        .arg(format!("--target-dir={}", dir.display()))
+        .arg(format!("--use-memory={memory}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let cannot_run = |e| StepError::fatal(format!("cannot run {}: {e}", bin.display()));
+    let out = stagehand_mariadb::sandbox::spawn_tied_to_process(command)
+        .await
+        .map_err(cannot_run)?
+        .wait_with_output()
+        .await
+        .map_err(cannot_run)?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || !text.contains("completed OK!") {
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(StepError::fatal(format!(
+            "mariadb-backup --prepare failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        )));
+    }
+    Ok(())
+}
+
+/// Records in the mariadb-backup metadata that the redo has been applied, so its
+/// `--copy-back` accepts the directory and `--prepare` does not apply it again.
+fn mark_prepared(dir: &Path, manifest: &Manifest, engine: Engine) -> Result<(), StepError> {
+    if engine == Engine::MariadbBackup {
+        return Ok(()); // mariadb-backup rewrote its own file
+    }
+    let Some(name) = manifest
+        .metadata_files
+        .iter()
+        .find(|n| n.ends_with("_checkpoints"))
+    else {
+        return Ok(());
+    };
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    let mut c = bf::parse_checkpoints(&text)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    c.backup_type = bf::BackupType::LogApplied;
+    std::fs::write(&path, bf::render_checkpoints(&c))
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))
+}
+
+/// Every file of a directory (but the manifest), hashed: prepare changes many files.
+pub fn rehash_dir(dir: &Path) -> Result<Vec<CopiedFile>, StepError> {
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<CopiedFile>) -> Result<(), StepError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let rel = path
+            .strip_prefix(root)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if path.is_dir() {
+            walk(root, &path, out)?;
+        } else if rel != stagehand_backup::manifest::MANIFEST_FILE && !rel.starts_with('.') {
+            let mut f = stagehand_backup::entry::hash_file(root, &rel)?;
+            f.class = class_of(&rel);
+            out.push(f);
+        }
+    }
+    Ok(())
+}
+
+fn class_of(rel: &str) -> stagehand_mariadb::datadir::FileClass {
+    use stagehand_mariadb::datadir::FileClass as C;
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    if name.starts_with("ibdata") {
+        C::SystemTablespace
+    } else if name.starts_with("undo") && name.len() == 7 {
+        C::UndoTablespace
+    } else if name.ends_with(".ibd") {
+        C::Tablespace
+    } else if name.starts_with("aria_log") {
+        C::AriaLog
+    } else if name.ends_with(".MAD") || name.ends_with(".MAI") {
+        C::AriaData
+    } else {
+        C::NonInnodb
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rerun_skips_only_what_crash_recovery_writes() {
+        let meta: Vec<String> = ["xtrabackup_checkpoints", "xtrabackup_info", "backup-my.cnf"]
+            .map(String::from)
+            .to_vec();
+        for rewritten in [
+            "ibdata1",
+            "undo001",
+            "ib_logfile0",
+            "aria_log.00000001",
+            "aria_log_control",
+            "ibtmp1",
+            "db1/t.ibd",
+            "xtrabackup_checkpoints",
+        ] {
+            assert!(rewritten_by_recovery(rewritten, &meta), "{rewritten}");
+        }
+        for checked in [
+            "db1/t.frm",
+            "db1/a.MAD",
+            "db1/a.MAI",
+            "db1/m.MYD",
+            "db1/db.opt",
+            "db1/p.par",
+            "db1/t.TRG",
+            "db1/undo1.frm",
+            "db1/ibdata1.frm",
+            "undo_x",
+            "backup-my.cnf",
+            "xtrabackup_info",
+        ] {
+            assert!(!rewritten_by_recovery(checked, &meta), "{checked}");
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! `seal`: the last step of a backup. Checks that the pieces fit (the redo copy reached
+//! the commit LSN, the InnoDB copy is there), writes the metadata files mariadb-backup
+//! expects (so `mariadb-backup --prepare` works on the directory too), and then the
+//! manifest, which is what marks the backup complete.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stagehand_backup::dir::{BackupDir, CopyPart};
+use stagehand_backup::entry::hash_file;
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::*;
+use stagehand_engine::step::Upstream;
+use stagehand_engine::{
+    output, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use stagehand_innodb::backup_files as bf;
+use std::path::Path;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SealConfig {
+    /// The backup directory the upstream copy and redo_tail steps wrote.
+    pub to: String,
+}
+
+pub struct Seal;
+
+#[async_trait]
+impl TypedStep for Seal {
+    type Config = SealConfig;
+    const NAME: &'static str = "seal";
+    const SUMMARY: &'static str = "Checks a backup's pieces, writes its metadata files and its manifest (what marks it complete)";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output("manifest", OutputType::String, "path of stagehand.json"),
+            output("files", OutputType::Integer, "files in the backup"),
+            output("bytes", OutputType::Integer, "bytes in the backup"),
+            output(
+                "commit_lsn",
+                OutputType::Integer,
+                "the LSN the backup is consistent at",
+            ),
+            output(
+                "gtid_binlog_pos",
+                OutputType::String,
+                "the GTID position the backup holds",
+            ),
+            output(
+                "commit_blocked_ms",
+                OutputType::Number,
+                "how long commits were blocked",
+            ),
+        ]
+    }
+
+    fn describe(cfg: &SealConfig) -> String {
+        format!(
+            "checks that the redo copy reached the commit LSN and writes the metadata files and the manifest {}/stagehand.json, marking the backup complete",
+            cfg.to
+        )
+    }
+
+    async fn run(cfg: &SealConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let dir = Path::new(&cfg.to).to_path_buf();
+        stagehand_backup::manifest::claim_target(&dir, &ctx.run_id)
+            .map_err(|e| e.into_step_error())?;
+        let made_by = MadeBy {
+            run_id: ctx.run_id.clone(),
+            plan: ctx.run.plan.clone(),
+            host: ctx.run.host.clone(),
+        };
+        let upstream = ctx.upstream.clone();
+        tokio::task::spawn_blocking(move || seal(&dir, &made_by, &upstream))
+            .await
+            .map_err(|e| StepError::fatal(format!("seal crashed: {e}")))?
+    }
+}
+
+fn find<'a>(
+    upstream: &'a std::collections::BTreeMap<String, Upstream>,
+    kind: &str,
+    pred: impl Fn(&Upstream) -> bool,
+) -> Option<&'a Upstream> {
+    upstream
+        .values()
+        .filter(|u| u.uses == kind)
+        .find(|u| pred(u))
+}
+
+fn u64_of(o: &Outputs, k: &str) -> u64 {
+    o.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+fn f64_of(o: &Outputs, k: &str) -> f64 {
+    o.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+fn str_of(o: &Outputs, k: &str) -> String {
+    o.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Which run, plan and host made the backup.
+struct MadeBy {
+    run_id: String,
+    plan: String,
+    host: String,
+}
+
+fn seal(
+    dir: &Path,
+    made_by: &MadeBy,
+    upstream: &std::collections::BTreeMap<String, Upstream>,
+) -> Result<Outputs, StepError> {
+    let commit = find(upstream, "stage_locks", |u| {
+        u.outputs.get("stage").and_then(Value::as_str) == Some("block_commit")
+    })
+    .ok_or_else(|| {
+        StepError::fatal("no stage_locks step with `stage: block_commit` upstream of seal")
+            .with_hint("seal must come after the step that takes BLOCK_COMMIT")
+    })?;
+    let end = find(upstream, "stage_locks", |u| {
+        u.outputs.get("stage").and_then(Value::as_str) == Some("end")
+    });
+    let redo = find(upstream, "redo_tail", |_| true)
+        .ok_or_else(|| StepError::fatal("no redo_tail step upstream of seal"))?;
+    let commit_lsn = u64_of(&commit.outputs, "lsn");
+    let last_lsn = u64_of(&redo.outputs, "to_lsn");
+    // mariadb-backup --prepare only checks that the log reaches to_lsn, so this check
+    // is ours: a log that stops short of the commit point is not a consistent backup.
+    if last_lsn < commit_lsn || commit_lsn == 0 {
+        return Err(StepError::fatal(format!("the redo copy reached LSN {last_lsn} but the backup must reach the commit LSN {commit_lsn}")));
+    }
+    let parts = read_parts(dir)?;
+    let settings = parts
+        .iter()
+        .find(|p| {
+            p.files_set == stagehand_mariadb::datadir::FileSet::Innodb
+                || p.files_set == stagehand_mariadb::datadir::FileSet::All
+        })
+        .map(|p| p.settings.clone())
+        .ok_or_else(|| {
+            StepError::fatal(format!("no InnoDB copy found in {}", dir.display()))
+                .with_hint("a `copy` step with `files: innodb` must write into the same directory")
+        })?;
+    let version = stagehand_mariadb::session::ServerVersion::parse(&settings.version)
+        .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
+    let naming = bf::naming(bf::Version(version.major, version.minor, version.patch));
+
+    // A file copied twice (Aria data recopied under BLOCK_COMMIT) counts as its last copy.
+    let mut by_path = std::collections::BTreeMap::new();
+    for p in &parts {
+        for f in &p.files {
+            by_path.insert(f.path.clone(), f.clone());
+        }
+    }
+    let mut files: Vec<CopiedFile> = by_path.into_values().collect();
+    files.push(hash_file(dir, "ib_logfile0")?);
+    let binlog = Binlog {
+        file: str_of(&commit.outputs, "binlog_file"),
+        position: u64_of(&commit.outputs, "binlog_pos"),
+        gtid_binlog_pos: str_of(&commit.outputs, "gtid_binlog_pos"),
+        gtid_current_pos: str_of(&commit.outputs, "gtid_current_pos"),
+        gtid_slave_pos: str_of(&commit.outputs, "gtid_slave_pos"),
+        replica: commit
+            .outputs
+            .get("replica")
+            .cloned()
+            .unwrap_or(Value::Null),
+    };
+    let lsn = Lsns {
+        checkpoint: u64_of(&redo.outputs, "from_lsn"),
+        checkpoint_end: u64_of(&redo.outputs, "checkpoint_end_lsn"),
+        commit: commit_lsn,
+        last: last_lsn,
+        last_checkpoint: u64_of(&redo.outputs, "last_checkpoint_lsn")
+            .max(u64_of(&redo.outputs, "from_lsn")),
+    };
+    let locks_from = end.unwrap_or(commit);
+    let locks = Locks {
+        method: str_of(&locks_from.outputs, "method"),
+        holds_ms: locks_from
+            .outputs
+            .get("holds_ms")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        commit_blocked_ms: f64_of(&locks_from.outputs, "commit_blocked_ms"),
+    };
+    let started_at = parts
+        .iter()
+        .map(|p| p.started_at.clone())
+        .min()
+        .unwrap_or_default();
+    let finished_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let metadata = write_metadata(
+        dir,
+        naming,
+        &settings,
+        &lsn,
+        &binlog,
+        &locks,
+        &started_at,
+        &finished_at,
+    )?;
+    for name in &metadata {
+        files.push(hash_file(dir, name)?);
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let extra = unlisted_files(dir, &files);
+    if !extra.is_empty() {
+        return Err(StepError::fatal(format!(
+            "{} file(s) in {} were not written by this backup: {}",
+            extra.len(),
+            dir.display(),
+            extra.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .with_hint("a backup directory must hold only what the backup wrote; remove it and run the backup again"));
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        tool: format!("stagehand {}", env!("CARGO_PKG_VERSION")),
+        complete: true,
+        run_id: made_by.run_id.clone(),
+        started_at,
+        finished_at,
+        server: settings,
+        lsn,
+        binlog,
+        locks,
+        redo: RedoFacts {
+            bytes: u64_of(&redo.outputs, "bytes"),
+            capacity: u64_of(&redo.outputs, "capacity"),
+            max_lag_bytes: u64_of(&redo.outputs, "max_lag_bytes"),
+            final_catch_up_ms: f64_of(&redo.outputs, "final_catch_up_ms"),
+            seconds: f64_of(&redo.outputs, "seconds"),
+        },
+        copies: parts
+            .iter()
+            .map(|p| CopyFacts {
+                step: p.step.clone(),
+                files: serde_json::to_value(p.files_set)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                started_at: p.started_at.clone(),
+                seconds: p.seconds,
+                bytes: p.files.iter().map(|f| f.size).sum(),
+            })
+            .collect(),
+        files,
+        preparing: false,
+        prepared: None,
+        metadata_files: metadata,
+        backup_type: "full".into(),
+        base: None,
+        plan: made_by.plan.clone(),
+        host: made_by.host.clone(),
+        verified: None,
+    };
+    sync_all(dir, &manifest.files)?;
+    // The staging area must not reach a datadir on copy-back.
+    let _ = std::fs::remove_dir_all(BackupDir::new(dir).work());
+    manifest
+        .write(dir)
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes, "backup sealed");
+    let mut o = Outputs::new();
+    o.insert(
+        "manifest".into(),
+        json!(dir.join(MANIFEST_FILE).display().to_string()),
+    );
+    o.insert("files".into(), json!(manifest.files.len()));
+    o.insert("bytes".into(), json!(bytes));
+    o.insert("commit_lsn".into(), json!(commit_lsn));
+    o.insert(
+        "gtid_binlog_pos".into(),
+        json!(manifest.binlog.gtid_binlog_pos),
+    );
+    o.insert(
+        "commit_blocked_ms".into(),
+        json!(manifest.locks.commit_blocked_ms),
+    );
+    Ok(o)
+}
+
+/// Makes every file and directory of the backup durable before the manifest says it
+/// is complete.
+fn sync_all(dir: &Path, files: &[CopiedFile]) -> Result<(), StepError> {
+    // A streamed backup's files leave as they are finished; the follower checks them.
+    let streaming = stagehand_backup::spool::is_streaming(dir);
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let path = dir.join(&f.path);
+        if streaming && !path.exists() {
+            continue;
+        }
+        std::fs::File::open(&path)
+            .and_then(|h| h.sync_all())
+            .map_err(|e| StepError::fatal(format!("cannot sync {}: {e}", path.display())))?;
+        if let Some(parent) = path.parent() {
+            dirs.insert(parent.to_path_buf());
+        }
+    }
+    for d in dirs {
+        std::fs::File::open(&d)
+            .and_then(|h| h.sync_all())
+            .map_err(|e| StepError::fatal(format!("cannot sync {}: {e}", d.display())))?;
+    }
+    Ok(())
+}
+
+fn read_parts(dir: &Path) -> Result<Vec<CopyPart>, StepError> {
+    let backup = BackupDir::new(dir);
+    let parts = backup.read_parts()?;
+    if parts.is_empty() {
+        return Err(StepError::fatal(format!(
+            "no copy results in {}",
+            backup.parts().display()
+        )));
+    }
+    Ok(parts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_metadata(
+    dir: &Path,
+    naming: bf::Naming,
+    s: &stagehand_mariadb::datadir::ServerSettings,
+    lsn: &Lsns,
+    binlog: &Binlog,
+    locks: &Locks,
+    started_at: &str,
+    finished_at: &str,
+) -> Result<Vec<String>, StepError> {
+    let write = |name: &str, text: String| -> Result<String, StepError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .and_then(|_| std::fs::File::open(&path).and_then(|f| f.sync_all()))
+            .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", path.display())))?;
+        Ok(name.to_string())
+    };
+    let mut names = Vec::new();
+    names.push(write(
+        "backup-my.cnf",
+        bf::render_backup_my_cnf(&bf::BackupMyCnf {
+            checksum_algorithm: "crc32".into(),
+            data_file_path: s.innodb_data_file_path.clone(),
+            log_file_size: s.innodb_log_file_size,
+            page_size: s.innodb_page_size,
+            undo_directory: "./".into(),
+            undo_tablespaces: s.innodb_undo_tablespaces,
+            compression_level: s.innodb_compression_level,
+            buffer_pool_filename: None,
+            encryption_config: String::new(),
+        }),
+    )?);
+    let binlog_info = (!binlog.file.is_empty()).then(|| bf::BinlogInfo {
+        file: binlog.file.clone(),
+        position: binlog.position,
+        gtid: Some(binlog.gtid_current_pos.clone()),
+    });
+    if let Some(b) = &binlog_info {
+        names.push(write(naming.binlog_info(), bf::render_binlog_info(b))?);
+    }
+    let lock_secs = locks
+        .holds_ms
+        .values()
+        .filter_map(Value::as_f64)
+        .sum::<f64>()
+        / 1000.0;
+    names.push(write(
+        naming.info(),
+        bf::render_xtrabackup_info(&bf::XtrabackupInfo {
+            uuid: String::new(),
+            name: String::new(),
+            tool_name: "stagehand".into(),
+            tool_command: "stagehand run".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            server_version: s.version.clone(),
+            start_time: started_at
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_string(),
+            end_time: finished_at
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_string(),
+            lock_time: lock_secs.round() as i64,
+            binlog: binlog_info.clone(),
+            innodb_from_lsn: 0,
+            innodb_to_lsn: lsn.last_checkpoint,
+            partial: false,
+            incremental: false,
+            format: "file".into(),
+            compressed: false,
+        }),
+    )?);
+    // Written last of the metadata: mariadb-backup --prepare refuses a directory without it.
+    names.push(write(
+        naming.checkpoints(),
+        bf::render_checkpoints(&bf::Checkpoints {
+            backup_type: bf::BackupType::FullBackuped,
+            from_lsn: 0,
+            to_lsn: lsn.last_checkpoint,
+            last_lsn: lsn.last,
+            recover_binlog_info: false,
+        }),
+    )?);
+    Ok(names)
+}

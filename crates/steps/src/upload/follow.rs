@@ -1,0 +1,170 @@
+//! `upload` with `follow: true`: streams a backup out while it is being taken. Runs in
+//! the background from before the copies start until the seal step has finished: each
+//! file a copy step announces (see `stagehand_backup::spool`) is shipped at once and, with
+//! `remove_local`, deleted locally, so the backup never needs its full size on local
+//! disk. Once the backup is sealed, what is left (the redo log, metadata files, files a
+//! later pass rewrote) goes, then the manifest, last.
+
+use super::{finish_upload, ship_all, Shipper, UploadConfig};
+use serde_json::json;
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::Manifest;
+use stagehand_backup::spool::{streaming_marker, LedgerReader};
+use stagehand_engine::{Outputs, StepContext, StepError};
+use stagehand_mariadb::datadir::FileClass;
+use stagehand_repo as repo;
+use stagehand_repo::{Repository, StoreError, StoreErrorKind};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the ledgers are read.
+const POLL: Duration = Duration::from_millis(100);
+
+pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    if !ctx.is_background() {
+        return Err(StepError::fatal(
+            "`follow: true` streams a backup while it is taken: give the step `background: true` and `until:` the seal step",
+        ));
+    }
+    let dir = PathBuf::from(&cfg.dir);
+    stagehand_backup::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
+    std::fs::write(streaming_marker(&dir), b"")
+        .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
+    let id = match &cfg.id {
+        Some(id) => id.clone(),
+        None => repo::backup_id_from(&ctx.run.started_at).ok_or_else(|| {
+            StepError::fatal("the run's start time is not a timestamp; give the upload an `id`")
+        })?,
+    };
+    let repo = Repository::open(&cfg.repository)
+        .await
+        .map_err(StoreError::into_step_error)?;
+    super::claim_destination(&repo, &id)
+        .await
+        .map_err(StoreError::into_step_error)?;
+    let progress = stagehand_host::progress::Progress::start(&ctx.step_id, "uploaded", 0);
+    let shipper = Shipper::new(
+        repo.store().clone(),
+        &dir,
+        &id,
+        cfg.compress.clone(),
+        progress.counter(),
+        cfg.remove_local,
+    )
+    .map_err(StoreError::into_step_error)?;
+    ctx.signal_ready().await;
+    let t0 = Instant::now();
+    let followed = follow_until_sealed(&shipper, &dir, cfg.parallel, ctx).await;
+    let manifest = match followed {
+        Ok(()) => finish(&repo, &shipper, &dir, &id, cfg.parallel).await,
+        Err(e) => Err(e),
+    };
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            // Nothing of a failed backup may stay in the repository.
+            let _ = repo.delete_backup(&id).await;
+            return Err(StepError::fatal(format!("streamed upload of backup {id} failed: {e}"))
+                .with_hint(format!(
+                    "backup {id} has no manifest in {}; its objects were removed. Fix the cause and run the plan again",
+                    repo.url()
+                )));
+        }
+    };
+    let bytes = progress.done();
+    drop(progress);
+    if cfg.remove_local {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "id": id,
+        "url": format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
+        "files": manifest.files.len(),
+        "bytes": bytes,
+        "seconds": secs,
+        "mb_per_s": bytes as f64 / 1e6 / secs.max(0.001),
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default())
+}
+
+/// Ships announced files until the `until` step (seal) ends. An error when it failed.
+async fn follow_until_sealed(
+    shipper: &Shipper,
+    dir: &Path,
+    parallel: usize,
+    ctx: &StepContext,
+) -> Result<(), StoreError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ledgers = LedgerReader::default();
+    let until = ctx.wait_until();
+    tokio::pin!(until);
+    let sealed = loop {
+        tokio::select! {
+            r = &mut until => break r,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        // Aria files may be copied again under BLOCK_COMMIT: they go once, at the end,
+        // in their final version (shipping both versions would race on one key).
+        let announced = ledgers
+            .poll(dir)
+            .into_iter()
+            .filter(|f| !matches!(f.class, FileClass::AriaData | FileClass::AriaLog));
+        for file in announced {
+            let permit = tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => return Err(cancelled()),
+                p = limit.clone().acquire_owned() => p.map_err(|_| StoreError::permanent("upload queue closed"))?,
+            };
+            let shipper = shipper.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                ship_announced(&shipper, &file).await
+            });
+        }
+        while let Some(done) = tasks.try_join_next() {
+            super::joined(done)?;
+        }
+    };
+    while let Some(done) = tasks.join_next().await {
+        super::joined(done)?;
+    }
+    sealed
+        .map(|_| ())
+        .map_err(|e| StoreError::permanent(format!("the backup was not sealed ({e})")))
+}
+
+/// Ships a file as announced; a file rewritten (or gone) since is shipped at the end in
+/// the version the manifest lists, or reported missing there.
+async fn ship_announced(shipper: &Shipper, file: &CopiedFile) -> Result<(), StoreError> {
+    match shipper.ship(file).await {
+        Err(e) if matches!(e.kind, StoreErrorKind::Mismatch | StoreErrorKind::NotFound) => {
+            tracing::debug!(file = %file.path, "changed since announced; shipped at the end: {e}");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Ships what is left once the backup is sealed, then checks the objects and writes
+/// the manifest last.
+async fn finish(
+    repo: &Repository,
+    shipper: &Shipper,
+    dir: &Path,
+    id: &str,
+    parallel: usize,
+) -> Result<Manifest, StoreError> {
+    let sealed = Manifest::read(dir).map_err(|e| StoreError::permanent(e.to_string()))?;
+    let manifest = ship_all(shipper, &sealed, parallel).await?;
+    finish_upload(repo, id, &manifest).await?;
+    Ok(manifest)
+}
+
+fn cancelled() -> StoreError {
+    StoreError::new(StoreErrorKind::Cancelled, "cancelled")
+}

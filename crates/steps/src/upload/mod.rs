@@ -1,0 +1,374 @@
+//! `upload`: puts a complete backup directory into a repository as `<id>/…`, files in
+//! parallel, and writes the manifest last, after checking that every object is there
+//! with the expected size. A backup in a repository without its manifest is never
+//! taken for a complete one, so an interrupted upload is harmless (and a new run of
+//! the same upload replaces what it left).
+
+mod follow;
+mod ship;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::json;
+pub(crate) use ship::Shipper;
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::Manifest;
+use stagehand_engine::step::Finding;
+use stagehand_engine::{
+    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use stagehand_host::progress::Progress;
+use stagehand_repo as repo;
+use stagehand_repo::checks::{check_repo, probe_repository, stored_files};
+use stagehand_repo::{RepoConfig, Repository, Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// A complete backup directory (sealed; compressed or not).
+    pub dir: String,
+    /// Where it goes.
+    pub repository: RepoConfig,
+    /// The backup's id in the repository (a folder name). Default: the backup's start
+    /// time in UTC, `20261121T101500Z`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Files uploaded at once (each may also send several parts at once).
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Delete the local directory once the backup is complete in the repository (with
+    /// `follow`: each file as soon as it is uploaded).
+    #[serde(default)]
+    pub remove_local: bool,
+    /// Stream the backup out while it is taken: run as a background step (`background:
+    /// true`, `until:` the seal step), ship each file as soon as a copy step announces
+    /// it, and finish once the backup is sealed (then the redo log, the metadata files
+    /// and the manifest go last).
+    #[serde(default)]
+    pub follow: bool,
+    /// Compress each file with zstd on its way out (a file already compressed by a
+    /// `compress` step goes as it is).
+    #[serde(default)]
+    pub compress: Option<CompressOnUpload>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompressOnUpload {
+    /// zstd level, 1 (fast) to 19.
+    #[serde(default = "default_level")]
+    pub level: i32,
+    /// zstd worker threads per file (0: compress on the uploading thread).
+    #[serde(default)]
+    pub threads: u32,
+}
+
+fn default_level() -> i32 {
+    3
+}
+
+fn default_parallel() -> usize {
+    4
+}
+
+pub struct Upload;
+
+#[async_trait]
+impl TypedStep for Upload {
+    type Config = UploadConfig;
+    const NAME: &'static str = "upload";
+    const SUMMARY: &'static str =
+        "Uploads a backup to a repository (local directory or S3), manifest last; can stream it out while it is taken";
+    const BACKGROUND: bool = true;
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output(
+                "id",
+                OutputType::String,
+                "the backup's id in the repository",
+            ),
+            output("url", OutputType::String, "repository URL of the backup"),
+            output("files", OutputType::Integer, "objects uploaded"),
+            output("bytes", OutputType::Integer, "bytes uploaded"),
+            output("seconds", OutputType::Number, "wall time"),
+            output("mb_per_s", OutputType::Number, "upload rate"),
+        ]
+    }
+
+    fn check(cfg: &UploadConfig) -> Result<(), ConfigError> {
+        check_repo(&cfg.repository)?;
+        if cfg.parallel == 0 {
+            return Err(ConfigError {
+                path: "parallel".into(),
+                message: "parallel must be at least 1".into(),
+                hint: None,
+            });
+        }
+        if let Some(id) = &cfg.id {
+            repo::check_backup_id(id).map_err(|e| ConfigError {
+                path: "id".into(),
+                message: e.message,
+                hint: None,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &UploadConfig) -> String {
+        let id = cfg
+            .id
+            .clone()
+            .unwrap_or_else(|| "<its start time, UTC>".into());
+        let mut s = format!(
+            "uploads the backup in {} to {} as {id}/ ({} files at once), checks every object's size and hash, then writes its manifest last",
+            cfg.dir,
+            cfg.repository.describe(),
+            cfg.parallel
+        );
+        if let Some(c) = &cfg.compress {
+            s.push_str(&format!(
+                "; files are compressed with zstd level {} on the way",
+                c.level
+            ));
+        }
+        if cfg.follow {
+            s = format!("streams the backup out while it is taken: {s}; each file leaves as soon as a copy step finishes it");
+        }
+        if cfg.remove_local {
+            s.push_str(&format!(
+                "; local files are deleted once uploaded ({} keeps no copy)",
+                cfg.dir
+            ));
+        }
+        s
+    }
+
+    async fn preflight(cfg: &UploadConfig, _ctx: &StepContext) -> Vec<Finding> {
+        vec![probe_repository(&cfg.repository).await]
+    }
+
+    async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        if cfg.follow {
+            return follow::run(cfg, ctx).await;
+        }
+        if ctx.is_background() {
+            return Err(StepError::fatal(
+                "upload runs in the background only with `follow: true`",
+            ));
+        }
+        let dir = PathBuf::from(&cfg.dir);
+        let manifest = Manifest::read(&dir).map_err(|e| {
+            StepError::fatal(e.to_string()).with_hint("upload takes a complete (sealed) backup")
+        })?;
+        let id = match &cfg.id {
+            Some(id) => id.clone(),
+            None => repo::backup_id_from(&manifest.started_at).ok_or_else(|| {
+                StepError::fatal(format!(
+                    "the manifest's start time `{}` is not a timestamp; give the upload an `id`",
+                    manifest.started_at
+                ))
+            })?,
+        };
+        let repo = Repository::open(&cfg.repository)
+            .await
+            .map_err(StoreError::into_step_error)?;
+        let t0 = Instant::now();
+        let outcome = tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => Err(StoreError::new(repo::StoreErrorKind::Cancelled, "cancelled")),
+            r = upload_backup(&repo, &dir, &manifest, &id, cfg, &ctx.step_id) => r,
+        };
+        let manifest = match outcome {
+            Ok(m) => m,
+            Err(e) => {
+                // Parts of an upload cut short must not stay behind (they cost money and
+                // never expire on their own).
+                let _ = repo
+                    .store()
+                    .abort_incomplete_uploads(&format!("{id}/"))
+                    .await;
+                return Err(e.into_step_error().with_hint(format!(
+                "nothing in {} looks complete: backup {id} has no manifest there; run the plan again to upload it",
+                repo.url()
+            )));
+            }
+        };
+        let bytes = manifest.stored_bytes();
+        let secs = t0.elapsed().as_secs_f64();
+        if cfg.remove_local {
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                StepError::fatal(format!(
+                    "backup {id} is complete in the repository, but {} could not be removed: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        tracing::info!(%id, bytes, seconds = secs, "backup uploaded to {}", repo.url());
+        Ok(json!({
+            "id": id,
+            "url": format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
+            "files": manifest.files.len(),
+            "bytes": bytes,
+            "seconds": secs,
+            "mb_per_s": bytes as f64 / 1e6 / secs.max(0.001),
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default())
+    }
+}
+
+async fn upload_backup(
+    repo: &Repository,
+    dir: &Path,
+    manifest: &Manifest,
+    id: &str,
+    cfg: &UploadConfig,
+    step: &str,
+) -> Result<Manifest, StoreError> {
+    claim_destination(repo, id).await?;
+    let store = repo.store().clone();
+    let total: u64 = manifest.stored_bytes();
+    let progress = Progress::start(step, "uploaded", total);
+    let shipper = Shipper::new(
+        store.clone(),
+        dir,
+        id,
+        cfg.compress.clone(),
+        progress.counter(),
+        // The whole directory goes at the end (`remove_local`), once the backup is complete.
+        false,
+    )?;
+    let manifest = ship_all(&shipper, manifest, cfg.parallel).await?;
+    drop(progress);
+    finish_upload(repo, id, &manifest).await?;
+    Ok(manifest)
+}
+
+/// Refuses an id that is complete already (a backup is never overwritten) and clears
+/// what an interrupted attempt at the same id left (objects, multipart uploads).
+pub(crate) async fn claim_destination(repo: &Repository, id: &str) -> Result<(), StoreError> {
+    repo::check_backup_id(id)?;
+    if repo.manifest(id).await.is_ok() {
+        return Err(StoreError::permanent(format!(
+            "{}: backup {id} is already there (complete); a backup is never overwritten",
+            repo.url()
+        )));
+    }
+    repo.delete_backup(id).await.map(|_| ())
+}
+
+/// Checks the objects, writes the manifest last and reads it back.
+pub(crate) async fn finish_upload(
+    repo: &Repository,
+    id: &str,
+    manifest: &Manifest,
+) -> Result<(), StoreError> {
+    let store = repo.store();
+    check_objects(store, id, &stored_files(manifest)).await?;
+    store
+        .put_bytes(&Repository::manifest_key(id), manifest.to_vec())
+        .await?;
+    // The postcondition: the repository now says the backup is complete.
+    let back = repo.manifest(id).await?;
+    if back.files.len() != manifest.files.len() || back.run_id != manifest.run_id {
+        return Err(StoreError::mismatch(format!(
+            "{}: the manifest read back differs from the one written",
+            repo.url()
+        )));
+    }
+    Ok(())
+}
+
+/// Ships every file of `manifest` not shipped yet, `parallel` at once; returns the
+/// manifest with the stored forms filled in.
+pub(crate) async fn ship_all(
+    shipper: &Shipper,
+    manifest: &Manifest,
+    parallel: usize,
+) -> Result<Manifest, StoreError> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut order: Vec<CopiedFile> = manifest
+        .files
+        .iter()
+        .filter(|f| !shipper.has_shipped(f))
+        .cloned()
+        .collect();
+    // Largest first, so one big file does not start last.
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
+    for file in order {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::permanent("upload queue closed"))?;
+        let shipper = shipper.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            shipper.ship(&file).await
+        });
+        // Stop queueing at the first failure.
+        while let Some(done) = tasks.try_join_next() {
+            joined(done)?;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        joined(done)?;
+    }
+    shipper.stored_manifest(manifest)
+}
+
+pub(crate) fn joined(
+    r: Result<Result<(), StoreError>, tokio::task::JoinError>,
+) -> Result<(), StoreError> {
+    r.map_err(|e| StoreError::permanent(format!("an upload task crashed: {e}")))?
+}
+
+/// Every object of the backup is in the repository with its size, and nothing else is
+/// (an earlier, interrupted upload of the same id may have left other files).
+async fn check_objects(
+    store: &Arc<dyn Store>,
+    id: &str,
+    files: &[(String, u64, String)],
+) -> Result<(), StoreError> {
+    let listed = store.list(&format!("{id}/")).await?;
+    let found: std::collections::HashMap<&str, u64> =
+        listed.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    let mut expected = std::collections::HashSet::new();
+    for (path, size, _) in files {
+        let key = Repository::object_key(id, path);
+        match found.get(key.as_str()) {
+            Some(s) if s == size => {}
+            Some(s) => {
+                return Err(StoreError::mismatch(format!(
+                    "{key}: {s} bytes in the repository, {size} expected"
+                )))
+            }
+            None => {
+                return Err(StoreError::mismatch(format!(
+                    "{key}: missing from the repository after its upload"
+                )))
+            }
+        }
+        expected.insert(key);
+    }
+    let stale: Vec<String> = listed
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| !expected.contains(k))
+        .collect();
+    if !stale.is_empty() {
+        tracing::info!(
+            count = stale.len(),
+            "removing objects an earlier attempt left"
+        );
+        store.delete(&stale).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! Shipping one file of a backup to a repository: as it is, or compressed with zstd on
+//! the way (through a scratch file beside the backup, removed once uploaded).
+
+use super::CompressOnUpload;
+use stagehand_backup::codec::{HashingReader, HashingWriter};
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::manifest::{Manifest, StoredForm};
+use stagehand_repo::{ByteCounter, Repository, Store, StoreError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What was uploaded for one file of the backup.
+#[derive(Debug, Clone)]
+struct Shipped {
+    /// SHA-256 of the data, as the copy recorded it.
+    sha256: String,
+    stored: Option<StoredForm>,
+}
+
+/// Uploads files of one backup and remembers what went, so the manifest can say how
+/// each file is stored.
+#[derive(Clone)]
+pub struct Shipper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    dir: PathBuf,
+    id: String,
+    compress: Option<CompressOnUpload>,
+    counter: ByteCounter,
+    remove_local: bool,
+    scratch: tempfile::TempDir,
+    shipped: Mutex<HashMap<String, Shipped>>,
+}
+
+impl Shipper {
+    /// A shipper of the backup in `dir` as `id`; with `remove_local`, each local file is
+    /// deleted once uploaded (streaming).
+    pub fn new(
+        store: Arc<dyn Store>,
+        dir: &Path,
+        id: &str,
+        compress: Option<CompressOnUpload>,
+        counter: ByteCounter,
+        remove_local: bool,
+    ) -> Result<Self, StoreError> {
+        // Scratch for compressed files: beside the backup (same filesystem, and not
+        // inside it, where seal would see unlisted files).
+        let parent = dir.parent().unwrap_or(Path::new("/tmp"));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::io(&parent.display().to_string(), e))?;
+        let scratch = tempfile::Builder::new()
+            .prefix(".stagehand-upload-")
+            .tempdir_in(parent)
+            .map_err(|e| StoreError::io(&parent.display().to_string(), e))?;
+        Ok(Shipper {
+            inner: Arc::new(Inner {
+                store,
+                dir: dir.to_path_buf(),
+                id: id.to_string(),
+                compress,
+                counter,
+                remove_local,
+                scratch,
+                shipped: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn shipped(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shipped>> {
+        self.inner.shipped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this version of the file (same hash) is already in the repository.
+    pub fn has_shipped(&self, f: &CopiedFile) -> bool {
+        self.shipped()
+            .get(&f.path)
+            .is_some_and(|s| s.sha256 == f.sha256)
+    }
+
+    /// Uploads one file. A `Mismatch` error means the local file is not the data the
+    /// record describes (it changed since): ship it again from a newer record.
+    pub async fn ship(&self, f: &CopiedFile) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let local = inner.dir.join(&f.path);
+        let stamp = stamp_of(&local);
+        let stored = match (&f.stored, &inner.compress) {
+            (Some(stored), _) => {
+                self.put(
+                    &stored.path,
+                    &inner.dir.join(&stored.path),
+                    stored.size,
+                    &stored.sha256,
+                )
+                .await?;
+                Some(stored.clone())
+            }
+            (None, Some(c)) => Some(self.ship_compressed(f, c).await?),
+            (None, None) => {
+                self.put(&f.path, &local, f.size, &f.sha256).await?;
+                None
+            }
+        };
+        self.shipped().insert(
+            f.path.clone(),
+            Shipped {
+                sha256: f.sha256.clone(),
+                stored,
+            },
+        );
+        // Remove the local copy unless it was rewritten meanwhile (a later copy pass).
+        if inner.remove_local && stamp.is_some() && stamp_of(&local) == stamp {
+            let _ = std::fs::remove_file(&local);
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        path: &str,
+        local: &Path,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
+        let key = Repository::object_key(&self.inner.id, path);
+        self.inner
+            .store
+            .put_file(&key, local, size, sha256, &self.inner.counter)
+            .await
+    }
+
+    async fn ship_compressed(
+        &self,
+        f: &CopiedFile,
+        c: &CompressOnUpload,
+    ) -> Result<StoredForm, StoreError> {
+        let src = self.inner.dir.join(&f.path);
+        let stored_path = format!("{}.zst", f.path);
+        let tmp = self
+            .inner
+            .scratch
+            .path()
+            .join(stored_path.replace('/', "%2F"));
+        let (level, threads, dest) = (c.level, c.threads, tmp.clone());
+        let sizes = tokio::task::spawn_blocking(move || compress_to(&src, &dest, level, threads))
+            .await
+            .map_err(|e| StoreError::permanent(format!("a compression task crashed: {e}")))?
+            .map_err(|e| StoreError::io(&format!("compressing {}", f.path), e));
+        let (in_size, in_sha, out_size, out_sha) = match sizes {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        if in_size != f.size || in_sha != f.sha256 {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::mismatch(format!(
+                "{}: changed since it was copied ({in_size} bytes, SHA-256 {in_sha}; recorded {} bytes, {})",
+                f.path, f.size, f.sha256
+            )));
+        }
+        let put = self.put(&stored_path, &tmp, out_size, &out_sha).await;
+        let _ = std::fs::remove_file(&tmp);
+        put?;
+        Ok(StoredForm {
+            path: stored_path,
+            codec: "zstd".into(),
+            size: out_size,
+            sha256: out_sha,
+        })
+    }
+
+    /// `manifest` with every file's stored form as shipped; an error if a file was not
+    /// shipped (in this version).
+    pub fn stored_manifest(&self, manifest: &Manifest) -> Result<Manifest, StoreError> {
+        let shipped = self.shipped();
+        let mut out = manifest.clone();
+        for f in &mut out.files {
+            match shipped.get(&f.path) {
+                Some(s) if s.sha256 == f.sha256 => f.stored = s.stored.clone(),
+                _ => {
+                    return Err(StoreError::mismatch(format!(
+                        "{} was not uploaded in the version the manifest lists",
+                        f.path
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Size and modification time, to tell whether a file was rewritten.
+fn stamp_of(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+/// Compresses `src` into `dest`; sizes and SHA-256 of both.
+fn compress_to(
+    src: &Path,
+    dest: &Path,
+    level: i32,
+    threads: u32,
+) -> std::io::Result<(u64, String, u64, String)> {
+    let mut input =
+        std::io::BufReader::with_capacity(1 << 20, HashingReader::new(std::fs::File::open(src)?));
+    let out = HashingWriter::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(dest)?,
+    ));
+    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
+    if threads > 0 {
+        encoder.multithread(threads)?;
+    }
+    std::io::copy(&mut input, &mut encoder)?;
+    let (writer, out_size, out_sha) = encoder.finish()?.finish();
+    writer.into_inner().map_err(|e| e.into_error())?;
+    let (in_size, in_sha) = input.into_inner().digest();
+    Ok((in_size, in_sha, out_size, out_sha))
+}

@@ -1,0 +1,323 @@
+//! `verify`: checks a backup directory against its manifest — every file's size and
+//! SHA-256, every InnoDB page's checksum, the LSNs — and optionally restores it into a
+//! scratch directory, starts a server on it, runs CHECK TABLE on every table and counts
+//! rows. A file stored compressed is read through its decoder: the object's size and
+//! SHA-256 are checked as well as the data's.
+
+use async_trait::async_trait;
+use mysql_async::prelude::Queryable;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use stagehand_backup::check::{check_files, shown};
+use stagehand_backup::codec::StoredReader;
+use stagehand_backup::manifest::Manifest;
+use stagehand_engine::{
+    output, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
+};
+use stagehand_mariadb::backup_server;
+use stagehand_mariadb::sandbox::ShutdownMode;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// The backup directory.
+    pub target: String,
+    /// Start a server on a scratch copy, CHECK TABLE every table and count rows.
+    #[serde(default)]
+    pub restore: bool,
+    /// Where the scratch copy goes (default: the system temporary directory).
+    pub scratch: Option<String>,
+}
+
+pub struct Verify;
+
+#[async_trait]
+impl TypedStep for Verify {
+    type Config = VerifyConfig;
+    const NAME: &'static str = "verify";
+    const SUMMARY: &'static str = "Checks a backup: hashes, InnoDB page checksums, LSNs; optionally a test restore with CHECK TABLE";
+
+    fn outputs() -> Vec<OutputSpec> {
+        vec![
+            output(
+                "files",
+                OutputType::Integer,
+                "files checked against the manifest",
+            ),
+            output("bytes", OutputType::Integer, "bytes hashed"),
+            output(
+                "pages",
+                OutputType::Integer,
+                "InnoDB pages whose checksum was checked",
+            ),
+            output(
+                "tables",
+                OutputType::Integer,
+                "tables that passed CHECK TABLE (test restore)",
+            ),
+            output(
+                "rows",
+                OutputType::Object,
+                "row count per table (test restore)",
+            ),
+            output(
+                "prepared",
+                OutputType::Boolean,
+                "whether the backup was prepared",
+            ),
+        ]
+    }
+
+    fn describe(cfg: &VerifyConfig) -> String {
+        let restore = if cfg.restore {
+            "; then restores a scratch copy, starts a server on it, runs CHECK TABLE on every table and counts rows"
+        } else {
+            ""
+        };
+        format!("checks every file of {} against its manifest (size, SHA-256), every InnoDB page checksum and the LSNs{restore}", cfg.target)
+    }
+
+    async fn run(cfg: &VerifyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+        let dir = PathBuf::from(&cfg.target);
+        let manifest = Manifest::read(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
+        let (d, m) = (dir.clone(), manifest.clone());
+        let cancel = ctx.cancel.clone();
+        let (bytes, pages) =
+            tokio::task::spawn_blocking(move || check_files(&d, &m, &cancel, &|_| false))
+                .await
+                .map_err(|e| StepError::fatal(format!("verify crashed: {e}")))??;
+        check_lsns(&dir, &manifest)?;
+        let mut out = Outputs::new();
+        out.insert("files".into(), json!(manifest.files.len()));
+        out.insert("bytes".into(), json!(bytes));
+        out.insert("pages".into(), json!(pages));
+        out.insert("prepared".into(), json!(manifest.prepared.is_some()));
+        let (tables, rows) = if cfg.restore {
+            test_restore(&dir, &manifest, cfg.scratch.as_deref()).await?
+        } else {
+            (0, serde_json::Map::new())
+        };
+        out.insert("tables".into(), json!(tables));
+        out.insert("rows".into(), Value::Object(rows));
+        let files = manifest.files.len();
+        record_verified(&dir, manifest, cfg.restore)?;
+        tracing::info!(files, bytes, pages, tables, "backup verified");
+        Ok(out)
+    }
+}
+
+/// Notes in the manifest that the backup passed, and how deeply: `backups list` shows it
+/// and `rotate` never deletes the newest verified backup.
+fn record_verified(dir: &Path, mut manifest: Manifest, restored: bool) -> Result<(), StepError> {
+    manifest.verified = Some(stagehand_backup::manifest::Verified {
+        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        depth: if restored { "restore" } else { "pages" }.into(),
+    });
+    manifest
+        .write(dir)
+        .map_err(|e| StepError::fatal(format!("the backup is good, but {e}")))
+}
+
+/// The LSNs must be in order, and an unprepared backup's log must hold exactly the
+/// bytes from the checkpoint to the last LSN.
+fn check_lsns(dir: &Path, m: &Manifest) -> Result<(), StepError> {
+    let l = &m.lsn;
+    if !(l.checkpoint <= l.commit && l.commit <= l.last && l.checkpoint > 0) {
+        return Err(StepError::fatal(format!(
+            "LSNs out of order: checkpoint {} commit {} last {}",
+            l.checkpoint, l.commit, l.last
+        )));
+    }
+    if m.prepared.is_none() {
+        // A compressed log's data size was checked against the manifest's already.
+        let log = m.files.iter().find(|f| f.path == "ib_logfile0");
+        let size = match log {
+            Some(f) if f.stored.is_some() => f.size,
+            _ => std::fs::metadata(dir.join("ib_logfile0"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        };
+        let expected = stagehand_innodb::redo::START_OFFSET + (l.last - l.checkpoint);
+        if size != expected {
+            return Err(StepError::fatal(format!(
+                "ib_logfile0 holds {size} bytes; the LSNs say {expected}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Copies the backup to a scratch directory (decompressed), starts a server on it
+/// (recovery prepares an unprepared copy), CHECK TABLE on every table, row counts;
+/// removes the copy.
+async fn test_restore(
+    dir: &Path,
+    m: &Manifest,
+    scratch: Option<&str>,
+) -> Result<(usize, serde_json::Map<String, Value>), StepError> {
+    // Before the copy: a server of another series cannot test this backup.
+    let binary = backup_server::binary_for_backup("mariadbd", None, &m.server.version).await?;
+    let base = scratch
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    // A copy of every table and of the password hashes: private to our user.
+    let copy = tempfile::Builder::new()
+        .prefix("stagehand-verify")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(&base)
+        .map_err(|e| {
+            StepError::fatal(format!(
+                "cannot create a scratch directory in {}: {e}",
+                base.display()
+            ))
+        })?;
+    let data = copy.path().join("data");
+    let (src, dst, m) = (dir.to_path_buf(), data.clone(), m.clone());
+    tokio::task::spawn_blocking(move || {
+        copy_tree(&src, &dst).and_then(|()| unpack(&src, &m, &dst))
+    })
+    .await
+    .map_err(|e| StepError::fatal(e.to_string()))??;
+    let run = backup_server::run_dir()?;
+    let server = backup_server::start_on(&data, run.path(), 256 << 20, Some(binary)).await?;
+    let result = check_tables(&server).await;
+    let _ = server.shutdown(ShutdownMode::Fast).await;
+    result
+}
+
+async fn check_tables(
+    server: &stagehand_mariadb::sandbox::SandboxServer,
+) -> Result<(usize, serde_json::Map<String, Value>), StepError> {
+    let mut conn = mysql_async::Conn::new(server.admin_opts())
+        .await
+        .map_err(|e| stagehand_mariadb::session::classify(&e))?;
+    let tables: Vec<(String, String)> = conn
+        .query("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'sys') ORDER BY 1, 2")
+        .await
+        .map_err(|e| stagehand_mariadb::session::classify(&e))?;
+    let mut rows = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for (db, t) in &tables {
+        let name = format!("`{}`.`{}`", db.replace('`', "``"), t.replace('`', "``"));
+        let result: Vec<(String, String, String, String)> = conn
+            .query(format!("CHECK TABLE {name}"))
+            .await
+            .map_err(|e| stagehand_mariadb::session::classify(&e))?;
+        let status = result
+            .iter()
+            .rev()
+            .find(|r| r.2 == "status")
+            .map(|r| r.3.clone())
+            .unwrap_or_default();
+        if status != "OK" && status != "Table is already up to date" {
+            failed.push(format!(
+                "{db}.{t}: {}",
+                result
+                    .iter()
+                    .map(|r| r.3.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            continue;
+        }
+        let n: Option<u64> = conn
+            .query_first(format!("SELECT COUNT(*) FROM {name}"))
+            .await
+            .map_err(|e| stagehand_mariadb::session::classify(&e))?;
+        rows.insert(format!("{db}.{t}"), json!(n.unwrap_or(0)));
+    }
+    let _ = conn.disconnect().await;
+    if failed.is_empty() {
+        Ok((tables.len(), rows))
+    } else {
+        Err(StepError::fatal(format!(
+            "CHECK TABLE failed on the restored copy: {}",
+            failed.join("; ")
+        )))
+    }
+}
+
+/// Replaces the stored objects copied to `dst` by their data, decompressed from `src`.
+fn unpack(src: &Path, m: &Manifest, dst: &Path) -> Result<(), StepError> {
+    for f in &m.files {
+        let Some(s) = &f.stored else { continue };
+        let err = |e: std::io::Error| StepError::fatal(format!("{}: {e}", shown(f)));
+        let mut r = StoredReader::open(&src.join(&s.path)).map_err(err)?;
+        let mut out = std::fs::File::create(dst.join(&f.path)).map_err(err)?;
+        std::io::copy(&mut r, &mut out).map_err(err)?;
+        std::fs::remove_file(dst.join(&s.path)).map_err(err)?;
+    }
+    Ok(())
+}
+
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), StepError> {
+    std::fs::create_dir_all(dst)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", dst.display())))?;
+    for e in std::fs::read_dir(src)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", src.display())))?
+        .filter_map(|e| e.ok())
+    {
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if from.is_dir() {
+            copy_tree(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to)
+                .map_err(|e| StepError::fatal(format!("copying {}: {e}", from.display())))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Compress;
+    use crate::test_support::{backup, cfg, ctx, text};
+    use stagehand_engine::TypedStep;
+
+    #[tokio::test]
+    async fn a_compressed_backup_is_checked_through_its_objects() {
+        let d = tempfile::tempdir().expect("tempdir");
+        backup(
+            d.path(),
+            &[("ibdata1", text(1 << 20)), ("db/t.frm", text(5000))],
+        );
+        Compress::run(&cfg(d.path()), &ctx())
+            .await
+            .expect("compress");
+        let m = Manifest::read(d.path()).expect("manifest");
+        let none = tokio_util::sync::CancellationToken::new();
+        let (bytes, _) = check_files(d.path(), &m, &none, &|_| false).expect("verifies");
+        assert_eq!(bytes, m.data_bytes());
+
+        // A flipped byte in an object is named.
+        let obj = d.path().join("db/t.frm.zst");
+        let mut b = std::fs::read(&obj).expect("read");
+        let mid = b.len() / 2;
+        b[mid] ^= 1;
+        std::fs::write(&obj, &b).expect("write");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("damaged");
+        assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
+        b[mid] ^= 1;
+        std::fs::write(&obj, &b).expect("write");
+
+        // Bytes appended after the frame: the object's hash catches them.
+        b.extend_from_slice(b"tail");
+        std::fs::write(&obj, &b).expect("write");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("appended");
+        assert!(e.message.contains("db/t.frm.zst"), "{}", e.message);
+
+        // The original left beside its object is not in the manifest.
+        b.truncate(b.len() - 4);
+        std::fs::write(&obj, &b).expect("write");
+        std::fs::write(d.path().join("ibdata1"), text(1 << 20)).expect("write");
+        let e = check_files(d.path(), &m, &none, &|_| false).expect_err("stray original");
+        assert!(
+            e.message.contains("ibdata1: not in the manifest"),
+            "{}",
+            e.message
+        );
+    }
+}
