@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use stagehand_engine::exec::RunError;
+use stagehand_engine::executor::RunError;
 use stagehand_engine::{dryrun, graph, params, schema, Checker, Diagnostic, Loaded, RunOptions};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
@@ -626,7 +626,7 @@ fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
     let registry = stagehand_steps::registry();
     let provider = stagehand_steps::connection_provider();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let report = match runtime.block_on(stagehand_engine::exec::check(
+    let report = match runtime.block_on(stagehand_engine::executor::check(
         &loaded,
         &registry,
         Some(provider),

@@ -4,7 +4,8 @@
 //! records each result in the manifest, and the storage errors.
 
 use crate::entry::CopiedFile;
-use crate::manifest::{Manifest, StoredForm};
+use crate::entry::StoredForm;
+use crate::manifest::Manifest;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use stagehand_engine::{ConfigError, Outputs, StepContext, StepError};

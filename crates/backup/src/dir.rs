@@ -53,7 +53,7 @@ impl BackupDir {
     pub fn file_ops(&self) -> PathBuf {
         self.work().join("file_ops.json")
     }
-    /// Present while `fetch` fills the directory.
+    /// Present while `fetch` fills the directory; names the backup it holds.
     pub fn fetch_marker(&self) -> PathBuf {
         self.work().join("fetching")
     }

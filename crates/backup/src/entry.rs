@@ -31,7 +31,18 @@ pub struct CopiedFile {
     /// How the file is stored when it is not stored as is (compressed): its object's
     /// path, codec, size and SHA-256. `size` and `sha256` above stay those of the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stored: Option<crate::manifest::StoredForm>,
+    pub stored: Option<StoredForm>,
+}
+
+/// How one file of a backup is stored when not as is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredForm {
+    /// Path of the stored object, relative to the backup (`ibdata1.zst`).
+    pub path: String,
+    /// `zstd`.
+    pub codec: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// Identity and modification time of a source file at copy time.

@@ -57,17 +57,6 @@ fn full() -> String {
     "full".into()
 }
 
-/// How one file of a backup is stored when not as is.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoredForm {
-    /// Path of the stored object, relative to the backup (`ibdata1.zst`).
-    pub path: String,
-    /// `zstd`.
-    pub codec: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Verified {
     pub at: String,
@@ -257,8 +246,6 @@ impl Manifest {
         stagehand_host::atomic::write_atomic(&path, &text, opts).map_err(io)
     }
 }
-
-/// The marker naming the run that is writing a backup directory.
 
 /// Claims `dir` for run `run_id`: creates it, or accepts it when it is empty or already
 /// claimed by this run. The unsealed directory of a run that is gone (killed, its host

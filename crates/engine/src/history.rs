@@ -3,7 +3,7 @@
 //! last-success time. A run without a report (still running, or killed) is listed from
 //! its journal as `incomplete`.
 
-use crate::exec::{RunStatus, StepStatus};
+use crate::report::{RunStatus, StepStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;

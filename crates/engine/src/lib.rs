@@ -5,7 +5,8 @@
 
 pub mod diag;
 pub mod dryrun;
-pub mod exec;
+pub mod executor;
+pub mod failure;
 pub mod graph;
 pub mod history;
 pub mod journal;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod params;
 pub mod parse;
 pub mod redact;
+pub mod report;
 pub mod resources;
 pub mod schema;
 pub mod source;
@@ -22,7 +24,8 @@ pub mod template;
 pub mod validate;
 
 pub use diag::Diagnostic;
-pub use exec::{execute, RunOptions, RunReport, RunStatus, StepStatus};
+pub use executor::{execute, RunOptions};
+pub use report::{RunReport, RunStatus, StepStatus};
 pub use step::{
     output, ConfigError, OutputSpec, OutputType, Outputs, Registry, StepAction, StepContext,
     StepError, StepKind, Typed, TypedStep,

@@ -3,7 +3,7 @@
 //! from outputs by convention — an integer output `bytes` (bytes a step moved), an
 //! object output `holds_ms` (milliseconds each lock stage was held).
 
-use crate::exec::{RunReport, RunStatus, StepStatus};
+use crate::report::{RunReport, RunStatus, StepStatus};
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! one open session (a server's backup locks belong to a session). The engine does not
 //! know what a connection is; a [`ConnectionProvider`] from the step crate opens them.
 
-use crate::step::{ConfigError, StepError};
+use crate::failure::{ConfigError, StepError};
 use async_trait::async_trait;
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};

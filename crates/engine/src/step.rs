@@ -11,8 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
-/// What a step publishes for later steps: `{{steps.ID.outputs.KEY}}`.
-pub type Outputs = serde_json::Map<String, serde_json::Value>;
+pub use crate::report::Outputs;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -54,59 +53,7 @@ pub const fn output(name: &'static str, ty: OutputType, description: &'static st
     }
 }
 
-/// Why a step failed, and whether trying again may help.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct StepError {
-    pub message: String,
-    /// Transient (network, lock wait, throttling): the engine retries per the step's policy.
-    pub retryable: bool,
-    /// What the operator should do next, shown under the error.
-    pub hint: Option<String>,
-    /// The step failed but the run does not, as with `continue_on_error`, decided by the
-    /// step (a notification that could not be sent after its retries).
-    pub advisory: bool,
-}
-
-impl StepError {
-    pub fn fatal(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-            hint: None,
-            advisory: false,
-        }
-    }
-    pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-            hint: None,
-            advisory: false,
-        }
-    }
-    /// Marks the failure as not failing the run (see [`StepError::advisory`]).
-    pub fn advisory(mut self) -> Self {
-        self.advisory = true;
-        self
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-    pub fn cancelled() -> Self {
-        Self::fatal("cancelled")
-    }
-}
-
-/// A config that does not fit its step kind; `path` is relative to `with`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{message}")]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
+pub use crate::failure::{ConfigError, StepError};
 
 /// How a background step learns that its `until` step finished.
 pub type UntilResult = Result<Outputs, String>;
@@ -120,7 +67,7 @@ pub struct Upstream {
 
 /// One step of the run as it stood when the current step started: the same record as
 /// in the final report.
-pub type StepSnapshot = crate::exec::StepReport;
+pub type StepSnapshot = crate::report::StepReport;
 
 /// The run so far, as the current step sees it when it starts (templates read it as
 /// `{{report.status}}`, `{{report.failed_step.error}}`, `{{report.steps.ID.outputs.KEY}}`):
@@ -140,7 +87,7 @@ pub struct RunSnapshot {
     /// What the run's status would be if it ended now: `succeeded` until a step fails
     /// the run (failures under `continue_on_error` do not), then `failed`, or
     /// `interrupted` after SIGINT/SIGTERM.
-    pub status: crate::exec::RunStatus,
+    pub status: crate::report::RunStatus,
     /// The first step that failed, if any (also those under `continue_on_error`).
     pub failed_step: Option<StepSnapshot>,
     pub failed_steps: Vec<StepSnapshot>,

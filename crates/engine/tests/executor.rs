@@ -155,7 +155,7 @@ async fn a_run_id_that_is_not_one_path_component_is_refused() {
         .await
         .expect_err("the run is refused");
     assert!(
-        matches!(err, stagehand_engine::exec::RunError::RunId { .. }),
+        matches!(err, stagehand_engine::executor::RunError::RunId { .. }),
         "{err}"
     );
     assert!(

@@ -2,6 +2,7 @@
 //! phase of a backup: InnoDB tablespaces page by page, non-InnoDB table files under
 //! BLOCK_DDL, Aria logs under BLOCK_COMMIT, and the rest not at all.
 
+use crate::proof::{SourceProof, VerifiedSource};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -356,25 +357,6 @@ impl PlacementError {
         let hint = self.hint();
         stagehand_engine::StepError::fatal(self.to_string()).with_hint(hint)
     }
-}
-
-/// How `datadir` was shown to be the datadir of the session's server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceProof {
-    /// The process behind the socket has this redo log open and runs in `datadir`: the
-    /// same files, whatever path the server itself uses for them (containers).
-    OpenFiles { log: PathBuf },
-    /// The server's `@@datadir` is this directory (device and inode) and the redo log has
-    /// its checkpoint. `unproven` says why the open files could not be checked (`None`
-    /// over TCP, where there is no process to look at).
-    PathAndCheckpoint { unproven: Option<String> },
-}
-
-/// A datadir (device, inode) checked to be the session's server's, and how.
-#[derive(Debug, Clone)]
-pub struct VerifiedSource {
-    pub datadir: (u64, u64),
-    pub proof: SourceProof,
 }
 
 /// Checks, before anything is copied, that `datadir` is the datadir of the server the

@@ -7,5 +7,6 @@
 pub mod backup_server;
 pub mod datadir;
 pub mod locks;
+pub mod proof;
 pub mod sandbox;
 pub mod session;

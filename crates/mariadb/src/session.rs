@@ -101,7 +101,7 @@ pub struct Session {
     pub socket: Option<std::path::PathBuf>,
     /// The datadir already checked to belong to this session's server, and how, so
     /// later steps (one under BLOCK_COMMIT) do not check it again.
-    pub verified_datadir: std::sync::Mutex<Option<crate::datadir::VerifiedSource>>,
+    pub verified_datadir: std::sync::Mutex<Option<crate::proof::VerifiedSource>>,
 }
 
 impl Session {

@@ -22,7 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 use stagehand_backup::codec::*;
 use stagehand_backup::entry::CopiedFile;
-use stagehand_backup::manifest::{Manifest, StoredForm};
+use stagehand_backup::entry::StoredForm;
+use stagehand_backup::manifest::Manifest;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
@@ -176,8 +177,6 @@ fn plan_compress(dir: &Path, m: &Manifest) -> Result<Vec<Job>, StepError> {
     jobs.sort_by_key(|j| std::cmp::Reverse(m.files[j.index].size));
     Ok(jobs)
 }
-
-/// The compress side of the shared worker: what one job does to one file.
 
 fn compress_job(w: &Work, job: &Job, level: i32, threads: u32) -> Result<Outcome, StorageError> {
     let f = &w.files[job.index];

@@ -17,7 +17,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use stagehand_engine::exec::{RunStatus, StepStatus};
+use stagehand_engine::report::{RunStatus, StepStatus};
 use stagehand_engine::step::RunSnapshot;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,

@@ -4,7 +4,8 @@
 use super::CompressOnUpload;
 use stagehand_backup::codec::{HashingReader, HashingWriter};
 use stagehand_backup::entry::CopiedFile;
-use stagehand_backup::manifest::{Manifest, StoredForm};
+use stagehand_backup::entry::StoredForm;
+use stagehand_backup::manifest::Manifest;
 use stagehand_repo::{ByteCounter, Repository, Store, StoreError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,11 +4,12 @@
 use crate::journal::{write_json_atomic, Journal, JournalError};
 use crate::model::{SecretSource, When};
 use crate::redact::Redactor;
+use crate::report::{RunReport, RunStatus, StepReport, StepStatus};
 use crate::resources::{ConnectionProvider, Connections};
 use crate::step::{Outputs, Registry, StepContext, StepError, UntilResult};
 use crate::template::{Mode, Renderer};
 use crate::validate::{env_map, Loaded};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,103 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
-
-/// How a step ended (or that it has not yet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepStatus {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-    Cancelled,
-}
-
-impl StepStatus {
-    fn is_terminal(self) -> bool {
-        !matches!(self, StepStatus::Pending | StepStatus::Running)
-    }
-
-    /// The lowercase word used in reports, metrics and notifications.
-    pub fn name(self) -> &'static str {
-        match self {
-            StepStatus::Pending => "pending",
-            StepStatus::Running => "running",
-            StepStatus::Succeeded => "succeeded",
-            StepStatus::Failed => "failed",
-            StepStatus::Skipped => "skipped",
-            StepStatus::Cancelled => "cancelled",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    #[default]
-    Succeeded,
-    Failed,
-    Interrupted,
-}
-
-impl RunStatus {
-    /// The lowercase word used in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Interrupted => "interrupted",
-        }
-    }
-
-    /// The CLI's exit code for this outcome.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            RunStatus::Succeeded => 0,
-            RunStatus::Failed => 1,
-            RunStatus::Interrupted => 130,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StepReport {
-    pub id: String,
-    pub uses: String,
-    pub status: StepStatus,
-    pub attempts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    pub outputs: Outputs,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-/// The final report of a run (`report.json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    pub run_id: String,
-    pub plan: String,
-    pub plan_file: String,
-    pub status: RunStatus,
-    pub started_at: String,
-    pub finished_at: String,
-    pub duration_ms: u64,
-    pub params: BTreeMap<String, Value>,
-    pub steps: Vec<StepReport>,
-    pub journal: String,
-}
-
-impl RunReport {
-    pub fn step(&self, id: &str) -> Option<&StepReport> {
-        self.steps.iter().find(|s| s.id == id)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
