@@ -216,7 +216,7 @@ fn claim_fetch_dir(
     url: &str,
     manifest: &Manifest,
 ) -> Result<Claim, StepError> {
-    let marker = BackupDir::new(&dir).fetch_marker();
+    let marker = BackupDir::new(dir).fetch_marker();
     let wanted = format!("{url}/{id}");
     if let Ok(owner) = std::fs::read_to_string(&marker) {
         if owner.trim() == wanted {
@@ -258,7 +258,7 @@ fn claim_fetch_dir(
     }
     stagehand_host::private_fs::make_private_dir(dir)
         .and_then(|_| {
-            stagehand_host::private_fs::create_private_dir_all(&BackupDir::new(&dir).work())
+            stagehand_host::private_fs::create_private_dir_all(&BackupDir::new(dir).work())
         })
         .and_then(|_| stagehand_host::private_fs::write_private(&marker, wanted))
         .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))

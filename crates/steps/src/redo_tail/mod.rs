@@ -509,7 +509,7 @@ impl Tail {
                 checkpoint.checkpoint_lsn,
                 header.header.framing() == MtrFraming::Plain,
             ),
-            file_ops_path: stagehand_backup::dir::BackupDir::new(&to).file_ops(),
+            file_ops_path: stagehand_backup::dir::BackupDir::new(to).file_ops(),
         })
     }
 
