@@ -483,7 +483,8 @@ fn undo_and_log_directories_from_a_defaults_file() {
             .any(|f| f.starts_with("undo00") || f == "ib_logfile0"),
         "{in_data:?}"
     );
-    let (mysql_uid, _) = stagehand_mariadb::sandbox::lookup_user("mysql").expect("mysql user");
+    let (mysql_uid, _) =
+        stagehand_mariadb::sandbox::accounts::lookup_user("mysql").expect("mysql user");
     for p in [
         data.join("ibdata1"),
         data.join("app"),

@@ -546,7 +546,7 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
 /// and tmpdir in `run`, and waits until it serves.
 async fn own_server(backup: &Path, run: &Path, socket: &Path) -> std::process::Child {
     // The build the backup came from (STAGEHAND_MARIADB_BIN in the version matrix).
-    let binary = stagehand_mariadb::sandbox::find_binary("mariadbd").expect("mariadbd");
+    let binary = stagehand_mariadb::sandbox::binaries::find_binary("mariadbd").expect("mariadbd");
     let mut cmd = Command::new(binary);
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", backup.display()))

@@ -292,8 +292,8 @@ pub async fn binary_for_backup(
     source: &str,
 ) -> Result<PathBuf, StepError> {
     let binary = match &explicit {
-        Some(path) => crate::sandbox::find_binary(&path.to_string_lossy()),
-        None => crate::sandbox::find_binary(name),
+        Some(path) => crate::sandbox::binaries::find_binary(&path.to_string_lossy()),
+        None => crate::sandbox::binaries::find_binary(name),
     }
     .ok_or_else(|| {
         let shown = explicit
@@ -304,7 +304,7 @@ pub async fn binary_for_backup(
         ))
         .with_hint(install_hint(source))
     })?;
-    let found = crate::sandbox::server_version(&binary)
+    let found = crate::sandbox::binaries::server_version(&binary)
         .await
         .map_err(|e| StepError::fatal(e.to_string()))?;
     match series_mismatch(source, &found) {
@@ -316,7 +316,7 @@ pub async fn binary_for_backup(
 
 /// Why a binary of version `found` must not prepare a backup of `source`, if it must not.
 pub fn series_mismatch(source: &str, found: &str) -> Option<String> {
-    let parse = crate::session::ServerVersion::parse;
+    let parse = crate::version::ServerVersion::parse;
     match (parse(source), parse(found)) {
         (Some(s), Some(f)) if s.same_series(&f) => None,
         (Some(s), Some(f)) => Some(format!(
@@ -346,7 +346,7 @@ pub async fn can_prepare_here(source: &str) -> stagehand_engine::step::Finding {
 }
 
 fn install_hint(source: &str) -> String {
-    let series = crate::session::ServerVersion::parse(source)
+    let series = crate::version::ServerVersion::parse(source)
         .map_or("the backup's".to_string(), |v| {
             format!("{}.{}", v.major, v.minor)
         });

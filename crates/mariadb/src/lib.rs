@@ -10,3 +10,4 @@ pub mod locks;
 pub mod proof;
 pub mod sandbox;
 pub mod session;
+pub mod version;

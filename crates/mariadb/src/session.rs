@@ -2,6 +2,7 @@
 //! that names the same connection shares one server session, because BACKUP STAGE locks
 //! belong to the session that took them.
 
+use crate::version::ServerVersion;
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
@@ -117,48 +118,6 @@ impl Session {
     /// The parsed server version.
     pub fn version(&self) -> Option<ServerVersion> {
         ServerVersion::parse(&self.server_version)
-    }
-}
-
-/// A server version, as `SELECT VERSION()` gives it (`10.11.19-MariaDB-0+deb12u1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ServerVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
-    pub mariadb: bool,
-}
-
-impl ServerVersion {
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut nums = text
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|p| !p.is_empty());
-        let major = nums.next()?.parse().ok()?;
-        let minor = nums.next()?.parse().ok()?;
-        let patch = nums.next()?.parse().ok()?;
-        Some(Self {
-            major,
-            minor,
-            patch,
-            mariadb: text.to_ascii_lowercase().contains("mariadb"),
-        })
-    }
-
-    pub fn at_least(&self, major: u32, minor: u32, patch: u32) -> bool {
-        (self.major, self.minor, self.patch) >= (major, minor, patch)
-    }
-
-    /// Same release series (major.minor: 10.11, 11.8): the unit of on-disk
-    /// compatibility for preparing a backup.
-    pub fn same_series(&self, other: &ServerVersion) -> bool {
-        (self.major, self.minor) == (other.major, other.minor)
-    }
-}
-
-impl std::fmt::Display for ServerVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
     }
 }
 

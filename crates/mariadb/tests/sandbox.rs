@@ -8,9 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use stagehand_mariadb::sandbox::{
-    find_binary, server_version, SandboxError, SandboxOptions, SandboxServer, ShutdownMode,
-};
+use stagehand_mariadb::sandbox::binaries::{find_binary, server_version};
+use stagehand_mariadb::sandbox::{SandboxError, SandboxOptions, SandboxServer, ShutdownMode};
 use stagehand_testkit::{install_datadir, test_logs_dir, TestServer, MARIADB_NOT_FOUND};
 
 fn process_gone(pid: u32) -> bool {

@@ -37,10 +37,12 @@ use mysql_async::{Conn, Opts, Pool};
 use tempfile::TempDir;
 use tokio::process::Command;
 
+use stagehand_mariadb::sandbox::accounts::is_root;
+use stagehand_mariadb::sandbox::binaries::find_binary;
 use stagehand_mariadb::sandbox::{
-    find_binary, is_root, log_tail_since, parse_server_version, SandboxError, SandboxOptions,
-    SandboxServer, LOG_TAIL_LINES,
+    log_tail_since, SandboxError, SandboxOptions, SandboxServer, LOG_TAIL_LINES,
 };
+use stagehand_mariadb::version::parse_server_version;
 
 /// The message of a start without a MariaDB installation.
 pub const MARIADB_NOT_FOUND: &str =

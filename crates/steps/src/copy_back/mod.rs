@@ -26,7 +26,8 @@ use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
 use stagehand_host::progress::Progress;
-use stagehand_mariadb::sandbox::{chown_path, find_binary, is_root, lookup_group, lookup_user};
+use stagehand_mariadb::sandbox::accounts::{chown_path, is_root, lookup_group, lookup_user};
+use stagehand_mariadb::sandbox::binaries::find_binary;
 use stagehand_repo::ByteCounter;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};

@@ -225,14 +225,14 @@ async fn this_host_prepares(name: &str, explicit: Option<PathBuf>) -> Finding {
     let shown = explicit
         .as_ref()
         .map_or(name.to_string(), |p| p.display().to_string());
-    let Some(binary) = stagehand_mariadb::sandbox::find_binary(&shown) else {
+    let Some(binary) = stagehand_mariadb::sandbox::binaries::find_binary(&shown) else {
         return Finding::warn(format!("{shown} not found: this host cannot prepare the backup (install the server of the source's series, or set prepare=false and prepare elsewhere)"));
     };
-    match stagehand_mariadb::sandbox::server_version(&binary).await {
+    match stagehand_mariadb::sandbox::binaries::server_version(&binary).await {
         Ok(v) => Finding::ok(format!(
             "this host prepares with {} (MariaDB {v}): backups of MariaDB {} servers",
             binary.display(),
-            stagehand_mariadb::session::ServerVersion::parse(&v)
+            stagehand_mariadb::version::ServerVersion::parse(&v)
                 .map_or(v.clone(), |s| format!("{}.{}", s.major, s.minor))
         )),
         Err(e) => Finding::error(e.to_string()),
@@ -342,7 +342,7 @@ async fn prepare_with_mariadb_backup(
     binary: Option<PathBuf>,
 ) -> Result<(), StepError> {
     let bin = binary
-        .or_else(|| stagehand_mariadb::sandbox::find_binary("mariadb-backup"))
+        .or_else(|| stagehand_mariadb::sandbox::binaries::find_binary("mariadb-backup"))
         .ok_or_else(|| {
             StepError::fatal("mariadb-backup not found")
                 .with_hint("install it with 'apt-get install mariadb-backup'")
@@ -357,7 +357,7 @@ async fn prepare_with_mariadb_backup(
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     let cannot_run = |e| StepError::fatal(format!("cannot run {}: {e}", bin.display()));
-    let out = stagehand_mariadb::sandbox::spawn_tied_to_process(command)
+    let out = stagehand_host::process::spawn_tied_to_process(command)
         .await
         .map_err(cannot_run)?
         .wait_with_output()

@@ -471,7 +471,7 @@ impl Tail {
             .map_err(|e| StepError::fatal(format!("{}: {e}", log_path.display())))?;
         let geometry = LogGeometry::new(header.header.first_lsn, meta.len())
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        let version = stagehand_mariadb::session::ServerVersion::parse(&settings.version)
+        let version = stagehand_mariadb::version::ServerVersion::parse(&settings.version)
             .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
         std::fs::create_dir_all(to)
             .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", to.display())))?;

@@ -146,7 +146,7 @@ fn seal(
             StepError::fatal(format!("no InnoDB copy found in {}", dir.display()))
                 .with_hint("a `copy` step with `files: innodb` must write into the same directory")
         })?;
-    let version = stagehand_mariadb::session::ServerVersion::parse(&settings.version)
+    let version = stagehand_mariadb::version::ServerVersion::parse(&settings.version)
         .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
     let naming = bf::naming(bf::Version(version.major, version.minor, version.patch));
 

@@ -45,9 +45,10 @@ use stagehand_engine::step::Finding;
 use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
+use stagehand_mariadb::sandbox::accounts::{chown_path, is_root, lookup_user};
+use stagehand_mariadb::sandbox::binaries::{find_binary, server_version};
 use stagehand_mariadb::sandbox::{
-    chown_path, find_binary, is_root, log_tail_since, lookup_user, server_version, SandboxError,
-    SandboxOptions, SandboxServer, ShutdownMode, LOG_TAIL_LINES,
+    log_tail_since, SandboxError, SandboxOptions, SandboxServer, ShutdownMode, LOG_TAIL_LINES,
 };
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};

@@ -13,7 +13,8 @@ use stagehand_engine::{
     output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
 };
 use stagehand_mariadb::locks::{LockMethod, LockState, Stage};
-use stagehand_mariadb::session::{classify, name_values, query_rows, ServerVersion, Session};
+use stagehand_mariadb::session::{classify, name_values, query_rows, Session};
+use stagehand_mariadb::version::ServerVersion;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

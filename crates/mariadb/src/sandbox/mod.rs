@@ -23,10 +23,17 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accounts;
+pub mod binaries;
+
+use accounts::{chown_path, is_root, lookup_user};
+use binaries::{find_binary, resolve_explicit_binary, FALLBACK_BIN_DIRS};
+use stagehand_host::process::spawn_tied_to_process;
+
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,14 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio::process::{Child, Command};
-
-/// The environment variable naming a directory of server binaries (`mariadbd`,
-/// `mariadb-install-db`, `mariadb-backup`) searched before `PATH` by [`find_binary`].
-pub const SERVER_BIN_ENV: &str = "STAGEHAND_MARIADB_BIN";
-
-/// Directories searched (after `PATH`) by [`find_binary`].
-pub const FALLBACK_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/usr/local/mysql/bin"];
 
 /// Longest Unix socket path the kernel accepts: `sun_path` is 108 bytes on Linux,
 /// including the terminating NUL.
@@ -50,6 +51,15 @@ pub const MAX_SOCKET_PATH_LEN: usize = 107;
 /// How many lines of the error log an error carries.
 pub const LOG_TAIL_LINES: usize = 30;
 
+/// What a user name or password may keep as is in a `mysql://` URL: the unreserved
+/// characters of RFC 3986.
+const URL_PART: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+/// The same for the socket path, which keeps its slashes.
+const URL_PATH: &AsciiSet = &URL_PART.remove(b'/');
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Upper bound of a single readiness probe (connect + `SELECT 1`).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -726,15 +736,15 @@ impl SandboxServer {
         if password.is_empty() {
             format!(
                 "mysql://{}@localhost/?socket={}",
-                percent_encode(user, false),
-                percent_encode(&socket, true)
+                utf8_percent_encode(user, URL_PART),
+                utf8_percent_encode(&socket, URL_PATH)
             )
         } else {
             format!(
                 "mysql://{}:{}@localhost/?socket={}",
-                percent_encode(user, false),
-                percent_encode(password, false),
-                percent_encode(&socket, true)
+                utf8_percent_encode(user, URL_PART),
+                utf8_percent_encode(password, URL_PART),
+                utf8_percent_encode(&socket, URL_PATH)
             )
         }
     }
@@ -971,107 +981,6 @@ fn is_access_error(code: u16) -> bool {
     matches!(code, 1044 | 1045 | 1698)
 }
 
-/// Looks for an executable `name` in `$STAGEHAND_MARIADB_BIN`, `PATH`, then in
-/// [`FALLBACK_BIN_DIRS`].
-/// A `name` containing `/` is checked as a path.
-pub fn find_binary(name: &str) -> Option<PathBuf> {
-    if name.contains('/') {
-        let path = PathBuf::from(name);
-        return is_executable(&path).then_some(path);
-    }
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    // A chosen server build (the tests' version matrix; a host with several series)
-    // comes before PATH.
-    let chosen = std::env::var_os(SERVER_BIN_ENV).map(PathBuf::from);
-    chosen
-        .into_iter()
-        .chain(path_dirs)
-        .chain(FALLBACK_BIN_DIRS.iter().map(PathBuf::from))
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn resolve_explicit_binary(path: &Path) -> Result<PathBuf, SandboxError> {
-    let found = if path.components().count() > 1 {
-        is_executable(path).then(|| path.to_path_buf())
-    } else {
-        find_binary(&path.to_string_lossy())
-    };
-    found.ok_or_else(|| SandboxError::BinaryNotFound {
-        name: path.display().to_string(),
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// Runs `<binary> --no-defaults --version` and returns the version number,
-/// e.g. `10.11.19` for `mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu`.
-pub async fn server_version(binary: impl AsRef<Path>) -> Result<String, SandboxError> {
-    let binary = binary.as_ref();
-    let output = Command::new(binary)
-        .arg("--no-defaults")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| SandboxError::io(format!("cannot run {} --version", binary.display()), e))?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    // mariadbd prints its version on stdout, mariadb-backup on stderr.
-    let errors = String::from_utf8_lossy(&output.stderr).into_owned();
-    parse_server_version(&text)
-        .or_else(|| parse_server_version(&errors))
-        .ok_or_else(|| SandboxError::Version {
-            binary: binary.to_path_buf(),
-            output: if text.trim().is_empty() { errors } else { text },
-        })
-}
-
-/// Extracts `X.Y.Z` from a `--version` line or a `VERSION()` value
-/// (`10.11.19-MariaDB-0+deb12u1-log` gives `10.11.19`).
-pub fn parse_server_version(text: &str) -> Option<String> {
-    let mut words = text.split_whitespace();
-    // Prefer the word after "Ver"; otherwise the first word that looks like a version.
-    let after_ver = text
-        .split_whitespace()
-        .skip_while(|w| *w != "Ver")
-        .nth(1)
-        .and_then(version_prefix);
-    after_ver.or_else(|| words.find_map(version_prefix))
-}
-
-fn version_prefix(word: &str) -> Option<String> {
-    let prefix: String = word
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let prefix = prefix.trim_end_matches('.');
-    let parts: Vec<&str> = prefix.split('.').collect();
-    (parts.len() >= 3 && parts.iter().all(|p| !p.is_empty())).then(|| prefix.to_owned())
-}
-
-/// Whether the effective uid is 0, without libc: the owner of `/proc/self`
-/// is the effective uid; `id -u` is the fallback.
-pub fn is_root() -> bool {
-    if let Ok(meta) = fs::metadata("/proc/self") {
-        return meta.uid() == 0;
-    }
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim() == "0")
-        .unwrap_or(false)
-}
-
 /// A free loopback port: bind 127.0.0.1:0, read the port, release it.
 /// (Racy by nature: the start is retried if mariadbd finds it taken.)
 pub fn free_loopback_port() -> Result<u16, SandboxError> {
@@ -1142,62 +1051,6 @@ fn prepare_socket_path(socket: &Path) -> Result<Option<PathBuf>, SandboxError> {
     Ok(Some(parent.to_path_buf()))
 }
 
-/// uid and primary gid of a system user (getpwnam_r).
-pub fn lookup_user(name: &str) -> Result<(u32, u32), SandboxError> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| SandboxError::InvalidOptions(format!("bad user name {name:?}")))?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer refers to live, correctly sized memory owned here.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(SandboxError::InvalidOptions(format!(
-            "unknown system user {name:?}"
-        )));
-    }
-    Ok((pwd.pw_uid, pwd.pw_gid))
-}
-
-/// gid of a system group (getgrnam_r).
-pub fn lookup_group(name: &str) -> Result<u32, SandboxError> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| SandboxError::InvalidOptions(format!("bad group name {name:?}")))?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 64 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as in lookup_user.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return Err(SandboxError::InvalidOptions(format!(
-            "unknown system group {name:?}"
-        )));
-    }
-    Ok(grp.gr_gid)
-}
-
-/// chown without following a final symlink.
-pub fn chown_path(path: &Path, uid: u32, gid: u32) -> Result<(), SandboxError> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(|e| SandboxError::io(format!("cannot chown {} to {uid}:{gid}", path.display()), e))
-}
-
 fn touch(path: &Path) -> Result<(), SandboxError> {
     OpenOptions::new()
         .create(true)
@@ -1235,78 +1088,6 @@ fn create_short_socket_dir() -> Result<PathBuf, SandboxError> {
         "cannot create a unique socket dir under /tmp",
         last_err.unwrap_or_else(|| io::Error::other("too many attempts")),
     ))
-}
-
-/// Spawns `command` so that the child is SIGKILLed when this process dies, however
-/// it dies (kill -9 included): the child asks for PR_SET_PDEATHSIG before exec.
-///
-/// The kernel sends that signal when the *thread* that forked exits, not the process,
-/// and tokio's blocking threads (and a worker given up by `block_in_place`) do exit.
-/// So every such child is forked by one thread that lives as long as the process.
-pub async fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
-    let parent = std::process::id();
-    // SAFETY: the closure runs between fork and exec and only makes two syscalls
-    // (prctl, getppid) and builds an io::Error without allocating.
-    unsafe {
-        command.pre_exec(move || die_with_parent(parent));
-    }
-    let handle = tokio::runtime::Handle::current();
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    spawner()
-        .send(SpawnJob {
-            command,
-            handle,
-            reply,
-        })
-        .map_err(|_| io::Error::other("the process spawner thread is gone"))?;
-    answer
-        .await
-        .map_err(|_| io::Error::other("the process spawner thread is gone"))?
-}
-
-/// In the child, before exec: SIGKILL when the parent goes; if it went already
-/// (between fork and prctl), give up instead of running unowned.
-fn die_with_parent(parent: u32) -> io::Result<()> {
-    // SAFETY: prctl and getppid are async-signal-safe syscalls without pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::getppid() } as u32 != parent {
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    Ok(())
-}
-
-struct SpawnJob {
-    command: Command,
-    handle: tokio::runtime::Handle,
-    reply: tokio::sync::oneshot::Sender<io::Result<Child>>,
-}
-
-/// The sender to the spawner thread; the thread never ends because this sender,
-/// held in a static, is never dropped.
-fn spawner() -> &'static std::sync::mpsc::Sender<SpawnJob> {
-    static SPAWNER: std::sync::OnceLock<std::sync::mpsc::Sender<SpawnJob>> =
-        std::sync::OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let (send, jobs) = std::sync::mpsc::channel::<SpawnJob>();
-        let started = std::thread::Builder::new()
-            .name("stagehand-spawner".into())
-            .spawn(move || {
-                for mut job in jobs {
-                    // tokio's child watcher belongs to the caller's runtime.
-                    let _runtime = job.handle.enter();
-                    let _ = job.reply.send(job.command.spawn());
-                }
-            });
-        if let Err(e) = started {
-            // The receiver went with the closure: every send fails and says so.
-            tracing::error!(error = %e, "cannot start the process spawner thread");
-        }
-        send
-    })
 }
 
 fn send_signal(pid: u32, signal: &str) -> Result<(), SandboxError> {
@@ -1351,47 +1132,9 @@ pub fn log_tail_since(path: &Path, offset: u64, lines: usize) -> String {
     }
 }
 
-/// Percent-encodes everything but unreserved characters (and `/` when `keep_slash`).
-fn percent_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        let unreserved = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        if unreserved || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_versions() {
-        assert_eq!(
-            parse_server_version(
-                "mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu on x86_64 (Debian 12)"
-            )
-            .as_deref(),
-            Some("10.11.19")
-        );
-        assert_eq!(
-            parse_server_version("10.11.19-MariaDB-0+deb12u1-log").as_deref(),
-            Some("10.11.19")
-        );
-        assert_eq!(parse_server_version("garbage 10.11"), None);
-        // mariadb-backup names the server it was built from.
-        assert_eq!(
-            parse_server_version(
-                "/usr/bin/mariadb-backup based on MariaDB server 10.11.19-MariaDB debian-linux-gnu (x86_64)\n"
-            )
-            .as_deref(),
-            Some("10.11.19")
-        );
-    }
 
     #[test]
     fn rejects_reserved_options() {
@@ -1414,7 +1157,7 @@ mod tests {
 
     #[test]
     fn url_round_trips() {
-        let encoded = percent_encode("/tmp/a b/+x%.sock", true);
+        let encoded = utf8_percent_encode("/tmp/a b/+x%.sock", URL_PATH).to_string();
         assert_eq!(encoded, "/tmp/a%20b/%2Bx%25.sock");
         let url = format!("mysql://r%40t:p%3Aw@localhost/?socket={encoded}");
         let opts = Opts::from_url(&url).ok();
@@ -1424,38 +1167,5 @@ mod tests {
         );
         assert_eq!(opts.as_ref().and_then(|o| o.user()), Some("r@t"));
         assert_eq!(opts.as_ref().and_then(|o| o.pass()), Some("p:w"));
-    }
-
-    /// PR_SET_PDEATHSIG fires when the forking *thread* exits: a child asked for by a
-    /// short-lived thread (a tokio blocking thread, say) must outlive that thread.
-    #[test]
-    fn a_tied_child_outlives_the_thread_that_asked_for_it() {
-        let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let handle = runtime.handle().clone();
-        let mut child = std::thread::spawn(move || {
-            handle.block_on(async {
-                let mut sleep = Command::new("sleep");
-                sleep.arg("60").kill_on_drop(true);
-                spawn_tied_to_process(sleep).await
-            })
-        })
-        .join()
-        .expect("the asking thread")
-        .expect("spawn");
-        let exited = runtime.block_on(async {
-            tokio::time::timeout(Duration::from_millis(500), child.wait()).await
-        });
-        assert!(
-            exited.is_err(),
-            "the child died with the thread that asked for it: {exited:?}"
-        );
-        let _ = runtime.block_on(child.kill());
-    }
-
-    #[test]
-    fn finds_sh() {
-        assert!(find_binary("sh").is_some());
-        assert!(find_binary("definitely-not-a-binary-xyz").is_none());
-        assert!(find_binary("/nonexistent/mariadbd").is_none());
     }
 }
