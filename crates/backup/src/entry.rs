@@ -89,19 +89,24 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+/// The size and SHA-256 (hex) of a whole file, as the manifest records them.
+pub fn sha256_of(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let size = std::io::copy(&mut f, &mut h)?;
+    Ok((size, format!("{:x}", h.finalize())))
+}
+
 /// The entry of a file kept as is (not an InnoDB tablespace): its size and SHA-256.
 pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
     let path = dir.join(rel);
-    let mut f = std::fs::File::open(&path)
-        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let size = std::io::copy(&mut f, &mut h)
-        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    let (size, sha256) =
+        sha256_of(&path).map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
     Ok(CopiedFile {
         path: rel.to_string(),
         class: FileClass::NonInnodb,
         size,
-        sha256: format!("{:x}", h.finalize()),
+        sha256,
         space_id: None,
         pages: 0,
         reread_pages: 0,

@@ -319,7 +319,8 @@ impl Claim {
         let pid = std::process::id();
         Claim {
             run_id: run_id.to_string(),
-            process: stagehand_host::procfs::start_time(pid).map(|start| (host_name(), pid, start)),
+            process: stagehand_host::procfs::start_time(pid)
+                .map(|start| (stagehand_host::machine::host_name(), pid, start)),
         }
     }
 
@@ -360,15 +361,9 @@ impl Claim {
             return false;
         };
         !dir.join(MANIFEST_FILE).exists()
-            && *host == host_name()
+            && *host == stagehand_host::machine::host_name()
             && stagehand_host::procfs::start_time(*pid) != Some(*start)
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Removes everything in `dir`, the claim marker last.
@@ -462,7 +457,8 @@ mod tests {
         let me = std::process::id();
         let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
         for (pid, start) in [(u32::MAX - 1, 1), (me, my_start + 1)] {
-            let d = claimed_by_process("old-run", &host_name(), pid, start);
+            let d =
+                claimed_by_process("old-run", &stagehand_host::machine::host_name(), pid, start);
             claim_target(d.path(), "new-run").expect("reclaimed");
             assert_eq!(claimed_by(d.path()).as_deref(), Some("new-run"));
             assert!(
@@ -476,13 +472,23 @@ mod tests {
     fn a_live_run_a_sealed_backup_another_host_or_an_old_marker_is_not_reclaimed() {
         let me = std::process::id();
         let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
-        let live = claimed_by_process("live-run", &host_name(), me, my_start);
+        let live = claimed_by_process(
+            "live-run",
+            &stagehand_host::machine::host_name(),
+            me,
+            my_start,
+        );
         assert!(matches!(
             claim_target(live.path(), "new"),
             Err(ClaimError::OtherRun { .. })
         ));
 
-        let sealed = claimed_by_process("old-run", &host_name(), u32::MAX - 1, 1);
+        let sealed = claimed_by_process(
+            "old-run",
+            &stagehand_host::machine::host_name(),
+            u32::MAX - 1,
+            1,
+        );
         std::fs::write(sealed.path().join(MANIFEST_FILE), b"{}").expect("manifest");
         assert!(claim_target(sealed.path(), "new").is_err());
         assert!(sealed.path().join("db/t.ibd").exists());

@@ -222,7 +222,7 @@ pub async fn execute(
         opts: &opts,
         started_at: started_at.clone(),
         t0: Instant::now(),
-        host: host_name(),
+        host: stagehand_host::machine::host_name(),
     };
     let t0 = run.t0;
     loop {
@@ -674,16 +674,6 @@ impl Run<'_> {
             journal: self.journal.path().display().to_string(),
         }
     }
-}
-
-/// This machine's name, for reports (`{{report.host}}`).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 fn now_text() -> String {

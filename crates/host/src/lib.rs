@@ -1,12 +1,13 @@
 //! The host side of stagehand: files replaced atomically (`atomic`), files and
 //! directories only this user can read
 //! (`private_fs`), facts about processes from `/proc` (`procfs`), children tied to our life
-//! (`process`), a small blocking HTTP
+//! (`process`), the host name (`machine`), a small blocking HTTP
 //! client for webhooks and the Pushgateway (`http`) and progress of long
 //! byte-moving work (`progress`). Knows nothing about MariaDB, backups or plans.
 
 pub mod atomic;
 pub mod http;
+pub mod machine;
 pub mod private_fs;
 pub mod process;
 pub mod procfs;

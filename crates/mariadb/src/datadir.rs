@@ -261,8 +261,14 @@ fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), Datadi
 }
 
 /// `undo001` … `undo127` (innodb_undo_tablespaces).
-fn is_undo_name(name: &str) -> bool {
+pub fn is_undo_name(name: &str) -> bool {
     name.len() == 7 && name.starts_with("undo") && name[4..].chars().all(|c| c.is_ascii_digit())
+}
+
+/// `ib_logfile0` (and the numbered files of servers before 10.5).
+pub fn is_redo_log_name(name: &str) -> bool {
+    name.strip_prefix("ib_logfile")
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
 }
 
 fn is_skipped_dir(name: &str) -> bool {

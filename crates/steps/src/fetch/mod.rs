@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use stagehand_backup::dir::BackupDir;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
@@ -352,11 +351,9 @@ fn corrupt(key: &str, got: u64, hash: &str, size: u64, sha256: &str) -> StoreErr
 async fn hash_of(path: &Path) -> Result<String, StoreError> {
     let path = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let shown = path.display().to_string();
-        let mut f = std::fs::File::open(&path).map_err(|e| StoreError::io(&shown, e))?;
-        let mut h = Sha256::new();
-        std::io::copy(&mut f, &mut h).map_err(|e| StoreError::io(&shown, e))?;
-        Ok(format!("{:x}", h.finalize()))
+        stagehand_backup::entry::sha256_of(&path)
+            .map(|(_, sha256)| sha256)
+            .map_err(|e| StoreError::io(&path.display().to_string(), e))
     })
     .await
     .map_err(|e| StoreError::permanent(format!("a hash task crashed: {e}")))?
