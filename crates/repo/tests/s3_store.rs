@@ -1,5 +1,5 @@
 //! The S3 store against a real moto_server, directly and through the fault proxy.
-//! Run: `cargo test -p stagehand-steps --features testkit --test s3_store`.
+//! Run: `cargo test -p stagehand-repo --test s3_store`.
 
 use sha2::{Digest, Sha256};
 use stagehand_repo::s3::S3Store;

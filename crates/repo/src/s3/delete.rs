@@ -64,32 +64,26 @@ impl Inner {
     /// Deletes one object (by its full key).
     pub(super) async fn delete_one(&self, full: &str) -> Result<(), StoreError> {
         let target = self.target(full);
-        self.retry
-            .run("DeleteObject", &target, |_| {
-                let req = self.client.delete_object().bucket(&self.bucket).key(full);
-                async move { req.send().await.map(|_| ()).map_err(|e| classify(&e)) }
-            })
-            .await
+        retried!(self, "DeleteObject", &target, |c| c
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(full))
+        .await
+        .map(|_| ())
     }
 
     /// Aborts one multipart upload; one already gone is fine.
     pub(super) async fn abort_upload(&self, full: &str, upload_id: &str) -> Result<(), StoreError> {
         let target = self.target(full);
-        let r = self
-            .retry
-            .run("AbortMultipartUpload", &target, |_| {
-                let req = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(full)
-                    .upload_id(upload_id);
-                async move { req.send().await.map(|_| ()).map_err(|e| classify(&e)) }
-            })
-            .await;
+        let r = retried!(self, "AbortMultipartUpload", &target, |c| c
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .upload_id(upload_id))
+        .await;
         match r {
             Err(e) if e.kind == StoreErrorKind::NotFound => Ok(()),
-            r => r,
+            r => r.map(|_| ()),
         }
     }
 
@@ -101,19 +95,13 @@ impl Inner {
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
         loop {
-            let page = self
-                .retry
-                .run("ListMultipartUploads", &target, |_| {
-                    let req = self
-                        .client
-                        .list_multipart_uploads()
-                        .bucket(&self.bucket)
-                        .prefix(&full_prefix)
-                        .set_key_marker(key_marker.clone())
-                        .set_upload_id_marker(id_marker.clone());
-                    async move { req.send().await.map_err(|e| classify(&e)) }
-                })
-                .await?;
+            let page = retried!(self, "ListMultipartUploads", &target, |c| c
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&full_prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone()))
+            .await?;
             for u in page.uploads() {
                 if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
                     self.abort_upload(key, id).await?;

@@ -2,7 +2,6 @@
 //! page (each ListObjectsV2 request retried on its own).
 
 use super::Inner;
-use crate::retry::classify;
 use crate::{ObjectInfo, StoreError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 
@@ -18,19 +17,13 @@ impl Inner {
         let target = self.target(full_prefix);
         let mut token: Option<String> = None;
         loop {
-            let page = self
-                .retry
-                .run("ListObjectsV2", &target, |_| {
-                    let req = self
-                        .client
-                        .list_objects_v2()
-                        .bucket(&self.bucket)
-                        .prefix(full_prefix)
-                        .set_delimiter(delimiter.map(str::to_string))
-                        .set_continuation_token(token.clone());
-                    async move { req.send().await.map_err(|e| classify(&e)) }
-                })
-                .await?;
+            let page = retried!(self, "ListObjectsV2", &target, |c| c
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(full_prefix)
+                .set_delimiter(delimiter.map(str::to_string))
+                .set_continuation_token(token.clone()))
+            .await?;
             each(&page);
             token = page.next_continuation_token().map(str::to_string);
             if page.is_truncated() != Some(true) || token.is_none() {

@@ -12,6 +12,19 @@
 //! body send), `multipart` (uploads in parts), `get` (downloads with resume), `list`
 //! and `delete` (objects and unfinished uploads).
 
+/// Runs one SDK request under the retry loop: `$build` builds it afresh each attempt
+/// from the client `$c`. A macro because the SDK's request builders share no trait
+/// with `send`.
+macro_rules! retried {
+    ($inner:expr, $op:expr, $target:expr, |$c:ident| $build:expr) => {
+        $inner.retry.run($op, $target, |_| {
+            let $c = &$inner.client;
+            let req = $build;
+            async move { req.send().await.map_err(|e| $crate::retry::classify(&e)) }
+        })
+    };
+}
+
 mod client;
 mod delete;
 mod get;

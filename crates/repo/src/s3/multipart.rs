@@ -145,18 +145,11 @@ impl Inner {
     /// CreateMultipartUpload; the upload id.
     async fn create_upload(&self, full: &str, sha256: &str) -> Result<String, StoreError> {
         let target = self.target(full);
-        let created = self
-            .retry
-            .run("CreateMultipartUpload", &target, |_| {
-                let req = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(full);
-                let req = new_object_settings!(req, self, sha256);
-                async move { req.send().await.map_err(|e| classify(&e)) }
-            })
-            .await?;
+        let created = retried!(self, "CreateMultipartUpload", &target, |c| {
+            let req = c.create_multipart_upload().bucket(&self.bucket).key(full);
+            new_object_settings!(req, self, sha256)
+        })
+        .await?;
         let upload_id = created
             .upload_id()
             .filter(|u| !u.is_empty())

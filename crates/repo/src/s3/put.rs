@@ -275,13 +275,11 @@ impl Inner {
         sha256: &str,
     ) -> Result<Option<String>, StoreError> {
         let target = self.target(full);
-        let head = self
-            .retry
-            .run("HeadObject", &target, |_| {
-                let req = self.client.head_object().bucket(&self.bucket).key(full);
-                async move { req.send().await.map_err(|e| classify(&e)) }
-            })
-            .await?;
+        let head = retried!(self, "HeadObject", &target, |c| c
+            .head_object()
+            .bucket(&self.bucket)
+            .key(full))
+        .await?;
         let got_size = head.content_length().unwrap_or(-1);
         let got_sha = head
             .metadata()
