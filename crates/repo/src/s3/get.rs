@@ -103,7 +103,6 @@ impl Inner {
     /// the object is exactly that long; a mismatch when the object changed.
     async fn get_refused(&self, full: &str, pos: u64, f: Failure) -> Result<(), Failure> {
         if f.status == Some(416) {
-            // Nothing after `pos`: done if the object is exactly that long.
             let head = self
                 .client
                 .head_object()
