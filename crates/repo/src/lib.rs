@@ -7,6 +7,7 @@
 //! kind of storage; [`Repository`] is the backup layer on top of it.
 
 pub mod checks;
+mod files;
 pub mod local;
 pub mod retention;
 pub mod retry;

@@ -2,7 +2,8 @@
 //! written under a temporary name, synced and renamed, so a key never names a partial
 //! file.
 
-use super::{ByteCounter, ObjectInfo, Store, StoreError};
+use crate::files::{blocking, open_for_resume};
+use crate::{ByteCounter, ObjectInfo, Store, StoreError};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -30,14 +31,6 @@ impl LocalStore {
         }
         Ok(self.root.join(key))
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::permanent(format!("a repository task crashed: {e}")))?
 }
 
 /// Copies `src` to `dest` through a temporary file; returns size and SHA-256 of what
@@ -170,16 +163,7 @@ impl Store for LocalStore {
                 .seek(SeekFrom::Start(offset))
                 .map_err(|e| StoreError::io(&shown, e))?;
             let dshown = dest.display().to_string();
-            let mut out = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(&dest)
-                .map_err(|e| StoreError::io(&dshown, e))?;
-            out.set_len(offset)
-                .map_err(|e| StoreError::io(&dshown, e))?;
-            out.seek(SeekFrom::Start(offset))
-                .map_err(|e| StoreError::io(&dshown, e))?;
+            let mut out = open_for_resume(&dest, offset)?;
             let mut buf = vec![0u8; 1 << 20];
             let mut size = offset;
             loop {

@@ -1,9 +1,9 @@
 //! The S3 store against a real moto_server, directly and through the fault proxy.
-//! Run: `cargo test -p stagehand-steps --features testkit --test s3_store`.
+//! Run: `cargo test -p stagehand-repo --test s3_store`.
 
 use sha2::{Digest, Sha256};
 use stagehand_repo::s3::S3Store;
-use stagehand_repo::{ByteCounter, RepoConfig, Store, StoreErrorKind};
+use stagehand_repo::{ByteCounter, RepoConfig, Store, StoreError, StoreErrorKind};
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule, ACCESS_KEY, SECRET_KEY};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -25,12 +25,68 @@ async fn store(cfg: RepoConfig, bucket: &str, prefix: &str) -> S3Store {
         .with_backoff(Duration::from_millis(5), Duration::from_millis(50))
 }
 
-fn write_random(dir: &Path, name: &str, size: usize) -> (PathBuf, String) {
-    let mut data = vec![0u8; size];
-    fastrand::fill(&mut data);
-    let p = dir.join(name);
-    std::fs::write(&p, &data).expect("write");
-    (p, format!("{:x}", Sha256::digest(&data)))
+/// A store on `bucket`/`prefix` reached through a fresh fault proxy; `tweak` adjusts
+/// the configuration first.
+async fn proxied_store(
+    moto: &MotoServer,
+    bucket: &str,
+    prefix: &str,
+    tweak: impl FnOnce(&mut RepoConfig),
+) -> (FaultProxy, S3Store) {
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let mut cfg = moto.repo_config(bucket, prefix);
+    cfg.endpoint = Some(proxy.endpoint());
+    tweak(&mut cfg);
+    (proxy, store(cfg, bucket, prefix).await)
+}
+
+/// Multipart uploads of 5 MiB parts.
+fn five_mib_parts(cfg: &mut RepoConfig) {
+    cfg.part_size = "5MiB".into();
+}
+
+/// A file of random bytes in its own temporary directory.
+struct TestFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    sha: String,
+    size: u64,
+}
+
+impl TestFile {
+    fn random(size: usize) -> TestFile {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut data = vec![0u8; size];
+        fastrand::fill(&mut data);
+        let path = dir.path().join("data");
+        std::fs::write(&path, &data).expect("write");
+        TestFile {
+            dir,
+            path,
+            sha: format!("{:x}", Sha256::digest(&data)),
+            size: size as u64,
+        }
+    }
+
+    /// Uploads the file as `key`, counting into `progress`.
+    async fn put_counted(
+        &self,
+        s: &S3Store,
+        key: &str,
+        progress: &ByteCounter,
+    ) -> Result<(), StoreError> {
+        s.put_file(key, &self.path, self.size, &self.sha, progress)
+            .await
+    }
+
+    async fn put(&self, s: &S3Store, key: &str) -> Result<(), StoreError> {
+        self.put_counted(s, key, &ByteCounter::default()).await
+    }
+
+    /// A path next to the file, to download into.
+    fn beside(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
 }
 
 fn sha_of(p: &Path) -> String {
@@ -66,19 +122,13 @@ async fn round_trip_put_get_list_delete() {
     cfg.sse = Some("AES256".into());
     cfg.storage_class = Some("STANDARD_IA".into());
     let s = store(cfg, &b, "team/repo").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (small, small_sha) = write_random(dir.path(), "small", 300_000);
+    let small = TestFile::random(300_000);
     let progress = ByteCounter::default();
 
-    s.put_file(
-        "20260101T000000Z/ibdata1",
-        &small,
-        300_000,
-        &small_sha,
-        &progress,
-    )
-    .await
-    .expect("put_file");
+    small
+        .put_counted(&s, "20260101T000000Z/ibdata1", &progress)
+        .await
+        .expect("put_file");
     assert_eq!(progress.load(Ordering::Relaxed), 300_000);
     s.put_bytes("20260101T000000Z/stagehand.json", b"{\"a\":1}".to_vec())
         .await
@@ -98,7 +148,7 @@ async fn round_trip_put_get_list_delete() {
         .expect("head under the prefix");
     assert_eq!(
         head.metadata().and_then(|m| m.get("sha256")),
-        Some(&small_sha)
+        Some(&small.sha)
     );
     assert_eq!(
         head.server_side_encryption().map(|s| s.as_str()),
@@ -134,13 +184,13 @@ async fn round_trip_put_get_list_delete() {
         Some(b"{\"a\":1}".to_vec())
     );
     assert_eq!(s.get_bytes("20260101T000000Z/missing").await.unwrap(), None);
-    let back = dir.path().join("back");
+    let back = small.beside("back");
     let n = s
         .get_to_file("20260101T000000Z/ibdata1", &back, 0, &progress)
         .await
         .expect("get_to_file");
     assert_eq!(n, 300_000);
-    assert_eq!(sha_of(&back), small_sha);
+    assert_eq!(sha_of(&back), small.sha);
     assert_eq!(progress.load(Ordering::Relaxed), 600_000);
 
     let keys: Vec<String> = all.iter().map(|o| o.key.clone()).collect();
@@ -154,15 +204,10 @@ async fn round_trip_put_get_list_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_mib_goes_multipart_in_three_parts() {
     let (moto, b) = bucket("multipart").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size = "5MiB".into();
-    let s = store(cfg, &b, "p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (f, sha) = write_random(dir.path(), "big", 12 * MIB);
+    let (proxy, s) = proxied_store(moto, &b, "p", five_mib_parts).await;
+    let big = TestFile::random(12 * MIB);
     let progress = ByteCounter::default();
-    s.put_file("id/big", &f, (12 * MIB) as u64, &sha, &progress)
+    big.put_counted(&s, "id/big", &progress)
         .await
         .expect("multipart put");
     assert_eq!(proxy.count("CreateMultipartUpload"), 1);
@@ -184,38 +229,27 @@ async fn twelve_mib_goes_multipart_in_three_parts() {
         head.e_tag()
     );
 
-    let back = dir.path().join("back");
+    let back = big.beside("back");
     let n = s
         .get_to_file("id/big", &back, 0, &progress)
         .await
         .expect("get");
     assert_eq!(n, (12 * MIB) as u64);
-    assert_eq!(sha_of(&back), sha);
+    assert_eq!(sha_of(&back), big.sha);
     assert_eq!(open_uploads(moto, &b).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranged_get_resumes_from_offset() {
     let (moto, b) = bucket("resume").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "");
-    cfg.endpoint = Some(proxy.endpoint());
-    let s = store(cfg, &b, "").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (f, sha) = write_random(dir.path(), "obj", 3 * MIB);
-    let data = std::fs::read(&f).unwrap();
-    s.put_file(
-        "k/obj",
-        &f,
-        data.len() as u64,
-        &sha,
-        &ByteCounter::default(),
-    )
-    .await
-    .unwrap();
+    let (proxy, s) = proxied_store(moto, &b, "", |_| {}).await;
+    let obj = TestFile::random(3 * MIB);
+    let data = std::fs::read(&obj.path).unwrap();
+    obj.put(&s, "k/obj").await.unwrap();
+    let sha = &obj.sha;
 
     // A partial earlier download: its first MiB is good, what follows is garbage.
-    let back = dir.path().join("back");
+    let back = obj.beside("back");
     let mut partial = data[..MIB].to_vec();
     partial.extend_from_slice(&[0xAB; 4096]);
     std::fs::write(&back, &partial).unwrap();
@@ -226,7 +260,7 @@ async fn ranged_get_resumes_from_offset() {
         .expect("resume");
     assert_eq!(n, data.len() as u64);
     assert_eq!(progress.load(Ordering::Relaxed), (2 * MIB) as u64);
-    assert_eq!(sha_of(&back), sha);
+    assert_eq!(&sha_of(&back), sha);
 
     // Nothing left to fetch.
     let n = s
@@ -234,28 +268,25 @@ async fn ranged_get_resumes_from_offset() {
         .await
         .expect("at the end");
     assert_eq!(n, data.len() as u64);
-    assert_eq!(sha_of(&back), sha);
+    assert_eq!(&sha_of(&back), sha);
 
     // A body cut short is resumed from where it stopped.
     proxy.reset_counts();
     proxy.add(Rule::op("GetObject").times(1).truncate(700_000));
-    let back2 = dir.path().join("back2");
+    let back2 = obj.beside("back2");
     let n = s
         .get_to_file("k/obj", &back2, 0, &ByteCounter::default())
         .await
         .expect("after a cut");
     assert_eq!(n, data.len() as u64);
-    assert_eq!(sha_of(&back2), sha);
+    assert_eq!(&sha_of(&back2), sha);
     assert_eq!(proxy.count("GetObject"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_down_twice_then_success() {
     let (moto, b) = bucket("slowdown").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    let s = store(cfg, &b, "p").await;
+    let (proxy, s) = proxied_store(moto, &b, "p", |_| {}).await;
     proxy.add(Rule::op("PutObject").times(2).status(503, "SlowDown"));
     s.put_bytes("a/stagehand.json", b"{}".to_vec())
         .await
@@ -268,51 +299,27 @@ async fn slow_down_twice_then_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_reset_is_retried() {
     let (moto, b) = bucket("reset").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size = "5MiB".into();
-    let s = store(cfg, &b, "p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (f, sha) = write_random(dir.path(), "big", 11 * MIB);
+    let (proxy, s) = proxied_store(moto, &b, "p", five_mib_parts).await;
+    let big = TestFile::random(11 * MIB);
     proxy.add(Rule::op("UploadPart").times(1).reset());
     proxy.add(Rule::op("HeadObject").times(1).reset());
-    s.put_file(
-        "x/big",
-        &f,
-        (11 * MIB) as u64,
-        &sha,
-        &ByteCounter::default(),
-    )
-    .await
-    .expect("put after resets");
+    big.put(&s, "x/big").await.expect("put after resets");
     assert_eq!(proxy.count("UploadPart"), 4);
     assert_eq!(proxy.count("HeadObject"), 2);
-    let back = dir.path().join("back");
+    let back = big.beside("back");
     s.get_to_file("x/big", &back, 0, &ByteCounter::default())
         .await
         .unwrap();
-    assert_eq!(sha_of(&back), sha);
+    assert_eq!(sha_of(&back), big.sha);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stall_beyond_read_timeout_is_retried() {
     let (moto, b) = bucket("stall").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    cfg.read_timeout = "1s".into();
-    let s = store(cfg, &b, "p").await;
-    proxy.add(
-        Rule::op("PutObject")
-            .times(1)
-            .stall(Duration::from_secs(10)),
-    );
-    proxy.add(
-        Rule::op("GetObject")
-            .times(1)
-            .stall(Duration::from_secs(10)),
-    );
+    let (proxy, s) = proxied_store(moto, &b, "p", |cfg| cfg.read_timeout = "1s".into()).await;
+    for op in ["PutObject", "GetObject"] {
+        proxy.add(Rule::op(op).times(1).stall(Duration::from_secs(10)));
+    }
     let t = Instant::now();
     s.put_bytes("s/m.json", b"hello".to_vec())
         .await
@@ -330,25 +337,14 @@ async fn stall_beyond_read_timeout_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_forever_fail_after_max_attempts_and_leave_nothing() {
     let (moto, b) = bucket("forever").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size = "5MiB".into();
-    cfg.max_attempts = 3;
-    let s = store(cfg, &b, "p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (f, sha) = write_random(dir.path(), "big", 12 * MIB);
+    let (proxy, s) = proxied_store(moto, &b, "p", |cfg| {
+        five_mib_parts(cfg);
+        cfg.max_attempts = 3;
+    })
+    .await;
+    let big = TestFile::random(12 * MIB);
     proxy.add(Rule::op("UploadPart").status(500, "InternalError"));
-    let err = s
-        .put_file(
-            "x/big",
-            &f,
-            (12 * MIB) as u64,
-            &sha,
-            &ByteCounter::default(),
-        )
-        .await
-        .expect_err("must fail");
+    let err = big.put(&s, "x/big").await.expect_err("must fail");
     assert_eq!(err.kind, StoreErrorKind::Transient);
     let m = &err.message;
     assert!(m.contains("UploadPart"), "{m}");
@@ -371,11 +367,8 @@ async fn server_errors_forever_fail_after_max_attempts_and_leave_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_are_not_retried() {
     let moto = MotoServer::shared();
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
     let b = unique_bucket("never-created");
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    let s = store(cfg, &b, "p").await;
+    let (proxy, s) = proxied_store(moto, &b, "p", |_| {}).await;
     let err = s
         .put_bytes("a/stagehand.json", b"{}".to_vec())
         .await
@@ -394,10 +387,7 @@ async fn permanent_errors_are_not_retried() {
 
     // Access denied is final too.
     let (moto, b) = bucket("denied").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    let s = store(cfg, &b, "p").await;
+    let (proxy, s) = proxied_store(moto, &b, "p", |_| {}).await;
     proxy.add(Rule::op("ListObjectsV2").status(403, "AccessDenied"));
     let err = s.list("").await.expect_err("denied");
     assert_eq!(err.kind, StoreErrorKind::Permanent);
@@ -409,10 +399,7 @@ async fn permanent_errors_are_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_in_batches_and_abort_incomplete_uploads() {
     let (moto, b) = bucket("batches").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    let s = store(cfg, &b, "p").await;
+    let (proxy, s) = proxied_store(moto, &b, "p", |_| {}).await;
     s.put_bytes("a/1", b"1".to_vec()).await.unwrap();
     s.put_bytes("a/2", b"2".to_vec()).await.unwrap();
     let mut keys: Vec<String> = (0..1500).map(|i| format!("gone/{i}")).collect();
@@ -440,25 +427,10 @@ async fn delete_in_batches_and_abort_incomplete_uploads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_upload_is_aborted() {
     let (moto, b) = bucket("cancel").await;
-    let proxy = FaultProxy::start(moto.addr()).await.unwrap();
-    let mut cfg = moto.repo_config(&b, "p");
-    cfg.endpoint = Some(proxy.endpoint());
-    cfg.part_size = "5MiB".into();
-    let s = store(cfg, &b, "p").await;
-    let dir = tempfile::tempdir().unwrap();
-    let (f, sha) = write_random(dir.path(), "big", 11 * MIB);
+    let (proxy, s) = proxied_store(moto, &b, "p", five_mib_parts).await;
+    let big = TestFile::random(11 * MIB);
     proxy.add(Rule::op("UploadPart").stall(Duration::from_secs(20)));
-    let r = tokio::time::timeout(
-        Duration::from_secs(2),
-        s.put_file(
-            "c/big",
-            &f,
-            (11 * MIB) as u64,
-            &sha,
-            &ByteCounter::default(),
-        ),
-    )
-    .await;
+    let r = tokio::time::timeout(Duration::from_secs(2), big.put(&s, "c/big")).await;
     assert!(r.is_err(), "the put should still be running");
     assert!(proxy.count("UploadPart") >= 1);
     let deadline = Instant::now() + Duration::from_secs(10);
