@@ -3,7 +3,7 @@
 //! dead-man check's exit codes and messages.
 
 use crate::cli::stagehand;
-use crate::notify::{run_plan, write_plan};
+use crate::support::{run_plan, write_plan};
 use serde_json::{json, Value};
 use std::path::Path;
 

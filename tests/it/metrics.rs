@@ -2,8 +2,8 @@
 //! parser) holds the figures of the run — a real hot backup with its bytes and lock hold
 //! times — and the same text reaches a Pushgateway; a failed run keeps the last success.
 
-use crate::notify::{run_plan, write_plan};
 use crate::servers::HttpReceiver;
+use crate::support::{run_plan, write_plan};
 use stagehand_testkit::TestServer;
 use std::collections::BTreeMap;
 use std::path::Path;

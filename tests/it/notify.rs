@@ -5,76 +5,8 @@
 
 use crate::cli::stagehand_env;
 use crate::servers::{free_port, HttpReceiver, SmtpOptions, SmtpServer};
+use crate::support::{files_in, run_plan, write_plan};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-pub struct PlanRun {
-    pub code: i32,
-    pub report: Value,
-    pub journal_text: String,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl PlanRun {
-    pub fn step(&self, id: &str) -> &Value {
-        self.report["steps"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["id"] == id))
-            .unwrap_or_else(|| panic!("step {id} in report"))
-    }
-    pub fn journal(&self) -> Vec<Value> {
-        self.journal_text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
-            .collect()
-    }
-    pub fn run_dir(&self) -> PathBuf {
-        Path::new(self.report["journal"].as_str().unwrap_or_default())
-            .parent()
-            .expect("run dir")
-            .to_path_buf()
-    }
-}
-
-pub fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
-}
-
-/// `stagehand run PLAN --json --state-dir DIR/state [--set ...]`.
-pub fn run_plan(dir: &Path, plan: &Path, sets: &[String], env: &[(&str, &str)]) -> PlanRun {
-    let state = dir.join("state");
-    let mut args = vec![
-        "run".to_string(),
-        plan.display().to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--json".into(),
-    ];
-    for s in sets {
-        args.push("--set".into());
-        args.push(s.clone());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = stagehand_env(&args, env);
-    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
-        panic!(
-            "report JSON ({e}); stdout: {}\nstderr: {}",
-            r.stdout, r.stderr
-        )
-    });
-    let journal_text =
-        std::fs::read_to_string(report["journal"].as_str().unwrap_or_default()).expect("journal");
-    PlanRun {
-        code: r.code,
-        report,
-        journal_text,
-        stdout: r.stdout,
-        stderr: r.stderr,
-    }
-}
 
 const FAILING_PLAN: &str = r#"version: 1
 name: nightly
@@ -505,7 +437,7 @@ steps:
         written.push(("email".into(), m.to_string()));
     }
     // Everything else the run left in the state directory too.
-    for f in walk(&dir.path().join("state")) {
+    for f in files_in(&dir.path().join("state")) {
         written.push((
             f.display().to_string(),
             std::fs::read_to_string(&f).unwrap_or_default(),
@@ -531,21 +463,6 @@ steps:
         payload["text"],
         "token ***; echo said password *** token ***"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

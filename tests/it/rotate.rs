@@ -4,7 +4,7 @@
 //! and a policy without a rule is refused before anything runs.
 
 use crate::cli::stagehand;
-use crate::notify::{run_plan, write_plan, PlanRun};
+use crate::support::{run_plan, write_plan, PlanRun};
 use serde_json::{json, Value};
 use stagehand_backup::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
 use stagehand_mariadb::datadir::ServerSettings;

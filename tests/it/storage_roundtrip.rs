@@ -6,6 +6,7 @@
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
 use crate::cli::{stagehand_env, Run};
+use crate::support::files_in;
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
@@ -263,7 +264,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
         .expect("backup id")
         .to_string();
     // Flip one byte in the middle of the largest object.
-    let mut objects: Vec<_> = walk(&repo_dir.join(&id));
+    let mut objects: Vec<_> = files_in(&repo_dir.join(&id));
     objects.retain(|p| p.extension().is_some_and(|e| e == "zst"));
     objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let victim = objects.last().expect("a compressed object").clone();
@@ -364,22 +365,6 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
     assert_eq!(step(&report, "check")["status"], "succeeded");
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// A tmpfs of `size` mounted on `dir` for the test's lifetime.
 pub(crate) struct SmallDisk {
     dir: std::path::PathBuf,
@@ -440,7 +425,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
             || backup.stderr.contains("no manifest"),
         "the failure says what to do next: {ship}"
     );
-    let left = walk(&repo_dir);
+    let left = files_in(&repo_dir);
     assert!(
         left.iter().all(|p| !p.ends_with("stagehand.json")),
         "nothing in the repository looks complete: {left:?}"

@@ -1,0 +1,178 @@
+//! What many integration tests do: write a plan file, run it with `stagehand run --json`
+//! and read its report and journal, look up a step, start a test server with some data,
+//! and back one up with `plans/full-backup.yaml`.
+
+use crate::cli::stagehand_env;
+use serde_json::Value;
+use stagehand_testkit::TestServer;
+use std::path::{Path, PathBuf};
+
+/// Writes `text` to `DIR/NAME.yaml` and returns its path.
+pub fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("write plan");
+    path
+}
+
+/// The step `id` of a run report; panics (showing the report) when there is none.
+pub fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == id))
+        .unwrap_or_else(|| panic!("step {id} in the report: {report}"))
+}
+
+/// The error of the step `id` of a run report ("" when it has none).
+pub fn step_error<'a>(report: &'a Value, id: &str) -> &'a str {
+    step(report, id)["error"].as_str().unwrap_or_default()
+}
+
+/// The JSON report a `--json` run printed, or `Null` when it printed none.
+pub fn report_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout).unwrap_or(Value::Null)
+}
+
+/// `["--set", "k=v", ...]` of the pairs.
+pub fn set_args(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// The journal events of every run in a state directory; a half-written last line (of
+/// a run still going on) is left out.
+pub fn journal_in(state: &Path) -> Vec<Value> {
+    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
+        return Vec::new();
+    };
+    runs.filter_map(|r| r.ok())
+        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A finished `stagehand run --json`: its exit code, report, journal and output.
+pub struct PlanRun {
+    pub code: i32,
+    pub report: Value,
+    pub journal_text: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PlanRun {
+    pub fn step(&self, id: &str) -> &Value {
+        step(&self.report, id)
+    }
+    pub fn journal(&self) -> Vec<Value> {
+        self.journal_text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
+            .collect()
+    }
+    /// What it printed, for assertion messages.
+    pub fn output(&self) -> String {
+        format!("stdout: {}\nstderr: {}", self.stdout, self.stderr)
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(self.report["journal"].as_str().unwrap_or_default())
+            .parent()
+            .expect("run dir")
+            .to_path_buf()
+    }
+}
+
+/// `stagehand run PLAN --json --state-dir DIR/state [--set ...]`; panics unless it
+/// printed a report.
+pub fn run_plan(dir: &Path, plan: &Path, sets: &[String], env: &[(&str, &str)]) -> PlanRun {
+    let state = dir.join("state");
+    let mut args = vec![
+        "run".to_string(),
+        plan.display().to_string(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--json".into(),
+    ];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = stagehand_env(&args, env);
+    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
+        panic!(
+            "report JSON ({e}); stdout: {}\nstderr: {}",
+            r.stdout, r.stderr
+        )
+    });
+    let journal_text =
+        std::fs::read_to_string(report["journal"].as_str().unwrap_or_default()).expect("journal");
+    PlanRun {
+        code: r.code,
+        report,
+        journal_text,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    }
+}
+
+/// A fresh test server named `name` on which `statements` have run, in order.
+pub async fn server_with(name: &str, statements: &[&str]) -> TestServer {
+    let server = TestServer::builder().name(name).start().await;
+    for sql in statements {
+        server.exec(sql).await;
+    }
+    server
+}
+
+/// Copies a directory tree with `cp -a`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(ok.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// `stagehand run plans/full-backup.yaml` arguments backing up `server` into `target`
+/// with the state in `state`; `extra` are more arguments (`--set prepare=false`, ...).
+pub fn full_backup_args(
+    server: &TestServer,
+    target: &Path,
+    state: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args = vec!["run".to_string(), "plans/full-backup.yaml".into()];
+    args.extend(set_args(&[
+        ("socket", server.socket().display().to_string()),
+        ("datadir", server.datadir().display().to_string()),
+        ("target", target.display().to_string()),
+    ]));
+    args.extend(["--state-dir".to_string(), state.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Every file below `dir` (not the directories), in no particular order.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
