@@ -16,6 +16,7 @@
 //! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
+use crate::support::{full_backup_args, step};
 use crate::workload::{
     check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
     WorkloadOptions,
@@ -85,13 +86,6 @@ fn stagehand(args: &[String]) -> (i32, String, String) {
     )
 }
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or(&Value::Null)
-}
-
 async fn gtid_now(conn: &mut Conn) -> String {
     let pos: Option<String> = conn
         .query_first("SELECT @@gtid_binlog_pos")
@@ -106,23 +100,13 @@ async fn gtid_now(conn: &mut Conn) -> String {
 /// copied so far with the server's log.
 async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String> {
     let dir = work.join("backup");
-    let args: Vec<String> = vec![
-        "run".into(),
-        "plans/full-backup.yaml".into(),
-        "--set".into(),
-        format!("socket={}", server.socket().display()),
-        "--set".into(),
-        "user=root".into(),
-        "--set".into(),
-        format!("datadir={}", server.datadir().display()),
-        "--set".into(),
-        format!("target={}", dir.display()),
-        "--set".into(),
-        "prepare=false".into(),
-        "--state-dir".into(),
-        work.join("state").display().to_string(),
-        "--json".into(),
-    ];
+    let args = full_backup_args(
+        server,
+        &dir,
+        &work.join("state"),
+        &["user=root", "prepare=false"],
+        &["--json"],
+    );
     let t0 = Instant::now();
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
         .await

@@ -3,8 +3,7 @@
 //! times — and the same text reaches a Pushgateway; a failed run keeps the last success.
 
 use crate::servers::HttpReceiver;
-use crate::support::{run_plan, write_plan};
-use stagehand_testkit::TestServer;
+use crate::support::{backup_params, run_plan, server_with, write_plan};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -51,27 +50,26 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_of_a_real_backup_parse_and_hold_its_figures() {
-    let server = TestServer::builder().name("metrics-backup").start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
-        .await;
-    server
-        .exec("INSERT INTO app.t WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n, REPEAT('x', 100) FROM s")
-        .await;
+    let server = server_with(
+        "metrics-backup",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
+            "INSERT INTO app.t WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n, REPEAT('x', 100) FROM s",
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let textfile_dir = dir.path().join("textfile");
     std::fs::create_dir_all(&textfile_dir).expect("textfile dir");
     let prom = textfile_dir.join("stagehand.prom");
     let gateway = HttpReceiver::start(&[200]);
     let plan = crate::cli::repo_root().join("plans/full-backup.yaml");
-    let sets = [
-        format!("socket={}", server.socket().display()),
-        format!("datadir={}", server.datadir().display()),
-        format!("target={}", dir.path().join("backup").display()),
-        "user=root".to_string(),
-        "prepare=false".to_string(),
-    ];
+    let sets = backup_params(
+        &server,
+        &dir.path().join("backup"),
+        &["user=root", "prepare=false"],
+    );
     let gateway_url = gateway.url("/");
     let r = run_plan(
         dir.path(),

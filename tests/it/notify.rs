@@ -5,7 +5,7 @@
 
 use crate::cli::stagehand_env;
 use crate::servers::{free_port, HttpReceiver, SmtpOptions, SmtpServer};
-use crate::support::{files_in, run_plan, write_plan};
+use crate::support::{backup_params, files_in, run_plan, server_with, write_plan};
 use serde_json::Value;
 
 const FAILING_PLAN: &str = r#"version: 1
@@ -553,17 +553,15 @@ steps:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
-    let server = stagehand_testkit::TestServer::builder()
-        .name("notify-backup")
-        .start()
-        .await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
-        .await;
-    server
-        .exec("INSERT INTO app.t VALUES (1, 'one'), (2, 'two')")
-        .await;
+    let server = server_with(
+        "notify-backup",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
+            "INSERT INTO app.t VALUES (1, 'one'), (2, 'two')",
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let smtp = SmtpServer::start(
         dir.path(),
@@ -581,13 +579,11 @@ async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
         smtp.port
     );
     let plan = write_plan(dir.path(), "backup-notify", &plan_text);
-    let sets = [
-        format!("socket={}", server.socket().display()),
-        format!("datadir={}", server.datadir().display()),
-        format!("target={}", dir.path().join("backup").display()),
-        "user=root".to_string(),
-        "prepare=false".to_string(),
-    ];
+    let sets = backup_params(
+        &server,
+        &dir.path().join("backup"),
+        &["user=root", "prepare=false"],
+    );
     let r = run_plan(dir.path(), &plan, &sets, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.step("tell")["status"], "succeeded");

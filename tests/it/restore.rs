@@ -67,7 +67,7 @@ async fn make_fixture() -> Fixture {
         ))
         .await;
     let backup = root.join("backup");
-    let args = full_backup_args(&server, &backup, &root.join("backup-state"), &[]);
+    let args = full_backup_args(&server, &backup, &root.join("backup-state"), &[], &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Nothing else runs on this runtime: blocking here is fine.
     let r = stagehand(&args);

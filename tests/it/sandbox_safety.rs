@@ -12,10 +12,11 @@
 //!    someone else's server on the directory.
 
 use crate::cli::repo_root;
+use crate::support::{full_backup_args, server_with};
 use stagehand_backup::manifest::{Manifest, ManifestError};
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
-use stagehand_testkit::{install_datadir, TestServer};
+use stagehand_testkit::install_datadir;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -163,44 +164,25 @@ fn stagehand(args: &[&str]) -> (i32, String) {
 
 /// A backup of a small server (not prepared) in `work/backup`.
 async fn small_backup(name: &str, work: &Path) -> PathBuf {
-    let server = TestServer::builder().name(name).start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec(
+    let server = server_with(
+        name,
+        &[
+            "CREATE DATABASE app",
             "CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200)) ENGINE=InnoDB",
-        )
-        .await;
-    server
-        .exec("INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000")
-        .await;
-    server
-        .exec("CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria SELECT seq AS id FROM app.seq_1_to_100")
-        .await;
+            "INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000",
+            "CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria SELECT seq AS id FROM app.seq_1_to_100",
+        ],
+    )
+    .await;
     let target = work.join("backup");
-    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let (socket, datadir, tgt, state) = (
-        set("socket", server.socket()),
-        set("datadir", server.datadir()),
-        set("target", &target),
-        work.join("state").display().to_string(),
+    let args = full_backup_args(
+        &server,
+        &target,
+        &work.join("state"),
+        &["user=root", "prepare=false"],
+        &[],
     );
-    let args = [
-        "run",
-        "plans/full-backup.yaml",
-        "--set",
-        &socket,
-        "--set",
-        "user=root",
-        "--set",
-        &datadir,
-        "--set",
-        &tgt,
-        "--set",
-        "prepare=false",
-        "--state-dir",
-        &state,
-    ];
-    let (code, out) = stagehand(&args);
+    let (code, out) = stagehand(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "the backup succeeds: {out}");
     target
 }

@@ -6,7 +6,7 @@
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
 use crate::cli::{stagehand_env, Run};
-use crate::support::files_in;
+use crate::support::{files_in, report_of, set_args, step};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
@@ -31,13 +31,6 @@ fn run(args: &[String]) -> Run {
     stagehand_env(&args, KEYS)
 }
 
-fn sets(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
-        .collect()
-}
-
 fn light() -> WorkloadOptions {
     WorkloadOptions {
         clients: 2,
@@ -49,7 +42,7 @@ fn light() -> WorkloadOptions {
 /// Streams a backup of `server` with plans/backup-to-s3.yaml.
 fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Run {
     let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
-    args.extend(sets(&[
+    args.extend(set_args(&[
         ("socket", server.socket().display().to_string()),
         ("datadir", server.datadir().display().to_string()),
         ("repository", repository.to_string()),
@@ -72,7 +65,7 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
     // Unix socket paths are limited to 107 bytes: keep it short (the tempdir is). The
     // server step creates its directory, private.
     let socket = work.join(format!("s-{tag}/c.sock")).display().to_string();
-    args.extend(sets(&[
+    args.extend(set_args(&[
         ("repository", repository.to_string()),
         ("endpoint", endpoint.to_string()),
         ("path_style", "true".into()),
@@ -92,17 +85,6 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
         "--json".into(),
     ]);
     run(&args)
-}
-
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or(&Value::Null)
-}
-
-fn report_of(r: &Run) -> Value {
-    serde_json::from_str(&r.stdout).unwrap_or(Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -151,7 +133,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "backup-to-s3 failed\nstdout: {}\nstderr: {}",
         backup.stdout, backup.stderr
     );
-    let report = report_of(&backup);
+    let report = report_of(&backup.stdout);
     let ship = &step(&report, "ship")["outputs"];
     let id = ship["id"]
         .as_str()
@@ -219,7 +201,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "restore failed\nstdout: {}\nstderr: {}",
         restored.stdout, restored.stderr
     );
-    let rreport = report_of(&restored);
+    let rreport = report_of(&restored.stdout);
     assert_eq!(step(&rreport, "fetch")["outputs"]["id"], id.as_str());
     assert_eq!(step(&rreport, "check")["status"], "succeeded");
     let datadir = work.path().join("datadir-a");
@@ -259,7 +241,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
         "backup failed: {}\n{}",
         backup.stdout, backup.stderr
     );
-    let id = step(&report_of(&backup), "ship")["outputs"]["id"]
+    let id = step(&report_of(&backup.stdout), "ship")["outputs"]["id"]
         .as_str()
         .expect("backup id")
         .to_string();
@@ -279,7 +261,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
         "a corrupt object must fail the restore: {}",
         restored.stdout
     );
-    let report = report_of(&restored);
+    let report = report_of(&restored.stdout);
     let fetch = step(&report, "fetch");
     assert_eq!(fetch["status"], "failed");
     let error = fetch["error"].as_str().unwrap_or_default();
@@ -356,7 +338,7 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
         "the rerun carries on\nstdout: {}\nstderr: {}",
         rerun.stdout, rerun.stderr
     );
-    let report = report_of(&rerun);
+    let report = report_of(&rerun.stdout);
     assert_eq!(
         step(&report, "fetch")["outputs"]["bytes"],
         0,
@@ -408,7 +390,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "a full repository must fail the backup: {}",
         backup.stdout
     );
-    let report = report_of(&backup);
+    let report = report_of(&backup.stdout);
     let ship = step(&report, "ship");
     assert_eq!(ship["status"], "failed");
     let error = ship["error"].as_str().unwrap_or_default();

@@ -124,10 +124,15 @@ pub fn run_plan(dir: &Path, plan: &Path, sets: &[String], env: &[(&str, &str)]) 
 /// A fresh test server named `name` on which `statements` have run, in order.
 pub async fn server_with(name: &str, statements: &[&str]) -> TestServer {
     let server = TestServer::builder().name(name).start().await;
+    exec_all(&server, statements).await;
+    server
+}
+
+/// Runs `statements` on `server`, in order.
+pub async fn exec_all(server: &TestServer, statements: &[&str]) {
     for sql in statements {
         server.exec(sql).await;
     }
-    server
 }
 
 /// Copies a directory tree with `cp -a`.
@@ -141,20 +146,32 @@ pub fn copy_tree(from: &Path, to: &Path) {
     assert!(ok.success(), "cp -a {} {}", from.display(), to.display());
 }
 
+/// The params (`socket=…`, `datadir=…`, `target=…`, then `extra`) of a backup of
+/// `server` into `target` with `plans/full-backup.yaml`.
+pub fn backup_params(server: &TestServer, target: &Path, extra: &[&str]) -> Vec<String> {
+    let mut params = vec![
+        format!("socket={}", server.socket().display()),
+        format!("datadir={}", server.datadir().display()),
+        format!("target={}", target.display()),
+    ];
+    params.extend(extra.iter().map(|s| s.to_string()));
+    params
+}
+
 /// `stagehand run plans/full-backup.yaml` arguments backing up `server` into `target`
-/// with the state in `state`; `extra` are more arguments (`--set prepare=false`, ...).
+/// with the state in `state`: `--set` of [`backup_params`] with `params`, then `extra`
+/// arguments (`--json`, ...).
 pub fn full_backup_args(
     server: &TestServer,
     target: &Path,
     state: &Path,
+    params: &[&str],
     extra: &[&str],
 ) -> Vec<String> {
     let mut args = vec!["run".to_string(), "plans/full-backup.yaml".into()];
-    args.extend(set_args(&[
-        ("socket", server.socket().display().to_string()),
-        ("datadir", server.datadir().display().to_string()),
-        ("target", target.display().to_string()),
-    ]));
+    for p in backup_params(server, target, params) {
+        args.extend(["--set".to_string(), p]);
+    }
     args.extend(["--state-dir".to_string(), state.display().to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
