@@ -7,6 +7,7 @@
 //! when the backup succeeds, its consistency (a server started on a copy of it).
 
 use crate::cli::repo_root;
+use crate::support::{copy_tree, journal_in};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
@@ -265,21 +266,6 @@ impl Backup {
     }
 }
 
-fn journal_in(state: &Path) -> Vec<Value> {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
-        return Vec::new();
-    };
-    runs.filter_map(|r| r.ok())
-        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .flat_map(|text| {
-            text.lines()
-                // The last line may be half written while the run goes on.
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn find_event(journal: &[Value], event: &str, step: &str) -> Option<Value> {
     journal
         .iter()
@@ -416,13 +402,7 @@ impl Restored {
             .tempdir()
             .expect("tempdir");
         let data = dir.path().join("data");
-        let st = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(backup)
-            .arg(&data)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "cp -a of the backup");
+        copy_tree(backup, &data);
         let opts = SandboxOptions::new(&data, dir.path().join("run"))
             .option("innodb_buffer_pool_size", Some("256M"))
             .start_timeout(Duration::from_secs(120));

@@ -16,7 +16,7 @@
 //! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
-use crate::support::{full_backup_args, step};
+use crate::support::{copy_tree, full_backup_args, step};
 use crate::workload::{
     check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
     WorkloadOptions,
@@ -191,21 +191,6 @@ fn backup_my_cnf(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp runs");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
-}
-
 /// Lines of an error log worth showing: errors, warnings, recovery and binlog facts.
 fn interesting_log_lines(text: &str) -> Vec<String> {
     text.lines()
@@ -286,7 +271,7 @@ struct Restored {
 /// a server on it with the backup's settings (and binlog on, as the source had).
 async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
     let copy = work.join(format!("restore-{}", how.engine()));
-    copy_dir(&backup.dir, &copy);
+    copy_tree(&backup.dir, &copy);
     let plan = repo_root().join("plans/prepare.yaml");
     let args: Vec<String> = vec![
         "run".into(),

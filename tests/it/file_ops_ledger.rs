@@ -5,6 +5,7 @@
 //! first in PATH (10.11 here; 11.8 with its bin directory put first).
 
 use crate::cli::repo_root;
+use crate::support::journal_in;
 use serde_json::Value;
 use stagehand_innodb::file_ops::{FileOps, SpaceOps};
 use stagehand_testkit::TestServer;
@@ -59,24 +60,10 @@ fn gated_plan(dir: &Path, flag: &Path) -> PathBuf {
     path
 }
 
-fn journal(state: &Path) -> Vec<Value> {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
-        return Vec::new();
-    };
-    runs.filter_map(|r| r.ok())
-        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
     let t0 = Instant::now();
     loop {
-        if journal(state)
+        if journal_in(state)
             .iter()
             .any(|e| e["event"] == "step_started" && e["step"] == step)
         {

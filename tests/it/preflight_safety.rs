@@ -4,7 +4,7 @@
 //! naming what is wrong.
 
 use crate::cli::{repo_root, stagehand, stagehand_env, Run};
-use crate::support::{report_of, step, step_error};
+use crate::support::{copy_tree, report_of, step, step_error};
 use serde_json::Value;
 use stagehand_backup::manifest::MANIFEST_FILE;
 use stagehand_testkit::TestServer;
@@ -359,13 +359,7 @@ async fn a_stale_copy_at_the_servers_datadir_path_is_refused() {
     server.exec("INSERT INTO app.m VALUES (1)").await;
     let real = server.base_dir().join("data.real");
     let _moved = MovedDatadir::new(server.datadir(), &real);
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&real)
-        .arg(server.datadir())
-        .status()
-        .expect("run cp");
-    assert!(copied.success(), "cp -a of the datadir");
+    copy_tree(&real, server.datadir());
     // Only non-InnoDB writes: the copy's redo log keeps the server's checkpoint.
     server.exec("INSERT INTO app.m VALUES (2)").await;
     server.exec("FLUSH TABLES").await;

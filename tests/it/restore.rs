@@ -176,6 +176,15 @@ fn assert_rows(r: &PlanRun) {
     assert_eq!(num(&first["a"]), ARIA_ROWS, "rows of app.a: {first}");
 }
 
+/// The `with` body of a copy_back of `backup` into `datadir`, then `extra`.
+fn copy_back_with(backup: &Path, datadir: &Path, extra: &str) -> String {
+    format!(
+        "from: \"{}\", datadir: \"{}\"{extra}",
+        backup.display(),
+        datadir.display()
+    )
+}
+
 fn server_with(datadir: &Path, socket: &Path, extra: &str) -> String {
     format!(
         "datadir: \"{}\", socket: \"{}\", start_timeout: 60s, options: {{innodb_undo_tablespaces: 2{extra}}}",
@@ -201,11 +210,7 @@ fn restores_a_prepared_backup_and_the_server_starts_on_it() {
     let dir = case_dir("basic");
     let data = dir.join("data");
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     let r = run(
         &dir,
         &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
@@ -281,11 +286,7 @@ fn a_non_empty_datadir_is_refused_untouched_and_force_replaces_its_contents() {
     std::fs::write(&outside, "keep").expect("write");
     let before = files_under(&dir);
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     let r = run(&dir, &plan_text(&socket, &cb, None));
     assert_eq!(r.code, 1, "refused: {}", r.output());
     let err = step_error(&r.report, "restore");
@@ -332,11 +333,7 @@ fn an_unprepared_backup_is_refused() {
     manifest.as_object_mut().expect("object").remove("prepared");
     std::fs::write(backup.join("stagehand.json"), manifest.to_string()).expect("write");
     let data = dir.join("data");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, "");
     let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
     assert_eq!(r.code, 1, "refused: {}", r.output());
     let s = step(&r.report, "restore");
@@ -356,11 +353,7 @@ fn move_mode_empties_the_backup_of_its_data_files() {
     copy_tree(&f.backup, &backup);
     let data = dir.join("data");
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", mode: move",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, ", mode: move");
     let r = run(
         &dir,
         &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
@@ -458,11 +451,7 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, bytes).expect("write");
     let data = dir.join("data");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", parallel: 1",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, ", parallel: 1");
     let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
     assert_eq!(r.code, 1, "refused: {}", r.output());
     let err = step_error(&r.report, "restore");
@@ -486,11 +475,7 @@ fn force_into_the_datadir_of_a_running_server_is_refused_and_nothing_is_removed(
     let live = rt.block_on(TestServer::builder().name("restore-live").start());
     rt.block_on(live.exec("CREATE DATABASE keepme"));
     let before = files_under(live.datadir());
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", force: true",
-        f.backup.display(),
-        live.datadir().display()
-    );
+    let cb = copy_back_with(&f.backup, live.datadir(), ", force: true");
     let plan = plan_text(&dir.join("sock/s.sock"), &cb, None);
     let check = check_run(&dir, &plan);
     let pid = format!("pid {}", live.pid());
@@ -648,11 +633,7 @@ fn the_server_steps_socket_is_in_a_private_directory_other_users_cannot_connect(
     let sock_dir = dir.join("sock");
     let socket = sock_dir.join("s.sock");
     let probe = dir.join("probe.txt");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     // While the server runs: its directory's mode, and whether nobody can connect.
     let shell = format!(
         "stat -c %a {d} > {p}; if setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/bin/python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' {s}; then echo connected >> {p}; else echo refused >> {p}; fi",

@@ -12,7 +12,7 @@
 //!    someone else's server on the directory.
 
 use crate::cli::repo_root;
-use crate::support::{full_backup_args, server_with};
+use crate::support::{copy_tree, full_backup_args, server_with};
 use stagehand_backup::manifest::{Manifest, ManifestError};
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
@@ -359,21 +359,20 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     );
 }
 
+/// Overwrites 8 bytes of the table definition `app/t.frm` in `backup`.
+fn tamper_table_definition(backup: &Path) {
+    let frm = backup.join("app/t.frm");
+    let mut bytes = std::fs::read(&frm).expect("t.frm");
+    bytes[200..208].copy_from_slice(b"TAMPERED");
+    std::fs::write(&frm, bytes).expect("tamper t.frm");
+}
+
 /// The rerun of an interrupted prepare skips only the files crash recovery rewrites: a
 /// tampered table definition in a copy of the half-prepared backup is still refused.
 fn rerun_still_checks_table_files(backup: &Path, work: &Path) {
     let copy = work.join("half-prepared-copy");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&copy)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
-    let frm = copy.join("app/t.frm");
-    let mut bytes = std::fs::read(&frm).expect("t.frm");
-    bytes[200..208].copy_from_slice(b"TAMPERED");
-    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    copy_tree(backup, &copy);
+    tamper_table_definition(&copy);
     let (code, out) = stagehand_prepare(&copy, &work.join("state"));
     assert_eq!(code, 1, "the rerun refuses a tampered table file: {out}");
     assert!(
@@ -483,18 +482,9 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
     let work = tempfile::tempdir().expect("tempdir");
     let backup = small_backup("prep-tamper", work.path()).await;
     let intact = work.path().join("intact");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&backup)
-        .arg(&intact)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    copy_tree(&backup, &intact);
 
-    let frm = backup.join("app/t.frm");
-    let mut bytes = std::fs::read(&frm).expect("t.frm");
-    bytes[200..208].copy_from_slice(b"TAMPERED");
-    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    tamper_table_definition(&backup);
     let mad = backup.join("app/a.MAD");
     let mut data = std::fs::read(&mad).expect("a.MAD");
     data.extend_from_slice(b"garbage\n");

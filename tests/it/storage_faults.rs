@@ -5,7 +5,9 @@
 //! which keeps the files already fetched.
 
 use crate::cli::{stagehand_env, Run};
-use crate::support::{self, full_backup_args, report_of, set_args, write_plan};
+use crate::support::{
+    self, assert_no_multipart_uploads, full_backup_args, report_of, set_args, write_plan,
+};
 use serde_json::Value;
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
 use stagehand_testkit::TestServer;
@@ -143,17 +145,7 @@ async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_
         !keys.iter().any(|k| k.ends_with("stagehand.json")),
         "no manifest after a failed upload: {keys:?}"
     );
-    let uploads = moto
-        .client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("ListMultipartUploads");
-    assert!(
-        uploads.uploads().is_empty(),
-        "orphan multipart uploads: {uploads:?}"
-    );
+    assert_no_multipart_uploads(moto, &bucket).await;
 
     // The fault is gone: the same plan completes (compress has nothing left to do).
     proxy.clear_rules();

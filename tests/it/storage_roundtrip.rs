@@ -6,7 +6,7 @@
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
 use crate::cli::{stagehand_env, Run};
-use crate::support::{files_in, report_of, set_args, step};
+use crate::support::{assert_no_multipart_uploads, files_in, report_of, set_args, step};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
@@ -179,17 +179,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "objects are compressed: {row}"
     );
     // No multipart upload was left behind.
-    let uploads = moto
-        .client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("ListMultipartUploads");
-    assert!(
-        uploads.uploads().is_empty(),
-        "orphan multipart uploads: {uploads:?}"
-    );
+    assert_no_multipart_uploads(moto, &bucket).await;
 
     // Restore through the same faulty proxy, then check the data at the GTID.
     proxy.add(Rule::op("GetObject").reset().times(2));

@@ -4,6 +4,7 @@
 
 use crate::cli::stagehand_env;
 use serde_json::Value;
+use stagehand_testkit::s3::MotoServer;
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
 
@@ -192,4 +193,19 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// No multipart upload is left in `bucket`.
+pub async fn assert_no_multipart_uploads(moto: &MotoServer, bucket: &str) {
+    let uploads = moto
+        .client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("ListMultipartUploads");
+    assert!(
+        uploads.uploads().is_empty(),
+        "orphan multipart uploads: {uploads:?}"
+    );
 }
