@@ -7,7 +7,7 @@
 //! when the backup succeeds, its consistency (a server started on a copy of it).
 
 use crate::cli::repo_root;
-use crate::support::{copy_tree, journal_in};
+use crate::support::{copy_tree, journal_in, spawn_backup};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
@@ -15,7 +15,6 @@ use stagehand_backup::manifest::{Manifest, ManifestError, MANIFEST_FILE};
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -173,28 +172,7 @@ fn start_backup(server: &TestServer, dir: &Path, plan: &Path) -> Backup {
     let state = dir.join("state");
     let target = dir.join("backup");
     let stderr = dir.join("stagehand.stderr");
-    let err_file = std::fs::File::create(&stderr).expect("stderr file");
-    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .arg("run")
-        .arg(plan)
-        .args(["--set", &set("socket", server.socket())])
-        .args(["--set", "user=root"])
-        .args(["--set", &set("datadir", server.datadir())])
-        .args(["--set", &set("target", &target)])
-        .args(["--set", "prepare=false"])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--json")
-        .current_dir(repo_root())
-        .env_remove("STAGEHAND_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        // A file, not a pipe: nobody reads it while the run goes on.
-        .stderr(Stdio::from(err_file))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start stagehand");
+    let child = spawn_backup(plan, server, &target, &state, &["prepare=false"], &stderr);
     Backup {
         child,
         state,

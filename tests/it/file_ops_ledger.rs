@@ -5,13 +5,12 @@
 //! first in PATH (10.11 here; 11.8 with its bin directory put first).
 
 use crate::cli::repo_root;
-use crate::support::journal_in;
+use crate::support::{journal_in, spawn_backup};
 use serde_json::Value;
 use stagehand_innodb::file_ops::{FileOps, SpaceOps};
 use stagehand_testkit::TestServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 type Steps = Vec<serde_yaml::Value>;
@@ -96,26 +95,7 @@ impl GatedBackup {
         let state = dir.join("state");
         let target = dir.join("backup");
         let stderr = dir.join("stagehand.stderr");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-            .arg("run")
-            .arg(&plan)
-            .args(["--set", &format!("socket={}", server.socket().display())])
-            .args(["--set", "user=root"])
-            .args(["--set", &format!("datadir={}", server.datadir().display())])
-            .args(["--set", &format!("target={}", target.display())])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--json")
-            .current_dir(repo_root())
-            .env_remove("STAGEHAND_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(&stderr).expect("stderr file"),
-            ))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start stagehand");
+        let mut child = spawn_backup(&plan, server, &target, &state, &[], &stderr);
         wait_for_start(&mut child, &state, "gate").await;
         // The log copied starts at the last checkpoint, which on a fresh server comes
         // before the test's setup: the operations under test are those after this LSN.

@@ -270,7 +270,8 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let backup = small_backup(name, work.path()).await;
     let target = format!("target={}", backup.display());
-    let state = work.path().join("state").display().to_string();
+    let state_dir = work.path().join("state");
+    let state = state_dir.display().to_string();
     let verify = verify_plan(work.path());
     let verify_args = [
         "run",
@@ -282,14 +283,7 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     ];
 
     let mut prepare = Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args([
-            "run",
-            "plans/prepare.yaml",
-            "--set",
-            &target,
-            "--state-dir",
-            &state,
-        ])
+        .args(prepare_args(&backup, &state_dir))
         .current_dir(repo_root())
         .env_remove("STAGEHAND_LOG")
         .stdin(Stdio::null())
@@ -339,14 +333,7 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     if signal == "KILL" {
         rerun_still_checks_table_files(&backup, work.path());
     }
-    let (code, out) = stagehand(&[
-        "run",
-        "plans/prepare.yaml",
-        "--set",
-        &target,
-        "--state-dir",
-        &state,
-    ]);
+    let (code, out) = stagehand_prepare(&backup, &state_dir);
     assert_eq!(code, 0, "a rerun of prepare finishes the job: {out}");
     let manifest = Manifest::read(&backup).expect("the manifest is complete again");
     assert!(!manifest.preparing);
@@ -435,16 +422,7 @@ async fn prepare_reclaims_a_server_left_on_the_backup() {
         "the orphan is seen"
     );
 
-    let target = format!("target={}", backup.display());
-    let state = work.path().join("state").display().to_string();
-    let (code, out) = stagehand(&[
-        "run",
-        "plans/prepare.yaml",
-        "--set",
-        &target,
-        "--state-dir",
-        &state,
-    ]);
+    let (code, out) = stagehand_prepare(&backup, &work.path().join("state"));
     let left = processes_on(&backup);
     for (pid, _) in &left {
         let _ = Command::new("kill")

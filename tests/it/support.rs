@@ -159,6 +159,41 @@ pub fn backup_params(server: &TestServer, target: &Path, extra: &[&str]) -> Vec<
     params
 }
 
+/// `stagehand run PLAN --json` of a backup of `server` into `target` (params as
+/// [`backup_params`] with `user=root` and `params`), started in the background with its
+/// report piped and its log written to the file `stderr`.
+pub fn spawn_backup(
+    plan: &Path,
+    server: &TestServer,
+    target: &Path,
+    state: &Path,
+    params: &[&str],
+    stderr: &Path,
+) -> tokio::process::Child {
+    let mut params = params.to_vec();
+    params.insert(0, "user=root");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"));
+    child.arg("run").arg(plan);
+    for p in backup_params(server, target, &params) {
+        child.args(["--set", &p]);
+    }
+    child
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--json")
+        .current_dir(crate::cli::repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        // A file, not a pipe: nobody reads it while the run goes on.
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(stderr).expect("stderr file"),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stagehand")
+}
+
 /// `stagehand run plans/full-backup.yaml` arguments backing up `server` into `target`
 /// with the state in `state`: `--set` of [`backup_params`] with `params`, then `extra`
 /// arguments (`--json`, ...).
