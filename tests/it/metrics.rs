@@ -5,7 +5,7 @@
 use crate::servers::HttpReceiver;
 use crate::support::{backup_params, run_plan, server_with, write_plan};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 struct Metrics(Vec<prometheus_parse::Sample>);
 
@@ -187,13 +187,18 @@ async fn the_metrics_of_a_real_backup_parse_and_hold_its_figures() {
     );
 }
 
+/// A temporary directory with the plan `text` in `nightly.yaml`: (the directory, the
+/// plan, the metrics file `nightly.prom` for its runs).
+fn nightly(text: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(dir.path(), "nightly", text);
+    let prom = dir.path().join("nightly.prom");
+    (dir, plan, prom)
+}
+
 #[test]
 fn a_failed_run_keeps_the_last_success_and_says_it_failed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prom = dir.path().join("nightly.prom");
-    let plan = write_plan(
-        dir.path(),
-        "nightly",
+    let (dir, plan, prom) = nightly(
         r#"version: 1
 name: nightly
 params:
@@ -253,11 +258,7 @@ steps:
 
 #[test]
 fn a_run_that_cannot_start_says_so_in_the_metrics() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prom = dir.path().join("nightly.prom");
-    let plan = write_plan(
-        dir.path(),
-        "nightly",
+    let (dir, plan, prom) = nightly(
         r#"version: 1
 name: nightly
 secrets:

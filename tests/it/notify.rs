@@ -50,13 +50,7 @@ steps:
 fn email_arrives_with_the_subject_and_body_rendered_over_the_report() {
     let dir = tempfile::tempdir().expect("tempdir");
     let password = "smtp-Pa55-Secret";
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: Some(("stagehand", password)),
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::with_login(dir.path(), password);
     let plan = write_plan(dir.path(), "nightly", FAILING_PLAN);
     let r = run_plan(
         dir.path(),
@@ -99,13 +93,7 @@ fn email_arrives_with_the_subject_and_body_rendered_over_the_report() {
 #[test]
 fn the_default_email_summarises_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: None,
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::open(dir.path());
     let plan = write_plan(
         dir.path(),
         "defaults",
@@ -326,13 +314,7 @@ fn no_secret_in_journal_report_notifications_or_dry_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let password = "Smtp-Secret-0451";
     let token = "hook-Token-7a7a7a";
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: Some(("stagehand", password)),
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::with_login(dir.path(), password);
     let hook = HttpReceiver::start(&[200]);
     // The plan tries to leak both: in the body, in a step's output, in the URL.
     let plan = write_plan(
@@ -563,13 +545,7 @@ async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
     )
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: None,
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::open(dir.path());
     // The shipped backup plan with a notify step at its end.
     let shipped = std::fs::read_to_string(crate::cli::repo_root().join("plans/full-backup.yaml"))
         .expect("plan");
