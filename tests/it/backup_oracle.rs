@@ -16,7 +16,7 @@
 //! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
-use crate::support::{copy_tree, full_backup_args, step};
+use crate::support::{copy_tree, step, unprepared_backup_args};
 use crate::workload::{
     check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
     WorkloadOptions,
@@ -99,14 +99,7 @@ async fn gtid_now(conn: &mut Conn) -> String {
 /// A failed run is an `Err` with the failed steps' errors and a comparison of the redo
 /// copied so far with the server's log.
 async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String> {
-    let dir = work.join("backup");
-    let args = full_backup_args(
-        server,
-        &dir,
-        &work.join("state"),
-        &["user=root", "prepare=false"],
-        &["--json"],
-    );
+    let (dir, args) = unprepared_backup_args(server, work);
     let t0 = Instant::now();
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
         .await

@@ -3,7 +3,9 @@
 //! secrets kept out of everything written.
 
 use crate::cli::stagehand_env;
-use crate::support::{files_in, journal_in, run_plan, server_with, step, write_plan, PlanRun};
+use crate::support::{
+    files_in, hello_then_broken, journal_in, run_plan, server_with, step, write_plan, PlanRun,
+};
 use serde_json::Value;
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
@@ -603,17 +605,7 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     let plan = write_plan(
         dir.path(),
         "plain",
-        "version: 1
-name: plain
-steps:
-  - id: hello
-    uses: exec
-    with: {command: [echo, hello]}
-  - id: broken
-    uses: exec
-    needs: [hello]
-    with: {command: [sh, -c, 'exit 3']}
-",
+        &hello_then_broken("plain", "{command: [sh, -c, 'exit 3']}"),
     );
     // The test harness reads stderr through a pipe, as journald or a log file would.
     let r = run_in(&plan, &dir.path().join("state"), &[]);

@@ -6,7 +6,7 @@
 //! finishing what an interrupted one left.
 
 use crate::cli::{stagehand, Run};
-use crate::support::{full_backup_args, report_of, write_plan};
+use crate::support::{report_of, unprepared_backup_args, write_plan};
 use serde_json::Value;
 use stagehand_backup::codec::StoredReader;
 use stagehand_backup::entry::hash_file;
@@ -47,15 +47,8 @@ async fn server_with_data(name: &str, rows: u64) -> TestServer {
 
 /// `plans/full-backup.yaml` into `<work>/backup`, verified, not prepared.
 fn take_backup(server: &TestServer, work: &Path) -> PathBuf {
-    let dir = work.join("backup");
     let t0 = Instant::now();
-    let args = full_backup_args(
-        server,
-        &dir,
-        &work.join("state"),
-        &["user=root", "prepare=false"],
-        &["--json"],
-    );
+    let (dir, args) = unprepared_backup_args(server, work);
     let r = stagehand(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r.code, 0, "backup failed:\n{}\n{}", r.stdout, r.stderr);
     eprintln!("backup taken in {:.1} s", t0.elapsed().as_secs_f64());

@@ -87,6 +87,15 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
     run(&args)
 }
 
+/// The run exited 1 (`why`), its step `id` failed: that step.
+fn failed_step(r: &Run, id: &str, why: &str) -> Value {
+    assert_eq!(r.code, 1, "{why}: {}", r.stdout);
+    let report = report_of(&r.stdout);
+    let failed = step(&report, id).clone();
+    assert_eq!(failed["status"], "failed");
+    failed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     let moto = MotoServer::shared();
@@ -246,14 +255,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     std::fs::write(&victim, &bytes).expect("write object");
 
     let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
-    assert_eq!(
-        restored.code, 1,
-        "a corrupt object must fail the restore: {}",
-        restored.stdout
-    );
-    let report = report_of(&restored.stdout);
-    let fetch = step(&report, "fetch");
-    assert_eq!(fetch["status"], "failed");
+    let fetch = failed_step(&restored, "fetch", "a corrupt object must fail the restore");
     let error = fetch["error"].as_str().unwrap_or_default();
     let name = victim
         .file_name()
@@ -375,14 +377,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
     let _disk = SmallDisk::mount(&repo_dir, "256k");
     let repository = repo_dir.display().to_string();
     let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
-    assert_eq!(
-        backup.code, 1,
-        "a full repository must fail the backup: {}",
-        backup.stdout
-    );
-    let report = report_of(&backup.stdout);
-    let ship = step(&report, "ship");
-    assert_eq!(ship["status"], "failed");
+    let ship = failed_step(&backup, "ship", "a full repository must fail the backup");
     let error = ship["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("No space left on device"),
@@ -408,7 +403,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "no partial object is left: {left:?}"
     );
     assert_eq!(
-        step(&report, "lock_end")["status"],
+        step(&report_of(&backup.stdout), "lock_end")["status"],
         "succeeded",
         "locks were released"
     );

@@ -122,6 +122,24 @@ pub fn run_plan(dir: &Path, plan: &Path, sets: &[String], env: &[(&str, &str)]) 
     }
 }
 
+/// A plan named `name` of two exec steps: `hello` (echo hello), then `broken` with the
+/// `with` mapping `broken_with`, which is meant to fail.
+pub fn hello_then_broken(name: &str, broken_with: &str) -> String {
+    format!(
+        "version: 1
+name: {name}
+steps:
+  - id: hello
+    uses: exec
+    with: {{command: [echo, hello]}}
+  - id: broken
+    uses: exec
+    needs: [hello]
+    with: {broken_with}
+"
+    )
+}
+
 /// A fresh test server named `name` on which `statements` have run, in order.
 pub async fn server_with(name: &str, statements: &[&str]) -> TestServer {
     let server = TestServer::builder().name(name).start().await;
@@ -192,6 +210,20 @@ pub fn spawn_backup(
         .kill_on_drop(true)
         .spawn()
         .expect("start stagehand")
+}
+
+/// `stagehand run plans/full-backup.yaml --json` arguments of an unprepared backup of
+/// `server` as root into `WORK/backup`, the state in `WORK/state`: (target, arguments).
+pub fn unprepared_backup_args(server: &TestServer, work: &Path) -> (PathBuf, Vec<String>) {
+    let target = work.join("backup");
+    let args = full_backup_args(
+        server,
+        &target,
+        &work.join("state"),
+        &["user=root", "prepare=false"],
+        &["--json"],
+    );
+    (target, args)
 }
 
 /// `stagehand run plans/full-backup.yaml` arguments backing up `server` into `target`
