@@ -7,7 +7,9 @@
 //! when the backup succeeds, its consistency (a server started on a copy of it).
 
 use crate::cli::repo_root;
-use crate::support::{copy_tree, journal_in, spawn_backup};
+use crate::support::{
+    add_need, backup_plan, copy_tree, insert_gate, journal_in, spawn_backup, with_of, yaml,
+};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
@@ -21,43 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 // ---------------------------------------------------------------------------------------
 // Plans
-
-type Steps = Vec<serde_yaml::Value>;
-
-/// Writes `dir/plan.yaml`: plans/full-backup.yaml with `edit` applied to its steps.
-fn backup_plan(dir: &Path, edit: impl FnOnce(&mut Steps)) -> PathBuf {
-    let text = std::fs::read_to_string(repo_root().join("plans/full-backup.yaml"))
-        .expect("plans/full-backup.yaml");
-    let mut plan: serde_yaml::Value = serde_yaml::from_str(&text).expect("the plan is YAML");
-    let steps = plan
-        .get_mut("steps")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .expect("the plan has steps");
-    edit(steps);
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&plan).expect("YAML")).expect("write plan");
-    path
-}
-
-/// The `with` mapping of step `id`.
-fn with_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
-    step_of(steps, id)
-        .get_mut("with")
-        .and_then(serde_yaml::Value::as_mapping_mut)
-        .unwrap_or_else(|| panic!("step {id} has a `with` mapping"))
-}
-
-fn step_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
-    steps
-        .iter_mut()
-        .filter_map(serde_yaml::Value::as_mapping_mut)
-        .find(|s| s.get("id").and_then(serde_yaml::Value::as_str) == Some(id))
-        .unwrap_or_else(|| panic!("plan step {id}"))
-}
-
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).expect("YAML")
-}
 
 /// The backup plan with the InnoDB copy limited to `rate` per second.
 fn slow_copy_plan(dir: &Path, rate: &str) -> PathBuf {
@@ -1193,11 +1158,7 @@ async fn block_commit_budget_releases_commits_and_fails_the_backup() {
                 "{{id: hold, uses: exec, needs: [lock_commit], with: {{command: [sleep, \"{HOLD_SECS}\"]}}}}"
             )),
         );
-        step_of(steps, "lock_end")
-            .get_mut("needs")
-            .and_then(serde_yaml::Value::as_sequence_mut)
-            .expect("lock_end needs")
-            .push(yaml("hold"));
+        add_need(steps, "lock_end", "hold");
     });
     let mut backup = start_backup(&server, dir.path(), &plan);
     backup
@@ -1274,27 +1235,7 @@ async fn table_growing_by_hundreds_of_mb_during_the_copy_is_backed_up_consistent
     let flag = dir.path().join("grown");
     let plan = backup_plan(dir.path(), |steps| {
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml("12MiB"));
-        let pos = steps
-            .iter()
-            .position(|s| s.get("id").and_then(serde_yaml::Value::as_str) == Some("lock_commit"))
-            .expect("lock_commit");
-        let wait = format!(
-            "for i in $(seq 1 1200); do [ -e '{}' ] && exit 0; sleep 0.05; done; exit 1",
-            flag.display()
-        );
-        let mut gate = serde_yaml::Mapping::new();
-        gate.insert(yaml("id"), yaml("gate"));
-        gate.insert(yaml("uses"), yaml("exec"));
-        gate.insert(yaml("needs"), yaml("[lock_ddl]"));
-        let mut with = serde_yaml::Mapping::new();
-        with.insert(yaml("shell"), serde_yaml::Value::String(wait));
-        gate.insert(yaml("with"), serde_yaml::Value::Mapping(with));
-        steps.insert(pos, serde_yaml::Value::Mapping(gate));
-        step_of(steps, "lock_commit")
-            .get_mut("needs")
-            .and_then(serde_yaml::Value::as_sequence_mut)
-            .expect("lock_commit needs")
-            .push(yaml("gate"));
+        insert_gate(steps, "lock_commit", "lock_ddl", &flag, 1200);
     });
     let mut backup = start_backup(&server, dir.path(), &plan);
     backup

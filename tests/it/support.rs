@@ -276,3 +276,83 @@ pub async fn assert_no_multipart_uploads(moto: &MotoServer, bucket: &str) {
         "orphan multipart uploads: {uploads:?}"
     );
 }
+
+// ---- plans/full-backup.yaml, edited ----
+
+/// The steps of a plan, as YAML values.
+pub type Steps = Vec<serde_yaml::Value>;
+
+pub fn yaml(text: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(text).expect("YAML")
+}
+
+/// Writes `dir/plan.yaml`: plans/full-backup.yaml with `edit` applied to its steps.
+pub fn backup_plan(dir: &Path, edit: impl FnOnce(&mut Steps)) -> PathBuf {
+    let text = std::fs::read_to_string(crate::cli::repo_root().join("plans/full-backup.yaml"))
+        .expect("plans/full-backup.yaml");
+    let mut plan: serde_yaml::Value = serde_yaml::from_str(&text).expect("the plan is YAML");
+    let steps = plan
+        .get_mut("steps")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .expect("the plan has steps");
+    edit(steps);
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&plan).expect("YAML")).expect("write plan");
+    path
+}
+
+/// The id of a plan step.
+pub fn id_of(step: &serde_yaml::Value) -> Option<&str> {
+    step.get("id").and_then(serde_yaml::Value::as_str)
+}
+
+/// The plan step `id`.
+pub fn step_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
+    steps
+        .iter_mut()
+        .filter_map(serde_yaml::Value::as_mapping_mut)
+        .find(|s| s.get("id").and_then(serde_yaml::Value::as_str) == Some(id))
+        .unwrap_or_else(|| panic!("plan step {id}"))
+}
+
+/// The `with` mapping of step `id`.
+pub fn with_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
+    step_of(steps, id)
+        .get_mut("with")
+        .and_then(serde_yaml::Value::as_mapping_mut)
+        .unwrap_or_else(|| panic!("step {id} has a `with` mapping"))
+}
+
+/// Makes step `id` need step `need` too.
+pub fn add_need(steps: &mut Steps, id: &str, need: &str) {
+    step_of(steps, id)
+        .get_mut("needs")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .unwrap_or_else(|| panic!("{id} needs"))
+        .push(yaml(need));
+}
+
+/// Puts a step `gate` (after `after`) in front of step `before`, which then needs it:
+/// an exec step that waits for the file `flag` to exist, `tries` times 50 ms at most.
+pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tries: u32) {
+    let pos = steps
+        .iter()
+        .position(|s| id_of(s) == Some(before))
+        .unwrap_or_else(|| panic!("plan step {before}"));
+    let wait = format!(
+        "for i in $(seq 1 {tries}); do [ -e '{}' ] && exit 0; sleep 0.05; done; exit 1",
+        flag.display()
+    );
+    let mut gate = serde_yaml::Mapping::new();
+    gate.insert(yaml("id"), yaml("gate"));
+    gate.insert(yaml("uses"), yaml("exec"));
+    gate.insert(
+        yaml("needs"),
+        serde_yaml::Value::Sequence(vec![yaml(after)]),
+    );
+    let mut with = serde_yaml::Mapping::new();
+    with.insert(yaml("shell"), serde_yaml::Value::String(wait));
+    gate.insert(yaml("with"), serde_yaml::Value::Mapping(with));
+    steps.insert(pos, serde_yaml::Value::Mapping(gate));
+    add_need(steps, before, "gate");
+}
