@@ -122,7 +122,7 @@ async fn socket_of_one_server_and_datadir_of_another_are_refused_before_copying(
     let report = &refused.1;
     assert_eq!(step(report, "redo")["status"], "failed", "{report}");
     for copy in ["copy_innodb", "copy_other", "copy_aria", "seal"] {
-        assert_ne!(step(&report, copy)["status"], "succeeded", "{report}");
+        assert_ne!(step(report, copy)["status"], "succeeded", "{report}");
     }
     assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
     assert!(!target.join("ibdata1").exists(), "nothing was copied");

@@ -1,6 +1,7 @@
 //! What many integration tests do: write a plan file, run it with `stagehand run --json`
 //! and read its report and journal, look up a step, start a test server with some data,
-//! and back one up with `plans/full-backup.yaml`.
+//! back one up with `plans/full-backup.yaml` (as it is, or with its steps edited), copy
+//! and list directory trees, and check an S3 bucket for leftover multipart uploads.
 
 use crate::cli::stagehand_env;
 use serde_json::Value;
