@@ -85,6 +85,22 @@ async fn run_backup(
     run(&full_backup(), sets, state, env).await
 }
 
+/// `--check` of the backup with `sets` fails saying `expected`, and so does a run (its
+/// state in `state`), at its `redo` step: what `--check` printed, and the run's report.
+async fn assert_backup_refused(sets: &[String], state: &Path, expected: &str) -> (Run, Value) {
+    let c = check_backup(sets, &[]).await;
+    assert_check_fails_saying(&c, expected);
+    let refused = run_backup(sets, state, &[]).await;
+    assert_run_fails_at(&refused, "redo", expected);
+    (c, refused.1)
+}
+
+/// No complete backup in `target`, and nothing copied to it.
+fn assert_nothing_copied(target: &Path) {
+    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
+    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+}
+
 /// `--check` exited 1 and said `expected`.
 fn assert_check_fails_saying(c: &Run, expected: &str) {
     assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
@@ -114,18 +130,12 @@ async fn socket_of_one_server_and_datadir_of_another_are_refused_before_copying(
         a.datadir().display(),
         b.datadir().display()
     );
-    assert_check_fails_saying(&check_backup(&sets, &[]).await, &expected);
-
-    let state = dir.path().join("state");
-    let refused = run_backup(&sets, &state, &[]).await;
-    assert_run_fails_at(&refused, "redo", &expected);
-    let report = &refused.1;
-    assert_eq!(step(report, "redo")["status"], "failed", "{report}");
+    let (_, report) = assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
+    assert_eq!(step(&report, "redo")["status"], "failed", "{report}");
     for copy in ["copy_innodb", "copy_other", "copy_aria", "seal"] {
-        assert_ne!(step(report, copy)["status"], "succeeded", "{report}");
+        assert_ne!(step(&report, copy)["status"], "succeeded", "{report}");
     }
-    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
-    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+    assert_nothing_copied(&target);
 
     // The same server through a symlinked path is the same directory: accepted.
     let link = dir.path().join("a-data");
@@ -367,24 +377,19 @@ async fn a_stale_copy_at_the_servers_datadir_path_is_refused() {
     let target = dir.path().join("backup");
     let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
 
-    let c = check_backup(&sets, &[]).await;
     let expected = format!(
         "{} does not hold the files the server on socket {} has open",
         server.datadir().display(),
         server.socket().display()
     );
-    assert_check_fails_saying(&c, &expected);
+    let (c, _) = assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
     assert!(
         c.stdout
             .contains(&format!("{}/ib_logfile0 open", real.display())),
         "names the file the server has open: {}",
         c.stdout
     );
-
-    let state = dir.path().join("state");
-    assert_run_fails_at(&run_backup(&sets, &state, &[]).await, "redo", &expected);
-    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
-    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+    assert_nothing_copied(&target);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -459,10 +464,7 @@ async fn target_inside_the_datadir_through_a_bind_mount_is_refused() {
         "the backup target {} is inside the server's datadir",
         target.display()
     );
-    assert_check_fails_saying(&check_backup(&sets, &[]).await, &expected);
-
-    let state = dir.path().join("state");
-    assert_run_fails_at(&run_backup(&sets, &state, &[]).await, "redo", &expected);
+    assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
     assert!(
         !server.datadir().join("evil").exists(),
         "nothing in the datadir"
