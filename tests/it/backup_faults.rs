@@ -7,6 +7,9 @@
 //! when the backup succeeds, its consistency (a server started on a copy of it).
 
 use crate::cli::repo_root;
+use crate::support::{
+    add_need, backup_plan, copy_tree, insert_gate, journal_in, spawn_backup, with_of, yaml,
+};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
@@ -14,50 +17,12 @@ use stagehand_backup::manifest::{Manifest, ManifestError, MANIFEST_FILE};
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 // ---------------------------------------------------------------------------------------
 // Plans
-
-type Steps = Vec<serde_yaml::Value>;
-
-/// Writes `dir/plan.yaml`: plans/full-backup.yaml with `edit` applied to its steps.
-fn backup_plan(dir: &Path, edit: impl FnOnce(&mut Steps)) -> PathBuf {
-    let text = std::fs::read_to_string(repo_root().join("plans/full-backup.yaml"))
-        .expect("plans/full-backup.yaml");
-    let mut plan: serde_yaml::Value = serde_yaml::from_str(&text).expect("the plan is YAML");
-    let steps = plan
-        .get_mut("steps")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .expect("the plan has steps");
-    edit(steps);
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&plan).expect("YAML")).expect("write plan");
-    path
-}
-
-/// The `with` mapping of step `id`.
-fn with_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
-    step_of(steps, id)
-        .get_mut("with")
-        .and_then(serde_yaml::Value::as_mapping_mut)
-        .unwrap_or_else(|| panic!("step {id} has a `with` mapping"))
-}
-
-fn step_of<'a>(steps: &'a mut Steps, id: &str) -> &'a mut serde_yaml::Mapping {
-    steps
-        .iter_mut()
-        .filter_map(serde_yaml::Value::as_mapping_mut)
-        .find(|s| s.get("id").and_then(serde_yaml::Value::as_str) == Some(id))
-        .unwrap_or_else(|| panic!("plan step {id}"))
-}
-
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).expect("YAML")
-}
 
 /// The backup plan with the InnoDB copy limited to `rate` per second.
 fn slow_copy_plan(dir: &Path, rate: &str) -> PathBuf {
@@ -172,28 +137,7 @@ fn start_backup(server: &TestServer, dir: &Path, plan: &Path) -> Backup {
     let state = dir.join("state");
     let target = dir.join("backup");
     let stderr = dir.join("stagehand.stderr");
-    let err_file = std::fs::File::create(&stderr).expect("stderr file");
-    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .arg("run")
-        .arg(plan)
-        .args(["--set", &set("socket", server.socket())])
-        .args(["--set", "user=root"])
-        .args(["--set", &set("datadir", server.datadir())])
-        .args(["--set", &set("target", &target)])
-        .args(["--set", "prepare=false"])
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--json")
-        .current_dir(repo_root())
-        .env_remove("STAGEHAND_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        // A file, not a pipe: nobody reads it while the run goes on.
-        .stderr(Stdio::from(err_file))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start stagehand");
+    let child = spawn_backup(plan, server, &target, &state, &["prepare=false"], &stderr);
     Backup {
         child,
         state,
@@ -263,21 +207,6 @@ impl Backup {
             elapsed: started.elapsed(),
         }
     }
-}
-
-fn journal_in(state: &Path) -> Vec<Value> {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
-        return Vec::new();
-    };
-    runs.filter_map(|r| r.ok())
-        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .flat_map(|text| {
-            text.lines()
-                // The last line may be half written while the run goes on.
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 fn find_event(journal: &[Value], event: &str, step: &str) -> Option<Value> {
@@ -416,13 +345,7 @@ impl Restored {
             .tempdir()
             .expect("tempdir");
         let data = dir.path().join("data");
-        let st = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(backup)
-            .arg(&data)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "cp -a of the backup");
+        copy_tree(backup, &data);
         let opts = SandboxOptions::new(&data, dir.path().join("run"))
             .option("innodb_buffer_pool_size", Some("256M"))
             .start_timeout(Duration::from_secs(120));
@@ -1235,11 +1158,7 @@ async fn block_commit_budget_releases_commits_and_fails_the_backup() {
                 "{{id: hold, uses: exec, needs: [lock_commit], with: {{command: [sleep, \"{HOLD_SECS}\"]}}}}"
             )),
         );
-        step_of(steps, "lock_end")
-            .get_mut("needs")
-            .and_then(serde_yaml::Value::as_sequence_mut)
-            .expect("lock_end needs")
-            .push(yaml("hold"));
+        add_need(steps, "lock_end", "hold");
     });
     let mut backup = start_backup(&server, dir.path(), &plan);
     backup
@@ -1316,27 +1235,7 @@ async fn table_growing_by_hundreds_of_mb_during_the_copy_is_backed_up_consistent
     let flag = dir.path().join("grown");
     let plan = backup_plan(dir.path(), |steps| {
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml("12MiB"));
-        let pos = steps
-            .iter()
-            .position(|s| s.get("id").and_then(serde_yaml::Value::as_str) == Some("lock_commit"))
-            .expect("lock_commit");
-        let wait = format!(
-            "for i in $(seq 1 1200); do [ -e '{}' ] && exit 0; sleep 0.05; done; exit 1",
-            flag.display()
-        );
-        let mut gate = serde_yaml::Mapping::new();
-        gate.insert(yaml("id"), yaml("gate"));
-        gate.insert(yaml("uses"), yaml("exec"));
-        gate.insert(yaml("needs"), yaml("[lock_ddl]"));
-        let mut with = serde_yaml::Mapping::new();
-        with.insert(yaml("shell"), serde_yaml::Value::String(wait));
-        gate.insert(yaml("with"), serde_yaml::Value::Mapping(with));
-        steps.insert(pos, serde_yaml::Value::Mapping(gate));
-        step_of(steps, "lock_commit")
-            .get_mut("needs")
-            .and_then(serde_yaml::Value::as_sequence_mut)
-            .expect("lock_commit needs")
-            .push(yaml("gate"));
+        insert_gate(steps, "lock_commit", "lock_ddl", &flag, 1200);
     });
     let mut backup = start_backup(&server, dir.path(), &plan);
     backup

@@ -16,6 +16,7 @@
 //! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
+use crate::support::{copy_tree, step, unprepared_backup_args};
 use crate::workload::{
     check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
     WorkloadOptions,
@@ -85,13 +86,6 @@ fn stagehand(args: &[String]) -> (i32, String, String) {
     )
 }
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or(&Value::Null)
-}
-
 async fn gtid_now(conn: &mut Conn) -> String {
     let pos: Option<String> = conn
         .query_first("SELECT @@gtid_binlog_pos")
@@ -105,24 +99,7 @@ async fn gtid_now(conn: &mut Conn) -> String {
 /// A failed run is an `Err` with the failed steps' errors and a comparison of the redo
 /// copied so far with the server's log.
 async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String> {
-    let dir = work.join("backup");
-    let args: Vec<String> = vec![
-        "run".into(),
-        "plans/full-backup.yaml".into(),
-        "--set".into(),
-        format!("socket={}", server.socket().display()),
-        "--set".into(),
-        "user=root".into(),
-        "--set".into(),
-        format!("datadir={}", server.datadir().display()),
-        "--set".into(),
-        format!("target={}", dir.display()),
-        "--set".into(),
-        "prepare=false".into(),
-        "--state-dir".into(),
-        work.join("state").display().to_string(),
-        "--json".into(),
-    ];
+    let (dir, args) = unprepared_backup_args(server, work);
     let t0 = Instant::now();
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
         .await
@@ -207,21 +184,6 @@ fn backup_my_cnf(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp runs");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
-}
-
 /// Lines of an error log worth showing: errors, warnings, recovery and binlog facts.
 fn interesting_log_lines(text: &str) -> Vec<String> {
     text.lines()
@@ -302,7 +264,7 @@ struct Restored {
 /// a server on it with the backup's settings (and binlog on, as the source had).
 async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
     let copy = work.join(format!("restore-{}", how.engine()));
-    copy_dir(&backup.dir, &copy);
+    copy_tree(&backup.dir, &copy);
     let plan = repo_root().join("plans/prepare.yaml");
     let args: Vec<String> = vec![
         "run".into(),

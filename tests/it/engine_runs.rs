@@ -3,70 +3,38 @@
 //! secrets kept out of everything written.
 
 use crate::cli::stagehand_env;
+use crate::support::{
+    files_in, hello_then_broken, journal_in, run_plan, server_with, step, write_plan, PlanRun,
+};
 use serde_json::Value;
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-struct PlanRun {
-    code: i32,
-    report: Value,
-    journal: Vec<Value>,
-    stdout: String,
-    stderr: String,
+/// A test server with some statements run on it, and a temporary directory for the
+/// plans and the state of the runs against it.
+struct Case {
+    server: TestServer,
+    dir: tempfile::TempDir,
 }
 
-fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
-}
-
-fn journal_of(report: &Value) -> Vec<Value> {
-    let path = report["journal"].as_str().unwrap_or_default();
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
-        .collect()
-}
-
-/// Runs a plan with `--json` against `server` (param `socket`).
-fn run_plan(server: &TestServer, dir: &Path, plan: &Path, extra_env: &[(&str, &str)]) -> PlanRun {
-    let state = dir.join("state");
-    let socket = format!("socket={}", server.socket().display());
-    let r = stagehand_env(
-        &[
-            "run",
-            plan.to_str().expect("utf-8"),
-            "--set",
-            &socket,
-            "--state-dir",
-            state.to_str().expect("utf-8"),
-            "--json",
-        ],
-        extra_env,
-    );
-    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
-        panic!(
-            "report JSON ({e}); stdout: {}\nstderr: {}",
-            r.stdout, r.stderr
-        )
-    });
-    PlanRun {
-        code: r.code,
-        journal: journal_of(&report),
-        report,
-        stdout: r.stdout,
-        stderr: r.stderr,
+impl Case {
+    async fn start(name: &str, statements: &[&str]) -> Case {
+        Case {
+            server: server_with(name, statements).await,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
-}
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or_else(|| panic!("step {id} in report"))
+    fn plan(&self, name: &str, text: &str) -> PathBuf {
+        write_plan(self.dir.path(), name, text)
+    }
+
+    /// Runs a plan with `--json` against the server (param `socket`).
+    fn run(&self, plan: &Path, env: &[(&str, &str)]) -> PlanRun {
+        let socket = format!("socket={}", self.server.socket().display());
+        run_plan(self.dir.path(), plan, &[socket], env)
+    }
 }
 
 const HEADER: &str = r#"version: 1
@@ -80,9 +48,11 @@ connections:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn outputs_flow_between_sql_steps_on_one_shared_session() {
-    let server = TestServer::builder().name("outputs-flow").start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(dir.path(), "flow", &format!("{HEADER}steps:
+    let case = Case::start("outputs-flow", &[]).await;
+    let plan = case.plan(
+        "flow",
+        &format!(
+            "{HEADER}steps:
   - id: setup
     uses: sql
     with:
@@ -100,8 +70,10 @@ async fn outputs_flow_between_sql_steps_on_one_shared_session() {
     uses: sql
     needs: [total]
     with: {{connection: other, sql: \"SELECT {{{{steps.total.outputs.first.total}}}} * 2 AS doubled, {{{{steps.total.outputs.row_count}}}} AS rows_seen\"}}
-"));
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+"
+        ),
+    );
+    let r = case.run(&plan, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let total = step(&r.report, "total");
     assert_eq!(total["outputs"]["first"]["total"], "60");
@@ -115,14 +87,15 @@ async fn outputs_flow_between_sql_steps_on_one_shared_session() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
-    let server = TestServer::builder().name("failure-step").start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB")
-        .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start(
+        "failure-step",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB",
+        ],
+    )
+    .await;
+    let plan = case.plan(
         "fail",
         &format!(
             "{HEADER}steps:
@@ -146,7 +119,7 @@ async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
 "
         ),
     );
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+    let r = case.run(&plan, &[]);
     assert_eq!(r.code, 1, "a failed step exits 1");
     assert_eq!(r.report["status"], "failed");
     assert_eq!(step(&r.report, "broken")["status"], "failed");
@@ -159,17 +132,15 @@ async fn a_failing_step_triggers_the_failure_step_and_skips_the_rest() {
     );
     assert_eq!(step(&r.report, "after")["status"], "skipped");
     assert_eq!(step(&r.report, "on_failure")["status"], "succeeded");
-    let mut events: Vec<String> = server.query("SELECT what FROM app.events").await;
+    let mut events: Vec<String> = case.server.query("SELECT what FROM app.events").await;
     events.sort();
     assert_eq!(events, vec!["always", "on_failure"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_steps_are_skipped_when_nothing_fails() {
-    let server = TestServer::builder().name("no-failure").start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start("no-failure", &[]).await;
+    let plan = case.plan(
         "ok",
         &format!(
             "{HEADER}steps:
@@ -184,23 +155,28 @@ async fn failure_steps_are_skipped_when_nothing_fails() {
 "
         ),
     );
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+    let r = case.run(&plan, &[]);
     assert_eq!(r.code, 0);
     assert_eq!(step(&r.report, "on_failure")["status"], "skipped");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
-    let server = TestServer::builder().name("retries").start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB")
-        .await;
-    server.exec("INSERT INTO app.t VALUES (1, 0)").await;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let case = Case::start(
+        "retries",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v INT) ENGINE=InnoDB",
+            "INSERT INTO app.t VALUES (1, 0)",
+        ],
+    )
+    .await;
     // `holder` keeps a row lock in its open transaction until `release` commits it 2.5 s
     // later; meanwhile `update` fails with ER_LOCK_WAIT_TIMEOUT (1205) and is retried.
-    let plan = write_plan(dir.path(), "retry", &format!("{HEADER}steps:
+    let plan = case.plan(
+        "retry",
+        &format!(
+            "{HEADER}steps:
   - id: hold
     uses: sql
     with: {{connection: db, statements: [\"BEGIN\", \"SELECT v FROM app.t WHERE id = 1 FOR UPDATE\"]}}
@@ -217,14 +193,16 @@ async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
     uses: sql
     needs: [wait]
     with: {{connection: db, sql: COMMIT}}
-"));
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+"
+        ),
+    );
+    let r = case.run(&plan, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     let update = step(&r.report, "update");
     let attempts = update["attempts"].as_u64().unwrap_or(0);
     assert!(attempts >= 2, "update was retried ({attempts} attempts)");
-    let retries: Vec<&Value> = r
-        .journal
+    let journal = r.journal();
+    let retries: Vec<&Value> = journal
         .iter()
         .filter(|e| e["event"] == "step_retry" && e["step"] == "update")
         .collect();
@@ -249,16 +227,17 @@ async fn lock_wait_timeouts_are_retried_with_backoff_shown_in_the_journal() {
             "each failed attempt waited for the lock (~1 s)"
         );
     }
-    let v: Option<i64> = server.query_first("SELECT v FROM app.t WHERE id = 1").await;
+    let v: Option<i64> = case
+        .server
+        .query_first("SELECT v FROM app.t WHERE id = 1")
+        .await;
     assert_eq!(v, Some(1), "the update ran exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_step_is_cancelled_with_a_clear_error() {
-    let server = TestServer::builder().name("timeout").start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start("timeout", &[]).await;
+    let plan = case.plan(
         "timeout",
         &format!(
             "{HEADER}steps:
@@ -275,7 +254,7 @@ async fn a_timed_out_step_is_cancelled_with_a_clear_error() {
         ),
     );
     let t0 = Instant::now();
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+    let r = case.run(&plan, &[]);
     assert!(
         t0.elapsed() < Duration::from_secs(15),
         "the run did not wait for SLEEP(30)"
@@ -294,14 +273,15 @@ async fn a_timed_out_step_is_cancelled_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_runs_the_always_steps_and_exits_130() {
-    let server = TestServer::builder().name("sigint").start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB")
-        .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start(
+        "sigint",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.events (what VARCHAR(64)) ENGINE=InnoDB",
+        ],
+    )
+    .await;
+    let plan = case.plan(
         "sigint",
         &format!(
             "{HEADER}steps:
@@ -320,13 +300,13 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
 "
         ),
     );
-    let state = dir.path().join("state");
+    let state = case.dir.path().join("state");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args([
             "run",
             plan.to_str().expect("utf-8"),
             "--set",
-            &format!("socket={}", server.socket().display()),
+            &format!("socket={}", case.server.socket().display()),
             "--state-dir",
             state.to_str().expect("utf-8"),
             "--json",
@@ -337,7 +317,10 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
         .expect("start stagehand");
     // Wait until the long step runs, then interrupt.
     let t0 = Instant::now();
-    while !journal_has(&state, "step_started", "long") {
+    while !journal_in(&state)
+        .iter()
+        .any(|e| e["event"] == "step_started" && e["step"] == "long")
+    {
         assert!(
             t0.elapsed() < Duration::from_secs(20),
             "the long step never started"
@@ -355,33 +338,17 @@ async fn sigint_runs_the_always_steps_and_exits_130() {
     assert_eq!(report["status"], "interrupted");
     assert_eq!(step(&report, "long")["status"], "cancelled");
     assert_eq!(step(&report, "never")["status"], "skipped");
-    let events: Vec<String> = server.query("SELECT what FROM app.events").await;
+    let events: Vec<String> = case.server.query("SELECT what FROM app.events").await;
     assert_eq!(events, vec!["always"]);
-    assert!(journal_of(&report)
+    assert!(journal_in(&state)
         .iter()
         .any(|e| e["event"] == "run_interrupted"));
 }
 
-fn journal_has(state: &Path, event: &str, step_id: &str) -> bool {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
-        return false;
-    };
-    runs.filter_map(|r| r.ok())
-        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .any(|text| {
-            text.lines().any(|l| {
-                l.contains(&format!("\"event\":\"{event}\""))
-                    && l.contains(&format!("\"step\":\"{step_id}\""))
-            })
-        })
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
-    let server = TestServer::builder().name("background").start().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start("background", &[]).await;
+    let plan = case.plan(
         "bg",
         &format!(
             "{HEADER}steps:
@@ -410,9 +377,9 @@ async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
 "
         ),
     );
-    let r = run_plan(&server, dir.path(), &plan, &[]);
+    let r = case.run(&plan, &[]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let journal = &r.journal;
+    let journal = &r.journal();
     let pos = |event: &str, id: &str| {
         journal
             .iter()
@@ -442,19 +409,16 @@ async fn background_step_runs_until_its_until_step_and_gets_its_outputs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_reach_the_journal_report_or_logs() {
-    let server = TestServer::builder().name("secrets").start().await;
     let secret = "Very-Secret-Pa55word";
-    server
-        .exec(&format!(
-            "CREATE USER 'app'@'localhost' IDENTIFIED BY '{secret}'"
-        ))
-        .await;
-    server
-        .exec("GRANT SELECT ON *.* TO 'app'@'localhost'")
-        .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let plan = write_plan(
-        dir.path(),
+    let case = Case::start(
+        "secrets",
+        &[
+            &format!("CREATE USER 'app'@'localhost' IDENTIFIED BY '{secret}'"),
+            "GRANT SELECT ON *.* TO 'app'@'localhost'",
+        ],
+    )
+    .await;
+    let plan = case.plan(
         "secret",
         "version: 1
 name: secrets
@@ -474,22 +438,17 @@ steps:
     with: {command: [sh, -c, 'echo \"pw is $PW\"; exit 3'], env: {PW: \"{{secrets.pw}}\"}}
 ",
     );
-    let r = run_plan(&server, dir.path(), &plan, &[("TEST_APP_PASSWORD", secret)]);
+    let r = case.run(&plan, &[("TEST_APP_PASSWORD", secret)]);
     assert_eq!(r.code, 1, "the leak step fails on purpose");
     assert_eq!(
         step(&r.report, "whoami")["outputs"]["value"],
         "app@localhost",
         "the secret password connected"
     );
-    let journal_text =
-        std::fs::read_to_string(r.report["journal"].as_str().unwrap_or_default()).expect("journal");
-    let run_dir = Path::new(r.report["journal"].as_str().unwrap_or_default())
-        .parent()
-        .expect("run dir")
-        .to_path_buf();
-    let report_text = std::fs::read_to_string(run_dir.join("report.json")).expect("report.json");
+    let report_text =
+        std::fs::read_to_string(r.run_dir().join("report.json")).expect("report.json");
     for (what, text) in [
-        ("journal", &journal_text),
+        ("journal", &r.journal_text),
         ("report.json", &report_text),
         ("stdout", &r.stdout),
         ("stderr", &r.stderr),
@@ -497,7 +456,7 @@ steps:
         assert!(!text.contains(secret), "the secret leaked into {what}");
     }
     assert!(
-        journal_text.contains("***"),
+        r.journal_text.contains("***"),
         "the journal shows where the secret was masked"
     );
 }
@@ -523,25 +482,6 @@ fn fill(dir: &Path) {
     let block = vec![0u8; 4096];
     while f.write_all(&block).is_ok() {}
     let _ = f.sync_all();
-}
-
-fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(name))
-            {
-                found.push(p);
-            }
-        }
-    }
-    found
 }
 
 #[test]
@@ -600,7 +540,9 @@ steps:
     assert!(r.stderr.contains(&hint), "{}", r.stderr);
     assert!(r.stdout.contains(": Failed in "), "{}", r.stdout);
     assert!(
-        files_named(&state, "report.json").is_empty(),
+        !files_in(&state).iter().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("report.json"))),
         "no report, not even half of one"
     );
 }
@@ -663,17 +605,7 @@ fn logs_to_a_pipe_have_no_colour_codes() {
     let plan = write_plan(
         dir.path(),
         "plain",
-        "version: 1
-name: plain
-steps:
-  - id: hello
-    uses: exec
-    with: {command: [echo, hello]}
-  - id: broken
-    uses: exec
-    needs: [hello]
-    with: {command: [sh, -c, 'exit 3']}
-",
+        &hello_then_broken("plain", "{command: [sh, -c, 'exit 3']}"),
     );
     // The test harness reads stderr through a pipe, as journald or a log file would.
     let r = run_in(&plan, &dir.path().join("state"), &[]);

@@ -4,79 +4,28 @@
 //! with the server's own space ids and file names. Runs on whatever `mariadbd` is
 //! first in PATH (10.11 here; 11.8 with its bin directory put first).
 
-use crate::cli::repo_root;
+use crate::support::{backup_plan, id_of, insert_gate, journal_in, spawn_backup};
 use serde_json::Value;
 use stagehand_innodb::file_ops::{FileOps, SpaceOps};
 use stagehand_testkit::TestServer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-type Steps = Vec<serde_yaml::Value>;
-
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).expect("YAML")
-}
-
-fn id_of(step: &serde_yaml::Value) -> Option<&str> {
-    step.get("id").and_then(serde_yaml::Value::as_str)
-}
 
 /// plans/full-backup.yaml with a gate between START and BLOCK_DDL (an `exec` step that
 /// waits for `flag`), and without the steps after END: `seal` removes `.stagehand/`,
 /// where the ledger is read.
 fn gated_plan(dir: &Path, flag: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo_root().join("plans/full-backup.yaml"))
-        .expect("plans/full-backup.yaml");
-    let mut plan: serde_yaml::Value = serde_yaml::from_str(&text).expect("the plan is YAML");
-    let steps: &mut Steps = plan
-        .get_mut("steps")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .expect("the plan has steps");
-    steps.retain(|s| !matches!(id_of(s), Some("seal" | "discard" | "verify" | "prepare")));
-    let wait = format!(
-        "for i in $(seq 1 2400); do [ -e '{}' ] && exit 0; sleep 0.05; done; exit 1",
-        flag.display()
-    );
-    let gate = yaml(&format!(
-        "{{id: gate, uses: exec, needs: [redo], with: {{shell: {}}}}}",
-        serde_json::to_string(&wait).expect("json string")
-    ));
-    let pos = steps
-        .iter()
-        .position(|s| id_of(s) == Some("lock_ddl"))
-        .expect("lock_ddl");
-    steps.insert(pos, gate);
-    steps
-        .get_mut(pos + 1)
-        .and_then(|s| s.get_mut("needs"))
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .expect("lock_ddl needs")
-        .push(yaml("gate"));
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&plan).expect("YAML")).expect("write plan");
-    path
-}
-
-fn journal(state: &Path) -> Vec<Value> {
-    let Ok(runs) = std::fs::read_dir(state.join("runs")) else {
-        return Vec::new();
-    };
-    runs.filter_map(|r| r.ok())
-        .filter_map(|r| std::fs::read_to_string(r.path().join("journal.jsonl")).ok())
-        .flat_map(|text| {
-            text.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    backup_plan(dir, |steps| {
+        steps.retain(|s| !matches!(id_of(s), Some("seal" | "discard" | "verify" | "prepare")));
+        insert_gate(steps, "lock_ddl", "redo", flag, 2400);
+    })
 }
 
 async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
     let t0 = Instant::now();
     loop {
-        if journal(state)
+        if journal_in(state)
             .iter()
             .any(|e| e["event"] == "step_started" && e["step"] == step)
         {
@@ -109,26 +58,7 @@ impl GatedBackup {
         let state = dir.join("state");
         let target = dir.join("backup");
         let stderr = dir.join("stagehand.stderr");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-            .arg("run")
-            .arg(&plan)
-            .args(["--set", &format!("socket={}", server.socket().display())])
-            .args(["--set", "user=root"])
-            .args(["--set", &format!("datadir={}", server.datadir().display())])
-            .args(["--set", &format!("target={}", target.display())])
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--json")
-            .current_dir(repo_root())
-            .env_remove("STAGEHAND_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(&stderr).expect("stderr file"),
-            ))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start stagehand");
+        let mut child = spawn_backup(&plan, server, &target, &state, &[], &stderr);
         wait_for_start(&mut child, &state, "gate").await;
         // The log copied starts at the last checkpoint, which on a fresh server comes
         // before the test's setup: the operations under test are those after this LSN.

@@ -3,7 +3,7 @@
 //! dead-man check's exit codes and messages.
 
 use crate::cli::stagehand;
-use crate::notify::{run_plan, write_plan};
+use crate::support::{hello_then_broken, run_plan, write_plan};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -74,17 +74,7 @@ fn runs_list_and_show_read_what_the_executor_wrote() {
     let plan = write_plan(
         dir.path(),
         "small",
-        r#"version: 1
-name: small
-steps:
-  - id: hello
-    uses: exec
-    with: {command: [echo, hello]}
-  - id: broken
-    uses: exec
-    needs: [hello]
-    with: {shell: "echo 'no space left' >&2; exit 28"}
-"#,
+        &hello_then_broken("small", r#"{shell: "echo 'no space left' >&2; exit 28"}"#),
     );
     let r = run_plan(dir.path(), &plan, &[], &[]);
     assert_eq!(r.code, 1);

@@ -27,4 +27,5 @@ mod servers;
 mod storage_compress;
 mod storage_faults;
 mod storage_roundtrip;
+mod support;
 mod versions;

@@ -2,11 +2,10 @@
 //! parser) holds the figures of the run — a real hot backup with its bytes and lock hold
 //! times — and the same text reaches a Pushgateway; a failed run keeps the last success.
 
-use crate::notify::{run_plan, write_plan};
 use crate::servers::HttpReceiver;
-use stagehand_testkit::TestServer;
+use crate::support::{backup_params, run_plan, server_with, write_plan};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 struct Metrics(Vec<prometheus_parse::Sample>);
 
@@ -51,27 +50,26 @@ fn close(a: f64, b: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_metrics_of_a_real_backup_parse_and_hold_its_figures() {
-    let server = TestServer::builder().name("metrics-backup").start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
-        .await;
-    server
-        .exec("INSERT INTO app.t WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n, REPEAT('x', 100) FROM s")
-        .await;
+    let server = server_with(
+        "metrics-backup",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
+            "INSERT INTO app.t WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 1000) SELECT n, REPEAT('x', 100) FROM s",
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let textfile_dir = dir.path().join("textfile");
     std::fs::create_dir_all(&textfile_dir).expect("textfile dir");
     let prom = textfile_dir.join("stagehand.prom");
     let gateway = HttpReceiver::start(&[200]);
     let plan = crate::cli::repo_root().join("plans/full-backup.yaml");
-    let sets = [
-        format!("socket={}", server.socket().display()),
-        format!("datadir={}", server.datadir().display()),
-        format!("target={}", dir.path().join("backup").display()),
-        "user=root".to_string(),
-        "prepare=false".to_string(),
-    ];
+    let sets = backup_params(
+        &server,
+        &dir.path().join("backup"),
+        &["user=root", "prepare=false"],
+    );
     let gateway_url = gateway.url("/");
     let r = run_plan(
         dir.path(),
@@ -189,13 +187,18 @@ async fn the_metrics_of_a_real_backup_parse_and_hold_its_figures() {
     );
 }
 
+/// A temporary directory with the plan `text` in `nightly.yaml`: (the directory, the
+/// plan, the metrics file `nightly.prom` for its runs).
+fn nightly(text: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(dir.path(), "nightly", text);
+    let prom = dir.path().join("nightly.prom");
+    (dir, plan, prom)
+}
+
 #[test]
 fn a_failed_run_keeps_the_last_success_and_says_it_failed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prom = dir.path().join("nightly.prom");
-    let plan = write_plan(
-        dir.path(),
-        "nightly",
+    let (dir, plan, prom) = nightly(
         r#"version: 1
 name: nightly
 params:
@@ -255,11 +258,7 @@ steps:
 
 #[test]
 fn a_run_that_cannot_start_says_so_in_the_metrics() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let prom = dir.path().join("nightly.prom");
-    let plan = write_plan(
-        dir.path(),
-        "nightly",
+    let (dir, plan, prom) = nightly(
         r#"version: 1
 name: nightly
 secrets:

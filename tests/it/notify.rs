@@ -5,76 +5,8 @@
 
 use crate::cli::stagehand_env;
 use crate::servers::{free_port, HttpReceiver, SmtpOptions, SmtpServer};
+use crate::support::{backup_params, files_in, run_plan, server_with, write_plan};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-pub struct PlanRun {
-    pub code: i32,
-    pub report: Value,
-    pub journal_text: String,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl PlanRun {
-    pub fn step(&self, id: &str) -> &Value {
-        self.report["steps"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["id"] == id))
-            .unwrap_or_else(|| panic!("step {id} in report"))
-    }
-    pub fn journal(&self) -> Vec<Value> {
-        self.journal_text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("journal lines are JSON"))
-            .collect()
-    }
-    pub fn run_dir(&self) -> PathBuf {
-        Path::new(self.report["journal"].as_str().unwrap_or_default())
-            .parent()
-            .expect("run dir")
-            .to_path_buf()
-    }
-}
-
-pub fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
-}
-
-/// `stagehand run PLAN --json --state-dir DIR/state [--set ...]`.
-pub fn run_plan(dir: &Path, plan: &Path, sets: &[String], env: &[(&str, &str)]) -> PlanRun {
-    let state = dir.join("state");
-    let mut args = vec![
-        "run".to_string(),
-        plan.display().to_string(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--json".into(),
-    ];
-    for s in sets {
-        args.push("--set".into());
-        args.push(s.clone());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = stagehand_env(&args, env);
-    let report: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| {
-        panic!(
-            "report JSON ({e}); stdout: {}\nstderr: {}",
-            r.stdout, r.stderr
-        )
-    });
-    let journal_text =
-        std::fs::read_to_string(report["journal"].as_str().unwrap_or_default()).expect("journal");
-    PlanRun {
-        code: r.code,
-        report,
-        journal_text,
-        stdout: r.stdout,
-        stderr: r.stderr,
-    }
-}
 
 const FAILING_PLAN: &str = r#"version: 1
 name: nightly
@@ -118,13 +50,7 @@ steps:
 fn email_arrives_with_the_subject_and_body_rendered_over_the_report() {
     let dir = tempfile::tempdir().expect("tempdir");
     let password = "smtp-Pa55-Secret";
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: Some(("stagehand", password)),
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::with_login(dir.path(), password);
     let plan = write_plan(dir.path(), "nightly", FAILING_PLAN);
     let r = run_plan(
         dir.path(),
@@ -167,13 +93,7 @@ fn email_arrives_with_the_subject_and_body_rendered_over_the_report() {
 #[test]
 fn the_default_email_summarises_the_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: None,
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::open(dir.path());
     let plan = write_plan(
         dir.path(),
         "defaults",
@@ -394,13 +314,7 @@ fn no_secret_in_journal_report_notifications_or_dry_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let password = "Smtp-Secret-0451";
     let token = "hook-Token-7a7a7a";
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: Some(("stagehand", password)),
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::with_login(dir.path(), password);
     let hook = HttpReceiver::start(&[200]);
     // The plan tries to leak both: in the body, in a step's output, in the URL.
     let plan = write_plan(
@@ -505,7 +419,7 @@ steps:
         written.push(("email".into(), m.to_string()));
     }
     // Everything else the run left in the state directory too.
-    for f in walk(&dir.path().join("state")) {
+    for f in files_in(&dir.path().join("state")) {
         written.push((
             f.display().to_string(),
             std::fs::read_to_string(&f).unwrap_or_default(),
@@ -531,21 +445,6 @@ steps:
         payload["text"],
         "token ***; echo said password *** token ***"
     );
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -636,25 +535,17 @@ steps:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
-    let server = stagehand_testkit::TestServer::builder()
-        .name("notify-backup")
-        .start()
-        .await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec("CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
-        .await;
-    server
-        .exec("INSERT INTO app.t VALUES (1, 'one'), (2, 'two')")
-        .await;
+    let server = server_with(
+        "notify-backup",
+        &[
+            "CREATE DATABASE app",
+            "CREATE TABLE app.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
+            "INSERT INTO app.t VALUES (1, 'one'), (2, 'two')",
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let smtp = SmtpServer::start(
-        dir.path(),
-        SmtpOptions {
-            login: None,
-            tls: None,
-        },
-    );
+    let smtp = SmtpServer::open(dir.path());
     // The shipped backup plan with a notify step at its end.
     let shipped = std::fs::read_to_string(crate::cli::repo_root().join("plans/full-backup.yaml"))
         .expect("plan");
@@ -664,13 +555,11 @@ async fn a_real_backup_mails_its_size_lsns_and_lock_hold_times() {
         smtp.port
     );
     let plan = write_plan(dir.path(), "backup-notify", &plan_text);
-    let sets = [
-        format!("socket={}", server.socket().display()),
-        format!("datadir={}", server.datadir().display()),
-        format!("target={}", dir.path().join("backup").display()),
-        "user=root".to_string(),
-        "prepare=false".to_string(),
-    ];
+    let sets = backup_params(
+        &server,
+        &dir.path().join("backup"),
+        &["user=root", "prepare=false"],
+    );
     let r = run_plan(dir.path(), &plan, &sets, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.step("tell")["status"], "succeeded");

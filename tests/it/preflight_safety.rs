@@ -4,6 +4,7 @@
 //! naming what is wrong.
 
 use crate::cli::{repo_root, stagehand, stagehand_env, Run};
+use crate::support::{copy_tree, report_of, step, step_error};
 use serde_json::Value;
 use stagehand_backup::manifest::MANIFEST_FILE;
 use stagehand_testkit::TestServer;
@@ -32,36 +33,85 @@ fn backup_sets(socket: &Path, user: &str, datadir: &Path, target: &Path) -> Vec<
     .collect()
 }
 
-/// `stagehand run PLAN --check` with the sets.
-fn check(plan: &str, sets: &[String], env: &[(&str, &str)]) -> Run {
-    let mut args = vec!["run", plan, "--check"];
-    args.extend(sets.iter().map(String::as_str));
-    stagehand_env(&args, env)
+/// `stagehand run PLAN --check` with the sets, run blocking: off the runtime's threads,
+/// so the test servers' pools and any statement a test keeps running stay served.
+async fn check(plan: &str, sets: &[String], env: &'static [(&'static str, &'static str)]) -> Run {
+    let (plan, sets) = (plan.to_string(), sets.to_vec());
+    blocking(move || {
+        let mut args = vec!["run", plan.as_str(), "--check"];
+        args.extend(sets.iter().map(String::as_str));
+        stagehand_env(&args, env)
+    })
+    .await
 }
 
-/// `stagehand run PLAN --json` with the sets and a state directory.
-fn run(plan: &str, sets: &[String], state: &Path, env: &[(&str, &str)]) -> (Run, Value) {
+/// `stagehand run PLAN --json` with the sets and a state directory, run blocking as
+/// [`check`] is; the report is `Null` when it printed none.
+async fn run(
+    plan: &str,
+    sets: &[String],
+    state: &Path,
+    env: &'static [(&'static str, &'static str)],
+) -> (Run, Value) {
+    let (plan, sets) = (plan.to_string(), sets.to_vec());
     let state = state.display().to_string();
-    let mut args = vec!["run", plan, "--state-dir", &state, "--json"];
-    args.extend(sets.iter().map(String::as_str));
-    let r = stagehand_env(&args, env);
-    let report = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
-    (r, report)
+    blocking(move || {
+        let mut args = vec!["run", plan.as_str(), "--state-dir", &state, "--json"];
+        args.extend(sets.iter().map(String::as_str));
+        let r = stagehand_env(&args, env);
+        let report = report_of(&r.stdout);
+        (r, report)
+    })
+    .await
 }
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or_else(|| panic!("step {id} in the report: {report}"))
-}
-
-/// The stagehand call runs blocking: off the runtime's threads, so the test servers'
-/// pools and any statement a test keeps running stay served.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("stagehand call")
+}
+
+/// [`check`] of `plans/full-backup.yaml`.
+async fn check_backup(sets: &[String], env: &'static [(&'static str, &'static str)]) -> Run {
+    check(&full_backup(), sets, env).await
+}
+
+/// [`run`] of `plans/full-backup.yaml`.
+async fn run_backup(
+    sets: &[String],
+    state: &Path,
+    env: &'static [(&'static str, &'static str)],
+) -> (Run, Value) {
+    run(&full_backup(), sets, state, env).await
+}
+
+/// `--check` of the backup with `sets` fails saying `expected`, and so does a run (its
+/// state in `state`), at its `redo` step: what `--check` printed, and the run's report.
+async fn assert_backup_refused(sets: &[String], state: &Path, expected: &str) -> (Run, Value) {
+    let c = check_backup(sets, &[]).await;
+    assert_check_fails_saying(&c, expected);
+    let refused = run_backup(sets, state, &[]).await;
+    assert_run_fails_at(&refused, "redo", expected);
+    (c, refused.1)
+}
+
+/// No complete backup in `target`, and nothing copied to it.
+fn assert_nothing_copied(target: &Path) {
+    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
+    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+}
+
+/// `--check` exited 1 and said `expected`.
+fn assert_check_fails_saying(c: &Run, expected: &str) {
+    assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
+    assert!(c.stdout.contains(expected), "{}", c.stdout);
+}
+
+/// The run exited 1, the error of its step `id` saying `expected`.
+fn assert_run_fails_at(run: &(Run, Value), id: &str, expected: &str) {
+    let (r, report) = run;
+    assert_eq!(r.code, 1, "the run must fail\n{}\n{}", r.stdout, r.stderr);
+    assert!(step_error(report, id).contains(expected), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,44 +124,24 @@ async fn socket_of_one_server_and_datadir_of_another_are_refused_before_copying(
     let target = dir.path().join("backup");
     let sets = backup_sets(a.socket(), "root", b.datadir(), &target);
 
-    let c = blocking({
-        let sets = sets.clone();
-        move || check(&full_backup(), &sets, &[])
-    })
-    .await;
-    assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
     let expected = format!(
         "the server on socket {} has datadir {}/, but datadir is {}: they are not the same server",
         a.socket().display(),
         a.datadir().display(),
         b.datadir().display()
     );
-    assert!(c.stdout.contains(&expected), "{}", c.stdout);
-
-    let state = dir.path().join("state");
-    let (r, report) = blocking({
-        let state = state.clone();
-        move || run(&full_backup(), &sets, &state, &[])
-    })
-    .await;
-    assert_eq!(r.code, 1, "the run must fail\n{}\n{}", r.stdout, r.stderr);
-    let redo = step(&report, "redo");
-    assert_eq!(redo["status"], "failed", "{report}");
-    assert!(
-        redo["error"].as_str().unwrap_or("").contains(&expected),
-        "{redo}"
-    );
+    let (_, report) = assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
+    assert_eq!(step(&report, "redo")["status"], "failed", "{report}");
     for copy in ["copy_innodb", "copy_other", "copy_aria", "seal"] {
         assert_ne!(step(&report, copy)["status"], "succeeded", "{report}");
     }
-    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
-    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+    assert_nothing_copied(&target);
 
     // The same server through a symlinked path is the same directory: accepted.
     let link = dir.path().join("a-data");
     std::os::unix::fs::symlink(a.datadir(), &link).expect("symlink");
     let sets = backup_sets(a.socket(), "root", &link, &dir.path().join("other"));
-    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    let c = check_backup(&sets, &[]).await;
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
     assert!(
         c.stdout
@@ -128,31 +158,15 @@ async fn target_inside_the_datadir_or_a_file_is_refused() {
     let inside = server.datadir().join("bk");
     let sets = backup_sets(server.socket(), "root", server.datadir(), &inside);
 
-    let c = blocking({
-        let sets = sets.clone();
-        move || check(&full_backup(), &sets, &[])
-    })
-    .await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(
-        c.stdout.contains(&format!(
-            "the backup target {} is inside the server's datadir",
-            inside.display()
-        )),
-        "{}",
-        c.stdout
+    let expected = format!(
+        "the backup target {} is inside the server's datadir",
+        inside.display()
     );
+    assert_check_fails_saying(&check_backup(&sets, &[]).await, &expected);
 
     let state = dir.path().join("state");
-    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        step(&report, "redo")["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("is inside the server's datadir"),
-        "{report}"
-    );
+    let refused = run_backup(&sets, &state, &[]).await;
+    assert_run_fails_at(&refused, "redo", "is inside the server's datadir");
     assert!(!inside.exists(), "nothing was created in the datadir");
     let databases: Vec<String> = server.query("SHOW DATABASES").await;
     assert!(!databases.iter().any(|d| d == "bk"), "{databases:?}");
@@ -161,16 +175,8 @@ async fn target_inside_the_datadir_or_a_file_is_refused() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").expect("write");
     let sets = backup_sets(server.socket(), "root", server.datadir(), &file);
-    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(
-        c.stdout.contains(&format!(
-            "the backup target {} cannot be a directory",
-            file.display()
-        )),
-        "{}",
-        c.stdout
-    );
+    let expected = format!("the backup target {} cannot be a directory", file.display());
+    assert_check_fails_saying(&check_backup(&sets, &[]).await, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,19 +189,14 @@ async fn wrong_password_is_named_as_such_not_as_a_missing_privilege() {
         server.datadir(),
         &dir.path().join("b"),
     );
-    let env = [("STAGEHAND_DB_PASSWORD", "not-the-password")];
-    let c = blocking({
-        let sets = sets.clone();
-        move || check(&full_backup(), &sets, &env)
-    })
-    .await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(c.stdout.contains("wrong user or password"), "{}", c.stdout);
+    let env: &[(&str, &str)] = &[("STAGEHAND_DB_PASSWORD", "not-the-password")];
+    let c = check_backup(&sets, env).await;
+    assert_check_fails_saying(&c, "wrong user or password");
     assert!(!c.stdout.contains("lacks a privilege"), "{}", c.stdout);
     assert!(!c.stdout.contains("not-the-password"), "{}", c.stdout);
 
     let state = dir.path().join("state");
-    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &env)).await;
+    let (r, report) = run_backup(&sets, &state, env).await;
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let hint = step(&report, "lock_start")["hint"]
         .as_str()
@@ -257,13 +258,9 @@ async fn check_and_run_test_the_privileges_they_claim() {
         server.datadir(),
         &dir.path().join("b"),
     );
-    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(
-        c.stdout
-            .contains("the backup user lacks RELOAD: GRANT RELOAD ON *.*"),
-        "{}",
-        c.stdout
+    assert_check_fails_saying(
+        &check_backup(&sets, &[]).await,
+        "the backup user lacks RELOAD: GRANT RELOAD ON *.*",
     );
 
     let plan = blocker_plan(dir.path()).display().to_string();
@@ -271,17 +268,9 @@ async fn check_and_run_test_the_privileges_they_claim() {
     let sets: Vec<String> = ["--set", &socket, "--set", "user=noprocess"]
         .map(String::from)
         .to_vec();
-    let c = blocking({
-        let (plan, sets) = (plan.clone(), sets.clone());
-        move || check(&plan, &sets, &[])
-    })
-    .await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(
-        c.stdout
-            .contains("the backup user lacks PROCESS: GRANT PROCESS ON *.*"),
-        "{}",
-        c.stdout
+    assert_check_fails_saying(
+        &check(&plan, &sets, &[]).await,
+        "the backup user lacks PROCESS: GRANT PROCESS ON *.*",
     );
 
     // A statement running for a while: root sees it as a blocker; a user without
@@ -308,35 +297,19 @@ async fn check_and_run_test_the_privileges_they_claim() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         waited += Duration::from_millis(200);
     };
-    let (r, report) = blocking({
-        let (plan, sets, state) = (plan.clone(), sets.clone(), dir.path().join("s1"));
-        move || run(&plan, &sets, &state, &[])
-    })
-    .await;
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    let ddl = step(&report, "lock_ddl");
-    assert!(
-        ddl["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("on_blocker: fail needs the PROCESS privilege"),
-        "{report}"
+    assert_run_fails_at(
+        &run(&plan, &sets, &dir.path().join("s1"), &[]).await,
+        "lock_ddl",
+        "on_blocker: fail needs the PROCESS privilege",
     );
 
     let root = ["--set", &socket, "--set", "user=root"]
         .map(String::from)
         .to_vec();
-    let (r, report) = blocking({
-        let state = dir.path().join("s2");
-        move || run(&plan, &root, &state, &[])
-    })
-    .await;
+    let (r, report) = run(&plan, &root, &dir.path().join("s2"), &[]).await;
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     assert!(
-        step(&report, "lock_ddl")["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains("SELECT SLEEP(60)"),
+        step_error(&report, "lock_ddl").contains("SELECT SLEEP(60)"),
         "root sees the blocker: {report}"
     );
     server.exec(&format!("KILL QUERY {sleeper_id}")).await;
@@ -396,13 +369,7 @@ async fn a_stale_copy_at_the_servers_datadir_path_is_refused() {
     server.exec("INSERT INTO app.m VALUES (1)").await;
     let real = server.base_dir().join("data.real");
     let _moved = MovedDatadir::new(server.datadir(), &real);
-    let copied = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&real)
-        .arg(server.datadir())
-        .status()
-        .expect("run cp");
-    assert!(copied.success(), "cp -a of the datadir");
+    copy_tree(&real, server.datadir());
     // Only non-InnoDB writes: the copy's redo log keeps the server's checkpoint.
     server.exec("INSERT INTO app.m VALUES (2)").await;
     server.exec("FLUSH TABLES").await;
@@ -410,37 +377,19 @@ async fn a_stale_copy_at_the_servers_datadir_path_is_refused() {
     let target = dir.path().join("backup");
     let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
 
-    let c = blocking({
-        let sets = sets.clone();
-        move || check(&full_backup(), &sets, &[])
-    })
-    .await;
-    assert_eq!(c.code, 1, "--check must fail\n{}\n{}", c.stdout, c.stderr);
     let expected = format!(
         "{} does not hold the files the server on socket {} has open",
         server.datadir().display(),
         server.socket().display()
     );
-    assert!(c.stdout.contains(&expected), "{}", c.stdout);
+    let (c, _) = assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
     assert!(
         c.stdout
             .contains(&format!("{}/ib_logfile0 open", real.display())),
         "names the file the server has open: {}",
         c.stdout
     );
-
-    let state = dir.path().join("state");
-    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
-    assert_eq!(r.code, 1, "the run must fail\n{}\n{}", r.stdout, r.stderr);
-    assert!(
-        step(&report, "redo")["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains(&expected),
-        "{report}"
-    );
-    assert!(!target.join(MANIFEST_FILE).exists(), "no complete backup");
-    assert!(!target.join("ibdata1").exists(), "nothing was copied");
+    assert_nothing_copied(&target);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -457,7 +406,7 @@ async fn a_datadir_the_server_names_by_another_path_is_accepted_by_its_open_file
         &elsewhere,
         &dir.path().join("backup"),
     );
-    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
+    let c = check_backup(&sets, &[]).await;
     assert_eq!(c.code, 0, "{}\n{}", c.stdout, c.stderr);
     assert!(
         c.stdout.contains(&format!(
@@ -511,28 +460,11 @@ async fn target_inside_the_datadir_through_a_bind_mount_is_refused() {
     let target = mount.join("evil");
     let sets = backup_sets(server.socket(), "root", server.datadir(), &target);
 
-    let c = blocking({
-        let sets = sets.clone();
-        move || check(&full_backup(), &sets, &[])
-    })
-    .await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
     let expected = format!(
         "the backup target {} is inside the server's datadir",
         target.display()
     );
-    assert!(c.stdout.contains(&expected), "{}", c.stdout);
-
-    let state = dir.path().join("state");
-    let (r, report) = blocking(move || run(&full_backup(), &sets, &state, &[])).await;
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    assert!(
-        step(&report, "redo")["error"]
-            .as_str()
-            .unwrap_or("")
-            .contains(&expected),
-        "{report}"
-    );
+    assert_backup_refused(&sets, &dir.path().join("state"), &expected).await;
     assert!(
         !server.datadir().join("evil").exists(),
         "nothing in the datadir"
@@ -544,14 +476,9 @@ async fn target_inside_the_datadir_through_a_bind_mount_is_refused() {
     let parent = dir.path().join("bm3");
     let _around = BindMount::new(server.base_dir(), &parent);
     let sets = backup_sets(server.socket(), "root", server.datadir(), &parent);
-    let c = blocking(move || check(&full_backup(), &sets, &[])).await;
-    assert_eq!(c.code, 1, "{}\n{}", c.stdout, c.stderr);
-    assert!(
-        c.stdout.contains(&format!(
-            "the backup target {} contains the server's datadir",
-            parent.display()
-        )),
-        "{}",
-        c.stdout
+    let expected = format!(
+        "the backup target {} contains the server's datadir",
+        parent.display()
     );
+    assert_check_fails_saying(&check_backup(&sets, &[]).await, &expected);
 }

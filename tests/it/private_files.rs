@@ -5,6 +5,7 @@
 
 use crate::cli::repo_root;
 use crate::storage_roundtrip::SmallDisk;
+use crate::support::{full_backup_args, report_of, set_args, step};
 use serde_json::Value;
 use stagehand_testkit::TestServer;
 use std::os::unix::fs::MetadataExt;
@@ -31,28 +32,15 @@ fn run_with_open_umask(args: &[String]) -> Run {
         .expect("run stagehand");
     Run {
         code: out.status.code().unwrap_or(-1),
-        report: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        report: report_of(&String::from_utf8_lossy(&out.stdout)),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
 fn backup_args(server: &TestServer, target: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "plans/full-backup.yaml", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let sets = [
-        ("socket", server.socket().display().to_string()),
-        ("user", "root".to_string()),
-        ("datadir", server.datadir().display().to_string()),
-        ("target", target.display().to_string()),
-    ];
-    for (k, v) in sets {
-        args.extend(["--set".to_string(), format!("{k}={v}")]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["--state-dir".to_string(), state.display().to_string()]);
-    args
+    let mut extra = extra.to_vec();
+    extra.push("--json");
+    full_backup_args(server, target, state, &["user=root"], &extra)
 }
 
 /// Every path under `root` (itself included) whose mode lets group or others in.
@@ -77,13 +65,6 @@ fn open_to_others(root: &Path) -> Vec<String> {
         }
     }
     open
-}
-
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or_else(|| panic!("step {id} in the report: {report}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -163,13 +144,6 @@ async fn a_backup_that_fills_the_disk_frees_it_and_leaves_the_target_reusable() 
     );
 }
 
-fn sets(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_streamed_backup_its_repository_and_a_restore_are_readable_by_their_owner_only() {
     let server = TestServer::builder().name("private-restore").start().await;
@@ -181,7 +155,7 @@ async fn a_streamed_backup_its_repository_and_a_restore_are_readable_by_their_ow
     );
     let (fetched, datadir) = (work.path().join("fetched"), work.path().join("datadir"));
     let mut backup = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
-    backup.extend(sets(&[
+    backup.extend(set_args(&[
         ("socket", server.socket().display().to_string()),
         ("datadir", server.datadir().display().to_string()),
         ("repository", repo.display().to_string()),
@@ -198,7 +172,7 @@ async fn a_streamed_backup_its_repository_and_a_restore_are_readable_by_their_ow
     let mut restore = vec!["run".to_string(), "plans/restore.yaml".to_string()];
     // The server step wants a private directory for its socket (it creates it 0700).
     let socket = work.path().join("sock/c.sock").display().to_string();
-    restore.extend(sets(&[
+    restore.extend(set_args(&[
         ("repository", repo.display().to_string()),
         ("workdir", fetched.display().to_string()),
         ("datadir", datadir.display().to_string()),

@@ -5,6 +5,9 @@
 //! sql check of the rows written before the backup.
 
 use crate::cli::stagehand;
+use crate::support::{
+    copy_tree, files_in, full_backup_args, run_plan, step, step_error, write_plan, PlanRun,
+};
 use serde_json::Value;
 use stagehand_testkit::TestServer;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -64,18 +67,7 @@ async fn make_fixture() -> Fixture {
         ))
         .await;
     let backup = root.join("backup");
-    let args = [
-        "run".to_string(),
-        "plans/full-backup.yaml".into(),
-        "--set".into(),
-        format!("socket={}", server.socket().display()),
-        "--set".into(),
-        format!("datadir={}", server.datadir().display()),
-        "--set".into(),
-        format!("target={}", backup.display()),
-        "--state-dir".into(),
-        root.join("backup-state").display().to_string(),
-    ];
+    let args = full_backup_args(&server, &backup, &root.join("backup-state"), &[], &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Nothing else runs on this runtime: blocking here is fine.
     let r = stagehand(&args);
@@ -159,36 +151,8 @@ steps:
     s
 }
 
-struct PlanRun {
-    code: i32,
-    report: Value,
-    text: String,
-}
-
 fn run(dir: &Path, plan: &str) -> PlanRun {
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, plan).expect("write plan");
-    let state = dir.join("state");
-    let r = stagehand(&[
-        "run",
-        path.to_str().expect("utf-8"),
-        "--state-dir",
-        state.to_str().expect("utf-8"),
-        "--json",
-    ]);
-    let report: Value = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
-    PlanRun {
-        code: r.code,
-        report,
-        text: format!("stdout: {}\nstderr: {}", r.stdout, r.stderr),
-    }
-}
-
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or(&Value::Null)
+    run_plan(dir, &write_plan(dir, "plan", plan), &[], &[])
 }
 
 fn num(v: &Value) -> i64 {
@@ -201,7 +165,7 @@ fn num(v: &Value) -> i64 {
 
 /// The check step saw exactly the rows written before the backup.
 fn assert_rows(r: &PlanRun) {
-    assert_eq!(r.code, 0, "the restore plan succeeds: {}", r.text);
+    assert_eq!(r.code, 0, "the restore plan succeeds: {}", r.output());
     let first = &step(&r.report, "check")["outputs"]["first"];
     assert_eq!(num(&first["n"]), ROWS, "rows of app.t: {first}");
     assert_eq!(
@@ -210,6 +174,15 @@ fn assert_rows(r: &PlanRun) {
         "SUM(v): {first}"
     );
     assert_eq!(num(&first["a"]), ARIA_ROWS, "rows of app.a: {first}");
+}
+
+/// The `with` body of a copy_back of `backup` into `datadir`, then `extra`.
+fn copy_back_with(backup: &Path, datadir: &Path, extra: &str) -> String {
+    format!(
+        "from: \"{}\", datadir: \"{}\"{extra}",
+        backup.display(),
+        datadir.display()
+    )
 }
 
 fn server_with(datadir: &Path, socket: &Path, extra: &str) -> String {
@@ -222,18 +195,11 @@ fn server_with(datadir: &Path, socket: &Path, extra: &str) -> String {
 
 /// Files (relative paths) under a directory.
 fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(rel) = p.strip_prefix(dir) {
-                out.push(rel.display().to_string());
-            }
-        }
-    }
+    let mut out: Vec<String> = files_in(dir)
+        .iter()
+        .filter_map(|p| p.strip_prefix(dir).ok())
+        .map(|rel| rel.display().to_string())
+        .collect();
     out.sort();
     out
 }
@@ -244,11 +210,7 @@ fn restores_a_prepared_backup_and_the_server_starts_on_it() {
     let dir = case_dir("basic");
     let data = dir.join("data");
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     let r = run(
         &dir,
         &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
@@ -324,17 +286,10 @@ fn a_non_empty_datadir_is_refused_untouched_and_force_replaces_its_contents() {
     std::fs::write(&outside, "keep").expect("write");
     let before = files_under(&dir);
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     let r = run(&dir, &plan_text(&socket, &cb, None));
-    assert_eq!(r.code, 1, "refused: {}", r.text);
-    let err = step(&r.report, "restore")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(r.code, 1, "refused: {}", r.output());
+    let err = step_error(&r.report, "restore");
     assert!(
         err.contains(&data.display().to_string())
             && err.contains("not empty")
@@ -378,13 +333,9 @@ fn an_unprepared_backup_is_refused() {
     manifest.as_object_mut().expect("object").remove("prepared");
     std::fs::write(backup.join("stagehand.json"), manifest.to_string()).expect("write");
     let data = dir.join("data");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, "");
     let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
-    assert_eq!(r.code, 1, "refused: {}", r.text);
+    assert_eq!(r.code, 1, "refused: {}", r.output());
     let s = step(&r.report, "restore");
     let err = s["error"].as_str().unwrap_or_default();
     assert!(
@@ -399,20 +350,10 @@ fn move_mode_empties_the_backup_of_its_data_files() {
     let f = fixture();
     let dir = case_dir("move");
     let backup = dir.join("backup");
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(&f.backup)
-        .arg(&backup)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
+    copy_tree(&f.backup, &backup);
     let data = dir.join("data");
     let socket = dir.join("sock/s.sock");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", mode: move",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, ", mode: move");
     let r = run(
         &dir,
         &plan_text(&socket, &cb, Some(&server_with(&data, &socket, ""))),
@@ -502,13 +443,7 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
     let f = fixture();
     let dir = case_dir("damaged");
     let backup = dir.join("backup");
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(&f.backup)
-        .arg(&backup)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
+    copy_tree(&f.backup, &backup);
     // One flipped byte in the middle of a tablespace.
     let victim = backup.join("app/t.ibd");
     let mut bytes = std::fs::read(&victim).expect("read");
@@ -516,17 +451,10 @@ fn a_damaged_backup_file_fails_the_restore_and_it_is_undone() {
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, bytes).expect("write");
     let data = dir.join("data");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", parallel: 1",
-        backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&backup, &data, ", parallel: 1");
     let r = run(&dir, &plan_text(&dir.join("sock/s.sock"), &cb, None));
-    assert_eq!(r.code, 1, "refused: {}", r.text);
-    let err = step(&r.report, "restore")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(r.code, 1, "refused: {}", r.output());
+    let err = step_error(&r.report, "restore");
     assert!(
         err.contains("app/t.ibd")
             && err.contains("does not match the manifest")
@@ -547,17 +475,9 @@ fn force_into_the_datadir_of_a_running_server_is_refused_and_nothing_is_removed(
     let live = rt.block_on(TestServer::builder().name("restore-live").start());
     rt.block_on(live.exec("CREATE DATABASE keepme"));
     let before = files_under(live.datadir());
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\", force: true",
-        f.backup.display(),
-        live.datadir().display()
-    );
+    let cb = copy_back_with(&f.backup, live.datadir(), ", force: true");
     let plan = plan_text(&dir.join("sock/s.sock"), &cb, None);
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, &plan).expect("write plan");
-    let state = dir.join("state");
-    let args = ["run", path.to_str().expect("utf-8"), "--state-dir"];
-    let check = stagehand(&[&args[..], &[state.to_str().expect("utf-8"), "--check"]].concat());
+    let check = check_run(&dir, &plan);
     let pid = format!("pid {}", live.pid());
     assert_ne!(check.code, 0, "--check refuses: {}", check.stdout);
     assert!(
@@ -567,11 +487,8 @@ fn force_into_the_datadir_of_a_running_server_is_refused_and_nothing_is_removed(
         check.stderr
     );
     let r = run(&dir, &plan);
-    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
-    let err = step(&r.report, "restore")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(r.code, 1, "the run refuses: {}", r.output());
+    let err = step_error(&r.report, "restore");
     assert!(
         err.contains(&pid) && err.contains("stop it first"),
         "the error names the server: {err}"
@@ -609,8 +526,7 @@ steps:
 
 /// Runs `stagehand run PLAN --check` on a plan written to `dir`.
 fn check_run(dir: &Path, plan: &str) -> crate::cli::Run {
-    let path = dir.join("plan.yaml");
-    std::fs::write(&path, plan).expect("write plan");
+    let path = write_plan(dir, "plan", plan);
     let state = dir.join("state");
     stagehand(&[
         "run",
@@ -676,11 +592,8 @@ fn a_socket_planted_by_another_user_is_refused_and_never_connected_to() {
     );
 
     let r = run(&dir, &plan);
-    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
-    let err = step(&r.report, "restored")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(r.code, 1, "the run refuses: {}", r.output());
+    let err = step_error(&r.report, "restored");
     assert!(
         err.contains("uid 65534") && err.contains(&theirs.display().to_string()),
         "the error names the directory and its owner: {err}"
@@ -704,11 +617,8 @@ fn a_file_already_at_the_socket_path_is_refused() {
     let check = check_run(&dir, &plan);
     assert_ne!(check.code, 0, "--check refuses: {}", check.stdout);
     let r = run(&dir, &plan);
-    assert_eq!(r.code, 1, "the run refuses: {}", r.text);
-    let err = step(&r.report, "restored")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    assert_eq!(r.code, 1, "the run refuses: {}", r.output());
+    let err = step_error(&r.report, "restored");
     assert!(
         err.contains("exists there already"),
         "the error says why: {err}"
@@ -723,11 +633,7 @@ fn the_server_steps_socket_is_in_a_private_directory_other_users_cannot_connect(
     let sock_dir = dir.join("sock");
     let socket = sock_dir.join("s.sock");
     let probe = dir.join("probe.txt");
-    let cb = format!(
-        "from: \"{}\", datadir: \"{}\"",
-        f.backup.display(),
-        data.display()
-    );
+    let cb = copy_back_with(&f.backup, &data, "");
     // While the server runs: its directory's mode, and whether nobody can connect.
     let shell = format!(
         "stat -c %a {d} > {p}; if setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/bin/python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])' {s}; then echo connected >> {p}; else echo refused >> {p}; fi",
@@ -769,20 +675,18 @@ steps:
         .replace(&probe.display().to_string(), "/dev/null");
     let r = run(&dir, &shared_plan);
     assert_eq!(
-        r.code, 1,
+        r.code,
+        1,
         "a shared socket directory is refused: {}",
-        r.text
+        r.output()
     );
-    let err = step(&r.report, "restored")["error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let err = step_error(&r.report, "restored");
     assert!(err.contains("mode 755"), "the error says why: {err}");
     // Its copy_back had run: start over on an empty datadir.
     std::fs::remove_dir_all(&data).expect("remove the restored datadir");
 
     let r = run(&dir, &plan);
-    assert_eq!(r.code, 0, "the plan runs: {}", r.text);
+    assert_eq!(r.code, 0, "the plan runs: {}", r.output());
     let seen = std::fs::read_to_string(&probe).unwrap_or_default();
     assert_eq!(
         seen.lines().collect::<Vec<_>>(),

@@ -4,7 +4,7 @@
 //! and a policy without a rule is refused before anything runs.
 
 use crate::cli::stagehand;
-use crate::notify::{run_plan, write_plan, PlanRun};
+use crate::support::{run_plan, write_plan, PlanRun};
 use serde_json::{json, Value};
 use stagehand_backup::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
 use stagehand_mariadb::datadir::ServerSettings;
@@ -129,24 +129,26 @@ fn scenario(dir: &Path) -> Scenario {
     }
 }
 
-fn rotate_plan(dir: &Path, repo: &Path, extra: &str) -> PathBuf {
-    write_plan(
-        dir,
-        "rotate",
-        &format!(
-            r#"version: 1
+/// A plan named rotate: one rotate step of `repository` (a YAML mapping) keeping the
+/// last backup and any younger than 10 days, then `extra` lines of its `with`.
+fn rotate_plan_text(repository: &str, extra: &str) -> String {
+    format!(
+        r#"version: 1
 name: rotate
 steps:
   - id: rotate
     uses: rotate
     with:
-      repository: {{url: "{}"}}
+      repository: {repository}
       keep_last: 1
       max_age: 10d
-{extra}"#,
-            repo.display()
-        ),
+{extra}"#
     )
+}
+
+fn rotate_plan(dir: &Path, repo: &Path, extra: &str) -> PathBuf {
+    let repository = format!("{{url: \"{}\"}}", repo.display());
+    write_plan(dir, "rotate", &rotate_plan_text(&repository, extra))
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -356,23 +358,11 @@ async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
                 .expect("put");
         }
     }
-    let plan = write_plan(
-        dir.path(),
-        "rotate-s3",
-        &format!(
-            r#"version: 1
-name: rotate
-steps:
-  - id: rotate
-    uses: rotate
-    with:
-      repository: {{url: "s3://{bucket}/nightly", endpoint: "{}", path_style: true, access_key_id: k, secret_access_key: s}}
-      keep_last: 1
-      max_age: 10d
-"#,
-            moto.endpoint()
-        ),
+    let repository = format!(
+        "{{url: \"s3://{bucket}/nightly\", endpoint: \"{}\", path_style: true, access_key_id: k, secret_access_key: s}}",
+        moto.endpoint()
     );
+    let plan = write_plan(dir.path(), "rotate-s3", &rotate_plan_text(&repository, ""));
     let r = tokio::task::block_in_place(|| run_plan(dir.path(), &plan, &[], &[]));
     let out = succeeded(&r);
     assert_eq!(ids(&out["deleted_ids"]), s.deleted);

@@ -3,6 +3,7 @@
 //! a backup that looks complete but lacks its binlog position.
 
 use crate::cli::stagehand_env;
+use crate::support::{exec_all, full_backup_args};
 use serde_json::Value;
 use stagehand_backup::manifest::MANIFEST_FILE;
 use stagehand_testkit::TestServer;
@@ -14,31 +15,19 @@ async fn a_backup_without_binlog_monitor_fails_before_copying() {
         .runtime_option("log-bin", Some("binlog"))
         .start()
         .await;
-    server
-        .exec("CREATE USER nobinlog@localhost IDENTIFIED BY 'pw'")
-        .await;
-    server
-        .exec("GRANT RELOAD, PROCESS, SLAVE MONITOR ON *.* TO nobinlog@localhost")
-        .await;
+    exec_all(
+        &server,
+        &[
+            "CREATE USER nobinlog@localhost IDENTIFIED BY 'pw'",
+            "GRANT RELOAD, PROCESS, SLAVE MONITOR ON *.* TO nobinlog@localhost",
+        ],
+    )
+    .await;
     let work = tempfile::tempdir().expect("tempdir");
     let target = work.path().join("backup");
-    let sets = [
-        format!("socket={}", server.socket().display()),
-        "user=nobinlog".to_string(),
-        format!("datadir={}", server.datadir().display()),
-        format!("target={}", target.display()),
-    ];
-    let state = work.path().join("state").display().to_string();
-    let mut args = vec![
-        "run",
-        "plans/full-backup.yaml",
-        "--json",
-        "--state-dir",
-        &state,
-    ];
-    for s in &sets {
-        args.extend(["--set", s.as_str()]);
-    }
+    let state = work.path().join("state");
+    let args = full_backup_args(&server, &target, &state, &["user=nobinlog"], &["--json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r =
         tokio::task::block_in_place(|| stagehand_env(&args, &[("STAGEHAND_DB_PASSWORD", "pw")]));
     assert_eq!(r.code, 1, "the backup must fail: {}", r.stdout);

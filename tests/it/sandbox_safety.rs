@@ -12,10 +12,11 @@
 //!    someone else's server on the directory.
 
 use crate::cli::repo_root;
+use crate::support::{copy_tree, full_backup_args, server_with};
 use stagehand_backup::manifest::{Manifest, ManifestError};
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer, ShutdownMode};
-use stagehand_testkit::{install_datadir, TestServer};
+use stagehand_testkit::install_datadir;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -163,44 +164,25 @@ fn stagehand(args: &[&str]) -> (i32, String) {
 
 /// A backup of a small server (not prepared) in `work/backup`.
 async fn small_backup(name: &str, work: &Path) -> PathBuf {
-    let server = TestServer::builder().name(name).start().await;
-    server.exec("CREATE DATABASE app").await;
-    server
-        .exec(
+    let server = server_with(
+        name,
+        &[
+            "CREATE DATABASE app",
             "CREATE TABLE app.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(200)) ENGINE=InnoDB",
-        )
-        .await;
-    server
-        .exec("INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000")
-        .await;
-    server
-        .exec("CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria SELECT seq AS id FROM app.seq_1_to_100")
-        .await;
+            "INSERT INTO app.t (v) SELECT REPEAT('x', 200) FROM app.seq_1_to_20000",
+            "CREATE TABLE app.a (id INT PRIMARY KEY) ENGINE=Aria SELECT seq AS id FROM app.seq_1_to_100",
+        ],
+    )
+    .await;
     let target = work.join("backup");
-    let set = |k: &str, v: &Path| format!("{k}={}", v.display());
-    let (socket, datadir, tgt, state) = (
-        set("socket", server.socket()),
-        set("datadir", server.datadir()),
-        set("target", &target),
-        work.join("state").display().to_string(),
+    let args = full_backup_args(
+        &server,
+        &target,
+        &work.join("state"),
+        &["user=root", "prepare=false"],
+        &[],
     );
-    let args = [
-        "run",
-        "plans/full-backup.yaml",
-        "--set",
-        &socket,
-        "--set",
-        "user=root",
-        "--set",
-        &datadir,
-        "--set",
-        &tgt,
-        "--set",
-        "prepare=false",
-        "--state-dir",
-        &state,
-    ];
-    let (code, out) = stagehand(&args);
+    let (code, out) = stagehand(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "the backup succeeds: {out}");
     target
 }
@@ -288,7 +270,8 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     let work = tempfile::tempdir().expect("tempdir");
     let backup = small_backup(name, work.path()).await;
     let target = format!("target={}", backup.display());
-    let state = work.path().join("state").display().to_string();
+    let state_dir = work.path().join("state");
+    let state = state_dir.display().to_string();
     let verify = verify_plan(work.path());
     let verify_args = [
         "run",
@@ -300,14 +283,7 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     ];
 
     let mut prepare = Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args([
-            "run",
-            "plans/prepare.yaml",
-            "--set",
-            &target,
-            "--state-dir",
-            &state,
-        ])
+        .args(prepare_args(&backup, &state_dir))
         .current_dir(repo_root())
         .env_remove("STAGEHAND_LOG")
         .stdin(Stdio::null())
@@ -357,14 +333,7 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     if signal == "KILL" {
         rerun_still_checks_table_files(&backup, work.path());
     }
-    let (code, out) = stagehand(&[
-        "run",
-        "plans/prepare.yaml",
-        "--set",
-        &target,
-        "--state-dir",
-        &state,
-    ]);
+    let (code, out) = stagehand_prepare(&backup, &state_dir);
     assert_eq!(code, 0, "a rerun of prepare finishes the job: {out}");
     let manifest = Manifest::read(&backup).expect("the manifest is complete again");
     assert!(!manifest.preparing);
@@ -377,21 +346,20 @@ async fn interrupt_prepare(signal: &str, name: &str) {
     );
 }
 
+/// Overwrites 8 bytes of the table definition `app/t.frm` in `backup`.
+fn tamper_table_definition(backup: &Path) {
+    let frm = backup.join("app/t.frm");
+    let mut bytes = std::fs::read(&frm).expect("t.frm");
+    bytes[200..208].copy_from_slice(b"TAMPERED");
+    std::fs::write(&frm, bytes).expect("tamper t.frm");
+}
+
 /// The rerun of an interrupted prepare skips only the files crash recovery rewrites: a
 /// tampered table definition in a copy of the half-prepared backup is still refused.
 fn rerun_still_checks_table_files(backup: &Path, work: &Path) {
     let copy = work.join("half-prepared-copy");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(backup)
-        .arg(&copy)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
-    let frm = copy.join("app/t.frm");
-    let mut bytes = std::fs::read(&frm).expect("t.frm");
-    bytes[200..208].copy_from_slice(b"TAMPERED");
-    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    copy_tree(backup, &copy);
+    tamper_table_definition(&copy);
     let (code, out) = stagehand_prepare(&copy, &work.join("state"));
     assert_eq!(code, 1, "the rerun refuses a tampered table file: {out}");
     assert!(
@@ -454,16 +422,7 @@ async fn prepare_reclaims_a_server_left_on_the_backup() {
         "the orphan is seen"
     );
 
-    let target = format!("target={}", backup.display());
-    let state = work.path().join("state").display().to_string();
-    let (code, out) = stagehand(&[
-        "run",
-        "plans/prepare.yaml",
-        "--set",
-        &target,
-        "--state-dir",
-        &state,
-    ]);
+    let (code, out) = stagehand_prepare(&backup, &work.path().join("state"));
     let left = processes_on(&backup);
     for (pid, _) in &left {
         let _ = Command::new("kill")
@@ -501,18 +460,9 @@ async fn prepare_refuses_a_tampered_backup_and_changes_nothing() {
     let work = tempfile::tempdir().expect("tempdir");
     let backup = small_backup("prep-tamper", work.path()).await;
     let intact = work.path().join("intact");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&backup)
-        .arg(&intact)
-        .status()
-        .expect("cp");
-    assert!(copied.success());
+    copy_tree(&backup, &intact);
 
-    let frm = backup.join("app/t.frm");
-    let mut bytes = std::fs::read(&frm).expect("t.frm");
-    bytes[200..208].copy_from_slice(b"TAMPERED");
-    std::fs::write(&frm, bytes).expect("tamper t.frm");
+    tamper_table_definition(&backup);
     let mad = backup.join("app/a.MAD");
     let mut data = std::fs::read(&mad).expect("a.MAD");
     data.extend_from_slice(b"garbage\n");

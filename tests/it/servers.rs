@@ -172,6 +172,28 @@ impl SmtpServer {
         }
     }
 
+    /// A server with no login and no TLS.
+    pub fn open(dir: &Path) -> Self {
+        Self::start(
+            dir,
+            SmtpOptions {
+                login: None,
+                tls: None,
+            },
+        )
+    }
+
+    /// A server requiring the login `stagehand` with `password`, without TLS.
+    pub fn with_login(dir: &Path, password: &str) -> Self {
+        Self::start(
+            dir,
+            SmtpOptions {
+                login: Some(("stagehand", password)),
+                tls: None,
+            },
+        )
+    }
+
     /// Messages received so far, in order.
     pub fn messages(&self) -> Vec<Value> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)

@@ -6,6 +6,7 @@
 //! finishing what an interrupted one left.
 
 use crate::cli::{stagehand, Run};
+use crate::support::{report_of, unprepared_backup_args, write_plan};
 use serde_json::Value;
 use stagehand_backup::codec::StoredReader;
 use stagehand_backup::entry::hash_file;
@@ -46,25 +47,9 @@ async fn server_with_data(name: &str, rows: u64) -> TestServer {
 
 /// `plans/full-backup.yaml` into `<work>/backup`, verified, not prepared.
 fn take_backup(server: &TestServer, work: &Path) -> PathBuf {
-    let dir = work.join("backup");
     let t0 = Instant::now();
-    let r = stagehand(&[
-        "run",
-        "plans/full-backup.yaml",
-        "--set",
-        &format!("socket={}", server.socket().display()),
-        "--set",
-        "user=root",
-        "--set",
-        &format!("datadir={}", server.datadir().display()),
-        "--set",
-        &format!("target={}", dir.display()),
-        "--set",
-        "prepare=false",
-        "--state-dir",
-        &work.join("state").display().to_string(),
-        "--json",
-    ]);
+    let (dir, args) = unprepared_backup_args(server, work);
+    let r = stagehand(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(r.code, 0, "backup failed:\n{}\n{}", r.stdout, r.stderr);
     eprintln!("backup taken in {:.1} s", t0.elapsed().as_secs_f64());
     dir
@@ -75,9 +60,7 @@ fn plan(work: &Path, name: &str, steps: &str) -> PathBuf {
     let text = format!(
         "version: 1\nname: {name}\nparams:\n  dir: {{type: path, required: true}}\nsteps:\n{steps}"
     );
-    let path = work.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).expect("write plan");
-    path
+    write_plan(work, name, &text)
 }
 
 fn run_plan(work: &Path, plan: &Path, dir: &Path) -> (Run, Value) {
@@ -99,7 +82,7 @@ fn run_plan(work: &Path, plan: &Path, dir: &Path) -> (Run, Value) {
         r.code,
         t0.elapsed().as_secs_f64()
     );
-    let report = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
+    let report = report_of(&r.stdout);
     (r, report)
 }
 

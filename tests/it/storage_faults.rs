@@ -5,6 +5,9 @@
 //! which keeps the files already fetched.
 
 use crate::cli::{stagehand_env, Run};
+use crate::support::{
+    self, assert_no_multipart_uploads, full_backup_args, report_of, set_args, write_plan,
+};
 use serde_json::Value;
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
 use stagehand_testkit::TestServer;
@@ -67,10 +70,7 @@ steps:
 
 fn run_plan(plan: &Path, sets: &[(&str, String)], state: &Path) -> Run {
     let mut args: Vec<String> = vec!["run".into(), plan.display().to_string()];
-    for (k, v) in sets {
-        args.push("--set".into());
-        args.push(format!("{k}={v}"));
-    }
+    args.extend(set_args(sets));
     args.extend([
         "--state-dir".into(),
         state.display().to_string(),
@@ -81,33 +81,13 @@ fn run_plan(plan: &Path, sets: &[(&str, String)], state: &Path) -> Run {
 }
 
 fn step(run: &Run, id: &str) -> Value {
-    let report: Value = serde_json::from_str(&run.stdout).unwrap_or(Value::Null);
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .cloned()
-        .unwrap_or(Value::Null)
+    support::step(&report_of(&run.stdout), id).clone()
 }
 
 /// A sealed, unprepared backup of a fresh server in `dir`.
 async fn small_backup(dir: &Path, state: &Path) {
     let server = TestServer::builder().name("storage-faults").start().await;
-    let args = [
-        "run".to_string(),
-        "plans/full-backup.yaml".into(),
-        "--set".into(),
-        format!("socket={}", server.socket().display()),
-        "--set".into(),
-        format!("datadir={}", server.datadir().display()),
-        "--set".into(),
-        format!("target={}", dir.display()),
-        "--set".into(),
-        "prepare=false".into(),
-        "--set".into(),
-        "verify=false".into(),
-        "--state-dir".into(),
-        state.display().to_string(),
-    ];
+    let args = full_backup_args(&server, dir, state, &["prepare=false", "verify=false"], &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = tokio::task::block_in_place(|| stagehand_env(&args, ENV));
     assert_eq!(r.code, 0, "backup failed: {}", r.stderr);
@@ -136,8 +116,7 @@ async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_
     let work = tempfile::tempdir().expect("tempdir");
     let (dir, state) = (work.path().join("backup"), work.path().join("state"));
     small_backup(&dir, &state).await;
-    let plan = work.path().join("ship.yaml");
-    std::fs::write(&plan, SHIP_PLAN).expect("plan");
+    let plan = write_plan(work.path(), "ship", SHIP_PLAN);
     let sets = [
         ("dir", dir.display().to_string()),
         ("repository", format!("s3://{bucket}/db")),
@@ -166,17 +145,7 @@ async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_
         !keys.iter().any(|k| k.ends_with("stagehand.json")),
         "no manifest after a failed upload: {keys:?}"
     );
-    let uploads = moto
-        .client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("ListMultipartUploads");
-    assert!(
-        uploads.uploads().is_empty(),
-        "orphan multipart uploads: {uploads:?}"
-    );
+    assert_no_multipart_uploads(moto, &bucket).await;
 
     // The fault is gone: the same plan completes (compress has nothing left to do).
     proxy.clear_rules();
@@ -198,8 +167,7 @@ async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_
     );
 
     // A fetch cut short by a fault on one object is resumed by the next run.
-    let fetch_plan = work.path().join("fetch.yaml");
-    std::fs::write(&fetch_plan, FETCH_PLAN).expect("plan");
+    let fetch_plan = write_plan(work.path(), "fetch", FETCH_PLAN);
     let to = work.path().join("fetched");
     let fsets = [
         ("to", to.display().to_string()),

@@ -6,6 +6,7 @@
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
 use crate::cli::{stagehand_env, Run};
+use crate::support::{assert_no_multipart_uploads, files_in, report_of, set_args, step};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
@@ -30,13 +31,6 @@ fn run(args: &[String]) -> Run {
     stagehand_env(&args, KEYS)
 }
 
-fn sets(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs
-        .iter()
-        .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
-        .collect()
-}
-
 fn light() -> WorkloadOptions {
     WorkloadOptions {
         clients: 2,
@@ -48,7 +42,7 @@ fn light() -> WorkloadOptions {
 /// Streams a backup of `server` with plans/backup-to-s3.yaml.
 fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Run {
     let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
-    args.extend(sets(&[
+    args.extend(set_args(&[
         ("socket", server.socket().display().to_string()),
         ("datadir", server.datadir().display().to_string()),
         ("repository", repository.to_string()),
@@ -71,7 +65,7 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
     // Unix socket paths are limited to 107 bytes: keep it short (the tempdir is). The
     // server step creates its directory, private.
     let socket = work.join(format!("s-{tag}/c.sock")).display().to_string();
-    args.extend(sets(&[
+    args.extend(set_args(&[
         ("repository", repository.to_string()),
         ("endpoint", endpoint.to_string()),
         ("path_style", "true".into()),
@@ -93,15 +87,13 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
     run(&args)
 }
 
-fn step<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == id))
-        .unwrap_or(&Value::Null)
-}
-
-fn report_of(r: &Run) -> Value {
-    serde_json::from_str(&r.stdout).unwrap_or(Value::Null)
+/// The run exited 1 (`why`), its step `id` failed: that step.
+fn failed_step(r: &Run, id: &str, why: &str) -> Value {
+    assert_eq!(r.code, 1, "{why}: {}", r.stdout);
+    let report = report_of(&r.stdout);
+    let failed = step(&report, id).clone();
+    assert_eq!(failed["status"], "failed");
+    failed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -150,7 +142,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "backup-to-s3 failed\nstdout: {}\nstderr: {}",
         backup.stdout, backup.stderr
     );
-    let report = report_of(&backup);
+    let report = report_of(&backup.stdout);
     let ship = &step(&report, "ship")["outputs"];
     let id = ship["id"]
         .as_str()
@@ -196,17 +188,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "objects are compressed: {row}"
     );
     // No multipart upload was left behind.
-    let uploads = moto
-        .client()
-        .list_multipart_uploads()
-        .bucket(&bucket)
-        .send()
-        .await
-        .expect("ListMultipartUploads");
-    assert!(
-        uploads.uploads().is_empty(),
-        "orphan multipart uploads: {uploads:?}"
-    );
+    assert_no_multipart_uploads(moto, &bucket).await;
 
     // Restore through the same faulty proxy, then check the data at the GTID.
     proxy.add(Rule::op("GetObject").reset().times(2));
@@ -218,7 +200,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
         "restore failed\nstdout: {}\nstderr: {}",
         restored.stdout, restored.stderr
     );
-    let rreport = report_of(&restored);
+    let rreport = report_of(&restored.stdout);
     assert_eq!(step(&rreport, "fetch")["outputs"]["id"], id.as_str());
     assert_eq!(step(&rreport, "check")["status"], "succeeded");
     let datadir = work.path().join("datadir-a");
@@ -258,12 +240,12 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
         "backup failed: {}\n{}",
         backup.stdout, backup.stderr
     );
-    let id = step(&report_of(&backup), "ship")["outputs"]["id"]
+    let id = step(&report_of(&backup.stdout), "ship")["outputs"]["id"]
         .as_str()
         .expect("backup id")
         .to_string();
     // Flip one byte in the middle of the largest object.
-    let mut objects: Vec<_> = walk(&repo_dir.join(&id));
+    let mut objects: Vec<_> = files_in(&repo_dir.join(&id));
     objects.retain(|p| p.extension().is_some_and(|e| e == "zst"));
     objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let victim = objects.last().expect("a compressed object").clone();
@@ -273,14 +255,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     std::fs::write(&victim, &bytes).expect("write object");
 
     let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
-    assert_eq!(
-        restored.code, 1,
-        "a corrupt object must fail the restore: {}",
-        restored.stdout
-    );
-    let report = report_of(&restored);
-    let fetch = step(&report, "fetch");
-    assert_eq!(fetch["status"], "failed");
+    let fetch = failed_step(&restored, "fetch", "a corrupt object must fail the restore");
     let error = fetch["error"].as_str().unwrap_or_default();
     let name = victim
         .file_name()
@@ -355,29 +330,13 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
         "the rerun carries on\nstdout: {}\nstderr: {}",
         rerun.stdout, rerun.stderr
     );
-    let report = report_of(&rerun);
+    let report = report_of(&rerun.stdout);
     assert_eq!(
         step(&report, "fetch")["outputs"]["bytes"],
         0,
         "nothing downloaded again"
     );
     assert_eq!(step(&report, "check")["status"], "succeeded");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test's lifetime.
@@ -418,14 +377,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
     let _disk = SmallDisk::mount(&repo_dir, "256k");
     let repository = repo_dir.display().to_string();
     let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
-    assert_eq!(
-        backup.code, 1,
-        "a full repository must fail the backup: {}",
-        backup.stdout
-    );
-    let report = report_of(&backup);
-    let ship = step(&report, "ship");
-    assert_eq!(ship["status"], "failed");
+    let ship = failed_step(&backup, "ship", "a full repository must fail the backup");
     let error = ship["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("No space left on device"),
@@ -440,7 +392,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
             || backup.stderr.contains("no manifest"),
         "the failure says what to do next: {ship}"
     );
-    let left = walk(&repo_dir);
+    let left = files_in(&repo_dir);
     assert!(
         left.iter().all(|p| !p.ends_with("stagehand.json")),
         "nothing in the repository looks complete: {left:?}"
@@ -451,7 +403,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "no partial object is left: {left:?}"
     );
     assert_eq!(
-        step(&report, "lock_end")["status"],
+        step(&report_of(&backup.stdout), "lock_end")["status"],
         "succeeded",
         "locks were released"
     );

@@ -4,6 +4,7 @@
 //! (`apt-get install mariadb-server`) and 11.8 from `scripts/ensure-deps.sh`.
 
 use crate::cli::repo_root;
+use crate::support::{full_backup_args, report_of};
 use serde_json::Value;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_testkit::TestServer;
@@ -60,7 +61,7 @@ fn stagehand_with(bin: &Path, args: &[String]) -> Run {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     Run {
         code: out.status.code().unwrap_or(-1),
-        report: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        report: report_of(&stdout),
         stdout,
     }
 }
@@ -70,23 +71,13 @@ fn args(items: &[&str]) -> Vec<String> {
 }
 
 fn backup_args(server: &TestServer, target: &Path, state: &Path, mode: &str) -> Vec<String> {
-    let mut a = args(&[
-        "run",
-        "plans/full-backup.yaml",
-        mode,
-        "--set",
-        "prepare=false",
-    ]);
-    for (k, v) in [
-        ("socket", server.socket().display().to_string()),
-        ("user", "root".to_string()),
-        ("datadir", server.datadir().display().to_string()),
-        ("target", target.display().to_string()),
-    ] {
-        a.extend(["--set".to_string(), format!("{k}={v}")]);
-    }
-    a.extend(["--state-dir".to_string(), state.display().to_string()]);
-    a
+    full_backup_args(
+        server,
+        target,
+        state,
+        &["prepare=false", "user=root"],
+        &[mode],
+    )
 }
 
 fn prepare_args(target: &Path, state: &Path) -> Vec<String> {
