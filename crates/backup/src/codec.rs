@@ -6,9 +6,8 @@
 use crate::entry::CopiedFile;
 use crate::entry::StoredForm;
 use crate::manifest::Manifest;
-use serde_json::json;
 use sha2::{Digest, Sha256};
-use stagehand_engine::{ConfigError, Outputs, StepContext, StepError};
+use stagehand_engine::{ConfigError, StepContext, StepError};
 use stagehand_host::progress::ByteCounter;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -81,23 +80,28 @@ pub fn read_manifest(dir: &Path, step: &str) -> Result<Manifest, StepError> {
     })
 }
 
-/// bytes_in, bytes_out, ratio, seconds and the rate of `moved` bytes.
-pub fn rates(bytes_in: u64, bytes_out: u64, seconds: f64, moved: u64) -> Outputs {
-    let ratio = if bytes_out == 0 {
+/// How a compress or decompress pass went, rounded for outputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rates {
+    /// Data bytes per stored byte (1 when nothing is stored).
+    pub ratio: f64,
+    pub seconds: f64,
+    /// Data MB per second.
+    pub mb_per_s: f64,
+}
+
+/// The rates of a pass that moved `data_bytes` of data to or from `stored_bytes`.
+pub fn rates(data_bytes: u64, stored_bytes: u64, seconds: f64) -> Rates {
+    let ratio = if stored_bytes == 0 {
         1.0
     } else {
-        bytes_in as f64 / bytes_out as f64
+        data_bytes as f64 / stored_bytes as f64
     };
-    let mut o = Outputs::new();
-    o.insert("bytes_in".into(), json!(bytes_in));
-    o.insert("bytes_out".into(), json!(bytes_out));
-    o.insert("ratio".into(), json!(round3(ratio)));
-    o.insert("seconds".into(), json!(round3(seconds)));
-    o.insert(
-        "mb_per_s".into(),
-        json!(round3(moved as f64 / 1e6 / seconds.max(1e-3))),
-    );
-    o
+    Rates {
+        ratio: round3(ratio),
+        seconds: round3(seconds),
+        mb_per_s: round3(data_bytes as f64 / 1e6 / seconds.max(1e-3)),
+    }
 }
 
 fn round3(x: f64) -> f64 {

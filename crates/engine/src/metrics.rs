@@ -7,6 +7,12 @@ use crate::report::{RunReport, RunStatus, StepStatus};
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The output name a step uses for the bytes it moved (`stagehand_step_bytes`).
+pub const BYTES_OUTPUT: &str = "bytes";
+/// The output name a step uses for its lock hold times in milliseconds, by lock stage
+/// (`stagehand_lock_hold_seconds`).
+pub const HOLDS_OUTPUT: &str = "holds_ms";
+
 /// Label values need `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -165,7 +171,7 @@ pub fn render(report: &RunReport, last_success: Option<f64>) -> String {
     let bytes: Vec<_> = report
         .steps
         .iter()
-        .filter_map(|s| Some((s, s.outputs.get("bytes")?.as_f64()?)))
+        .filter_map(|s| Some((s, s.outputs.get(BYTES_OUTPUT)?.as_f64()?)))
         .collect();
     if !bytes.is_empty() {
         m.family(
@@ -184,7 +190,7 @@ pub fn render(report: &RunReport, last_success: Option<f64>) -> String {
     let holds: Vec<_> = report
         .steps
         .iter()
-        .filter_map(|s| Some((s, s.outputs.get("holds_ms")?.as_object()?)))
+        .filter_map(|s| Some((s, s.outputs.get(HOLDS_OUTPUT)?.as_object()?)))
         .flat_map(|(s, h)| {
             h.iter()
                 .filter_map(move |(stage, ms)| Some((s, stage.as_str(), ms.as_f64()?)))

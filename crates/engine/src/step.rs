@@ -35,21 +35,90 @@ impl OutputType {
             OutputType::List => serde_json::Value::Array(Vec::new()),
         }
     }
+
+    /// The type a JSON Schema gives a property (`null` aside: an `Option` is its inner
+    /// type); a reference or an untyped value counts as an object.
+    fn of_schema(property: &serde_json::Value) -> OutputType {
+        let named = |t: &str| match t {
+            "string" => Some(OutputType::String),
+            "integer" => Some(OutputType::Integer),
+            "number" => Some(OutputType::Number),
+            "boolean" => Some(OutputType::Boolean),
+            "array" => Some(OutputType::List),
+            "object" => Some(OutputType::Object),
+            _ => None,
+        };
+        match property.get("type") {
+            Some(serde_json::Value::String(t)) => named(t),
+            Some(serde_json::Value::Array(ts)) => {
+                ts.iter().filter_map(|t| t.as_str()).find_map(named)
+            }
+            _ => None,
+        }
+        .or_else(|| {
+            // `Option<Struct>` is `anyOf: [{$ref}, {type: null}]`.
+            property
+                .get("anyOf")
+                .and_then(|v| v.as_array())
+                .and_then(|alts| {
+                    alts.iter()
+                        .map(OutputType::of_schema)
+                        .find(|t| *t != OutputType::Object)
+                })
+        })
+        .unwrap_or(OutputType::Object)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutputSpec {
-    pub name: &'static str,
+    pub name: String,
     #[serde(rename = "type")]
     pub ty: OutputType,
-    pub description: &'static str,
+    pub description: String,
 }
 
-pub const fn output(name: &'static str, ty: OutputType, description: &'static str) -> OutputSpec {
-    OutputSpec {
-        name,
-        ty,
-        description,
+/// The outputs a step kind declares, read off the JSON Schema of its output struct: a
+/// field's name, its type, and its doc comment as the description. Deriving them keeps
+/// the declaration and what the step really returns from drifting apart.
+pub fn output_specs<O: schemars::JsonSchema>() -> Vec<OutputSpec> {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<O>();
+    let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+        return Vec::new();
+    };
+    properties
+        .iter()
+        .map(|(name, property)| OutputSpec {
+            name: name.clone(),
+            ty: OutputType::of_schema(property),
+            description: property
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .replace('\n', " "),
+        })
+        .collect()
+}
+
+/// An output struct other step kinds read (`ctx.upstream_outputs::<O>()`): names the
+/// kind that publishes it, so a reader finds it among the upstream steps by type.
+pub trait StepOutput: Serialize + DeserializeOwned + schemars::JsonSchema {
+    /// The `uses:` name of the step kind that returns this struct.
+    const KIND: &'static str;
+}
+
+/// Turns a step's typed output into the map templates and reports read.
+pub fn to_outputs<O: Serialize>(output: &O) -> Result<Outputs, StepError> {
+    match serde_json::to_value(output) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(StepError::fatal(format!(
+            "a step's outputs must be a mapping, not {other}"
+        ))),
+        Err(e) => Err(StepError::fatal(format!(
+            "cannot record the step's outputs: {e}"
+        ))),
     }
 }
 
@@ -153,6 +222,23 @@ impl StepContext {
         self.upstream.iter().filter(move |(_, u)| u.uses == kind)
     }
 
+    /// The outputs of every upstream step of `O`'s kind, by step id in plan order; an
+    /// error names the step whose outputs do not have `O`'s shape.
+    pub fn upstream_outputs<O: StepOutput>(&self) -> Result<Vec<(&str, O)>, StepError> {
+        self.upstream_of_kind(O::KIND)
+            .map(|(id, u)| {
+                serde_json::from_value(serde_json::Value::Object(u.outputs.clone()))
+                    .map(|o| (id.as_str(), o))
+                    .map_err(|e| {
+                        StepError::fatal(format!(
+                            "the outputs of step `{id}` ({}) cannot be read: {e}",
+                            O::KIND
+                        ))
+                    })
+            })
+            .collect()
+    }
+
     /// Removes secret values from text a step wants to log or return.
     pub fn redact(&self, text: &str) -> String {
         self.redactor.redact(text)
@@ -254,12 +340,14 @@ pub trait StepKind: Send + Sync {
 #[async_trait]
 pub trait TypedStep: Send + Sync + 'static {
     type Config: DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static;
+    /// What the step publishes (`{{steps.ID.outputs.KEY}}`): its fields, with their doc
+    /// comments, are the kind's declared outputs.
+    type Output: Serialize + schemars::JsonSchema + Send + 'static;
     const NAME: &'static str;
     const SUMMARY: &'static str;
     const BACKGROUND: bool = false;
     /// See [`StepKind::command_line_fields`].
     const COMMAND_LINE_FIELDS: &'static [&'static str] = &[];
-    fn outputs() -> Vec<OutputSpec>;
     /// Checks beyond what serde checks (ranges, exclusive fields).
     fn check(_cfg: &Self::Config) -> Result<(), ConfigError> {
         Ok(())
@@ -268,7 +356,7 @@ pub trait TypedStep: Send + Sync + 'static {
     fn connections(_cfg: &Self::Config) -> Vec<String> {
         Vec::new()
     }
-    async fn run(cfg: &Self::Config, ctx: &StepContext) -> Result<Outputs, StepError>;
+    async fn run(cfg: &Self::Config, ctx: &StepContext) -> Result<Self::Output, StepError>;
     async fn preflight(_cfg: &Self::Config, _ctx: &StepContext) -> Vec<Finding> {
         Vec::new()
     }
@@ -296,7 +384,7 @@ impl<T: TypedStep> StepAction for TypedAction<T> {
         T::connections(&self.cfg)
     }
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
-        T::run(&self.cfg, ctx).await
+        to_outputs(&T::run(&self.cfg, ctx).await?)
     }
     async fn preflight(&self, ctx: &StepContext) -> Vec<Finding> {
         T::preflight(&self.cfg, ctx).await
@@ -317,7 +405,7 @@ impl<T: TypedStep> StepKind for Typed<T> {
         serde_json::to_value(schema).unwrap_or_default()
     }
     fn outputs(&self) -> Vec<OutputSpec> {
-        T::outputs()
+        output_specs::<T::Output>()
     }
     fn supports_background(&self) -> bool {
         T::BACKGROUND

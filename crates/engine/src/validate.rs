@@ -331,8 +331,8 @@ impl Checker<'_> {
                 if let (["outputs", key, ..], Some(k)) = (rest, self.registry.get(kind)) {
                     let outs = k.outputs();
                     if !outs.iter().any(|o| o.name == *key) {
-                        let hint = did_you_mean(key, outs.iter().map(|o| o.name))
-                            .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name)));
+                        let hint = did_you_mean(key, outs.iter().map(|o| o.name.as_str()))
+                            .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name.as_str())));
                         c.error(
                             path,
                             At::Value,
@@ -440,8 +440,8 @@ impl Checker<'_> {
         if let Some(kind) = self.registry.get(&plan.steps[src].uses) {
             let outs = kind.outputs();
             if !outs.iter().any(|o| o.name == key) {
-                let hint = did_you_mean(key, outs.iter().map(|o| o.name))
-                    .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name)));
+                let hint = did_you_mean(key, outs.iter().map(|o| o.name.as_str()))
+                    .unwrap_or_else(|| one_of(outs.iter().map(|o| o.name.as_str())));
                 c.error(
                     path,
                     At::Value,

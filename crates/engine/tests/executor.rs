@@ -2,10 +2,9 @@
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use stagehand_engine::{
-    output, Checker, OutputSpec, OutputType, Outputs, Registry, RunOptions, StepContext, StepError,
-    StepStatus, Typed, TypedStep,
+    Checker, Registry, RunOptions, StepContext, StepError, StepStatus, Typed, TypedStep,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -19,27 +18,29 @@ struct NapConfig {
     ms: u64,
 }
 
+#[derive(Serialize, JsonSchema)]
+struct NapOutput {
+    /// how long
+    slept_ms: u64,
+}
+
 struct Nap;
 
 #[async_trait]
 impl TypedStep for Nap {
     type Config = NapConfig;
     const NAME: &'static str = "nap";
+    type Output = NapOutput;
     const SUMMARY: &'static str = "sleeps";
-    fn outputs() -> Vec<OutputSpec> {
-        vec![output("slept_ms", OutputType::Integer, "how long")]
-    }
     fn describe(cfg: &NapConfig) -> String {
         format!("sleeps {} ms", cfg.ms)
     }
-    async fn run(cfg: &NapConfig, _ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &NapConfig, _ctx: &StepContext) -> Result<NapOutput, StepError> {
         let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
         PEAK.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(cfg.ms)).await;
         RUNNING.fetch_sub(1, Ordering::SeqCst);
-        let mut o = Outputs::new();
-        o.insert("slept_ms".into(), cfg.ms.into());
-        Ok(o)
+        Ok(NapOutput { slept_ms: cfg.ms })
     }
 }
 

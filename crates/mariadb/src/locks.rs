@@ -67,6 +67,16 @@ pub enum LockMethod {
     Ftwrl,
 }
 
+impl LockMethod {
+    /// The word used in outputs and the manifest: `backup_stage` or `ftwrl`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LockMethod::BackupStage => "backup_stage",
+            LockMethod::Ftwrl => "ftwrl",
+        }
+    }
+}
+
 /// The backup-lock state of one session.
 #[derive(Debug, Default)]
 pub struct LockState {

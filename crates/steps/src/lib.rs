@@ -1,7 +1,8 @@
 //! stagehand's step kinds, one folder each (`uses: copy_back` is `src/copy_back/`) with
 //! its typed config, its dry-run sentence, its run and its preflight. Kinds do not import
 //! each other: what two kinds share lives in a library crate (`stagehand-mariadb`,
-//! `stagehand-backup`, `stagehand-repo`, `stagehand-host`, `stagehand-innodb`).
+//! `stagehand-backup`, `stagehand-repo`, `stagehand-host`, `stagehand-innodb`), and the
+//! outputs one kind reads from another are typed in `outputs.rs`.
 
 mod compress;
 mod copy;
@@ -11,6 +12,7 @@ mod discard;
 mod exec;
 mod fetch;
 mod notify;
+mod outputs;
 mod prepare;
 mod redo_tail;
 mod rotate;

@@ -19,14 +19,11 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::codec::*;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::entry::StoredForm;
 use stagehand_backup::manifest::Manifest;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use std::fs::File;
 use std::io::{self};
 use std::path::{Path, PathBuf};
@@ -52,55 +49,36 @@ fn default_level() -> i32 {
     3
 }
 
+/// What `compress` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct CompressOutput {
+    /// files stored compressed by this run
+    pub files: u64,
+    /// files left as they are because compressing them did not make them smaller
+    pub kept: u64,
+    /// bytes of data read by this run
+    pub bytes_in: u64,
+    /// compressed bytes written by this run
+    pub bytes_out: u64,
+    /// bytes_in / bytes_out (1 when nothing was compressed)
+    pub ratio: f64,
+    /// bytes the whole backup takes now, as stored
+    pub stored_bytes: u64,
+    /// wall time
+    pub seconds: f64,
+    /// data MB compressed per second
+    pub mb_per_s: f64,
+}
+
 pub struct Compress;
 
 #[async_trait]
 impl TypedStep for Compress {
     type Config = CompressConfig;
+    type Output = CompressOutput;
     const NAME: &'static str = "compress";
     const SUMMARY: &'static str =
         "Compresses every file of a sealed backup with zstd, in place, and records the stored forms in its manifest";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "files",
-                OutputType::Integer,
-                "files stored compressed by this run",
-            ),
-            output(
-                "kept",
-                OutputType::Integer,
-                "files left as they are because compressing them did not make them smaller",
-            ),
-            output(
-                "bytes_in",
-                OutputType::Integer,
-                "bytes of data read by this run",
-            ),
-            output(
-                "bytes_out",
-                OutputType::Integer,
-                "compressed bytes written by this run",
-            ),
-            output(
-                "ratio",
-                OutputType::Number,
-                "bytes_in / bytes_out (1 when nothing was compressed)",
-            ),
-            output(
-                "stored_bytes",
-                OutputType::Integer,
-                "bytes the whole backup takes now, as stored",
-            ),
-            output("seconds", OutputType::Number, "wall time"),
-            output(
-                "mb_per_s",
-                OutputType::Number,
-                "data MB compressed per second",
-            ),
-        ]
-    }
 
     fn check(cfg: &CompressConfig) -> Result<(), ConfigError> {
         if !(1..=19).contains(&cfg.level) {
@@ -124,7 +102,7 @@ impl TypedStep for Compress {
         )
     }
 
-    async fn run(cfg: &CompressConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &CompressConfig, ctx: &StepContext) -> Result<CompressOutput, StepError> {
         let dir = PathBuf::from(&cfg.dir);
         let mut manifest = read_manifest(&dir, "compress")?;
         let t0 = Instant::now();
@@ -148,11 +126,17 @@ impl TypedStep for Compress {
             seconds,
             "backup compressed"
         );
-        let mut out = rates(tally.bytes_in, tally.bytes_out, seconds, tally.bytes_in);
-        out.insert("files".into(), json!(tally.files));
-        out.insert("kept".into(), json!(tally.kept));
-        out.insert("stored_bytes".into(), json!(manifest.stored_bytes()));
-        Ok(out)
+        let rates = rates(tally.bytes_in, tally.bytes_out, seconds);
+        Ok(CompressOutput {
+            files: tally.files,
+            kept: tally.kept,
+            bytes_in: tally.bytes_in,
+            bytes_out: tally.bytes_out,
+            ratio: rates.ratio,
+            stored_bytes: manifest.stored_bytes(),
+            seconds: rates.seconds,
+            mb_per_s: rates.mb_per_s,
+        })
     }
 }
 
@@ -417,16 +401,16 @@ pub(crate) mod tests {
             ["db/t.frm", "ibdata1"],
             "tiny and random files stay"
         );
-        assert!(out["ratio"].as_f64().unwrap_or(0.0) > 5.0, "{out:?}");
-        assert_eq!((&out["files"], &out["kept"]), (&json!(2), &json!(2)));
+        assert!(out.ratio > 5.0, "{out:?}");
+        assert_eq!((out.files, out.kept), (2, 2));
         assert!(stagehand_backup::manifest::unlisted_files(d.path(), &[])
             .iter()
             .all(|f| !f.ends_with(".tmp")));
         // Run again: nothing to do.
         let again = Compress::run(&cfg(d.path()), &ctx()).await.expect("again");
         assert_eq!(
-            (&again["files"], &again["kept"]),
-            (&json!(0), &json!(2)),
+            (again.files, again.kept),
+            (0, 2),
             "only the files kept as is are tried again"
         );
         assert_eq!(Manifest::read(d.path()).expect("manifest").files, m.files);
@@ -474,8 +458,8 @@ pub(crate) mod tests {
         std::fs::write(d.path().join("db/.t.frm.zst.tmp"), b"partial").expect("write");
         let out = Compress::run(&cfg(d.path()), &ctx()).await.expect("resume");
         assert_eq!(
-            (&out["files"], &out["kept"]),
-            (&json!(2), &json!(2)),
+            (out.files, out.kept),
+            (2, 2),
             "ibdata1.zst taken over, t.frm compressed, the two kept files tried again"
         );
         let m = Manifest::read(d.path()).expect("manifest");

@@ -3,17 +3,15 @@
 //! parallel with bounded memory, and records each file (size, SHA-256, pages) in a part
 //! of the manifest that `seal` assembles.
 
+use crate::outputs::CopyOutput;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions, RateLimiter};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_mariadb::datadir::{
     discover, FileClass, FileSet, ServerSettings, SourceFile, SETTINGS_QUERY,
 };
@@ -95,36 +93,8 @@ pub struct Copy;
 impl TypedStep for Copy {
     type Config = CopyConfig;
     const NAME: &'static str = "copy";
+    type Output = CopyOutput;
     const SUMMARY: &'static str = "Copies a live datadir's files into the backup directory (InnoDB page by page with checksums)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("files", OutputType::Integer, "files copied"),
-            output("bytes", OutputType::Integer, "bytes copied"),
-            output(
-                "pages",
-                OutputType::Integer,
-                "InnoDB pages copied and checked",
-            ),
-            output(
-                "reread_pages",
-                OutputType::Integer,
-                "pages read again after a failed checksum (writes in flight)",
-            ),
-            output(
-                "unverified_pages",
-                OutputType::Integer,
-                "pages kept without a checksum check (see the manifest)",
-            ),
-            output("seconds", OutputType::Number, "wall time"),
-            output("mb_per_s", OutputType::Number, "throughput in MB/s"),
-            output(
-                "part",
-                OutputType::String,
-                "the manifest part this step wrote",
-            ),
-        ]
-    }
 
     fn check(cfg: &CopyConfig) -> Result<(), ConfigError> {
         if cfg.parallel == 0 || cfg.parallel > 64 {
@@ -251,7 +221,7 @@ impl TypedStep for Copy {
         out
     }
 
-    async fn run(cfg: &CopyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &CopyConfig, ctx: &StepContext) -> Result<CopyOutput, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let settings = read_settings(&session).await?;
         let from = PathBuf::from(&cfg.from);
@@ -592,28 +562,22 @@ fn system_format(files: &[SourceFile]) -> Option<stagehand_innodb::page::SpaceFo
     stagehand_innodb::page::SpaceFormat::from_page0(&head[..n]).ok()
 }
 
-fn summary(part: &CopyPart, part_path: &Path) -> Outputs {
+fn summary(part: &CopyPart, part_path: &Path) -> CopyOutput {
     let bytes: u64 = part.files.iter().map(|f| f.size).sum();
     let sum = |f: fn(&CopiedFile) -> u64| part.files.iter().map(f).sum::<u64>();
-    let mut out = Outputs::new();
-    out.insert("files".into(), json!(part.files.len()));
-    out.insert("bytes".into(), json!(bytes));
-    out.insert("pages".into(), json!(sum(|f| f.pages)));
-    out.insert("reread_pages".into(), json!(sum(|f| f.reread_pages)));
-    out.insert(
-        "unverified_pages".into(),
-        json!(sum(|f| f.unverified_pages)),
-    );
-    out.insert(
-        "seconds".into(),
-        json!((part.seconds * 1000.0).round() / 1000.0),
-    );
     let mbps = if part.seconds > 0.0 {
         bytes as f64 / 1e6 / part.seconds
     } else {
         0.0
     };
-    out.insert("mb_per_s".into(), json!((mbps * 10.0).round() / 10.0));
-    out.insert("part".into(), json!(part_path.display().to_string()));
-    out
+    CopyOutput {
+        files: part.files.len() as u64,
+        bytes,
+        pages: sum(|f| f.pages),
+        reread_pages: sum(|f| f.reread_pages),
+        unverified_pages: sum(|f| f.unverified_pages),
+        seconds: (part.seconds * 1000.0).round() / 1000.0,
+        mb_per_s: (mbps * 10.0).round() / 10.0,
+        part: part_path.display().to_string(),
+    }
 }

@@ -17,14 +17,11 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::{Manifest, ManifestError, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_mariadb::defaults::read_server_options;
 use stagehand_mariadb::sandbox::accounts::{chown_path, is_root, lookup_group, lookup_user};
@@ -257,41 +254,33 @@ struct Job {
     parallel: usize,
 }
 
+/// What `copy_back` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct CopyBackOutput {
+    /// files restored
+    pub files: u64,
+    /// bytes restored
+    pub bytes: u64,
+    /// wall time
+    pub seconds: f64,
+    /// the datadir restored into (as resolved)
+    pub datadir: String,
+    /// the backup's GTID position: SET GLOBAL gtid_slave_pos to it on a new replica
+    pub gtid_binlog_pos: String,
+    /// the source's binlog file at the backup's commit point
+    pub binlog_file: String,
+    /// the position in that file
+    pub binlog_position: u64,
+}
+
 pub struct CopyBack;
 
 #[async_trait]
 impl TypedStep for CopyBack {
     type Config = CopyBackConfig;
+    type Output = CopyBackOutput;
     const NAME: &'static str = "copy_back";
     const SUMMARY: &'static str = "Restores a prepared backup into a server's datadir (and undo/log/data home directories), verifying every file";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("files", OutputType::Integer, "files restored"),
-            output("bytes", OutputType::Integer, "bytes restored"),
-            output("seconds", OutputType::Number, "wall time"),
-            output(
-                "datadir",
-                OutputType::String,
-                "the datadir restored into (as resolved)",
-            ),
-            output(
-                "gtid_binlog_pos",
-                OutputType::String,
-                "the backup's GTID position: SET GLOBAL gtid_slave_pos to it on a new replica",
-            ),
-            output(
-                "binlog_file",
-                OutputType::String,
-                "the source's binlog file at the backup's commit point",
-            ),
-            output(
-                "binlog_position",
-                OutputType::Integer,
-                "the position in that file",
-            ),
-        ]
-    }
 
     fn check(cfg: &CopyBackConfig) -> Result<(), ConfigError> {
         if cfg.datadir.is_none() && cfg.defaults_file.is_none() {
@@ -362,7 +351,7 @@ impl TypedStep for CopyBack {
             .unwrap_or_else(|e| vec![Finding::error(e.to_string())])
     }
 
-    async fn run(cfg: &CopyBackConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &CopyBackConfig, ctx: &StepContext) -> Result<CopyBackOutput, StepError> {
         let t0 = Instant::now();
         let cfg2 = cfg.clone();
         let (job, manifest) = tokio::task::spawn_blocking(move || plan(&cfg2))
@@ -395,18 +384,15 @@ impl TypedStep for CopyBack {
         };
         result.map_err(|e| StepError::fatal(e.to_string()))??;
         let seconds = t0.elapsed().as_secs_f64();
-        let mut o = Outputs::new();
-        o.insert("files".into(), json!(files));
-        o.insert("bytes".into(), json!(total));
-        o.insert("seconds".into(), json!((seconds * 1000.0).round() / 1000.0));
-        o.insert("datadir".into(), json!(datadir));
-        o.insert(
-            "gtid_binlog_pos".into(),
-            json!(manifest.binlog.gtid_binlog_pos),
-        );
-        o.insert("binlog_file".into(), json!(manifest.binlog.file));
-        o.insert("binlog_position".into(), json!(manifest.binlog.position));
-        Ok(o)
+        Ok(CopyBackOutput {
+            files: files as u64,
+            bytes: total,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            datadir,
+            gtid_binlog_pos: manifest.binlog.gtid_binlog_pos,
+            binlog_file: manifest.binlog.file,
+            binlog_position: manifest.binlog.position,
+        })
     }
 }
 

@@ -13,7 +13,6 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::codec::{
     check_codec, check_data, check_parallel, corrupt, default_parallel, io_at, lost, rates,
     read_manifest, remove_if_there, remove_stale_tmps, stored_path, sync_parent, tmp_path, Action,
@@ -21,9 +20,7 @@ use stagehand_backup::codec::{
 };
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -40,41 +37,32 @@ pub struct DecompressConfig {
     pub parallel: usize,
 }
 
+/// What `decompress` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct DecompressOutput {
+    /// files decompressed by this run
+    pub files: u64,
+    /// compressed bytes read by this run
+    pub bytes_in: u64,
+    /// bytes of data written by this run
+    pub bytes_out: u64,
+    /// bytes_out / bytes_in (1 when nothing was decompressed)
+    pub ratio: f64,
+    /// wall time
+    pub seconds: f64,
+    /// data MB written per second
+    pub mb_per_s: f64,
+}
+
 pub struct Decompress;
 
 #[async_trait]
 impl TypedStep for Decompress {
     type Config = DecompressConfig;
+    type Output = DecompressOutput;
     const NAME: &'static str = "decompress";
     const SUMMARY: &'static str =
         "Decompresses the files of a compressed backup in place, checking every object and file against its manifest";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "files",
-                OutputType::Integer,
-                "files decompressed by this run",
-            ),
-            output(
-                "bytes_in",
-                OutputType::Integer,
-                "compressed bytes read by this run",
-            ),
-            output(
-                "bytes_out",
-                OutputType::Integer,
-                "bytes of data written by this run",
-            ),
-            output(
-                "ratio",
-                OutputType::Number,
-                "bytes_out / bytes_in (1 when nothing was decompressed)",
-            ),
-            output("seconds", OutputType::Number, "wall time"),
-            output("mb_per_s", OutputType::Number, "data MB written per second"),
-        ]
-    }
 
     fn check(cfg: &DecompressConfig) -> Result<(), ConfigError> {
         check_parallel(cfg.parallel)
@@ -87,7 +75,7 @@ impl TypedStep for Decompress {
         )
     }
 
-    async fn run(cfg: &DecompressConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &DecompressConfig, ctx: &StepContext) -> Result<DecompressOutput, StepError> {
         let dir = PathBuf::from(&cfg.dir);
         let mut manifest = read_manifest(&dir, "decompress")?;
         let t0 = Instant::now();
@@ -110,11 +98,15 @@ impl TypedStep for Decompress {
             "backup decompressed"
         );
         // Read compressed, written plain: the ratio is data over stored bytes.
-        let mut out = rates(tally.bytes_out, tally.bytes_in, seconds, tally.bytes_out);
-        out.insert("bytes_in".into(), json!(tally.bytes_in));
-        out.insert("bytes_out".into(), json!(tally.bytes_out));
-        out.insert("files".into(), json!(tally.files));
-        Ok(out)
+        let rates = rates(tally.bytes_out, tally.bytes_in, seconds);
+        Ok(DecompressOutput {
+            files: tally.files,
+            bytes_in: tally.bytes_in,
+            bytes_out: tally.bytes_out,
+            ratio: rates.ratio,
+            seconds: rates.seconds,
+            mb_per_s: rates.mb_per_s,
+        })
     }
 }
 
@@ -270,7 +262,7 @@ mod tests {
         let out = Decompress::run(&dcfg(d.path()), &ctx())
             .await
             .expect("decompress");
-        assert_eq!(out["files"], 2);
+        assert_eq!(out.files, 2);
         let m = Manifest::read(d.path()).expect("manifest");
         assert_eq!(m.files, sealed.files, "back to the sealed manifest");
         for f in &m.files {
@@ -282,7 +274,7 @@ mod tests {
         let again = Decompress::run(&dcfg(d.path()), &ctx())
             .await
             .expect("again");
-        assert_eq!(again["files"], 0);
+        assert_eq!(again.files, 0);
     }
 
     #[tokio::test]
@@ -333,7 +325,7 @@ mod tests {
         let out = Decompress::run(&dcfg(d.path()), &ctx())
             .await
             .expect("resume");
-        assert_eq!(out["files"], 2);
+        assert_eq!(out.files, 2);
         let m = Manifest::read(d.path()).expect("manifest");
         assert_eq!(m.files, sealed.files);
         assert!(stagehand_backup::manifest::unlisted_files(d.path(), &listed(&m)).is_empty());

@@ -9,11 +9,8 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::manifest::{claimed_by, MANIFEST_FILE};
-use stagehand_engine::{
-    output, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{StepContext, StepError, TypedStep};
 use std::path::Path;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -27,30 +24,27 @@ pub struct DiscardConfig {
     pub even_if_sealed: bool,
 }
 
+/// What `discard` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct DiscardOutput {
+    /// whether the directory's contents were removed
+    pub removed: bool,
+    /// files removed
+    pub files: u64,
+    /// bytes freed
+    pub bytes: u64,
+    /// why nothing was removed (empty when removed)
+    pub kept_because: String,
+}
+
 pub struct Discard;
 
 #[async_trait]
 impl TypedStep for Discard {
     type Config = DiscardConfig;
+    type Output = DiscardOutput;
     const NAME: &'static str = "discard";
     const SUMMARY: &'static str = "Removes the unsealed files a failed backup run wrote into its directory (use with `when: failure`)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "removed",
-                OutputType::Boolean,
-                "whether the directory's contents were removed",
-            ),
-            output("files", OutputType::Integer, "files removed"),
-            output("bytes", OutputType::Integer, "bytes freed"),
-            output(
-                "kept_because",
-                OutputType::String,
-                "why nothing was removed (empty when removed)",
-            ),
-        ]
-    }
 
     fn describe(cfg: &DiscardConfig) -> String {
         if cfg.even_if_sealed {
@@ -65,7 +59,7 @@ impl TypedStep for Discard {
         )
     }
 
-    async fn run(cfg: &DiscardConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &DiscardConfig, ctx: &StepContext) -> Result<DiscardOutput, StepError> {
         let dir = Path::new(&cfg.dir).to_path_buf();
         let run_id = ctx.run_id.clone();
         let even_if_sealed = cfg.even_if_sealed;
@@ -87,7 +81,7 @@ fn reason_to_keep(dir: &Path, run_id: &str, even_if_sealed: bool) -> Option<Stri
     }
 }
 
-fn discard(dir: &Path, run_id: &str, even_if_sealed: bool) -> Result<Outputs, StepError> {
+fn discard(dir: &Path, run_id: &str, even_if_sealed: bool) -> Result<DiscardOutput, StepError> {
     if let Some(why) = reason_to_keep(dir, run_id, even_if_sealed) {
         tracing::info!(dir = %dir.display(), "{why}: nothing removed");
         return Ok(outputs(false, Tally::default(), &why));
@@ -146,13 +140,13 @@ fn io_error(path: &Path, e: std::io::Error) -> StepError {
         .with_hint("remove the directory by hand before the next run into it")
 }
 
-fn outputs(removed: bool, tally: Tally, why: &str) -> Outputs {
-    let mut o = Outputs::new();
-    o.insert("removed".into(), json!(removed));
-    o.insert("files".into(), json!(tally.files));
-    o.insert("bytes".into(), json!(tally.bytes));
-    o.insert("kept_because".into(), json!(why));
-    o
+fn outputs(removed: bool, tally: Tally, why: &str) -> DiscardOutput {
+    DiscardOutput {
+        removed,
+        files: tally.files,
+        bytes: tally.bytes,
+        kept_because: why.into(),
+    }
 }
 
 #[cfg(test)]
@@ -176,9 +170,9 @@ mod tests {
             .expect("claim marker")
             .len();
         let out = discard(d.path(), "run-1", false).expect("discard");
-        assert_eq!(out["removed"], json!(true));
+        assert!(out.removed);
         // Both files and the claim marker.
-        assert_eq!(out["bytes"], json!(4096 + 100 + marker));
+        assert_eq!(out.bytes, 4096 + 100 + marker);
         assert!(
             std::fs::read_dir(d.path()).expect("dir").next().is_none(),
             "the directory is empty"
@@ -190,21 +184,21 @@ mod tests {
     fn another_runs_directory_a_sealed_backup_and_foreign_files_are_kept() {
         let other = claimed_dir("run-0");
         let out = discard(other.path(), "run-1", false).expect("discard");
-        assert_eq!(out["removed"], json!(false));
+        assert!(!out.removed);
         assert!(other.path().join("db/t.ibd").exists());
 
         let sealed = claimed_dir("run-1");
         std::fs::write(sealed.path().join(MANIFEST_FILE), b"{}").expect("manifest");
         let out = discard(sealed.path(), "run-1", false).expect("discard");
-        assert_eq!(out["removed"], json!(false));
+        assert!(!out.removed);
         assert!(sealed.path().join("db/t.ibd").exists());
         let out = discard(sealed.path(), "run-1", true).expect("discard a spool");
-        assert_eq!(out["removed"], json!(true), "a sealed spool is scratch");
+        assert!(out.removed, "a sealed spool is scratch");
 
         let foreign = tempfile::tempdir().expect("tempdir");
         std::fs::write(foreign.path().join("notes.txt"), b"mine").expect("write");
         let out = discard(foreign.path(), "run-1", false).expect("discard");
-        assert_eq!(out["removed"], json!(false));
+        assert!(!out.removed);
         assert!(foreign.path().join("notes.txt").exists());
     }
 }

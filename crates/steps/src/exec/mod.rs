@@ -4,9 +4,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use tokio::io::AsyncReadExt;
@@ -44,31 +42,26 @@ fn default_stop_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
 
+/// What `exec` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct ExecOutput {
+    /// standard output, without the final newline
+    pub stdout: String,
+    /// the exit code (0 when the step succeeds)
+    pub exit_code: i32,
+}
+
 pub struct Exec;
 
 #[async_trait]
 impl TypedStep for Exec {
     type Config = ExecConfig;
+    type Output = ExecOutput;
     const NAME: &'static str = "exec";
     const SUMMARY: &'static str =
         "Runs a program (no shell unless asked); stdout becomes an output";
     const BACKGROUND: bool = true;
     const COMMAND_LINE_FIELDS: &'static [&'static str] = &["command", "shell"];
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "stdout",
-                OutputType::String,
-                "standard output, without the final newline",
-            ),
-            output(
-                "exit_code",
-                OutputType::Integer,
-                "the exit code (0 when the step succeeds)",
-            ),
-        ]
-    }
 
     fn check(cfg: &ExecConfig) -> Result<(), ConfigError> {
         match (&cfg.command, &cfg.shell) {
@@ -111,7 +104,7 @@ impl TypedStep for Exec {
         format!("{what}{env}{cwd}")
     }
 
-    async fn run(cfg: &ExecConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &ExecConfig, ctx: &StepContext) -> Result<ExecOutput, StepError> {
         let background = ctx.is_background();
         warn_of_secrets_on_the_command_line(cfg, ctx);
         let mut cmd = build_command(cfg, background)?;
@@ -171,13 +164,10 @@ impl TypedStep for Exec {
                 StepError::fatal(msg)
             });
         }
-        let mut outputs = Outputs::new();
-        outputs.insert(
-            "stdout".into(),
-            Value::String(out.trim_end_matches(['\n', '\r']).to_string()),
-        );
-        outputs.insert("exit_code".into(), Value::from(code));
-        Ok(outputs)
+        Ok(ExecOutput {
+            stdout: out.trim_end_matches(['\n', '\r']).to_string(),
+            exit_code: code,
+        })
     }
 }
 

@@ -7,13 +7,10 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::dir::BackupDir;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
 use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
@@ -40,39 +37,36 @@ fn default_parallel() -> usize {
     4
 }
 
+/// What `fetch` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct FetchOutput {
+    /// the backup fetched
+    pub id: String,
+    /// where it is
+    pub dir: String,
+    /// files in the backup
+    pub files: u64,
+    /// bytes downloaded by this run
+    pub bytes: u64,
+    /// files already fetched by an earlier run
+    pub reused_files: u64,
+    /// wall time
+    pub seconds: f64,
+    /// the GTID position the backup holds
+    pub gtid_binlog_pos: String,
+    /// the LSN the backup is consistent at
+    pub commit_lsn: u64,
+}
+
 pub struct Fetch;
 
 #[async_trait]
 impl TypedStep for Fetch {
     type Config = FetchConfig;
+    type Output = FetchOutput;
     const NAME: &'static str = "fetch";
     const SUMMARY: &'static str =
         "Downloads a backup from a repository (parallel, resumable, every file's hash checked)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("id", OutputType::String, "the backup fetched"),
-            output("dir", OutputType::String, "where it is"),
-            output("files", OutputType::Integer, "files in the backup"),
-            output("bytes", OutputType::Integer, "bytes downloaded by this run"),
-            output(
-                "reused_files",
-                OutputType::Integer,
-                "files already fetched by an earlier run",
-            ),
-            output("seconds", OutputType::Number, "wall time"),
-            output(
-                "gtid_binlog_pos",
-                OutputType::String,
-                "the GTID position the backup holds",
-            ),
-            output(
-                "commit_lsn",
-                OutputType::Integer,
-                "the LSN the backup is consistent at",
-            ),
-        ]
-    }
 
     fn check(cfg: &FetchConfig) -> Result<(), ConfigError> {
         check_repo(&cfg.repository)?;
@@ -104,7 +98,7 @@ impl TypedStep for Fetch {
         vec![probe_repository(&cfg.repository).await]
     }
 
-    async fn run(cfg: &FetchConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &FetchConfig, ctx: &StepContext) -> Result<FetchOutput, StepError> {
         let repo = Repository::open(&cfg.repository)
             .await
             .map_err(StoreError::into_step_error)?;
@@ -172,20 +166,17 @@ fn fetch_outputs(
     bytes: u64,
     reused: u64,
     t0: Instant,
-) -> Outputs {
-    json!({
-        "id": id,
-        "dir": cfg.to,
-        "files": files,
-        "bytes": bytes,
-        "reused_files": reused,
-        "seconds": t0.elapsed().as_secs_f64(),
-        "gtid_binlog_pos": manifest.binlog.gtid_binlog_pos,
-        "commit_lsn": manifest.lsn.commit,
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default()
+) -> FetchOutput {
+    FetchOutput {
+        id: id.into(),
+        dir: cfg.to.clone(),
+        files: files as u64,
+        bytes,
+        reused_files: reused,
+        seconds: t0.elapsed().as_secs_f64(),
+        gtid_binlog_pos: manifest.binlog.gtid_binlog_pos.clone(),
+        commit_lsn: manifest.lsn.commit,
+    }
 }
 
 /// What a fetch directory holds when the step starts.
@@ -362,6 +353,7 @@ async fn hash_of(path: &Path) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn manifest(run_id: &str, complete: bool, preparing: bool) -> Manifest {
         let value = json!({

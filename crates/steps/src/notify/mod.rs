@@ -9,6 +9,7 @@
 //! replies, 5xx/408/429 HTTP, connection trouble, timeouts) and then reported as a
 //! failed step that does not fail the run, unless `required: true`.
 
+use crate::outputs::{CopyOutput, RedoTailOutput, SealOutput, StageLocksOutput};
 use async_trait::async_trait;
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
@@ -19,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use stagehand_engine::report::{RunStatus, StepStatus};
 use stagehand_engine::step::RunSnapshot;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, StepOutput, TypedStep};
 use stagehand_host::http;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, OnceLock};
@@ -145,35 +144,28 @@ impl SmtpTls {
     }
 }
 
+/// What `notify` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct NotifyOutput {
+    /// the subject that was sent
+    pub subject: String,
+    /// what was delivered: `email`, `webhook`
+    pub channels: Vec<String>,
+    /// email recipients (to and cc)
+    pub recipients: u64,
+    /// the webhook's HTTP status (0 without a webhook)
+    pub webhook_status: u64,
+}
+
 pub struct Notify;
 
 #[async_trait]
 impl TypedStep for Notify {
     type Config = NotifyConfig;
+    type Output = NotifyOutput;
     const NAME: &'static str = "notify";
     const SUMMARY: &'static str =
         "Sends how the run went by email (SMTP) and/or webhook (JSON, Slack-compatible)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("subject", OutputType::String, "the subject that was sent"),
-            output(
-                "channels",
-                OutputType::List,
-                "what was delivered: `email`, `webhook`",
-            ),
-            output(
-                "recipients",
-                OutputType::Integer,
-                "email recipients (to and cc)",
-            ),
-            output(
-                "webhook_status",
-                OutputType::Integer,
-                "the webhook's HTTP status (0 without a webhook)",
-            ),
-        ]
-    }
 
     fn check(cfg: &NotifyConfig) -> Result<(), ConfigError> {
         if cfg.email.is_none() && cfg.webhook.is_none() {
@@ -268,7 +260,7 @@ impl TypedStep for Notify {
         format!("{}; {fails}", what.join(" and "))
     }
 
-    async fn run(cfg: &NotifyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &NotifyConfig, ctx: &StepContext) -> Result<NotifyOutput, StepError> {
         let facts = Facts::gather(ctx);
         let subject = match &cfg.subject {
             Some(s) => one_line(s),
@@ -364,12 +356,12 @@ impl TypedStep for Notify {
             }
             return Err(err);
         }
-        let mut out = Outputs::new();
-        out.insert("subject".into(), json!(subject));
-        out.insert("channels".into(), json!(channels));
-        out.insert("recipients".into(), json!(recipients));
-        out.insert("webhook_status".into(), json!(webhook_status));
-        Ok(out)
+        Ok(NotifyOutput {
+            subject,
+            channels: channels.into_iter().map(String::from).collect(),
+            recipients: recipients as u64,
+            webhook_status: webhook_status.into(),
+        })
     }
 }
 
@@ -467,66 +459,78 @@ pub struct Facts {
 
 impl Facts {
     pub fn gather(ctx: &StepContext) -> Self {
-        Self::from_upstream(ctx.upstream.values().map(|u| (u.uses.as_str(), &u.outputs)))
+        Self::from_upstream(&Published {
+            seals: read_upstream(ctx),
+            copies: read_upstream(ctx),
+            redo: read_upstream(ctx),
+            locks: read_upstream(ctx),
+        })
     }
 
-    /// From `(kind, outputs)` of the finished steps upstream.
-    pub fn from_upstream<'a>(steps: impl Iterator<Item = (&'a str, &'a Outputs)>) -> Self {
-        let mut f = Facts::default();
-        let mut copied = 0u64;
-        let mut copied_files = 0u64;
-        for (uses, o) in steps {
-            let int = |k: &str| o.get(k).and_then(Value::as_u64).filter(|v| *v > 0);
-            let text = |k: &str| {
-                o.get(k)
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-            };
-            match uses {
-                "seal" => {
-                    f.bytes = int("bytes").or(f.bytes);
-                    f.files = int("files").or(f.files);
-                    f.commit_lsn = int("commit_lsn").or(f.commit_lsn);
-                    f.gtid = text("gtid_binlog_pos").or(f.gtid.take());
-                    let blocked = o.get("commit_blocked_ms").and_then(Value::as_f64);
-                    f.commit_blocked_ms = blocked.filter(|v| *v > 0.0).or(f.commit_blocked_ms);
-                }
-                "copy" => {
-                    copied += int("bytes").unwrap_or(0);
-                    copied_files += int("files").unwrap_or(0);
-                }
-                "redo_tail" => {
-                    f.redo_from_lsn = int("from_lsn").or(f.redo_from_lsn);
-                    f.redo_to_lsn = int("to_lsn").or(f.redo_to_lsn);
-                }
-                "stage_locks" => {
-                    f.commit_lsn = f.commit_lsn.or(int("lsn"));
-                    f.gtid = f.gtid.take().or(text("gtid_binlog_pos"));
-                    if let (Some(file), Some(pos)) = (text("binlog_file"), int("binlog_pos")) {
-                        f.binlog = Some(format!("{file}:{pos}"));
-                    }
-                    if let Some(Value::Object(h)) = o.get("holds_ms") {
-                        for (stage, ms) in h {
-                            if let Some(ms) = ms.as_f64() {
-                                let e = f.holds_ms.entry(stage.clone()).or_insert(0.0);
-                                *e = e.max(ms);
-                            }
-                        }
-                    }
-                    let blocked = o.get("commit_blocked_ms").and_then(Value::as_f64);
-                    if let Some(b) = blocked.filter(|v| *v > 0.0) {
-                        f.commit_blocked_ms = Some(f.commit_blocked_ms.unwrap_or(0.0).max(b));
-                    }
-                }
-                _ => {}
+    /// From the outputs of the finished steps upstream. Zeros and empty texts are what a
+    /// step that did not get that far publishes: they count as unknown.
+    fn from_upstream(p: &Published) -> Self {
+        let known = |v: u64| Some(v).filter(|v| *v > 0);
+        let text = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
+        let last = |values: Vec<Option<u64>>| values.into_iter().rev().flatten().next();
+        let mut f = Facts {
+            bytes: last(p.seals.iter().map(|s| known(s.bytes)).collect()),
+            files: last(p.seals.iter().map(|s| known(s.files)).collect()),
+            commit_lsn: last(p.seals.iter().map(|s| known(s.commit_lsn)).collect())
+                .or_else(|| p.locks.iter().find_map(|l| known(l.lsn))),
+            redo_from_lsn: last(p.redo.iter().map(|r| known(r.from_lsn)).collect()),
+            redo_to_lsn: last(p.redo.iter().map(|r| known(r.to_lsn)).collect()),
+            gtid: p
+                .seals
+                .iter()
+                .rev()
+                .find_map(|s| text(&s.gtid_binlog_pos))
+                .or_else(|| p.locks.iter().find_map(|l| text(&l.gtid_binlog_pos))),
+            binlog: p
+                .locks
+                .iter()
+                .rev()
+                .find(|l| !l.binlog_file.is_empty() && l.binlog_pos > 0)
+                .map(|l| format!("{}:{}", l.binlog_file, l.binlog_pos)),
+            ..Facts::default()
+        };
+        for (stage, ms) in p.locks.iter().flat_map(|l| l.holds_ms.iter()) {
+            if let Some(ms) = ms.as_f64() {
+                let e = f.holds_ms.entry(stage.clone()).or_insert(0.0);
+                *e = e.max(ms);
             }
         }
-        if f.bytes.is_none() && copied > 0 {
-            f.bytes = Some(copied);
-            f.files = f.files.or(Some(copied_files).filter(|n| *n > 0));
+        let blocked = p.seals.iter().map(|s| s.commit_blocked_ms);
+        let blocked = blocked.chain(p.locks.iter().map(|l| l.commit_blocked_ms));
+        f.commit_blocked_ms = blocked.filter(|v| *v > 0.0).reduce(f64::max);
+        if f.bytes.is_none() {
+            let copied: u64 = p.copies.iter().map(|c| c.bytes).sum();
+            let copied_files: u64 = p.copies.iter().map(|c| c.files).sum();
+            f.bytes = known(copied);
+            f.files = f.bytes.and(known(copied_files));
         }
         f
+    }
+}
+
+/// The outputs notify reads off the upstream steps, in plan order.
+#[derive(Default)]
+struct Published {
+    seals: Vec<SealOutput>,
+    copies: Vec<CopyOutput>,
+    redo: Vec<RedoTailOutput>,
+    locks: Vec<StageLocksOutput>,
+}
+
+/// A notification still goes out when an upstream step's outputs cannot be read: it
+/// then lacks that step's figures, and the log says why.
+fn read_upstream<O: StepOutput>(ctx: &StepContext) -> Vec<O> {
+    match ctx.upstream_outputs::<O>() {
+        Ok(outputs) => outputs.into_iter().map(|(_, o)| o).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e.message, "the notification leaves out these figures");
+            Vec::new()
+        }
     }
 }
 
@@ -826,18 +830,34 @@ mod tests {
 
     #[test]
     fn facts_come_from_seal_locks_and_redo() {
-        let seal: Outputs = serde_json::from_value(json!({"bytes": 1048576, "files": 12, "commit_lsn": 4242, "gtid_binlog_pos": "0-1-7", "commit_blocked_ms": 35.5})).unwrap_or_default();
-        let locks: Outputs = serde_json::from_value(json!({"holds_ms": {"block_ddl": 2100.0, "block_commit": 35.5}, "lsn": 4242, "binlog_file": "bin.000001", "binlog_pos": 328, "gtid_binlog_pos": "0-1-7"})).unwrap_or_default();
-        let redo: Outputs =
-            serde_json::from_value(json!({"from_lsn": 4000, "to_lsn": 4242})).unwrap_or_default();
-        let f = Facts::from_upstream(
-            [
-                ("stage_locks", &locks),
-                ("seal", &seal),
-                ("redo_tail", &redo),
-            ]
-            .into_iter(),
-        );
+        let seal = SealOutput {
+            bytes: 1048576,
+            files: 12,
+            commit_lsn: 4242,
+            gtid_binlog_pos: "0-1-7".into(),
+            commit_blocked_ms: 35.5,
+            ..SealOutput::default()
+        };
+        let holds = json!({"block_ddl": 2100.0, "block_commit": 35.5});
+        let locks = StageLocksOutput {
+            holds_ms: holds.as_object().cloned().unwrap_or_default(),
+            lsn: 4242,
+            binlog_file: "bin.000001".into(),
+            binlog_pos: 328,
+            gtid_binlog_pos: "0-1-7".into(),
+            ..StageLocksOutput::default()
+        };
+        let redo = RedoTailOutput {
+            from_lsn: 4000,
+            to_lsn: 4242,
+            ..RedoTailOutput::default()
+        };
+        let f = Facts::from_upstream(&Published {
+            seals: vec![seal],
+            redo: vec![redo],
+            locks: vec![locks],
+            ..Published::default()
+        });
         assert_eq!(f.bytes, Some(1048576));
         assert_eq!(f.files, Some(12));
         assert_eq!(f.commit_lsn, Some(4242));

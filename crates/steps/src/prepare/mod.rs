@@ -13,13 +13,10 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::{Manifest, Prepared};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_innodb::backup_files as bf;
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::ShutdownMode;
@@ -77,30 +74,27 @@ fn memory_bytes(cfg: &PrepareConfig) -> Result<u64, ConfigError> {
         })
 }
 
+/// What `prepare` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct PrepareOutput {
+    /// how it was prepared
+    pub engine: String,
+    /// wall time
+    pub seconds: f64,
+    /// true when the directory was prepared before (nothing done)
+    pub already_prepared: bool,
+    /// files in the prepared directory
+    pub files: u64,
+}
+
 pub struct Prepare;
 
 #[async_trait]
 impl TypedStep for Prepare {
     type Config = PrepareConfig;
+    type Output = PrepareOutput;
     const NAME: &'static str = "prepare";
     const SUMMARY: &'static str = "Makes a backup directory consistent in place (mariadbd crash recovery, or mariadb-backup --prepare)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("engine", OutputType::String, "how it was prepared"),
-            output("seconds", OutputType::Number, "wall time"),
-            output(
-                "already_prepared",
-                OutputType::Boolean,
-                "true when the directory was prepared before (nothing done)",
-            ),
-            output(
-                "files",
-                OutputType::Integer,
-                "files in the prepared directory",
-            ),
-        ]
-    }
 
     fn check(cfg: &PrepareConfig) -> Result<(), ConfigError> {
         memory_bytes(cfg).map(|_| ())
@@ -144,7 +138,7 @@ impl TypedStep for Prepare {
         }
     }
 
-    async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<PrepareOutput, StepError> {
         let dir = PathBuf::from(&cfg.target);
         let mut manifest = Manifest::read_for_prepare(&dir).map_err(|e| {
             StepError::fatal(e.to_string())
@@ -300,13 +294,13 @@ fn mark_preparing(dir: &Path, manifest: &Manifest) -> Result<(), StepError> {
         .map_err(|e| StepError::fatal(format!("cannot mark the backup as being prepared: {e}")))
 }
 
-fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> Outputs {
-    let mut o = Outputs::new();
-    o.insert("engine".into(), json!(engine));
-    o.insert("seconds".into(), json!((seconds * 1000.0).round() / 1000.0));
-    o.insert("already_prepared".into(), json!(already));
-    o.insert("files".into(), json!(files));
-    o
+fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> PrepareOutput {
+    PrepareOutput {
+        engine: engine.into(),
+        seconds: (seconds * 1000.0).round() / 1000.0,
+        already_prepared: already,
+        files: files as u64,
+    }
 }
 
 async fn prepare_with_server(

@@ -6,14 +6,12 @@
 //! file operations found in the copied log (`innodb::file_ops`), written to
 //! `.stagehand/file_ops.json` in the backup directory when it ends.
 
+use crate::outputs::{RedoTailOutput, StageLocksOutput};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, Outputs, StepContext, StepError, TypedStep};
 use stagehand_innodb::file_ops::FileOps;
 use stagehand_innodb::redo::{
     backup_creator, parse_mtrs, tablespace_ops, BackupLogWriter, LogFileHeader, LogGeometry,
@@ -67,95 +65,9 @@ pub struct RedoTail;
 impl TypedStep for RedoTail {
     type Config = RedoTailConfig;
     const NAME: &'static str = "redo_tail";
+    type Output = RedoTailOutput;
     const SUMMARY: &'static str = "Copies the InnoDB redo log continuously (background) up to the LSN recorded at BLOCK_COMMIT";
     const BACKGROUND: bool = true;
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "from_lsn",
-                OutputType::Integer,
-                "the checkpoint LSN the copy started from",
-            ),
-            output(
-                "checkpoint_end_lsn",
-                OutputType::Integer,
-                "that checkpoint's end LSN (where recovery parses from)",
-            ),
-            output(
-                "to_lsn",
-                OutputType::Integer,
-                "the LSN copied up to (a mini-transaction boundary at or after the target)",
-            ),
-            output(
-                "target_lsn",
-                OutputType::Integer,
-                "the LSN it had to reach (from BLOCK_COMMIT)",
-            ),
-            output(
-                "last_checkpoint_lsn",
-                OutputType::Integer,
-                "the server's newest checkpoint when the copy ended",
-            ),
-            output("bytes", OutputType::Integer, "log bytes copied"),
-            output(
-                "capacity",
-                OutputType::Integer,
-                "the server log's circular capacity in bytes",
-            ),
-            output(
-                "max_lag_bytes",
-                OutputType::Integer,
-                "the most log the copy was ever behind the server",
-            ),
-            output(
-                "final_catch_up_ms",
-                OutputType::Number,
-                "time from receiving the target LSN to reaching it",
-            ),
-            output("seconds", OutputType::Number, "wall time"),
-            output(
-                "file_ops_ledger",
-                OutputType::String,
-                "the ledger of tablespace file operations in the copied log (JSON)",
-            ),
-            output(
-                "file_ops_tracked",
-                OutputType::Boolean,
-                "whether file operations could be read (false for an encrypted log)",
-            ),
-            output(
-                "files_created",
-                OutputType::Integer,
-                "tablespaces created in the copied log (FILE_CREATE)",
-            ),
-            output(
-                "files_deleted",
-                OutputType::Integer,
-                "tablespaces deleted in the copied log (FILE_DELETE)",
-            ),
-            output(
-                "files_renamed",
-                OutputType::Integer,
-                "tablespace renames in the copied log (FILE_RENAME)",
-            ),
-            output(
-                "page0_inits",
-                OutputType::Integer,
-                "tablespaces built from nothing in the copied log (INIT_PAGE of page 0)",
-            ),
-            output(
-                "undo_trims",
-                OutputType::Integer,
-                "tablespace truncations in the copied log (TRIM_PAGES, undo truncation)",
-            ),
-            output(
-                "spaces_changed",
-                OutputType::Integer,
-                "tablespaces whose file changed beyond page writes (created, deleted, renamed, rebuilt)",
-            ),
-        ]
-    }
 
     fn check(cfg: &RedoTailConfig) -> Result<(), ConfigError> {
         if cfg.read_size < 2 << 20 {
@@ -194,7 +106,7 @@ impl TypedStep for RedoTail {
         }
     }
 
-    async fn run(cfg: &RedoTailConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &RedoTailConfig, ctx: &StepContext) -> Result<RedoTailOutput, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let settings = {
             let mut guard = session.conn.lock().await;
@@ -249,7 +161,7 @@ impl TypedStep for RedoTail {
                 }
                 r = &mut until, if !told => {
                     told = true;
-                    match r.ok().and_then(|o| o.get("lsn").and_then(|v| v.as_u64())).filter(|l| *l > 0) {
+                    match r.ok().and_then(commit_lsn_of).filter(|l| *l > 0) {
                         Some(lsn) => shared.set_target(lsn),
                         None => shared.stop("the step that records the commit point did not give an LSN (it failed or was skipped)"),
                     }
@@ -514,7 +426,7 @@ impl Tail {
     }
 
     /// The copy loop: read what is new, keep the valid mini-transactions, repeat.
-    fn run(mut self, shared: &Shared) -> Result<Outputs, StepError> {
+    fn run(mut self, shared: &Shared) -> Result<RedoTailOutput, StepError> {
         let t0 = Instant::now();
         let mut pos = self.from_lsn;
         let mut buf = vec![0u8; self.read_size as usize];
@@ -696,7 +608,7 @@ impl Tail {
         max_lag: u64,
         t0: Instant,
         shared: &Shared,
-    ) -> Result<Outputs, StepError> {
+    ) -> Result<RedoTailOutput, StepError> {
         let catch_up = shared
             .target_at
             .lock()
@@ -730,39 +642,35 @@ impl Tail {
             spaces_changed = counts.changed_spaces,
             "redo tail finished"
         );
-        let mut o = Outputs::new();
-        o.insert("from_lsn".into(), json!(self.from_lsn));
-        o.insert("checkpoint_end_lsn".into(), json!(self.checkpoint_end_lsn));
-        o.insert("to_lsn".into(), json!(pos));
-        o.insert("target_lsn".into(), json!(target));
-        o.insert(
-            "last_checkpoint_lsn".into(),
-            json!(last_checkpoint.min(pos)),
-        );
-        o.insert("bytes".into(), json!(pos - self.from_lsn));
-        o.insert("capacity".into(), json!(self.geometry.capacity()));
-        o.insert("max_lag_bytes".into(), json!(max_lag));
-        o.insert(
-            "final_catch_up_ms".into(),
-            json!((catch_up * 1000.0).round() / 1000.0),
-        );
-        o.insert(
-            "seconds".into(),
-            json!((t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
-        );
-        o.insert(
-            "file_ops_ledger".into(),
-            json!(self.file_ops_path.display().to_string()),
-        );
-        o.insert("file_ops_tracked".into(), json!(self.file_ops.tracked));
-        o.insert("files_created".into(), json!(counts.created));
-        o.insert("files_deleted".into(), json!(counts.deleted));
-        o.insert("files_renamed".into(), json!(counts.renamed));
-        o.insert("page0_inits".into(), json!(counts.page0_inits));
-        o.insert("undo_trims".into(), json!(counts.trims));
-        o.insert("spaces_changed".into(), json!(counts.changed_spaces));
-        Ok(o)
+        let round3 = |v: f64| (v * 1000.0).round() / 1000.0;
+        Ok(RedoTailOutput {
+            from_lsn: self.from_lsn,
+            checkpoint_end_lsn: self.checkpoint_end_lsn,
+            to_lsn: pos,
+            target_lsn: target,
+            last_checkpoint_lsn: last_checkpoint.min(pos),
+            bytes: pos - self.from_lsn,
+            capacity: self.geometry.capacity(),
+            max_lag_bytes: max_lag,
+            final_catch_up_ms: round3(catch_up),
+            seconds: round3(t0.elapsed().as_secs_f64()),
+            file_ops_ledger: self.file_ops_path.display().to_string(),
+            file_ops_tracked: self.file_ops.tracked,
+            files_created: counts.created,
+            files_deleted: counts.deleted,
+            files_renamed: counts.renamed,
+            page0_inits: counts.page0_inits,
+            undo_trims: counts.trims,
+            spaces_changed: counts.changed_spaces,
+        })
     }
+}
+
+/// The commit LSN in the outputs of the step that took BLOCK_COMMIT (`stage_locks`).
+fn commit_lsn_of(outputs: Outputs) -> Option<u64> {
+    serde_json::from_value::<StageLocksOutput>(serde_json::Value::Object(outputs))
+        .ok()
+        .map(|o| o.lsn)
 }
 
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {

@@ -9,11 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_repo::retention::{self, Age, Plan, Policy, PolicyError};
 use stagehand_repo::{BackupEntry, RepoConfig, Repository, StoreError, StoreErrorKind};
 use std::collections::HashMap;
@@ -43,44 +40,31 @@ pub struct RotateConfig {
     pub dry_run: bool,
 }
 
+/// What `rotate` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct RotateOutput {
+    /// backups kept
+    pub kept: u64,
+    /// backups deleted (with dry_run: that would be deleted)
+    pub deleted: u64,
+    /// ids of the deleted backups, oldest first
+    pub deleted_ids: Vec<String>,
+    /// bytes the deleted backups took in the repository
+    pub freed_bytes: u64,
+    /// the decision on every backup, as a diff (`- delete` lines)
+    pub plan: String,
+    /// true when nothing was deleted on purpose
+    pub dry_run: bool,
+}
+
 pub struct Rotate;
 
 #[async_trait]
 impl TypedStep for Rotate {
     type Config = RotateConfig;
+    type Output = RotateOutput;
     const NAME: &'static str = "rotate";
     const SUMMARY: &'static str = "Applies a retention policy to a repository: keeps the last N, daily, weekly, monthly and recent backups, deletes the others";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("kept", OutputType::Integer, "backups kept"),
-            output(
-                "deleted",
-                OutputType::Integer,
-                "backups deleted (with dry_run: that would be deleted)",
-            ),
-            output(
-                "deleted_ids",
-                OutputType::List,
-                "ids of the deleted backups, oldest first",
-            ),
-            output(
-                "freed_bytes",
-                OutputType::Integer,
-                "bytes the deleted backups took in the repository",
-            ),
-            output(
-                "plan",
-                OutputType::String,
-                "the decision on every backup, as a diff (`- delete` lines)",
-            ),
-            output(
-                "dry_run",
-                OutputType::Boolean,
-                "true when nothing was deleted on purpose",
-            ),
-        ]
-    }
 
     fn check(cfg: &RotateConfig) -> Result<(), ConfigError> {
         if settled(&cfg.repository.url) {
@@ -111,7 +95,7 @@ impl TypedStep for Rotate {
         )
     }
 
-    async fn run(cfg: &RotateConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &RotateConfig, ctx: &StepContext) -> Result<RotateOutput, StepError> {
         let policy = policy_of(cfg, false).map_err(|e| StepError::fatal(e.to_string()))?;
         let repo = cancellable(&ctx.cancel, Repository::open(&cfg.repository)).await?;
         let done = execute(&repo, &policy, cfg.dry_run, Utc::now(), &ctx.cancel).await?;
@@ -245,15 +229,15 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    fn outputs(&self, dry_run: bool) -> Outputs {
-        let mut o = Outputs::new();
-        o.insert("kept".into(), json!(self.plan.kept().count()));
-        o.insert("deleted".into(), json!(self.deleted_ids.len()));
-        o.insert("deleted_ids".into(), json!(self.deleted_ids));
-        o.insert("freed_bytes".into(), json!(self.freed_bytes));
-        o.insert("plan".into(), json!(self.plan.diff()));
-        o.insert("dry_run".into(), json!(dry_run));
-        o
+    fn outputs(&self, dry_run: bool) -> RotateOutput {
+        RotateOutput {
+            kept: self.plan.kept().count() as u64,
+            deleted: self.deleted_ids.len() as u64,
+            deleted_ids: self.deleted_ids.clone(),
+            freed_bytes: self.freed_bytes,
+            plan: self.plan.diff(),
+            dry_run,
+        }
     }
 }
 
@@ -377,6 +361,7 @@ fn findings(url: &str, plan: &Plan, sizes: &HashMap<String, u64>, dry_run: bool)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use stagehand_backup::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
     use stagehand_engine::step::Level;
     use stagehand_repo::local::LocalStore;
@@ -532,11 +517,10 @@ mod tests {
             assert!(dir.path().join(id).join("ibdata1").exists(), "{id} is kept");
         }
         let outputs = done.outputs(false);
-        assert_eq!(outputs["kept"], json!(3));
-        assert_eq!(outputs["deleted"], json!(2));
-        assert!(outputs["plan"]
-            .as_str()
-            .is_some_and(|p| p.contains("  keep    20261120T010000Z  newest verified")));
+        assert_eq!((outputs.kept, outputs.deleted), (3, 2));
+        assert!(outputs
+            .plan
+            .contains("  keep    20261120T010000Z  newest verified"));
     }
 
     #[tokio::test]
@@ -550,7 +534,7 @@ mod tests {
         assert_eq!(done.deleted_ids, ["20261117T010000Z", "20261118T010000Z"]);
         assert!(store.deletes.lock().expect("calls").is_empty());
         assert!(dir.path().join("20261117T010000Z/stagehand.json").exists());
-        assert_eq!(done.outputs(true)["dry_run"], json!(true));
+        assert!(done.outputs(true).dry_run);
     }
 
     #[tokio::test]

@@ -3,19 +3,18 @@
 //! expects (so `mariadb-backup --prepare` works on the directory too), and then the
 //! manifest, which is what marks the backup complete.
 
+use crate::outputs::{RedoTailOutput, SealOutput, StageLocksOutput};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::hash_file;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::*;
-use stagehand_engine::step::Upstream;
-use stagehand_engine::{
-    output, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{StepContext, StepError, TypedStep};
 use stagehand_innodb::backup_files as bf;
+use stagehand_mariadb::locks::Stage;
 use std::path::Path;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -31,30 +30,8 @@ pub struct Seal;
 impl TypedStep for Seal {
     type Config = SealConfig;
     const NAME: &'static str = "seal";
+    type Output = SealOutput;
     const SUMMARY: &'static str = "Checks a backup's pieces, writes its metadata files and its manifest (what marks it complete)";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("manifest", OutputType::String, "path of stagehand.json"),
-            output("files", OutputType::Integer, "files in the backup"),
-            output("bytes", OutputType::Integer, "bytes in the backup"),
-            output(
-                "commit_lsn",
-                OutputType::Integer,
-                "the LSN the backup is consistent at",
-            ),
-            output(
-                "gtid_binlog_pos",
-                OutputType::String,
-                "the GTID position the backup holds",
-            ),
-            output(
-                "commit_blocked_ms",
-                OutputType::Number,
-                "how long commits were blocked",
-            ),
-        ]
-    }
 
     fn describe(cfg: &SealConfig) -> String {
         format!(
@@ -63,7 +40,7 @@ impl TypedStep for Seal {
         )
     }
 
-    async fn run(cfg: &SealConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &SealConfig, ctx: &StepContext) -> Result<SealOutput, StepError> {
         let dir = Path::new(&cfg.to).to_path_buf();
         stagehand_backup::manifest::claim_target(&dir, &ctx.run_id)
             .map_err(|e| e.into_step_error())?;
@@ -72,35 +49,30 @@ impl TypedStep for Seal {
             plan: ctx.run.plan.clone(),
             host: ctx.run.host.clone(),
         };
-        let upstream = ctx.upstream.clone();
+        let upstream = Upstreams {
+            locks: owned(ctx.upstream_outputs::<StageLocksOutput>()?),
+            redo: owned(ctx.upstream_outputs::<RedoTailOutput>()?),
+        };
         tokio::task::spawn_blocking(move || seal(&dir, &made_by, &upstream))
             .await
             .map_err(|e| StepError::fatal(format!("seal crashed: {e}")))?
     }
 }
 
-fn find<'a>(
-    upstream: &'a std::collections::BTreeMap<String, Upstream>,
-    kind: &str,
-    pred: impl Fn(&Upstream) -> bool,
-) -> Option<&'a Upstream> {
-    upstream
-        .values()
-        .filter(|u| u.uses == kind)
-        .find(|u| pred(u))
+/// What seal reads from the steps upstream of it.
+struct Upstreams {
+    locks: Vec<StageLocksOutput>,
+    redo: Vec<RedoTailOutput>,
 }
 
-fn u64_of(o: &Outputs, k: &str) -> u64 {
-    o.get(k).and_then(Value::as_u64).unwrap_or(0)
+fn owned<O>(outputs: Vec<(&str, O)>) -> Vec<O> {
+    outputs.into_iter().map(|(_, o)| o).collect()
 }
-fn f64_of(o: &Outputs, k: &str) -> f64 {
-    o.get(k).and_then(Value::as_f64).unwrap_or(0.0)
-}
-fn str_of(o: &Outputs, k: &str) -> String {
-    o.get(k)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+
+impl Upstreams {
+    fn stage(&self, stage: Stage) -> Option<&StageLocksOutput> {
+        self.locks.iter().find(|o| o.stage == stage.name())
+    }
 }
 
 /// Which run, plan and host made the backup.
@@ -110,25 +82,18 @@ struct MadeBy {
     host: String,
 }
 
-fn seal(
-    dir: &Path,
-    made_by: &MadeBy,
-    upstream: &std::collections::BTreeMap<String, Upstream>,
-) -> Result<Outputs, StepError> {
-    let commit = find(upstream, "stage_locks", |u| {
-        u.outputs.get("stage").and_then(Value::as_str) == Some("block_commit")
-    })
-    .ok_or_else(|| {
+fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput, StepError> {
+    let commit = upstream.stage(Stage::BlockCommit).ok_or_else(|| {
         StepError::fatal("no stage_locks step with `stage: block_commit` upstream of seal")
             .with_hint("seal must come after the step that takes BLOCK_COMMIT")
     })?;
-    let end = find(upstream, "stage_locks", |u| {
-        u.outputs.get("stage").and_then(Value::as_str) == Some("end")
-    });
-    let redo = find(upstream, "redo_tail", |_| true)
+    let end = upstream.stage(Stage::End);
+    let redo = upstream
+        .redo
+        .first()
         .ok_or_else(|| StepError::fatal("no redo_tail step upstream of seal"))?;
-    let commit_lsn = u64_of(&commit.outputs, "lsn");
-    let last_lsn = u64_of(&redo.outputs, "to_lsn");
+    let commit_lsn = commit.lsn;
+    let last_lsn = redo.to_lsn;
     // mariadb-backup --prepare only checks that the log reaches to_lsn, so this check
     // is ours: a log that stops short of the commit point is not a consistent backup.
     if last_lsn < commit_lsn || commit_lsn == 0 {
@@ -160,35 +125,25 @@ fn seal(
     let mut files: Vec<CopiedFile> = by_path.into_values().collect();
     files.push(hash_file(dir, "ib_logfile0")?);
     let binlog = Binlog {
-        file: str_of(&commit.outputs, "binlog_file"),
-        position: u64_of(&commit.outputs, "binlog_pos"),
-        gtid_binlog_pos: str_of(&commit.outputs, "gtid_binlog_pos"),
-        gtid_current_pos: str_of(&commit.outputs, "gtid_current_pos"),
-        gtid_slave_pos: str_of(&commit.outputs, "gtid_slave_pos"),
-        replica: commit
-            .outputs
-            .get("replica")
-            .cloned()
-            .unwrap_or(Value::Null),
+        file: commit.binlog_file.clone(),
+        position: commit.binlog_pos,
+        gtid_binlog_pos: commit.gtid_binlog_pos.clone(),
+        gtid_current_pos: commit.gtid_current_pos.clone(),
+        gtid_slave_pos: commit.gtid_slave_pos.clone(),
+        replica: Value::Array(commit.replica.clone()),
     };
     let lsn = Lsns {
-        checkpoint: u64_of(&redo.outputs, "from_lsn"),
-        checkpoint_end: u64_of(&redo.outputs, "checkpoint_end_lsn"),
+        checkpoint: redo.from_lsn,
+        checkpoint_end: redo.checkpoint_end_lsn,
         commit: commit_lsn,
         last: last_lsn,
-        last_checkpoint: u64_of(&redo.outputs, "last_checkpoint_lsn")
-            .max(u64_of(&redo.outputs, "from_lsn")),
+        last_checkpoint: redo.last_checkpoint_lsn.max(redo.from_lsn),
     };
     let locks_from = end.unwrap_or(commit);
     let locks = Locks {
-        method: str_of(&locks_from.outputs, "method"),
-        holds_ms: locks_from
-            .outputs
-            .get("holds_ms")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default(),
-        commit_blocked_ms: f64_of(&locks_from.outputs, "commit_blocked_ms"),
+        method: locks_from.method.clone(),
+        holds_ms: locks_from.holds_ms.clone(),
+        commit_blocked_ms: locks_from.commit_blocked_ms,
     };
     let started_at = parts
         .iter()
@@ -232,11 +187,11 @@ fn seal(
         binlog,
         locks,
         redo: RedoFacts {
-            bytes: u64_of(&redo.outputs, "bytes"),
-            capacity: u64_of(&redo.outputs, "capacity"),
-            max_lag_bytes: u64_of(&redo.outputs, "max_lag_bytes"),
-            final_catch_up_ms: f64_of(&redo.outputs, "final_catch_up_ms"),
-            seconds: f64_of(&redo.outputs, "seconds"),
+            bytes: redo.bytes,
+            capacity: redo.capacity,
+            max_lag_bytes: redo.max_lag_bytes,
+            final_catch_up_ms: redo.final_catch_up_ms,
+            seconds: redo.seconds,
         },
         copies: parts
             .iter()
@@ -269,23 +224,14 @@ fn seal(
         .map_err(|e| StepError::fatal(e.to_string()))?;
     let bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
     tracing::info!(dir = %dir.display(), files = manifest.files.len(), bytes, "backup sealed");
-    let mut o = Outputs::new();
-    o.insert(
-        "manifest".into(),
-        json!(dir.join(MANIFEST_FILE).display().to_string()),
-    );
-    o.insert("files".into(), json!(manifest.files.len()));
-    o.insert("bytes".into(), json!(bytes));
-    o.insert("commit_lsn".into(), json!(commit_lsn));
-    o.insert(
-        "gtid_binlog_pos".into(),
-        json!(manifest.binlog.gtid_binlog_pos),
-    );
-    o.insert(
-        "commit_blocked_ms".into(),
-        json!(manifest.locks.commit_blocked_ms),
-    );
-    Ok(o)
+    Ok(SealOutput {
+        manifest: dir.join(MANIFEST_FILE).display().to_string(),
+        files: manifest.files.len() as u64,
+        bytes,
+        commit_lsn,
+        gtid_binlog_pos: manifest.binlog.gtid_binlog_pos,
+        commit_blocked_ms: manifest.locks.commit_blocked_ms,
+    })
 }
 
 /// Makes every file and directory of the backup durable before the manifest says it

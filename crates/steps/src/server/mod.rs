@@ -40,11 +40,9 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_mariadb::sandbox::accounts::{chown_path, is_root, lookup_user};
 use stagehand_mariadb::sandbox::binaries::{find_binary, server_version};
 use stagehand_mariadb::sandbox::{
@@ -138,36 +136,30 @@ impl ServerError {
     }
 }
 
+/// What `server` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct ServerOutput {
+    /// the server's Unix socket
+    pub socket: String,
+    /// its TCP port on 127.0.0.1 (0: none)
+    pub port: u64,
+    /// mariadbd's version
+    pub version: String,
+    /// time until it accepted connections
+    pub started_ms: u64,
+    /// the server's error log (kept in the run's state directory)
+    pub error_log: String,
+}
+
 pub struct Server;
 
 #[async_trait]
 impl TypedStep for Server {
     type Config = ServerConfig;
+    type Output = ServerOutput;
     const NAME: &'static str = "server";
     const SUMMARY: &'static str = "Runs mariadbd on a datadir in the background until a later step has finished (checks of a restore)";
     const BACKGROUND: bool = true;
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("socket", OutputType::String, "the server's Unix socket"),
-            output(
-                "port",
-                OutputType::Integer,
-                "its TCP port on 127.0.0.1 (0: none)",
-            ),
-            output("version", OutputType::String, "mariadbd's version"),
-            output(
-                "started_ms",
-                OutputType::Integer,
-                "time until it accepted connections",
-            ),
-            output(
-                "error_log",
-                OutputType::String,
-                "the server's error log (kept in the run's state directory)",
-            ),
-        ]
-    }
 
     fn check(cfg: &ServerConfig) -> Result<(), ConfigError> {
         server_options(cfg).map(|_| ())?;
@@ -239,7 +231,7 @@ impl TypedStep for Server {
         out
     }
 
-    async fn run(cfg: &ServerConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &ServerConfig, ctx: &StepContext) -> Result<ServerOutput, StepError> {
         let kept = ctx.run_dir.join(&ctx.step_id);
         let scratch = match cfg.user {
             Some(_) => Some(stagehand_mariadb::backup_server::run_dir()?),
@@ -268,7 +260,7 @@ impl TypedStep for Server {
         });
         let mut outputs = outputs_of(&server, &version);
         if let Some(keep) = &keep_log {
-            outputs.insert("error_log".into(), json!(keep.to.display().to_string()));
+            outputs.error_log = keep.to.display().to_string();
         }
         tracing::info!(socket = %server.socket().display(), %version, "server is up");
         ctx.signal_ready().await;
@@ -451,23 +443,14 @@ async fn stop(server: SandboxServer, datadir: &str) -> Result<(), StepError> {
     }
 }
 
-fn outputs_of(server: &SandboxServer, version: &str) -> Outputs {
-    let mut o = Outputs::new();
-    o.insert(
-        "socket".into(),
-        json!(server.socket().display().to_string()),
-    );
-    o.insert("port".into(), json!(server.port().unwrap_or(0)));
-    o.insert("version".into(), json!(version));
-    o.insert(
-        "started_ms".into(),
-        json!(server.started_in().as_millis() as u64),
-    );
-    o.insert(
-        "error_log".into(),
-        json!(server.error_log().display().to_string()),
-    );
-    o
+fn outputs_of(server: &SandboxServer, version: &str) -> ServerOutput {
+    ServerOutput {
+        socket: server.socket().display().to_string(),
+        port: server.port().unwrap_or(0).into(),
+        version: version.into(),
+        started_ms: server.started_in().as_millis() as u64,
+        error_log: server.error_log().display().to_string(),
+    }
 }
 
 fn sandbox_options(cfg: &ServerConfig, run_dir: &Path) -> Result<SandboxOptions, ServerError> {

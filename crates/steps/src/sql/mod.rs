@@ -5,9 +5,7 @@ use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_mariadb::session::{classify, row_to_json, Session};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -33,44 +31,30 @@ impl SqlConfig {
     }
 }
 
+/// What `sql` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct SqlOutput {
+    /// rows of the last statement, as objects keyed by column
+    pub rows: Vec<serde_json::Value>,
+    /// the first of those rows ({} when none)
+    pub first: serde_json::Map<String, serde_json::Value>,
+    /// first column of the first row, as text (empty when none)
+    pub value: String,
+    /// number of rows of the last statement
+    pub row_count: u64,
+    /// rows changed by the last statement
+    pub affected_rows: u64,
+}
+
 pub struct Sql;
 
 #[async_trait]
 impl TypedStep for Sql {
     type Config = SqlConfig;
+    type Output = SqlOutput;
     const NAME: &'static str = "sql";
     const SUMMARY: &'static str =
         "Runs SQL statements on a plan connection; the last result set becomes outputs";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "rows",
-                OutputType::List,
-                "rows of the last statement, as objects keyed by column",
-            ),
-            output(
-                "first",
-                OutputType::Object,
-                "the first of those rows ({} when none)",
-            ),
-            output(
-                "value",
-                OutputType::String,
-                "first column of the first row, as text (empty when none)",
-            ),
-            output(
-                "row_count",
-                OutputType::Integer,
-                "number of rows of the last statement",
-            ),
-            output(
-                "affected_rows",
-                OutputType::Integer,
-                "rows changed by the last statement",
-            ),
-        ]
-    }
 
     fn check(cfg: &SqlConfig) -> Result<(), ConfigError> {
         match (&cfg.sql, &cfg.statements) {
@@ -103,7 +87,7 @@ impl TypedStep for Sql {
         vec![cfg.connection.clone()]
     }
 
-    async fn run(cfg: &SqlConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &SqlConfig, ctx: &StepContext) -> Result<SqlOutput, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let work = run_statements(&session, cfg.statements());
         let result = tokio::select! {
@@ -155,27 +139,28 @@ async fn run_statements(
     Ok((rows, affected))
 }
 
-fn outputs(rows: Vec<Value>, affected: u64) -> Outputs {
+fn outputs(rows: Vec<Value>, affected: u64) -> SqlOutput {
     let first = rows
         .first()
+        .and_then(Value::as_object)
         .cloned()
-        .unwrap_or_else(|| Value::Object(Default::default()));
+        .unwrap_or_default();
     let value = first
-        .as_object()
-        .and_then(|o| o.values().next())
+        .values()
+        .next()
         .map(|v| match v {
             Value::String(s) => s.clone(),
             Value::Null => String::new(),
             other => other.to_string(),
         })
         .unwrap_or_default();
-    let mut out = Outputs::new();
-    out.insert("row_count".into(), Value::from(rows.len()));
-    out.insert("rows".into(), Value::Array(rows));
-    out.insert("first".into(), first);
-    out.insert("value".into(), Value::String(value));
-    out.insert("affected_rows".into(), Value::from(affected));
-    out
+    SqlOutput {
+        row_count: rows.len() as u64,
+        rows,
+        first,
+        value,
+        affected_rows: affected,
+    }
 }
 
 fn one_line(s: &str) -> String {

@@ -3,15 +3,14 @@
 //! (`max_hold`), a check for long-running blockers, and FLUSH TABLES WITH READ LOCK as
 //! the fallback where BACKUP STAGE is missing (before 10.4) or not permitted.
 
+use crate::outputs::StageLocksOutput;
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_mariadb::locks::{LockMethod, LockState, Stage};
 use stagehand_mariadb::session::{classify, name_values, query_rows, Session};
 use stagehand_mariadb::version::ServerVersion;
@@ -93,74 +92,9 @@ pub struct StageLocks;
 impl TypedStep for StageLocks {
     type Config = StageLocksConfig;
     const NAME: &'static str = "stage_locks";
+    type Output = StageLocksOutput;
     const SUMMARY: &'static str =
         "Takes or releases MariaDB BACKUP STAGE locks on a held session, measuring each hold";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output("stage", OutputType::String, "the stage reached"),
-            output(
-                "method",
-                OutputType::String,
-                "backup_stage, or ftwrl for the fallback",
-            ),
-            output(
-                "server_version",
-                OutputType::String,
-                "the server's version string",
-            ),
-            output(
-                "acquire_ms",
-                OutputType::Number,
-                "time spent waiting to take the stage(s)",
-            ),
-            output(
-                "holds_ms",
-                OutputType::Object,
-                "hold time of each stage so far, by stage",
-            ),
-            output(
-                "commit_blocked_ms",
-                OutputType::Number,
-                "at end: how long commits were blocked (BLOCK_COMMIT to END)",
-            ),
-            output(
-                "lsn",
-                OutputType::Integer,
-                "at block_commit: the InnoDB LSN the copy must reach",
-            ),
-            output(
-                "binlog_file",
-                OutputType::String,
-                "at block_commit: the binary log file",
-            ),
-            output(
-                "binlog_pos",
-                OutputType::Integer,
-                "at block_commit: the position in it",
-            ),
-            output(
-                "gtid_binlog_pos",
-                OutputType::String,
-                "at block_commit: @@gtid_binlog_pos",
-            ),
-            output(
-                "gtid_current_pos",
-                OutputType::String,
-                "at block_commit: @@gtid_current_pos",
-            ),
-            output(
-                "gtid_slave_pos",
-                OutputType::String,
-                "at block_commit: @@gtid_slave_pos",
-            ),
-            output(
-                "replica",
-                OutputType::List,
-                "at block_commit on a replica: each source's file and position",
-            ),
-        ]
-    }
 
     fn check(cfg: &StageLocksConfig) -> Result<(), ConfigError> {
         for stage in cfg.max_hold.keys() {
@@ -240,7 +174,7 @@ impl TypedStep for StageLocks {
         out
     }
 
-    async fn run(cfg: &StageLocksConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &StageLocksConfig, ctx: &StepContext) -> Result<StageLocksOutput, StepError> {
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
         let work = async {
             if cfg.stage == Stage::End {
@@ -337,7 +271,10 @@ fn lock_state(session: &Session) -> std::sync::MutexGuard<'_, LockState> {
     session.locks.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn take(cfg: &StageLocksConfig, session: &Arc<Session>) -> Result<Outputs, StepError> {
+async fn take(
+    cfg: &StageLocksConfig,
+    session: &Arc<Session>,
+) -> Result<StageLocksOutput, StepError> {
     if let Some(lost) = lock_state(session).lost.clone() {
         return Err(StepError::fatal(lost));
     }
@@ -513,37 +450,28 @@ async fn check_blockers(
     ))
 }
 
-fn base_outputs(session: &Session, stage: Stage, method: LockMethod, acquire_ms: f64) -> Outputs {
+fn base_outputs(
+    session: &Session,
+    stage: Stage,
+    method: LockMethod,
+    acquire_ms: f64,
+) -> StageLocksOutput {
     let st = lock_state(session);
     let mut holds: BTreeMap<&str, f64> = st.holds.clone();
     if let Some((s, since)) = st.current {
         *holds.entry(s.name()).or_insert(0.0) += since.elapsed().as_secs_f64() * 1000.0;
     }
-    let mut out = Outputs::new();
-    out.insert("stage".into(), json!(stage.name()));
-    out.insert("method".into(), json!(method));
-    out.insert("server_version".into(), json!(session.server_version));
-    out.insert("acquire_ms".into(), json!(round3(acquire_ms)));
-    out.insert(
-        "holds_ms".into(),
-        json!(holds
+    StageLocksOutput {
+        stage: stage.name().into(),
+        method: method.name().into(),
+        server_version: session.server_version.clone(),
+        acquire_ms: round3(acquire_ms),
+        holds_ms: holds
             .into_iter()
-            .map(|(k, v)| (k, round3(v)))
-            .collect::<BTreeMap<_, _>>()),
-    );
-    for key in [
-        "binlog_file",
-        "gtid_binlog_pos",
-        "gtid_current_pos",
-        "gtid_slave_pos",
-    ] {
-        out.insert(key.into(), json!(""));
+            .map(|(k, v)| (k.to_string(), json!(round3(v))))
+            .collect(),
+        ..StageLocksOutput::default()
     }
-    out.insert("lsn".into(), json!(0));
-    out.insert("binlog_pos".into(), json!(0));
-    out.insert("commit_blocked_ms".into(), json!(0));
-    out.insert("replica".into(), json!([]));
-    out
 }
 
 fn round3(v: f64) -> f64 {
@@ -552,7 +480,10 @@ fn round3(v: f64) -> f64 {
 
 /// Under BLOCK_COMMIT: the LSN the redo copy must reach, made durable, and the binlog
 /// and GTID positions the backup corresponds to.
-async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result<(), StepError> {
+async fn commit_point(
+    conn: &mut mysql_async::Conn,
+    out: &mut StageLocksOutput,
+) -> Result<(), StepError> {
     let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
     let lsn: u64 = status
         .get("innodb_lsn_current")
@@ -563,24 +494,21 @@ async fn commit_point(conn: &mut mysql_async::Conn, out: &mut Outputs) -> Result
     conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
         .await
         .map_err(|e| classify(&e))?;
-    out.insert("lsn".into(), json!(lsn));
+    out.lsn = lsn;
     if let Some((file, pos)) = binlog_position(conn).await? {
-        out.insert("binlog_file".into(), json!(file));
-        out.insert("binlog_pos".into(), json!(pos));
+        out.binlog_file = file;
+        out.binlog_pos = pos;
     }
     let gtid: Option<(Option<String>, Option<String>, Option<String>)> = conn
         .query_first("SELECT @@gtid_binlog_pos, @@gtid_current_pos, @@gtid_slave_pos")
         .await
         .map_err(|e| classify(&e))?;
     if let Some((b, c, s)) = gtid {
-        out.insert("gtid_binlog_pos".into(), json!(b.unwrap_or_default()));
-        out.insert("gtid_current_pos".into(), json!(c.unwrap_or_default()));
-        out.insert("gtid_slave_pos".into(), json!(s.unwrap_or_default()));
+        out.gtid_binlog_pos = b.unwrap_or_default();
+        out.gtid_current_pos = c.unwrap_or_default();
+        out.gtid_slave_pos = s.unwrap_or_default();
     }
-    out.insert(
-        "replica".into(),
-        Value::Array(replica_positions(conn).await),
-    );
+    out.replica = replica_positions(conn).await;
     Ok(())
 }
 
@@ -645,7 +573,7 @@ async fn replica_positions(conn: &mut mysql_async::Conn) -> Vec<Value> {
         .collect()
 }
 
-async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
+async fn release(session: &Arc<Session>) -> Result<StageLocksOutput, StepError> {
     let (method, lost, held) = {
         let st = lock_state(session);
         (st.method, st.lost.clone(), st.current.is_some())
@@ -678,7 +606,7 @@ async fn release(session: &Arc<Session>) -> Result<Outputs, StepError> {
         )
     };
     let mut out = base_outputs(session, Stage::End, method, 0.0);
-    out.insert("commit_blocked_ms".into(), json!(round3(commit_blocked)));
+    out.commit_blocked_ms = round3(commit_blocked);
     tracing::info!(commit_blocked_ms = commit_blocked, "backup locks released");
     match lost {
         Some(msg) => Err(StepError::fatal(msg)),

@@ -5,12 +5,11 @@
 //! disk. Once the backup is sealed, what is left (the redo log, metadata files, files a
 //! later pass rewrote) goes, then the manifest, last.
 
-use super::{finish_upload, ship_all, Shipper, UploadConfig};
-use serde_json::json;
+use super::{finish_upload, ship_all, Shipper, UploadConfig, UploadOutput};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
 use stagehand_backup::spool::{streaming_marker, LedgerReader};
-use stagehand_engine::{Outputs, StepContext, StepError};
+use stagehand_engine::{StepContext, StepError};
 use stagehand_mariadb::datadir::FileClass;
 use stagehand_repo as repo;
 use stagehand_repo::{Repository, StoreError, StoreErrorKind};
@@ -21,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How often the ledgers are read.
 const POLL: Duration = Duration::from_millis(100);
 
-pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, StepError> {
     if !ctx.is_background() {
         return Err(StepError::fatal(
             "`follow: true` streams a backup while it is taken: give the step `background: true` and `until:` the seal step",
@@ -78,17 +77,13 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepE
         let _ = std::fs::remove_dir_all(&dir);
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok(json!({
-        "id": id,
-        "url": format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
-        "files": manifest.files.len(),
-        "bytes": bytes,
-        "seconds": secs,
-        "mb_per_s": bytes as f64 / 1e6 / secs.max(0.001),
-    })
-    .as_object()
-    .cloned()
-    .unwrap_or_default())
+    Ok(UploadOutput::of(
+        cfg,
+        &id,
+        manifest.files.len(),
+        bytes,
+        secs,
+    ))
 }
 
 /// Ships announced files until the `until` step (seal) ends. An error when it failed.

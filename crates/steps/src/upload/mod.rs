@@ -10,14 +10,11 @@ mod ship;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::json;
 pub(crate) use ship::Shipper;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
 use stagehand_engine::step::Finding;
-use stagehand_engine::{
-    output, ConfigError, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo as repo;
 use stagehand_repo::checks::{check_repo, probe_repository, stored_files};
@@ -75,30 +72,47 @@ fn default_parallel() -> usize {
     4
 }
 
+/// What `upload` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct UploadOutput {
+    /// the backup's id in the repository
+    pub id: String,
+    /// repository URL of the backup
+    pub url: String,
+    /// objects uploaded
+    pub files: u64,
+    /// bytes uploaded
+    pub bytes: u64,
+    /// wall time
+    pub seconds: f64,
+    /// upload rate
+    pub mb_per_s: f64,
+}
+
+impl UploadOutput {
+    /// The outputs of backup `id` uploaded in `seconds` (streamed or not).
+    fn of(cfg: &UploadConfig, id: &str, files: usize, bytes: u64, seconds: f64) -> Self {
+        UploadOutput {
+            id: id.into(),
+            url: format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
+            files: files as u64,
+            bytes,
+            seconds,
+            mb_per_s: bytes as f64 / 1e6 / seconds.max(0.001),
+        }
+    }
+}
+
 pub struct Upload;
 
 #[async_trait]
 impl TypedStep for Upload {
     type Config = UploadConfig;
+    type Output = UploadOutput;
     const NAME: &'static str = "upload";
     const SUMMARY: &'static str =
         "Uploads a backup to a repository (local directory or S3), manifest last; can stream it out while it is taken";
     const BACKGROUND: bool = true;
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "id",
-                OutputType::String,
-                "the backup's id in the repository",
-            ),
-            output("url", OutputType::String, "repository URL of the backup"),
-            output("files", OutputType::Integer, "objects uploaded"),
-            output("bytes", OutputType::Integer, "bytes uploaded"),
-            output("seconds", OutputType::Number, "wall time"),
-            output("mb_per_s", OutputType::Number, "upload rate"),
-        ]
-    }
 
     fn check(cfg: &UploadConfig) -> Result<(), ConfigError> {
         check_repo(&cfg.repository)?;
@@ -152,7 +166,7 @@ impl TypedStep for Upload {
         vec![probe_repository(&cfg.repository).await]
     }
 
-    async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, StepError> {
         if cfg.follow {
             return follow::run(cfg, ctx).await;
         }
@@ -209,17 +223,13 @@ impl TypedStep for Upload {
             })?;
         }
         tracing::info!(%id, bytes, seconds = secs, "backup uploaded to {}", repo.url());
-        Ok(json!({
-            "id": id,
-            "url": format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
-            "files": manifest.files.len(),
-            "bytes": bytes,
-            "seconds": secs,
-            "mb_per_s": bytes as f64 / 1e6 / secs.max(0.001),
-        })
-        .as_object()
-        .cloned()
-        .unwrap_or_default())
+        Ok(UploadOutput::of(
+            cfg,
+            &id,
+            manifest.files.len(),
+            bytes,
+            secs,
+        ))
     }
 }
 

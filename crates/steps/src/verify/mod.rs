@@ -12,9 +12,7 @@ use serde_json::{json, Value};
 use stagehand_backup::check::{check_files, shown};
 use stagehand_backup::codec::StoredReader;
 use stagehand_backup::manifest::Manifest;
-use stagehand_engine::{
-    output, OutputSpec, OutputType, Outputs, StepContext, StepError, TypedStep,
-};
+use stagehand_engine::{StepContext, StepError, TypedStep};
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::ShutdownMode;
 use std::path::{Path, PathBuf};
@@ -31,44 +29,31 @@ pub struct VerifyConfig {
     pub scratch: Option<String>,
 }
 
+/// What `verify` publishes.
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
+pub struct VerifyOutput {
+    /// files checked against the manifest
+    pub files: u64,
+    /// bytes hashed
+    pub bytes: u64,
+    /// InnoDB pages whose checksum was checked
+    pub pages: u64,
+    /// tables that passed CHECK TABLE (test restore)
+    pub tables: u64,
+    /// row count per table (test restore)
+    pub rows: serde_json::Map<String, serde_json::Value>,
+    /// whether the backup was prepared
+    pub prepared: bool,
+}
+
 pub struct Verify;
 
 #[async_trait]
 impl TypedStep for Verify {
     type Config = VerifyConfig;
+    type Output = VerifyOutput;
     const NAME: &'static str = "verify";
     const SUMMARY: &'static str = "Checks a backup: hashes, InnoDB page checksums, LSNs; optionally a test restore with CHECK TABLE";
-
-    fn outputs() -> Vec<OutputSpec> {
-        vec![
-            output(
-                "files",
-                OutputType::Integer,
-                "files checked against the manifest",
-            ),
-            output("bytes", OutputType::Integer, "bytes hashed"),
-            output(
-                "pages",
-                OutputType::Integer,
-                "InnoDB pages whose checksum was checked",
-            ),
-            output(
-                "tables",
-                OutputType::Integer,
-                "tables that passed CHECK TABLE (test restore)",
-            ),
-            output(
-                "rows",
-                OutputType::Object,
-                "row count per table (test restore)",
-            ),
-            output(
-                "prepared",
-                OutputType::Boolean,
-                "whether the backup was prepared",
-            ),
-        ]
-    }
 
     fn describe(cfg: &VerifyConfig) -> String {
         let restore = if cfg.restore {
@@ -79,7 +64,7 @@ impl TypedStep for Verify {
         format!("checks every file of {} against its manifest (size, SHA-256), every InnoDB page checksum and the LSNs{restore}", cfg.target)
     }
 
-    async fn run(cfg: &VerifyConfig, ctx: &StepContext) -> Result<Outputs, StepError> {
+    async fn run(cfg: &VerifyConfig, ctx: &StepContext) -> Result<VerifyOutput, StepError> {
         let dir = PathBuf::from(&cfg.target);
         let manifest = Manifest::read(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
         let (d, m) = (dir.clone(), manifest.clone());
@@ -89,19 +74,20 @@ impl TypedStep for Verify {
                 .await
                 .map_err(|e| StepError::fatal(format!("verify crashed: {e}")))??;
         check_lsns(&dir, &manifest)?;
-        let mut out = Outputs::new();
-        out.insert("files".into(), json!(manifest.files.len()));
-        out.insert("bytes".into(), json!(bytes));
-        out.insert("pages".into(), json!(pages));
-        out.insert("prepared".into(), json!(manifest.prepared.is_some()));
         let (tables, rows) = if cfg.restore {
             test_restore(&dir, &manifest, cfg.scratch.as_deref()).await?
         } else {
             (0, serde_json::Map::new())
         };
-        out.insert("tables".into(), json!(tables));
-        out.insert("rows".into(), Value::Object(rows));
         let files = manifest.files.len();
+        let out = VerifyOutput {
+            files: files as u64,
+            bytes,
+            pages,
+            tables: tables as u64,
+            rows,
+            prepared: manifest.prepared.is_some(),
+        };
         record_verified(&dir, manifest, cfg.restore)?;
         tracing::info!(files, bytes, pages, tables, "backup verified");
         Ok(out)
