@@ -27,7 +27,7 @@ pub use diag::Diagnostic;
 pub use executor::{execute, RunOptions};
 pub use report::{RunReport, RunStatus, StepStatus};
 pub use step::{
-    output_specs, to_outputs, ConfigError, OutputSpec, OutputType, Outputs, Registry, StepAction,
-    StepContext, StepError, StepKind, StepOutput, Typed, TypedStep,
+    output_specs, to_outputs, ConfigError, DirectoryUse, OutputSpec, OutputType, Outputs, Registry,
+    StepAction, StepContext, StepError, StepKind, StepOutput, Typed, TypedStep,
 };
 pub use validate::{Checker, Loaded};

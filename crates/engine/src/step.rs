@@ -272,12 +272,27 @@ pub trait StepAction: Send + Sync {
     fn connections(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Directories this step streams from or announces files into: validation checks
+    /// that a follower is running before any step that announces files to it starts.
+    fn directories(&self) -> Vec<DirectoryUse> {
+        Vec::new()
+    }
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError>;
     /// `stagehand run --check`: inspect the live system, read-only, and say what would
     /// go wrong. Nothing may be changed.
     async fn preflight(&self, _ctx: &StepContext) -> Vec<Finding> {
         Vec::new()
     }
+}
+
+/// How a step uses a directory that another step streams from while it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryUse {
+    /// Writes files there and announces each one to a follower, if one is running when
+    /// the step starts (a follower started later never hears of them).
+    Announces(String),
+    /// Ships the files announced there while they are written, until its `until` step.
+    Follows(String),
 }
 
 /// One result of a preflight check.
@@ -356,6 +371,10 @@ pub trait TypedStep: Send + Sync + 'static {
     fn connections(_cfg: &Self::Config) -> Vec<String> {
         Vec::new()
     }
+    /// See [`StepAction::directories`].
+    fn directories(_cfg: &Self::Config) -> Vec<DirectoryUse> {
+        Vec::new()
+    }
     async fn run(cfg: &Self::Config, ctx: &StepContext) -> Result<Self::Output, StepError>;
     async fn preflight(_cfg: &Self::Config, _ctx: &StepContext) -> Vec<Finding> {
         Vec::new()
@@ -382,6 +401,9 @@ impl<T: TypedStep> StepAction for TypedAction<T> {
     }
     fn connections(&self) -> Vec<String> {
         T::connections(&self.cfg)
+    }
+    fn directories(&self) -> Vec<DirectoryUse> {
+        T::directories(&self.cfg)
     }
     async fn run(&self, ctx: &StepContext) -> Result<Outputs, StepError> {
         to_outputs(&T::run(&self.cfg, ctx).await?)

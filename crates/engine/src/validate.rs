@@ -9,7 +9,7 @@ use crate::params;
 use crate::parse::{parse_plan, Parsed};
 use crate::resources::ConnectionProvider;
 use crate::source::{child_key, PositionIndex};
-use crate::step::{render_and_build, BuildError, Registry};
+use crate::step::{render_and_build, BuildError, DirectoryUse, Registry};
 use crate::template::{self, Mode, Renderer};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -498,7 +498,8 @@ impl Checker<'_> {
                 }
             }
         }
-        for s in &l.plan.steps {
+        let mut directories = Vec::new();
+        for (i, s) in l.plan.steps.iter().enumerate() {
             let Some(kind) = self.registry.get(&s.uses) else {
                 continue;
             };
@@ -507,6 +508,7 @@ impl Checker<'_> {
                 // Template syntax errors were reported by check_templates.
                 Err(BuildError::Template(_)) => {}
                 Ok((_, action)) => {
+                    directories.extend(action.directories().into_iter().map(|d| (i, d)));
                     for name in action.connections() {
                         if !connection_names.contains(&name.as_str()) {
                             let hint = did_you_mean(&name, connection_names.iter().copied())
@@ -540,6 +542,39 @@ impl Checker<'_> {
                     );
                 }
             }
+        }
+        check_followed_directories(l, &directories, c);
+    }
+}
+
+/// A step that announces files into a directory another step follows must start after
+/// the follower is running, or the follower never hears of its files (and, with a spool
+/// limit, the writer waits for uploads that never come).
+fn check_followed_directories(l: &Loaded, uses: &[(usize, DirectoryUse)], c: &mut Collector) {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    for (follower, dir) in uses.iter().filter_map(|(i, u)| match u {
+        DirectoryUse::Follows(d) => Some((*i, d)),
+        DirectoryUse::Announces(_) => None,
+    }) {
+        for (writer, _) in uses.iter().filter(|(i, u)| {
+            *i != follower && matches!(u, DirectoryUse::Announces(d) if same(d, dir))
+        }) {
+            if l.ancestors[*writer].contains(&follower) {
+                continue;
+            }
+            let (w, f) = (&l.plan.steps[*writer], &l.plan.steps[follower]);
+            c.error(
+                &w.path,
+                At::Key,
+                format!(
+                    "step `{}` writes into {dir}, which `{}` streams, but may start before `{}` is running: its files would never be shipped",
+                    w.id, f.id, f.id
+                ),
+                Some(format!(
+                    "make `{}` need `{}` (directly or through another step)",
+                    w.id, f.id
+                )),
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions, RateLimiter};
 use stagehand_engine::step::Finding;
-use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_mariadb::datadir::{
     discover, FileClass, FileSet, ServerSettings, SourceFile, SETTINGS_QUERY,
 };
@@ -136,6 +136,10 @@ impl TypedStep for Copy {
 
     fn connections(cfg: &CopyConfig) -> Vec<String> {
         vec![cfg.connection.clone()]
+    }
+
+    fn directories(cfg: &CopyConfig) -> Vec<DirectoryUse> {
+        vec![DirectoryUse::Announces(cfg.to.clone())]
     }
 
     async fn preflight(cfg: &CopyConfig, ctx: &StepContext) -> Vec<Finding> {

@@ -14,7 +14,7 @@ pub(crate) use ship::Shipper;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
 use stagehand_engine::step::Finding;
-use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo as repo;
 use stagehand_repo::checks::{check_repo, probe_repository, stored_files};
@@ -131,6 +131,14 @@ impl TypedStep for Upload {
             })?;
         }
         Ok(())
+    }
+
+    fn directories(cfg: &UploadConfig) -> Vec<DirectoryUse> {
+        if cfg.follow {
+            vec![DirectoryUse::Follows(cfg.dir.clone())]
+        } else {
+            Vec::new()
+        }
     }
 
     fn describe(cfg: &UploadConfig) -> String {
