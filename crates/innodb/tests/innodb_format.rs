@@ -282,14 +282,19 @@ fn server_log_header() {
     ));
 }
 
-#[test]
-fn parse_server_log_across_the_wrap() {
+/// The captured stretch of the server's redo log, and the geometry of that log.
+fn server_region() -> (Vec<u8>, redo::LogGeometry) {
     let first = LogFileHeader::parse(&data("redo_server_head.bin"))
         .expect("header")
         .header
         .first_lsn;
-    let region = data("redo_server_region.bin");
     let geo = redo::LogGeometry::new(first, SERVER_LOG_SIZE).expect("geometry");
+    (data("redo_server_region.bin"), geo)
+}
+
+#[test]
+fn parse_server_log_across_the_wrap() {
+    let (region, geo) = server_region();
     let wrap = geo.next_wrap(CHECKPOINT).expect("wrap");
     assert_eq!(geo.offset(CHECKPOINT).ok(), Some(8_361_881));
     assert_eq!(
@@ -336,12 +341,7 @@ fn parse_server_log_across_the_wrap() {
 
 #[test]
 fn backup_log_writer_matches_mariadb_backup_byte_for_byte() {
-    let first = LogFileHeader::parse(&data("redo_server_head.bin"))
-        .expect("header")
-        .header
-        .first_lsn;
-    let region = data("redo_server_region.bin");
-    let geo = redo::LogGeometry::new(first, SERVER_LOG_SIZE).expect("geometry");
+    let (region, geo) = server_region();
     let bits = |lsn| geo.expected_bit(lsn);
     let creator = redo::backup_creator(10, 11, 19);
     let mut w = BackupLogWriter::new(Vec::new(), CHECKPOINT, END_LSN, &creator).expect("writer");
@@ -376,12 +376,7 @@ fn backup_log_writer_matches_mariadb_backup_byte_for_byte() {
 
 #[test]
 fn writer_rejects_bytes_that_are_not_whole_mtrs() {
-    let first = LogFileHeader::parse(&data("redo_server_head.bin"))
-        .expect("header")
-        .header
-        .first_lsn;
-    let region = data("redo_server_region.bin");
-    let geo = redo::LogGeometry::new(first, SERVER_LOG_SIZE).expect("geometry");
+    let (region, geo) = server_region();
     let bits = |lsn| geo.expected_bit(lsn);
     let p = redo::parse_mtrs(&region, CHECKPOINT, MtrFraming::Plain, bits);
     let mut w =
