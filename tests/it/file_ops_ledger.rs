@@ -62,17 +62,33 @@ impl GatedBackup {
         wait_for_start(&mut child, &state, "gate").await;
         // The log copied starts at the last checkpoint, which on a fresh server comes
         // before the test's setup: the operations under test are those after this LSN.
-        let ddl_lsn = server
-            .query_first::<(String, u64)>("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
-            .await
-            .map(|(_, lsn)| lsn)
-            .expect("Innodb_lsn_current");
+        let ddl_lsn = current_lsn(server).await;
         GatedBackup {
             child,
             flag,
             target,
             stderr,
             ddl_lsn,
+        }
+    }
+
+    /// The ledger file as the running redo tail publishes it, once it covers `lsn`.
+    async fn ledger_reaching(&self, lsn: u64) -> FileOps {
+        let path = self.target.join(".stagehand/file_ops.json");
+        let t0 = Instant::now();
+        loop {
+            let ledger = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<FileOps>(&t).ok());
+            match ledger {
+                Some(l) if l.to_lsn >= lsn => return l,
+                seen => assert!(
+                    t0.elapsed() < Duration::from_secs(60),
+                    "the running redo tail did not publish its ledger up to LSN {lsn}: {:?}",
+                    seen.map(|l| l.to_lsn)
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -104,6 +120,14 @@ impl GatedBackup {
         assert!(whole.from_lsn <= self.ddl_lsn && self.ddl_lsn < whole.to_lsn);
         (redo, whole)
     }
+}
+
+async fn current_lsn(server: &TestServer) -> u64 {
+    server
+        .query_first::<(String, u64)>("SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+        .await
+        .map(|(_, lsn)| lsn)
+        .expect("Innodb_lsn_current")
 }
 
 async fn space_id(server: &TestServer, name: &str) -> u32 {
@@ -208,6 +232,52 @@ async fn ledger_names_the_ddl_run_between_start_and_block_ddl() {
     let trunc = space_id(&server, "d/trunc").await;
     let opt = space_id(&server, "d/opt").await;
     let ddl_lsn = backup.ddl_lsn;
+
+    // Still under START: the running tail has already published what the DDL did, and
+    // replaying its events gives each name's tablespace now.
+    let now = current_lsn(&server).await;
+    let live = backup.ledger_reaching(now).await;
+    let state = live.state_at(live.to_lsn);
+    for (table, id) in [
+        ("fresh", fresh),
+        ("kept", kept),
+        ("rebuilt", rebuilt),
+        ("trunc", trunc),
+        ("opt", opt),
+    ] {
+        assert_eq!(
+            live.name_owner_at(&ibd(table), live.to_lsn),
+            Some(id),
+            "{table}: {state:?}"
+        );
+        assert!(state[&id].alive, "{table}: {state:?}");
+    }
+    assert_eq!(
+        state[&fresh].created_lsn.map(|l| l > ddl_lsn),
+        Some(true),
+        "{state:?}"
+    );
+    for (table, old) in [
+        ("gone", before["gone"]),
+        ("rebuilt", before["rebuilt"]),
+        ("trunc", before["trunc"]),
+        ("opt", before["opt"]),
+    ] {
+        assert!(
+            !state[&old].alive,
+            "the old tablespace of {table} is deleted: {state:?}"
+        );
+    }
+    assert!(
+        live.name_owner_at(&ibd("keep"), live.to_lsn).is_none(),
+        "{state:?}"
+    );
+    assert_eq!(
+        live.name_owner_at(&ibd("keep"), ddl_lsn),
+        Some(kept),
+        "keep was {kept} before the RENAME"
+    );
+
     let (redo, whole) = backup.finish(&server).await;
     let ledger = whole.since(ddl_lsn);
 
@@ -350,6 +420,12 @@ async fn ledger_records_undo_truncation_during_the_copy() {
     assert!(!u.page0_init.is_empty(), "page 0 built again: {u:?}");
     assert!(u.created.is_none() && u.deleted.is_none() && u.renamed.is_empty());
     assert!(u.pages_not_in_copy());
+    let undo = whole.state_at(whole.to_lsn).get(&undo_id).cloned();
+    assert!(
+        undo.as_ref()
+            .is_some_and(|s| s.alive && s.rebuilt_lsn > Some(ddl_lsn)),
+        "rebuilt after the copy began: {undo:?}"
+    );
     // Nothing else changed as a file.
     let changed: Vec<u32> = ledger
         .spaces

@@ -11,8 +11,8 @@ use super::redo::FileOp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version of the JSON form (`.stagehand/file_ops.json`).
-pub const LEDGER_FORMAT: u32 = 1;
+/// Version of the JSON form (`.stagehand/file_ops.json`). 2 added the ordered `events`.
+pub const LEDGER_FORMAT: u32 = 2;
 
 /// A name and the LSN of the mini-transaction that logged it (the end of that
 /// mtr: the LSN a page written by it carries).
@@ -43,6 +43,53 @@ pub struct Modified {
     pub name: String,
     pub first_lsn: u64,
     pub last_lsn: u64,
+}
+
+/// One change to a tablespace's file, in log order: what [`FileOps::state_at`] replays.
+/// FILE_MODIFY is not one (it only says pages changed, and is logged after every
+/// checkpoint for every changed tablespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The end LSN of the mini-transaction that logged it.
+    pub lsn: u64,
+    pub space_id: u32,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    Create {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    /// Page 0 initialised: the tablespace's pages are built again from nothing.
+    Page0Init,
+    /// The file was cut to `pages` pages (undo truncation).
+    Trim {
+        pages: u32,
+    },
+}
+
+/// What the log says of one tablespace at some LSN, replaying its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpaceState {
+    /// Its name then (the deleted name once deleted); empty when no event named it.
+    pub name: String,
+    /// False once deleted.
+    pub alive: bool,
+    /// Created within the ledger's stretch, at this LSN.
+    pub created_lsn: Option<u64>,
+    /// The newest LSN at which its pages were built again (page 0 initialised, or the
+    /// file trimmed): a copy of the file begun before it does not hold its pages.
+    pub rebuilt_lsn: Option<u64>,
 }
 
 /// What the log says happened to one tablespace.
@@ -145,6 +192,11 @@ pub struct FileOps {
     /// modified their pages.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub modified_only_spaces: u64,
+    /// Every file change in log order (creates, deletes, renames, rebuilds): a name
+    /// can pass from one tablespace to another (`ALTER … FORCE`, a swap by renames), so
+    /// the state at an LSN is a replay in order, not a summary per space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -164,6 +216,7 @@ impl FileOps {
             tracked,
             spaces: BTreeMap::new(),
             modified_only_spaces: 0,
+            events: Vec::new(),
         }
     }
 
@@ -172,6 +225,13 @@ impl FileOps {
         let Some(space_id) = op.space_id() else {
             return;
         };
+        if let Some(change) = Change::of(op) {
+            self.events.push(Event {
+                lsn,
+                space_id,
+                change,
+            });
+        }
         let space = self.spaces.entry(space_id).or_default();
         match *op {
             FileOp::Create { name, .. } => {
@@ -232,8 +292,71 @@ impl FileOps {
         FileOps {
             from_lsn: self.from_lsn.max(lsn),
             spaces,
+            events: self
+                .events
+                .iter()
+                .filter(|e| e.lsn >= lsn)
+                .cloned()
+                .collect(),
             ..self.clone()
         }
+    }
+
+    /// Every tablespace an event names, as the log leaves it at `lsn` (events logged
+    /// at or before it, replayed in order). Tablespaces the log only modified are not
+    /// in it: their files are as they were.
+    pub fn state_at(&self, lsn: u64) -> BTreeMap<u32, SpaceState> {
+        let mut states: BTreeMap<u32, SpaceState> = BTreeMap::new();
+        for e in self.events.iter().take_while(|e| e.lsn <= lsn) {
+            let s = states.entry(e.space_id).or_insert_with(|| SpaceState {
+                alive: true,
+                ..SpaceState::default()
+            });
+            match &e.change {
+                Change::Create { name } => {
+                    *s = SpaceState {
+                        name: name.clone(),
+                        alive: true,
+                        created_lsn: Some(e.lsn),
+                        rebuilt_lsn: None,
+                    }
+                }
+                Change::Delete { name } => {
+                    s.name = name.clone();
+                    s.alive = false;
+                }
+                Change::Rename { to, .. } => s.name = to.clone(),
+                Change::Page0Init | Change::Trim { .. } => s.rebuilt_lsn = Some(e.lsn),
+            }
+        }
+        states
+    }
+
+    /// The tablespace that held file `name` at `lsn`, if an event says so; `None`
+    /// when no event gave that name to a live tablespace by then (the file is then the
+    /// one the server had before the stretch, or nobody's).
+    pub fn name_owner_at(&self, name: &str, lsn: u64) -> Option<u32> {
+        let states = self.state_at(lsn);
+        if let Some((id, _)) = states.iter().find(|(_, s)| s.alive && s.name == name) {
+            return Some(*id);
+        }
+        // A tablespace the log names only later held its name since before the
+        // stretch if its first event renames or deletes it from that name.
+        let mut seen = std::collections::BTreeSet::new();
+        for e in self.events.iter().filter(|e| e.lsn > lsn) {
+            if states.contains_key(&e.space_id) || !seen.insert(e.space_id) {
+                continue;
+            }
+            let held = match &e.change {
+                Change::Rename { from, .. } => from == name,
+                Change::Delete { name: gone } => gone == name,
+                _ => false,
+            };
+            if held {
+                return Some(e.space_id);
+            }
+        }
+        None
     }
 
     /// The spaces whose file changed; the others (page writes only, which redo
@@ -254,6 +377,7 @@ impl FileOps {
             tracked: self.tracked,
             spaces,
             modified_only_spaces: self.modified_only_spaces + left_out,
+            events: self.events.clone(),
         }
     }
 
@@ -268,6 +392,22 @@ impl FileOps {
             c.changed_spaces += u64::from(s.changed_file());
         }
         c
+    }
+}
+
+impl Change {
+    fn of(op: &FileOp<'_>) -> Option<Change> {
+        Some(match *op {
+            FileOp::Create { name, .. } => Change::Create { name: text(name) },
+            FileOp::Delete { name, .. } => Change::Delete { name: text(name) },
+            FileOp::Rename { from, to, .. } => Change::Rename {
+                from: text(from),
+                to: text(to),
+            },
+            FileOp::FirstPageInit { .. } => Change::Page0Init,
+            FileOp::TrimPages { size, .. } => Change::Trim { pages: size },
+            FileOp::Modify { .. } | FileOp::Checkpoint { .. } | FileOp::Padding => return None,
+        })
     }
 }
 
@@ -370,5 +510,153 @@ mod tests {
         let json = serde_json::to_string(&l).expect("json");
         let back: FileOps = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, l);
+    }
+
+    fn replay(events: &[(u64, FileOp<'static>)]) -> FileOps {
+        let mut l = FileOps::new(100, true);
+        for (lsn, op) in events {
+            l.record(op, *lsn);
+        }
+        l
+    }
+
+    fn rename(space_id: u32, from: &'static str, to: &'static str) -> FileOp<'static> {
+        FileOp::Rename {
+            space_id,
+            from: from.as_bytes(),
+            to: to.as_bytes(),
+        }
+    }
+
+    #[test]
+    fn a_rebuild_hands_the_name_to_the_new_tablespace() {
+        let l = replay(&[
+            (
+                110,
+                FileOp::Create {
+                    space_id: 9,
+                    name: b"./d/#sql-alter.ibd",
+                },
+            ),
+            (110, FileOp::FirstPageInit { space_id: 9 }),
+            (120, rename(5, "./d/t.ibd", "./d/#sql-ib5.ibd")),
+            (120, rename(9, "./d/#sql-alter.ibd", "./d/t.ibd")),
+            (
+                130,
+                FileOp::Delete {
+                    space_id: 5,
+                    name: b"./d/#sql-ib5.ibd",
+                },
+            ),
+        ]);
+        assert!(l.state_at(109).is_empty());
+        let during = l.state_at(115);
+        assert_eq!(during.len(), 1);
+        assert_eq!(during[&9].name, "./d/#sql-alter.ibd");
+        assert_eq!(
+            (during[&9].created_lsn, during[&9].rebuilt_lsn),
+            (Some(110), Some(110))
+        );
+        let after = l.state_at(130);
+        assert_eq!(
+            (after[&9].name.as_str(), after[&9].alive),
+            ("./d/t.ibd", true)
+        );
+        assert_eq!(
+            (after[&5].name.as_str(), after[&5].alive),
+            ("./d/#sql-ib5.ibd", false)
+        );
+        assert_eq!(after[&5].created_lsn, None);
+        assert_eq!(
+            l.name_owner_at("./d/t.ibd", 115),
+            Some(5),
+            "the old one until 120"
+        );
+        assert_eq!(l.name_owner_at("./d/t.ibd", 120), Some(9));
+        assert_eq!(l.name_owner_at("./d/#sql-ib5.ibd", 130), None, "deleted");
+    }
+
+    #[test]
+    fn a_swap_by_renames_in_one_statement() {
+        // RENAME TABLE a TO x, b TO a, x TO b
+        let l = replay(&[
+            (200, rename(1, "./d/a.ibd", "./d/x.ibd")),
+            (200, rename(2, "./d/b.ibd", "./d/a.ibd")),
+            (200, rename(1, "./d/x.ibd", "./d/b.ibd")),
+        ]);
+        let s = l.state_at(200);
+        assert_eq!(
+            (s[&1].name.as_str(), s[&2].name.as_str()),
+            ("./d/b.ibd", "./d/a.ibd")
+        );
+        assert_eq!(l.name_owner_at("./d/a.ibd", 199), Some(1));
+        assert_eq!(l.name_owner_at("./d/b.ibd", 199), Some(2));
+        assert_eq!(l.name_owner_at("./d/a.ibd", 200), Some(2));
+        assert_eq!(l.name_owner_at("./d/x.ibd", 200), None);
+    }
+
+    #[test]
+    fn a_temporary_name_is_reused_by_the_next_rebuild() {
+        let l = replay(&[
+            (
+                100,
+                FileOp::Create {
+                    space_id: 9,
+                    name: b"./d/#sql-alter-6.ibd",
+                },
+            ),
+            (110, rename(9, "./d/#sql-alter-6.ibd", "./d/t.ibd")),
+            (
+                120,
+                FileOp::Create {
+                    space_id: 10,
+                    name: b"./d/#sql-alter-6.ibd",
+                },
+            ),
+            (
+                130,
+                FileOp::Delete {
+                    space_id: 10,
+                    name: b"./d/#sql-alter-6.ibd",
+                },
+            ),
+        ]);
+        let owner = |lsn| l.name_owner_at("./d/#sql-alter-6.ibd", lsn);
+        assert_eq!(
+            [owner(105), owner(115), owner(125), owner(135)],
+            [Some(9), None, Some(10), None]
+        );
+        let s = l.state_at(135);
+        assert!(s[&9].alive && !s[&10].alive);
+    }
+
+    #[test]
+    fn an_undo_truncation_rebuilds_without_a_name() {
+        let l = replay(&[
+            (
+                300,
+                FileOp::TrimPages {
+                    space_id: 1,
+                    size: 640,
+                },
+            ),
+            (300, FileOp::FirstPageInit { space_id: 1 }),
+        ]);
+        assert!(l.state_at(299).is_empty());
+        let s = l.state_at(300);
+        assert_eq!(
+            s[&1],
+            SpaceState {
+                name: String::new(),
+                alive: true,
+                created_lsn: None,
+                rebuilt_lsn: Some(300)
+            }
+        );
+        let file = l.changed_only();
+        assert_eq!(file.events.len(), 2, "the file keeps the events");
+        let back: FileOps =
+            serde_json::from_str(&serde_json::to_string(&file).expect("json")).expect("parse");
+        assert_eq!(back.state_at(300), s);
     }
 }

@@ -3,8 +3,9 @@
 //! backup's linear `ib_logfile0` as it goes. It keeps current (polling every few ms) so
 //! only the last few KB remain when commits are blocked, and it fails loudly when the
 //! server overwrote log it had not copied yet. It also keeps the ledger of tablespace
-//! file operations found in the copied log (`innodb::file_ops`), written to
-//! `.stagehand/file_ops.json` in the backup directory when it ends.
+//! file operations found in the copied log (`innodb::file_ops`), kept current in
+//! `.stagehand/file_ops.json` in the backup directory while it runs (its `to_lsn` says
+//! how far it is).
 
 use crate::outputs::{RedoTailOutput, StageLocksOutput};
 use async_trait::async_trait;
@@ -350,7 +351,20 @@ struct Tail {
     /// Tablespace file operations seen in the copied log.
     file_ops: FileOps,
     file_ops_path: PathBuf,
+    /// The ledger as last written to `file_ops_path`.
+    published: Published,
 }
+
+/// How far the ledger file is behind the copy.
+struct Published {
+    at: Instant,
+    to_lsn: Option<u64>,
+    events: usize,
+}
+
+/// While the log moves with no file change, the ledger file is rewritten this often:
+/// a reader waiting for it to reach an LSN waits at most about this long.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 fn read_header(file: &File, path: &Path) -> Result<LogFileHeader, StepError> {
     let mut head = vec![0u8; START_OFFSET as usize];
@@ -422,6 +436,11 @@ impl Tail {
                 header.header.framing() == MtrFraming::Plain,
             ),
             file_ops_path: stagehand_backup::dir::BackupDir::new(to).file_ops(),
+            published: Published {
+                at: Instant::now(),
+                to_lsn: None,
+                events: 0,
+            },
         })
     }
 
@@ -475,6 +494,7 @@ impl Tail {
                 .with_hint("check the server's error log and the file system; run the backup again"));
             }
             pos += got;
+            self.publish_file_ops()?;
             // Caught up, a poll reads a little; behind, reads grow to the buffer's size.
             want = if got as usize * 2 > want {
                 (want * 4).min(buf.len())
@@ -544,6 +564,23 @@ impl Tail {
                 self.file_ops.record(&op, m.end_lsn);
             }
         }
+    }
+
+    /// Keeps the ledger file current while the copy runs, so a step working under
+    /// BLOCK_DDL can read the file changes up to the LSN it needs: rewritten at once after
+    /// a file change, else at most every [`PUBLISH_EVERY`] while the log moves.
+    fn publish_file_ops(&mut self) -> Result<(), StepError> {
+        let changed = self.file_ops.events.len() != self.published.events;
+        let moved = self.published.to_lsn != Some(self.file_ops.to_lsn);
+        if changed || (moved && self.published.at.elapsed() >= PUBLISH_EVERY) {
+            self.write_file_ops()?;
+            self.published = Published {
+                at: Instant::now(),
+                to_lsn: Some(self.file_ops.to_lsn),
+                events: self.file_ops.events.len(),
+            };
+        }
+        Ok(())
     }
 
     /// Writes the ledger (tmp + rename: a reader sees no file or the whole one). Compact
