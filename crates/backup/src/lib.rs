@@ -1,9 +1,11 @@
 //! The backup directory: its manifest and file entries (`manifest`), the page copier
 //! that produces those entries (`pagecopy`) and the spool a streamed backup shares with
-//! its uploader (`spool`). Knows nothing about repositories, S3 or plans.
+//! its uploader (`spool`), and the tablespace file changes a backup replays before
+//! recovery (`ddl`). Knows nothing about repositories, S3 or plans.
 
 pub mod check;
 pub mod codec;
+pub mod ddl;
 pub mod dir;
 pub mod entry;
 pub mod manifest;

@@ -1,0 +1,422 @@
+//! The tablespace file changes a backup copied under BACKUP STAGE START must replay on
+//! its files before crash recovery: DDL that ran during the copy dropped, renamed or
+//! rebuilt tablespaces whose files were already copied. The reconcile under BLOCK_DDL
+//! records them (the manifest's `ddl` section) beside mariadb-backup's side files
+//! (`db/t.del`, `db/t.ren` holding `db/t2`, `db/t.new`), and `prepare` applies them here
+//! for either recovery engine: recovery cannot rename over a file that exists, nor
+//! remove a stale copy (see ../shared/docs/innodb-source-notes.md §4.6).
+//!
+//! Order: every delete, then every rename in two phases (all sources parked first, so a
+//! swap `a→b, b→a` works), then every new file over its final name. Each op first
+//! checks that the file holds the tablespace the op names (page 0's space id), and the
+//! progress is journalled, so an interrupted apply resumes where it stopped.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// One change, with backup-relative paths (`db/t.ibd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FileChange {
+    /// The tablespace was dropped: its copy leaves the backup.
+    Delete { path: String, space_id: u32 },
+    /// The tablespace was renamed: its copy moves to the new name.
+    Rename {
+        from: String,
+        to: String,
+        space_id: u32,
+    },
+    /// The tablespace was created or rebuilt: its copy `side` replaces `path`.
+    New {
+        path: String,
+        side: String,
+        space_id: u32,
+    },
+}
+
+impl FileChange {
+    /// The file the op consumes, and the space id it must hold.
+    fn source(&self) -> (&str, u32) {
+        match self {
+            FileChange::Delete { path, space_id } => (path, *space_id),
+            FileChange::Rename { from, space_id, .. } => (from, *space_id),
+            FileChange::New { side, space_id, .. } => (side, *space_id),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds tablespace {found}, not {expected} as the backup's DDL record says")]
+    WrongSpace {
+        path: PathBuf,
+        expected: u32,
+        found: u32,
+    },
+    #[error("{path} is missing: the backup's DDL record needs it")]
+    Missing { path: PathBuf },
+    #[error("the journal {path} cannot be read: {message}")]
+    Journal { path: PathBuf, message: String },
+}
+
+/// Where the apply keeps its journal and parked files, inside the backup directory.
+pub const APPLY_DIR: &str = ".stagehand-prepare";
+
+/// What has been done, step by step (indexes into the op list).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Journal {
+    deleted: BTreeSet<usize>,
+    parked: BTreeSet<usize>,
+    renamed: BTreeSet<usize>,
+    placed: BTreeSet<usize>,
+    /// Every op is done: a rerun (prepare killed before it recorded the apply) does
+    /// nothing.
+    finished: bool,
+}
+
+/// Applies `changes` to the backup in `dir`; returns how many ops it carried out now
+/// (0 on a rerun after a finished apply). The journal stays until [`forget`], which the
+/// caller runs once it has recorded the apply (in the manifest).
+pub fn apply(dir: &Path, changes: &[FileChange]) -> Result<usize, ApplyError> {
+    let work = dir.join(APPLY_DIR);
+    let journal_path = work.join("applied.json");
+    let mut journal = read_journal(&journal_path)?;
+    if journal.finished {
+        return Ok(0);
+    }
+    let mut done = 0;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ApplyError::Io { path, source }
+    };
+    std::fs::create_dir_all(work.join("ren")).map_err(io(&work))?;
+    for (i, change) in changes.iter().enumerate() {
+        if let FileChange::Delete { path, .. } = change {
+            if journal.deleted.contains(&i) {
+                continue;
+            }
+            // Gone already: removed just before a crash that kept the journal behind.
+            if dir.join(path).exists() {
+                check_space(dir, change)?;
+                std::fs::remove_file(dir.join(path)).map_err(io(&dir.join(path)))?;
+            }
+            journal.deleted.insert(i);
+            write_journal(&journal_path, &journal)?;
+            done += 1;
+        }
+    }
+    let renames: Vec<(usize, &str, &str)> = changes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| match c {
+            FileChange::Rename { from, to, .. } => Some((i, from.as_str(), to.as_str())),
+            _ => None,
+        })
+        .collect();
+    for &(i, from, _) in &renames {
+        if journal.parked.contains(&i) {
+            continue;
+        }
+        let parked = work.join("ren").join(i.to_string());
+        if !(parked.exists() && !dir.join(from).exists()) {
+            check_space(dir, &changes[i])?;
+            std::fs::rename(dir.join(from), &parked).map_err(io(&dir.join(from)))?;
+        }
+        journal.parked.insert(i);
+        write_journal(&journal_path, &journal)?;
+    }
+    for &(i, _, to) in &renames {
+        if journal.renamed.contains(&i) {
+            continue;
+        }
+        let target = dir.join(to);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let parked = work.join("ren").join(i.to_string());
+        if parked.exists() {
+            std::fs::rename(&parked, &target).map_err(io(&parked))?;
+        } else {
+            check_space(
+                dir,
+                &FileChange::Delete {
+                    path: to.into(),
+                    space_id: changes[i].source().1,
+                },
+            )?;
+        }
+        journal.renamed.insert(i);
+        write_journal(&journal_path, &journal)?;
+        done += 1;
+    }
+    for (i, change) in changes.iter().enumerate() {
+        if let FileChange::New { path, side, .. } = change {
+            if journal.placed.contains(&i) {
+                continue;
+            }
+            if dir.join(side).exists() || !dir.join(path).exists() {
+                check_space(dir, change)?;
+                std::fs::rename(dir.join(side), dir.join(path)).map_err(io(&dir.join(side)))?;
+            }
+            journal.placed.insert(i);
+            write_journal(&journal_path, &journal)?;
+            done += 1;
+        }
+    }
+    journal.finished = true;
+    write_journal(&journal_path, &journal)?;
+    Ok(done)
+}
+
+/// Removes the apply's journal once the caller has recorded that the changes are in.
+pub fn forget(dir: &Path) -> Result<(), ApplyError> {
+    let work = dir.join(APPLY_DIR);
+    match std::fs::remove_dir_all(&work) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ApplyError::Io {
+            path: work,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The file an op consumes must be there and hold the tablespace it names; a page 0
+/// not written yet (all zeros: a tablespace created just before its copy) passes, as
+/// recovery builds it from the log.
+fn check_space(dir: &Path, change: &FileChange) -> Result<(), ApplyError> {
+    let (rel, expected) = change.source();
+    let path = dir.join(rel);
+    let mut head = [0u8; 64];
+    let n = match std::fs::File::open(&path) {
+        Ok(f) => std::os::unix::fs::FileExt::read_at(&f, &mut head, 0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ApplyError::Missing { path })
+        }
+        Err(source) => return Err(ApplyError::Io { path, source }),
+    }
+    .map_err(|source| ApplyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let head = &head[..n];
+    if head.iter().all(|b| *b == 0) {
+        return Ok(());
+    }
+    match stagehand_innodb::page::page_space_id(head) {
+        Ok(found) if found == expected => Ok(()),
+        Ok(found) => Err(ApplyError::WrongSpace {
+            path,
+            expected,
+            found,
+        }),
+        Err(_) => Err(ApplyError::WrongSpace {
+            path,
+            expected,
+            found: u32::MAX,
+        }),
+    }
+}
+
+fn read_journal(path: &Path) -> Result<Journal, ApplyError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ApplyError::Journal {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal::default()),
+        Err(source) => Err(ApplyError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Durable: a crash after a rename and before the journal says so would leave an op
+/// that looks undone whose source is gone.
+fn write_journal(path: &Path, journal: &Journal) -> Result<(), ApplyError> {
+    let bytes = serde_json::to_vec(journal).map_err(|e| ApplyError::Journal {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    stagehand_host::atomic::write_atomic(
+        path,
+        &bytes,
+        stagehand_host::atomic::AtomicOptions::durable(),
+    )
+    .map_err(|source| ApplyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file whose page 0 says tablespace `id` (FIL_PAGE_SPACE_ID at byte 34).
+    fn tablespace(dir: &Path, rel: &str, id: u32) {
+        let mut page = vec![0u8; 16384];
+        page[34..38].copy_from_slice(&id.to_be_bytes());
+        page[4..8].copy_from_slice(&0u32.to_be_bytes());
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, page).expect("write");
+    }
+
+    fn holds(dir: &Path, rel: &str) -> Option<u32> {
+        let bytes = std::fs::read(dir.join(rel)).ok()?;
+        stagehand_innodb::page::page_space_id(&bytes).ok()
+    }
+
+    fn rename(from: &str, to: &str, space_id: u32) -> FileChange {
+        FileChange::Rename {
+            from: from.into(),
+            to: to.into(),
+            space_id,
+        }
+    }
+
+    #[test]
+    fn deletes_then_a_swap_then_new_files() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        tablespace(dir, "d/gone.ibd", 4);
+        tablespace(dir, "d/a.ibd", 5);
+        tablespace(dir, "d/b.ibd", 6);
+        tablespace(dir, "d/t.ibd", 7);
+        tablespace(dir, "d/t.new", 9);
+        let changes = [
+            FileChange::Delete {
+                path: "d/gone.ibd".into(),
+                space_id: 4,
+            },
+            rename("d/a.ibd", "d/b.ibd", 5),
+            rename("d/b.ibd", "d/a.ibd", 6),
+            FileChange::New {
+                path: "d/t.ibd".into(),
+                side: "d/t.new".into(),
+                space_id: 9,
+            },
+        ];
+        assert_eq!(apply(dir, &changes).expect("apply"), 4);
+        assert!(!dir.join("d/gone.ibd").exists());
+        assert_eq!(
+            (holds(dir, "d/a.ibd"), holds(dir, "d/b.ibd")),
+            (Some(6), Some(5))
+        );
+        assert_eq!(holds(dir, "d/t.ibd"), Some(9));
+        assert!(!dir.join("d/t.new").exists());
+        forget(dir).expect("forget");
+        assert!(!dir.join(APPLY_DIR).exists());
+    }
+
+    #[test]
+    fn a_file_holding_another_tablespace_is_refused_and_nothing_moves() {
+        let d = tempfile::tempdir().expect("tempdir");
+        tablespace(d.path(), "d/a.ibd", 5);
+        let r = apply(d.path(), &[rename("d/a.ibd", "d/z.ibd", 8)]);
+        assert!(
+            matches!(
+                r,
+                Err(ApplyError::WrongSpace {
+                    expected: 8,
+                    found: 5,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(holds(d.path(), "d/a.ibd"), Some(5));
+    }
+
+    #[test]
+    fn an_interrupted_apply_resumes_from_its_journal() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        tablespace(dir, "d/a.ibd", 5);
+        tablespace(dir, "d/b.ibd", 6);
+        let changes = [
+            rename("d/a.ibd", "d/b.ibd", 5),
+            rename("d/b.ibd", "d/a.ibd", 6),
+        ];
+        // As if killed after parking both sources and renaming the first.
+        let work = dir.join(APPLY_DIR);
+        std::fs::create_dir_all(work.join("ren")).expect("mkdir");
+        std::fs::rename(dir.join("d/a.ibd"), work.join("ren/0")).expect("park");
+        std::fs::rename(dir.join("d/b.ibd"), work.join("ren/1")).expect("park");
+        std::fs::rename(work.join("ren/0"), dir.join("d/b.ibd")).expect("rename");
+        let journal = Journal {
+            parked: [0, 1].into(),
+            renamed: [0].into(),
+            ..Journal::default()
+        };
+        write_journal(&work.join("applied.json"), &journal).expect("journal");
+        assert_eq!(apply(dir, &changes).expect("resume"), 1);
+        assert_eq!(
+            (holds(dir, "d/a.ibd"), holds(dir, "d/b.ibd")),
+            (Some(6), Some(5))
+        );
+        assert_eq!(
+            apply(dir, &changes).expect("again"),
+            0,
+            "a finished apply is done"
+        );
+    }
+
+    #[test]
+    fn a_crash_between_a_move_and_its_journal_entry_is_resumed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        tablespace(dir, "d/a.ibd", 5);
+        tablespace(dir, "d/t.new", 9);
+        let changes = [
+            rename("d/a.ibd", "d/c.ibd", 5),
+            FileChange::Delete {
+                path: "d/gone.ibd".into(),
+                space_id: 4,
+            },
+            FileChange::New {
+                path: "d/t.ibd".into(),
+                side: "d/t.new".into(),
+                space_id: 9,
+            },
+        ];
+        // The rename and the new file were done, the journal says nothing yet, and
+        // `gone` was removed already.
+        std::fs::rename(dir.join("d/a.ibd"), dir.join("d/c.ibd")).expect("rename");
+        std::fs::rename(dir.join("d/t.new"), dir.join("d/t.ibd")).expect("new");
+        std::fs::create_dir_all(dir.join(APPLY_DIR).join("ren")).expect("mkdir");
+        let r = apply(dir, &changes);
+        assert!(
+            matches!(r, Err(ApplyError::Missing { .. })),
+            "a rename whose source and parked copy are both gone is not guessed: {r:?}"
+        );
+        // With the parked copy in place it resumes.
+        std::fs::rename(dir.join("d/c.ibd"), dir.join(APPLY_DIR).join("ren/0")).expect("park");
+        apply(dir, &changes).expect("resume");
+        assert_eq!(
+            (holds(dir, "d/c.ibd"), holds(dir, "d/t.ibd")),
+            (Some(5), Some(9))
+        );
+    }
+
+    #[test]
+    fn a_new_file_whose_page_0_is_not_written_yet_is_placed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("d")).expect("mkdir");
+        std::fs::write(d.path().join("d/n.new"), vec![0u8; 16384]).expect("write");
+        let new = FileChange::New {
+            path: "d/n.ibd".into(),
+            side: "d/n.new".into(),
+            space_id: 12,
+        };
+        assert_eq!(apply(d.path(), &[new]).expect("apply"), 1);
+        assert!(d.path().join("d/n.ibd").exists());
+    }
+}
