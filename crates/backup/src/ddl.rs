@@ -124,7 +124,9 @@ pub fn apply(dir: &Path, changes: &[FileChange]) -> Result<usize, ApplyError> {
             continue;
         }
         let parked = work.join("ren").join(i.to_string());
-        if !(parked.exists() && !dir.join(from).exists()) {
+        // Parked already when the source is gone and its parked copy is there.
+        let already = parked.exists() && !dir.join(from).exists();
+        if !already {
             check_space(dir, &changes[i])?;
             std::fs::rename(dir.join(from), &parked).map_err(io(&dir.join(from)))?;
         }
