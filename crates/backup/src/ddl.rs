@@ -12,6 +12,7 @@
 //! progress is journalled, so an interrupted apply resumes where it stopped.
 
 use serde::{Deserialize, Serialize};
+use stagehand_innodb::file_ops::FileOps;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -257,6 +258,154 @@ fn write_journal(path: &Path, journal: &Journal) -> Result<(), ApplyError> {
     })
 }
 
+/// A tablespace file the copy steps took: its backup-relative path and the space id its
+/// page 0 gave (`None` when page 0 was not written yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopiedSpace {
+    pub path: String,
+    pub space_id: Option<u32>,
+}
+
+/// A tablespace to copy again under BLOCK_DDL: its file `name` (backup-relative, as the
+/// server names it now) copied to `to` in the backup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recopy {
+    pub space_id: u32,
+    pub name: String,
+    pub to: String,
+}
+
+/// What the reconcile under BLOCK_DDL must do so that the backup's files are those of
+/// the tablespaces the log describes at that point.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DdlPlan {
+    /// Files to copy now (each becomes the `side` of a [`FileChange::New`], or replaces
+    /// an undo tablespace's copy in place).
+    pub recopy: Vec<Recopy>,
+    /// The changes prepare applies, in the manifest.
+    pub changes: Vec<FileChange>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("tablespace {space_id} ({name}) lies outside the datadir (DATA DIRECTORY) and changed during the copy: such a backup cannot be reconciled yet")]
+    Remote { space_id: u32, name: String },
+}
+
+/// Decides, from the files copied and the log's file changes up to `at` (the LSN taken
+/// under BLOCK_DDL), which tablespaces to copy again and which changes prepare must
+/// apply. Keyed by space id, never by name: names pass between tablespaces (`ALTER …
+/// FORCE`, a swap by renames, reused temporary names).
+///
+/// A tablespace created or rebuilt during the copy is always copied again: its pages
+/// are not all in the copy, and plain recovery cannot build a rebuilt one from the log
+/// (it would have to rename it onto a name whose file holds another tablespace).
+pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan, PlanError> {
+    let mut out = DdlPlan::default();
+    let mut replaced: BTreeSet<String> = BTreeSet::new();
+    let states = ledger.state_at(at);
+    for (&id, state) in &states {
+        let copies: Vec<&CopiedSpace> = copied.iter().filter(|c| c.space_id == Some(id)).collect();
+        if !state.alive {
+            for c in copies {
+                out.changes.push(FileChange::Delete {
+                    path: c.path.clone(),
+                    space_id: id,
+                });
+            }
+            continue;
+        }
+        let name = match backup_path(&state.name) {
+            Some(n) => n,
+            // An undo tablespace (no name in the log): its one copy is taken again in place.
+            None if state.name.is_empty() => {
+                if state.rebuilt_lsn.is_some() {
+                    for c in copies {
+                        out.recopy.push(Recopy {
+                            space_id: id,
+                            name: c.path.clone(),
+                            to: c.path.clone(),
+                        });
+                    }
+                }
+                continue;
+            }
+            None => {
+                return Err(PlanError::Remote {
+                    space_id: id,
+                    name: state.name.clone(),
+                })
+            }
+        };
+        let stale = state.created_lsn.is_some() || state.rebuilt_lsn.is_some();
+        if stale || copies.is_empty() {
+            let side = side_path(&name, "new");
+            for c in copies.iter().filter(|c| c.path != name) {
+                out.changes.push(FileChange::Delete {
+                    path: c.path.clone(),
+                    space_id: id,
+                });
+            }
+            out.recopy.push(Recopy {
+                space_id: id,
+                name: name.clone(),
+                to: side.clone(),
+            });
+            out.changes.push(FileChange::New {
+                path: name.clone(),
+                side,
+                space_id: id,
+            });
+            replaced.insert(name);
+        } else if let Some(c) = copies.iter().find(|c| c.path != name) {
+            out.changes.push(FileChange::Rename {
+                from: c.path.clone(),
+                to: name,
+                space_id: id,
+            });
+        }
+    }
+    // A file copied before its page 0 was written: if a tablespace that had its name in
+    // the log is gone and no live one has it now, the file was that one's.
+    for c in copied.iter().filter(|c| c.space_id.is_none()) {
+        let name = log_name(&c.path);
+        if states.values().any(|s| s.alive && s.name == name) {
+            continue;
+        }
+        let dropped = ledger
+            .events
+            .iter()
+            .filter(|e| e.lsn <= at && e.change.names(&name))
+            .map(|e| e.space_id)
+            .find(|id| states.get(id).is_some_and(|s| !s.alive));
+        if let Some(owner) = dropped {
+            out.changes.push(FileChange::Delete {
+                path: c.path.clone(),
+                space_id: owner,
+            });
+        }
+    }
+    // A new file replaces whatever copy had its name: deleting that copy first is moot.
+    out.changes
+        .retain(|c| !matches!(c, FileChange::Delete { path, .. } if replaced.contains(path)));
+    Ok(out)
+}
+
+/// `./db/t.ibd` → `db/t.ibd`; `None` for an absolute (DATA DIRECTORY) or empty name.
+fn backup_path(log_name: &str) -> Option<String> {
+    log_name.strip_prefix("./").map(String::from)
+}
+
+fn log_name(path: &str) -> String {
+    format!("./{path}")
+}
+
+/// mariadb-backup's side file for `db/t.ibd`: `db/t.new` (or `.del`, `.ren`).
+pub fn side_path(path: &str, ext: &str) -> String {
+    let stem = path.strip_suffix(".ibd").unwrap_or(path);
+    format!("{stem}.{ext}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +569,217 @@ mod tests {
         };
         assert_eq!(apply(d.path(), &[new]).expect("apply"), 1);
         assert!(d.path().join("d/n.ibd").exists());
+    }
+
+    mod planning {
+        use super::super::*;
+        use stagehand_innodb::redo::FileOp;
+
+        fn ledger(events: &[(u64, FileOp<'static>)]) -> FileOps {
+            let mut l = FileOps::new(100, true);
+            for (lsn, op) in events {
+                l.record(op, *lsn);
+            }
+            l
+        }
+
+        fn copied(list: &[(&str, Option<u32>)]) -> Vec<CopiedSpace> {
+            list.iter()
+                .map(|(p, id)| CopiedSpace {
+                    path: p.to_string(),
+                    space_id: *id,
+                })
+                .collect()
+        }
+
+        fn rename_op(space_id: u32, from: &'static str, to: &'static str) -> FileOp<'static> {
+            FileOp::Rename {
+                space_id,
+                from: from.as_bytes(),
+                to: to.as_bytes(),
+            }
+        }
+
+        #[test]
+        fn a_rebuild_copies_the_new_tablespace_over_the_old_one() {
+            // ALTER TABLE t FORCE after t was copied as tablespace 5.
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::Create {
+                        space_id: 9,
+                        name: b"./d/#sql-alter.ibd",
+                    },
+                ),
+                (110, FileOp::FirstPageInit { space_id: 9 }),
+                (120, rename_op(5, "./d/t.ibd", "./d/#sql-ib5.ibd")),
+                (120, rename_op(9, "./d/#sql-alter.ibd", "./d/t.ibd")),
+                (
+                    130,
+                    FileOp::Delete {
+                        space_id: 5,
+                        name: b"./d/#sql-ib5.ibd",
+                    },
+                ),
+            ]);
+            let p = plan(
+                &copied(&[("d/t.ibd", Some(5)), ("d/u.ibd", Some(3))]),
+                &l,
+                140,
+            )
+            .expect("plan");
+            assert_eq!(
+                p.recopy,
+                [Recopy {
+                    space_id: 9,
+                    name: "d/t.ibd".into(),
+                    to: "d/t.new".into()
+                }]
+            );
+            assert_eq!(
+                p.changes,
+                [FileChange::New {
+                    path: "d/t.ibd".into(),
+                    side: "d/t.new".into(),
+                    space_id: 9
+                }]
+            );
+            // At an LSN before the rebuild finished, the old copy stays and the temporary
+            // tablespace is copied under its name then.
+            let mid = plan(&copied(&[("d/t.ibd", Some(5))]), &l, 115).expect("plan");
+            assert_eq!(mid.recopy[0].name, "d/#sql-alter.ibd");
+            assert_eq!(mid.changes.len(), 1, "{mid:?}");
+        }
+
+        #[test]
+        fn renames_drops_and_a_swap() {
+            let l = ledger(&[
+                (110, rename_op(1, "./d/a.ibd", "./d/x.ibd")),
+                (110, rename_op(2, "./d/b.ibd", "./d/a.ibd")),
+                (110, rename_op(1, "./d/x.ibd", "./d/b.ibd")),
+                (120, rename_op(3, "./d/r.ibd", "./e/r2.ibd")),
+                (
+                    130,
+                    FileOp::Delete {
+                        space_id: 4,
+                        name: b"./d/gone.ibd",
+                    },
+                ),
+            ]);
+            let files = copied(&[
+                ("d/a.ibd", Some(1)),
+                ("d/b.ibd", Some(2)),
+                ("d/r.ibd", Some(3)),
+                ("d/gone.ibd", Some(4)),
+            ]);
+            let p = plan(&files, &l, 200).expect("plan");
+            assert!(p.recopy.is_empty(), "{p:?}");
+            assert_eq!(
+                p.changes,
+                [
+                    FileChange::Rename {
+                        from: "d/a.ibd".into(),
+                        to: "d/b.ibd".into(),
+                        space_id: 1
+                    },
+                    FileChange::Rename {
+                        from: "d/b.ibd".into(),
+                        to: "d/a.ibd".into(),
+                        space_id: 2
+                    },
+                    FileChange::Rename {
+                        from: "d/r.ibd".into(),
+                        to: "e/r2.ibd".into(),
+                        space_id: 3
+                    },
+                    FileChange::Delete {
+                        path: "d/gone.ibd".into(),
+                        space_id: 4
+                    },
+                ]
+            );
+        }
+
+        #[test]
+        fn a_table_created_and_a_file_copied_before_its_page_0() {
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::Create {
+                        space_id: 7,
+                        name: b"./d/n.ibd",
+                    },
+                ),
+                (110, FileOp::FirstPageInit { space_id: 7 }),
+                (
+                    112,
+                    FileOp::Create {
+                        space_id: 8,
+                        name: b"./d/tmp.ibd",
+                    },
+                ),
+                (
+                    130,
+                    FileOp::Delete {
+                        space_id: 8,
+                        name: b"./d/tmp.ibd",
+                    },
+                ),
+            ]);
+            // n was copied before its page 0 reached the disk; tmp too, and it is gone.
+            let p =
+                plan(&copied(&[("d/n.ibd", None), ("d/tmp.ibd", None)]), &l, 200).expect("plan");
+            assert_eq!(
+                p.recopy,
+                [Recopy {
+                    space_id: 7,
+                    name: "d/n.ibd".into(),
+                    to: "d/n.new".into()
+                }]
+            );
+            assert_eq!(
+                p.changes,
+                [
+                    FileChange::New {
+                        path: "d/n.ibd".into(),
+                        side: "d/n.new".into(),
+                        space_id: 7
+                    },
+                    FileChange::Delete {
+                        path: "d/tmp.ibd".into(),
+                        space_id: 8
+                    },
+                ]
+            );
+        }
+
+        #[test]
+        fn an_undo_truncation_recopies_in_place_and_a_remote_change_is_refused() {
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::TrimPages {
+                        space_id: 1,
+                        size: 640,
+                    },
+                ),
+                (110, FileOp::FirstPageInit { space_id: 1 }),
+            ]);
+            let p = plan(&copied(&[("undo001", Some(1))]), &l, 200).expect("plan");
+            assert_eq!(
+                p.recopy,
+                [Recopy {
+                    space_id: 1,
+                    name: "undo001".into(),
+                    to: "undo001".into()
+                }]
+            );
+            assert!(p.changes.is_empty());
+            let remote = ledger(&[(110, rename_op(6, "/srv/x/d/t.ibd", "/srv/x/d/u.ibd"))]);
+            assert!(matches!(
+                plan(&[], &remote, 200),
+                Err(PlanError::Remote { space_id: 6, .. })
+            ));
+        }
     }
 }

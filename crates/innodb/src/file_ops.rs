@@ -396,6 +396,15 @@ impl FileOps {
 }
 
 impl Change {
+    /// Whether this change gives or takes the file name `name`.
+    pub fn names(&self, name: &str) -> bool {
+        match self {
+            Change::Create { name: n } | Change::Delete { name: n } => n == name,
+            Change::Rename { from, to } => from == name || to == name,
+            Change::Page0Init | Change::Trim { .. } => false,
+        }
+    }
+
     fn of(op: &FileOp<'_>) -> Option<Change> {
         Some(match *op {
             FileOp::Create { name, .. } => Change::Create { name: text(name) },
