@@ -150,6 +150,10 @@ pub struct Locks {
     pub holds_ms: serde_json::Map<String, serde_json::Value>,
     /// BLOCK_COMMIT to END: how long commits waited.
     pub commit_blocked_ms: f64,
+    /// BLOCK_DDL to END: how long DDL waited (0 in manifests written before it was
+    /// recorded).
+    #[serde(default)]
+    pub ddl_blocked_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
