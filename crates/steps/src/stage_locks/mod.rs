@@ -58,8 +58,9 @@ pub struct StageLocksConfig {
     )]
     #[schemars(with = "String")]
     pub blocker_threshold: Duration,
-    /// Time budget per stage, e.g. `{block_commit: 2s}`: a stage held longer is released
-    /// (BACKUP STAGE END) and the backup fails instead of stalling production.
+    /// Time budget of the stage this step reaches, e.g. `{block_commit: 2s}` or
+    /// `{block_ddl: 30m}` (from its grant to the next stage): a stage held longer is
+    /// released (BACKUP STAGE END) and the backup fails instead of stalling production.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub max_hold: BTreeMap<Stage, String>,
@@ -132,7 +133,12 @@ impl TypedStep for StageLocks {
         let budget = cfg
             .max_hold
             .get(&cfg.stage)
-            .map(|b| format!(", released with an error if held longer than {b}"))
+            .map(|b| {
+                format!(
+                    "; if {} is held longer than {b}, the locks are released and the backup fails",
+                    cfg.stage.name().to_uppercase()
+                )
+            })
             .unwrap_or_default();
         match cfg.stage {
             Stage::End => format!("releases the backup locks of connection `{}` (BACKUP STAGE END) and reports how long each stage was held, and how long commits and DDL were blocked", cfg.connection),
@@ -142,7 +148,7 @@ impl TypedStep for StageLocks {
                 Stage::BlockDdl.blocks()
             ),
             Stage::BlockCommit => format!(
-                "takes BACKUP STAGE BLOCK_COMMIT on connection `{}` (blocks {}), then records the InnoDB LSN, binlog position and GTID of the backup{budget}",
+                "takes BACKUP STAGE BLOCK_COMMIT on connection `{}` (blocks {} until END), then records the InnoDB LSN, binlog position and GTID of the backup{budget}",
                 cfg.connection,
                 Stage::BlockCommit.blocks()
             ),
