@@ -436,6 +436,17 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::entry::CopiedFile]) -> Vec<St
 mod tests {
     use super::*;
 
+    #[test]
+    fn locks_written_before_ddl_blocked_ms_was_recorded_still_read() {
+        let old =
+            serde_json::json!({"method": "backup_stage", "holds_ms": {}, "commit_blocked_ms": 8.5});
+        let locks = serde_json::from_value::<Locks>(old).map_err(|e| e.to_string());
+        assert_eq!(
+            locks.map(|l| (l.commit_blocked_ms, l.ddl_blocked_ms)),
+            Ok((8.5, 0.0))
+        );
+    }
+
     /// A directory claimed by `run` as process `pid` started at `start` on `host`.
     fn claimed_by_process(run: &str, host: &str, pid: u32, start: u64) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tempdir");
