@@ -224,9 +224,10 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
     line(
         "locks",
         format!(
-            "{} — commits blocked {:.1} ms; holds {}",
+            "{} — commits blocked {:.1} ms, DDL blocked {:.1} ms; holds {}",
             m.locks.method,
             m.locks.commit_blocked_ms,
+            m.locks.ddl_blocked_ms,
             serde_json::Value::Object(m.locks.holds_ms.clone())
         ),
     );

@@ -867,6 +867,26 @@ async fn ddl_during_the_copy_waits_for_end_and_stays_out_of_the_backup() {
         files_not_in_manifest(&fin_target(dir.path()), &manifest),
         Vec::<String>::new()
     );
+    // BLOCK_DDL records where DDL stopped, at or before the commit point; `lsn` stays
+    // the commit LSN. DDL was blocked from BLOCK_DDL to END, commits only from
+    // BLOCK_COMMIT: the manifest keeps both.
+    let out = |id: &str, key: &str| fin.step(id)["outputs"][key].clone();
+    let ddl_lsn = out("lock_ddl", "ddl_lsn").as_u64().unwrap_or(0);
+    let commit_lsn = out("lock_commit", "lsn").as_u64().unwrap_or(0);
+    assert!(
+        ddl_lsn > 0 && ddl_lsn <= commit_lsn,
+        "ddl_lsn {ddl_lsn}, commit lsn {commit_lsn}"
+    );
+    assert_eq!(out("lock_ddl", "lsn").as_u64(), Some(0));
+    assert_eq!(commit_lsn, manifest.lsn.commit);
+    let ddl_blocked = out("lock_end", "ddl_blocked_ms").as_f64().unwrap_or(0.0);
+    let commit_blocked = out("lock_end", "commit_blocked_ms").as_f64().unwrap_or(0.0);
+    assert!(
+        ddl_blocked >= commit_blocked && commit_blocked > 0.0,
+        "DDL blocked {ddl_blocked} ms, commits {commit_blocked} ms"
+    );
+    assert_eq!(manifest.locks.ddl_blocked_ms, ddl_blocked);
+    assert_eq!(manifest.locks.commit_blocked_ms, commit_blocked);
     assert!(
         !dir.path().join("backup/app/new_t.frm").exists()
             && !dir.path().join("backup/app/new_t.ibd").exists(),
@@ -1215,6 +1235,78 @@ async fn block_commit_budget_releases_commits_and_fails_the_backup() {
     assert_not_a_backup(&fin_target(dir.path()));
     let t = quick_ddl(&server, "ALTER TABLE app.big ADD COLUMN c INT").await;
     assert!(t < Duration::from_secs(1));
+}
+
+/// `max_hold: {block_ddl: …}` on `lock_ddl`, with a copy slow enough to outlast it: the
+/// locks are released (DDL waiting on them goes through), the copy stops, the backup
+/// fails saying which budget ran out, and nothing looks like a backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn block_ddl_budget_releases_ddl_and_fails_the_backup() {
+    let server = server_with_binlog("fault-ddl-budget", &[]).await;
+    big_table(&server, "big", 2_000).await; // ~11 MB, plus the system tablespace
+    let dir = tempfile::tempdir().expect("tempdir");
+    // At 1 MiB/s the InnoDB copy needs well over the 1 s budget.
+    let plan = backup_plan(dir.path(), |steps| {
+        with_of(steps, "lock_ddl").insert(yaml("max_hold"), yaml("{block_ddl: 1s}"));
+        with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml("1MiB"));
+    });
+    let mut backup = start_backup(&server, dir.path(), &plan);
+    backup
+        .wait_for("step_finished", "lock_ddl", Duration::from_secs(30))
+        .await;
+    // A DDL issued under BLOCK_DDL waits for the lock, which the budget releases.
+    let opts = server.opts();
+    let ddl = tokio::spawn(async move {
+        let mut c = Conn::new(opts).await.expect("connect");
+        c.query_drop("SET SESSION lock_wait_timeout = 120")
+            .await
+            .expect("set lock_wait_timeout");
+        let r = c
+            .query_drop("CREATE TABLE app.during_hold (id INT PRIMARY KEY) ENGINE=InnoDB")
+            .await;
+        let _ = c.disconnect().await;
+        r.map_err(|e| e.to_string())
+    });
+    let fin = backup.finish(Duration::from_secs(120)).await;
+    eprintln!("{}", fin.summary());
+    let created = ddl.await.expect("ddl task");
+    assert!(
+        created.is_ok(),
+        "the DDL waiting on BLOCK_DDL went through: {created:?}"
+    );
+    assert_eq!(fin.code, Some(1), "{}", tail(&fin.stderr, 30));
+    assert_eq!(fin.report["status"], "failed");
+    let budget =
+        "BACKUP STAGE BLOCK_DDL was held longer than its budget of 1s (max_hold.block_ddl)";
+    // The copy was cut short: it stops on the lost locks, or is cancelled when the redo
+    // copy (which stops on them too) fails first; whichever fails says why.
+    let copy = fin.step("copy_innodb")["status"].clone();
+    assert!(
+        copy == "failed" || copy == "cancelled",
+        "copy_innodb {copy}"
+    );
+    let first = ["redo", "copy_innodb"]
+        .iter()
+        .map(|id| fin.error(id))
+        .find(|e| e.contains(budget));
+    assert!(
+        first.is_some(),
+        "the failing step says why: {}",
+        fin.summary()
+    );
+    let err = fin.error("lock_end");
+    assert!(err.contains(budget), "lock_end reports the budget: {err}");
+    for id in ["lock_commit", "copy_aria", "seal"] {
+        assert_eq!(fin.step(id)["status"], "skipped", "{id}");
+    }
+    assert!(
+        fin.stderr.contains("held longer than its budget"),
+        "the log says so when it happens"
+    );
+    assert_not_a_backup(&fin_target(dir.path()));
+    // No lock is left: a DDL on the server goes through at once.
+    quick_ddl(&server, "ALTER TABLE app.big ADD COLUMN c INT").await;
+    quick_ddl(&server, "DROP TABLE app.during_hold").await;
 }
 
 // ---------------------------------------------------------------------------------------

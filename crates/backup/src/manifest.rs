@@ -150,6 +150,10 @@ pub struct Locks {
     pub holds_ms: serde_json::Map<String, serde_json::Value>,
     /// BLOCK_COMMIT to END: how long commits waited.
     pub commit_blocked_ms: f64,
+    /// BLOCK_DDL to END: how long DDL waited (0 in manifests written before it was
+    /// recorded).
+    #[serde(default)]
+    pub ddl_blocked_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -431,6 +435,17 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::entry::CopiedFile]) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locks_written_before_ddl_blocked_ms_was_recorded_still_read() {
+        let old =
+            serde_json::json!({"method": "backup_stage", "holds_ms": {}, "commit_blocked_ms": 8.5});
+        let locks = serde_json::from_value::<Locks>(old).map_err(|e| e.to_string());
+        assert_eq!(
+            locks.map(|l| (l.commit_blocked_ms, l.ddl_blocked_ms)),
+            Ok((8.5, 0.0))
+        );
+    }
 
     /// A directory claimed by `run` as process `pid` started at `start` on `host`.
     fn claimed_by_process(run: &str, host: &str, pid: u32, start: u64) -> tempfile::TempDir {

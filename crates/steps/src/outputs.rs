@@ -25,8 +25,12 @@ pub struct StageLocksOutput {
     pub holds_ms: Map<String, Value>,
     /// at end: how long commits were blocked (BLOCK_COMMIT to END)
     pub commit_blocked_ms: f64,
+    /// at end: how long DDL was blocked (BLOCK_DDL to END: the holds of block_ddl and block_commit)
+    pub ddl_blocked_ms: f64,
     /// at block_commit: the InnoDB LSN the copy must reach
     pub lsn: u64,
+    /// at block_ddl: the InnoDB LSN once DDL was blocked (read after the lock, made durable by FLUSH ENGINE LOGS)
+    pub ddl_lsn: u64,
     /// at block_commit: the binary log file
     pub binlog_file: String,
     /// at block_commit: the position in it
@@ -133,6 +137,8 @@ pub struct SealOutput {
     pub gtid_binlog_pos: String,
     /// how long commits were blocked
     pub commit_blocked_ms: f64,
+    /// how long DDL was blocked (BLOCK_DDL to END)
+    pub ddl_blocked_ms: f64,
 }
 
 impl StepOutput for SealOutput {

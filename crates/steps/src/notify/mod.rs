@@ -455,6 +455,8 @@ pub struct Facts {
     pub holds_ms: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_blocked_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ddl_blocked_ms: Option<f64>,
 }
 
 impl Facts {
@@ -503,6 +505,9 @@ impl Facts {
         let blocked = p.seals.iter().map(|s| s.commit_blocked_ms);
         let blocked = blocked.chain(p.locks.iter().map(|l| l.commit_blocked_ms));
         f.commit_blocked_ms = blocked.filter(|v| *v > 0.0).reduce(f64::max);
+        let ddl = p.seals.iter().map(|s| s.ddl_blocked_ms);
+        let ddl = ddl.chain(p.locks.iter().map(|l| l.ddl_blocked_ms));
+        f.ddl_blocked_ms = ddl.filter(|v| *v > 0.0).reduce(f64::max);
         if f.bytes.is_none() {
             let copied: u64 = p.copies.iter().map(|c| c.bytes).sum();
             let copied_files: u64 = p.copies.iter().map(|c| c.files).sum();
@@ -596,6 +601,9 @@ pub fn default_body(run: &RunSnapshot, facts: &Facts) -> String {
     }
     if let Some(ms) = facts.commit_blocked_ms {
         lines.push(format!("Commits blocked for: {}", ms_text(ms)));
+    }
+    if let Some(ms) = facts.ddl_blocked_ms {
+        lines.push(format!("DDL blocked for: {}", ms_text(ms)));
     }
     if !lines.is_empty() {
         out.push('\n');
@@ -836,6 +844,7 @@ mod tests {
             commit_lsn: 4242,
             gtid_binlog_pos: "0-1-7".into(),
             commit_blocked_ms: 35.5,
+            ddl_blocked_ms: 2135.5,
             ..SealOutput::default()
         };
         let holds = json!({"block_ddl": 2100.0, "block_commit": 35.5});
@@ -866,6 +875,7 @@ mod tests {
         assert_eq!(f.redo_from_lsn, Some(4000));
         assert_eq!(f.holds_ms.get("block_ddl"), Some(&2100.0));
         assert_eq!(f.commit_blocked_ms, Some(35.5));
+        assert_eq!(f.ddl_blocked_ms, Some(2135.5));
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         method: locks_from.method.clone(),
         holds_ms: locks_from.holds_ms.clone(),
         commit_blocked_ms: locks_from.commit_blocked_ms,
+        ddl_blocked_ms: locks_from.ddl_blocked_ms,
     };
     let started_at = parts
         .iter()
@@ -231,6 +232,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         commit_lsn,
         gtid_binlog_pos: manifest.binlog.gtid_binlog_pos,
         commit_blocked_ms: manifest.locks.commit_blocked_ms,
+        ddl_blocked_ms: manifest.locks.ddl_blocked_ms,
     })
 }
 

@@ -58,8 +58,9 @@ pub struct StageLocksConfig {
     )]
     #[schemars(with = "String")]
     pub blocker_threshold: Duration,
-    /// Time budget per stage, e.g. `{block_commit: 2s}`: a stage held longer is released
-    /// (BACKUP STAGE END) and the backup fails instead of stalling production.
+    /// Time budget of the stage this step reaches, e.g. `{block_commit: 2s}` or
+    /// `{block_ddl: 30m}` (from its grant to the next stage): a stage held longer is
+    /// released (BACKUP STAGE END) and the backup fails instead of stalling production.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub max_hold: BTreeMap<Stage, String>,
@@ -132,12 +133,22 @@ impl TypedStep for StageLocks {
         let budget = cfg
             .max_hold
             .get(&cfg.stage)
-            .map(|b| format!(", released with an error if held longer than {b}"))
+            .map(|b| {
+                format!(
+                    "; if {} is held longer than {b}, the locks are released and the backup fails",
+                    cfg.stage.name().to_uppercase()
+                )
+            })
             .unwrap_or_default();
         match cfg.stage {
-            Stage::End => format!("releases the backup locks of connection `{}` (BACKUP STAGE END) and reports how long each stage was held", cfg.connection),
+            Stage::End => format!("releases the backup locks of connection `{}` (BACKUP STAGE END) and reports how long each stage was held, and how long commits and DDL were blocked", cfg.connection),
+            Stage::BlockDdl => format!(
+                "takes BACKUP STAGE BLOCK_DDL on connection `{}` (blocks {} until END), then records the InnoDB LSN at which DDL stopped{budget}",
+                cfg.connection,
+                Stage::BlockDdl.blocks()
+            ),
             Stage::BlockCommit => format!(
-                "takes BACKUP STAGE BLOCK_COMMIT on connection `{}` (blocks {}), then records the InnoDB LSN, binlog position and GTID of the backup{budget}",
+                "takes BACKUP STAGE BLOCK_COMMIT on connection `{}` (blocks {} until END), then records the InnoDB LSN, binlog position and GTID of the backup{budget}",
                 cfg.connection,
                 Stage::BlockCommit.blocks()
             ),
@@ -312,24 +323,36 @@ async fn take(
         binlog_position(conn).await?;
     }
     let t0 = Instant::now();
+    // Time spent recording LSNs between stages is not time spent waiting for a lock.
+    let mut recording = Duration::ZERO;
+    let mut ddl_lsn = 0;
     for stage in &todo {
         if cfg.on_blocker == OnBlocker::Fail && *stage != Stage::Start {
             check_blockers(conn, *stage, cfg.blocker_threshold).await?;
         }
         take_one(conn, *stage, method).await?;
-        let mut st = lock_state(session);
-        st.method = Some(method);
-        let now = Instant::now();
-        st.close_current(now);
-        st.current = Some((*stage, now));
-        st.generation += 1;
+        {
+            let mut st = lock_state(session);
+            st.method = Some(method);
+            let now = Instant::now();
+            st.close_current(now);
+            st.current = Some((*stage, now));
+            st.generation += 1;
+        }
+        if *stage == Stage::BlockDdl {
+            // No DDL can run from here: the LSN where the file operations stop.
+            let t = Instant::now();
+            ddl_lsn = durable_lsn(conn).await?;
+            recording += t.elapsed();
+        }
     }
-    let acquire_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let acquire_ms = t0.elapsed().saturating_sub(recording).as_secs_f64() * 1000.0;
     let watch = !std::mem::replace(&mut lock_state(session).watched, true);
     if watch {
         spawn_liveness_watch(session.clone());
     }
     let mut out = base_outputs(session, cfg.stage, method, acquire_ms);
+    out.ddl_lsn = ddl_lsn;
     if cfg.stage == Stage::BlockCommit {
         commit_point(conn, &mut out).await?;
     }
@@ -478,23 +501,28 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// The server's current InnoDB LSN, made durable: neither BLOCK_DDL nor BLOCK_COMMIT
+/// flushes the redo log, so `FLUSH ENGINE LOGS` writes everything up to it to the file,
+/// where the redo copy can read it.
+async fn durable_lsn(conn: &mut mysql_async::Conn) -> Result<u64, StepError> {
+    let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
+    let lsn: u64 = status
+        .get("innodb_lsn_current")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
+    conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
+        .await
+        .map_err(|e| session_error(&e, "FLUSH ENGINE LOGS"))?;
+    Ok(lsn)
+}
+
 /// Under BLOCK_COMMIT: the LSN the redo copy must reach, made durable, and the binlog
 /// and GTID positions the backup corresponds to.
 async fn commit_point(
     conn: &mut mysql_async::Conn,
     out: &mut StageLocksOutput,
 ) -> Result<(), StepError> {
-    let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
-    let lsn: u64 = status
-        .get("innodb_lsn_current")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
-    // BLOCK_COMMIT does not flush the redo log: make every commit so far durable in the
-    // file, so the redo copy can read up to `lsn`.
-    conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
-        .await
-        .map_err(|e| classify(&e))?;
-    out.lsn = lsn;
+    out.lsn = durable_lsn(conn).await?;
     if let Some((file, pos)) = binlog_position(conn).await? {
         out.binlog_file = file;
         out.binlog_pos = pos;
@@ -596,18 +624,26 @@ async fn release(session: &Arc<Session>) -> Result<StageLocksOutput, StepError> 
             Err(e) => return Err(session_error(&e, sql)),
         }
     }
-    let (commit_blocked, method) = {
+    let (commit_blocked, ddl_blocked, method) = {
         let mut st = lock_state(session);
         st.close_current(Instant::now());
         st.generation += 1;
+        let held = |s: Stage| st.holds.get(s.name()).copied().unwrap_or(0.0);
         (
-            st.holds.get("block_commit").copied().unwrap_or(0.0),
+            held(Stage::BlockCommit),
+            // DDL waits from BLOCK_DDL to END, BLOCK_COMMIT included.
+            held(Stage::BlockDdl) + held(Stage::BlockCommit),
             st.method.unwrap_or(LockMethod::BackupStage),
         )
     };
     let mut out = base_outputs(session, Stage::End, method, 0.0);
     out.commit_blocked_ms = round3(commit_blocked);
-    tracing::info!(commit_blocked_ms = commit_blocked, "backup locks released");
+    out.ddl_blocked_ms = round3(ddl_blocked);
+    tracing::info!(
+        commit_blocked_ms = commit_blocked,
+        ddl_blocked_ms = ddl_blocked,
+        "backup locks released"
+    );
     match lost {
         Some(msg) => Err(StepError::fatal(msg)),
         None => Ok(out),
@@ -694,9 +730,10 @@ fn spawn_budget_watchdog(
             }
         }
         let msg = format!(
-            "BACKUP STAGE {} was held longer than its budget of {} (max_hold): the locks were released and this backup is abandoned",
+            "BACKUP STAGE {} was held longer than its budget of {} (max_hold.{}): the locks were released and this backup is abandoned",
             stage.name().to_uppercase(),
-            humantime::format_duration(budget)
+            humantime::format_duration(budget),
+            stage.name()
         );
         {
             let mut st = lock_state(&session);
