@@ -4,7 +4,7 @@
 //! with the server's own space ids and file names. Runs on whatever `mariadbd` is
 //! first in PATH (10.11 here; 11.8 with its bin directory put first).
 
-use crate::support::{backup_plan, id_of, insert_gate, journal_in, spawn_backup};
+use crate::support::{backup_plan, id_of, insert_gate, spawn_backup, wait_for_start};
 use serde_json::Value;
 use stagehand_innodb::file_ops::{FileOps, SpaceOps};
 use stagehand_testkit::TestServer;
@@ -20,24 +20,6 @@ fn gated_plan(dir: &Path, flag: &Path) -> PathBuf {
         steps.retain(|s| !matches!(id_of(s), Some("seal" | "discard" | "verify" | "prepare")));
         insert_gate(steps, "lock_ddl", "redo", flag, 2400);
     })
-}
-
-async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
-    let t0 = Instant::now();
-    loop {
-        if journal_in(state)
-            .iter()
-            .any(|e| e["event"] == "step_started" && e["step"] == step)
-        {
-            return;
-        }
-        let exited = child.try_wait().expect("try_wait");
-        assert!(
-            exited.is_none() && t0.elapsed() < Duration::from_secs(60),
-            "step {step} did not start (stagehand exited: {exited:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A backup run of [`gated_plan`], stopped at the gate between START and BLOCK_DDL.

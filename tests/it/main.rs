@@ -10,6 +10,7 @@ mod backup_oracle;
 mod file_ops_ledger;
 mod invalid_plans;
 mod preflight_safety;
+mod reconcile;
 mod schema;
 mod workload;
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 use stagehand_testkit::s3::MotoServer;
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Writes `text` to `DIR/NAME.yaml` and returns its path.
 pub fn write_plan(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -356,4 +357,23 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
     gate.insert(yaml("with"), serde_yaml::Value::Mapping(with));
     steps.insert(pos, serde_yaml::Value::Mapping(gate));
     add_need(steps, before, "gate");
+}
+
+/// Waits until the journal in `state` says step `step` started (the run still going).
+pub async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
+    let t0 = Instant::now();
+    loop {
+        if journal_in(state)
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == step)
+        {
+            return;
+        }
+        let exited = child.try_wait().expect("try_wait");
+        assert!(
+            exited.is_none() && t0.elapsed() < Duration::from_secs(60),
+            "step {step} did not start (stagehand exited: {exited:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -36,6 +36,38 @@ pub enum FileChange {
     },
 }
 
+/// The reconcile's record, in the manifest: the file changes prepare applies, found in
+/// the log up to `lsn` (taken under BLOCK_DDL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DdlRecord {
+    pub lsn: u64,
+    pub changes: Vec<FileChange>,
+}
+
+impl DdlRecord {
+    /// Every backup-relative path the changes consume or produce: a prepare interrupted
+    /// while applying them finds these moved, gone or new.
+    pub fn paths(&self) -> BTreeSet<&str> {
+        let mut paths = BTreeSet::new();
+        for c in &self.changes {
+            match c {
+                FileChange::Delete { path, .. } => {
+                    paths.insert(path.as_str());
+                }
+                FileChange::Rename { from, to, .. } => {
+                    paths.insert(from.as_str());
+                    paths.insert(to.as_str());
+                }
+                FileChange::New { path, side, .. } => {
+                    paths.insert(path.as_str());
+                    paths.insert(side.as_str());
+                }
+            }
+        }
+        paths
+    }
+}
+
 impl FileChange {
     /// The file the op consumes, and the space id it must hold.
     fn source(&self) -> (&str, u32) {
@@ -264,6 +296,8 @@ fn write_journal(path: &Path, journal: &Journal) -> Result<(), ApplyError> {
 pub struct CopiedSpace {
     pub path: String,
     pub space_id: Option<u32>,
+    /// The InnoDB LSNs between which the copy step ran, when it recorded them.
+    pub copied_between: Option<(u64, u64)>,
 }
 
 /// A tablespace to copy again under BLOCK_DDL: its file `name` (backup-relative, as the
@@ -297,15 +331,23 @@ pub enum PlanError {
 /// apply. Keyed by space id, never by name: names pass between tablespaces (`ALTER …
 /// FORCE`, a swap by renames, reused temporary names).
 ///
-/// A tablespace created or rebuilt during the copy is always copied again: its pages
-/// are not all in the copy, and plain recovery cannot build a rebuilt one from the log
+/// A tablespace created during the copy and not copied (or copied before its page 0 was
+/// written) is copied again: plain recovery cannot build a rebuilt one from the log alone
 /// (it would have to rename it onto a name whose file holds another tablespace).
 pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan, PlanError> {
     let mut out = DdlPlan::default();
     let mut replaced: BTreeSet<String> = BTreeSet::new();
     let states = ledger.state_at(at);
+    let owners: Vec<(&CopiedSpace, Option<u32>)> = copied
+        .iter()
+        .map(|c| (c, c.space_id.or_else(|| owner_when_copied(ledger, c, at))))
+        .collect();
     for (&id, state) in &states {
-        let copies: Vec<&CopiedSpace> = copied.iter().filter(|c| c.space_id == Some(id)).collect();
+        let copies: Vec<&CopiedSpace> = owners
+            .iter()
+            .filter(|(_, owner)| *owner == Some(id))
+            .map(|(c, _)| *c)
+            .collect();
         if !state.alive {
             for c in copies {
                 out.changes.push(FileChange::Delete {
@@ -337,8 +379,13 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
                 })
             }
         };
-        let stale = state.created_lsn.is_some() || state.rebuilt_lsn.is_some();
-        if stale || copies.is_empty() {
+        // A copy of this tablespace is good even if it was created during the copy (and
+        // copied before its page 0 reached the disk): every page write since its
+        // creation is in the copied log, which recovery applies. Only a tablespace
+        // rebuilt in place (its pages initialised again under the same id) or not
+        // copied at all is copied again.
+        let rebuilt_in_place = state.created_lsn.is_none() && state.rebuilt_lsn.is_some();
+        if rebuilt_in_place || copies.is_empty() {
             let side = side_path(&name, "new");
             for c in copies.iter().filter(|c| c.path != name) {
                 out.changes.push(FileChange::Delete {
@@ -357,31 +404,21 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
                 space_id: id,
             });
             replaced.insert(name);
-        } else if let Some(c) = copies.iter().find(|c| c.path != name) {
+        } else if !copies.iter().any(|c| c.path == name) {
             out.changes.push(FileChange::Rename {
-                from: c.path.clone(),
+                from: copies[0].path.clone(),
                 to: name,
                 space_id: id,
             });
         }
     }
-    // A file copied before its page 0 was written: if a tablespace that had its name in
-    // the log is gone and no live one has it now, the file was that one's.
-    for c in copied.iter().filter(|c| c.space_id.is_none()) {
-        let name = log_name(&c.path);
-        if states.values().any(|s| s.alive && s.name == name) {
-            continue;
-        }
-        let dropped = ledger
-            .events
-            .iter()
-            .filter(|e| e.lsn <= at && e.change.names(&name))
-            .map(|e| e.space_id)
-            .find(|id| states.get(id).is_some_and(|s| !s.alive));
-        if let Some(owner) = dropped {
+    // A file copied before its page 0 was written whose tablespace cannot be told (its
+    // name passed between several): it goes unless a new copy replaces it.
+    for (c, owner) in &owners {
+        if owner.is_none() && names_several(ledger, &c.path, at) {
             out.changes.push(FileChange::Delete {
                 path: c.path.clone(),
-                space_id: owner,
+                space_id: 0,
             });
         }
     }
@@ -389,6 +426,35 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
     out.changes
         .retain(|c| !matches!(c, FileChange::Delete { path, .. } if replaced.contains(path)));
     Ok(out)
+}
+
+/// Whose file a copy with no space id (page 0 not written yet) is: the tablespace that
+/// had its name through the whole copy step, or else the one tablespace the log ever gave
+/// that name to (up to `at`); `None` when that cannot be told.
+fn owner_when_copied(ledger: &FileOps, c: &CopiedSpace, at: u64) -> Option<u32> {
+    let name = log_name(&c.path);
+    if let Some((start, end)) = c.copied_between {
+        let owner = ledger.name_owner_at(&name, start);
+        if owner.is_some() && owner == ledger.name_owner_at(&name, end) {
+            return owner;
+        }
+    }
+    let ids = ids_naming(ledger, &c.path, at);
+    (ids.len() == 1).then(|| ids.into_iter().next()).flatten()
+}
+
+fn names_several(ledger: &FileOps, path: &str, at: u64) -> bool {
+    ids_naming(ledger, path, at).len() > 1
+}
+
+fn ids_naming(ledger: &FileOps, path: &str, at: u64) -> BTreeSet<u32> {
+    let name = log_name(path);
+    ledger
+        .events
+        .iter()
+        .filter(|e| e.lsn <= at && e.change.names(&name))
+        .map(|e| e.space_id)
+        .collect()
 }
 
 /// `./db/t.ibd` → `db/t.ibd`; `None` for an absolute (DATA DIRECTORY) or empty name.
@@ -588,6 +654,7 @@ mod tests {
                 .map(|(p, id)| CopiedSpace {
                     path: p.to_string(),
                     space_id: *id,
+                    copied_between: None,
                 })
                 .collect()
         }
@@ -726,31 +793,86 @@ mod tests {
                     },
                 ),
             ]);
-            // n was copied before its page 0 reached the disk; tmp too, and it is gone.
-            let p =
-                plan(&copied(&[("d/n.ibd", None), ("d/tmp.ibd", None)]), &l, 200).expect("plan");
-            assert_eq!(
-                p.recopy,
-                [Recopy {
-                    space_id: 7,
-                    name: "d/n.ibd".into(),
-                    to: "d/n.new".into()
-                }]
-            );
+            // n was copied before its page 0 reached the disk (the log rebuilds it);
+            // tmp too, and it is gone.
+            let files = copied(&[("d/n.ibd", None), ("d/tmp.ibd", None)]);
+            let p = plan(&files, &l, 200).expect("plan");
+            assert!(p.recopy.is_empty(), "{p:?}");
+            let gone = FileChange::Delete {
+                path: "d/tmp.ibd".into(),
+                space_id: 8,
+            };
+            assert_eq!(p.changes, [gone]);
+        }
+
+        #[test]
+        fn a_table_created_and_copied_during_the_copy_is_kept_and_follows_its_renames() {
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::Create {
+                        space_id: 7,
+                        name: b"./d/n.ibd",
+                    },
+                ),
+                (110, FileOp::FirstPageInit { space_id: 7 }),
+                (150, rename_op(7, "./d/n.ibd", "./d/m.ibd")),
+            ]);
+            let p = plan(&copied(&[("d/n.ibd", Some(7))]), &l, 200).expect("plan");
+            assert!(p.recopy.is_empty(), "{p:?}");
             assert_eq!(
                 p.changes,
-                [
-                    FileChange::New {
-                        path: "d/n.ibd".into(),
-                        side: "d/n.new".into(),
-                        space_id: 7
-                    },
-                    FileChange::Delete {
-                        path: "d/tmp.ibd".into(),
-                        space_id: 8
-                    },
-                ]
+                [FileChange::Rename {
+                    from: "d/n.ibd".into(),
+                    to: "d/m.ibd".into(),
+                    space_id: 7
+                }]
             );
+        }
+
+        #[test]
+        fn a_swap_of_files_copied_before_their_page_0_follows_the_copy_time_names() {
+            let l = ledger(&[
+                (
+                    105,
+                    FileOp::Create {
+                        space_id: 1,
+                        name: b"./d/a.ibd",
+                    },
+                ),
+                (
+                    106,
+                    FileOp::Create {
+                        space_id: 2,
+                        name: b"./d/b.ibd",
+                    },
+                ),
+                (150, rename_op(1, "./d/a.ibd", "./d/x.ibd")),
+                (150, rename_op(2, "./d/b.ibd", "./d/a.ibd")),
+                (150, rename_op(1, "./d/x.ibd", "./d/b.ibd")),
+            ]);
+            let files: Vec<CopiedSpace> = ["d/a.ibd", "d/b.ibd"]
+                .iter()
+                .map(|p| CopiedSpace {
+                    path: p.to_string(),
+                    space_id: None,
+                    copied_between: Some((120, 140)),
+                })
+                .collect();
+            let p = plan(&files, &l, 200).expect("plan");
+            assert!(p.recopy.is_empty(), "{p:?}");
+            assert_eq!(p.changes.len(), 2, "{p:?}");
+            // Copied in a step that overlapped the swap: which file is which cannot be
+            // told, so both are copied again.
+            let during: Vec<CopiedSpace> = files
+                .into_iter()
+                .map(|c| CopiedSpace {
+                    copied_between: Some((120, 160)),
+                    ..c
+                })
+                .collect();
+            let p = plan(&during, &l, 200).expect("plan");
+            assert_eq!(p.recopy.len(), 2, "{p:?}");
         }
 
         #[test]

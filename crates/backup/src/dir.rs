@@ -112,4 +112,11 @@ pub struct CopyPart {
     /// When the step finished (ns since the epoch): later parts win for the same file.
     pub finished_ns: i128,
     pub files: Vec<CopiedFile>,
+    /// The server's InnoDB LSN when the step began and when it ended: a file copied
+    /// between them had the name it was copied under somewhere in that range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn_range: Option<(u64, u64)>,
+    /// From the reconcile under BLOCK_DDL: the file changes prepare applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<crate::ddl::DdlRecord>,
 }

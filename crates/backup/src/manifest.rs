@@ -25,6 +25,10 @@ pub struct Manifest {
     pub copies: Vec<CopyFacts>,
     /// Every file of the backup but this manifest, sorted by path.
     pub files: Vec<CopiedFile>,
+    /// DDL that ran while the files were copied under BACKUP STAGE START: the file
+    /// changes prepare applies before recovery (`backup::ddl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<crate::ddl::DdlRecord>,
     /// Set (with `complete: false`) while `prepare` changes the files in place: after an
     /// interruption the hashes no longer match and only a rerun of prepare finishes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

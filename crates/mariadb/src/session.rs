@@ -331,6 +331,24 @@ pub async fn name_values(
         .collect())
 }
 
+/// The server's current InnoDB LSN (`Innodb_lsn_current`).
+pub async fn innodb_lsn(conn: &mut mysql_async::Conn) -> Result<u64, StepError> {
+    name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'")
+        .await?
+        .get("innodb_lsn_current")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))
+}
+
+/// The same, on a plan session.
+pub async fn session_innodb_lsn(session: &Session) -> Result<u64, StepError> {
+    let mut guard = session.conn.lock().await;
+    let conn = guard
+        .as_mut()
+        .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
+    innodb_lsn(conn).await
+}
+
 /// A preflight's session: the error becomes a finding.
 pub async fn preflight_session(
     ctx: &stagehand_engine::StepContext,

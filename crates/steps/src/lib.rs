@@ -14,6 +14,7 @@ mod fetch;
 mod notify;
 mod outputs;
 mod prepare;
+mod reconcile;
 mod redo_tail;
 mod rotate;
 mod seal;
@@ -43,6 +44,7 @@ pub fn registry() -> Registry {
     r.register(Typed::<fetch::Fetch>::default());
     r.register(Typed::<notify::Notify>::default());
     r.register(Typed::<prepare::Prepare>::default());
+    r.register(Typed::<reconcile::Reconcile>::default());
     r.register(Typed::<redo_tail::RedoTail>::default());
     r.register(Typed::<rotate::Rotate>::default());
     r.register(Typed::<seal::Seal>::default());

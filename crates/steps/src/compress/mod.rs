@@ -318,6 +318,7 @@ pub(crate) mod tests {
             redo: RedoFacts::default(),
             copies: Vec::new(),
             files: entries,
+            ddl: None,
             preparing: false,
             prepared: None,
             metadata_files: Vec::new(),

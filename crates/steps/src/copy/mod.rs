@@ -262,7 +262,9 @@ impl TypedStep for Copy {
         } else {
             (files, Vec::new())
         };
+        let lsn_start = stagehand_mariadb::session::session_innodb_lsn(&session).await?;
         let mut copied = copy_all(cfg, files, &to, &settings, ctx, &session).await?;
+        let lsn_end = stagehand_mariadb::session::session_innodb_lsn(&session).await?;
         let reused = kept.len();
         copied.append(&mut kept);
         copied.sort_by(|a, b| a.path.cmp(&b.path));
@@ -276,6 +278,8 @@ impl TypedStep for Copy {
             seconds,
             finished_ns: stagehand_backup::entry::now_ns(),
             files: copied,
+            lsn_range: Some((lsn_start, lsn_end)),
+            ddl: None,
         };
         let part_path = BackupDir::new(&to).write_part(&part)?;
         Ok(summary(&part, &part_path))

@@ -178,6 +178,7 @@ impl TypedStep for Prepare {
         let reclaimed = backup_server::reclaim_left_servers(&dir).await?;
         check_unchanged(&dir, &manifest, manifest.preparing || reclaimed, ctx).await?;
         mark_preparing(&dir, &manifest)?;
+        apply_ddl(&dir, &manifest).await?;
         let work = async {
             match cfg.engine {
                 Engine::Mariadbd => prepare_with_server(&dir, memory, binary).await,
@@ -190,6 +191,7 @@ impl TypedStep for Prepare {
             r = work => r.map_err(with_rerun_hint)?,
         }
         mark_prepared(&dir, &manifest, cfg.engine)?;
+        stagehand_backup::ddl::forget(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
         let seconds = t0.elapsed().as_secs_f64();
         manifest.prepared = Some(Prepared {
             engine: cfg.engine.name().into(),
@@ -256,7 +258,10 @@ async fn check_unchanged(
 ) -> Result<(), StepError> {
     let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
     tokio::task::spawn_blocking(move || {
-        let rewritten = |p: &str| interrupted && rewritten_by_recovery(p, &m.metadata_files);
+        let ddl_paths = m.ddl.as_ref().map(|d| d.paths()).unwrap_or_default();
+        let rewritten = |p: &str| {
+            interrupted && (rewritten_by_recovery(p, &m.metadata_files) || ddl_paths.contains(p))
+        };
         stagehand_backup::check::check_files(&d, &m, &cancel, &rewritten)
     })
     .await
@@ -282,6 +287,28 @@ fn rewritten_by_recovery(rel: &str, metadata_files: &[String]) -> bool {
     (top_level && (PREFIXES.iter().any(|p| rel.starts_with(p)) || NAMES.contains(&rel) || undo))
         || rel.ends_with(".ibd")
         || (rel.ends_with("_checkpoints") && metadata_files.iter().any(|m| m == rel))
+}
+
+/// Replays the file changes of DDL that ran during the copy (dropped, renamed and
+/// rebuilt tablespaces) before either engine starts: recovery cannot rename over a file
+/// that exists, nor remove a stale copy. Resumes an interrupted apply.
+async fn apply_ddl(dir: &Path, manifest: &Manifest) -> Result<(), StepError> {
+    let Some(ddl) = manifest.ddl.clone().filter(|d| !d.changes.is_empty()) else {
+        return Ok(());
+    };
+    let d = dir.to_path_buf();
+    let applied =
+        tokio::task::spawn_blocking(move || stagehand_backup::ddl::apply(&d, &ddl.changes))
+            .await
+            .map_err(|e| StepError::fatal(format!("applying the DDL file changes crashed: {e}")))?
+            .map_err(|e| {
+                StepError::fatal(format!(
+                    "cannot apply the file changes of DDL run during the backup: {e}"
+                ))
+                .with_hint(RERUN_HINT)
+            })?;
+    tracing::info!(applied, "file changes of DDL run during the copy applied");
+    Ok(())
 }
 
 /// Writes (fsynced) the manifest as `preparing`, not complete, before any file changes.

@@ -124,6 +124,8 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
     }
     let mut files: Vec<CopiedFile> = by_path.into_values().collect();
     files.push(hash_file(dir, "ib_logfile0")?);
+    // The file changes the last reconcile found (under BLOCK_DDL), for prepare.
+    let ddl = parts.iter().rev().find_map(|p| p.ddl.clone());
     let binlog = Binlog {
         file: commit.binlog_file.clone(),
         position: commit.binlog_pos,
@@ -208,6 +210,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
             })
             .collect(),
         files,
+        ddl,
         preparing: false,
         prepared: None,
         metadata_files: metadata,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_mariadb::locks::{LockMethod, LockState, Stage};
-use stagehand_mariadb::session::{classify, name_values, query_rows, Session};
+use stagehand_mariadb::session::{classify, query_rows, Session};
 use stagehand_mariadb::version::ServerVersion;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -505,11 +505,7 @@ fn round3(v: f64) -> f64 {
 /// flushes the redo log, so `FLUSH ENGINE LOGS` writes everything up to it to the file,
 /// where the redo copy can read it.
 async fn durable_lsn(conn: &mut mysql_async::Conn) -> Result<u64, StepError> {
-    let status = name_values(conn, "SHOW GLOBAL STATUS LIKE 'Innodb_lsn_current'").await?;
-    let lsn: u64 = status
-        .get("innodb_lsn_current")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| StepError::fatal("the server did not report Innodb_lsn_current"))?;
+    let lsn = stagehand_mariadb::session::innodb_lsn(conn).await?;
     conn.query_drop("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
         .await
         .map_err(|e| session_error(&e, "FLUSH ENGINE LOGS"))?;

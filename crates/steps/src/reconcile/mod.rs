@@ -1,0 +1,257 @@
+//! `reconcile`: run under BLOCK_DDL after InnoDB was copied under BACKUP STAGE START.
+//! DDL could run during that copy: it dropped, renamed, created and rebuilt tablespaces
+//! whose files were (or were not yet) copied. From the copy parts and the ledger of file
+//! operations the redo tail publishes (`innodb::file_ops`), replayed up to the LSN taken
+//! under BLOCK_DDL, it copies again the tablespaces created or rebuilt meanwhile (as
+//! mariadb-backup's `.new` side files) and records the file changes `prepare` applies
+//! before recovery (`backup::ddl`). Non-InnoDB files are not reconciled yet: a plan
+//! using this step still copies them under BLOCK_DDL.
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use stagehand_backup::ddl::{self, CopiedSpace, DdlPlan, DdlRecord, FileChange};
+use stagehand_backup::dir::{BackupDir, CopyPart};
+use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::pagecopy::{copy_file, CopyOptions};
+use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_innodb::file_ops::FileOps;
+use stagehand_mariadb::datadir::{FileClass, FileSet, SourceFile};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// The server's datadir as this machine sees it: tablespaces created or rebuilt
+    /// during the copy are copied again from it.
+    pub from: String,
+    /// The backup directory the copy and redo_tail steps write.
+    pub to: String,
+    /// The InnoDB LSN at which DDL stopped: `{{steps.lock_ddl.outputs.ddl_lsn}}` of the
+    /// stage_locks step that took BLOCK_DDL.
+    pub ddl_lsn: u64,
+    /// How long to wait for the redo copy to reach `ddl_lsn` (it is normally there
+    /// within milliseconds).
+    #[serde(
+        default = "default_wait",
+        with = "stagehand_engine::model::duration_text"
+    )]
+    #[schemars(with = "String")]
+    pub wait: Duration,
+}
+
+fn default_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// What `reconcile` publishes.
+#[derive(Debug, Clone, Default, Serialize, JsonSchema)]
+pub struct ReconcileOutput {
+    /// tablespaces copied again (created or rebuilt during the copy)
+    pub files: u64,
+    /// bytes copied again
+    pub bytes: u64,
+    /// copied tablespaces prepare removes (dropped during the copy)
+    pub deleted: u64,
+    /// copied tablespaces prepare renames
+    pub renamed: u64,
+    /// the LSN up to which the log's file operations were replayed
+    pub ddl_lsn: u64,
+    /// wall time
+    pub seconds: f64,
+}
+
+pub struct Reconcile;
+
+#[async_trait]
+impl TypedStep for Reconcile {
+    type Config = ReconcileConfig;
+    type Output = ReconcileOutput;
+    const NAME: &'static str = "reconcile";
+    const SUMMARY: &'static str = "Under BLOCK_DDL, after an InnoDB copy taken under BACKUP STAGE START: copies again the tablespaces DDL created or rebuilt meanwhile and records the drops and renames prepare applies";
+
+    fn check(cfg: &ReconcileConfig) -> Result<(), ConfigError> {
+        if cfg.wait.is_zero() {
+            return Err(ConfigError {
+                path: "wait".into(),
+                message: "must be more than 0s".into(),
+                hint: None,
+            });
+        }
+        Ok(())
+    }
+
+    fn describe(cfg: &ReconcileConfig) -> String {
+        format!(
+            "replays the tablespace file operations of the redo copy up to LSN {} against the files copied into {}: copies again from {} what DDL created or rebuilt, and records the drops and renames for prepare",
+            cfg.ddl_lsn, cfg.to, cfg.from
+        )
+    }
+
+    async fn run(cfg: &ReconcileConfig, ctx: &StepContext) -> Result<ReconcileOutput, StepError> {
+        let t0 = Instant::now();
+        let to = PathBuf::from(&cfg.to);
+        if stagehand_backup::spool::is_streaming(&to) {
+            return Err(StepError::fatal(
+                "reconcile does not work on a streamed backup yet: its copies are shipped and removed before DDL is blocked",
+            ));
+        }
+        let ledger = wait_for_ledger(&to, cfg.ddl_lsn, cfg.wait, ctx).await?;
+        let (from, lsn, step) = (PathBuf::from(&cfg.from), cfg.ddl_lsn, ctx.step_id.clone());
+        let cancel = ctx.cancel.clone();
+        let (plan, copied) = tokio::task::spawn_blocking(move || {
+            reconcile(&from, &to, &ledger, lsn, &step, &cancel)
+        })
+        .await
+        .map_err(|e| StepError::fatal(format!("reconcile crashed: {e}")))??;
+        let count =
+            |f: fn(&FileChange) -> bool| plan.changes.iter().filter(|c| f(c)).count() as u64;
+        let out = ReconcileOutput {
+            files: copied.len() as u64,
+            bytes: copied.iter().map(|f| f.size).sum(),
+            deleted: count(|c| matches!(c, FileChange::Delete { .. })),
+            renamed: count(|c| matches!(c, FileChange::Rename { .. })),
+            ddl_lsn: cfg.ddl_lsn,
+            seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        };
+        tracing::info!(
+            files = out.files,
+            deleted = out.deleted,
+            renamed = out.renamed,
+            "reconciled the copy with the DDL run during it"
+        );
+        Ok(out)
+    }
+}
+
+/// The ledger the running redo tail publishes, once it covers `lsn`.
+async fn wait_for_ledger(
+    to: &Path,
+    lsn: u64,
+    wait: Duration,
+    ctx: &StepContext,
+) -> Result<FileOps, StepError> {
+    let path = BackupDir::new(to).file_ops();
+    let t0 = Instant::now();
+    loop {
+        let seen = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<FileOps>(&b).ok());
+        if let Some(ledger) = seen.as_ref().filter(|l| l.to_lsn >= lsn) {
+            if !ledger.tracked {
+                return Err(StepError::fatal("the redo log is encrypted: the file operations of DDL run during the copy cannot be read, so the copy cannot be reconciled")
+                    .with_hint("copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)"));
+            }
+            return Ok(seen.unwrap_or_default());
+        }
+        if t0.elapsed() >= wait {
+            let reached = seen.map_or("no ledger yet".to_string(), |l| format!("LSN {}", l.to_lsn));
+            return Err(StepError::fatal(format!(
+                "the redo copy did not reach LSN {lsn} within {} ({reached})",
+                humantime::format_duration(wait)
+            ))
+            .with_hint("a redo_tail step writing into the same directory must run in the background since before the copy"));
+        }
+        if ctx.cancel.is_cancelled() {
+            return Err(StepError::cancelled());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Plans against the copy parts, copies again what must be, writes this step's part.
+fn reconcile(
+    from: &Path,
+    to: &Path,
+    ledger: &FileOps,
+    lsn: u64,
+    step: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
+    let dir = BackupDir::new(to);
+    let parts = dir.read_parts()?;
+    let copied: Vec<CopiedSpace> = parts
+        .iter()
+        .flat_map(|p| p.files.iter().map(move |f| (p, f)))
+        .filter(|(_, f)| f.class.is_innodb())
+        .map(|(p, f)| CopiedSpace {
+            path: f.path.clone(),
+            space_id: f.space_id,
+            copied_between: p.lsn_range,
+        })
+        .collect();
+    let plan = ddl::plan(&copied, ledger, lsn).map_err(|e| {
+        StepError::fatal(e.to_string())
+            .with_hint("copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)")
+    })?;
+    let settings = parts
+        .iter()
+        .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
+        .map(|p| p.settings.clone())
+        .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))?;
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    let files = recopy(from, to, &plan, cancel)?;
+    let part = CopyPart {
+        step: step.into(),
+        files_set: FileSet::Innodb,
+        settings,
+        started_at,
+        seconds: t0.elapsed().as_secs_f64(),
+        finished_ns: stagehand_backup::entry::now_ns(),
+        files: files.clone(),
+        lsn_range: None,
+        ddl: Some(DdlRecord {
+            lsn,
+            changes: plan.changes.clone(),
+        }),
+    };
+    dir.write_part(&part)?;
+    Ok((plan, files))
+}
+
+/// Copies each tablespace to copy again, one at a time: DDL is blocked, and these are
+/// the few tablespaces DDL rebuilt while the copy ran.
+fn recopy(
+    from: &Path,
+    to: &Path,
+    plan: &DdlPlan,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<CopiedFile>, StepError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = CopyOptions {
+        chunk_bytes: 1 << 20,
+        rereads: 10,
+        reread_delay: Duration::from_millis(100),
+        cancel: stop,
+        limiter: None,
+        system_format: None,
+        progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let mut scratch = Vec::new();
+    let mut out = Vec::new();
+    for r in &plan.recopy {
+        if cancel.is_cancelled() {
+            return Err(StepError::cancelled());
+        }
+        let class = if r.name.ends_with(".ibd") {
+            FileClass::Tablespace
+        } else {
+            FileClass::UndoTablespace
+        };
+        let src = SourceFile {
+            abs: from.join(&r.name),
+            rel: r.to.clone(),
+            class,
+        };
+        let mut copied = copy_file(&src, to, &opts, &mut scratch)
+            .map_err(|e| StepError::fatal(format!("copying {} again: {e}", src.abs.display())))?;
+        copied.space_id = copied.space_id.or(Some(r.space_id));
+        tracing::info!(file = %r.name, to = %r.to, space_id = r.space_id, "tablespace copied again");
+        out.push(copied);
+    }
+    Ok(out)
+}

@@ -1,0 +1,203 @@
+//! Copy under BACKUP STAGE START, reconcile under BLOCK_DDL (issue 14): InnoDB is copied
+//! while DDL may still run; a gate holds BLOCK_DDL back until the test has run DDL on
+//! tables already copied (rename, drop, rebuild by FORCE, TRUNCATE and OPTIMIZE, a swap
+//! by renames, a new table). `reconcile` copies again what was rebuilt or created and
+//! records the drops and renames; prepare applies them. Restored through both prepare
+//! engines, the tables must be exactly the source's after the DDL. Runs on whatever
+//! `mariadbd` is first in PATH (or STAGEHAND_MARIADB_BIN).
+
+use crate::cli::repo_root;
+use crate::support::{
+    add_need, backup_plan, copy_tree, insert_gate, spawn_backup, step_of, wait_for_start, yaml,
+};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use serde_json::Value;
+use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_testkit::TestServer;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// plans/full-backup.yaml with `copy_innodb` under START, a gate before BLOCK_DDL, and a
+/// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT.
+fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
+    backup_plan(dir, |steps| {
+        step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
+        insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
+        let pos = steps
+            .iter()
+            .position(|s| s.get("id").and_then(|v| v.as_str()) == Some("copy_other"))
+            .expect("copy_other");
+        steps.insert(
+            pos,
+            yaml(
+                "{id: reconcile, uses: reconcile, needs: [lock_ddl], with: {from: '{{params.datadir}}', to: '{{params.target}}', ddl_lsn: '{{steps.lock_ddl.outputs.ddl_lsn}}'}}",
+            ),
+        );
+        add_need(steps, "lock_commit", "reconcile");
+    })
+}
+
+/// Rows of every table of schema `d`: (row count, checksum of the rows), by table.
+async fn tables_of(conn: &mut Conn) -> BTreeMap<String, (u64, u64)> {
+    let names: Vec<String> = conn
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'd' ORDER BY 1",
+        )
+        .await
+        .expect("list tables");
+    let mut out = BTreeMap::new();
+    for t in names {
+        let row: Option<(u64, Option<u64>)> = conn
+            .query_first(format!(
+                "SELECT COUNT(*), SUM(CRC32(CONCAT_WS(',', id, v))) FROM d.`{t}`"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("read d.{t}: {e}"));
+        let (n, sum) = row.unwrap_or_default();
+        out.insert(t, (n, sum.unwrap_or(0)));
+    }
+    out
+}
+
+/// Prepares a copy of the backup with plans/prepare.yaml and `engine`, starts a server on
+/// it, and returns its tables.
+async fn restored_tables(backup: &Path, work: &Path, engine: &str) -> BTreeMap<String, (u64, u64)> {
+    let copy = work.join(format!("restore-{engine}"));
+    copy_tree(backup, &copy);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .arg("run")
+        .arg(repo_root().join("plans/prepare.yaml"))
+        .args(["--set", &format!("target={}", copy.display())])
+        .args(["--set", &format!("engine={engine}")])
+        .arg("--state-dir")
+        .arg(work.join(format!("state-{engine}")))
+        .arg("--json")
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .output()
+        .await
+        .expect("run prepare");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "prepare with {engine} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for side in ["new", "ren", "del"] {
+        let left: Vec<_> = crate::support::files_in(&copy)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == side))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{engine}: side files left after prepare: {left:?}"
+        );
+    }
+    let server = SandboxServer::start(SandboxOptions::new(
+        &copy,
+        work.join(format!("run-{engine}")),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("no server starts on the backup prepared by {engine}: {e}"));
+    let mut conn = Conn::new(server.opts("root", "")).await.expect("connect");
+    let tables = tables_of(&mut conn).await;
+    let orphans: Vec<String> = conn
+        .query("SELECT name FROM information_schema.innodb_sys_tables WHERE name LIKE 'd/%#sql%'")
+        .await
+        .unwrap_or_default();
+    assert!(
+        orphans.is_empty(),
+        "{engine}: temporary tables left: {orphans:?}"
+    );
+    let _ = conn.disconnect().await;
+    let _ = server.kill().await;
+    tables
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
+    let server = TestServer::builder()
+        .name("reconcile")
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE d").await;
+    for t in ["keep", "gone", "rebuilt", "trunc", "opt", "s1", "s2"] {
+        server
+            .exec(&format!(
+                "CREATE TABLE d.{t} (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB"
+            ))
+            .await;
+        server
+            .exec(&format!(
+                "INSERT INTO d.{t} SELECT seq, CONCAT('{t}-', seq) FROM d.seq_1_to_3000"
+            ))
+            .await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("ddl-done");
+    let plan = copy_under_start_plan(dir.path(), &flag);
+    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+    let stderr = dir.path().join("stagehand.stderr");
+    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
+    // The InnoDB copy is done and only START is held: these change copied tablespaces.
+    wait_for_start(&mut child, &state, "gate").await;
+    for sql in [
+        "RENAME TABLE d.keep TO d.kept",
+        "DROP TABLE d.gone",
+        "ALTER TABLE d.rebuilt FORCE",
+        "UPDATE d.rebuilt SET v = CONCAT(v, '+') WHERE id % 7 = 0",
+        "TRUNCATE TABLE d.trunc",
+        "INSERT INTO d.trunc SELECT seq, 'after' FROM d.seq_1_to_50",
+        "OPTIMIZE TABLE d.opt",
+        "RENAME TABLE d.s1 TO d.tmp, d.s2 TO d.s1, d.tmp TO d.s2",
+        "CREATE TABLE d.fresh (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
+        "INSERT INTO d.fresh SELECT seq, 'fresh' FROM d.seq_1_to_500",
+    ] {
+        server.exec(sql).await;
+    }
+    let mut conn = server.conn().await;
+    let expected = tables_of(&mut conn).await;
+    std::fs::write(&flag, b"").expect("open the gate");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the backup finishes")
+        .expect("wait for stagehand");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let rec = report["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["id"] == "reconcile"))
+        .map(|s| s["outputs"].clone())
+        .expect("reconcile in the report");
+    // Rebuilt: rebuilt, trunc, opt; created: fresh. Renamed: keep, s1, s2. Dropped: gone.
+    assert_eq!(rec["files"], 4, "{rec}");
+    assert_eq!(
+        (&rec["renamed"], &rec["deleted"]),
+        (&Value::from(3), &Value::from(1)),
+        "{rec}"
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(target.join("stagehand.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    assert!(
+        manifest["ddl"]["changes"]
+            .as_array()
+            .is_some_and(|c| c.len() == 8),
+        "{}",
+        manifest["ddl"]
+    );
+    for engine in ["mariadbd", "mariadb-backup"] {
+        let got = restored_tables(&target, dir.path(), engine).await;
+        assert_eq!(
+            got, expected,
+            "{engine}: the restored tables are the source's after the DDL"
+        );
+    }
+}
