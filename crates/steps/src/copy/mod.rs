@@ -262,9 +262,12 @@ impl TypedStep for Copy {
         } else {
             (files, Vec::new())
         };
-        let lsn_start = stagehand_mariadb::session::session_innodb_lsn(&session).await?;
+        // The LSN range tells `reconcile` whose file a tablespace copied before its page
+        // 0 was written is. Not read for Aria: that copy runs while commits wait.
+        let innodb = matches!(cfg.files, FileSet::Innodb | FileSet::All);
+        let lsn_start = innodb_lsn_if(innodb, &session).await?;
         let mut copied = copy_all(cfg, files, &to, &settings, ctx, &session).await?;
-        let lsn_end = stagehand_mariadb::session::session_innodb_lsn(&session).await?;
+        let lsn_end = innodb_lsn_if(innodb, &session).await?;
         let reused = kept.len();
         copied.append(&mut kept);
         copied.sort_by(|a, b| a.path.cmp(&b.path));
@@ -278,7 +281,7 @@ impl TypedStep for Copy {
             seconds,
             finished_ns: stagehand_backup::entry::now_ns(),
             files: copied,
-            lsn_range: Some((lsn_start, lsn_end)),
+            lsn_range: lsn_start.zip(lsn_end),
             ddl: None,
         };
         let part_path = BackupDir::new(&to).write_part(&part)?;
@@ -358,6 +361,15 @@ fn split_unchanged(
 fn chrono_now() -> String {
     // RFC 3339 without pulling chrono into this crate: the engine formats run times.
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+async fn innodb_lsn_if(wanted: bool, session: &Session) -> Result<Option<u64>, StepError> {
+    if !wanted {
+        return Ok(None);
+    }
+    stagehand_mariadb::session::session_innodb_lsn(session)
+        .await
+        .map(Some)
 }
 
 async fn read_settings(session: &Session) -> Result<ServerSettings, StepError> {
