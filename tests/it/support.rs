@@ -357,3 +357,27 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
     steps.insert(pos, serde_yaml::Value::Mapping(gate));
     add_need(steps, before, "gate");
 }
+
+/// Waits until the journal in `state` says step `step` started; panics when the run
+/// `child` exited first, or after a minute.
+pub async fn wait_for_step_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        if journal_in(state)
+            .iter()
+            .any(|e| e["event"] == "step_started" && e["step"] == step)
+        {
+            return;
+        }
+        let exited = child.try_wait().expect("try_wait");
+        assert!(
+            exited.is_none() && t0.elapsed() < std::time::Duration::from_secs(60),
+            "step {step} did not start (stagehand exited: {exited:?}; journal: {:?})",
+            journal_in(state)
+                .iter()
+                .map(|e| format!("{} {}", e["event"], e["step"]))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
