@@ -18,7 +18,7 @@
 use crate::cli::repo_root;
 use crate::ddl_workload::{
     check_ddl, create, create_ddl_schema, cycle, insert, leftover_files, DdlDriver, DdlLog,
-    DdlSession, Op, SchemaModel,
+    DdlReport, DdlSession, Op, SchemaModel,
 };
 use crate::support::{
     add_need, backup_plan, copy_tree, insert_gate, spawn_backup, step, step_of,
@@ -659,7 +659,7 @@ async fn take_backup_with_ddl_before_block_ddl(
     driver: &DdlDriver,
 ) -> Result<Backup, String> {
     let flag = work.join("gate-open");
-    let plan = ddl_gated_plan(work, &flag, "16MiB");
+    let plan = ddl_gated_plan(work, &flag, "5MiB");
     let mut running = RunningBackup::start(server, work, &plan);
     running.wait_for_step("gate").await;
     let cycles = driver.cycles();
@@ -1061,18 +1061,20 @@ fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
 enum DdlOutcome {
     /// The prepare (or the start after it) failed: what it said.
     Failed(String),
-    /// The server started; the differences from the model (empty: exact).
-    Started(Vec<String>),
+    /// The server started; what the DDL oracle found.
+    Started(DdlReport),
 }
 
 impl DdlOutcome {
     fn describe(&self) -> String {
         match self {
             DdlOutcome::Failed(e) => format!("failed: {e}"),
-            DdlOutcome::Started(p) if p.is_empty() => "started, exact".to_owned(),
-            DdlOutcome::Started(p) => {
-                format!("started, {} differences:\n- {}", p.len(), p.join("\n- "))
-            }
+            DdlOutcome::Started(r) if r.problems.is_empty() => "started, exact".to_owned(),
+            DdlOutcome::Started(r) => format!(
+                "started, {} differences:\n- {}",
+                r.problems.len(),
+                r.problems.join("\n- ")
+            ),
         }
     }
 }
@@ -1181,7 +1183,7 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
                 let report = check_ddl(&mut c, &log, backup.upto).await;
                 let _ = c.disconnect().await;
                 let _ = restored.server.kill().await;
-                DdlOutcome::Started(report.problems)
+                DdlOutcome::Started(report)
             }
         };
         eprintln!(
@@ -1191,11 +1193,44 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
         );
         outcomes.push((how, outcome));
     }
+    // TODAY (10.11.19 and 11.8.9, both prepare engines alike): the backup completes and
+    // both restores start, InnoDB's data follows the redo log (the FORCE rebuild, the
+    // TRUNCATE and the DML after them are exact), but the tables' names and existence
+    // are those of the copy, taken before the statements: the `.frm` files (and the
+    // MyISAM files) were copied under START and nothing copies them again. So the
+    // tables created or renamed after the copy are missing, and the dropped or
+    // renamed-away ones are still there (their `.frm` without an InnoDB table behind
+    // it, for InnoDB).
+    // Issue 14's reconcile (M4 for InnoDB, M6 for the rest) flips this: every restore
+    // must then be exact, i.e. `DdlOutcome::Started` with no problem.
     for (how, outcome) in &outcomes {
+        let DdlOutcome::Started(report) = outcome else {
+            panic!(
+                "the {} restore: {} (today the prepare and start succeed, and the table set is wrong)",
+                how.engine(),
+                outcome.describe()
+            );
+        };
         assert!(
-            !matches!(outcome, DdlOutcome::Started(p) if p.is_empty()),
-            "the {} restore of a copy under START without reconcile is exact: issue 14's reconcile has landed? Then assert exactness here.",
+            !report.problems.is_empty(),
+            "the {} restore of a copy under START without reconcile is exact: has issue 14's reconcile landed? Then assert exactness here.",
             how.engine()
+        );
+        let today = (
+            vec!["f_new", "f_ren2", "f_ren_m2"],
+            vec!["f_drop", "f_ren", "f_ren_m"],
+            Vec::<&str>::new(),
+        );
+        assert_eq!(
+            (&report.missing, &report.extra, &report.differing),
+            (
+                &today.0.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &today.1.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &Vec::new(),
+            ),
+            "the {} restore: (missing, extra, differing) tables changed from today's; {}",
+            how.engine(),
+            outcome.describe()
         );
     }
 }

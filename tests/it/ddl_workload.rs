@@ -357,7 +357,13 @@ impl DdlLog {
         self.applied
             .iter()
             .filter(|a| a.op.tables().contains(&table))
-            .map(|a| format!("{}: {}", a.seq_no, a.op.sql()))
+            .map(|a| {
+                let sql = a.op.sql();
+                match sql.char_indices().nth(120) {
+                    Some((i, _)) => format!("{}: {}…", a.seq_no, &sql[..i]),
+                    None => format!("{}: {sql}", a.seq_no),
+                }
+            })
             .collect()
     }
 
@@ -650,6 +656,12 @@ impl DdlDriver {
 /// What [`check_ddl`] found.
 #[derive(Debug, Clone, Default)]
 pub struct DdlReport {
+    /// Tables of the model missing on the server.
+    pub missing: Vec<String>,
+    /// Tables on the server that the model does not have.
+    pub extra: Vec<String>,
+    /// Tables on both whose engine, columns, partitions, rows or CHECK TABLE differ.
+    pub differing: Vec<String>,
     pub tables: usize,
     pub rows: usize,
     /// Every difference from the model, one sentence each (empty when exact).
@@ -683,6 +695,7 @@ pub async fn check_ddl(conn: &mut Conn, log: &DdlLog, upto: u64) -> DdlReport {
     };
     for (name, tm) in &model {
         if !listed.contains_key(name) {
+            r.missing.push(name.clone());
             r.problems.push(format!(
                 "table {name} ({}, {} rows) is missing; its statements: {}",
                 tm.engine,
@@ -693,6 +706,7 @@ pub async fn check_ddl(conn: &mut Conn, log: &DdlLog, upto: u64) -> DdlReport {
     }
     for (name, engine) in &listed {
         let Some(tm) = model.get(name) else {
+            r.extra.push(name.clone());
             r.problems.push(format!(
                 "table {name} ({}) must not exist at seq_no {upto}; its statements: {}",
                 engine.as_deref().unwrap_or("no engine"),
@@ -769,6 +783,7 @@ pub async fn check_ddl(conn: &mut Conn, log: &DdlLog, upto: u64) -> DdlReport {
             Err(e) => table_problems.push(format!("CHECK TABLE failed: {e}")),
         }
         if !table_problems.is_empty() {
+            r.differing.push(name.clone());
             r.problems.push(format!(
                 "table {name} ({}): {}; its statements: {}",
                 tm.engine,
