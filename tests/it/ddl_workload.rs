@@ -7,8 +7,9 @@
 //! the binlog as its own event group, so every statement gets a GTID of its own; the
 //! server must run with `log-bin`), and keeps `(seq_no, op)`. [`DdlDriver`] loops a
 //! session over [`cycle`] until stopped: CREATE (InnoDB, Aria, MyISAM) + INSERT, RENAME
-//! (and the swap a→x, b→a, x→b), DROP, ADD COLUMN (INSTANT), ALTER … FORCE, OPTIMIZE,
-//! TRUNCATE (InnoDB, MyISAM), partitioned ADD/DROP PARTITION, and DML in between. Each
+//! (and the swap a→x, b→a, x→b), DROP, ADD COLUMN (INSTANT, and COPY), ADD INDEX
+//! (INPLACE), ALTER … FORCE, OPTIMIZE, ALTER … ENGINE=Aria, TRUNCATE (InnoDB, MyISAM),
+//! partitioned ADD/DROP/TRUNCATE/REORGANIZE PARTITION, and DML in between. Each
 //! cycle works on its own table family `c<n>_*`, so statements of different families
 //! are independent; cycle n also drops what is left of cycle n-2, so the number of
 //! tables stays bounded however long it runs.
@@ -54,12 +55,18 @@ pub enum Op {
     Rename(Vec<(String, String)>),
     /// `DROP TABLE t`.
     Drop(String),
-    /// `ALTER TABLE t ADD COLUMN c INT NOT NULL DEFAULT d, ALGORITHM=INSTANT`.
+    /// `ALTER TABLE t ADD COLUMN c INT NOT NULL DEFAULT d, ALGORITHM=INSTANT` (or
+    /// `ALGORITHM=COPY`: a copy into a new `#sql-…` table, renamed over the old one).
     AddColumn {
         table: String,
         column: String,
         default: i64,
+        instant: bool,
     },
+    /// `ALTER TABLE t ADD INDEX i_<column> (<column>), ALGORITHM=INPLACE` (no rebuild).
+    AddIndex { table: String, column: String },
+    /// `ALTER TABLE t ENGINE=…` (a copy into another engine).
+    Engine { table: String, engine: &'static str },
     /// `ALTER TABLE t FORCE` (rebuild: a new tablespace for InnoDB).
     Force(String),
     /// `OPTIMIZE TABLE t` (InnoDB: recreate + analyze).
@@ -74,6 +81,14 @@ pub enum Op {
     },
     /// `ALTER TABLE t DROP PARTITION p` (its rows go with it).
     DropPartition { table: String, name: String },
+    /// `ALTER TABLE t TRUNCATE PARTITION p`.
+    TruncatePartition { table: String, name: String },
+    /// `ALTER TABLE t REORGANIZE PARTITION p INTO (…)` (rows stay).
+    ReorganizePartition {
+        table: String,
+        name: String,
+        into: Vec<(String, i64)>,
+    },
 }
 
 fn q(table: &str) -> String {
@@ -97,16 +112,17 @@ impl Op {
                         .iter()
                         .map(|(p, lt)| format!("PARTITION {p} VALUES LESS THAN ({lt})"))
                         .collect();
-                    sql.push_str(&format!(
-                        " PARTITION BY RANGE (id) ({})",
-                        parts.join(", ")
-                    ));
+                    sql.push_str(&format!(" PARTITION BY RANGE (id) ({})", parts.join(", ")));
                 }
                 sql
             }
             Op::Insert { table, ids, v } => {
                 let values: Vec<String> = ids.iter().map(|id| format!("({id}, {v})")).collect();
-                format!("INSERT INTO {} (id, v) VALUES {}", q(table), values.join(", "))
+                format!(
+                    "INSERT INTO {} (id, v) VALUES {}",
+                    q(table),
+                    values.join(", ")
+                )
             }
             Op::Update { table, id, v } => {
                 format!("UPDATE {} SET v = {v} WHERE id = {id}", q(table))
@@ -124,10 +140,17 @@ impl Op {
                 table,
                 column,
                 default,
+                instant,
             } => format!(
-                "ALTER TABLE {} ADD COLUMN {column} INT NOT NULL DEFAULT {default}, ALGORITHM=INSTANT",
+                "ALTER TABLE {} ADD COLUMN {column} INT NOT NULL DEFAULT {default}, ALGORITHM={}",
+                q(table),
+                if *instant { "INSTANT" } else { "COPY" }
+            ),
+            Op::AddIndex { table, column } => format!(
+                "ALTER TABLE {} ADD INDEX i_{column} ({column}), ALGORITHM=INPLACE",
                 q(table)
             ),
+            Op::Engine { table, engine } => format!("ALTER TABLE {} ENGINE={engine}", q(table)),
             Op::Force(t) => format!("ALTER TABLE {} FORCE", q(t)),
             Op::Optimize(t) => format!("OPTIMIZE TABLE {}", q(t)),
             Op::Truncate(t) => format!("TRUNCATE TABLE {}", q(t)),
@@ -142,6 +165,20 @@ impl Op {
             Op::DropPartition { table, name } => {
                 format!("ALTER TABLE {} DROP PARTITION {name}", q(table))
             }
+            Op::TruncatePartition { table, name } => {
+                format!("ALTER TABLE {} TRUNCATE PARTITION {name}", q(table))
+            }
+            Op::ReorganizePartition { table, name, into } => {
+                let parts: Vec<String> = into
+                    .iter()
+                    .map(|(p, lt)| format!("PARTITION {p} VALUES LESS THAN ({lt})"))
+                    .collect();
+                format!(
+                    "ALTER TABLE {} REORGANIZE PARTITION {name} INTO ({})",
+                    q(table),
+                    parts.join(", ")
+                )
+            }
         }
     }
 
@@ -153,8 +190,12 @@ impl Op {
             | Op::Update { table, .. }
             | Op::Delete { table, .. }
             | Op::AddColumn { table, .. }
+            | Op::AddIndex { table, .. }
+            | Op::Engine { table, .. }
             | Op::AddPartition { table, .. }
-            | Op::DropPartition { table, .. } => vec![table],
+            | Op::DropPartition { table, .. }
+            | Op::TruncatePartition { table, .. }
+            | Op::ReorganizePartition { table, .. } => vec![table],
             Op::Drop(t) | Op::Force(t) | Op::Optimize(t) | Op::Truncate(t) => vec![t],
             Op::Rename(pairs) => pairs
                 .iter()
@@ -182,6 +223,8 @@ pub struct TableModel {
     pub columns: Vec<(String, Option<i64>)>,
     /// (name, VALUES LESS THAN), in order; empty when not partitioned.
     pub partitions: Vec<(String, i64)>,
+    /// Secondary index names, sorted.
+    pub indexes: Vec<String>,
     /// Rows by id: every column's value, in column order.
     pub rows: BTreeMap<i64, Vec<i64>>,
 }
@@ -219,6 +262,7 @@ pub fn apply(model: &mut SchemaModel, op: &Op) {
                     engine,
                     columns: vec![("id".into(), None), ("v".into(), None)],
                     partitions: partitions.clone(),
+                    indexes: Vec::new(),
                     rows: BTreeMap::new(),
                 },
             );
@@ -271,6 +315,7 @@ pub fn apply(model: &mut SchemaModel, op: &Op) {
             table: t,
             column,
             default,
+            ..
         } => {
             let tm = table(model, t, op);
             tm.columns.push((column.clone(), Some(*default)));
@@ -281,6 +326,12 @@ pub fn apply(model: &mut SchemaModel, op: &Op) {
         Op::Force(t) | Op::Optimize(t) => {
             table(model, t, op);
         }
+        Op::AddIndex { table: t, column } => {
+            let tm = table(model, t, op);
+            tm.indexes.push(format!("i_{column}"));
+            tm.indexes.sort();
+        }
+        Op::Engine { table: t, engine } => table(model, t, op).engine = engine,
         Op::Truncate(t) => {
             let tm = table(model, t, op);
             tm.rows.clear();
@@ -308,6 +359,34 @@ pub fn apply(model: &mut SchemaModel, op: &Op) {
             let high = tm.partitions[i].1;
             tm.rows.retain(|id, _| !(low <= *id && *id < high));
             tm.partitions.remove(i);
+        }
+        Op::TruncatePartition { table: t, name } => {
+            let tm = table(model, t, op);
+            let i = tm
+                .partitions
+                .iter()
+                .position(|(p, _)| p == name)
+                .unwrap_or_else(|| panic!("model: {op:?}: no partition {name}"));
+            let low = if i == 0 {
+                i64::MIN
+            } else {
+                tm.partitions[i - 1].1
+            };
+            let high = tm.partitions[i].1;
+            tm.rows.retain(|id, _| !(low <= *id && *id < high));
+        }
+        Op::ReorganizePartition {
+            table: t,
+            name,
+            into,
+        } => {
+            let tm = table(model, t, op);
+            let i = tm
+                .partitions
+                .iter()
+                .position(|(p, _)| p == name)
+                .unwrap_or_else(|| panic!("model: {op:?}: no partition {name}"));
+            tm.partitions.splice(i..=i, into.iter().cloned());
         }
     }
 }
@@ -515,6 +594,7 @@ pub fn cycle(n: u64, model: &SchemaModel) -> Vec<Op> {
         table: i2.clone(),
         column: "c".into(),
         default: 7,
+        instant: true,
     });
     ops.push(insert(&i2, [6], v));
     ops.push(Op::Force(i2.clone()));
@@ -528,11 +608,27 @@ pub fn cycle(n: u64, model: &SchemaModel) -> Vec<Op> {
         table: i2.clone(),
         id: 2,
     });
+    ops.push(Op::AddColumn {
+        table: i2.clone(),
+        column: "d".into(),
+        default: 3,
+        instant: false,
+    });
     // TRUNCATE (InnoDB, MyISAM), then new rows.
     ops.push(create(&t("t"), "InnoDB"));
     ops.push(insert(&t("t"), 1..=4, v));
     ops.push(Op::Truncate(t("t")));
     ops.push(insert(&t("t"), 10..=12, v));
+    // ADD INDEX in place, then a copy into Aria.
+    ops.push(Op::AddIndex {
+        table: t("t"),
+        column: "v".into(),
+    });
+    ops.push(Op::Engine {
+        table: t("t"),
+        engine: "Aria",
+    });
+    ops.push(insert(&t("t"), [13], v));
     ops.push(Op::Truncate(t("m2")));
     ops.push(insert(&t("m2"), 20..=21, v));
     // Partitioned InnoDB: ADD and DROP PARTITION.
@@ -552,6 +648,16 @@ pub fn cycle(n: u64, model: &SchemaModel) -> Vec<Op> {
     ops.push(Op::DropPartition {
         table: p.clone(),
         name: "p0".into(),
+    });
+    ops.push(Op::TruncatePartition {
+        table: p.clone(),
+        name: "p1".into(),
+    });
+    ops.push(insert(&p, [16], v));
+    ops.push(Op::ReorganizePartition {
+        table: p.clone(),
+        name: "p2".into(),
+        into: vec![("p2a".into(), 26), ("p2b".into(), 30)],
     });
     // More DML on the families that live on.
     ops.push(Op::Update {
@@ -748,6 +854,18 @@ pub async fn check_ddl(conn: &mut Conn, log: &DdlLog, upto: u64) -> DdlReport {
             Ok(_) => {}
             Err(e) => table_problems.push(format!("partitions unreadable: {e}")),
         }
+        let indexes: Result<Vec<String>, _> = conn
+            .query(format!(
+                "SELECT DISTINCT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = '{SCHEMA}' AND TABLE_NAME = '{name}' AND INDEX_NAME <> 'PRIMARY' ORDER BY INDEX_NAME"
+            ))
+            .await;
+        match indexes {
+            Ok(i) if i != tm.indexes => {
+                table_problems.push(format!("indexes {i:?}, expected {:?}", tm.indexes))
+            }
+            Ok(_) => {}
+            Err(e) => table_problems.push(format!("indexes unreadable: {e}")),
+        }
         let cols: Vec<String> = expected_columns.iter().map(|c| format!("`{c}`")).collect();
         let rows: Result<Vec<String>, _> = conn
             .query(format!(
@@ -829,25 +947,34 @@ mod tests {
         let i2 = &model["c2_i2"];
         assert_eq!(
             i2.columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
-            ["id", "v", "c"]
+            ["id", "v", "c", "d"]
         );
         assert_eq!(
             i2.row_strings(),
-            ["1,102,7", "3,2,7", "4,2,7", "5,2,7", "6,2,7"]
+            ["1,102,7,3", "3,2,7,3", "4,2,7,3", "5,2,7,3", "6,2,7,3"]
         );
         // The swap: s1 holds what s2 was (MyISAM, 2 rows) plus the row added later.
         assert_eq!(model["c2_s1"].engine, "MyISAM");
         assert_eq!(model["c2_s1"].row_strings(), ["1,2", "2,2", "9,2"]);
         assert_eq!(model["c2_s2"].engine, "InnoDB");
-        assert_eq!(model["c2_t"].row_strings(), ["10,2", "11,2", "12,2"]);
+        let t = &model["c2_t"];
+        assert_eq!(t.row_strings(), ["10,2", "11,2", "12,2", "13,2"]);
+        assert_eq!(
+            (t.engine, t.indexes.as_slice()),
+            ("Aria", ["i_v".to_string()].as_slice())
+        );
         assert_eq!(model["c2_m2"].row_strings(), ["21,2"]);
         assert_eq!(model["c2_a2"].row_strings()[0], "1,202");
         let p = &model["c2_p"];
         assert_eq!(
             p.partitions,
-            [("p1".to_string(), 20), ("p2".to_string(), 30)]
+            [
+                ("p1".to_string(), 20),
+                ("p2a".to_string(), 26),
+                ("p2b".to_string(), 30)
+            ]
         );
-        assert_eq!(p.row_strings(), ["12,2", "15,2", "25,2"]);
+        assert_eq!(p.row_strings(), ["16,2", "25,2"]);
         assert!(!model.contains_key("c2_d"));
     }
 }
