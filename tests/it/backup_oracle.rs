@@ -1099,8 +1099,9 @@ impl DdlOutcome {
 }
 
 /// TODAY's behaviour of the copy-under-START flow without reconcile (issue 14): tables
-/// are copied while only START is held, then ALTER … FORCE, RENAME, DROP, TRUNCATE
-/// and CREATE run on them before BLOCK_DDL, each followed by DML. The backup holds the
+/// are copied while only START is held, then ALTER … FORCE, RENAME, DROP, TRUNCATE,
+/// CREATE, ADD COLUMN (COPY), ADD INDEX (INPLACE), ENGINE=Aria and DROP/ADD PARTITION
+/// run on them before BLOCK_DDL, each followed by DML. The backup holds the
 /// files as they were copied and a redo log that renames, deletes and creates
 /// tablespaces under them: it does not restore to the state at its GTID.
 ///
@@ -1131,10 +1132,21 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
         ("f_trunc", "InnoDB"),
         ("f_ren_m", "MyISAM"),
         ("f_aria", "Aria"),
+        ("f_idx", "InnoDB"),
+        ("f_copy", "InnoDB"),
+        ("f_eng", "InnoDB"),
     ] {
         session.run(create(t, engine)).await;
         session.run(insert(t, 1..=50, 1)).await;
     }
+    session
+        .run(Op::Create {
+            table: "f_part".into(),
+            engine: "InnoDB",
+            partitions: vec![("p0".into(), 20), ("p1".into(), 40), ("p2".into(), 60)],
+        })
+        .await;
+    session.run(insert("f_part", 1..=50, 1)).await;
     let flag = work.path().join("gate-open");
     let plan = copy_under_start_plan(work.path(), &flag);
     let mut running = RunningBackup::start(&server, work.path(), &plan);
@@ -1158,6 +1170,33 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
             create("f_new", "InnoDB"),
             insert("f_new", 1..=3, 2),
             insert("f_aria", [51], 2),
+            Op::AddIndex {
+                table: "f_idx".into(),
+                column: "v".into(),
+            },
+            insert("f_idx", [51], 2),
+            Op::AddColumn {
+                table: "f_copy".into(),
+                column: "c".into(),
+                default: 7,
+                instant: false,
+            },
+            insert("f_copy", [51], 2),
+            Op::Engine {
+                table: "f_eng".into(),
+                engine: "Aria",
+            },
+            insert("f_eng", [51], 2),
+            Op::DropPartition {
+                table: "f_part".into(),
+                name: "p0".into(),
+            },
+            Op::AddPartition {
+                table: "f_part".into(),
+                name: "p3".into(),
+                less_than: 80,
+            },
+            insert("f_part", [70], 2),
         ])
         .await;
     let after_ddl = domain0_seq_no(&gtid_now(&mut conn).await);
@@ -1213,13 +1252,21 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
         outcomes.push((how, outcome));
     }
     // TODAY (10.11.19 and 11.8.9, both prepare engines alike): the backup completes and
-    // both restores start, InnoDB's data follows the redo log (the FORCE rebuild, the
-    // TRUNCATE and the DML after them are exact), but the tables' names and existence
-    // are those of the copy, taken before the statements: the `.frm` files (and the
-    // MyISAM files) were copied under START and nothing copies them again. So the
-    // tables created or renamed after the copy are missing, and the dropped or
-    // renamed-away ones are still there (their `.frm` without an InnoDB table behind
-    // it, for InnoDB).
+    // both restores start; InnoDB's data follows the redo log (the FORCE rebuild, the
+    // TRUNCATE and the DML after them are exact, the new index and column exist in
+    // InnoDB's dictionary), but the `.frm` files (and the MyISAM files) are those of the
+    // copy under START, taken before the statements, and nothing copies them again:
+    // - created or renamed tables are missing (f_new, f_ren2, f_ren_m2);
+    // - dropped or renamed-away tables are still listed (f_drop, f_ren, f_ren_m: an
+    //   InnoDB `.frm` with no InnoDB table behind it);
+    // - ALTER … ALGORITHM=COPY: "Table `ddl`.`f_copy` is corrupted" (ERROR 1877, the
+    //   old `.frm` on the new InnoDB table); ENGINE=Aria and DROP/ADD PARTITION:
+    //   "doesn't exist in engine" (ERROR 1932; the InnoDB table or partition went
+    //   away, the old `.frm`/`.par` remain); ADD INDEX (INPLACE): rows readable, the
+    //   index missing from the `.frm`.
+    // (The "Tablespace N was not found at ./d/#sql-alter-…" failure of plain mariadbd
+    // seen in the design's §0 experiment does not happen here: the rebuilds happen after
+    // the copy, and recovery re-creates their tablespaces from the redo log.)
     // Issue 14's reconcile (M4 for InnoDB, M6 for the rest) flips this: every restore
     // must then be exact, i.e. `DdlOutcome::Started` with no problem.
     for (how, outcome) in &outcomes {
@@ -1235,17 +1282,13 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
             "the {} restore of a copy under START without reconcile is exact: has issue 14's reconcile landed? Then assert exactness here.",
             how.engine()
         );
-        let today = (
-            vec!["f_new", "f_ren2", "f_ren_m2"],
-            vec!["f_drop", "f_ren", "f_ren_m"],
-            Vec::<&str>::new(),
-        );
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             (&report.missing, &report.extra, &report.differing),
             (
-                &today.0.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                &today.1.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                &Vec::new(),
+                &names(&["f_new", "f_ren2", "f_ren_m2"]),
+                &names(&["f_drop", "f_ren", "f_ren_m"]),
+                &names(&["f_copy", "f_eng", "f_idx", "f_part"]),
             ),
             "the {} restore: (missing, extra, differing) tables changed from today's; {}",
             how.engine(),
