@@ -691,13 +691,13 @@ impl DdlDriver {
         let task = tokio::spawn(async move {
             let mut model = SchemaModel::new();
             let mut n = 0;
-            while !s.load(Ordering::Relaxed) {
+            'cycles: while !s.load(Ordering::Relaxed) {
                 for op in cycle(n, &model) {
                     apply(&mut model, &op);
                     session.run(op).await;
                     st.fetch_add(1, Ordering::Relaxed);
                     if s.load(Ordering::Relaxed) {
-                        break;
+                        break 'cycles;
                     }
                 }
                 n += 1;
