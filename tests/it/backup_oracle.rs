@@ -12,11 +12,27 @@
 //! own last binlog position after `mariadb-backup --prepare`, the restored LSN, and the
 //! copied redo log, byte for byte against the server's.
 //!
+//! DDL (issue 14, design §6.1): `oracle-ddl` also runs the DDL workload of
+//! tests/it/ddl_workload.rs from before the backup until after it, with at least one
+//! whole cycle of statements between START and BLOCK_DDL (a gate step holds BLOCK_DDL
+//! back until the test saw them) and the rest waiting on BLOCK_DDL during a slowed copy;
+//! each restore's schema `ddl` must equal the model at the backup's GTID exactly.
+//! `ddl_after_a_copy_under_start_without_reconcile_does_not_restore` documents what a
+//! copy under START without reconcile gives TODAY (a wrong table set); issue 14's
+//! reconcile flips it to exactness.
+//!
 //! A failed scenario leaves the backup directory and a copy of the server's datadir
 //! under `target/test-logs/<scenario>-<pid>/`.
 
 use crate::cli::repo_root;
-use crate::support::{copy_tree, step, unprepared_backup_args};
+use crate::ddl_workload::{
+    check_ddl, create, create_ddl_schema, cycle, insert, leftover_files, DdlDriver, DdlLog,
+    DdlReport, DdlSession, Op, SchemaModel,
+};
+use crate::support::{
+    add_need, backup_plan, copy_tree, insert_gate, spawn_backup, step, step_of,
+    unprepared_backup_args, wait_for_start, with_of, yaml,
+};
 use crate::workload::{
     check_tables, create_schema, domain0_seq_no, tables, verify, Workload, WorkloadLog,
     WorkloadOptions,
@@ -41,6 +57,9 @@ struct Scenario {
     warmup_commits: u64,
     /// How long the workload keeps writing after the backup finished.
     after_backup: Duration,
+    /// Also run the DDL workload (tests/it/ddl_workload.rs) from before the backup
+    /// until after it, with statements between START and BLOCK_DDL.
+    ddl: bool,
 }
 
 /// What the backup run produced.
@@ -104,8 +123,75 @@ async fn take_backup(server: &TestServer, work: &Path) -> Result<Backup, String>
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || stagehand(&args))
         .await
         .expect("backup thread");
-    let seconds = t0.elapsed().as_secs_f64();
-    let report: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    backup_outcome(
+        server,
+        dir,
+        code,
+        &stdout,
+        &stderr,
+        t0.elapsed().as_secs_f64(),
+    )
+}
+
+/// A backup of `server` with an edited plan (`plan`, run with `prepare=false` into
+/// `<work>/backup`, its state in `<work>/state`) running in the background: the test
+/// follows its steps in the journal while it runs.
+struct RunningBackup {
+    child: tokio::process::Child,
+    dir: PathBuf,
+    state: PathBuf,
+    stderr: PathBuf,
+    t0: Instant,
+}
+
+impl RunningBackup {
+    fn start(server: &TestServer, work: &Path, plan: &Path) -> RunningBackup {
+        let dir = work.join("backup");
+        let state = work.join("state");
+        let stderr = work.join("stagehand.stderr");
+        let child = spawn_backup(plan, server, &dir, &state, &["prepare=false"], &stderr);
+        RunningBackup {
+            child,
+            dir,
+            state,
+            stderr,
+            t0: Instant::now(),
+        }
+    }
+
+    /// Waits until the journal says step `step` started.
+    async fn wait_for_step(&mut self, step: &str) {
+        wait_for_start(&mut self.child, &self.state, step).await;
+    }
+
+    async fn finish(self, server: &TestServer) -> Result<Backup, String> {
+        let out = tokio::time::timeout(Duration::from_secs(300), self.child.wait_with_output())
+            .await
+            .expect("the backup finishes within 5 minutes")
+            .expect("wait for stagehand");
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        backup_outcome(
+            server,
+            self.dir,
+            out.status.code().unwrap_or(-1),
+            &String::from_utf8_lossy(&out.stdout),
+            &stderr,
+            self.t0.elapsed().as_secs_f64(),
+        )
+    }
+}
+
+/// The [`Backup`] a finished backup run made, or an `Err` with the failed steps' errors
+/// and a comparison of the redo copied so far with the server's log.
+fn backup_outcome(
+    server: &TestServer,
+    dir: PathBuf,
+    code: i32,
+    stdout: &str,
+    stderr: &str,
+    seconds: f64,
+) -> Result<Backup, String> {
+    let report: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
     if code != 0 {
         let failed: Vec<String> = report["steps"]
             .as_array()
@@ -251,6 +337,8 @@ async fn binlog_ends(conn: &mut Conn, file: &str) -> BTreeMap<u64, u64> {
 /// A started restored copy.
 struct Restored {
     server: SandboxServer,
+    /// The restored datadir.
+    dir: PathBuf,
     /// The prepare plan's JSON report.
     prepare_report: String,
     /// What InnoDB recovered as its last binlog file and position, when the prepare
@@ -263,6 +351,13 @@ struct Restored {
 /// Prepares a copy of the backup with plans/prepare.yaml (`engine` = `how`) and starts
 /// a server on it with the backup's settings (and binlog on, as the source had).
 async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
+    try_restore(backup, work, how)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`restore`], with a failed prepare or start as an `Err` saying what failed.
+async fn try_restore(backup: &Backup, work: &Path, how: Restore) -> Result<Restored, String> {
     let copy = work.join(format!("restore-{}", how.engine()));
     copy_tree(&backup.dir, &copy);
     let plan = repo_root().join("plans/prepare.yaml");
@@ -284,12 +379,12 @@ async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
         .await
         .expect("prepare thread");
     let prepare_seconds = t0.elapsed().as_secs_f64();
-    assert_eq!(
-        code,
-        0,
-        "plans/prepare.yaml with engine={} failed\nreport: {stdout}\nstderr: {stderr}",
-        how.engine()
-    );
+    if code != 0 {
+        return Err(format!(
+            "plans/prepare.yaml with engine={} failed\nreport: {stdout}\nstderr: {stderr}",
+            how.engine()
+        ));
+    }
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(copy.join("stagehand.json")).expect("manifest after prepare"),
     )
@@ -326,18 +421,29 @@ async fn restore(backup: &Backup, work: &Path, how: Restore) -> Restored {
     let t1 = Instant::now();
     let server = match SandboxServer::start(opts).await {
         Ok(s) => s,
-        Err(e) => panic!(
-            "the server does not start on the {} restore: {e}\nprepare report:\n{stdout}",
-            how.engine()
-        ),
+        Err(e) => {
+            return Err(format!(
+                "the server does not start on the {} restore: {e}\nprepare report:\n{stdout}",
+                how.engine()
+            ))
+        }
     };
-    Restored {
+    Ok(Restored {
         server,
+        dir: copy,
         prepare_report: stdout,
         innodb_binlog,
         prepare_seconds,
         start_seconds: t1.elapsed().as_secs_f64(),
-    }
+    })
+}
+
+/// What the workloads of a scenario committed.
+#[derive(Clone, Copy)]
+struct Logs<'a> {
+    bank: &'a WorkloadLog,
+    /// The DDL workload's, when it ran.
+    ddl: Option<&'a DdlLog>,
 }
 
 /// The checks on one restored server; panics with every broken invariant.
@@ -346,19 +452,24 @@ async fn check_restored(
     how: Restore,
     restored: Restored,
     backup: &Backup,
-    log: &WorkloadLog,
+    logs: Logs<'_>,
     opts: &WorkloadOptions,
     binlog_end_of: &BTreeMap<u64, u64>,
 ) -> Vec<String> {
+    let (log, ddl) = (logs.bank, logs.ddl);
     let server = restored.server;
     let mut conn = Conn::new(server.opts("root", ""))
         .await
         .expect("connect to the restored server");
+    let mut problems = Vec::new();
+    if let Some(ddl) = ddl {
+        problems
+            .extend(check_ddl_restored(label, how, &mut conn, ddl, backup, &restored.dir).await);
+    }
     let checked = check_tables(&mut conn, &tables(opts)).await;
     let report = verify(&mut conn, log, opts, backup.upto).await;
     // The oracle is sharp to one transaction: the data must not also match the GTID
     // just before or just after the backup's (both are workload commits).
-    let mut problems = Vec::new();
     for other in [backup.upto - 1, backup.upto + 1] {
         let r = verify(&mut conn, log, opts, other).await;
         if r.violations.is_empty()
@@ -545,6 +656,80 @@ fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf
     dest
 }
 
+/// plans/full-backup.yaml with a gate between START and BLOCK_DDL (an `exec` step
+/// waiting for the file `flag`, see `support::insert_gate`) and a copy of InnoDB slowed
+/// to `max_rate`: nothing else of today's plan changes (BLOCK_DDL is held through the
+/// copies; a DDL statement waits for it).
+fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str) -> PathBuf {
+    backup_plan(dir, |steps| {
+        insert_gate(steps, "lock_ddl", "redo", flag, 2400);
+        with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml(max_rate));
+    })
+}
+
+/// Runs [`ddl_gated_plan`] while the DDL driver runs: once the backup holds START (the
+/// gate step started), waits until the driver did two more cycles (so at least one
+/// whole cycle ran between START and BLOCK_DDL), then lets the backup take BLOCK_DDL.
+async fn take_backup_with_ddl_before_block_ddl(
+    server: &TestServer,
+    work: &Path,
+    driver: &DdlDriver,
+) -> Result<Backup, String> {
+    let flag = work.join("gate-open");
+    let plan = ddl_gated_plan(work, &flag, "8MiB");
+    let mut running = RunningBackup::start(server, work, &plan);
+    running.wait_for_step("gate").await;
+    let cycles = driver.cycles();
+    driver
+        .wait_for_cycles(cycles + 2, Duration::from_secs(120))
+        .await;
+    std::fs::write(&flag, b"").expect("open the gate");
+    running.finish(server).await
+}
+
+/// The DDL checks on a restored server: schema `ddl` is exactly the model at the
+/// backup's GTID (and not at the GTID just before or after, when those differ), with
+/// no `#sql…` or side file left in its directory.
+async fn check_ddl_restored(
+    label: &str,
+    how: Restore,
+    conn: &mut Conn,
+    ddl: &DdlLog,
+    backup: &Backup,
+    dir: &Path,
+) -> Vec<String> {
+    let report = check_ddl(conn, ddl, backup.upto).await;
+    let mut problems: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("DDL oracle: {p}"))
+        .collect();
+    let at = ddl.schema_at(backup.upto);
+    for other in [backup.upto - 1, backup.upto + 1] {
+        if ddl.schema_at(other) != at && check_ddl(conn, ddl, other).await.problems.is_empty() {
+            problems.push(format!(
+                "DDL oracle: the restored schema `ddl` also matches GTID seq_no {other}, not only the backup's {}",
+                backup.upto
+            ));
+        }
+    }
+    let leftovers = leftover_files(dir);
+    if !leftovers.is_empty() {
+        problems.push(format!(
+            "DDL oracle: files left in the restored `ddl` directory: {leftovers:?}"
+        ));
+    }
+    eprintln!(
+        "[{label} {}] DDL oracle at seq_no {}: {} tables, {} rows expected; {} problems",
+        how.engine(),
+        backup.upto,
+        report.tables,
+        report.rows,
+        problems.len()
+    );
+    problems
+}
+
 async fn run_scenario(s: Scenario) {
     let t_start = Instant::now();
     let mut builder = TestServer::builder()
@@ -563,21 +748,48 @@ async fn run_scenario(s: Scenario) {
     let mut conn = server.conn().await;
     create_schema(&mut conn, &s.workload).await;
 
+    let driver = if s.ddl {
+        create_ddl_schema(&mut conn).await;
+        let driver = DdlDriver::start(server.opts()).await;
+        driver.wait_for_cycles(1, Duration::from_secs(60)).await;
+        Some(driver)
+    } else {
+        None
+    };
     let workload = Workload::start(server.opts(), &s.workload);
     workload
         .wait_for_commits(s.warmup_commits, Duration::from_secs(30))
         .await;
     let before = gtid_now(&mut conn).await;
-    let backup = match take_backup(&server, work.path()).await {
+    let taken = match &driver {
+        None => take_backup(&server, work.path()).await,
+        Some(driver) => take_backup_with_ddl_before_block_ddl(&server, work.path(), driver).await,
+    };
+    let backup = match taken {
         Ok(b) => b,
         Err(e) => {
             let _ = workload.stop().await;
+            if let Some(d) = driver {
+                let _ = d.stop().await;
+            }
             let saved = save_artifacts(s.name, &work.path().join("backup"), &server);
             panic!(
                 "[{}] {e}\n(the backup directory and the server's datadir are saved in {})",
                 s.name,
                 saved.display()
             );
+        }
+    };
+    // The DDL workload goes on after the backup: its statement that waited for the
+    // backup's locks, and more.
+    let ddl_log = match driver {
+        None => None,
+        Some(driver) => {
+            let n = driver.statements();
+            driver
+                .wait_for_statements(n + 5, Duration::from_secs(60))
+                .await;
+            Some(driver.stop().await)
         }
     };
     let commits_at_end = workload.commits();
@@ -662,6 +874,38 @@ async fn run_scenario(s: Scenario) {
         "the workload log does not describe the source server itself: {:#?}",
         source.violations
     );
+    if let Some(ddl) = &ddl_log {
+        let (during, ddl_during) = ddl.between(before_n, backup.upto);
+        let (later, _) = ddl.between(backup.upto, after_n);
+        let longest = ddl.longest();
+        eprintln!(
+            "[{}] DDL workload: {} statements ({} retries), {during} of them ({ddl_during} DDL) between the backup's start and its GTID, {later} after; longest {:?} ({})",
+            s.name,
+            ddl.applied.len(),
+            ddl.retries,
+            longest.map(|a| a.took),
+            longest.map(|a| a.op.sql()).unwrap_or_default(),
+        );
+        // At least one whole cycle ran between START and BLOCK_DDL (the gate waited for
+        // it), and the workload went on after the commit point.
+        assert!(
+            ddl_during >= cycle(5, &SchemaModel::new()).iter().filter(|o| o.is_ddl()).count(),
+            "only {ddl_during} DDL statements between the backup's start ({before}) and its GTID {}",
+            backup.gtid
+        );
+        assert!(
+            later > 0,
+            "no DDL workload statement after the backup's GTID {}",
+            backup.gtid
+        );
+        // The model describes the source itself.
+        let source = check_ddl(&mut conn, ddl, after_n).await;
+        assert!(
+            source.problems.is_empty(),
+            "the DDL model does not describe the source server at {after}:\n- {}",
+            source.problems.join("\n- ")
+        );
+    }
     let binlog_end_of = binlog_ends(&mut conn, &binlog_file).await;
     // The binlog position recorded at BLOCK_COMMIT is the end of the transaction with
     // the recorded GTID.
@@ -696,7 +940,10 @@ async fn run_scenario(s: Scenario) {
                 how,
                 restored,
                 &backup,
-                &log,
+                Logs {
+                    bank: &log,
+                    ddl: ddl_log.as_ref(),
+                },
                 &s.workload,
                 &binlog_end_of,
             )
@@ -739,6 +986,7 @@ async fn hot_backup_restores_exactly_up_to_its_gtid() {
         },
         warmup_commits: 300,
         after_backup: Duration::from_millis(500),
+        ddl: false,
     })
     .await;
 }
@@ -755,6 +1003,7 @@ async fn hot_backup_of_partitioned_tables() {
         },
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
+        ddl: false,
     })
     .await;
 }
@@ -767,6 +1016,7 @@ async fn hot_backup_of_tables_in_the_system_tablespace() {
         workload: light(),
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
+        ddl: false,
     })
     .await;
 }
@@ -779,6 +1029,7 @@ async fn hot_backup_with_separate_undo_tablespaces() {
         workload: light(),
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
+        ddl: false,
     })
     .await;
 }
@@ -795,6 +1046,7 @@ async fn hot_backup_of_page_compressed_tables() {
         },
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
+        ddl: false,
     })
     .await;
 }
@@ -806,4 +1058,267 @@ fn light() -> WorkloadOptions {
         accounts: 5_000,
         ..WorkloadOptions::default()
     }
+}
+
+/// plans/full-backup.yaml as issue 14's "copy under START" will run it, but without
+/// the reconcile at BLOCK_DDL that it needs: `copy_innodb` and `copy_other` need only
+/// `redo` (START is held), a gate (waiting for the file `flag`) follows both, then
+/// `lock_ddl` takes FLUSH + BLOCK_DDL, and `lock_commit` follows it.
+fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
+    backup_plan(dir, |steps| {
+        for id in ["copy_innodb", "copy_other"] {
+            step_of(steps, id).insert(yaml("needs"), yaml("[redo]"));
+        }
+        insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
+        add_need(steps, "gate", "copy_other");
+        step_of(steps, "lock_ddl").insert(yaml("needs"), yaml("[gate]"));
+        step_of(steps, "lock_commit").insert(yaml("needs"), yaml("[lock_ddl]"));
+    })
+}
+
+/// How a restore of a backup came out against the DDL model.
+enum DdlOutcome {
+    /// The prepare (or the start after it) failed: what it said.
+    Failed(String),
+    /// The server started; what the DDL oracle found.
+    Started(DdlReport),
+}
+
+impl DdlOutcome {
+    fn describe(&self) -> String {
+        match self {
+            DdlOutcome::Failed(e) => format!("failed: {e}"),
+            DdlOutcome::Started(r) if r.problems.is_empty() => "started, exact".to_owned(),
+            DdlOutcome::Started(r) => format!(
+                "started, {} differences:\n- {}",
+                r.problems.len(),
+                r.problems.join("\n- ")
+            ),
+        }
+    }
+}
+
+/// TODAY's behaviour of the copy-under-START flow without reconcile (issue 14): tables
+/// are copied while only START is held, then ALTER … FORCE, RENAME, DROP, TRUNCATE,
+/// CREATE, ADD COLUMN (COPY), ADD INDEX (INPLACE), ENGINE=Aria and DROP/ADD PARTITION
+/// run on them before BLOCK_DDL, each followed by DML. The backup holds the
+/// files as they were copied and a redo log that renames, deletes and creates
+/// tablespaces under them: it does not restore to the state at its GTID.
+///
+/// Deterministic: the gate keeps BLOCK_DDL back until the statements ran, and they run
+/// only once both copies finished. (With the DDL driver running *during* the copies
+/// instead, today's backup does not even complete, in 3 of 3 tries on 10.11.19:
+/// `copy_other` fails on a `.frm`/`.MYI` that a DROP or RENAME removed after it listed
+/// the files ("ddl/c1_d.frm: No such file or directory"), or `copy_aria` re-opens a
+/// dropped Aria table's old `.MAD`: design §1.1, for M6.)
+///
+/// Issue 14's reconcile (milestone M4) flips this test: the same statements must then
+/// restore exactly with both prepare engines.
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
+    let server = TestServer::builder()
+        .name("oracle-ddl-copy-under-start")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let mut conn = server.conn().await;
+    create_ddl_schema(&mut conn).await;
+    let mut session = DdlSession::connect(server.opts()).await;
+    // Tables that exist before the backup: their files are copied under START.
+    // (No Aria table is renamed or dropped: `copy_aria` would fail the backup on its
+    // old file name before anything could be restored.)
+    for (t, engine) in [
+        ("f_force", "InnoDB"),
+        ("f_ren", "InnoDB"),
+        ("f_drop", "InnoDB"),
+        ("f_trunc", "InnoDB"),
+        ("f_ren_m", "MyISAM"),
+        ("f_aria", "Aria"),
+        ("f_idx", "InnoDB"),
+        ("f_copy", "InnoDB"),
+        ("f_eng", "InnoDB"),
+    ] {
+        session.run(create(t, engine)).await;
+        session.run(insert(t, 1..=50, 1)).await;
+    }
+    session
+        .run(Op::Create {
+            table: "f_part".into(),
+            engine: "InnoDB",
+            partitions: vec![("p0".into(), 20), ("p1".into(), 40), ("p2".into(), 60)],
+        })
+        .await;
+    session.run(insert("f_part", 1..=50, 1)).await;
+    let flag = work.path().join("gate-open");
+    let plan = copy_under_start_plan(work.path(), &flag);
+    let mut running = RunningBackup::start(&server, work.path(), &plan);
+    // Both copies are done; only START is held: nothing below waits for the backup.
+    running.wait_for_step("gate").await;
+    session
+        .run_all(vec![
+            Op::Force("f_force".into()),
+            Op::Update {
+                table: "f_force".into(),
+                id: 1,
+                v: 2,
+            },
+            Op::Rename(vec![("f_ren".into(), "f_ren2".into())]),
+            insert("f_ren2", [51], 2),
+            Op::Drop("f_drop".into()),
+            Op::Truncate("f_trunc".into()),
+            insert("f_trunc", [100], 2),
+            Op::Rename(vec![("f_ren_m".into(), "f_ren_m2".into())]),
+            insert("f_ren_m2", [51], 2),
+            create("f_new", "InnoDB"),
+            insert("f_new", 1..=3, 2),
+            insert("f_aria", [51], 2),
+            Op::AddIndex {
+                table: "f_idx".into(),
+                column: "v".into(),
+            },
+            insert("f_idx", [51], 2),
+            Op::AddColumn {
+                table: "f_copy".into(),
+                column: "c".into(),
+                default: 7,
+                instant: false,
+            },
+            insert("f_copy", [51], 2),
+            Op::Engine {
+                table: "f_eng".into(),
+                engine: "Aria",
+            },
+            insert("f_eng", [51], 2),
+            Op::DropPartition {
+                table: "f_part".into(),
+                name: "p0".into(),
+            },
+            Op::AddPartition {
+                table: "f_part".into(),
+                name: "p3".into(),
+                less_than: 80,
+            },
+            insert("f_part", [70], 2),
+        ])
+        .await;
+    let after_ddl = domain0_seq_no(&gtid_now(&mut conn).await);
+    std::fs::write(&flag, b"").expect("open the gate");
+    let backup = match running.finish(&server).await {
+        Ok(b) => b,
+        Err(e) => {
+            let saved = save_artifacts(
+                "oracle-ddl-copy-under-start",
+                &work.path().join("backup"),
+                &server,
+            );
+            panic!(
+                "the copy-under-START backup failed (today it completes, and restores wrong):\n{e}\n(saved in {})",
+                saved.display()
+            );
+        }
+    };
+    let log = session.finish().await;
+    // Every statement committed before BLOCK_DDL, so before the backup's GTID.
+    assert!(
+        backup.upto >= after_ddl,
+        "the backup's GTID {} is before the statements' last ({after_ddl})",
+        backup.gtid
+    );
+    let source = check_ddl(&mut conn, &log, backup.upto).await;
+    assert!(
+        source.problems.is_empty(),
+        "the DDL model does not describe the source:\n- {}",
+        source.problems.join("\n- ")
+    );
+    drop(conn);
+
+    let mut outcomes = Vec::new();
+    for how in [Restore::Mariadbd, Restore::MariadbBackup] {
+        let outcome = match try_restore(&backup, work.path(), how).await {
+            Err(e) => DdlOutcome::Failed(e),
+            Ok(restored) => {
+                let mut c = Conn::new(restored.server.opts("root", ""))
+                    .await
+                    .expect("connect to the restored server");
+                let report = check_ddl(&mut c, &log, backup.upto).await;
+                let _ = c.disconnect().await;
+                let _ = restored.server.kill().await;
+                DdlOutcome::Started(report)
+            }
+        };
+        eprintln!(
+            "[oracle-ddl-copy-under-start {}] TODAY: {}",
+            how.engine(),
+            outcome.describe()
+        );
+        outcomes.push((how, outcome));
+    }
+    // TODAY (10.11.19 and 11.8.9, both prepare engines alike): the backup completes and
+    // both restores start; InnoDB's data follows the redo log (the FORCE rebuild, the
+    // TRUNCATE and the DML after them are exact, the new index and column exist in
+    // InnoDB's dictionary), but the `.frm` files (and the MyISAM files) are those of the
+    // copy under START, taken before the statements, and nothing copies them again:
+    // - created or renamed tables are missing (f_new, f_ren2, f_ren_m2);
+    // - dropped or renamed-away tables are still listed (f_drop, f_ren, f_ren_m: an
+    //   InnoDB `.frm` with no InnoDB table behind it);
+    // - ALTER … ALGORITHM=COPY: "Table `ddl`.`f_copy` is corrupted" (ERROR 1877, the
+    //   old `.frm` on the new InnoDB table); ENGINE=Aria and DROP/ADD PARTITION:
+    //   "doesn't exist in engine" (ERROR 1932; the InnoDB table or partition went
+    //   away, the old `.frm`/`.par` remain); ADD INDEX (INPLACE): rows readable, the
+    //   index missing from the `.frm`.
+    // (The "Tablespace N was not found at ./d/#sql-alter-…" failure of plain mariadbd
+    // seen in the design's §0 experiment does not happen here: the rebuilds happen after
+    // the copy, and recovery re-creates their tablespaces from the redo log.)
+    // Issue 14's reconcile (M4 for InnoDB, M6 for the rest) flips this: every restore
+    // must then be exact, i.e. `DdlOutcome::Started` with no problem.
+    for (how, outcome) in &outcomes {
+        let DdlOutcome::Started(report) = outcome else {
+            panic!(
+                "the {} restore: {} (today the prepare and start succeed, and the table set is wrong)",
+                how.engine(),
+                outcome.describe()
+            );
+        };
+        assert!(
+            !report.problems.is_empty(),
+            "the {} restore of a copy under START without reconcile is exact: has issue 14's reconcile landed? Then assert exactness here.",
+            how.engine()
+        );
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            (&report.missing, &report.extra, &report.differing),
+            (
+                &names(&["f_new", "f_ren2", "f_ren_m2"]),
+                &names(&["f_drop", "f_ren", "f_ren_m"]),
+                &names(&["f_copy", "f_eng", "f_idx", "f_part"]),
+            ),
+            "the {} restore: (missing, extra, differing) tables changed from today's; {}",
+            how.engine(),
+            outcome.describe()
+        );
+    }
+}
+
+/// The DDL oracle on today's plan: DDL (CREATE, RENAME and a swap, DROP, INSTANT ADD
+/// COLUMN, FORCE, OPTIMIZE, TRUNCATE, partition ADD/DROP on InnoDB, Aria and MyISAM)
+/// runs from before the backup, between START and BLOCK_DDL, waits on BLOCK_DDL during
+/// the (slowed) copy and goes on after END; both restores hold exactly the tables,
+/// columns, partitions and rows of the statements up to the backup's GTID.
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_backup_with_ddl_restores_exactly_up_to_its_gtid() {
+    run_scenario(Scenario {
+        name: "oracle-ddl",
+        server_options: vec![],
+        workload: WorkloadOptions {
+            clients: 1,
+            accounts: 2_000,
+            ..WorkloadOptions::default()
+        },
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+        ddl: true,
+    })
+    .await;
 }

@@ -359,7 +359,8 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
     add_need(steps, before, "gate");
 }
 
-/// Waits until the journal in `state` says step `step` started (the run still going).
+/// Waits until the journal in `state` says step `step` started; panics when the run
+/// `child` exited first, or after a minute.
 pub async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
     let t0 = Instant::now();
     loop {
@@ -372,7 +373,11 @@ pub async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, ste
         let exited = child.try_wait().expect("try_wait");
         assert!(
             exited.is_none() && t0.elapsed() < Duration::from_secs(60),
-            "step {step} did not start (stagehand exited: {exited:?})"
+            "step {step} did not start (stagehand exited: {exited:?}; journal: {:?})",
+            journal_in(state)
+                .iter()
+                .map(|e| format!("{} {}", e["event"], e["step"]))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
