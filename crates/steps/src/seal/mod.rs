@@ -14,6 +14,7 @@ use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::*;
 use stagehand_engine::{StepContext, StepError, TypedStep};
 use stagehand_innodb::backup_files as bf;
+use stagehand_innodb::file_ops::Change;
 use stagehand_mariadb::locks::Stage;
 use std::path::Path;
 
@@ -75,6 +76,38 @@ impl Upstreams {
     }
 }
 
+/// A reconciled backup holds the tablespaces as the log left them at the BLOCK_DDL LSN:
+/// a file operation logged later on a table (not a server temporary `#sql` file) means
+/// DDL ran after that point, which the reconcile did not see.
+fn check_no_ddl_after(dir: &Path, lsn: u64) -> Result<(), StepError> {
+    let path = BackupDir::new(dir).file_ops();
+    let ledger: stagehand_innodb::file_ops::FileOps = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            StepError::fatal(format!(
+                "{} is missing or unreadable: the reconciled copy cannot be checked",
+                path.display()
+            ))
+        })?;
+    let late = ledger.events.iter().find(|e| {
+        e.lsn > lsn
+            && match &e.change {
+                Change::Create { name } | Change::Delete { name } => !name.contains("#sql"),
+                Change::Rename { from, to } => !(from.contains("#sql") && to.contains("#sql")),
+                Change::Page0Init | Change::Trim { .. } => false,
+            }
+    });
+    match late {
+        None => Ok(()),
+        Some(e) => Err(StepError::fatal(format!(
+            "tablespace {} changed as a file at LSN {} ({:?}), after DDL was blocked at LSN {lsn}: the backup cannot be reconciled",
+            e.space_id, e.lsn, e.change
+        ))
+        .with_hint("run the backup again; if it repeats, copy InnoDB under BLOCK_DDL (plans/full-backup.yaml)")),
+    }
+}
+
 /// Which run, plan and host made the backup.
 struct MadeBy {
     run_id: String,
@@ -126,6 +159,9 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
     files.push(hash_file(dir, "ib_logfile0")?);
     // The file changes the last reconcile found (under BLOCK_DDL), for prepare.
     let ddl = parts.iter().rev().find_map(|p| p.ddl.clone());
+    if let Some(record) = &ddl {
+        check_no_ddl_after(dir, record.lsn)?;
+    }
     let binlog = Binlog {
         file: commit.binlog_file.clone(),
         position: commit.binlog_pos,
@@ -363,4 +399,40 @@ fn write_metadata(
         }),
     )?);
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagehand_innodb::file_ops::FileOps;
+    use stagehand_innodb::redo::FileOp;
+
+    fn ledger_in(dir: &Path, events: &[(u64, FileOp<'static>)]) {
+        let mut l = FileOps::new(100, true);
+        for (lsn, op) in events {
+            l.record(op, *lsn);
+        }
+        let path = BackupDir::new(dir).file_ops();
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, serde_json::to_vec(&l).expect("json")).expect("write");
+    }
+
+    #[test]
+    fn a_table_changed_after_ddl_was_blocked_is_refused_a_temporary_file_is_not() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let temp = FileOp::Create {
+            space_id: 8,
+            name: b"./d/#sql-alter-1.ibd",
+        };
+        ledger_in(d.path(), &[(150, temp)]);
+        assert!(check_no_ddl_after(d.path(), 120).is_ok());
+        let table = FileOp::Rename {
+            space_id: 5,
+            from: b"./d/a.ibd",
+            to: b"./d/b.ibd",
+        };
+        ledger_in(d.path(), &[(110, table.clone()), (150, table)]);
+        assert!(check_no_ddl_after(d.path(), 120).is_err());
+        assert!(check_no_ddl_after(d.path(), 150).is_ok());
+    }
 }
