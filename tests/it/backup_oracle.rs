@@ -60,6 +60,9 @@ struct Scenario {
     /// Also run the DDL workload (tests/it/ddl_workload.rs) from before the backup
     /// until after it, with statements between START and BLOCK_DDL.
     ddl: bool,
+    /// Copy InnoDB under START and reconcile under BLOCK_DDL
+    /// (`support::innodb_under_start`): the DDL workload then runs during the InnoDB copy.
+    innodb_under_start: bool,
 }
 
 /// What the backup run produced.
@@ -660,9 +663,14 @@ fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf
 /// waiting for the file `flag`, see `support::insert_gate`) and a copy of InnoDB slowed
 /// to `max_rate`: nothing else of today's plan changes (BLOCK_DDL is held through the
 /// copies; a DDL statement waits for it).
-fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str) -> PathBuf {
+fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str, innodb_under_start: bool) -> PathBuf {
     backup_plan(dir, |steps| {
-        insert_gate(steps, "lock_ddl", "redo", flag, 2400);
+        if innodb_under_start {
+            crate::support::innodb_under_start(steps);
+            insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
+        } else {
+            insert_gate(steps, "lock_ddl", "redo", flag, 2400);
+        }
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml(max_rate));
     })
 }
@@ -674,9 +682,10 @@ async fn take_backup_with_ddl_before_block_ddl(
     server: &TestServer,
     work: &Path,
     driver: &DdlDriver,
+    innodb_under_start: bool,
 ) -> Result<Backup, String> {
     let flag = work.join("gate-open");
-    let plan = ddl_gated_plan(work, &flag, "8MiB");
+    let plan = ddl_gated_plan(work, &flag, "8MiB", innodb_under_start);
     let mut running = RunningBackup::start(server, work, &plan);
     running.wait_for_step("gate").await;
     let cycles = driver.cycles();
@@ -763,7 +772,15 @@ async fn run_scenario(s: Scenario) {
     let before = gtid_now(&mut conn).await;
     let taken = match &driver {
         None => take_backup(&server, work.path()).await,
-        Some(driver) => take_backup_with_ddl_before_block_ddl(&server, work.path(), driver).await,
+        Some(driver) => {
+            take_backup_with_ddl_before_block_ddl(
+                &server,
+                work.path(),
+                driver,
+                s.innodb_under_start,
+            )
+            .await
+        }
     };
     let backup = match taken {
         Ok(b) => b,
@@ -987,6 +1004,7 @@ async fn hot_backup_restores_exactly_up_to_its_gtid() {
         warmup_commits: 300,
         after_backup: Duration::from_millis(500),
         ddl: false,
+        innodb_under_start: false,
     })
     .await;
 }
@@ -1004,6 +1022,7 @@ async fn hot_backup_of_partitioned_tables() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
+        innodb_under_start: false,
     })
     .await;
 }
@@ -1017,6 +1036,7 @@ async fn hot_backup_of_tables_in_the_system_tablespace() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
+        innodb_under_start: false,
     })
     .await;
 }
@@ -1030,6 +1050,7 @@ async fn hot_backup_with_separate_undo_tablespaces() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
+        innodb_under_start: false,
     })
     .await;
 }
@@ -1047,6 +1068,7 @@ async fn hot_backup_of_page_compressed_tables() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
+        innodb_under_start: false,
     })
     .await;
 }
@@ -1319,6 +1341,30 @@ async fn hot_backup_with_ddl_restores_exactly_up_to_its_gtid() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: true,
+        innodb_under_start: false,
+    })
+    .await;
+}
+
+/// The DDL oracle with InnoDB copied under START (`support::innodb_under_start`): the
+/// DDL workload runs during the (slowed) InnoDB copy itself and after it, until
+/// BLOCK_DDL; `reconcile` copies again what was rebuilt or created and records the
+/// drops and renames, and both restores hold exactly the statements up to the backup's
+/// GTID.
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_during_an_innodb_copy_under_start_restores_exactly_up_to_its_gtid() {
+    run_scenario(Scenario {
+        name: "oracle-ddl-under-start",
+        server_options: vec![],
+        workload: WorkloadOptions {
+            clients: 1,
+            accounts: 2_000,
+            ..WorkloadOptions::default()
+        },
+        warmup_commits: 100,
+        after_backup: Duration::from_millis(300),
+        ddl: true,
+        innodb_under_start: true,
     })
     .await;
 }

@@ -8,7 +8,7 @@
 
 use crate::cli::repo_root;
 use crate::support::{
-    add_need, backup_plan, copy_tree, insert_gate, spawn_backup, step_of, wait_for_start, yaml,
+    backup_plan, copy_tree, innodb_under_start, insert_gate, spawn_backup, wait_for_start,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -23,19 +23,8 @@ use std::time::Duration;
 /// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT.
 fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
     backup_plan(dir, |steps| {
-        step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
+        innodb_under_start(steps);
         insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
-        let pos = steps
-            .iter()
-            .position(|s| s.get("id").and_then(|v| v.as_str()) == Some("copy_other"))
-            .expect("copy_other");
-        steps.insert(
-            pos,
-            yaml(
-                "{id: reconcile, uses: reconcile, needs: [lock_ddl], with: {from: '{{params.datadir}}', to: '{{params.target}}', ddl_lsn: '{{steps.lock_ddl.outputs.ddl_lsn}}'}}",
-            ),
-        );
-        add_need(steps, "lock_commit", "reconcile");
     })
 }
 

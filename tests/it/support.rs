@@ -359,6 +359,22 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
     add_need(steps, before, "gate");
 }
 
+/// Copies InnoDB under BACKUP STAGE START: `copy_innodb` needs only the redo tail, and a
+/// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT brings the copy to the state of
+/// the tablespaces when DDL stopped (the non-InnoDB copy stays under BLOCK_DDL).
+pub fn innodb_under_start(steps: &mut Steps) {
+    step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
+    let pos = steps
+        .iter()
+        .position(|s| id_of(s) == Some("copy_other"))
+        .expect("plan step copy_other");
+    steps.insert(
+        pos,
+        yaml("{id: reconcile, uses: reconcile, needs: [lock_ddl], with: {from: '{{params.datadir}}', to: '{{params.target}}', ddl_lsn: '{{steps.lock_ddl.outputs.ddl_lsn}}'}}"),
+    );
+    add_need(steps, "lock_commit", "reconcile");
+}
+
 /// Waits until the journal in `state` says step `step` started; panics when the run
 /// `child` exited first, or after a minute.
 pub async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, step: &str) {
