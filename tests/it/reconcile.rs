@@ -149,6 +149,16 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     ] {
         server.exec(sql).await;
     }
+    // The server's own DDL log (the fallback when the redo log is encrypted) names them.
+    let logged = stagehand_mariadb::ddl_log::read(server.datadir()).expect("ddl.log under START");
+    for (kind, table) in [("RENAME", "keep"), ("DROP", "gone"), ("CREATE", "fresh")] {
+        assert!(
+            logged
+                .iter()
+                .any(|e| e.kind == kind && e.db == "d" && e.table == table && e.is_innodb()),
+            "ddl.log has {kind} d.{table}: {logged:?}"
+        );
+    }
     let mut conn = server.conn().await;
     let expected = tables_of(&mut conn).await;
     std::fs::write(&flag, b"").expect("open the gate");

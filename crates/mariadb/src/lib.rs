@@ -6,6 +6,7 @@
 
 pub mod backup_server;
 pub mod datadir;
+pub mod ddl_log;
 pub mod defaults;
 pub mod locks;
 pub mod proof;

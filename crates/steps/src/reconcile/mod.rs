@@ -100,6 +100,9 @@ impl TypedStep for Reconcile {
             ));
         }
         let ledger = wait_for_ledger(&to, cfg.ddl_lsn, cfg.wait, ctx).await?;
+        if !ledger.tracked {
+            no_innodb_ddl(Path::new(&cfg.from))?;
+        }
         let (from, lsn, step) = (PathBuf::from(&cfg.from), cfg.ddl_lsn, ctx.step_id.clone());
         let cancel = ctx.cancel.clone();
         let (plan, copied) = tokio::task::spawn_blocking(move || {
@@ -140,12 +143,9 @@ async fn wait_for_ledger(
         let seen = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<FileOps>(&b).ok());
-        if let Some(ledger) = seen.as_ref().filter(|l| l.to_lsn >= lsn) {
-            if !ledger.tracked {
-                return Err(StepError::fatal("the redo log is encrypted: the file operations of DDL run during the copy cannot be read, so the copy cannot be reconciled")
-                    .with_hint("copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)"));
-            }
-            return Ok(seen.unwrap_or_default());
+        match seen {
+            Some(ledger) if ledger.to_lsn >= lsn => return Ok(ledger),
+            _ => {}
         }
         if t0.elapsed() >= wait {
             let reached = seen.map_or("no ledger yet".to_string(), |l| format!("LSN {}", l.to_lsn));
@@ -159,6 +159,27 @@ async fn wait_for_ledger(
             return Err(StepError::cancelled());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// With an encrypted redo log the ledger is empty (file operations cannot be read): the
+/// copy is good only if no InnoDB DDL ran since START, which the server's DDL log says.
+fn no_innodb_ddl(datadir: &Path) -> Result<(), StepError> {
+    let fallback = "copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)";
+    let entries = stagehand_mariadb::ddl_log::read(datadir).map_err(|e| {
+        StepError::fatal(format!(
+            "the redo log is encrypted and the server's DDL log {} cannot be read ({e}): whether DDL ran during the copy cannot be told",
+            datadir.join(stagehand_mariadb::ddl_log::DDL_LOG).display()
+        ))
+        .with_hint(fallback)
+    })?;
+    match entries.iter().find(|e| e.is_innodb()) {
+        None => Ok(()),
+        Some(e) => Err(StepError::fatal(format!(
+            "the redo log is encrypted, so the file operations of DDL run during the copy cannot be read, and DDL ran on InnoDB table {}.{} ({})",
+            e.db, e.table, e.kind
+        ))
+        .with_hint(fallback)),
     }
 }
 
