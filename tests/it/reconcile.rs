@@ -28,6 +28,34 @@ fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
     })
 }
 
+/// The shipped example is exactly what these tests run: plans/full-backup.yaml with
+/// [`innodb_under_start`].
+#[test]
+fn the_innodb_under_start_example_is_the_full_backup_plan_with_that_change_only() {
+    let read = |rel: &str| -> serde_yaml::Value {
+        let text = std::fs::read_to_string(repo_root().join(rel)).expect(rel);
+        serde_yaml::from_str(&text).expect("YAML")
+    };
+    let example = read("docs/examples/full-backup-innodb-under-start.yaml");
+    let mut full = read("plans/full-backup.yaml");
+    let steps = full
+        .get_mut("steps")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .expect("steps");
+    innodb_under_start(steps);
+    assert_eq!(example.get("steps"), full.get("steps"));
+    assert_eq!(
+        example
+            .get("params")
+            .and_then(|p| p.as_mapping())
+            .map(|p| p.len()),
+        full.get("params")
+            .and_then(|p| p.as_mapping())
+            .map(|p| p.len()),
+        "the same params"
+    );
+}
+
 /// Rows of every table of schema `d`: (row count, checksum of the rows), by table.
 async fn tables_of(conn: &mut Conn) -> BTreeMap<String, (u64, u64)> {
     let names: Vec<String> = conn

@@ -364,6 +364,7 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
 /// the tablespaces when DDL stopped (the non-InnoDB copy stays under BLOCK_DDL).
 pub fn innodb_under_start(steps: &mut Steps) {
     step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
+    step_of(steps, "lock_ddl").insert(yaml("needs"), yaml("[copy_innodb]"));
     let pos = steps
         .iter()
         .position(|s| id_of(s) == Some("copy_other"))

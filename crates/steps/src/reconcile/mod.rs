@@ -85,9 +85,14 @@ impl TypedStep for Reconcile {
     }
 
     fn describe(cfg: &ReconcileConfig) -> String {
+        // A dry-run knows the LSN only once BLOCK_DDL has recorded it.
+        let at = match cfg.ddl_lsn {
+            0 => "the LSN at which DDL stopped".to_string(),
+            lsn => format!("LSN {lsn}"),
+        };
         format!(
-            "replays the tablespace file operations of the redo copy up to LSN {} against the files copied into {}: copies again from {} what DDL created or rebuilt, and records the drops and renames for prepare",
-            cfg.ddl_lsn, cfg.to, cfg.from
+            "replays the tablespace file operations of the redo copy up to {at} against the files copied into {}: copies again from {} what DDL created or rebuilt since, and records the drops and renames for prepare",
+            cfg.to, cfg.from
         )
     }
 
