@@ -160,7 +160,9 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     let plan = copy_under_start_plan(dir.path(), &flag);
     let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
     let stderr = dir.path().join("stagehand.stderr");
-    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
+    // verify's test restore starts a server on a scratch copy with the DDL applied.
+    let params = ["prepare=false", "test_restore=true"];
+    let mut child = spawn_backup(&plan, &server, &target, &state, &params, &stderr);
     // The InnoDB copy is done and only START is held: these change copied tablespaces.
     wait_for_start(&mut child, &state, "gate").await;
     for sql in [
@@ -197,11 +199,24 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let rec = report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == "reconcile"))
-        .map(|s| s["outputs"].clone())
-        .expect("reconcile in the report");
+    let outputs_of = |id: &str| {
+        report["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == id))
+            .map(|s| s["outputs"].clone())
+            .unwrap_or_else(|| panic!("{id} in the report"))
+    };
+    let rec = outputs_of("reconcile");
+    let checked = outputs_of("verify");
+    assert_eq!(
+        checked["rows"]["d.kept"], 3000,
+        "verify's test restore: {checked}"
+    );
+    assert_eq!(
+        checked["rows"]["d.fresh"], 500,
+        "verify's test restore: {checked}"
+    );
+    assert!(checked["rows"].get("d.gone").is_none(), "{checked}");
     // Rebuilt: rebuilt, trunc, opt; created: fresh. Renamed: keep, s1, s2. Dropped: gone.
     assert_eq!(rec["files"], 4, "{rec}");
     assert_eq!(

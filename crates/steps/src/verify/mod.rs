@@ -162,7 +162,9 @@ async fn test_restore(
     let data = copy.path().join("data");
     let (src, dst, m) = (dir.to_path_buf(), data.clone(), m.clone());
     tokio::task::spawn_blocking(move || {
-        copy_tree(&src, &dst).and_then(|()| unpack(&src, &m, &dst))
+        copy_tree(&src, &dst)
+            .and_then(|()| unpack(&src, &m, &dst))
+            .and_then(|()| apply_ddl(&dst, &m))
     })
     .await
     .map_err(|e| StepError::fatal(e.to_string()))??;
@@ -171,6 +173,19 @@ async fn test_restore(
     let result = check_tables(&server).await;
     let _ = server.shutdown(ShutdownMode::Fast).await;
     result
+}
+
+/// An unprepared backup whose copy ran under START carries the file changes of DDL run
+/// meanwhile: the scratch copy gets them before a server starts on it, as `prepare`
+/// does. A prepared backup has them already.
+fn apply_ddl(dst: &Path, m: &Manifest) -> Result<(), StepError> {
+    let Some(ddl) = m.ddl.as_ref().filter(|_| m.prepared.is_none()) else {
+        return Ok(());
+    };
+    let failed =
+        |e: stagehand_backup::ddl::ApplyError| StepError::fatal(format!("the scratch copy: {e}"));
+    stagehand_backup::ddl::apply(dst, &ddl.changes).map_err(failed)?;
+    stagehand_backup::ddl::forget(dst).map_err(failed)
 }
 
 async fn check_tables(
