@@ -44,23 +44,42 @@ pub struct DdlRecord {
     pub changes: Vec<FileChange>,
 }
 
+/// mariadb-backup's marker files for the changes, so that `mariadb-backup --prepare`
+/// run by hand on the backup applies them too: `db/t.del` (empty) for a delete,
+/// `db/t.ren` holding the new `db/table` for a rename. A new file is its own marker
+/// (`db/t.new`).
+pub fn markers(changes: &[FileChange]) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            FileChange::Delete { path, .. } => Some((side_path(path, "del"), String::new())),
+            FileChange::Rename { from, to, .. } => Some((
+                side_path(from, "ren"),
+                to.strip_suffix(".ibd").unwrap_or(to).to_string(),
+            )),
+            FileChange::New { .. } => None,
+        })
+        .collect()
+}
+
 impl DdlRecord {
     /// Every backup-relative path the changes consume or produce: a prepare interrupted
     /// while applying them finds these moved, gone or new.
-    pub fn paths(&self) -> BTreeSet<&str> {
-        let mut paths = BTreeSet::new();
+    pub fn paths(&self) -> BTreeSet<String> {
+        let mut paths: BTreeSet<String> =
+            markers(&self.changes).into_iter().map(|(p, _)| p).collect();
         for c in &self.changes {
             match c {
                 FileChange::Delete { path, .. } => {
-                    paths.insert(path.as_str());
+                    paths.insert(path.clone());
                 }
                 FileChange::Rename { from, to, .. } => {
-                    paths.insert(from.as_str());
-                    paths.insert(to.as_str());
+                    paths.insert(from.clone());
+                    paths.insert(to.clone());
                 }
                 FileChange::New { path, side, .. } => {
-                    paths.insert(path.as_str());
-                    paths.insert(side.as_str());
+                    paths.insert(path.clone());
+                    paths.insert(side.clone());
                 }
             }
         }
@@ -202,6 +221,19 @@ pub fn apply(dir: &Path, changes: &[FileChange]) -> Result<usize, ApplyError> {
             journal.placed.insert(i);
             write_journal(&journal_path, &journal)?;
             done += 1;
+        }
+    }
+    // The markers were for mariadb-backup run by hand: applied now, they must not be
+    // applied again.
+    for (marker, _) in markers(changes) {
+        match std::fs::remove_file(dir.join(&marker)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ApplyError::Io {
+                    path: dir.join(marker),
+                    source: e,
+                })
+            }
+            _ => {}
         }
     }
     journal.finished = true;
@@ -521,7 +553,23 @@ mod tests {
                 space_id: 9,
             },
         ];
+        let marks = markers(&changes);
+        assert_eq!(
+            marks,
+            [
+                ("d/gone.del".to_string(), String::new()),
+                ("d/a.ren".to_string(), "d/b".to_string()),
+                ("d/b.ren".to_string(), "d/a".to_string()),
+            ]
+        );
+        for (m, text) in &marks {
+            std::fs::write(dir.join(m), text).expect("marker");
+        }
         assert_eq!(apply(dir, &changes).expect("apply"), 4);
+        assert!(
+            marks.iter().all(|(m, _)| !dir.join(m).exists()),
+            "markers removed"
+        );
         assert!(!dir.join("d/gone.ibd").exists());
         assert_eq!(
             (holds(dir, "d/a.ibd"), holds(dir, "d/b.ibd")),

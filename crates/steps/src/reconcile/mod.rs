@@ -220,7 +220,9 @@ fn reconcile(
         .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let t0 = Instant::now();
-    let files = recopy(from, to, &plan, cancel)?;
+    let recopied = recopy(from, to, &plan, cancel)?;
+    let mut files = recopied.clone();
+    files.extend(write_markers(to, &plan.changes)?);
     let part = CopyPart {
         step: step.into(),
         files_set: FileSet::Innodb,
@@ -228,7 +230,7 @@ fn reconcile(
         started_at,
         seconds: t0.elapsed().as_secs_f64(),
         finished_ns: stagehand_backup::entry::now_ns(),
-        files: files.clone(),
+        files,
         lsn_range: None,
         ddl: Some(DdlRecord {
             lsn,
@@ -236,7 +238,23 @@ fn reconcile(
         }),
     };
     dir.write_part(&part)?;
-    Ok((plan, files))
+    Ok((plan, recopied))
+}
+
+/// Writes mariadb-backup's `.del`/`.ren` markers beside the copies (see
+/// `backup::ddl::markers`) and returns their entries.
+fn write_markers(to: &Path, changes: &[FileChange]) -> Result<Vec<CopiedFile>, StepError> {
+    ddl::markers(changes)
+        .into_iter()
+        .map(|(rel, text)| {
+            let path = to.join(&rel);
+            std::fs::write(&path, text.as_bytes())
+                .map_err(|e| StepError::fatal(format!("cannot write {}: {e}", path.display())))?;
+            let mut entry = stagehand_backup::entry::hash_file(to, &rel)?;
+            entry.class = FileClass::NonInnodb;
+            Ok(entry)
+        })
+        .collect()
 }
 
 /// Copies each tablespace to copy again, one at a time: DDL is blocked, and these are
