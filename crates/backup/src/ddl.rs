@@ -690,11 +690,7 @@ mod tests {
         use stagehand_innodb::redo::FileOp;
 
         fn ledger(events: &[(u64, FileOp<'static>)]) -> FileOps {
-            let mut l = FileOps::new(100, true);
-            for (lsn, op) in events {
-                l.record(op, *lsn);
-            }
-            l
+            FileOps::of_events(100, events)
         }
 
         fn copied(list: &[(&str, Option<u32>)]) -> Vec<CopiedSpace> {

@@ -275,6 +275,17 @@ impl FileOps {
         }
     }
 
+    /// A ledger of `events` (each with the end LSN of its mini-transaction), as the redo
+    /// tail would have recorded them from `from_lsn`.
+    pub fn of_events(from_lsn: u64, events: &[(u64, FileOp<'_>)]) -> FileOps {
+        let mut l = FileOps::new(from_lsn, true);
+        for (lsn, op) in events {
+            l.record(op, *lsn);
+            l.advance(*lsn);
+        }
+        l
+    }
+
     /// The log has been read up to `lsn`.
     pub fn advance(&mut self, lsn: u64) {
         self.to_lsn = self.to_lsn.max(lsn);
@@ -522,11 +533,7 @@ mod tests {
     }
 
     fn replay(events: &[(u64, FileOp<'static>)]) -> FileOps {
-        let mut l = FileOps::new(100, true);
-        for (lsn, op) in events {
-            l.record(op, *lsn);
-        }
-        l
+        FileOps::of_events(100, events)
     }
 
     fn rename(space_id: u32, from: &'static str, to: &'static str) -> FileOp<'static> {

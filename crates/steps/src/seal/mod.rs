@@ -408,10 +408,7 @@ mod tests {
     use stagehand_innodb::redo::FileOp;
 
     fn ledger_in(dir: &Path, events: &[(u64, FileOp<'static>)]) {
-        let mut l = FileOps::new(100, true);
-        for (lsn, op) in events {
-            l.record(op, *lsn);
-        }
+        let l = FileOps::of_events(100, events);
         let path = BackupDir::new(dir).file_ops();
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, serde_json::to_vec(&l).expect("json")).expect("write");
