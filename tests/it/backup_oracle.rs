@@ -666,7 +666,7 @@ fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf
 fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str, innodb_under_start: bool) -> PathBuf {
     backup_plan(dir, |steps| {
         if innodb_under_start {
-            crate::support::innodb_under_start(steps);
+            crate::support::innodb_under_start(steps, true);
             insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
         } else {
             insert_gate(steps, "lock_ddl", "redo", flag, 2400);

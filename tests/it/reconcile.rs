@@ -21,10 +21,12 @@ use std::time::Duration;
 
 /// plans/full-backup.yaml with `copy_innodb` under START, a gate before BLOCK_DDL, and a
 /// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT.
-fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
+/// With `catch_up`, the gate is before the catch-up pass, which then sees all the DDL.
+fn copy_under_start_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
     backup_plan(dir, |steps| {
-        innodb_under_start(steps);
-        insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
+        innodb_under_start(steps, catch_up);
+        let gated = if catch_up { "catch_up" } else { "lock_ddl" };
+        insert_gate(steps, gated, "copy_innodb", flag, 2400);
     })
 }
 
@@ -42,7 +44,7 @@ fn the_innodb_under_start_example_is_the_full_backup_plan_with_that_change_only(
         .get_mut("steps")
         .and_then(serde_yaml::Value::as_sequence_mut)
         .expect("steps");
-    innodb_under_start(steps);
+    innodb_under_start(steps, true);
     assert_eq!(example.get("steps"), full.get("steps"));
     assert_eq!(
         example
@@ -165,6 +167,17 @@ async fn raw_mariadb_backup_tables(backup: &Path, work: &Path) -> BTreeMap<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
+    ddl_after_the_innodb_copy_restores_exactly(false).await;
+}
+
+/// The same DDL, seen first by the catch-up pass under START: it copies the rebuilt and
+/// created tablespaces early, and the pass under BLOCK_DDL only renames and drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catch_up_pass_leaves_nothing_to_copy_under_block_ddl() {
+    ddl_after_the_innodb_copy_restores_exactly(true).await;
+}
+
+async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
     let server = TestServer::builder()
         .name("reconcile")
         .runtime_option("log-bin", Some("binlog"))
@@ -186,7 +199,7 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let flag = dir.path().join("ddl-done");
-    let plan = copy_under_start_plan(dir.path(), &flag);
+    let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
     let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
     let stderr = dir.path().join("stagehand.stderr");
     // verify's test restore starts a server on a scratch copy with the DDL applied.
@@ -247,10 +260,19 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     );
     assert!(checked["rows"].get("d.gone").is_none(), "{checked}");
     // Rebuilt: rebuilt, trunc, opt; created: fresh. Renamed: keep, s1, s2. Dropped: gone.
-    assert_eq!(rec["files"], 4, "{rec}");
+    // With a catch-up pass, those four are copied early (as `d/#sh-<id>.ibd`) and renamed
+    // under BLOCK_DDL over the stale copies, which go.
+    let (recopied, renamed, deleted, changes) = if catch_up {
+        let early = outputs_of("catch_up");
+        assert_eq!(early["files"], 4, "{early}");
+        (0, 7, 4, 11)
+    } else {
+        (4, 3, 1, 8)
+    };
+    assert_eq!(rec["files"], recopied, "{rec}");
     assert_eq!(
         (&rec["renamed"], &rec["deleted"]),
-        (&Value::from(3), &Value::from(1)),
+        (&Value::from(renamed), &Value::from(deleted)),
         "{rec}"
     );
     let manifest: Value = serde_json::from_str(
@@ -260,7 +282,7 @@ async fn ddl_during_a_copy_under_start_is_reconciled_exactly() {
     assert!(
         manifest["ddl"]["changes"]
             .as_array()
-            .is_some_and(|c| c.len() == 8),
+            .is_some_and(|c| c.len() == changes),
         "{}",
         manifest["ddl"]
     );

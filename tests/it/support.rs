@@ -361,16 +361,37 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
 
 /// Copies InnoDB under BACKUP STAGE START: `copy_innodb` needs only the redo tail, and a
 /// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT brings the copy to the state of
-/// the tablespaces when DDL stopped (the non-InnoDB copy stays under BLOCK_DDL).
-pub fn innodb_under_start(steps: &mut Steps) {
+/// the tablespaces when DDL stopped (the non-InnoDB copy stays under BLOCK_DDL). With
+/// `catch_up`, a `reconcile` pass between the InnoDB copy and BLOCK_DDL copies early
+/// what DDL created or rebuilt so far (what docs/examples/full-backup-innodb-under-start.yaml
+/// does).
+pub fn innodb_under_start(steps: &mut Steps, catch_up: bool) {
+    let at = |steps: &Steps, id: &str| {
+        steps
+            .iter()
+            .position(|s| id_of(s) == Some(id))
+            .unwrap_or_else(|| panic!("plan step {id}"))
+    };
     step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
-    step_of(steps, "lock_ddl").insert(yaml("needs"), yaml("[copy_innodb]"));
-    let pos = steps
-        .iter()
-        .position(|s| id_of(s) == Some("copy_other"))
-        .expect("plan step copy_other");
+    // In the order they run: the InnoDB copy, the catch-up pass, BLOCK_DDL, reconcile.
+    let lock_ddl = steps.remove(at(steps, "lock_ddl"));
+    let mut after = at(steps, "copy_innodb") + 1;
+    if catch_up {
+        steps.insert(
+            after,
+            yaml("{id: catch_up, uses: reconcile, needs: [copy_innodb], with: {from: '{{params.datadir}}', to: '{{params.target}}', catch_up: true}}"),
+        );
+        after += 1;
+    }
+    steps.insert(after, lock_ddl);
+    let last = if catch_up {
+        "[catch_up]"
+    } else {
+        "[copy_innodb]"
+    };
+    step_of(steps, "lock_ddl").insert(yaml("needs"), yaml(last));
     steps.insert(
-        pos,
+        after + 1,
         yaml("{id: reconcile, uses: reconcile, needs: [lock_ddl], with: {from: '{{params.datadir}}', to: '{{params.target}}', ddl_lsn: '{{steps.lock_ddl.outputs.ddl_lsn}}'}}"),
     );
     add_need(steps, "lock_commit", "reconcile");

@@ -436,12 +436,23 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
                 space_id: id,
             });
             replaced.insert(name);
-        } else if !copies.iter().any(|c| c.path == name) {
-            out.changes.push(FileChange::Rename {
-                from: copies[0].path.clone(),
-                to: name,
-                space_id: id,
-            });
+        } else {
+            // One copy is kept, under the name; any other copy of it (an early copy
+            // taken while DDL went on) goes.
+            let kept = copies.iter().find(|c| c.path == name).unwrap_or(&copies[0]);
+            for c in copies.iter().filter(|c| c.path != kept.path) {
+                out.changes.push(FileChange::Delete {
+                    path: c.path.clone(),
+                    space_id: id,
+                });
+            }
+            if kept.path != name {
+                out.changes.push(FileChange::Rename {
+                    from: kept.path.clone(),
+                    to: name,
+                    space_id: id,
+                });
+            }
         }
     }
     // A file copied before its page 0 was written whose tablespace cannot be told (its
@@ -917,6 +928,53 @@ mod tests {
                 .collect();
             let p = plan(&during, &l, 200).expect("plan");
             assert_eq!(p.recopy.len(), 2, "{p:?}");
+        }
+
+        #[test]
+        fn an_early_copy_is_renamed_over_the_stale_one_and_a_second_copy_goes() {
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::Create {
+                        space_id: 9,
+                        name: b"./d/#sql-alter.ibd",
+                    },
+                ),
+                (120, rename_op(5, "./d/t.ibd", "./d/#sql-ib5.ibd")),
+                (120, rename_op(9, "./d/#sql-alter.ibd", "./d/t.ibd")),
+                (
+                    130,
+                    FileOp::Delete {
+                        space_id: 5,
+                        name: b"./d/#sql-ib5.ibd",
+                    },
+                ),
+            ]);
+            // t copied as 5, then 9 copied early by the catch-up pass (twice, as if a
+            // swap moved a name under it).
+            let files = copied(&[
+                ("d/t.ibd", Some(5)),
+                ("d/#sh-9.ibd", Some(9)),
+                ("d/#sh-7.ibd", Some(9)),
+            ]);
+            let p = plan(&files, &l, 140).expect("plan");
+            assert!(p.recopy.is_empty(), "{p:?}");
+            let del = |path: &str, space_id| FileChange::Delete {
+                path: path.into(),
+                space_id,
+            };
+            assert_eq!(
+                p.changes,
+                [
+                    del("d/t.ibd", 5),
+                    del("d/#sh-7.ibd", 9),
+                    FileChange::Rename {
+                        from: "d/#sh-9.ibd".into(),
+                        to: "d/t.ibd".into(),
+                        space_id: 9
+                    },
+                ]
+            );
         }
 
         #[test]

@@ -10,10 +10,10 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use stagehand_backup::ddl::{self, CopiedSpace, DdlPlan, DdlRecord, FileChange};
+use stagehand_backup::ddl::{self, CopiedSpace, DdlPlan, DdlRecord, FileChange, Recopy};
 use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::CopiedFile;
-use stagehand_backup::pagecopy::{copy_file, CopyOptions};
+use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions};
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_innodb::file_ops::FileOps;
 use stagehand_mariadb::datadir::{FileClass, FileSet, SourceFile};
@@ -31,8 +31,14 @@ pub struct ReconcileConfig {
     /// The backup directory the copy and redo_tail steps write.
     pub to: String,
     /// The InnoDB LSN at which DDL stopped: `{{steps.lock_ddl.outputs.ddl_lsn}}` of the
-    /// stage_locks step that took BLOCK_DDL.
-    pub ddl_lsn: u64,
+    /// stage_locks step that took BLOCK_DDL. Not with `catch_up`.
+    #[serde(default)]
+    pub ddl_lsn: Option<u64>,
+    /// A pass under START, before BLOCK_DDL: copies now what DDL created or rebuilt so
+    /// far, so that the pass under BLOCK_DDL (which decides the changes) has less to
+    /// copy while DDL waits. Records no change itself.
+    #[serde(default)]
+    pub catch_up: bool,
     /// How long to wait for the redo copy to reach `ddl_lsn` (it is normally there
     /// within milliseconds).
     #[serde(
@@ -58,7 +64,8 @@ pub struct ReconcileOutput {
     pub deleted: u64,
     /// copied tablespaces prepare renames
     pub renamed: u64,
-    /// the LSN up to which the log's file operations were replayed
+    /// the LSN up to which the log's file operations were replayed (with `catch_up`:
+    /// as far as the redo copy had read)
     pub ddl_lsn: u64,
     /// wall time
     pub seconds: f64,
@@ -74,6 +81,22 @@ impl TypedStep for Reconcile {
     const SUMMARY: &'static str = "Under BLOCK_DDL, after an InnoDB copy taken under BACKUP STAGE START: copies again the tablespaces DDL created or rebuilt meanwhile and records the drops and renames prepare applies";
 
     fn check(cfg: &ReconcileConfig) -> Result<(), ConfigError> {
+        let lsn_error = |message: &str| {
+            ConfigError {
+            path: "ddl_lsn".into(),
+            message: message.into(),
+            hint: Some("`ddl_lsn: \"{{steps.lock_ddl.outputs.ddl_lsn}}\"` on the pass under BLOCK_DDL; `catch_up: true` (without it) on a pass before".into()),
+        }
+        };
+        match (cfg.catch_up, cfg.ddl_lsn) {
+            (true, Some(_)) => {
+                return Err(lsn_error(
+                    "a catch-up pass runs before BLOCK_DDL: it has no ddl_lsn",
+                ))
+            }
+            (false, None) => return Err(lsn_error("required: the LSN at which DDL stopped")),
+            _ => {}
+        }
         if cfg.wait.is_zero() {
             return Err(ConfigError {
                 path: "wait".into(),
@@ -85,8 +108,14 @@ impl TypedStep for Reconcile {
     }
 
     fn describe(cfg: &ReconcileConfig) -> String {
+        if cfg.catch_up {
+            return format!(
+                "before BLOCK_DDL: copies from {} into {} the tablespaces DDL created or rebuilt since the copy began, as far as the redo copy has seen, so that less is left for the pass under BLOCK_DDL",
+                cfg.from, cfg.to
+            );
+        }
         // A dry-run knows the LSN only once BLOCK_DDL has recorded it.
-        let at = match cfg.ddl_lsn {
+        let at = match cfg.ddl_lsn.unwrap_or(0) {
             0 => "the LSN at which DDL stopped".to_string(),
             lsn => format!("LSN {lsn}"),
         };
@@ -104,14 +133,20 @@ impl TypedStep for Reconcile {
                 "reconcile does not work on a streamed backup yet: its copies are shipped and removed before DDL is blocked",
             ));
         }
-        let ledger = wait_for_ledger(&to, cfg.ddl_lsn, cfg.wait, ctx).await?;
-        if !ledger.tracked {
+        let ledger = wait_for_ledger(&to, cfg.ddl_lsn.unwrap_or(0), cfg.wait, ctx).await?;
+        if !ledger.tracked && !cfg.catch_up {
             no_innodb_ddl(Path::new(&cfg.from))?;
         }
-        let (from, lsn, step) = (PathBuf::from(&cfg.from), cfg.ddl_lsn, ctx.step_id.clone());
+        // A catch-up pass looks as far as the redo copy has read.
+        let lsn = cfg.ddl_lsn.unwrap_or(ledger.to_lsn);
+        let (from, step, catch_up) = (PathBuf::from(&cfg.from), ctx.step_id.clone(), cfg.catch_up);
         let cancel = ctx.cancel.clone();
         let (plan, copied) = tokio::task::spawn_blocking(move || {
-            reconcile(&from, &to, &ledger, lsn, &step, &cancel)
+            if catch_up {
+                catch_up_copy(&from, &to, &ledger, lsn, &step, &cancel)
+            } else {
+                reconcile(&from, &to, &ledger, lsn, &step, &cancel)
+            }
         })
         .await
         .map_err(|e| StepError::fatal(format!("reconcile crashed: {e}")))??;
@@ -122,7 +157,7 @@ impl TypedStep for Reconcile {
             bytes: copied.iter().map(|f| f.size).sum(),
             deleted: count(|c| matches!(c, FileChange::Delete { .. })),
             renamed: count(|c| matches!(c, FileChange::Rename { .. })),
-            ddl_lsn: cfg.ddl_lsn,
+            ddl_lsn: lsn,
             seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         };
         tracing::info!(
@@ -197,8 +232,64 @@ fn reconcile(
     step: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
-    let dir = BackupDir::new(to);
-    let parts = dir.read_parts()?;
+    let (parts, plan) = plan_against_parts(to, ledger, lsn)?;
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    let recopied = recopy(from, to, &plan.recopy, cancel, Missing::Fail)?;
+    let mut files = recopied.clone();
+    files.extend(write_markers(to, &plan.changes)?);
+    let ddl = DdlRecord {
+        lsn,
+        changes: plan.changes.clone(),
+    };
+    write_part(to, &parts, step, started_at, t0, files, Some(ddl))?;
+    Ok((plan, recopied))
+}
+
+/// Under START: copies the tablespaces created or rebuilt so far that have no valid copy,
+/// each under a name of its own (`db/#sh-<space id>.ibd`) that the pass under BLOCK_DDL
+/// then renames, or removes if DDL dropped it meanwhile. Plans no change itself.
+fn catch_up_copy(
+    from: &Path,
+    to: &Path,
+    ledger: &FileOps,
+    lsn: u64,
+    step: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
+    let (parts, plan) = plan_against_parts(to, ledger, lsn)?;
+    // Undo tablespaces are copied again in place, by the pass under BLOCK_DDL only.
+    let early: Vec<Recopy> = plan
+        .recopy
+        .iter()
+        .filter(|r| r.name.ends_with(".ibd"))
+        .map(|r| Recopy {
+            to: catch_up_path(&r.name, r.space_id),
+            ..r.clone()
+        })
+        .collect();
+    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    let copied = recopy(from, to, &early, cancel, Missing::Skip)?;
+    write_part(to, &parts, step, started_at, t0, copied.clone(), None)?;
+    Ok((DdlPlan::default(), copied))
+}
+
+/// `db/t.ibd` of tablespace 9 → `db/#sh-9.ibd`: never a table's name, and one per id.
+fn catch_up_path(name: &str, space_id: u32) -> String {
+    match name.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/#sh-{space_id}.ibd"),
+        None => format!("#sh-{space_id}.ibd"),
+    }
+}
+
+/// The copy parts so far, and the plan against them of the ledger up to `lsn`.
+fn plan_against_parts(
+    to: &Path,
+    ledger: &FileOps,
+    lsn: u64,
+) -> Result<(Vec<CopyPart>, DdlPlan), StepError> {
+    let parts = BackupDir::new(to).read_parts()?;
     let copied: Vec<CopiedSpace> = parts
         .iter()
         .flat_map(|p| p.files.iter().map(move |f| (p, f)))
@@ -213,16 +304,23 @@ fn reconcile(
         StepError::fatal(e.to_string())
             .with_hint("copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)")
     })?;
+    Ok((parts, plan))
+}
+
+fn write_part(
+    to: &Path,
+    parts: &[CopyPart],
+    step: &str,
+    started_at: String,
+    t0: Instant,
+    files: Vec<CopiedFile>,
+    ddl: Option<DdlRecord>,
+) -> Result<(), StepError> {
     let settings = parts
         .iter()
         .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
         .map(|p| p.settings.clone())
         .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))?;
-    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let t0 = Instant::now();
-    let recopied = recopy(from, to, &plan, cancel)?;
-    let mut files = recopied.clone();
-    files.extend(write_markers(to, &plan.changes)?);
     let part = CopyPart {
         step: step.into(),
         files_set: FileSet::Innodb,
@@ -232,13 +330,9 @@ fn reconcile(
         finished_ns: stagehand_backup::entry::now_ns(),
         files,
         lsn_range: None,
-        ddl: Some(DdlRecord {
-            lsn,
-            changes: plan.changes.clone(),
-        }),
+        ddl,
     };
-    dir.write_part(&part)?;
-    Ok((plan, recopied))
+    BackupDir::new(to).write_part(&part).map(|_| ())
 }
 
 /// Writes mariadb-backup's `.del`/`.ren` markers beside the copies (see
@@ -257,13 +351,23 @@ fn write_markers(to: &Path, changes: &[FileChange]) -> Result<Vec<CopiedFile>, S
         .collect()
 }
 
+/// What a file that is gone when it is copied again means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// Under START, DDL goes on: the pass under BLOCK_DDL sees where it went.
+    Skip,
+    /// Under BLOCK_DDL nothing can have moved it: the backup cannot be reconciled.
+    Fail,
+}
+
 /// Copies each tablespace to copy again, one at a time: DDL is blocked, and these are
 /// the few tablespaces DDL rebuilt while the copy ran.
 fn recopy(
     from: &Path,
     to: &Path,
-    plan: &DdlPlan,
+    recopy: &[Recopy],
     cancel: &tokio_util::sync::CancellationToken,
+    missing: Missing,
 ) -> Result<Vec<CopiedFile>, StepError> {
     let stop = Arc::new(AtomicBool::new(false));
     let opts = CopyOptions {
@@ -277,7 +381,7 @@ fn recopy(
     };
     let mut scratch = Vec::new();
     let mut out = Vec::new();
-    for r in &plan.recopy {
+    for r in recopy {
         if cancel.is_cancelled() {
             return Err(StepError::cancelled());
         }
@@ -291,8 +395,22 @@ fn recopy(
             rel: r.to.clone(),
             class,
         };
-        let mut copied = copy_file(&src, to, &opts, &mut scratch)
-            .map_err(|e| StepError::fatal(format!("copying {} again: {e}", src.abs.display())))?;
+        let mut copied = match copy_file(&src, to, &opts, &mut scratch) {
+            Ok(c) => c,
+            Err(CopyError::Io { source, .. })
+                if missing == Missing::Skip && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::info!(file = %r.name, "gone before it could be copied early; left to the pass under BLOCK_DDL");
+                let _ = std::fs::remove_file(to.join(&r.to));
+                continue;
+            }
+            Err(e) => {
+                return Err(StepError::fatal(format!(
+                    "copying {} again: {e}",
+                    src.abs.display()
+                )))
+            }
+        };
         copied.space_id = copied.space_id.or(Some(r.space_id));
         tracing::info!(file = %r.name, to = %r.to, space_id = r.space_id, "tablespace copied again");
         out.push(copied);
