@@ -33,6 +33,10 @@ def one_backup(tool, rnd, cmd, sock, target, a):
     stop = target.parent / "probe.stop"
     stop.unlink(missing_ok=True)
     time.sleep(a.settle)
+    waited = time.monotonic()
+    while os.getloadavg()[0] > a.quiet_load and time.monotonic() - waited < a.quiet_wait:
+        time.sleep(5)  # other work on the machine: wait for it (at most --quiet-wait)
+    waited = round(time.monotonic() - waited)
     bb.drop_caches()
     load_before = round(os.getloadavg()[0], 2)
     probe = subprocess.Popen([str(PROBE), "--socket", str(sock), "--interval-ms", "50", "--stop-file", str(stop)],
@@ -61,6 +65,7 @@ def one_backup(tool, rnd, cmd, sock, target, a):
         res["block_commit_ms"] = holds.get("block_commit")
         res["ddl_blocked_ms"] = locks.get("ddl_blocked_ms")
         res["commit_blocked_ms"] = locks.get("commit_blocked_ms")
+    res["waited_for_quiet_s"] = waited
     res["loadavg_before"] = load_before
     res["loadavg_1m"] = round(os.getloadavg()[0], 2)
     print(json.dumps(res), flush=True)
@@ -92,6 +97,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=2, help="copy threads, for every tool")
     ap.add_argument("--settle", type=float, default=20, help="seconds of quiet before each backup")
+    ap.add_argument("--quiet-load", type=float, default=1.5,
+                    help="before each backup, wait until the 1-minute load average is at most this ...")
+    ap.add_argument("--quiet-wait", type=float, default=300, help="... for at most this many seconds")
     ap.add_argument("--max-load", type=float, default=2.5,
                     help="a row whose 1-minute load average is above this is run again (kept in the JSON)")
     ap.add_argument("--retries", type=int, default=2)
@@ -122,6 +130,14 @@ def main():
                                             "--user=root", f"--parallel={a.parallel}"],
         }
         results, noisy = [], []
+        meta = {"command": "python3 bench/ddl_stall_bench.py " + " ".join(sys.argv[1:]),
+                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                "mariadb": version, "datadir_bytes": data_bytes, "tables": a.tables, "table_size": a.table_size,
+                "parallel": a.parallel, "probe_interval_ms": 50}
+
+        def save():  # after every row, so an interrupted run keeps what it measured
+            Path(a.out).write_text(json.dumps({"meta": meta, "results": results,
+                                               "rerun_for_load_above_%s" % a.max_load: noisy}, indent=1) + "\n")
         for rnd in range(1, a.rounds + 1):
             for name, cmd in tools.items():
                 for _ in range(a.retries + 1):
@@ -129,13 +145,9 @@ def main():
                     if r["loadavg_1m"] <= a.max_load:
                         break
                     noisy.append(r)
+                    save()
                 results.append(r)
-        meta = {"command": "python3 bench/ddl_stall_bench.py " + " ".join(sys.argv[1:]),
-                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
-                "mariadb": version, "datadir_bytes": data_bytes, "tables": a.tables, "table_size": a.table_size,
-                "parallel": a.parallel, "probe_interval_ms": 50}
-        Path(a.out).write_text(json.dumps({"meta": meta, "results": results,
-                                           "rerun_for_load_above_%s" % a.max_load: noisy}, indent=1) + "\n")
+                save()
         print(json.dumps(meta))
         print(table(results))
         if noisy:
