@@ -116,9 +116,11 @@ async fn run_class(
                 s.first_error.get_or_insert_with(|| e.to_string());
             }
         }
+        // Stop first when both are ready: a sample after the stop is outside the window.
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            biased;
             _ = stop.changed() => break,
+            _ = tokio::time::sleep(interval) => {}
         }
     }
     conn.disconnect().await?;
@@ -172,9 +174,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            biased;
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
     let stopped_at = Instant::now();

@@ -56,13 +56,10 @@ impl GatedBackup {
 
     /// The ledger file as the running redo tail publishes it, once it covers `lsn`.
     async fn ledger_reaching(&self, lsn: u64) -> FileOps {
-        let path = self.target.join(".stagehand/file_ops.json");
+        let dir = stagehand_backup::dir::BackupDir::new(&self.target);
         let t0 = Instant::now();
         loop {
-            let ledger = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<FileOps>(&t).ok());
-            match ledger {
+            match dir.read_file_ops() {
                 Some(l) if l.to_lsn >= lsn => return l,
                 seen => assert!(
                     t0.elapsed() < Duration::from_secs(60),

@@ -53,6 +53,12 @@ impl BackupDir {
     pub fn file_ops(&self) -> PathBuf {
         self.work().join("file_ops.json")
     }
+    /// The ledger as the redo tail last published it; `None` when there is none yet (or
+    /// it cannot be read: the tail replaces it whole, so that is not a torn write).
+    pub fn read_file_ops(&self) -> Option<stagehand_innodb::file_ops::FileOps> {
+        let bytes = std::fs::read(self.file_ops()).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
     /// Present while `fetch` fills the directory; names the backup it holds.
     pub fn fetch_marker(&self) -> PathBuf {
         self.work().join("fetching")

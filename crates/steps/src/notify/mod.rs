@@ -474,14 +474,17 @@ impl Facts {
     fn from_upstream(p: &Published) -> Self {
         let known = |v: u64| Some(v).filter(|v| *v > 0);
         let text = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
-        let last = |values: Vec<Option<u64>>| values.into_iter().rev().flatten().next();
         let mut f = Facts {
-            bytes: last(p.seals.iter().map(|s| known(s.bytes)).collect()),
-            files: last(p.seals.iter().map(|s| known(s.files)).collect()),
-            commit_lsn: last(p.seals.iter().map(|s| known(s.commit_lsn)).collect())
+            bytes: p.seals.iter().rev().find_map(|s| known(s.bytes)),
+            files: p.seals.iter().rev().find_map(|s| known(s.files)),
+            commit_lsn: p
+                .seals
+                .iter()
+                .rev()
+                .find_map(|s| known(s.commit_lsn))
                 .or_else(|| p.locks.iter().find_map(|l| known(l.lsn))),
-            redo_from_lsn: last(p.redo.iter().map(|r| known(r.from_lsn)).collect()),
-            redo_to_lsn: last(p.redo.iter().map(|r| known(r.to_lsn)).collect()),
+            redo_from_lsn: p.redo.iter().rev().find_map(|r| known(r.from_lsn)),
+            redo_to_lsn: p.redo.iter().rev().find_map(|r| known(r.to_lsn)),
             gtid: p
                 .seals
                 .iter()

@@ -142,11 +142,13 @@ impl TypedStep for Reconcile {
         let (from, step, catch_up) = (PathBuf::from(&cfg.from), ctx.step_id.clone(), cfg.catch_up);
         let cancel = ctx.cancel.clone();
         let (plan, copied) = tokio::task::spawn_blocking(move || {
-            if catch_up {
-                catch_up_copy(&from, &to, &ledger, lsn, &step, &cancel)
-            } else {
-                reconcile(&from, &to, &ledger, lsn, &step, &cancel)
-            }
+            let pass = Pass {
+                from: &from,
+                to: &to,
+                step: &step,
+                catch_up,
+            };
+            reconcile(pass, &ledger, lsn, &cancel)
         })
         .await
         .map_err(|e| StepError::fatal(format!("reconcile crashed: {e}")))??;
@@ -177,12 +179,10 @@ async fn wait_for_ledger(
     wait: Duration,
     ctx: &StepContext,
 ) -> Result<FileOps, StepError> {
-    let path = BackupDir::new(to).file_ops();
+    let dir = BackupDir::new(to);
     let t0 = Instant::now();
     loop {
-        let seen = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<FileOps>(&b).ok());
+        let seen = dir.read_file_ops();
         match seen {
             Some(ledger) if ledger.to_lsn >= lsn => return Ok(ledger),
             _ => {}
@@ -224,55 +224,51 @@ fn no_innodb_ddl(datadir: &Path) -> Result<(), StepError> {
 }
 
 /// Plans against the copy parts, copies again what must be, writes this step's part.
+/// The pass under BLOCK_DDL records the changes (and mariadb-backup's markers for them).
+/// A catch-up pass, under START, copies only the tablespaces created or rebuilt so far,
+/// each under a name of its own (`db/#sh-<space id>.ibd`) that the pass under BLOCK_DDL
+/// then renames, or removes if DDL dropped it meanwhile; it records no change.
 fn reconcile(
-    from: &Path,
-    to: &Path,
+    pass: Pass<'_>,
     ledger: &FileOps,
     lsn: u64,
-    step: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
-    let (parts, plan) = plan_against_parts(to, ledger, lsn)?;
+    let (parts, plan) = plan_against_parts(pass.to, ledger, lsn)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let t0 = Instant::now();
-    let recopied = recopy(from, to, &plan.recopy, cancel, Missing::Fail)?;
+    if pass.catch_up {
+        // Undo tablespaces are copied again in place, by the pass under BLOCK_DDL only.
+        let early: Vec<Recopy> = plan
+            .recopy
+            .iter()
+            .filter(|r| r.name.ends_with(".ibd"))
+            .map(|r| Recopy {
+                to: catch_up_path(&r.name, r.space_id),
+                ..r.clone()
+            })
+            .collect();
+        let copied = recopy(pass.from, pass.to, &early, cancel, Missing::Skip)?;
+        write_part(&pass, &parts, started_at, t0, copied.clone(), None)?;
+        return Ok((DdlPlan::default(), copied));
+    }
+    let recopied = recopy(pass.from, pass.to, &plan.recopy, cancel, Missing::Fail)?;
     let mut files = recopied.clone();
-    files.extend(write_markers(to, &plan.changes)?);
+    files.extend(write_markers(pass.to, &plan.changes)?);
     let ddl = DdlRecord {
         lsn,
         changes: plan.changes.clone(),
     };
-    write_part(to, &parts, step, started_at, t0, files, Some(ddl))?;
+    write_part(&pass, &parts, started_at, t0, files, Some(ddl))?;
     Ok((plan, recopied))
 }
 
-/// Under START: copies the tablespaces created or rebuilt so far that have no valid copy,
-/// each under a name of its own (`db/#sh-<space id>.ibd`) that the pass under BLOCK_DDL
-/// then renames, or removes if DDL dropped it meanwhile. Plans no change itself.
-fn catch_up_copy(
-    from: &Path,
-    to: &Path,
-    ledger: &FileOps,
-    lsn: u64,
-    step: &str,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
-    let (parts, plan) = plan_against_parts(to, ledger, lsn)?;
-    // Undo tablespaces are copied again in place, by the pass under BLOCK_DDL only.
-    let early: Vec<Recopy> = plan
-        .recopy
-        .iter()
-        .filter(|r| r.name.ends_with(".ibd"))
-        .map(|r| Recopy {
-            to: catch_up_path(&r.name, r.space_id),
-            ..r.clone()
-        })
-        .collect();
-    let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let t0 = Instant::now();
-    let copied = recopy(from, to, &early, cancel, Missing::Skip)?;
-    write_part(to, &parts, step, started_at, t0, copied.clone(), None)?;
-    Ok((DdlPlan::default(), copied))
+/// Which pass runs, where, as which step.
+struct Pass<'a> {
+    from: &'a Path,
+    to: &'a Path,
+    step: &'a str,
+    catch_up: bool,
 }
 
 /// `db/t.ibd` of tablespace 9 → `db/#sh-9.ibd`: never a table's name, and one per id.
@@ -308,9 +304,8 @@ fn plan_against_parts(
 }
 
 fn write_part(
-    to: &Path,
+    pass: &Pass<'_>,
     parts: &[CopyPart],
-    step: &str,
     started_at: String,
     t0: Instant,
     files: Vec<CopiedFile>,
@@ -320,9 +315,11 @@ fn write_part(
         .iter()
         .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
         .map(|p| p.settings.clone())
-        .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))?;
+        .ok_or_else(|| {
+            StepError::fatal(format!("no InnoDB copy found in {}", pass.to.display()))
+        })?;
     let part = CopyPart {
-        step: step.into(),
+        step: pass.step.into(),
         files_set: FileSet::Innodb,
         settings,
         started_at,
@@ -332,7 +329,7 @@ fn write_part(
         lsn_range: None,
         ddl,
     };
-    BackupDir::new(to).write_part(&part).map(|_| ())
+    BackupDir::new(pass.to).write_part(&part).map(|_| ())
 }
 
 /// Writes mariadb-backup's `.del`/`.ren` markers beside the copies (see

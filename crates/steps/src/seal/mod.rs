@@ -80,16 +80,13 @@ impl Upstreams {
 /// a file operation logged later on a table (not a server temporary `#sql` file) means
 /// DDL ran after that point, which the reconcile did not see.
 fn check_no_ddl_after(dir: &Path, lsn: u64) -> Result<(), StepError> {
-    let path = BackupDir::new(dir).file_ops();
-    let ledger: stagehand_innodb::file_ops::FileOps = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            StepError::fatal(format!(
-                "{} is missing or unreadable: the reconciled copy cannot be checked",
-                path.display()
-            ))
-        })?;
+    let backup = BackupDir::new(dir);
+    let ledger = backup.read_file_ops().ok_or_else(|| {
+        StepError::fatal(format!(
+            "{} is missing or unreadable: the reconciled copy cannot be checked",
+            backup.file_ops().display()
+        ))
+    })?;
     let late = ledger.events.iter().find(|e| {
         e.lsn > lsn
             && match &e.change {
