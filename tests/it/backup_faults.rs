@@ -8,7 +8,8 @@
 
 use crate::cli::repo_root;
 use crate::support::{
-    add_need, backup_plan, copy_tree, insert_gate, journal_in, spawn_backup, with_of, yaml,
+    add_need, backup_plan, copy_tree, hold_ddl, insert_gate, journal_in, spawn_backup, with_of,
+    yaml,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -27,6 +28,15 @@ use std::time::{Duration, Instant, SystemTime};
 /// The backup plan with the InnoDB copy limited to `rate` per second.
 fn slow_copy_plan(dir: &Path, rate: &str) -> PathBuf {
     backup_plan(dir, |steps| {
+        with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml(rate));
+    })
+}
+
+/// docs/examples/full-backup-hold-ddl.yaml (BLOCK_DDL held through the copy) with the
+/// InnoDB copy limited to `rate` per second.
+fn slow_hold_ddl_plan(dir: &Path, rate: &str) -> PathBuf {
+    backup_plan(dir, |steps| {
+        hold_ddl(steps);
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml(rate));
     })
 }
@@ -483,18 +493,19 @@ struct Killed {
     state: PathBuf,
 }
 
-/// Starts a backup of `server` (InnoDB copy at `rate`), checks that DDL is blocked while
-/// it copies, and kills it with SIGKILL well before the copy ends.
+/// Starts a backup of `server` (InnoDB copy at `rate`), checks that DDL goes on while it
+/// copies (only BACKUP STAGE START is held), and kills it with SIGKILL well before the
+/// copy ends.
 async fn kill_mid_copy(server: &TestServer, dir: &Path, rate: &str) -> Killed {
     let plan = slow_copy_plan(dir, rate);
     let mut backup = start_backup(server, dir, &plan);
     backup
         .wait_for("step_started", "copy_innodb", Duration::from_secs(30))
         .await;
-    // Well into the copy: the session holds BLOCK_DDL, files are half copied.
+    // Well into the copy: the session holds START, files are half copied.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    // The backup session holds BLOCK_DDL: a DDL times out.
-    let blocked = {
+    // START blocks no DDL: this one does not wait for the backup lock.
+    let created = {
         let mut c = server.conn().await;
         c.query_drop("SET SESSION lock_wait_timeout = 1")
             .await
@@ -505,10 +516,10 @@ async fn kill_mid_copy(server: &TestServer, dir: &Path, rate: &str) -> Killed {
         let _ = c.disconnect().await;
         r
     };
-    match blocked {
-        Err(mysql_async::Error::Server(e)) if e.code == 1205 => {}
-        other => panic!("a DDL during the copy should time out on the backup lock: {other:?}"),
-    }
+    assert!(
+        created.is_ok(),
+        "a DDL during the copy goes through: {created:?}"
+    );
     assert!(
         find_event(&backup.journal(), "step_finished", "copy_innodb").is_none(),
         "the copy is still running when stagehand is killed"
@@ -533,7 +544,20 @@ async fn sigkill_mid_copy_releases_the_locks_and_leaves_no_backup() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Killed { target, state } = kill_mid_copy(&server, dir.path(), "20MiB").await;
 
-    // The server notices the closed socket at once: DDL is not blocked any more.
+    // The server notices the closed socket at once: the backup lock is free (another
+    // backup can start), and DDL is not blocked.
+    {
+        let mut c = server.conn().await;
+        c.query_drop("SET SESSION lock_wait_timeout = 5")
+            .await
+            .expect("set");
+        for stage in ["BACKUP STAGE START", "BACKUP STAGE END"] {
+            c.query_drop(stage)
+                .await
+                .unwrap_or_else(|e| panic!("{stage} after the kill: {e}"));
+        }
+        let _ = c.disconnect().await;
+    }
     let t_create = quick_ddl(&server, "CREATE TABLE app.after_kill (id INT PRIMARY KEY)").await;
     let t_alter = quick_ddl(&server, "ALTER TABLE app.big ADD COLUMN c INT").await;
     let t_drop = quick_ddl(&server, "DROP TABLE app.after_kill").await;
@@ -777,7 +801,9 @@ async fn server_stopped_mid_copy_fails_the_backup_clearly() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 3. DDL issued during the backup waits for END and is not in the backup
+// 3. DDL issued during the backup: with BLOCK_DDL held through the copy
+// (docs/examples/full-backup-hold-ddl.yaml) it waits for END and is not in the backup;
+// with plans/full-backup.yaml it goes through during the copy and is in the backup.
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ddl_during_the_copy_waits_for_end_and_stays_out_of_the_backup() {
@@ -785,7 +811,7 @@ async fn ddl_during_the_copy_waits_for_end_and_stays_out_of_the_backup() {
     big_table(&server, "big", 12_000).await; // ~64 MB: ~3.5 s at 20 MiB/s
     let rows_before: Option<u64> = server.query_first("SELECT COUNT(*) FROM app.big").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let plan = slow_copy_plan(dir.path(), "20MiB");
+    let plan = slow_hold_ddl_plan(dir.path(), "20MiB");
     let mut backup = start_backup(&server, dir.path(), &plan);
     backup
         .wait_for("step_started", "copy_innodb", Duration::from_secs(30))
@@ -914,6 +940,91 @@ async fn ddl_during_the_copy_waits_for_end_and_stays_out_of_the_backup() {
     let check: Vec<(String, String, String, String)> =
         c.query("CHECK TABLE app.big").await.expect("check");
     assert_eq!(check.last().map(|r| r.3.as_str()), Some("OK"), "{check:?}");
+    drop(c);
+    assert!(restored.errors().is_empty(), "{:?}", restored.errors());
+    restored.stop().await;
+}
+
+/// plans/full-backup.yaml copies under START: the same DDL, issued during the copy,
+/// does not wait for the backup lock and finishes while the copy still runs; the backup
+/// holds the tables as the DDL left them (a rebuilt table, a new MyISAM table with rows,
+/// a dropped one), checked on a server started on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn ddl_during_the_copy_goes_through_and_is_in_the_backup() {
+    let server = server_with_binlog("fault-ddl-start", &[]).await;
+    big_table(&server, "big", 12_000).await; // ~64 MB: ~3.5 s at 20 MiB/s
+    big_table(&server, "doomed", 10).await;
+    let rows_before: Option<u64> = server.query_first("SELECT COUNT(*) FROM app.big").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = slow_copy_plan(dir.path(), "20MiB");
+    let mut backup = start_backup(&server, dir.path(), &plan);
+    backup
+        .wait_for("step_started", "copy_innodb", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let mut c = server.conn().await;
+        c.query_drop("SET SESSION lock_wait_timeout = 1")
+            .await
+            .expect("set");
+        for sql in [
+            "ALTER TABLE app.big ADD COLUMN c INT NOT NULL DEFAULT 7, FORCE",
+            "CREATE TABLE app.new_m (id INT PRIMARY KEY) ENGINE=MyISAM",
+            "INSERT INTO app.new_m VALUES (1), (2), (3)",
+            "DROP TABLE app.doomed",
+        ] {
+            c.query_drop(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql} during the copy: {e}"));
+        }
+        let _ = c.disconnect().await;
+    }
+    assert!(
+        find_event(&backup.journal(), "step_finished", "copy_innodb").is_none(),
+        "the DDL finished while the copy still ran (make the table bigger)"
+    );
+    let fin = backup.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        fin.code,
+        Some(0),
+        "{}\n{}",
+        fin.summary(),
+        tail(&fin.stderr, 30)
+    );
+    let target = fin_target(dir.path());
+    let manifest = Manifest::read(&target).expect("the backup is complete");
+    assert_eq!(
+        files_not_in_manifest(&target, &manifest),
+        Vec::<String>::new()
+    );
+    let restored = Restored::start(&target).await;
+    let mut c = restored.conn().await;
+    let cols: Vec<String> = c
+        .query("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA='app' AND TABLE_NAME='big' ORDER BY ORDINAL_POSITION")
+        .await
+        .expect("columns");
+    assert_eq!(
+        cols,
+        ["id", "pad", "v", "c"],
+        "the backup's big was rebuilt with c"
+    );
+    let tables: Vec<String> = c.query("SHOW TABLES FROM app").await.expect("tables");
+    assert_eq!(tables, ["big", "new_m"], "new_m in the backup, doomed not");
+    let rows: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM app.big WHERE c = 7")
+        .await
+        .expect("count");
+    assert_eq!(rows, rows_before);
+    let m: Vec<u32> = c
+        .query("SELECT id FROM app.new_m ORDER BY id")
+        .await
+        .expect("new_m");
+    assert_eq!(m, [1, 2, 3]);
+    for t in ["app.big", "app.new_m"] {
+        let check: Vec<(String, String, String, String)> =
+            c.query(format!("CHECK TABLE {t}")).await.expect("check");
+        assert_eq!(check.last().map(|r| r.3.as_str()), Some("OK"), "{check:?}");
+    }
     drop(c);
     assert!(restored.errors().is_empty(), "{:?}", restored.errors());
     restored.stop().await;
@@ -1237,7 +1348,8 @@ async fn block_commit_budget_releases_commits_and_fails_the_backup() {
     assert!(t < Duration::from_secs(1));
 }
 
-/// `max_hold: {block_ddl: …}` on `lock_ddl`, with a copy slow enough to outlast it: the
+/// `max_hold: {block_ddl: …}` on `lock_ddl` of the hold-DDL plan, with a copy slow
+/// enough to outlast it: the
 /// locks are released (DDL waiting on them goes through), the copy stops, the backup
 /// fails saying which budget ran out, and nothing looks like a backup.
 #[tokio::test(flavor = "multi_thread")]
@@ -1247,6 +1359,7 @@ async fn block_ddl_budget_releases_ddl_and_fails_the_backup() {
     let dir = tempfile::tempdir().expect("tempdir");
     // At 1 MiB/s the InnoDB copy needs well over the 1 s budget.
     let plan = backup_plan(dir.path(), |steps| {
+        hold_ddl(steps);
         with_of(steps, "lock_ddl").insert(yaml("max_hold"), yaml("{block_ddl: 1s}"));
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml("1MiB"));
     });

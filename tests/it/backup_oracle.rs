@@ -27,10 +27,10 @@
 use crate::cli::repo_root;
 use crate::ddl_workload::{
     check_ddl, create, create_ddl_schema, cycle, insert, leftover_files, DdlDriver, DdlLog,
-    DdlReport, DdlSession, Op, SchemaModel,
+    DdlSession, Op, SchemaModel,
 };
 use crate::support::{
-    add_need, backup_plan, copy_tree, insert_gate, spawn_backup, step, step_of,
+    add_need, backup_plan, copy_tree, id_of, insert_gate, set_needs, spawn_backup, step,
     unprepared_backup_args, wait_for_start, with_of, yaml,
 };
 use crate::workload::{
@@ -60,9 +60,10 @@ struct Scenario {
     /// Also run the DDL workload (tests/it/ddl_workload.rs) from before the backup
     /// until after it, with statements between START and BLOCK_DDL.
     ddl: bool,
-    /// Copy InnoDB under START and reconcile under BLOCK_DDL
-    /// (`support::innodb_under_start`): the DDL workload then runs during the InnoDB copy.
-    innodb_under_start: bool,
+    /// Take the backup with docs/examples/full-backup-hold-ddl.yaml (`support::hold_ddl`:
+    /// BLOCK_DDL held through the copy, DDL waits) instead of plans/full-backup.yaml
+    /// (copy under START, reconcile under BLOCK_DDL: DDL runs during the copy).
+    hold_ddl: bool,
 }
 
 /// What the backup run produced.
@@ -663,13 +664,13 @@ fn save_artifacts(name: &str, backup_dir: &Path, server: &TestServer) -> PathBuf
 /// waiting for the file `flag`, see `support::insert_gate`) and a copy of InnoDB slowed
 /// to `max_rate`: nothing else of today's plan changes (BLOCK_DDL is held through the
 /// copies; a DDL statement waits for it).
-fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str, innodb_under_start: bool) -> PathBuf {
+fn ddl_gated_plan(dir: &Path, flag: &Path, max_rate: &str, hold_ddl: bool) -> PathBuf {
     backup_plan(dir, |steps| {
-        if innodb_under_start {
-            crate::support::innodb_under_start(steps, true);
-            insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
-        } else {
+        if hold_ddl {
+            crate::support::hold_ddl(steps);
             insert_gate(steps, "lock_ddl", "redo", flag, 2400);
+        } else {
+            insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
         }
         with_of(steps, "copy_innodb").insert(yaml("max_rate"), yaml(max_rate));
     })
@@ -682,10 +683,10 @@ async fn take_backup_with_ddl_before_block_ddl(
     server: &TestServer,
     work: &Path,
     driver: &DdlDriver,
-    innodb_under_start: bool,
+    hold_ddl: bool,
 ) -> Result<Backup, String> {
     let flag = work.join("gate-open");
-    let plan = ddl_gated_plan(work, &flag, "8MiB", innodb_under_start);
+    let plan = ddl_gated_plan(work, &flag, "8MiB", hold_ddl);
     let mut running = RunningBackup::start(server, work, &plan);
     running.wait_for_step("gate").await;
     let cycles = driver.cycles();
@@ -773,13 +774,7 @@ async fn run_scenario(s: Scenario) {
     let taken = match &driver {
         None => take_backup(&server, work.path()).await,
         Some(driver) => {
-            take_backup_with_ddl_before_block_ddl(
-                &server,
-                work.path(),
-                driver,
-                s.innodb_under_start,
-            )
-            .await
+            take_backup_with_ddl_before_block_ddl(&server, work.path(), driver, s.hold_ddl).await
         }
     };
     let backup = match taken {
@@ -1004,7 +999,7 @@ async fn hot_backup_restores_exactly_up_to_its_gtid() {
         warmup_commits: 300,
         after_backup: Duration::from_millis(500),
         ddl: false,
-        innodb_under_start: false,
+        hold_ddl: false,
     })
     .await;
 }
@@ -1022,7 +1017,7 @@ async fn hot_backup_of_partitioned_tables() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
-        innodb_under_start: false,
+        hold_ddl: false,
     })
     .await;
 }
@@ -1036,7 +1031,7 @@ async fn hot_backup_of_tables_in_the_system_tablespace() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
-        innodb_under_start: false,
+        hold_ddl: false,
     })
     .await;
 }
@@ -1050,7 +1045,7 @@ async fn hot_backup_with_separate_undo_tablespaces() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
-        innodb_under_start: false,
+        hold_ddl: false,
     })
     .await;
 }
@@ -1068,7 +1063,7 @@ async fn hot_backup_of_page_compressed_tables() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: false,
-        innodb_under_start: false,
+        hold_ddl: false,
     })
     .await;
 }
@@ -1082,62 +1077,33 @@ fn light() -> WorkloadOptions {
     }
 }
 
-/// plans/full-backup.yaml as issue 14's "copy under START" will run it, but without
-/// the reconcile at BLOCK_DDL that it needs: `copy_innodb` and `copy_other` need only
-/// `redo` (START is held), a gate (waiting for the file `flag`) follows both, then
+/// plans/full-backup.yaml without the reconcile passes it needs: `copy_innodb` and
+/// `copy_other` run under START, a gate (waiting for the file `flag`) follows both, then
 /// `lock_ddl` takes FLUSH + BLOCK_DDL, and `lock_commit` follows it.
 fn copy_under_start_plan(dir: &Path, flag: &Path) -> PathBuf {
     backup_plan(dir, |steps| {
-        for id in ["copy_innodb", "copy_other"] {
-            step_of(steps, id).insert(yaml("needs"), yaml("[redo]"));
-        }
+        steps.retain(|s| !matches!(id_of(s), Some("catch_up" | "reconcile")));
         insert_gate(steps, "lock_ddl", "copy_innodb", flag, 2400);
         add_need(steps, "gate", "copy_other");
-        step_of(steps, "lock_ddl").insert(yaml("needs"), yaml("[gate]"));
-        step_of(steps, "lock_commit").insert(yaml("needs"), yaml("[lock_ddl]"));
+        set_needs(steps, "lock_ddl", "[gate]");
+        set_needs(steps, "lock_commit", "[lock_ddl]");
     })
 }
 
-/// How a restore of a backup came out against the DDL model.
-enum DdlOutcome {
-    /// The prepare (or the start after it) failed: what it said.
-    Failed(String),
-    /// The server started; what the DDL oracle found.
-    Started(DdlReport),
-}
-
-impl DdlOutcome {
-    fn describe(&self) -> String {
-        match self {
-            DdlOutcome::Failed(e) => format!("failed: {e}"),
-            DdlOutcome::Started(r) if r.problems.is_empty() => "started, exact".to_owned(),
-            DdlOutcome::Started(r) => format!(
-                "started, {} differences:\n- {}",
-                r.problems.len(),
-                r.problems.join("\n- ")
-            ),
-        }
-    }
-}
-
-/// TODAY's behaviour of the copy-under-START flow without reconcile (issue 14): tables
-/// are copied while only START is held, then ALTER … FORCE, RENAME, DROP, TRUNCATE,
-/// CREATE, ADD COLUMN (COPY), ADD INDEX (INPLACE), ENGINE=Aria and DROP/ADD PARTITION
-/// run on them before BLOCK_DDL, each followed by DML. The backup holds the
-/// files as they were copied and a redo log that renames, deletes and creates
-/// tablespaces under them: it does not restore to the state at its GTID.
+/// A plan that copies under START but has no reconcile step (`copy_under_start_plan`):
+/// tables are copied while only START is held, then ALTER … FORCE, RENAME, DROP,
+/// TRUNCATE, CREATE, ADD COLUMN (COPY), ADD INDEX (INPLACE), ENGINE=Aria and DROP/ADD
+/// PARTITION run on them before BLOCK_DDL. Such a backup would hold the files as they
+/// were copied and a redo log that renames, deletes and creates tablespaces under them,
+/// and would not restore to its GTID (observed before seal refused it: created and
+/// renamed tables missing, dropped ones listed, "Table `ddl`.`f_copy` is corrupted"
+/// and "doesn't exist in engine" on both prepare engines). seal refuses it, saying why,
+/// and nothing looks like a backup.
 ///
 /// Deterministic: the gate keeps BLOCK_DDL back until the statements ran, and they run
-/// only once both copies finished. (With the DDL driver running *during* the copies
-/// instead, today's backup does not even complete, in 3 of 3 tries on 10.11.19:
-/// `copy_other` fails on a `.frm`/`.MYI` that a DROP or RENAME removed after it listed
-/// the files ("ddl/c1_d.frm: No such file or directory"), or `copy_aria` re-opens a
-/// dropped Aria table's old `.MAD`: design §1.1, for M6.)
-///
-/// Issue 14's reconcile (milestone M4) flips this test: the same statements must then
-/// restore exactly with both prepare engines.
+/// only once both copies finished.
 #[tokio::test(flavor = "multi_thread")]
-async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
+async fn ddl_after_a_copy_under_start_without_reconcile_is_refused() {
     let server = TestServer::builder()
         .name("oracle-ddl-copy-under-start")
         .option("log-bin", Some("binlog"))
@@ -1227,103 +1193,25 @@ async fn ddl_after_a_copy_under_start_without_reconcile_does_not_restore() {
         .await;
     let after_ddl = domain0_seq_no(&gtid_now(&mut conn).await);
     std::fs::write(&flag, b"").expect("open the gate");
-    let backup = match running.finish(&server).await {
-        Ok(b) => b,
-        Err(e) => {
-            let saved = save_artifacts(
-                "oracle-ddl-copy-under-start",
-                &work.path().join("backup"),
-                &server,
-            );
-            panic!(
-                "the copy-under-START backup failed (today it completes, and restores wrong):\n{e}\n(saved in {})",
-                saved.display()
-            );
-        }
-    };
-    let log = session.finish().await;
-    // Every statement committed before BLOCK_DDL, so before the backup's GTID.
+    let failed = running
+        .finish(&server)
+        .await
+        .err()
+        .expect("seal refuses the unreconciled backup");
     assert!(
-        backup.upto >= after_ddl,
-        "the backup's GTID {} is before the statements' last ({after_ddl})",
-        backup.gtid
+        failed.contains(
+            "while InnoDB was copied before BLOCK_DDL, and no reconcile step recorded it"
+        ),
+        "{failed}"
     );
-    let source = check_ddl(&mut conn, &log, backup.upto).await;
     assert!(
-        source.problems.is_empty(),
-        "the DDL model does not describe the source:\n- {}",
-        source.problems.join("\n- ")
+        !work.path().join("backup").join("stagehand.json").exists(),
+        "no manifest"
     );
-    drop(conn);
-
-    let mut outcomes = Vec::new();
-    for how in [Restore::Mariadbd, Restore::MariadbBackup] {
-        let outcome = match try_restore(&backup, work.path(), how).await {
-            Err(e) => DdlOutcome::Failed(e),
-            Ok(restored) => {
-                let mut c = Conn::new(restored.server.opts("root", ""))
-                    .await
-                    .expect("connect to the restored server");
-                let report = check_ddl(&mut c, &log, backup.upto).await;
-                let _ = c.disconnect().await;
-                let _ = restored.server.kill().await;
-                DdlOutcome::Started(report)
-            }
-        };
-        eprintln!(
-            "[oracle-ddl-copy-under-start {}] TODAY: {}",
-            how.engine(),
-            outcome.describe()
-        );
-        outcomes.push((how, outcome));
-    }
-    // TODAY (10.11.19 and 11.8.9, both prepare engines alike): the backup completes and
-    // both restores start; InnoDB's data follows the redo log (the FORCE rebuild, the
-    // TRUNCATE and the DML after them are exact, the new index and column exist in
-    // InnoDB's dictionary), but the `.frm` files (and the MyISAM files) are those of the
-    // copy under START, taken before the statements, and nothing copies them again:
-    // - created or renamed tables are missing (f_new, f_ren2, f_ren_m2);
-    // - dropped or renamed-away tables are still listed (f_drop, f_ren, f_ren_m: an
-    //   InnoDB `.frm` with no InnoDB table behind it);
-    // - ALTER … ALGORITHM=COPY: "Table `ddl`.`f_copy` is corrupted" (ERROR 1877, the
-    //   old `.frm` on the new InnoDB table); ENGINE=Aria and DROP/ADD PARTITION:
-    //   "doesn't exist in engine" (ERROR 1932; the InnoDB table or partition went
-    //   away, the old `.frm`/`.par` remain); ADD INDEX (INPLACE): rows readable, the
-    //   index missing from the `.frm`.
-    // (The "Tablespace N was not found at ./d/#sql-alter-…" failure of plain mariadbd
-    // seen in the design's §0 experiment does not happen here: the rebuilds happen after
-    // the copy, and recovery re-creates their tablespaces from the redo log.)
-    // Issue 14's reconcile (M4 for InnoDB, M6 for the rest) flips this: every restore
-    // must then be exact, i.e. `DdlOutcome::Started` with no problem.
-    for (how, outcome) in &outcomes {
-        let DdlOutcome::Started(report) = outcome else {
-            panic!(
-                "the {} restore: {} (today the prepare and start succeed, and the table set is wrong)",
-                how.engine(),
-                outcome.describe()
-            );
-        };
-        assert!(
-            !report.problems.is_empty(),
-            "the {} restore of a copy under START without reconcile is exact: has issue 14's reconcile landed? Then assert exactness here.",
-            how.engine()
-        );
-        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            (&report.missing, &report.extra, &report.differing),
-            (
-                &names(&["f_new", "f_ren2", "f_ren_m2"]),
-                &names(&["f_drop", "f_ren", "f_ren_m"]),
-                &names(&["f_copy", "f_eng", "f_idx", "f_part"]),
-            ),
-            "the {} restore: (missing, extra, differing) tables changed from today's; {}",
-            how.engine(),
-            outcome.describe()
-        );
-    }
+    let _ = (session.finish().await, after_ddl, conn.disconnect().await);
 }
 
-/// The DDL oracle on today's plan: DDL (CREATE, RENAME and a swap, DROP, INSTANT ADD
+/// The DDL oracle on docs/examples/full-backup-hold-ddl.yaml: DDL (CREATE, RENAME and a swap, DROP, INSTANT ADD
 /// COLUMN, FORCE, OPTIMIZE, TRUNCATE, partition ADD/DROP on InnoDB, Aria and MyISAM)
 /// runs from before the backup, between START and BLOCK_DDL, waits on BLOCK_DDL during
 /// the (slowed) copy and goes on after END; both restores hold exactly the tables,
@@ -1341,18 +1229,18 @@ async fn hot_backup_with_ddl_restores_exactly_up_to_its_gtid() {
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: true,
-        innodb_under_start: false,
+        hold_ddl: true,
     })
     .await;
 }
 
-/// The DDL oracle with InnoDB copied under START (`support::innodb_under_start`): the
-/// DDL workload runs during the (slowed) InnoDB copy itself and after it, until
-/// BLOCK_DDL; `reconcile` copies again what was rebuilt or created and records the
-/// drops and renames, and both restores hold exactly the statements up to the backup's
-/// GTID.
+/// The DDL oracle on plans/full-backup.yaml (everything copied under START): the DDL
+/// workload runs during the (slowed) copy itself and after it, until BLOCK_DDL;
+/// `catch_up` and `reconcile` copy again what was rebuilt, created or changed and record
+/// the drops and renames, and both restores hold exactly the statements up to the
+/// backup's GTID.
 #[tokio::test(flavor = "multi_thread")]
-async fn ddl_during_an_innodb_copy_under_start_restores_exactly_up_to_its_gtid() {
+async fn ddl_during_the_copy_under_start_restores_exactly_up_to_its_gtid() {
     run_scenario(Scenario {
         name: "oracle-ddl-under-start",
         server_options: vec![],
@@ -1364,7 +1252,7 @@ async fn ddl_during_an_innodb_copy_under_start_restores_exactly_up_to_its_gtid()
         warmup_commits: 100,
         after_backup: Duration::from_millis(300),
         ddl: true,
-        innodb_under_start: true,
+        hold_ddl: false,
     })
     .await;
 }

@@ -8,7 +8,7 @@
 
 use crate::cli::repo_root;
 use crate::support::{
-    backup_plan, copy_tree, innodb_under_start, insert_gate, spawn_backup, wait_for_start,
+    backup_plan, copy_tree, hold_ddl, insert_gate, spawn_backup, wait_for_start, without_catch_up,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -19,32 +19,36 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// plans/full-backup.yaml with `copy_innodb` under START, a gate before BLOCK_DDL, and a
-/// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT.
-/// With `catch_up`, the gate is before the catch-up pass, which then sees all the DDL.
+/// plans/full-backup.yaml (everything copied under START, `reconcile` under BLOCK_DDL)
+/// with a gate after the copies. With `catch_up`, the gate is before the catch-up pass,
+/// which then sees all the DDL; without, the plan has no catch-up pass.
 fn copy_under_start_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
     backup_plan(dir, |steps| {
-        innodb_under_start(steps, catch_up);
-        let gated = if catch_up { "catch_up" } else { "lock_ddl" };
+        let gated = if catch_up {
+            "catch_up"
+        } else {
+            without_catch_up(steps);
+            "lock_ddl"
+        };
         insert_gate(steps, gated, "copy_innodb", flag, 2400);
     })
 }
 
-/// The shipped example is exactly what these tests run: plans/full-backup.yaml with
-/// [`innodb_under_start`].
+/// The shipped example of the other mode is plans/full-backup.yaml with BLOCK_DDL moved
+/// before the copies and nothing else ([`hold_ddl`]).
 #[test]
-fn the_innodb_under_start_example_is_the_full_backup_plan_with_that_change_only() {
+fn the_hold_ddl_example_is_the_full_backup_plan_with_that_change_only() {
     let read = |rel: &str| -> serde_yaml::Value {
         let text = std::fs::read_to_string(repo_root().join(rel)).expect(rel);
         serde_yaml::from_str(&text).expect("YAML")
     };
-    let example = read("docs/examples/full-backup-innodb-under-start.yaml");
+    let example = read("docs/examples/full-backup-hold-ddl.yaml");
     let mut full = read("plans/full-backup.yaml");
     let steps = full
         .get_mut("steps")
         .and_then(serde_yaml::Value::as_sequence_mut)
         .expect("steps");
-    innodb_under_start(steps, true);
+    hold_ddl(steps);
     assert_eq!(example.get("steps"), full.get("steps"));
     assert_eq!(
         example
@@ -177,18 +181,27 @@ async fn a_catch_up_pass_leaves_nothing_to_copy_under_block_ddl() {
     ddl_after_the_innodb_copy_restores_exactly(true).await;
 }
 
-async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
-    let server = TestServer::builder()
-        .name("reconcile")
-        .runtime_option("log-bin", Some("binlog"))
-        .runtime_option("server-id", Some("1"))
-        .start()
-        .await;
+/// InnoDB tables, and MyISAM and Aria ones, in schema `d`, with rows.
+async fn create_tables(server: &TestServer) {
     server.exec("CREATE DATABASE d").await;
-    for t in ["keep", "gone", "rebuilt", "trunc", "opt", "s1", "s2"] {
+    let tables = [
+        ("keep", "InnoDB"),
+        ("gone", "InnoDB"),
+        ("rebuilt", "InnoDB"),
+        ("trunc", "InnoDB"),
+        ("opt", "InnoDB"),
+        ("s1", "InnoDB"),
+        ("s2", "InnoDB"),
+        ("m_ren", "MyISAM"),
+        ("m_gone", "MyISAM"),
+        ("m_trunc", "MyISAM"),
+        ("m_written", "MyISAM"),
+        ("a_ren", "Aria"),
+    ];
+    for (t, engine) in tables {
         server
             .exec(&format!(
-                "CREATE TABLE d.{t} (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB"
+                "CREATE TABLE d.{t} (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE={engine}"
             ))
             .await;
         server
@@ -197,16 +210,11 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
             ))
             .await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flag = dir.path().join("ddl-done");
-    let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
-    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
-    let stderr = dir.path().join("stagehand.stderr");
-    // verify's test restore starts a server on a scratch copy with the DDL applied.
-    let params = ["prepare=false", "test_restore=true"];
-    let mut child = spawn_backup(&plan, &server, &target, &state, &params, &stderr);
-    // The InnoDB copy is done and only START is held: these change copied tablespaces.
-    wait_for_start(&mut child, &state, "gate").await;
+}
+
+/// DDL on tables already copied: renames (and a swap), drops, rebuilds, TRUNCATE, a new
+/// table, on InnoDB, MyISAM and Aria tables, with DML after them.
+async fn run_ddl(server: &TestServer) {
     for sql in [
         "RENAME TABLE d.keep TO d.kept",
         "DROP TABLE d.gone",
@@ -218,9 +226,40 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
         "RENAME TABLE d.s1 TO d.tmp, d.s2 TO d.s1, d.tmp TO d.s2",
         "CREATE TABLE d.fresh (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB",
         "INSERT INTO d.fresh SELECT seq, 'fresh' FROM d.seq_1_to_500",
+        "RENAME TABLE d.m_ren TO d.m_ren2",
+        "INSERT INTO d.m_ren2 VALUES (5000, 'after rename')",
+        "DROP TABLE d.m_gone",
+        "TRUNCATE TABLE d.m_trunc",
+        "INSERT INTO d.m_trunc SELECT seq, 'after' FROM d.seq_1_to_20",
+        "INSERT INTO d.m_written SELECT seq, 'more' FROM d.seq_3001_to_3500",
+        "RENAME TABLE d.a_ren TO d.a_ren2",
+        "UPDATE d.a_ren2 SET v = 'updated' WHERE id < 100",
+        "CREATE TABLE d.m_fresh (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=MyISAM",
+        "INSERT INTO d.m_fresh SELECT seq, 'fresh' FROM d.seq_1_to_10",
     ] {
         server.exec(sql).await;
     }
+}
+
+async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
+    let server = TestServer::builder()
+        .name("reconcile")
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    create_tables(&server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("ddl-done");
+    let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
+    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+    let stderr = dir.path().join("stagehand.stderr");
+    // verify's test restore starts a server on a scratch copy with the DDL applied.
+    let params = ["prepare=false", "test_restore=true"];
+    let mut child = spawn_backup(&plan, &server, &target, &state, &params, &stderr);
+    // The InnoDB copy is done and only START is held: these change copied tablespaces.
+    wait_for_start(&mut child, &state, "gate").await;
+    run_ddl(&server).await;
     // The server's own DDL log (the fallback when the redo log is encrypted) names them.
     let logged = stagehand_mariadb::ddl_log::read(server.datadir()).expect("ddl.log under START");
     for (kind, table) in [("RENAME", "keep"), ("DROP", "gone"), ("CREATE", "fresh")] {
@@ -249,6 +288,13 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
             .unwrap_or_else(|| panic!("{id} in the report"))
     };
     let rec = outputs_of("reconcile");
+    // The non-InnoDB tables changed by the DDL are copied again by the first pass that
+    // sees them; the files of m_ren, a_ren and m_gone leave the backup.
+    let tables_pass = outputs_of(if catch_up { "catch_up" } else { "reconcile" });
+    assert!(
+        tables_pass["tables"].as_u64() >= Some(6) && tables_pass["removed"].as_u64() >= Some(7),
+        "{tables_pass}"
+    );
     let checked = outputs_of("verify");
     assert_eq!(
         checked["rows"]["d.kept"], 3000,

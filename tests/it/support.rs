@@ -359,42 +359,37 @@ pub fn insert_gate(steps: &mut Steps, before: &str, after: &str, flag: &Path, tr
     add_need(steps, before, "gate");
 }
 
-/// Copies InnoDB under BACKUP STAGE START: `copy_innodb` needs only the redo tail, and a
-/// `reconcile` step between BLOCK_DDL and BLOCK_COMMIT brings the copy to the state of
-/// the tablespaces when DDL stopped (the non-InnoDB copy stays under BLOCK_DDL). With
-/// `catch_up`, a `reconcile` pass between the InnoDB copy and BLOCK_DDL copies early
-/// what DDL created or rebuilt so far (what docs/examples/full-backup-innodb-under-start.yaml
-/// does).
-pub fn innodb_under_start(steps: &mut Steps, catch_up: bool) {
-    let at = |steps: &Steps, id: &str| {
-        steps
-            .iter()
-            .position(|s| id_of(s) == Some(id))
-            .unwrap_or_else(|| panic!("plan step {id}"))
-    };
-    step_of(steps, "copy_innodb").insert(yaml("needs"), yaml("[redo]"));
-    // In the order they run: the InnoDB copy, the catch-up pass, BLOCK_DDL, reconcile.
-    let lock_ddl = steps.remove(at(steps, "lock_ddl"));
-    let mut after = at(steps, "copy_innodb") + 1;
-    if catch_up {
-        steps.insert(
-            after,
-            yaml("{id: catch_up, uses: reconcile, needs: [copy_innodb], with: {from: '{{params.datadir}}', to: '{{params.target}}', catch_up: true}}"),
-        );
-        after += 1;
-    }
-    steps.insert(after, lock_ddl);
-    let last = if catch_up {
-        "[catch_up]"
-    } else {
-        "[copy_innodb]"
-    };
-    step_of(steps, "lock_ddl").insert(yaml("needs"), yaml(last));
-    steps.insert(
-        after + 1,
-        yaml("{id: reconcile, uses: reconcile, needs: [lock_ddl], with: {from: '{{params.datadir}}', to: '{{params.target}}', ddl_lsn: '{{steps.lock_ddl.outputs.ddl_lsn}}'}}"),
-    );
-    add_need(steps, "lock_commit", "reconcile");
+/// The other mode (docs/examples/full-backup-hold-ddl.yaml) made from
+/// plans/full-backup.yaml: BLOCK_DDL taken before the copies and held through them, no
+/// reconcile passes.
+pub fn hold_ddl(steps: &mut Steps) {
+    steps.retain(|s| !matches!(id_of(s), Some("catch_up" | "reconcile")));
+    let lock_ddl = steps.remove(position_of(steps, "lock_ddl"));
+    let at = position_of(steps, "copy_innodb");
+    steps.insert(at, lock_ddl);
+    set_needs(steps, "lock_ddl", "[redo]");
+    set_needs(steps, "copy_innodb", "[lock_ddl]");
+    set_needs(steps, "copy_other", "[lock_ddl]");
+    set_needs(steps, "lock_commit", "[copy_innodb, copy_other]");
+}
+
+/// plans/full-backup.yaml without its catch-up pass: BLOCK_DDL right after the copies,
+/// so the pass under BLOCK_DDL does all the reconciling.
+pub fn without_catch_up(steps: &mut Steps) {
+    steps.retain(|s| id_of(s) != Some("catch_up"));
+    set_needs(steps, "lock_ddl", "[copy_innodb, copy_other]");
+}
+
+fn position_of(steps: &Steps, id: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| id_of(s) == Some(id))
+        .unwrap_or_else(|| panic!("plan step {id}"))
+}
+
+/// Replaces what step `id` needs (`needs` written as YAML, `[a, b]`).
+pub fn set_needs(steps: &mut Steps, id: &str, needs: &str) {
+    step_of(steps, id).insert(yaml("needs"), yaml(needs));
 }
 
 /// Waits until the journal in `state` says step `step` started; panics when the run

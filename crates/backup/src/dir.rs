@@ -125,4 +125,23 @@ pub struct CopyPart {
     /// From the reconcile under BLOCK_DDL: the file changes prepare applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ddl: Option<crate::ddl::DdlRecord>,
+    /// Files an earlier part listed that left the backup: the reconcile found their
+    /// table dropped or renamed by DDL run during the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+/// The backup's files as the parts left them, by path: parts in the order they
+/// finished, each one's removals first, then its files (a later copy of a path wins).
+pub fn merged_files(parts: &[CopyPart]) -> std::collections::BTreeMap<String, CopiedFile> {
+    let mut by_path = std::collections::BTreeMap::new();
+    for part in parts {
+        for gone in &part.removed {
+            by_path.remove(gone);
+        }
+        for f in &part.files {
+            by_path.insert(f.path.clone(), f.clone());
+        }
+    }
+    by_path
 }

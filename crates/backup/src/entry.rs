@@ -70,7 +70,11 @@ impl SourceStamp {
     /// mtime, and it had not been modified for a second before it was copied (file
     /// times are coarse, so a write right after a recent one could keep the same mtime).
     pub fn still_matches(&self, meta: &std::fs::Metadata) -> bool {
-        let now = Self::of(meta, 0);
+        self.still_matches_stamp(&Self::of(meta, 0))
+    }
+
+    /// [`Self::still_matches`] against a stamp taken now (`copied_ns` is not read).
+    pub fn still_matches_stamp(&self, now: &SourceStamp) -> bool {
         now.ino == self.ino
             && now.size == self.size
             && now.mtime_ns == self.mtime_ns

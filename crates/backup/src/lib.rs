@@ -1,7 +1,7 @@
 //! The backup directory: its manifest and file entries (`manifest`), the page copier
 //! that produces those entries (`pagecopy`) and the spool a streamed backup shares with
 //! its uploader (`spool`), and the tablespace file changes a backup replays before
-//! recovery (`ddl`). Knows nothing about repositories, S3 or plans.
+//! recovery (`ddl`), and the non-InnoDB tables copied again after DDL (`table_files`). Knows nothing about repositories, S3 or plans.
 
 pub mod check;
 pub mod codec;
@@ -11,3 +11,4 @@ pub mod entry;
 pub mod manifest;
 pub mod pagecopy;
 pub mod spool;
+pub mod table_files;

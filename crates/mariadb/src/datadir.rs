@@ -230,7 +230,14 @@ pub fn aria_logs(
 
 fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DatadirError> {
     let db = file_name(dir);
-    for entry in read_dir(dir)? {
+    let entries = match read_dir(dir) {
+        // Dropped since the datadir was listed (DDL runs while InnoDB is copied).
+        Err(DatadirError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(())
+        }
+        other => other?,
+    };
+    for entry in entries {
         let name = file_name(&entry);
         // Temporary files of a running ALTER (#sql-…) are never part of a backup.
         if !entry.is_file() || name.starts_with("#sql") {

@@ -20,6 +20,9 @@ pub struct DdlEntry {
     pub table: String,
     /// For ALTER … ENGINE= and RENAME: the engine after it (empty otherwise).
     pub new_engine: String,
+    /// For RENAME (and ALTER … RENAME): the name after it (empty otherwise).
+    pub new_db: String,
+    pub new_table: String,
 }
 
 impl DdlEntry {
@@ -41,6 +44,8 @@ pub fn parse(text: &str) -> Vec<DdlEntry> {
                 db: field(4)?,
                 table: field(5)?,
                 new_engine: field(7).unwrap_or_default(),
+                new_db: field(9).unwrap_or_default(),
+                new_table: field(10).unwrap_or_default(),
             })
         })
         .collect()
@@ -70,6 +75,10 @@ mod tests {
                 entries[0].table.as_str()
             ),
             ("CREATE", "d", "t")
+        );
+        assert_eq!(
+            (entries[2].new_db.as_str(), entries[2].new_table.as_str()),
+            ("d", "a")
         );
         let innodb: Vec<bool> = entries.iter().map(DdlEntry::is_innodb).collect();
         assert_eq!(innodb, [true, false, true]);

@@ -283,6 +283,7 @@ impl TypedStep for Copy {
             files: copied,
             lsn_range: lsn_start.zip(lsn_end),
             ddl: None,
+            removed: Vec::new(),
         };
         let part_path = BackupDir::new(&to).write_part(&part)?;
         Ok(summary(&part, &part_path))
@@ -324,15 +325,12 @@ fn files_to_copy(
         .collect())
 }
 
-/// What earlier copy steps of this backup recorded, by path.
-fn earlier_files(to: &Path) -> Result<std::collections::HashMap<String, CopiedFile>, StepError> {
-    let mut earlier = std::collections::HashMap::new();
-    for part in BackupDir::new(to).read_parts()? {
-        for f in part.files {
-            earlier.insert(f.path.clone(), f);
-        }
-    }
-    Ok(earlier)
+/// What earlier copy steps of this backup recorded, by path (without the files a
+/// reconcile removed).
+fn earlier_files(to: &Path) -> Result<std::collections::BTreeMap<String, CopiedFile>, StepError> {
+    Ok(stagehand_backup::dir::merged_files(
+        &BackupDir::new(to).read_parts()?,
+    ))
 }
 
 fn split_unchanged(
@@ -550,12 +548,13 @@ fn worker(
                 hand_off.finished(to, &rec)?;
                 done.push(rec)
             }
-            // Dropped before we opened it: a table removed before the copy's locks.
+            // Dropped or renamed before we opened it: DDL under START (a reconcile
+            // pass sees where it went), or a table dropped before the copy's locks (the
+            // redo log records the removal of a tablespace).
             Err(CopyError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound
-                    && file.class == FileClass::Tablespace =>
+                if source.kind() == std::io::ErrorKind::NotFound && may_vanish(file.class) =>
             {
-                tracing::warn!(file = %file.rel, "vanished before it was copied; the redo log records its removal");
+                tracing::warn!(file = %file.rel, "vanished before it was copied");
             }
             Err(e) => {
                 // Stop the other workers too: the step has failed.
@@ -569,6 +568,15 @@ fn worker(
             }
         }
     }
+}
+
+/// Table files DDL can remove; the system tablespace, undo tablespaces and Aria logs
+/// are never removed while the server runs.
+fn may_vanish(class: FileClass) -> bool {
+    matches!(
+        class,
+        FileClass::Tablespace | FileClass::NonInnodb | FileClass::AriaData
+    )
 }
 
 /// The system tablespace format from page 0 of ibdata1, for ibdata2….

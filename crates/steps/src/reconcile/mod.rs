@@ -1,11 +1,14 @@
-//! `reconcile`: run under BLOCK_DDL after InnoDB was copied under BACKUP STAGE START.
-//! DDL could run during that copy: it dropped, renamed, created and rebuilt tablespaces
-//! whose files were (or were not yet) copied. From the copy parts and the ledger of file
-//! operations the redo tail publishes (`innodb::file_ops`), replayed up to the LSN taken
-//! under BLOCK_DDL, it copies again the tablespaces created or rebuilt meanwhile (as
-//! mariadb-backup's `.new` side files) and records the file changes `prepare` applies
-//! before recovery (`backup::ddl`). Non-InnoDB files are not reconciled yet: a plan
-//! using this step still copies them under BLOCK_DDL.
+//! `reconcile`: run under BLOCK_DDL after the datadir was copied under BACKUP STAGE
+//! START. DDL could run during that copy: it dropped, renamed, created and rebuilt
+//! tablespaces whose files were (or were not yet) copied. From the copy parts and the
+//! ledger of file operations the redo tail publishes (`innodb::file_ops`), replayed up
+//! to the LSN taken under BLOCK_DDL, it copies again the tablespaces created or rebuilt
+//! meanwhile (as mariadb-backup's `.new` side files) and records the file changes
+//! `prepare` applies before recovery (`backup::ddl`). Non-InnoDB tables whose files
+//! changed since their copy (DDL, or MyISAM writes before FLUSH) are copied again
+//! whole, and those dropped or renamed away leave the backup (`tables`).
+
+mod tables;
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -14,9 +17,9 @@ use stagehand_backup::ddl::{self, CopiedSpace, DdlPlan, DdlRecord, FileChange, R
 use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions};
-use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_innodb::file_ops::FileOps;
-use stagehand_mariadb::datadir::{FileClass, FileSet, SourceFile};
+use stagehand_mariadb::datadir::{FileClass, FileSet, ServerSettings, SourceFile};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -64,6 +67,12 @@ pub struct ReconcileOutput {
     pub deleted: u64,
     /// copied tablespaces prepare renames
     pub renamed: u64,
+    /// non-InnoDB tables copied again (changed since their copy) or removed
+    pub tables: u64,
+    /// their files copied again
+    pub table_files: u64,
+    /// non-InnoDB files that left the backup (their table was dropped or renamed)
+    pub removed: u64,
     /// the LSN up to which the log's file operations were replayed (with `catch_up`:
     /// as far as the redo copy had read)
     pub ddl_lsn: u64,
@@ -78,7 +87,7 @@ impl TypedStep for Reconcile {
     type Config = ReconcileConfig;
     type Output = ReconcileOutput;
     const NAME: &'static str = "reconcile";
-    const SUMMARY: &'static str = "Under BLOCK_DDL, after an InnoDB copy taken under BACKUP STAGE START: copies again the tablespaces DDL created or rebuilt meanwhile and records the drops and renames prepare applies";
+    const SUMMARY: &'static str = "Under BLOCK_DDL, after a copy taken under BACKUP STAGE START: copies again the tablespaces and tables DDL created, rebuilt or changed meanwhile and records the drops and renames prepare applies";
 
     fn check(cfg: &ReconcileConfig) -> Result<(), ConfigError> {
         let lsn_error = |message: &str| {
@@ -110,7 +119,7 @@ impl TypedStep for Reconcile {
     fn describe(cfg: &ReconcileConfig) -> String {
         if cfg.catch_up {
             return format!(
-                "before BLOCK_DDL: copies from {} into {} the tablespaces DDL created or rebuilt since the copy began, as far as the redo copy has seen, so that less is left for the pass under BLOCK_DDL",
+                "before BLOCK_DDL: copies from {} into {} the tablespaces DDL created or rebuilt since the copy began (as far as the redo copy has seen) and the non-InnoDB tables changed since their copy, so that less is left for the pass under BLOCK_DDL",
                 cfg.from, cfg.to
             );
         }
@@ -120,19 +129,18 @@ impl TypedStep for Reconcile {
             lsn => format!("LSN {lsn}"),
         };
         format!(
-            "replays the tablespace file operations of the redo copy up to {at} against the files copied into {}: copies again from {} what DDL created or rebuilt since, and records the drops and renames for prepare",
+            "replays the tablespace file operations of the redo copy up to {at} against the files copied into {}: copies again from {} what DDL created or rebuilt since, and records the drops and renames for prepare; copies again each non-InnoDB table whose files changed since their copy, and drops from the backup those DDL removed",
             cfg.to, cfg.from
         )
+    }
+
+    fn directories(cfg: &ReconcileConfig) -> Vec<DirectoryUse> {
+        vec![DirectoryUse::Announces(cfg.to.clone())]
     }
 
     async fn run(cfg: &ReconcileConfig, ctx: &StepContext) -> Result<ReconcileOutput, StepError> {
         let t0 = Instant::now();
         let to = PathBuf::from(&cfg.to);
-        if stagehand_backup::spool::is_streaming(&to) {
-            return Err(StepError::fatal(
-                "reconcile does not work on a streamed backup yet: its copies are shipped and removed before DDL is blocked",
-            ));
-        }
         let ledger = wait_for_ledger(&to, cfg.ddl_lsn.unwrap_or(0), cfg.wait, ctx).await?;
         if !ledger.tracked && !cfg.catch_up {
             no_innodb_ddl(Path::new(&cfg.from))?;
@@ -141,7 +149,7 @@ impl TypedStep for Reconcile {
         let lsn = cfg.ddl_lsn.unwrap_or(ledger.to_lsn);
         let (from, step, catch_up) = (PathBuf::from(&cfg.from), ctx.step_id.clone(), cfg.catch_up);
         let cancel = ctx.cancel.clone();
-        let (plan, copied) = tokio::task::spawn_blocking(move || {
+        let done = tokio::task::spawn_blocking(move || {
             let pass = Pass {
                 from: &from,
                 to: &to,
@@ -153,12 +161,16 @@ impl TypedStep for Reconcile {
         .await
         .map_err(|e| StepError::fatal(format!("reconcile crashed: {e}")))??;
         let count =
-            |f: fn(&FileChange) -> bool| plan.changes.iter().filter(|c| f(c)).count() as u64;
+            |f: fn(&FileChange) -> bool| done.plan.changes.iter().filter(|c| f(c)).count() as u64;
+        let bytes = done.copied.iter().chain(&done.tables.copied);
         let out = ReconcileOutput {
-            files: copied.len() as u64,
-            bytes: copied.iter().map(|f| f.size).sum(),
+            files: done.copied.len() as u64,
+            bytes: bytes.map(|f| f.size).sum(),
             deleted: count(|c| matches!(c, FileChange::Delete { .. })),
             renamed: count(|c| matches!(c, FileChange::Rename { .. })),
+            tables: done.tables.tables as u64,
+            table_files: done.tables.copied.len() as u64,
+            removed: done.tables.removed.len() as u64,
             ddl_lsn: lsn,
             seconds: (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         };
@@ -166,6 +178,7 @@ impl TypedStep for Reconcile {
             files = out.files,
             deleted = out.deleted,
             renamed = out.renamed,
+            tables = out.tables,
             "reconciled the copy with the DDL run during it"
         );
         Ok(out)
@@ -205,7 +218,8 @@ async fn wait_for_ledger(
 /// With an encrypted redo log the ledger is empty (file operations cannot be read): the
 /// copy is good only if no InnoDB DDL ran since START, which the server's DDL log says.
 fn no_innodb_ddl(datadir: &Path) -> Result<(), StepError> {
-    let fallback = "copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)";
+    let fallback =
+        "hold BLOCK_DDL through the copy instead (docs/examples/full-backup-hold-ddl.yaml)";
     let entries = stagehand_mariadb::ddl_log::read(datadir).map_err(|e| {
         StepError::fatal(format!(
             "the redo log is encrypted and the server's DDL log {} cannot be read ({e}): whether DDL ran during the copy cannot be told",
@@ -223,21 +237,31 @@ fn no_innodb_ddl(datadir: &Path) -> Result<(), StepError> {
     }
 }
 
+/// What one pass did.
+struct Reconciled {
+    plan: DdlPlan,
+    /// InnoDB tablespaces copied again
+    copied: Vec<CopiedFile>,
+    tables: tables::TablesReconciled,
+}
+
 /// Plans against the copy parts, copies again what must be, writes this step's part.
 /// The pass under BLOCK_DDL records the changes (and mariadb-backup's markers for them).
 /// A catch-up pass, under START, copies only the tablespaces created or rebuilt so far,
 /// each under a name of its own (`db/#sh-<space id>.ibd`) that the pass under BLOCK_DDL
-/// then renames, or removes if DDL dropped it meanwhile; it records no change.
+/// then renames, or removes if DDL dropped it meanwhile; it records no change. Both
+/// passes copy again the non-InnoDB tables changed since their copy.
 fn reconcile(
     pass: Pass<'_>,
     ledger: &FileOps,
     lsn: u64,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<(DdlPlan, Vec<CopiedFile>), StepError> {
+) -> Result<Reconciled, StepError> {
     let (parts, plan) = plan_against_parts(pass.to, ledger, lsn)?;
+    let settings = innodb_settings(&parts, pass.to)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let t0 = Instant::now();
-    if pass.catch_up {
+    let (plan, copied, mut files, ddl) = if pass.catch_up {
         // Undo tablespaces are copied again in place, by the pass under BLOCK_DDL only.
         let early: Vec<Recopy> = plan
             .recopy
@@ -249,18 +273,57 @@ fn reconcile(
             })
             .collect();
         let copied = recopy(pass.from, pass.to, &early, cancel, Missing::Skip)?;
-        write_part(&pass, &parts, started_at, t0, copied.clone(), None)?;
-        return Ok((DdlPlan::default(), copied));
-    }
-    let recopied = recopy(pass.from, pass.to, &plan.recopy, cancel, Missing::Fail)?;
-    let mut files = recopied.clone();
-    files.extend(write_markers(pass.to, &plan.changes)?);
-    let ddl = DdlRecord {
-        lsn,
-        changes: plan.changes.clone(),
+        (DdlPlan::default(), copied.clone(), copied, None)
+    } else {
+        let recopied = recopy(pass.from, pass.to, &plan.recopy, cancel, Missing::Fail)?;
+        let mut files = recopied.clone();
+        files.extend(write_markers(pass.to, &plan.changes)?);
+        let ddl = DdlRecord {
+            lsn,
+            changes: plan.changes.clone(),
+        };
+        (plan, recopied, files, Some(ddl))
     };
-    write_part(&pass, &parts, started_at, t0, files, Some(ddl))?;
-    Ok((plan, recopied))
+    let tables = tables::reconcile_tables(
+        pass.from,
+        pass.to,
+        &parts,
+        &settings,
+        cancel,
+        !pass.catch_up,
+    )?;
+    files.extend(tables.copied.iter().cloned());
+    announce_if_streaming(&pass, &files)?;
+    let part = CopyPart {
+        step: pass.step.into(),
+        files_set: FileSet::All,
+        settings,
+        started_at,
+        seconds: t0.elapsed().as_secs_f64(),
+        finished_ns: stagehand_backup::entry::now_ns(),
+        files,
+        lsn_range: None,
+        ddl,
+        removed: tables.removed.clone(),
+    };
+    BackupDir::new(pass.to).write_part(&part)?;
+    Ok(Reconciled {
+        plan,
+        copied,
+        tables,
+    })
+}
+
+/// In a streamed backup the files copied again go to the upload like the first copies.
+fn announce_if_streaming(pass: &Pass<'_>, files: &[CopiedFile]) -> Result<(), StepError> {
+    if !stagehand_backup::spool::is_streaming(pass.to) {
+        return Ok(());
+    }
+    for f in files {
+        stagehand_backup::spool::announce(pass.to, pass.step, f)
+            .map_err(|e| StepError::fatal(format!("cannot record {} as copied: {e}", f.path)))?;
+    }
+    Ok(())
 }
 
 /// Which pass runs, where, as which step.
@@ -297,39 +360,20 @@ fn plan_against_parts(
         })
         .collect();
     let plan = ddl::plan(&copied, ledger, lsn).map_err(|e| {
-        StepError::fatal(e.to_string())
-            .with_hint("copy InnoDB under BLOCK_DDL instead (plans/full-backup.yaml)")
+        StepError::fatal(e.to_string()).with_hint(
+            "hold BLOCK_DDL through the copy instead (docs/examples/full-backup-hold-ddl.yaml)",
+        )
     })?;
     Ok((parts, plan))
 }
 
-fn write_part(
-    pass: &Pass<'_>,
-    parts: &[CopyPart],
-    started_at: String,
-    t0: Instant,
-    files: Vec<CopiedFile>,
-    ddl: Option<DdlRecord>,
-) -> Result<(), StepError> {
-    let settings = parts
+/// The server's settings, as the InnoDB copy recorded them.
+fn innodb_settings(parts: &[CopyPart], to: &Path) -> Result<ServerSettings, StepError> {
+    parts
         .iter()
         .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
         .map(|p| p.settings.clone())
-        .ok_or_else(|| {
-            StepError::fatal(format!("no InnoDB copy found in {}", pass.to.display()))
-        })?;
-    let part = CopyPart {
-        step: pass.step.into(),
-        files_set: FileSet::Innodb,
-        settings,
-        started_at,
-        seconds: t0.elapsed().as_secs_f64(),
-        finished_ns: stagehand_backup::entry::now_ns(),
-        files,
-        lsn_range: None,
-        ddl,
-    };
-    BackupDir::new(pass.to).write_part(&part).map(|_| ())
+        .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))
 }
 
 /// Writes mariadb-backup's `.del`/`.ren` markers beside the copies (see
@@ -357,6 +401,20 @@ enum Missing {
     Fail,
 }
 
+/// How a pass copies: one file at a time, unthrottled (DDL may be waiting), checking
+/// for cancellation between files.
+fn copy_options() -> CopyOptions {
+    CopyOptions {
+        chunk_bytes: 1 << 20,
+        rereads: 10,
+        reread_delay: Duration::from_millis(100),
+        cancel: Arc::new(AtomicBool::new(false)),
+        limiter: None,
+        system_format: None,
+        progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    }
+}
+
 /// Copies each tablespace to copy again, one at a time: DDL is blocked, and these are
 /// the few tablespaces DDL rebuilt while the copy ran.
 fn recopy(
@@ -366,16 +424,7 @@ fn recopy(
     cancel: &tokio_util::sync::CancellationToken,
     missing: Missing,
 ) -> Result<Vec<CopiedFile>, StepError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = CopyOptions {
-        chunk_bytes: 1 << 20,
-        rereads: 10,
-        reread_delay: Duration::from_millis(100),
-        cancel: stop,
-        limiter: None,
-        system_format: None,
-        progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-    };
+    let opts = copy_options();
     let mut scratch = Vec::new();
     let mut out = Vec::new();
     for r in recopy {

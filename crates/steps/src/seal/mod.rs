@@ -101,7 +101,43 @@ fn check_no_ddl_after(dir: &Path, lsn: u64) -> Result<(), StepError> {
             "tablespace {} changed as a file at LSN {} ({:?}), after DDL was blocked at LSN {lsn}: the backup cannot be reconciled",
             e.space_id, e.lsn, e.change
         ))
-        .with_hint("run the backup again; if it repeats, copy InnoDB under BLOCK_DDL (plans/full-backup.yaml)")),
+        .with_hint("run the backup again; if it repeats, hold BLOCK_DDL through the copy (docs/examples/full-backup-hold-ddl.yaml)")),
+    }
+}
+
+/// A plan that copies InnoDB before BLOCK_DDL but has no reconcile step: if DDL changed
+/// tablespace files while the copy ran, the copy disagrees with the log and would not
+/// restore. Refused here rather than found on the day of the restore.
+fn check_no_unreconciled_ddl(
+    dir: &Path,
+    parts: &[CopyPart],
+    ddl_lsn: u64,
+) -> Result<(), StepError> {
+    let copy_began = parts
+        .iter()
+        .filter_map(|p| p.lsn_range.map(|(start, _)| start))
+        .min();
+    let Some(copy_began) = copy_began.filter(|&lsn| ddl_lsn > 0 && lsn < ddl_lsn) else {
+        return Ok(());
+    };
+    let Some(ledger) = BackupDir::new(dir).read_file_ops() else {
+        return Ok(());
+    };
+    let during_copy = ledger.events.iter().find(|e| {
+        e.lsn > copy_began
+            && e.lsn <= ddl_lsn
+            && matches!(
+                e.change,
+                Change::Create { .. } | Change::Delete { .. } | Change::Rename { .. }
+            )
+    });
+    match during_copy {
+        None => Ok(()),
+        Some(e) => Err(StepError::fatal(format!(
+            "tablespace {} changed as a file at LSN {} ({:?}) while InnoDB was copied before BLOCK_DDL, and no reconcile step recorded it: the backup would not restore",
+            e.space_id, e.lsn, e.change
+        ))
+        .with_hint("add the catch_up and reconcile steps of plans/full-backup.yaml, or take BLOCK_DDL before the copy (docs/examples/full-backup-hold-ddl.yaml)")),
     }
 }
 
@@ -145,19 +181,18 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
     let naming = bf::naming(bf::Version(version.major, version.minor, version.patch));
 
-    // A file copied twice (Aria data recopied under BLOCK_COMMIT) counts as its last copy.
-    let mut by_path = std::collections::BTreeMap::new();
-    for p in &parts {
-        for f in &p.files {
-            by_path.insert(f.path.clone(), f.clone());
-        }
-    }
-    let mut files: Vec<CopiedFile> = by_path.into_values().collect();
+    // A file copied twice (Aria data recopied under BLOCK_COMMIT, a table reconciled
+    // after DDL) counts as its last copy; a file a reconcile removed is not listed.
+    let mut files: Vec<CopiedFile> = stagehand_backup::dir::merged_files(&parts)
+        .into_values()
+        .collect();
     files.push(hash_file(dir, "ib_logfile0")?);
     // The file changes the last reconcile found (under BLOCK_DDL), for prepare.
     let ddl = parts.iter().rev().find_map(|p| p.ddl.clone());
-    if let Some(record) = &ddl {
-        check_no_ddl_after(dir, record.lsn)?;
+    match (&ddl, upstream.stage(Stage::BlockDdl)) {
+        (Some(record), _) => check_no_ddl_after(dir, record.lsn)?,
+        (None, Some(block_ddl)) => check_no_unreconciled_ddl(dir, &parts, block_ddl.ddl_lsn)?,
+        (None, None) => {}
     }
     let binlog = Binlog {
         file: commit.binlog_file.clone(),

@@ -103,12 +103,15 @@ async fn follow_until_sealed(
             r = &mut until => break r,
             _ = tokio::time::sleep(POLL) => {}
         }
-        // Aria files may be copied again under BLOCK_COMMIT: they go once, at the end,
-        // in their final version (shipping both versions would race on one key).
-        let announced = ledgers
-            .poll(dir)
-            .into_iter()
-            .filter(|f| !matches!(f.class, FileClass::AriaData | FileClass::AriaLog));
+        // Aria files may be copied again under BLOCK_COMMIT, and non-InnoDB table files
+        // by a reconcile under BLOCK_DDL: they go once, at the end, in their final
+        // version (or not at all: a reconcile may drop them from the backup).
+        let announced = ledgers.poll(dir).into_iter().filter(|f| {
+            !matches!(
+                f.class,
+                FileClass::AriaData | FileClass::AriaLog | FileClass::NonInnodb
+            )
+        });
         for file in announced {
             let permit = tokio::select! {
                 biased;

@@ -35,6 +35,9 @@ struct Inner {
     remove_local: bool,
     scratch: tempfile::TempDir,
     shipped: Mutex<HashMap<String, Shipped>>,
+    /// One upload at a time per path: a file copied again (a reconcile, the Aria pass)
+    /// is announced again, and its uploads must reach the key in the order announced.
+    per_path: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Shipper {
@@ -67,12 +70,22 @@ impl Shipper {
                 remove_local,
                 scratch,
                 shipped: Mutex::new(HashMap::new()),
+                per_path: Mutex::new(HashMap::new()),
             }),
         })
     }
 
     fn shipped(&self) -> std::sync::MutexGuard<'_, HashMap<String, Shipped>> {
         self.inner.shipped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path_turn(&self, path: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self
+            .inner
+            .per_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        turns.entry(path.to_string()).or_default().clone()
     }
 
     /// Whether this version of the file (same hash) is already in the repository.
@@ -85,6 +98,8 @@ impl Shipper {
     /// Uploads one file. A `Mismatch` error means the local file is not the data the
     /// record describes (it changed since): ship it again from a newer record.
     pub async fn ship(&self, f: &CopiedFile) -> Result<(), StoreError> {
+        let turn = self.path_turn(&f.path);
+        let _one_at_a_time = turn.lock().await;
         let inner = &self.inner;
         let local = inner.dir.join(&f.path);
         let stamp = stamp_of(&local);
