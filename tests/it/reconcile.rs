@@ -344,3 +344,139 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
     let got = raw_mariadb_backup_tables(&target, dir.path()).await;
     assert_eq!(got, expected, "raw mariadb-backup --prepare");
 }
+
+/// S3 credentials for moto, and a short retry backoff.
+const S3_ENV: &[(&str, &str)] = &[
+    ("STAGEHAND_S3_ACCESS_KEY_ID", "testing-key"),
+    ("STAGEHAND_S3_SECRET_ACCESS_KEY", "testing-secret"),
+    ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+/// plans/backup-to-s3.yaml with a gate between the copies and the catch-up pass.
+fn streamed_plan(dir: &Path, flag: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("plans/backup-to-s3.yaml"))
+        .expect("plans/backup-to-s3.yaml");
+    let mut plan: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let steps = plan
+        .get_mut("steps")
+        .and_then(serde_yaml::Value::as_sequence_mut)
+        .expect("steps");
+    insert_gate(steps, "catch_up", "copy_innodb", flag, 2400);
+    crate::support::add_need(steps, "gate", "copy_other");
+    let path = dir.join("streamed.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&plan).expect("YAML")).expect("write plan");
+    path
+}
+
+/// The DDL of [`run_ddl`] during a streamed backup (plans/backup-to-s3.yaml, to moto):
+/// InnoDB files leave as they are copied, so the reconcile can only add files (and
+/// markers) and drop non-InnoDB ones from the manifest. Restored with plans/restore.yaml
+/// (fetch, verify, prepare, copy_back), the tables are exactly the source's after the DDL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
+    let moto = stagehand_testkit::s3::MotoServer::shared();
+    let bucket = stagehand_testkit::s3::unique_bucket("reconcile");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let repository = format!("s3://{bucket}/db1");
+    let server = TestServer::builder()
+        .name("reconcile-s3")
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    create_tables(&server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("ddl-done");
+    let plan = streamed_plan(dir.path(), &flag);
+    let state = dir.path().join("state");
+    let stderr = dir.path().join("stagehand.stderr");
+    let sets = [
+        format!("socket={}", server.socket().display()),
+        format!("datadir={}", server.datadir().display()),
+        "user=root".to_string(),
+        format!("repository={repository}"),
+        format!("endpoint={}", moto.endpoint()),
+        "path_style=true".to_string(),
+        format!("spool={}", dir.path().join("spool").display()),
+    ];
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"));
+    cmd.arg("run").arg(&plan);
+    for s in &sets {
+        cmd.args(["--set", s]);
+    }
+    let mut child = cmd
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--json")
+        .current_dir(repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .envs(S3_ENV.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(&stderr).expect("stderr file"),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stagehand");
+    wait_for_start(&mut child, &state, "gate").await;
+    run_ddl(&server).await;
+    let mut conn = server.conn().await;
+    let expected = tables_of(&mut conn).await;
+    let _ = conn.disconnect().await;
+    std::fs::write(&flag, b"").expect("open the gate");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the backup finishes")
+        .expect("wait for stagehand");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the streamed backup failed:\n{err}"
+    );
+
+    let datadir = dir.path().join("datadir");
+    let socket = dir.path().join("s/c.sock");
+    let restored = tokio::task::block_in_place(|| {
+        let sets = [
+            format!("repository={repository}"),
+            format!("endpoint={}", moto.endpoint()),
+            "path_style=true".to_string(),
+            format!("workdir={}", dir.path().join("fetched").display()),
+            format!("datadir={}", datadir.display()),
+            format!("check_socket={}", socket.display()),
+        ];
+        let mut args = vec!["run", "plans/restore.yaml"];
+        for s in &sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        let restore_state = dir.path().join("state-restore");
+        let restore_state = restore_state.display().to_string();
+        args.extend(["--state-dir", restore_state.as_str(), "--json"]);
+        crate::cli::stagehand_env(&args, S3_ENV)
+    });
+    assert_eq!(
+        restored.code, 0,
+        "restore failed\n{}\n{}",
+        restored.stdout, restored.stderr
+    );
+    let sandbox = SandboxServer::start(
+        SandboxOptions::new(&datadir, dir.path().join("run-check")).option("skip-log-bin", None),
+    )
+    .await
+    .expect("a server starts on the restored datadir");
+    let mut rconn = Conn::new(sandbox.admin_opts())
+        .await
+        .expect("connect to the restored server");
+    let got = tables_of(&mut rconn).await;
+    let _ = rconn.disconnect().await;
+    let _ = sandbox
+        .shutdown(stagehand_mariadb::sandbox::ShutdownMode::Fast)
+        .await;
+    assert_eq!(
+        got, expected,
+        "the restored tables are the source's after the DDL"
+    );
+}
