@@ -599,6 +599,101 @@ async fn sigkill_mid_copy_releases_the_locks_and_leaves_no_backup() {
     );
 }
 
+/// Whether a new session can take and release BACKUP STAGE START (only one backup at a
+/// time: a lock left by a killed backup would block it).
+async fn backup_lock_is_free(server: &TestServer) -> Result<(), String> {
+    let mut c = server.conn().await;
+    c.query_drop("SET SESSION lock_wait_timeout = 5")
+        .await
+        .expect("set");
+    let mut result = Ok(());
+    for stage in ["BACKUP STAGE START", "BACKUP STAGE END"] {
+        if let Err(e) = c.query_drop(stage).await {
+            result = Err(format!("{stage}: {e}"));
+            break;
+        }
+    }
+    let _ = c.disconnect().await;
+    result
+}
+
+/// kill -9 in each phase of plans/full-backup.yaml past the copy: under START after the
+/// catch-up pass, under BLOCK_DDL before and after `reconcile`, under BLOCK_COMMIT
+/// before the Aria pass (a gate holds the run there). Each time no backup lock is left
+/// (another backup can start; DDL and commits go through at once), nothing in the target
+/// looks like a backup, and the next run into the same target succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_every_lock_phase_leaves_no_lock_and_no_backup() {
+    let server = server_with_binlog("fault-phases", &[]).await;
+    big_table(&server, "big", 2_000).await;
+    let phases = [
+        ("catch_up", "lock_ddl"),
+        ("lock_ddl", "reconcile"),
+        ("reconcile", "lock_commit"),
+        ("lock_commit", "copy_aria"),
+    ];
+    for (n, (after, before)) in phases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let never = dir.path().join("never");
+        let plan = backup_plan(dir.path(), |steps| {
+            insert_gate(steps, before, after, &never, 2400);
+        });
+        let mut backup = start_backup(&server, dir.path(), &plan);
+        backup
+            .wait_for("step_started", "gate", Duration::from_secs(60))
+            .await;
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &backup.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        let target = backup.target.clone();
+        let fin = backup.finish(Duration::from_secs(10)).await;
+        assert_eq!(fin.signal, Some(9), "killed after {after}");
+        backup_lock_is_free(&server)
+            .await
+            .unwrap_or_else(|e| panic!("killed after {after}: a backup lock is left: {e}"));
+        quick_ddl(
+            &server,
+            &format!("CREATE TABLE app.after_kill_{n} (id INT PRIMARY KEY)"),
+        )
+        .await;
+        quick_ddl(&server, &format!("DROP TABLE app.after_kill_{n}")).await;
+        server
+            .exec(&format!(
+                "INSERT INTO app.big (id, pad) VALUES ({}, 'after kill')",
+                900_000 + n
+            ))
+            .await;
+        assert_not_a_backup(&target);
+        // The next run reclaims the killed run's directory and makes a backup.
+        let again = crate::cli::stagehand(&[
+            "run",
+            repo_root()
+                .join("plans/full-backup.yaml")
+                .to_str()
+                .expect("utf-8"),
+            "--set",
+            &format!("socket={}", server.socket().display()),
+            "--set",
+            &format!("datadir={}", server.datadir().display()),
+            "--set",
+            &format!("target={}", target.display()),
+            "--set",
+            "prepare=false",
+            "--state-dir",
+            dir.path().join("state-again").to_str().expect("utf-8"),
+        ]);
+        assert_eq!(
+            again.code,
+            0,
+            "the run after a kill after {after}: {}",
+            tail(&again.stderr, 20)
+        );
+        assert!(Manifest::read(&target).is_ok_and(|m| m.complete));
+    }
+}
+
 /// The operator runs the backup again into the directory a killed run left, after a
 /// table that run had copied was dropped. Either the half-made directory is refused, or
 /// the new backup holds nothing of the old run: every file in it is in its manifest.
