@@ -599,6 +599,31 @@ async fn sigkill_mid_copy_releases_the_locks_and_leaves_no_backup() {
     );
 }
 
+/// `stagehand run plans/full-backup.yaml` of `server` into `target`, unprepared.
+fn unprepared_backup_into(
+    server: &TestServer,
+    target: &Path,
+    state: &Path,
+    json: bool,
+) -> crate::cli::Run {
+    let plan = repo_root().join("plans/full-backup.yaml");
+    let sets = [
+        format!("socket={}", server.socket().display()),
+        format!("datadir={}", server.datadir().display()),
+        format!("target={}", target.display()),
+        "prepare=false".to_string(),
+    ];
+    let mut args = vec!["run", plan.to_str().expect("utf-8")];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    args.extend(["--state-dir", state.to_str().expect("utf-8")]);
+    if json {
+        args.push("--json");
+    }
+    crate::cli::stagehand(&args)
+}
+
 /// Whether a new session can take and release BACKUP STAGE START (only one backup at a
 /// time: a lock left by a killed backup would block it).
 async fn backup_lock_is_free(server: &TestServer) -> Result<(), String> {
@@ -667,23 +692,8 @@ async fn sigkill_in_every_lock_phase_leaves_no_lock_and_no_backup() {
             .await;
         assert_not_a_backup(&target);
         // The next run reclaims the killed run's directory and makes a backup.
-        let again = crate::cli::stagehand(&[
-            "run",
-            repo_root()
-                .join("plans/full-backup.yaml")
-                .to_str()
-                .expect("utf-8"),
-            "--set",
-            &format!("socket={}", server.socket().display()),
-            "--set",
-            &format!("datadir={}", server.datadir().display()),
-            "--set",
-            &format!("target={}", target.display()),
-            "--set",
-            "prepare=false",
-            "--state-dir",
-            dir.path().join("state-again").to_str().expect("utf-8"),
-        ]);
+        let again =
+            unprepared_backup_into(&server, &target, &dir.path().join("state-again"), false);
         assert_eq!(
             again.code,
             0,
@@ -715,24 +725,7 @@ async fn backup_run_again_into_a_killed_runs_directory_holds_nothing_of_it() {
     );
     server.exec("DROP TABLE app.doomed").await;
     let rerun_state = dir.path().join("state-rerun");
-    let r = crate::cli::stagehand(&[
-        "run",
-        repo_root()
-            .join("plans/full-backup.yaml")
-            .to_str()
-            .expect("utf-8"),
-        "--set",
-        &format!("socket={}", server.socket().display()),
-        "--set",
-        &format!("datadir={}", server.datadir().display()),
-        "--set",
-        &format!("target={}", target.display()),
-        "--set",
-        "prepare=false",
-        "--state-dir",
-        rerun_state.to_str().expect("utf-8"),
-        "--json",
-    ]);
+    let r = unprepared_backup_into(&server, &target, &rerun_state, true);
     eprintln!("backup run again into the same directory: exit {}", r.code);
     // The killed run's process is gone: its unsealed directory is reclaimed, so a
     // nightly job does not stall until someone removes it.

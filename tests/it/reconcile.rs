@@ -181,6 +181,18 @@ async fn a_catch_up_pass_leaves_nothing_to_copy_under_block_ddl() {
     ddl_after_the_innodb_copy_restores_exactly(true).await;
 }
 
+/// A server with the binary log on and the tables of [`create_tables`].
+async fn server_with_tables(name: &str) -> TestServer {
+    let server = TestServer::builder()
+        .name(name)
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    create_tables(&server).await;
+    server
+}
+
 /// InnoDB tables, and MyISAM and Aria ones, in schema `d`, with rows.
 async fn create_tables(server: &TestServer) {
     server.exec("CREATE DATABASE d").await;
@@ -242,13 +254,7 @@ async fn run_ddl(server: &TestServer) {
 }
 
 async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
-    let server = TestServer::builder()
-        .name("reconcile")
-        .runtime_option("log-bin", Some("binlog"))
-        .runtime_option("server-id", Some("1"))
-        .start()
-        .await;
-    create_tables(&server).await;
+    let server = server_with_tables("reconcile").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let flag = dir.path().join("ddl-done");
     let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
@@ -379,13 +385,7 @@ async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
     let bucket = stagehand_testkit::s3::unique_bucket("reconcile");
     moto.create_bucket(&bucket).await.expect("create bucket");
     let repository = format!("s3://{bucket}/db1");
-    let server = TestServer::builder()
-        .name("reconcile-s3")
-        .runtime_option("log-bin", Some("binlog"))
-        .runtime_option("server-id", Some("1"))
-        .start()
-        .await;
-    create_tables(&server).await;
+    let server = server_with_tables("reconcile-s3").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let flag = dir.path().join("ddl-done");
     let plan = streamed_plan(dir.path(), &flag);

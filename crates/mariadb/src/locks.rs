@@ -50,7 +50,7 @@ impl Stage {
     /// What holding this stage blocks on the server (observed on 10.11).
     pub fn blocks(self) -> &'static str {
         match self {
-            Stage::Start => "nothing",
+            Stage::Start => "nothing but another backup",
             Stage::Flush => "writes to non-transactional tables (MyISAM)",
             Stage::BlockDdl => "DDL and MyISAM writes",
             Stage::BlockCommit => "all commits, DDL and MyISAM/Aria writes",

@@ -129,7 +129,7 @@ impl TypedStep for Reconcile {
             lsn => format!("LSN {lsn}"),
         };
         format!(
-            "replays the tablespace file operations of the redo copy up to {at} against the files copied into {}: copies again from {} what DDL created or rebuilt since, and records the drops and renames for prepare; copies again each non-InnoDB table whose files changed since their copy, and drops from the backup those DDL removed",
+            "while DDL waits (expected: tens of milliseconds, plus the copy of what DDL created or rebuilt since the catch-up pass): replays the tablespace file operations of the redo copy up to {at} against the files copied into {}: copies again from {} what DDL created or rebuilt since, and records the drops and renames for prepare; copies again each non-InnoDB table whose files changed since their copy, and drops from the backup those DDL removed",
             cfg.to, cfg.from
         )
     }

@@ -364,7 +364,7 @@ struct Published {
 
 /// While the log moves with no file change, the ledger file is rewritten this often:
 /// a reader waiting for it to reach an LSN waits at most about this long.
-const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 fn read_header(file: &File, path: &Path) -> Result<LogFileHeader, StepError> {
     let mut head = vec![0u8; START_OFFSET as usize];
