@@ -480,3 +480,176 @@ async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
         "the restored tables are the source's after the DDL"
     );
 }
+
+/// ALTER TABLE … DISCARD TABLESPACE, then IMPORT TABLESPACE of another table's exported
+/// file, during the copy: the imported pages were written without the redo log, so the
+/// log cannot bring the copy to them. The backup either fails naming the table, or
+/// restores exactly; it never restores wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
+    let server = TestServer::builder()
+        .name("reconcile-import")
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE d").await;
+    for (t, rows) in [("src", 2000), ("t", 3000)] {
+        server
+            .exec(&format!(
+                "CREATE TABLE d.{t} (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB"
+            ))
+            .await;
+        server
+            .exec(&format!(
+                "INSERT INTO d.{t} SELECT seq, CONCAT('{t}-', seq) FROM d.seq_1_to_{rows}"
+            ))
+            .await;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("ddl-done");
+    let plan = copy_under_start_plan(dir.path(), &flag, false);
+    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+    let stderr = dir.path().join("stagehand.stderr");
+    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
+    wait_for_start(&mut child, &state, "gate").await;
+    let db = server.datadir().join("d");
+    let export = dir.path().join("export");
+    std::fs::create_dir_all(&export).expect("export dir");
+    let mut c = server.conn().await;
+    c.query_drop("FLUSH TABLES d.src FOR EXPORT")
+        .await
+        .expect("export");
+    for ext in ["ibd", "cfg"] {
+        std::fs::copy(
+            db.join(format!("src.{ext}")),
+            export.join(format!("t.{ext}")),
+        )
+        .expect("copy the exported file");
+    }
+    c.query_drop("UNLOCK TABLES").await.expect("unlock");
+    c.query_drop("ALTER TABLE d.t DISCARD TABLESPACE")
+        .await
+        .expect("discard");
+    for ext in ["ibd", "cfg"] {
+        std::fs::copy(export.join(format!("t.{ext}")), db.join(format!("t.{ext}")))
+            .expect("place the file to import");
+    }
+    c.query_drop("ALTER TABLE d.t IMPORT TABLESPACE")
+        .await
+        .expect("import");
+    let expected = tables_of(&mut c).await;
+    let _ = c.disconnect().await;
+    std::fs::write(&flag, b"").expect("open the gate");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the backup finishes")
+        .expect("wait for stagehand");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    eprintln!("backup exit {:?}:\n{err}", out.status.code());
+    if out.status.code() == Some(0) {
+        for engine in ["mariadbd", "mariadb-backup"] {
+            let got = restored_tables(&target, dir.path(), engine).await;
+            assert_eq!(
+                got, expected,
+                "{engine}: a backup that completed restores exactly"
+            );
+        }
+    } else {
+        assert!(
+            err.contains("d/t.ibd") && err.contains("IMPORT TABLESPACE"),
+            "the failure names the table and the statement: {err}"
+        );
+        assert!(!target.join("stagehand.json").exists());
+    }
+}
+
+/// An ALTER TABLE … ALGORITHM=COPY running across BLOCK_DDL: its copy phase is not
+/// blocked, so its temporary tablespace (`#sql-alter-…`) is alive when DDL stops, and
+/// its final rename waits for END, after the backup's commit point. The backup holds the
+/// table as it was before the ALTER, restores exactly with both engines, and leaves no
+/// temporary table behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alter_copy_running_across_block_ddl_restores_without_it() {
+    let server = TestServer::builder()
+        .name("reconcile-alter-copy")
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE d").await;
+    server
+        .exec("CREATE TABLE d.big (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
+        .await;
+    for chunk in 0..10 {
+        server
+            .exec(&format!(
+                "INSERT INTO d.big SELECT seq, REPEAT('x', 90) FROM d.seq_{}_to_{}",
+                chunk * 30_000 + 1,
+                (chunk + 1) * 30_000
+            ))
+            .await;
+    }
+    let mut conn = server.conn().await;
+    let expected = tables_of(&mut conn).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flag = dir.path().join("alter-running");
+    let plan = copy_under_start_plan(dir.path(), &flag, false);
+    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+    let stderr = dir.path().join("stagehand.stderr");
+    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
+    wait_for_start(&mut child, &state, "gate").await;
+    let opts = server.opts();
+    let alter = tokio::spawn(async move {
+        let mut c = Conn::new(opts).await.expect("connect");
+        c.query_drop("SET SESSION lock_wait_timeout = 300")
+            .await
+            .expect("set");
+        let r = c
+            .query_drop("ALTER TABLE d.big ADD COLUMN c INT NOT NULL DEFAULT 7, ALGORITHM=COPY")
+            .await;
+        let _ = c.disconnect().await;
+        r.map_err(|e| e.to_string())
+    });
+    // Until the ALTER's temporary table exists: it is copying rows.
+    let t0 = std::time::Instant::now();
+    loop {
+        let copying: Vec<String> = conn
+            .query(
+                "SELECT name FROM information_schema.innodb_sys_tables WHERE name LIKE 'd/#sql%'",
+            )
+            .await
+            .unwrap_or_default();
+        if !copying.is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the ALTER never started copying"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(&flag, b"").expect("open the gate");
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the backup finishes")
+        .expect("wait for stagehand");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
+    let altered = alter.await.expect("alter task");
+    assert!(altered.is_ok(), "the ALTER finished after END: {altered:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    eprintln!(
+        "reconcile: {}",
+        report["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == "reconcile"))
+            .map(|s| s["outputs"].clone())
+            .unwrap_or_default()
+    );
+    let _ = conn.disconnect().await;
+    for engine in ["mariadbd", "mariadb-backup"] {
+        let got = restored_tables(&target, dir.path(), engine).await;
+        assert_eq!(got, expected, "{engine}: the table as before the ALTER");
+    }
+}

@@ -259,35 +259,63 @@ pub fn forget(dir: &Path) -> Result<(), ApplyError> {
 fn check_space(dir: &Path, change: &FileChange) -> Result<(), ApplyError> {
     let (rel, expected) = change.source();
     let path = dir.join(rel);
-    let mut head = [0u8; 64];
-    let n = match std::fs::File::open(&path) {
-        Ok(f) => std::os::unix::fs::FileExt::read_at(&f, &mut head, 0),
+    let found = match page0_space_id(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ApplyError::Missing { path })
         }
         Err(source) => return Err(ApplyError::Io { path, source }),
-    }
-    .map_err(|source| ApplyError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let head = &head[..n];
-    if head.iter().all(|b| *b == 0) {
-        return Ok(());
-    }
-    match stagehand_innodb::page::page_space_id(head) {
-        Ok(found) if found == expected => Ok(()),
-        Ok(found) => Err(ApplyError::WrongSpace {
+        Ok(found) => found,
+    };
+    match found {
+        Page0::Unwritten => Ok(()),
+        Page0::Space(found) if found == expected => Ok(()),
+        Page0::Space(found) => Err(ApplyError::WrongSpace {
             path,
             expected,
             found,
         }),
-        Err(_) => Err(ApplyError::WrongSpace {
+        Page0::Unreadable => Err(ApplyError::WrongSpace {
             path,
             expected,
             found: u32::MAX,
         }),
     }
+}
+
+/// What page 0 of a tablespace file says about its space id.
+enum Page0 {
+    /// All zeros: created, page 0 not written yet.
+    Unwritten,
+    Space(u32),
+    Unreadable,
+}
+
+fn page0_space_id(path: &Path) -> std::io::Result<Page0> {
+    let mut head = [0u8; 64];
+    let f = std::fs::File::open(path)?;
+    let n = std::os::unix::fs::FileExt::read_at(&f, &mut head, 0)?;
+    let head = &head[..n];
+    if head.iter().all(|b| *b == 0) {
+        return Ok(Page0::Unwritten);
+    }
+    Ok(match stagehand_innodb::page::page_space_id(head) {
+        Ok(id) => Page0::Space(id),
+        Err(_) => Page0::Unreadable,
+    })
+}
+
+/// A tablespace the log says was dropped but whose file is still in the datadir, under
+/// the name it was copied from and with its space id: ALTER TABLE … DISCARD TABLESPACE
+/// then IMPORT TABLESPACE, whose pages are written without the redo log. Neither the
+/// copy nor the log holds them: such a backup cannot be made right. Returns that file.
+pub fn imported_during_copy(datadir: &Path, changes: &[FileChange]) -> Option<String> {
+    changes.iter().find_map(|c| match c {
+        FileChange::Delete { path, space_id } => match page0_space_id(&datadir.join(path)) {
+            Ok(Page0::Space(id)) if id == *space_id => Some(path.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 fn read_journal(path: &Path) -> Result<Journal, ApplyError> {

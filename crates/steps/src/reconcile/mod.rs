@@ -275,6 +275,12 @@ fn reconcile(
         let copied = recopy(pass.from, pass.to, &early, cancel, Missing::Skip)?;
         (DdlPlan::default(), copied.clone(), copied, None)
     } else {
+        if let Some(path) = ddl::imported_during_copy(pass.from, &plan.changes) {
+            return Err(StepError::fatal(format!(
+                "{path}: its tablespace was replaced during the copy without the redo log (ALTER TABLE … DISCARD TABLESPACE, then IMPORT TABLESPACE): this backup cannot hold it"
+            ))
+            .with_hint("run the backup again once the import is done"));
+        }
         let recopied = recopy(pass.from, pass.to, &plan.recopy, cancel, Missing::Fail)?;
         let mut files = recopied.clone();
         files.extend(write_markers(pass.to, &plan.changes)?);
