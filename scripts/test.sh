@@ -18,6 +18,9 @@ cargo test --workspace --locked
 
 bin="${STAGEHAND_MARIADB_11_8_DIR:-${HOME}/.cache/stagehand/mariadb-11.8}/bin"
 echo "== version matrix: backup, fault, storage, restore and safety tests on $("$bin/mariadbd" --no-defaults --version)"
+# The 11.8 build is Debian 13's mariadb-server-core, which has no server plugins: the test
+# of an encrypted redo log (it loads file_key_management) runs on the default build only.
 STAGEHAND_MARIADB_BIN="$bin" cargo test --locked --test it -- \
   backup_oracle:: backup_faults:: storage_roundtrip:: storage_faults:: restore:: \
-  sandbox_safety:: preflight_safety:: private_files:: run_privileges:: file_ops_ledger:: reconcile::
+  sandbox_safety:: preflight_safety:: private_files:: run_privileges:: file_ops_ledger:: reconcile:: \
+  --skip reconcile::encrypted_redo_log_refuses_innodb_ddl_during_the_copy_only

@@ -653,3 +653,85 @@ async fn alter_copy_running_across_block_ddl_restores_without_it() {
         assert_eq!(got, expected, "{engine}: the table as before the ALTER");
     }
 }
+
+/// A server whose redo log is encrypted: the file operations of DDL cannot be read from
+/// it, so the pass under BLOCK_DDL relies on the server's DDL log. InnoDB DDL during the
+/// copy fails the backup naming the table and the plan to use instead; DDL on other
+/// engines only is reconciled as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn encrypted_redo_log_refuses_innodb_ddl_during_the_copy_only() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key_file = keys.path().join("keys.txt");
+    std::fs::write(
+        &key_file,
+        "1;a7addd9adea9978fda19f21e6be987880e68ac92632ca052e5bb42b1a506939a\n",
+    )
+    .expect("key file");
+    let key_file = key_file.display().to_string();
+    let server = TestServer::builder()
+        .name("reconcile-encrypted")
+        .option("plugin-load-add", Some("file_key_management"))
+        .option("file-key-management-filename", Some(key_file.as_str()))
+        .option("innodb-encrypt-log", Some("ON"))
+        .runtime_option("log-bin", Some("binlog"))
+        .runtime_option("server-id", Some("1"))
+        .start()
+        .await;
+    server.exec("CREATE DATABASE d").await;
+    server
+        .exec("CREATE TABLE d.i (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await;
+    server
+        .exec("CREATE TABLE d.m (id INT PRIMARY KEY) ENGINE=MyISAM")
+        .await;
+    server.exec("INSERT INTO d.m VALUES (1), (2)").await;
+    for (n, ddl, innodb) in [
+        (1, "RENAME TABLE d.m TO d.m2", false),
+        (
+            2,
+            "CREATE TABLE d.fresh (id INT PRIMARY KEY) ENGINE=InnoDB",
+            true,
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flag = dir.path().join("ddl-done");
+        let plan = copy_under_start_plan(dir.path(), &flag, false);
+        let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+        let stderr = dir.path().join("stagehand.stderr");
+        let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
+        wait_for_start(&mut child, &state, "gate").await;
+        server.exec(ddl).await;
+        std::fs::write(&flag, b"").expect("open the gate");
+        let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+            .await
+            .expect("the backup finishes")
+            .expect("wait for stagehand");
+        // The log, and the report (which carries the step's hint).
+        let err = std::fs::read_to_string(&stderr).unwrap_or_default()
+            + &String::from_utf8_lossy(&out.stdout);
+        if innodb {
+            assert_eq!(out.status.code(), Some(1), "run {n} ({ddl}): {err}");
+            assert!(
+                err.contains("the redo log is encrypted")
+                    && err.contains("d.fresh")
+                    && err.contains("full-backup-hold-ddl.yaml"),
+                "run {n}: the failure names the table and the other plan: {err}"
+            );
+            assert!(!target.join("stagehand.json").exists());
+        } else {
+            assert_eq!(out.status.code(), Some(0), "run {n} ({ddl}): {err}");
+            let manifest: Value = serde_json::from_str(
+                &std::fs::read_to_string(target.join("stagehand.json")).expect("manifest"),
+            )
+            .expect("manifest JSON");
+            let paths: Vec<&str> = manifest["files"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|f| f["path"].as_str()).collect())
+                .unwrap_or_default();
+            assert!(
+                paths.contains(&"d/m2.MYD") && !paths.iter().any(|p| p.starts_with("d/m.")),
+                "run {n}: the renamed MyISAM table is in the backup under its new name: {paths:?}"
+            );
+        }
+    }
+}
