@@ -8,8 +8,39 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// `println!` for the command's output: when stdout is a closed pipe (`stagehand steps
+/// | head -1`) the command ends quietly with status 0, as `rg` and `git` do, instead of
+/// panicking; any other write error is reported and exits 1.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
+/// `print!` with the same handling as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            $crate::cli::stdout_failed(e)
+        }
+    }};
+}
+
 mod backups;
 mod runs;
+
+/// Ends the process after a failed write of its output (see [`outln!`]).
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(EXIT_OK)
+    }
+    eprintln!("error: cannot write the output: {e}");
+    std::process::exit(EXIT_FAILED)
+}
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -252,12 +283,10 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Runs { command } => Ok(runs::dispatch(command_args(command))),
         Command::Backups { command } => backups::dispatch(command),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "stagehand",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "stagehand", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             Ok(EXIT_OK)
         }
         Command::Validate { plans, json } => Ok(validate(&plans, json)),
@@ -269,11 +298,11 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
                 GraphFormat::Mermaid => graph::mermaid(&loaded.plan),
                 GraphFormat::Dot => graph::dot(&loaded.plan),
             };
-            print!("{text}");
+            out!("{text}");
             Ok(EXIT_OK)
         }
         Command::Schema => {
-            println!("{}", schema_text());
+            outln!("{}", schema_text());
             Ok(EXIT_OK)
         }
         Command::Steps { kind } => Ok(list_steps(kind.as_deref())),
@@ -404,13 +433,13 @@ fn validate(plans: &[PathBuf], json: bool) -> i32 {
             eprintln!("{d}");
         }
         if errors == 0 {
-            println!("{file}: ok");
+            outln!("{file}: ok");
         } else {
             eprintln!("{file}: {errors} problem(s)");
         }
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&results).unwrap_or_default()
         );
@@ -501,9 +530,9 @@ fn run(
     if dry_run {
         let d = dryrun::dry_run(&loaded, &registry, Some(provider.as_ref()), &params);
         if json {
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            outln!("{}", serde_json::to_string_pretty(&d)?);
         } else {
-            print!("{}", d.to_text());
+            out!("{}", d.to_text());
         }
         return Ok(EXIT_OK);
     }
@@ -573,7 +602,7 @@ fn run(
 
 fn print_report(report: &stagehand_engine::RunReport, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        outln!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print_summary(report);
     }
@@ -639,9 +668,9 @@ fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("preflight of plan {}:", report.plan);
+        outln!("preflight of plan {}:", report.plan);
         for s in &report.steps {
             for f in &s.findings {
                 let tag = match f.level {
@@ -649,7 +678,7 @@ fn preflight(plan: &Path, sets: &[String], json: bool) -> anyhow::Result<i32> {
                     stagehand_engine::step::Level::Warn => "WARN ",
                     stagehand_engine::step::Level::Error => "ERROR",
                 };
-                println!("  {tag} {:<14} {}", s.id, f.message);
+                outln!("  {tag} {:<14} {}", s.id, f.message);
             }
         }
     }
@@ -695,7 +724,7 @@ fn default_state_dir() -> PathBuf {
 }
 
 fn print_summary(r: &stagehand_engine::RunReport) {
-    println!(
+    outln!(
         "run {} of plan {}: {:?} in {:.1}s",
         r.run_id,
         r.plan,
@@ -712,20 +741,20 @@ fn print_summary(r: &stagehand_engine::RunReport) {
         } else {
             String::new()
         };
-        println!(
+        outln!(
             "  {:<24} {:<10} {:>8}{retries}",
             s.id,
             format!("{:?}", s.status).to_lowercase(),
             took
         );
         if let Some(e) = &s.error {
-            println!("      {e}");
+            outln!("      {e}");
         }
         if let Some(h) = &s.hint {
-            println!("      hint: {h}");
+            outln!("      hint: {h}");
         }
     }
-    println!("journal: {}", r.journal);
+    outln!("journal: {}", r.journal);
 }
 
 fn list_steps(kind: Option<&str>) -> i32 {
@@ -743,14 +772,14 @@ fn list_steps(kind: Option<&str>) -> i32 {
         return EXIT_USAGE;
     }
     for k in kinds {
-        println!("{}: {}", k.name(), k.summary());
+        outln!("{}: {}", k.name(), k.summary());
         let schema = k.config_schema();
         let required: Vec<&str> = schema["required"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         if let Some(props) = schema["properties"].as_object() {
-            println!("  with:");
+            outln!("  with:");
             for (name, p) in props {
                 let req = if required.contains(&name.as_str()) {
                     " (required)"
@@ -758,17 +787,17 @@ fn list_steps(kind: Option<&str>) -> i32 {
                     ""
                 };
                 let desc = p["description"].as_str().unwrap_or("").replace('\n', " ");
-                println!("    {name}{req}: {desc}");
+                outln!("    {name}{req}: {desc}");
             }
         }
-        println!("  outputs:");
+        outln!("  outputs:");
         for o in k.outputs() {
-            println!("    {} ({:?}): {}", o.name, o.ty, o.description);
+            outln!("    {} ({:?}): {}", o.name, o.ty, o.description);
         }
         if k.supports_background() {
-            println!("  can run with background: true");
+            outln!("  can run with background: true");
         }
-        println!();
+        outln!();
     }
     EXIT_OK
 }

@@ -81,19 +81,25 @@ async fn list(cfg: &RepoConfig, as_json: bool) -> anyhow::Result<i32> {
     };
     if as_json {
         let rows: Vec<_> = backups.iter().map(entry_json).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(EXIT_OK);
     }
     if backups.is_empty() {
-        println!("no backups in {}", repo.url());
+        outln!("no backups in {}", repo.url());
         return Ok(EXIT_OK);
     }
-    println!(
+    outln!(
         "{:<18} {:<5} {:<20} {:>10} {:>24} {:<18} {:<8} PLAN",
-        "ID", "TYPE", "STARTED", "SIZE", "LSN (checkpoint→commit)", "GTID", "VERIFIED"
+        "ID",
+        "TYPE",
+        "STARTED",
+        "SIZE",
+        "LSN (checkpoint→commit)",
+        "GTID",
+        "VERIFIED"
     );
     for b in &backups {
-        println!("{}", entry_line(b));
+        outln!("{}", entry_line(b));
     }
     Ok(EXIT_OK)
 }
@@ -183,10 +189,10 @@ async fn show(cfg: &RepoConfig, id: &str, as_json: bool) -> anyhow::Result<i32> 
         Err(e) => return Ok(fail(&e.message)),
     };
     if as_json {
-        println!("{}", String::from_utf8_lossy(&m.to_vec()));
+        outln!("{}", String::from_utf8_lossy(&m.to_vec()));
         return Ok(EXIT_OK);
     }
-    print!("{}", describe_manifest(&id, repo.url(), &m));
+    out!("{}", describe_manifest(&id, repo.url(), &m));
     Ok(EXIT_OK)
 }
 

@@ -74,14 +74,14 @@ fn list(
         .take(limit.unwrap_or(usize::MAX))
         .collect();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&runs).unwrap_or_default()
         );
         return Ok(EXIT_OK);
     }
     if runs.is_empty() {
-        println!("no runs recorded in {}", state_dir.join("runs").display());
+        outln!("no runs recorded in {}", state_dir.join("runs").display());
         return Ok(EXIT_OK);
     }
     let id_width = runs
@@ -91,12 +91,16 @@ fn list(
         .unwrap_or(6)
         .max(6);
     let plan_width = runs.iter().map(|r| r.plan.len()).max().unwrap_or(4).max(4);
-    println!(
+    outln!(
         "{:<id_width$}  {:<plan_width$}  {:<11}  {:<24}  {:>9}  FAILED STEP",
-        "RUN", "PLAN", "STATUS", "STARTED", "DURATION"
+        "RUN",
+        "PLAN",
+        "STATUS",
+        "STARTED",
+        "DURATION"
     );
     for r in &runs {
-        println!(
+        outln!(
             "{:<id_width$}  {:<plan_width$}  {:<11}  {:<24}  {:>9}  {}",
             r.run_id,
             r.plan,
@@ -124,13 +128,13 @@ fn show(state_dir: &Path, id: &str, json: bool) -> Result<i32, HistoryError> {
         let report = run.summary.dir.join("report.json");
         match std::fs::read_to_string(&report) {
             // The report as recorded (it is already redacted).
-            Ok(text) => print!("{text}"),
+            Ok(text) => out!("{text}"),
             // An incomplete run has no report: what is known of it.
-            Err(_) => println!("{}", serde_json::to_string_pretty(&run).unwrap_or_default()),
+            Err(_) => outln!("{}", serde_json::to_string_pretty(&run).unwrap_or_default()),
         }
         return Ok(EXIT_OK);
     }
-    print!("{}", show_text(&run));
+    out!("{}", show_text(&run));
     Ok(EXIT_OK)
 }
 
@@ -235,12 +239,12 @@ fn check(state_dir: &Path, plan: &str, max_age: Duration, json: bool) -> Result<
         .unwrap_or(0.0);
     let verdict = history::check_freshness(&runs, plan, max_age, now);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&verdict).unwrap_or_default()
         );
     } else if verdict.ok {
-        println!("{}", verdict.message);
+        outln!("{}", verdict.message);
     } else {
         eprintln!(
             "{} (state directory {})",

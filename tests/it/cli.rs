@@ -50,3 +50,42 @@ pub fn relative(path: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Every command that prints ends quietly (status 0, no panic) when its output pipe is
+/// closed before it writes, as in `stagehand steps | head -1`.
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    let commands: &[&[&str]] = &[
+        &["steps"],
+        &["schema"],
+        &["graph", "plans/full-backup.yaml"],
+        &["validate", "plans/full-backup.yaml"],
+        &[
+            "run",
+            "plans/full-backup.yaml",
+            "--dry-run",
+            "--set",
+            "target=/tmp/x",
+        ],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+            .args(*args)
+            .current_dir(repo_root())
+            .env_remove("STAGEHAND_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start stagehand");
+        // The reader goes away before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for stagehand");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("panicked"),
+            "stagehand {args:?} into a closed pipe: {:?}\n{stderr}",
+            out.status
+        );
+    }
+}
