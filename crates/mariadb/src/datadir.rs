@@ -33,10 +33,23 @@ pub const SETTINGS_QUERY: &str = "SHOW GLOBAL VARIABLES WHERE Variable_name IN (
     'innodb_compression_level', 'aria_log_dir_path', 'log_bin_basename')";
 
 impl ServerSettings {
-    pub fn from_variables(v: &BTreeMap<String, String>) -> Self {
+    /// The settings from the server's variables. The page size must be one InnoDB
+    /// supports: it goes into backup-my.cnf, where a wrong one breaks every prepare.
+    pub fn from_variables(v: &BTreeMap<String, String>) -> Result<Self, DatadirError> {
         let text = |k: &str| v.get(k).cloned().unwrap_or_default();
         let num = |k: &str| v.get(k).and_then(|s| s.parse().ok()).unwrap_or_default();
-        Self {
+        let page_size = text("innodb_page_size");
+        if !page_size
+            .parse::<u32>()
+            .is_ok_and(|n| n.is_power_of_two() && (4096..=65536).contains(&n))
+        {
+            return Err(DatadirError::Setting {
+                name: "innodb_page_size",
+                value: page_size,
+                expected: "4096, 8192, 16384, 32768 or 65536",
+            });
+        }
+        Ok(Self {
             version: text("version"),
             datadir: text("datadir"),
             innodb_data_home_dir: text("innodb_data_home_dir"),
@@ -50,7 +63,7 @@ impl ServerSettings {
             innodb_compression_level: num("innodb_compression_level") as u32,
             aria_log_dir_path: text("aria_log_dir_path"),
             log_bin_basename: text("log_bin_basename"),
-        }
+        })
     }
 
     /// A directory setting, resolved against the datadir (empty or `./` = the datadir).
@@ -168,6 +181,12 @@ pub enum DatadirError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("the server reports {name} = `{value}`, expected {expected}")]
+    Setting {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 /// Lists the files of a datadir with the class of each.
@@ -835,6 +854,26 @@ pub fn same_server_finding(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_page_size_innodb_does_not_support_is_refused_not_written_as_zero() {
+        let vars = |size: &str| -> BTreeMap<String, String> {
+            [("innodb_page_size".to_string(), size.to_string())].into()
+        };
+        assert_eq!(
+            ServerSettings::from_variables(&vars("16384"))
+                .map(|s| s.innodb_page_size)
+                .ok(),
+            Some(16384)
+        );
+        for bad in ["", "abc", "0", "1000", "131072"] {
+            let err = ServerSettings::from_variables(&vars(bad))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("innodb_page_size"), "{bad:?}: {err}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -589,7 +589,13 @@ impl SandboxServer {
         let child = spawn_tied_to_process(command)
             .await
             .map_err(|e| SandboxError::io(format!("cannot spawn {}", self.binary.display()), e))?;
-        self.pid = child.id().unwrap_or(0);
+        // No pid means it already exited and was reaped: nothing to signal later.
+        self.pid = child.id().ok_or_else(|| {
+            SandboxError::io(
+                format!("{} exited as it started", self.binary.display()),
+                io::Error::other("no pid"),
+            )
+        })?;
         self.child = Some(child);
 
         let deadline = Instant::now() + timeout;
@@ -1091,6 +1097,13 @@ fn create_short_socket_dir() -> Result<PathBuf, SandboxError> {
 }
 
 fn send_signal(pid: u32, signal: &str) -> Result<(), SandboxError> {
+    // `kill 0` would signal our whole process group, stagehand included.
+    if pid == 0 {
+        return Err(SandboxError::io(
+            format!("no process to send {signal} to (pid 0)"),
+            io::Error::other("pid 0"),
+        ));
+    }
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
@@ -1134,6 +1147,16 @@ pub fn log_tail_since(path: &Path, offset: u64, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pid_0_is_never_signalled() {
+        // `kill -TERM 0` would stop this test process's whole group.
+        let err = send_signal(0, "TERM")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("pid 0"), "{err}");
+    }
+
     use super::*;
 
     #[test]

@@ -376,7 +376,7 @@ async fn read_settings(session: &Session) -> Result<ServerSettings, StepError> {
         .as_mut()
         .ok_or_else(|| StepError::fatal(format!("connection `{}` is closed", session.name)))?;
     let vars = name_values(conn, SETTINGS_QUERY).await?;
-    Ok(ServerSettings::from_variables(&vars))
+    ServerSettings::from_variables(&vars).map_err(|e| StepError::fatal(e.to_string()))
 }
 
 /// Runs `parallel` blocking workers over the files, largest first.

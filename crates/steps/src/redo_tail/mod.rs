@@ -115,6 +115,7 @@ impl TypedStep for RedoTail {
                 .as_mut()
                 .ok_or_else(|| StepError::fatal("connection closed"))?;
             ServerSettings::from_variables(&name_values(conn, SETTINGS_QUERY).await?)
+                .map_err(|e| StepError::fatal(e.to_string()))?
         };
         let log_path = settings
             .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
@@ -220,7 +221,8 @@ const RATE_SAMPLE: Duration = Duration::from_secs(3);
 async fn redo_headroom(cfg: &RedoTailConfig, session: &Session) -> Result<Vec<Finding>, StepError> {
     let settings = ServerSettings::from_variables(
         &stagehand_mariadb::session::session_values(session, SETTINGS_QUERY).await?,
-    );
+    )
+    .map_err(|e| StepError::fatal(e.to_string()))?;
     let log_path = settings
         .resolve_dir(Path::new(&cfg.datadir), &settings.innodb_log_group_home_dir)
         .join("ib_logfile0");
