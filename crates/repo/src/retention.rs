@@ -626,6 +626,27 @@ mod tests {
         );
     }
 
+    /// The shipped plan's rules: a daily count alone would delete the nightly backup as
+    /// soon as an ad-hoc one runs the same day; the `keep_last` floor keeps it.
+    #[test]
+    fn a_keep_last_floor_keeps_the_same_days_earlier_backup() {
+        let ids = ["20261120T020000Z", "20261121T020000Z", "20261121T120000Z"];
+        let backups: Vec<Backup> = ids.iter().map(|id| complete(id)).collect();
+        let daily = Policy {
+            keep_daily: Some(7),
+            keep_weekly: Some(4),
+            ..Default::default()
+        };
+        let plan = decide(&backups, &daily, at(NOW)).expect("policy");
+        assert_eq!(deleted(&plan), ["20261121T020000Z"], "without the floor");
+        let floored = Policy {
+            keep_last: Some(3),
+            ..daily
+        };
+        let plan = decide(&backups, &floored, at(NOW)).expect("policy");
+        assert!(deleted(&plan).is_empty(), "{:?}", deleted(&plan));
+    }
+
     #[test]
     fn daily_keeps_the_newest_backup_of_each_day() {
         let ids = [
