@@ -63,12 +63,11 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
         Ok(m) => m,
         Err(e) => {
             // Nothing of a failed backup may stay in the repository.
-            let _ = repo.delete_backup(&id).await;
-            return Err(StepError::fatal(format!("streamed upload of backup {id} failed: {e}"))
-                .with_hint(format!(
-                    "backup {id} has no manifest in {}; its objects were removed. Fix the cause and run the plan again",
-                    repo.url()
-                )));
+            let removed = repo.delete_backup(&id).await;
+            return Err(
+                StepError::fatal(format!("streamed upload of backup {id} failed: {e}"))
+                    .with_hint(failed_upload_hint(&id, repo.url(), removed.err())),
+            );
         }
     };
     let bytes = progress.done();
@@ -84,6 +83,19 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
         bytes,
         secs,
     ))
+}
+
+/// What is true of a failed backup's objects: removed, or left (the removal failed too,
+/// typically because the endpoint is still down) for a later rotation to delete.
+fn failed_upload_hint(id: &str, url: &str, removal: Option<StoreError>) -> String {
+    match removal {
+        None => format!(
+            "backup {id} has no manifest in {url}; its objects were removed. Fix the cause and run the plan again"
+        ),
+        Some(e) => format!(
+            "backup {id} has no manifest in {url}, so nothing restores from it; removing its objects failed too ({e}): they stay until a rotate with `delete_incomplete_older_than` (set in plans/backup-to-s3.yaml) deletes them. Fix the cause and run the plan again"
+        ),
+    }
 }
 
 /// Ships announced files until the `until` step (seal) ends. An error when it failed.
@@ -165,4 +177,26 @@ async fn finish(
 
 fn cancelled() -> StoreError {
     StoreError::new(StoreErrorKind::Cancelled, "cancelled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_says_the_objects_stay_when_their_removal_failed() {
+        let removed = failed_upload_hint("b1", "s3://x/db", None);
+        assert!(removed.contains("its objects were removed"), "{removed}");
+        let left = failed_upload_hint(
+            "b1",
+            "s3://x/db",
+            Some(StoreError::permanent("connection refused")),
+        );
+        assert!(
+            !left.contains("were removed")
+                && left.contains("removing its objects failed too (")
+                && left.contains("connection refused"),
+            "{left}"
+        );
+    }
 }
