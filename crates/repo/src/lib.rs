@@ -54,8 +54,14 @@ pub struct RepoConfig {
     /// S3: the KMS key for `sse: aws:kms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse_kms_key_id: Option<String>,
-    /// S3: attempts per request before giving up (transient errors only).
-    #[serde(default = "default_attempts")]
+    /// S3: how long a request keeps being retried after transient errors (an endpoint
+    /// down, restarting or failing over; 5xx, throttling, timeouts), with backoff, before
+    /// the step fails.
+    #[serde(default = "default_retry_for")]
+    pub retry_for: String,
+    /// S3: attempts per request before giving up, whatever `retry_for` allows; 0 (the
+    /// default): no limit but `retry_for`.
+    #[serde(default)]
     pub max_attempts: u32,
     /// S3: smallest multipart part (grows with the file so no upload needs more than
     /// 10,000 parts).
@@ -70,8 +76,8 @@ pub struct RepoConfig {
     pub read_timeout: String,
 }
 
-fn default_attempts() -> u32 {
-    6
+fn default_retry_for() -> String {
+    "2m".into()
 }
 fn default_part_size() -> String {
     "16MiB".into()
@@ -88,7 +94,7 @@ impl RepoConfig {
     pub fn at(url: &str) -> Self {
         RepoConfig {
             url: url.into(),
-            max_attempts: default_attempts(),
+            retry_for: default_retry_for(),
             part_size: default_part_size(),
             part_parallel: default_part_parallel(),
             read_timeout: default_read_timeout(),
@@ -149,6 +155,18 @@ impl RepoConfig {
     }
 
     /// `read_timeout` parsed (30 s when empty).
+    pub fn retry_for_duration(&self) -> Result<std::time::Duration, StoreError> {
+        if self.retry_for.trim().is_empty() {
+            return Ok(crate::retry::DEFAULT_RETRY_FOR);
+        }
+        humantime::parse_duration(self.retry_for.trim()).map_err(|_| {
+            StoreError::config(format!(
+                "retry_for `{}` is not a duration (e.g. 2m)",
+                self.retry_for
+            ))
+        })
+    }
+
     pub fn read_timeout_duration(&self) -> Result<std::time::Duration, StoreError> {
         if self.read_timeout.trim().is_empty() {
             return Ok(std::time::Duration::from_secs(30));

@@ -2,8 +2,9 @@
 //!
 //! The S3 client is built with the SDK's own retries disabled (`RetryConfig::disabled()`)
 //! and every request goes through [`Retry::run`] instead, because we want:
-//! full-jitter backoff with our own base and cap, a per-request budget
-//! (`max_attempts` of the repository), one log line per retry, an error that names the
+//! full-jitter backoff with our own base and cap, a per-request budget in time
+//! (`retry_for` of the repository: long enough to ride through an endpoint that restarts
+//! or fails over, and optionally `max_attempts`), one log line per retry, an error that names the
 //! operation, the key, the attempts and the final cause, and exact control of what is
 //! transient (the SDK's standard mode also retries some 4xx codes we treat as final,
 //! and cannot resume a download from the bytes already written).
@@ -11,12 +12,15 @@
 use super::{StoreError, StoreErrorKind};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default first backoff step.
 pub const DEFAULT_BASE: Duration = Duration::from_millis(200);
 /// Default longest backoff.
 pub const DEFAULT_CAP: Duration = Duration::from_secs(10);
+/// Default time a request keeps being retried: an S3 endpoint that restarts, or a load
+/// balancer failing over, is back within this.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
 /// Environment overrides of base and cap (milliseconds), for tests and odd networks.
 pub const ENV_BASE_MS: &str = "STAGEHAND_S3_RETRY_BASE_MS";
 pub const ENV_CAP_MS: &str = "STAGEHAND_S3_RETRY_CAP_MS";
@@ -37,8 +41,10 @@ const TRANSIENT_CODES: &[&str] = &[
 /// The retry policy of one store.
 #[derive(Debug, Clone)]
 pub struct Retry {
-    /// Attempts per request, the first included (at least 1).
+    /// Attempts per request, the first included; 0: no limit but `budget`.
     pub max_attempts: u32,
+    /// How long after its first attempt a request is no longer retried.
+    pub budget: Duration,
     pub base: Duration,
     pub cap: Duration,
     /// Strings scrubbed from every message (the plan's keys).
@@ -48,7 +54,8 @@ pub struct Retry {
 impl Retry {
     pub fn new(max_attempts: u32, base: Duration, cap: Duration) -> Self {
         Retry {
-            max_attempts: max_attempts.max(1),
+            max_attempts,
+            budget: DEFAULT_RETRY_FOR,
             base,
             cap: cap.max(base),
             secrets: Vec::new(),
@@ -68,6 +75,12 @@ impl Retry {
             ms(ENV_BASE_MS).unwrap_or(DEFAULT_BASE),
             ms(ENV_CAP_MS).unwrap_or(DEFAULT_CAP),
         )
+    }
+
+    /// Retries a request for at most `budget` after its first attempt.
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Never let these strings reach a message (credentials).
@@ -109,12 +122,13 @@ impl Retry {
         Fut: Future<Output = Result<T, Failure>>,
     {
         let mut n = 0u32;
+        let started = Instant::now();
         loop {
             n += 1;
             match attempt(n).await {
                 Ok(v) => return Ok(v),
                 Err(f) => {
-                    if let Some(e) = self.give_up(op, target, n, &f) {
+                    if let Some(e) = self.give_up(op, target, n, started, &f) {
                         return Err(e);
                     }
                     self.pause(op, target, n, &f).await;
@@ -123,23 +137,31 @@ impl Retry {
         }
     }
 
-    /// The final error for failure `f` of attempt `n`, or `None` when another attempt
-    /// is due.
-    pub fn give_up(&self, op: &str, target: &str, n: u32, f: &Failure) -> Option<StoreError> {
+    /// The final error for failure `f` of attempt `n` of a request first tried at
+    /// `started`, or `None` when another attempt is due.
+    pub fn give_up(
+        &self,
+        op: &str,
+        target: &str,
+        n: u32,
+        started: Instant,
+        f: &Failure,
+    ) -> Option<StoreError> {
         let cause = self.scrub(&f.cause);
         if f.kind != StoreErrorKind::Transient {
             return Some(StoreError::new(
                 f.kind,
-                format!(
-                    "{op} {target}: {cause} (attempt {n} of {}, not retried)",
-                    self.max_attempts
-                ),
+                format!("{op} {target}: {cause} (attempt {n}, not retried)"),
             ));
         }
-        if n >= self.max_attempts {
+        let spent = started.elapsed();
+        let attempts_spent = self.max_attempts > 0 && n >= self.max_attempts;
+        if attempts_spent || spent >= self.budget {
             return Some(StoreError::transient(format!(
-                "{op} {target}: failed after {n} attempt{}: {cause}",
-                if n == 1 { "" } else { "s" }
+                "{op} {target}: failed after {n} attempt{} in {:.1} s (retried for at most {}): {cause}",
+                if n == 1 { "" } else { "s" },
+                spent.as_secs_f64(),
+                humantime::format_duration(self.budget)
             )));
         }
         None
@@ -252,6 +274,10 @@ where
 /// What an HTTP status and S3 code mean for a retry.
 pub fn classify_status(status: u16, code: Option<&str>) -> StoreErrorKind {
     // A success whose body did not parse: damaged on the way, like a truncated body.
+    // 501 Not Implemented: this server lacks the operation; asking again will not help.
+    if status == 501 {
+        return StoreErrorKind::Permanent;
+    }
     if status >= 500 || status == 429 || status == 408 || (200..300).contains(&status) {
         return StoreErrorKind::Transient;
     }
@@ -273,6 +299,34 @@ pub fn classify_status(status: u16, code: Option<&str>) -> StoreErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_implemented_is_not_retried() {
+        assert_eq!(
+            classify_status(501, Some("NotImplemented")),
+            StoreErrorKind::Permanent
+        );
+    }
+
+    #[test]
+    fn a_request_is_retried_until_its_time_budget_is_spent() {
+        let f = Failure::transient("HTTP 503");
+        let unlimited = Retry::new(0, Duration::ZERO, Duration::ZERO);
+        let long_ago = Instant::now() - Duration::from_secs(119);
+        assert!(unlimited
+            .give_up("PutObject", "s3://b/k", 40, long_ago, &f)
+            .is_none());
+        let spent = Instant::now() - Duration::from_secs(121);
+        let e = unlimited
+            .give_up("PutObject", "s3://b/k", 41, spent, &f)
+            .map(|e| e.message)
+            .unwrap_or_default();
+        assert!(e.contains("after 41 attempts") && e.contains("2m"), "{e}");
+        let counted = Retry::new(3, Duration::ZERO, Duration::ZERO);
+        assert!(counted
+            .give_up("PutObject", "s3://b/k", 3, Instant::now(), &f)
+            .is_some());
+    }
 
     #[test]
     fn statuses_and_codes() {

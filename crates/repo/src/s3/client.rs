@@ -25,6 +25,7 @@ impl S3Store {
     /// Builds the client; sends nothing (a wrong bucket or key shows on first use).
     pub async fn connect(cfg: &RepoConfig, bucket: &str, prefix: &str) -> Result<Self, StoreError> {
         let read_timeout = cfg.read_timeout_duration()?;
+        let retry_for = cfg.retry_for_duration()?;
         let part_size = cfg.part_size_bytes()?;
         let (sdk, secrets) = load_sdk_config(cfg, read_timeout).await;
         Ok(S3Store {
@@ -32,7 +33,9 @@ impl S3Store {
                 client: Client::from_conf(s3_config(&sdk, cfg.path_style)),
                 bucket: bucket.to_string(),
                 prefix: prefix.trim_matches('/').to_string(),
-                retry: Retry::from_env(cfg.max_attempts).with_secrets(secrets),
+                retry: Retry::from_env(cfg.max_attempts)
+                    .with_budget(retry_for)
+                    .with_secrets(secrets),
                 part_size,
                 part_parallel: cfg.part_parallel.max(1),
                 read_timeout,

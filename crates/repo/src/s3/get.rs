@@ -27,6 +27,7 @@ impl Inner {
         let mut pos = offset;
         let mut etag = None;
         let mut attempt = 0u32;
+        let mut started = std::time::Instant::now();
         loop {
             attempt += 1;
             let before = pos;
@@ -39,8 +40,12 @@ impl Inner {
                     // Bytes arrived: the connection works, the budget starts over.
                     if pos > before {
                         attempt = 1;
+                        started = std::time::Instant::now();
                     }
-                    if let Some(e) = self.retry.give_up("GetObject", &target, attempt, &f) {
+                    if let Some(e) = self
+                        .retry
+                        .give_up("GetObject", &target, attempt, started, &f)
+                    {
                         return Err(e);
                     }
                     self.retry.pause("GetObject", &target, attempt, &f).await;
