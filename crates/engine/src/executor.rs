@@ -232,13 +232,15 @@ pub async fn execute(
             run.skip_remaining();
             break;
         }
+        // An interrupt is handled before any further message starts another step.
         tokio::select! {
+            biased;
+            _ = opts.interrupt.cancelled(), if !run.interrupted => run.on_interrupt(),
             msg = rx.recv() => match msg {
                 Some(Msg::Ready(i)) => run.on_ready(i),
                 Some(Msg::Done(i, outcome)) => run.on_done(i, outcome),
                 None => break,
             },
-            _ = opts.interrupt.cancelled(), if !run.interrupted => run.on_interrupt(),
         }
     }
     connections.close_all().await;
@@ -733,7 +735,9 @@ impl StepTask {
                 None => std::future::pending().await,
             }
         };
+        // A step that finished as its time ran out counts as finished.
         tokio::select! {
+            biased;
             outcome = &mut attempts_loop => outcome,
             _ = deadline => {
                 cancel.cancel();

@@ -203,9 +203,12 @@ impl StepContext {
         let Some(rx) = rx else {
             return Err("this step has no `until` (or already waited for it)".into());
         };
+        // Cancellation wins over an `until` that finished at the same moment: a
+        // cancelled run never goes on as if nothing happened.
         tokio::select! {
-            r = rx => r.unwrap_or_else(|_| Err("the run ended before the `until` step finished".into())),
+            biased;
             _ = self.cancel.cancelled() => Err("cancelled".into()),
+            r = rx => r.unwrap_or_else(|_| Err("the run ended before the `until` step finished".into())),
         }
     }
 
