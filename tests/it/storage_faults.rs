@@ -219,3 +219,78 @@ async fn upload_fails_after_its_retries_leaving_nothing_then_completes_when_run_
         assert!(to.join(path).exists(), "{path} fetched");
     }
 }
+
+const CHECK_PLAN: &str = r#"
+version: 1
+name: check-test
+params:
+  repository: {type: string, required: true}
+  endpoint: {type: string, required: true}
+steps:
+  - id: upload
+    uses: upload
+    with:
+      dir: /nonexistent
+      id: b1
+      repository:
+        url: "{{params.repository}}"
+        endpoint: "{{params.endpoint}}"
+        path_style: true
+        access_key_id: testing
+        secret_access_key: testing
+        max_attempts: 2
+"#;
+
+/// `--check` of an upload writes, lists the multipart uploads under, and deletes a
+/// probe object: a read-only key, a server without ListMultipartUploads (every upload
+/// needs it) or a key that cannot delete fail the check, and a good repository keeps
+/// no probe object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn check_finds_a_read_only_key_and_a_server_without_multipart() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("check");
+    moto.create_bucket(&bucket).await.expect("bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("proxy");
+    let work = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(work.path(), "check", CHECK_PLAN);
+    let plan = plan.display().to_string();
+    let sets = [
+        "--set".to_string(),
+        format!("repository=s3://{bucket}/db"),
+        "--set".to_string(),
+        format!("endpoint={}", proxy.endpoint()),
+    ];
+    let check = || {
+        let mut args = vec!["run", plan.as_str(), "--check"];
+        args.extend(sets.iter().map(String::as_str));
+        stagehand_env(&args, ENV)
+    };
+    let good = tokio::task::block_in_place(check);
+    assert_eq!(good.code, 0, "{}\n{}", good.stdout, good.stderr);
+    assert!(good.stdout.contains("writable"), "{}", good.stdout);
+    assert!(
+        keys_under(moto, &bucket, "db/").await.is_empty(),
+        "the probe object is deleted"
+    );
+    for (rule, says) in [
+        (
+            Rule::op("PutObject").status(403, "AccessDenied"),
+            "cannot write (is the key read-only?)",
+        ),
+        (
+            Rule::op("ListMultipartUploads").status(501, "NotImplemented"),
+            "multipart uploads cannot be listed",
+        ),
+        (
+            Rule::op("DeleteObjects").status(403, "AccessDenied"),
+            "cannot delete",
+        ),
+    ] {
+        proxy.clear_rules();
+        proxy.add(rule);
+        let bad = tokio::task::block_in_place(check);
+        let out = format!("{}{}", bad.stdout, bad.stderr);
+        assert_ne!(bad.code, 0, "{out}");
+        assert!(out.contains(says), "`{says}` in:\n{out}");
+    }
+}

@@ -37,6 +37,56 @@ pub async fn probe_repository(cfg: &RepoConfig) -> Finding {
     }
 }
 
+/// `--check` of a step that writes backups: the repository can be listed, and written,
+/// and cleared of a failed upload's parts, and deleted from (a probe object, removed
+/// at once). A read-only key, or a server without the multipart calls every upload
+/// needs (ListMultipartUploads, AbortMultipartUpload), is found here, not mid-backup.
+pub async fn probe_repository_for_writing(cfg: &RepoConfig) -> Finding {
+    let listed = probe_repository(cfg).await;
+    if listed.level == Level::Error {
+        return listed;
+    }
+    match write_probe(cfg).await {
+        Ok(()) => Finding {
+            level: Level::Ok,
+            message: format!(
+                "repository {} is reachable and writable (a probe object was written and deleted, multipart uploads can be listed)",
+                cfg.describe()
+            ),
+        },
+        Err(e) => Finding {
+            level: Level::Error,
+            message: format!("repository {}: {e}", cfg.describe()),
+        },
+    }
+}
+
+/// Writes, lists the multipart uploads under, and deletes a probe object.
+async fn write_probe(cfg: &RepoConfig) -> Result<(), String> {
+    let repo = Repository::open(cfg).await.map_err(|e| e.message)?;
+    let store = repo.store();
+    let key = format!(
+        ".stagehand-probe-{}-{}",
+        std::process::id(),
+        stagehand_backup::entry::now_ns()
+    );
+    store
+        .put_bytes(&key, b"stagehand --check probe".to_vec())
+        .await
+        .map_err(|e| format!("cannot write (is the key read-only?): {}", e.message))?;
+    let multipart = store.abort_incomplete_uploads(&key).await.map_err(|e| {
+        format!(
+            "multipart uploads cannot be listed, which every upload needs: {}",
+            e.message
+        )
+    });
+    let deleted = store
+        .delete(std::slice::from_ref(&key))
+        .await
+        .map_err(|e| format!("cannot delete (the probe object {key} stays; rotation and failed uploads need to delete): {}", e.message));
+    multipart.and(deleted)
+}
+
 /// The object key and local path of every file of a backup, as stored.
 pub fn stored_files(manifest: &Manifest) -> Vec<(String, u64, String)> {
     manifest

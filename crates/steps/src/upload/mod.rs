@@ -17,7 +17,7 @@ use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo as repo;
-use stagehand_repo::checks::{check_repo, probe_repository, stored_files};
+use stagehand_repo::checks::{check_repo, probe_repository_for_writing, stored_files};
 use stagehand_repo::{RepoConfig, Repository, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,7 +171,7 @@ impl TypedStep for Upload {
     }
 
     async fn preflight(cfg: &UploadConfig, _ctx: &StepContext) -> Vec<Finding> {
-        vec![probe_repository(&cfg.repository).await]
+        vec![probe_repository_for_writing(&cfg.repository).await]
     }
 
     async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, StepError> {
