@@ -241,8 +241,15 @@ fn init_logging(cli: &Cli) {
         (false, 1) => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STAGEHAND_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // The AWS SDK logs each credential provider it tries (kilobytes of debug structs
+    // at WARN); the failure that matters reaches our own error. Shown with -vv.
+    let sdk = if cli.verbose >= 2 { "trace" } else { "error" };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("STAGEHAND_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "{level},aws_config={sdk},aws_smithy_runtime={sdk},aws_sdk_s3={sdk}"
+            ))
+        });
     // Colour only for a person at a terminal: logs piped to a file or journald stay
     // plain text (https://no-color.org turns it off everywhere).
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());

@@ -294,3 +294,73 @@ async fn check_finds_a_read_only_key_and_a_server_without_multipart() {
         assert!(out.contains(says), "`{says}` in:\n{out}");
     }
 }
+
+/// Without credentials, or with the endpoint unreachable, the error is one short line
+/// saying what is wrong, not kilobytes of SDK debug structures; missing credentials are
+/// not retried.
+#[test]
+fn no_credentials_and_a_dead_endpoint_give_one_clear_line() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let t = std::time::Instant::now();
+    let r = crate::cli::stagehand_env(
+        &[
+            "backups",
+            "list",
+            "s3://bucket/db",
+            "--endpoint",
+            &endpoint,
+            "--path-style",
+        ],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no S3 credentials found"), "{}", r.stderr);
+    assert!(r.stderr.contains("not retried"), "{}", r.stderr);
+    assert!(
+        r.stderr.len() < 1000,
+        "{} bytes:\n{}",
+        r.stderr.len(),
+        r.stderr
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let plan = write_plan(
+        work.path(),
+        "dead",
+        &CHECK_PLAN.replace("max_attempts: 2", "max_attempts: 2\n        retry_for: 1s"),
+    );
+    let plan = plan.display().to_string();
+    let repository = "repository=s3://bucket/db".to_string();
+    let endpoint = format!("endpoint={endpoint}");
+    let r = stagehand_env(
+        &[
+            "run",
+            &plan,
+            "--check",
+            "--set",
+            &repository,
+            "--set",
+            &endpoint,
+        ],
+        ENV,
+    );
+    assert_ne!(r.code, 0);
+    let out = format!("{}{}", r.stdout, r.stderr);
+    assert!(out.contains("Connection refused"), "{out}");
+    for noise in ["DispatchFailure(", "ConnectorError {", "SdkBody"] {
+        assert!(!out.contains(noise), "`{noise}` in:\n{out}");
+    }
+}

@@ -254,6 +254,9 @@ where
             Failure::transient(format!("timed out ({})", DisplayErrorContext(err)))
         }
         SdkError::DispatchFailure(d) => {
+            if let Some(creds) = credentials_error(err) {
+                return creds;
+            }
             // A request the client could not even build for sending (bad URI…) will
             // not improve; everything else here is the network.
             let kind = if d.is_user() {
@@ -261,7 +264,7 @@ where
             } else {
                 StoreErrorKind::Transient
             };
-            Failure::new(kind, DisplayErrorContext(err).to_string())
+            Failure::new(kind, short_chain(err))
         }
         SdkError::ResponseError(_) => Failure::transient(DisplayErrorContext(err).to_string()),
         SdkError::ConstructionFailure(_) => {
@@ -269,6 +272,51 @@ where
         }
         _ => Failure::permanent(DisplayErrorContext(err).to_string()),
     }
+}
+
+const NO_CREDENTIALS: &str = "no S3 credentials found: give the repository access_key_id and secret_access_key (the shipped plans read STAGEHAND_S3_ACCESS_KEY_ID and STAGEHAND_S3_SECRET_ACCESS_KEY), or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or an instance role";
+
+/// A request that failed because no credentials could be loaded: final when no provider
+/// has any (retrying will not make some appear), one line that says so.
+fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            // The SDK's providers retry and time out on their own: only a provider
+            // that timed out is worth another request.
+            return Some(match c {
+                CredentialsError::ProviderTimedOut(_) => Failure::transient(format!(
+                    "loading S3 credentials timed out: {}",
+                    short_chain(c)
+                )),
+                CredentialsError::CredentialsNotLoaded(_) => {
+                    Failure::new(StoreErrorKind::Config, NO_CREDENTIALS.to_string())
+                }
+                _ => Failure::new(
+                    StoreErrorKind::Config,
+                    format!("{NO_CREDENTIALS} ({})", short_chain(c)),
+                ),
+            });
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// An error and its causes as one line of their messages, without the debug structs
+/// `DisplayErrorContext` appends.
+fn short_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// What an HTTP status and S3 code mean for a retry.
