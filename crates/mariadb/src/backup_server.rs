@@ -74,6 +74,7 @@ pub async fn start_on(
         // A copy must not write binary logs or start replication of its own.
         .option("skip-log-bin", None)
         .start_timeout(std::time::Duration::from_secs(3600));
+    opts.mounts = remote_mounts(datadir, run_dir, binary.as_deref())?;
     if let Some(b) = binary {
         opts = opts.binary(b);
     }
@@ -84,6 +85,132 @@ pub async fn start_on(
             datadir.display()
         ))
     })
+}
+
+/// Where [`remote_mounts`] builds the trees it binds, inside the backup directory (hard
+/// links need the same filesystem; a dot-folder is never part of the backup).
+pub const REMOTE_LINKS_DIR: &str = ".stagehand-remote";
+
+/// The DATA DIRECTORY trap: the redo log and the `.isl` files name a remote table's
+/// tablespace by its absolute path, and `mariadbd` (crash recovery in NORMAL mode, then
+/// purge and rollback) would open the *live* file there. So the server runs in a
+/// private mount namespace where each DATA DIRECTORY root shows a tree of hard links to
+/// the backup's own copies (`<dir>/.stagehand-remote/<n>/db/t.ibd` → `<dir>/db/t.ibd`),
+/// checked to be the same inodes before exec. `None` when the backup has no such table.
+pub fn remote_mounts(
+    dir: &Path,
+    run_dir: &Path,
+    binary: Option<&Path>,
+) -> Result<Option<stagehand_host::process::PrivateMounts>, StepError> {
+    let remote =
+        crate::datadir::remote_tablespaces(dir).map_err(|e| StepError::fatal(e.to_string()))?;
+    forget_remote_links(dir)?;
+    if remote.is_empty() {
+        return Ok(None);
+    }
+    let named = remote
+        .iter()
+        .map(|(abs, rel)| format!("{} → {}", rel, abs.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refuse = |why: String| {
+        StepError::fatal(format!(
+            "the backup has DATA DIRECTORY tables ({named}): {why}"
+        ))
+        .with_hint("prepare with engine: mariadb-backup (it never opens the live files), or run stagehand as root on a host where those directories exist")
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(refuse("a server started on it would open the live files at those paths, and hiding them needs a private mount namespace (root)".into()));
+    }
+    let links = dir.join(REMOTE_LINKS_DIR);
+    let mut mounts = stagehand_host::process::PrivateMounts::default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for (abs, rel) in &remote {
+        let root = crate::datadir::remote_root(abs)
+            .ok_or_else(|| refuse(format!("{} is not below a directory", abs.display())))?;
+        let n = match roots.iter().position(|r| *r == root) {
+            Some(n) => n,
+            None => {
+                check_remote_root(&root, &[dir, run_dir], binary).map_err(&refuse)?;
+                roots.push(root.clone());
+                mounts
+                    .binds
+                    .push((links.join((roots.len() - 1).to_string()), root.clone()));
+                roots.len() - 1
+            }
+        };
+        let copy = dir.join(rel);
+        if !copy.exists() {
+            // Nothing to show there: with the live file hidden, InnoDB finds none.
+            tracing::warn!(table = %rel, "the backup has a .isl but no tablespace for it");
+            continue;
+        }
+        let inside = abs
+            .strip_prefix(&root)
+            .map_err(|_| refuse(format!("{} is not below {}", abs.display(), root.display())))?;
+        let link = links.join(n.to_string()).join(inside);
+        let io = |e: std::io::Error| {
+            StepError::fatal(format!(
+                "cannot link {} to {}: {e}",
+                copy.display(),
+                link.display()
+            ))
+        };
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::hard_link(&copy, &link).map_err(io)?;
+        mounts.same_files.push((abs.clone(), copy));
+    }
+    // Directories named in a bind that have no table any more still need to exist.
+    for (from, _) in &mounts.binds {
+        std::fs::create_dir_all(from)
+            .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", from.display())))?;
+    }
+    tracing::info!(
+        roots = roots.len(),
+        tables = remote.len(),
+        "DATA DIRECTORY paths show the backup's copies to the server"
+    );
+    Ok(Some(mounts))
+}
+
+/// A root that does not exist here cannot be bound over, and one that holds the
+/// backup, the run directory or the server binary would hide them from the server.
+fn check_remote_root(root: &Path, dirs: &[&Path], binary: Option<&Path>) -> Result<(), String> {
+    let real = std::fs::canonicalize(root).map_err(|e| {
+        format!(
+            "its DATA DIRECTORY {} cannot be used on this host ({e})",
+            root.display()
+        )
+    })?;
+    let hidden = dirs
+        .iter()
+        .copied()
+        .chain(binary)
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .find(|p| p.starts_with(&real));
+    match hidden {
+        Some(p) => Err(format!(
+            "its DATA DIRECTORY {} holds {}, which the server must see",
+            root.display(),
+            p.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Removes the trees [`remote_mounts`] built (once the server is gone).
+pub fn forget_remote_links(dir: &Path) -> Result<(), StepError> {
+    let links = dir.join(REMOTE_LINKS_DIR);
+    match std::fs::remove_dir_all(&links) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StepError::fatal(format!(
+            "cannot remove {}: {e}",
+            links.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A `mariadbd` running on a backup directory.

@@ -202,6 +202,7 @@ impl TypedStep for Prepare {
         manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
             .await
             .map_err(|e| StepError::fatal(e.to_string()))??;
+        mark_remote(&dir, &mut manifest.files)?;
         manifest.complete = true;
         manifest.preparing = false;
         manifest
@@ -342,6 +343,7 @@ async fn prepare_with_server(
         .shutdown(ShutdownMode::Slow)
         .await
         .map_err(|e| StepError::fatal(format!("the slow shutdown after recovery failed: {e}")))?;
+    backup_server::forget_remote_links(dir)?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     if text.contains("[ERROR]") {
         let errors: Vec<&str> = text
@@ -424,6 +426,19 @@ fn mark_prepared(dir: &Path, manifest: &Manifest, engine: Engine) -> Result<(), 
     c.backup_type = bf::BackupType::LogApplied;
     std::fs::write(&path, bf::render_checkpoints(&c))
         .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))
+}
+
+/// The tablespaces of DATA DIRECTORY tables keep, in the rehashed list, the path their
+/// `.isl` names (where copy_back puts them by default).
+fn mark_remote(dir: &Path, files: &mut [CopiedFile]) -> Result<(), StepError> {
+    let remote = stagehand_mariadb::datadir::remote_tablespaces(dir)
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    for (abs, rel) in remote {
+        if let Some(f) = files.iter_mut().find(|f| f.path == rel) {
+            f.remote = Some(abs.display().to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Every file of a directory (but the manifest), hashed: prepare changes many files.
