@@ -379,6 +379,18 @@ async fn prepare_with_mariadb_backup(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // RESTORE mode maps DATA DIRECTORY paths into the backup by itself; as root it also
+    // gets the namespace mariadbd needs (defence in depth).
+    let is_root = stagehand_mariadb::sandbox::accounts::is_root();
+    if let Some(mounts) = is_root
+        .then(|| backup_server::remote_mounts(dir, dir, Some(&bin)))
+        .transpose()?
+        .flatten()
+    {
+        stagehand_host::process::with_private_mounts(&mut command, &mounts).map_err(|e| {
+            StepError::fatal(format!("cannot set up the private mount namespace: {e}"))
+        })?;
+    }
     let cannot_run = |e| StepError::fatal(format!("cannot run {}: {e}", bin.display()));
     let out = stagehand_host::process::spawn_tied_to_process(command)
         .await
@@ -386,6 +398,7 @@ async fn prepare_with_mariadb_backup(
         .wait_with_output()
         .await
         .map_err(cannot_run)?;
+    backup_server::forget_remote_links(dir)?;
     let text = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || !text.contains("completed OK!") {
         let tail: Vec<&str> = text
