@@ -144,35 +144,72 @@ async fn restored_tables(datadir: &Path, run: &Path) -> BTreeMap<String, (u64, u
     tables
 }
 
+/// plans/full-backup.yaml with a gate after the copies: before the catch-up pass (which
+/// then sees the DDL first), or, without one, before BLOCK_DDL.
+fn gated_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
+    backup_plan(dir, |steps| {
+        let gated = if catch_up {
+            "catch_up"
+        } else {
+            without_catch_up(steps);
+            "lock_ddl"
+        };
+        insert_gate(steps, gated, "copy_innodb", flag, 2400);
+    })
+}
+
+/// A backup target inside a DATA DIRECTORY is refused before anything is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_target_inside_a_data_directory_is_refused() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let fast = work.path().join("fast");
+    std::fs::create_dir_all(&fast).expect("mkdir fast");
+    let server = TestServer::builder().name("datadir-inside").start().await;
+    create_tables(&server, &fast).await;
+    let flag = work.path().join("gate");
+    std::fs::write(&flag, b"").expect("open the gate");
+    let plan = gated_plan(work.path(), &flag, false);
+    let inside = fast.join("backup");
+    let stderr = work.path().join("refused.stderr");
+    let refused = spawn_backup(
+        &plan,
+        &server,
+        &inside,
+        &work.path().join("state"),
+        &["prepare=false"],
+        &stderr,
+    );
+    let out = refused.wait_with_output().await.expect("wait");
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a target inside a DATA DIRECTORY"
+    );
+    assert!(err.contains("inside the server's DATA DIRECTORY"), "{err}");
+    assert!(!inside.join("d").exists(), "nothing was copied");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn data_directory_tables_back_up_and_restore_without_touching_the_live_files() {
+    restores_exactly_and_leaves_the_live_files_alone(false).await;
+}
+
+/// The same, with the catch-up pass copying the rebuilt and new remote tablespaces
+/// early (as `d/#sh-<id>.ibd`, from their DATA DIRECTORY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_directory_tables_seen_first_by_the_catch_up_pass() {
+    restores_exactly_and_leaves_the_live_files_alone(true).await;
+}
+
+async fn restores_exactly_and_leaves_the_live_files_alone(catch_up: bool) {
     let work = tempfile::tempdir().expect("tempdir");
     let fast = work.path().join("fast");
     std::fs::create_dir_all(&fast).expect("mkdir fast");
     let server = TestServer::builder().name("datadir-remote").start().await;
     create_tables(&server, &fast).await;
     let flag = work.path().join("ddl-done");
-    let plan = backup_plan(work.path(), |steps| {
-        without_catch_up(steps);
-        insert_gate(steps, "lock_ddl", "copy_innodb", &flag, 2400);
-    });
-    // A backup target inside a DATA DIRECTORY is refused before anything is copied.
-    let inside = fast.join("backup");
-    let mut refused = spawn_backup(
-        &plan,
-        &server,
-        &inside,
-        &work.path().join("state-refused"),
-        &["prepare=false"],
-        &work.path().join("refused.stderr"),
-    );
-    std::fs::write(&flag, b"").expect("open the gate");
-    let status = refused.wait().await.expect("wait");
-    let err = std::fs::read_to_string(work.path().join("refused.stderr")).unwrap_or_default();
-    assert_ne!(status.code(), Some(0), "a target inside a DATA DIRECTORY");
-    assert!(err.contains("DATA DIRECTORY"), "{err}");
-    std::fs::remove_file(&flag).expect("close the gate");
-
+    let plan = gated_plan(work.path(), &flag, catch_up);
     let (target, state) = (work.path().join("backup"), work.path().join("state"));
     let stderr = work.path().join("stagehand.stderr");
     // verify's test restore starts mariadbd (crash recovery) on an unprepared copy.
@@ -198,11 +235,24 @@ async fn data_directory_tables_back_up_and_restore_without_touching_the_live_fil
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let verify = report["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["id"] == "verify"))
-        .map(|s| s["outputs"].clone())
-        .expect("verify in the report");
+    let outputs_of = |id: &str| {
+        report["steps"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == id))
+            .map(|s| s["outputs"].clone())
+            .unwrap_or_else(|| panic!("{id} in the report"))
+    };
+    // r3 (rebuilt) and rnew (created) are copied again from their DATA DIRECTORY: by
+    // the catch-up pass when there is one, else under BLOCK_DDL.
+    let rec = outputs_of("reconcile");
+    if catch_up {
+        assert_eq!(outputs_of("catch_up")["files"], 2, "{rec}");
+        assert_eq!(rec["files"], 0, "{rec}");
+    } else {
+        assert_eq!(rec["files"], 2, "{rec}");
+        assert_eq!(rec["renamed"], 1, "r2 → r2b: {rec}");
+    }
+    let verify = outputs_of("verify");
     assert_eq!(verify["rows"]["d.rnew"], 700, "test restore: {verify}");
     assert_eq!(verify["rows"]["d.r2b"], 3000, "test restore: {verify}");
     let manifest: Value = serde_json::from_str(
