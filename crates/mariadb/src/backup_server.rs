@@ -189,7 +189,7 @@ fn check_remote_root(root: &Path, dirs: &[&Path], binary: Option<&Path>) -> Resu
         .iter()
         .copied()
         .chain(binary)
-        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .map(real_path)
         .find(|p| p.starts_with(&real));
     match hidden {
         Some(p) => Err(format!(
@@ -199,6 +199,17 @@ fn check_remote_root(root: &Path, dirs: &[&Path], binary: Option<&Path>) -> Resu
         )),
         None => Ok(()),
     }
+}
+
+/// A path with its existing part resolved (symlinks, `..`): it may not exist yet.
+fn real_path(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    for ancestor in p.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            return real.join(p.strip_prefix(ancestor).unwrap_or(Path::new("")));
+        }
+    }
+    p
 }
 
 /// Removes the trees [`remote_mounts`] built (once the server is gone).
@@ -506,5 +517,53 @@ mod tests {
             "unknown source refused"
         );
         assert!(install_hint(b11).contains("MariaDB 11.8"));
+    }
+
+    /// A backup `dir/backup` whose `d/t.isl` names `dir/fast/d/t.ibd`.
+    fn backup_with_remote_table(dir: &Path) -> (PathBuf, PathBuf) {
+        let (backup, fast) = (dir.join("backup"), dir.join("fast"));
+        std::fs::create_dir_all(backup.join("d")).expect("mkdir");
+        std::fs::create_dir_all(fast.join("d")).expect("mkdir");
+        std::fs::write(fast.join("d/t.ibd"), b"live").expect("write");
+        std::fs::write(backup.join("d/t.ibd"), b"copy").expect("write");
+        let isl = fast.join("d/t.ibd").display().to_string();
+        std::fs::write(backup.join("d/t.isl"), isl).expect("write");
+        (backup, fast)
+    }
+
+    #[test]
+    fn remote_tables_are_shown_as_the_backups_copies_or_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let (backup, fast) = backup_with_remote_table(d.path());
+        let run = d.path().join("run");
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        if crate::sandbox::accounts::is_root() {
+            let mounts = remote_mounts(&backup, &run, None)
+                .expect("mounts")
+                .expect("a remote table");
+            let links = backup.join(REMOTE_LINKS_DIR).join("0");
+            assert_eq!(mounts.binds, vec![(links.clone(), fast.clone())]);
+            assert_eq!(
+                mounts.same_files,
+                vec![(fast.join("d/t.ibd"), backup.join("d/t.ibd"))]
+            );
+            assert_eq!(ino(&links.join("d/t.ibd")), ino(&backup.join("d/t.ibd")));
+            forget_remote_links(&backup).expect("forget");
+            assert!(!backup.join(REMOTE_LINKS_DIR).exists());
+            // A DATA DIRECTORY that holds the run directory would hide it.
+            let e = remote_mounts(&backup, &fast.join("run"), None).expect_err("refused");
+            assert!(e.message.contains("which the server must see"), "{e:?}");
+            // One that does not exist here cannot be bound over.
+            std::fs::remove_dir_all(&fast).expect("rm");
+            let e = remote_mounts(&backup, &run, None).expect_err("refused");
+            assert!(e.message.contains("cannot be used on this host"), "{e:?}");
+        } else {
+            let e = remote_mounts(&backup, &run, None).expect_err("refused without root");
+            assert!(e.message.contains("d/t.ibd"), "{e:?}");
+        }
+        let plain = d.path().join("plain");
+        std::fs::create_dir_all(plain.join("d")).expect("mkdir");
+        assert_eq!(remote_mounts(&plain, &run, None).expect("none"), None);
     }
 }

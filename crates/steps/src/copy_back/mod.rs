@@ -371,6 +371,19 @@ impl TypedStep for CopyBack {
         if let Some(o) = &cfg.owner {
             s.push_str(&format!("; files owned by {o}"));
         }
+        match &cfg.data_directories {
+            None => {}
+            Some(DataDirectories::Datadir(_)) => s.push_str(
+                "; DATA DIRECTORY tables become ordinary tables in the datadir (no .isl)",
+            ),
+            Some(DataDirectories::Map(map)) => {
+                let pairs: Vec<String> = map.iter().map(|(a, b)| format!("{a} → {b}")).collect();
+                s.push_str(&format!(
+                    "; DATA DIRECTORY tables move: {} (their .isl rewritten)",
+                    pairs.join(", ")
+                ));
+            }
+        }
         s
     }
 
