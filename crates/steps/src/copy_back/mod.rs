@@ -477,7 +477,7 @@ fn plan(cfg: &CopyBackConfig) -> Result<(Job, Manifest), CopyBackError> {
     check_overlap(&from, &targets)?;
     let owner = cfg.owner.as_deref().map(resolve_owner).transpose()?;
     let (items, skipped) = plan_files(&from, &manifest, &targets, cfg.data_directories.as_ref())?;
-    check_remote_free(&items, &targets)?;
+    check_remote_free(&items, &targets, &from)?;
     check_not_in_use(&targets)?;
     check_targets(&targets, cfg.force)?;
     if cfg.mode == Mode::Copy {
@@ -557,14 +557,18 @@ fn preflight_findings(cfg: &CopyBackConfig) -> Vec<Finding> {
             out.push(Finding::error(e.to_string()));
         }
     }
-    if cfg.mode == Mode::Copy {
-        if let Ok((items, _)) =
-            plan_files(&from, &manifest, &targets, cfg.data_directories.as_ref())
-        {
-            if let Err(e) = check_space(&targets, &items) {
+    match plan_files(&from, &manifest, &targets, cfg.data_directories.as_ref()) {
+        Ok((items, _)) => {
+            if let Err(e) = check_remote_free(&items, &targets, &from) {
                 out.push(Finding::error(e.to_string()));
             }
+            if cfg.mode == Mode::Copy {
+                if let Err(e) = check_space(&targets, &items) {
+                    out.push(Finding::error(e.to_string()));
+                }
+            }
         }
+        Err(e) => out.push(Finding::error(e.to_string())),
     }
     out
 }

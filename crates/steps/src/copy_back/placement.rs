@@ -109,10 +109,20 @@ pub(super) fn mapped(abs: &Path, map: &BTreeMap<String, String>) -> Result<PathB
     Ok(normalize(&Path::new(new).join(rest)))
 }
 
-/// A DATA DIRECTORY tablespace is never written over an existing file, and never into
-/// one of the target directories by a map (the datadir would list it as its own).
-pub(super) fn check_remote_free(items: &[Item], targets: &Targets) -> Result<(), CopyBackError> {
+/// A DATA DIRECTORY tablespace is never written over an existing file, nor into the
+/// backup. (One a map puts inside a target directory is checked with it.)
+pub(super) fn check_remote_free(
+    items: &[Item],
+    targets: &Targets,
+    from: &Path,
+) -> Result<(), CopyBackError> {
     for item in items {
+        if item.dest.starts_with(from) {
+            return Err(CopyBackError::Overlap {
+                target: item.dest.display().to_string(),
+                from: from.display().to_string(),
+            });
+        }
         let inside_targets = targets.dirs().iter().any(|d| item.dest.starts_with(d));
         if inside_targets || item.dest.symlink_metadata().is_err() {
             continue;
