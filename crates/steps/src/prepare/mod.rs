@@ -105,24 +105,11 @@ impl TypedStep for Prepare {
         let dir = PathBuf::from(&cfg.target);
         match Manifest::read_for_prepare(&dir) {
             // A backup to prepare: is this host's binary of its series?
-            Ok(m) => vec![match backup_server::binary_for_backup(
-                cfg.engine.name(),
-                explicit,
-                &m.server.version,
-            )
-            .await
-            {
-                Ok(b) => Finding::ok(format!(
-                    "{} is a backup of MariaDB {}; {} can prepare it",
-                    dir.display(),
-                    m.server.version,
-                    b.display()
-                )),
-                Err(e) => Finding::error(match e.hint {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message,
-                }),
-            }],
+            Ok(m) => {
+                let mut out = vec![binary_finding(cfg, explicit, &dir, &m).await];
+                out.extend(remote_finding(cfg.engine, &m));
+                out
+            }
             // Not taken yet (a backup plan): say what this host prepares.
             Err(_) => vec![this_host_prepares(cfg.engine.name(), explicit).await],
         }
@@ -215,6 +202,47 @@ impl TypedStep for Prepare {
             manifest.files.len(),
         ))
     }
+}
+
+/// Whether this host's binary of the backup's series can prepare it.
+async fn binary_finding(
+    cfg: &PrepareConfig,
+    explicit: Option<PathBuf>,
+    dir: &Path,
+    m: &Manifest,
+) -> Finding {
+    match backup_server::binary_for_backup(cfg.engine.name(), explicit, &m.server.version).await {
+        Ok(b) => Finding::ok(format!(
+            "{} is a backup of MariaDB {}; {} can prepare it",
+            dir.display(),
+            m.server.version,
+            b.display()
+        )),
+        Err(e) => Finding::error(match e.hint {
+            Some(h) => format!("{} ({h})", e.message),
+            None => e.message,
+        }),
+    }
+}
+
+/// DATA DIRECTORY tables: `mariadbd` needs the private mount namespace (root).
+fn remote_finding(engine: Engine, m: &Manifest) -> Option<Finding> {
+    let remote: Vec<&str> = m.files.iter().filter_map(|f| f.remote.as_deref()).collect();
+    if remote.is_empty() || engine != Engine::Mariadbd {
+        return None;
+    }
+    Some(if stagehand_mariadb::sandbox::accounts::is_root() {
+        Finding::ok(format!(
+            "{} DATA DIRECTORY tablespaces (e.g. {}): mariadbd runs in a private mount namespace that shows the backup's copies at their paths",
+            remote.len(),
+            remote[0]
+        ))
+    } else {
+        Finding::error(format!(
+            "the backup has DATA DIRECTORY tables (e.g. {}): mariadbd would open the live files; prepare with engine: mariadb-backup, or run as root",
+            remote[0]
+        ))
+    })
 }
 
 /// Which series the binary that would prepare here belongs to.
