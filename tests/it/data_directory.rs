@@ -365,6 +365,29 @@ async fn restores_exactly_and_leaves_the_live_files_alone(catch_up: bool) {
     assert_ne!(r.code, 0, "copy_back over the live files: {}", r.output());
     assert!(r.output().contains("would overwrite it"), "{}", r.output());
 
+    // A DATA DIRECTORY that cannot be hidden here (it does not exist): refused before
+    // the backup changes at all.
+    let odd = work.path().join("odd");
+    copy_tree(&target, &odd);
+    std::fs::write(odd.join("d/r1.isl"), "/nonexistent-stagehand/d/r1.ibd").expect("isl");
+    let manifest_before = std::fs::read(odd.join("stagehand.json")).expect("manifest");
+    let plan = format!(
+        "version: 1\nname: prep\nsteps:\n  - id: prepare\n    uses: prepare\n    with: {{target: \"{}\", engine: mariadbd}}\n",
+        odd.display()
+    );
+    let r = run_in(work.path(), "prepare-odd", &plan, &[]);
+    assert_ne!(r.code, 0, "{}", r.output());
+    assert!(
+        r.output().contains("cannot be used on this host"),
+        "{}",
+        r.output()
+    );
+    assert_eq!(
+        std::fs::read(odd.join("stagehand.json")).expect("manifest"),
+        manifest_before,
+        "nothing changed"
+    );
+
     assert_eq!(
         fingerprints(&fast),
         before,

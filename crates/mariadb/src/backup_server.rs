@@ -102,11 +102,82 @@ pub fn remote_mounts(
     run_dir: &Path,
     binary: Option<&Path>,
 ) -> Result<Option<stagehand_host::process::PrivateMounts>, StepError> {
-    let remote =
-        crate::datadir::remote_tablespaces(dir).map_err(|e| StepError::fatal(e.to_string()))?;
+    let remote = checked_remote(dir, &[dir, run_dir], binary)?;
     forget_remote_links(dir)?;
     if remote.is_empty() {
         return Ok(None);
+    }
+    let links = dir.join(REMOTE_LINKS_DIR);
+    let mut mounts = stagehand_host::process::PrivateMounts::default();
+    let mut roots: Vec<&Path> = Vec::new();
+    for t in &remote {
+        let n = match roots.iter().position(|r| *r == t.root) {
+            Some(n) => n,
+            None => {
+                roots.push(&t.root);
+                let from = links.join((roots.len() - 1).to_string());
+                std::fs::create_dir_all(&from).map_err(|e| {
+                    StepError::fatal(format!("cannot create {}: {e}", from.display()))
+                })?;
+                mounts.binds.push((from, t.root.clone()));
+                roots.len() - 1
+            }
+        };
+        let copy = dir.join(&t.rel);
+        if !copy.exists() {
+            // Nothing to show there: with the live file hidden, InnoDB finds none.
+            tracing::warn!(table = %t.rel, "the backup has a .isl but no tablespace for it");
+            continue;
+        }
+        let inside = t.abs.strip_prefix(&t.root).unwrap_or(Path::new(&t.rel));
+        let link = links.join(n.to_string()).join(inside);
+        let io = |e: std::io::Error| {
+            StepError::fatal(format!(
+                "cannot link {} to {}: {e}",
+                copy.display(),
+                link.display()
+            ))
+        };
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::hard_link(&copy, &link).map_err(io)?;
+        mounts.same_files.push((t.abs.clone(), copy));
+    }
+    tracing::info!(
+        roots = roots.len(),
+        tables = remote.len(),
+        "DATA DIRECTORY paths show the backup's copies to the server"
+    );
+    Ok(Some(mounts))
+}
+
+/// Refuses, before anything changes, a backup whose DATA DIRECTORY tables
+/// [`remote_mounts`] could not hide from a server (not root, a root missing here or
+/// holding the backup or `binary`).
+pub fn check_remote_protection(dir: &Path, binary: Option<&Path>) -> Result<(), StepError> {
+    checked_remote(dir, &[dir], binary).map(|_| ())
+}
+
+/// A DATA DIRECTORY tablespace of a backup: its path at the source, in the backup, and
+/// the root bound over.
+struct RemoteTable {
+    abs: PathBuf,
+    rel: String,
+    root: PathBuf,
+}
+
+/// The backup's DATA DIRECTORY tables (from its `.isl` files), each root checked: it
+/// can be bound over and hides none of `dirs` or `binary`.
+fn checked_remote(
+    dir: &Path,
+    dirs: &[&Path],
+    binary: Option<&Path>,
+) -> Result<Vec<RemoteTable>, StepError> {
+    let remote =
+        crate::datadir::remote_tablespaces(dir).map_err(|e| StepError::fatal(e.to_string()))?;
+    if remote.is_empty() {
+        return Ok(Vec::new());
     }
     let named = remote
         .iter()
@@ -123,57 +194,16 @@ pub fn remote_mounts(
     if unsafe { libc::geteuid() } != 0 {
         return Err(refuse("a server started on it would open the live files at those paths, and hiding them needs a private mount namespace (root)".into()));
     }
-    let links = dir.join(REMOTE_LINKS_DIR);
-    let mut mounts = stagehand_host::process::PrivateMounts::default();
-    let mut roots: Vec<PathBuf> = Vec::new();
-    for (abs, rel) in &remote {
-        let root = crate::datadir::remote_root(abs)
+    let mut out: Vec<RemoteTable> = Vec::new();
+    for (abs, rel) in remote {
+        let root = crate::datadir::remote_root(&abs)
             .ok_or_else(|| refuse(format!("{} is not below a directory", abs.display())))?;
-        let n = match roots.iter().position(|r| *r == root) {
-            Some(n) => n,
-            None => {
-                check_remote_root(&root, &[dir, run_dir], binary).map_err(&refuse)?;
-                roots.push(root.clone());
-                mounts
-                    .binds
-                    .push((links.join((roots.len() - 1).to_string()), root.clone()));
-                roots.len() - 1
-            }
-        };
-        let copy = dir.join(rel);
-        if !copy.exists() {
-            // Nothing to show there: with the live file hidden, InnoDB finds none.
-            tracing::warn!(table = %rel, "the backup has a .isl but no tablespace for it");
-            continue;
+        if !out.iter().any(|t| t.root == root) {
+            check_remote_root(&root, dirs, binary).map_err(&refuse)?;
         }
-        let inside = abs
-            .strip_prefix(&root)
-            .map_err(|_| refuse(format!("{} is not below {}", abs.display(), root.display())))?;
-        let link = links.join(n.to_string()).join(inside);
-        let io = |e: std::io::Error| {
-            StepError::fatal(format!(
-                "cannot link {} to {}: {e}",
-                copy.display(),
-                link.display()
-            ))
-        };
-        if let Some(parent) = link.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        std::fs::hard_link(&copy, &link).map_err(io)?;
-        mounts.same_files.push((abs.clone(), copy));
+        out.push(RemoteTable { abs, rel, root });
     }
-    // Directories named in a bind that have no table any more still need to exist.
-    for (from, _) in &mounts.binds {
-        std::fs::create_dir_all(from)
-            .map_err(|e| StepError::fatal(format!("cannot create {}: {e}", from.display())))?;
-    }
-    tracing::info!(
-        roots = roots.len(),
-        tables = remote.len(),
-        "DATA DIRECTORY paths show the backup's copies to the server"
-    );
-    Ok(Some(mounts))
+    Ok(out)
 }
 
 /// A root that does not exist here cannot be bound over, and one that holds the

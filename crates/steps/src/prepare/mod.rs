@@ -158,6 +158,11 @@ impl TypedStep for Prepare {
             )
             .await?,
         );
+        // Refused before anything changes too: mariadbd must not reach the live files of
+        // DATA DIRECTORY tables.
+        if cfg.engine == Engine::Mariadbd {
+            backup_server::check_remote_protection(&dir, binary.as_deref())?;
+        }
         if manifest.preparing {
             tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
         }
