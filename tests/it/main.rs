@@ -7,6 +7,7 @@ mod engine_runs;
 
 mod backup_faults;
 mod backup_oracle;
+mod data_directory;
 mod ddl_workload;
 mod file_ops_ledger;
 mod invalid_plans;

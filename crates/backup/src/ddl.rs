@@ -358,6 +358,38 @@ pub struct CopiedSpace {
     pub space_id: Option<u32>,
     /// The InnoDB LSNs between which the copy step ran, when it recorded them.
     pub copied_between: Option<(u64, u64)>,
+    /// The absolute path it was copied from (DATA DIRECTORY): the log's name for it.
+    pub remote: Option<String>,
+}
+
+impl CopiedSpace {
+    /// The name the log gives the file: `./db/t.ibd`, or its absolute path.
+    fn log_name(&self) -> String {
+        self.remote.clone().unwrap_or_else(|| log_name(&self.path))
+    }
+}
+
+/// The tablespaces of DATA DIRECTORY tables: the log names them by absolute path
+/// (`/srv/fast/db/t.ibd`), the backup holds them as `db/t.ibd` (where their `.isl`
+/// is). Built from the copied files and the `.isl` files found under BLOCK_DDL, so a
+/// remote table created or renamed during the copy maps too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteNames(std::collections::BTreeMap<String, String>);
+
+impl RemoteNames {
+    /// `abs` (the `.isl` content) is held in the backup as `rel`.
+    pub fn insert(&mut self, abs: &str, rel: &str) {
+        self.0.insert(abs.to_string(), rel.to_string());
+    }
+
+    /// The backup path of a name from the log; `None` for an empty name (undo) or an
+    /// absolute path no `.isl` names.
+    fn backup_path(&self, log_name: &str) -> Option<String> {
+        match log_name.strip_prefix("./") {
+            Some(rel) => Some(rel.to_string()),
+            None => self.0.get(log_name).cloned(),
+        }
+    }
 }
 
 /// A tablespace to copy again under BLOCK_DDL: its file `name` (backup-relative, as the
@@ -367,6 +399,8 @@ pub struct Recopy {
     pub space_id: u32,
     pub name: String,
     pub to: String,
+    /// Where the file is when it lies outside the datadir (DATA DIRECTORY).
+    pub remote: Option<String>,
 }
 
 /// What the reconcile under BLOCK_DDL must do so that the backup's files are those of
@@ -382,7 +416,7 @@ pub struct DdlPlan {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("tablespace {space_id} ({name}) lies outside the datadir (DATA DIRECTORY) and changed during the copy: such a backup cannot be reconciled yet")]
+    #[error("tablespace {space_id} ({name}) lies outside the datadir (DATA DIRECTORY) and no .isl file in the datadir names it now: where it belongs in the backup cannot be told")]
     Remote { space_id: u32, name: String },
 }
 
@@ -394,7 +428,12 @@ pub enum PlanError {
 /// A tablespace created during the copy and not copied (or copied before its page 0 was
 /// written) is copied again: plain recovery cannot build a rebuilt one from the log alone
 /// (it would have to rename it onto a name whose file holds another tablespace).
-pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan, PlanError> {
+pub fn plan(
+    copied: &[CopiedSpace],
+    ledger: &FileOps,
+    at: u64,
+    remote: &RemoteNames,
+) -> Result<DdlPlan, PlanError> {
     let mut out = DdlPlan::default();
     let mut replaced: BTreeSet<String> = BTreeSet::new();
     let states = ledger.state_at(at);
@@ -417,7 +456,7 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
             }
             continue;
         }
-        let name = match backup_path(&state.name) {
+        let name = match remote.backup_path(&state.name) {
             Some(n) => n,
             // An undo tablespace (no name in the log): its one copy is taken again in place.
             None if state.name.is_empty() => {
@@ -427,6 +466,7 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
                             space_id: id,
                             name: c.path.clone(),
                             to: c.path.clone(),
+                            remote: None,
                         });
                     }
                 }
@@ -457,6 +497,7 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
                 space_id: id,
                 name: name.clone(),
                 to: side.clone(),
+                remote: (!state.name.starts_with("./")).then(|| state.name.clone()),
             });
             out.changes.push(FileChange::New {
                 path: name.clone(),
@@ -486,7 +527,7 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
     // A file copied before its page 0 was written whose tablespace cannot be told (its
     // name passed between several): it goes unless a new copy replaces it.
     for (c, owner) in &owners {
-        if owner.is_none() && names_several(ledger, &c.path, at) {
+        if owner.is_none() && names_several(ledger, &c.log_name(), at) {
             out.changes.push(FileChange::Delete {
                 path: c.path.clone(),
                 space_id: 0,
@@ -503,34 +544,29 @@ pub fn plan(copied: &[CopiedSpace], ledger: &FileOps, at: u64) -> Result<DdlPlan
 /// had its name through the whole copy step, or else the one tablespace the log ever gave
 /// that name to (up to `at`); `None` when that cannot be told.
 fn owner_when_copied(ledger: &FileOps, c: &CopiedSpace, at: u64) -> Option<u32> {
-    let name = log_name(&c.path);
+    let name = c.log_name();
     if let Some((start, end)) = c.copied_between {
         let owner = ledger.name_owner_at(&name, start);
         if owner.is_some() && owner == ledger.name_owner_at(&name, end) {
             return owner;
         }
     }
-    let ids = ids_naming(ledger, &c.path, at);
+    let ids = ids_naming(ledger, &name, at);
     (ids.len() == 1).then(|| ids.into_iter().next()).flatten()
 }
 
-fn names_several(ledger: &FileOps, path: &str, at: u64) -> bool {
-    ids_naming(ledger, path, at).len() > 1
+fn names_several(ledger: &FileOps, name: &str, at: u64) -> bool {
+    ids_naming(ledger, name, at).len() > 1
 }
 
-fn ids_naming(ledger: &FileOps, path: &str, at: u64) -> BTreeSet<u32> {
-    let name = log_name(path);
+/// The tablespaces the log gave the name `name` (as the log spells it) up to `at`.
+fn ids_naming(ledger: &FileOps, name: &str, at: u64) -> BTreeSet<u32> {
     ledger
         .events
         .iter()
-        .filter(|e| e.lsn <= at && e.change.names(&name))
+        .filter(|e| e.lsn <= at && e.change.names(name))
         .map(|e| e.space_id)
         .collect()
-}
-
-/// `./db/t.ibd` → `db/t.ibd`; `None` for an absolute (DATA DIRECTORY) or empty name.
-fn backup_path(log_name: &str) -> Option<String> {
-    log_name.strip_prefix("./").map(String::from)
 }
 
 fn log_name(path: &str) -> String {
@@ -738,6 +774,7 @@ mod tests {
                     path: p.to_string(),
                     space_id: *id,
                     copied_between: None,
+                    remote: None,
                 })
                 .collect()
         }
@@ -776,6 +813,7 @@ mod tests {
                 &copied(&[("d/t.ibd", Some(5)), ("d/u.ibd", Some(3))]),
                 &l,
                 140,
+                &RemoteNames::default(),
             )
             .expect("plan");
             assert_eq!(
@@ -783,7 +821,8 @@ mod tests {
                 [Recopy {
                     space_id: 9,
                     name: "d/t.ibd".into(),
-                    to: "d/t.new".into()
+                    to: "d/t.new".into(),
+                    remote: None,
                 }]
             );
             assert_eq!(
@@ -796,7 +835,13 @@ mod tests {
             );
             // At an LSN before the rebuild finished, the old copy stays and the temporary
             // tablespace is copied under its name then.
-            let mid = plan(&copied(&[("d/t.ibd", Some(5))]), &l, 115).expect("plan");
+            let mid = plan(
+                &copied(&[("d/t.ibd", Some(5))]),
+                &l,
+                115,
+                &RemoteNames::default(),
+            )
+            .expect("plan");
             assert_eq!(mid.recopy[0].name, "d/#sql-alter.ibd");
             assert_eq!(mid.changes.len(), 1, "{mid:?}");
         }
@@ -822,7 +867,7 @@ mod tests {
                 ("d/r.ibd", Some(3)),
                 ("d/gone.ibd", Some(4)),
             ]);
-            let p = plan(&files, &l, 200).expect("plan");
+            let p = plan(&files, &l, 200, &RemoteNames::default()).expect("plan");
             assert!(p.recopy.is_empty(), "{p:?}");
             assert_eq!(
                 p.changes,
@@ -879,7 +924,7 @@ mod tests {
             // n was copied before its page 0 reached the disk (the log rebuilds it);
             // tmp too, and it is gone.
             let files = copied(&[("d/n.ibd", None), ("d/tmp.ibd", None)]);
-            let p = plan(&files, &l, 200).expect("plan");
+            let p = plan(&files, &l, 200, &RemoteNames::default()).expect("plan");
             assert!(p.recopy.is_empty(), "{p:?}");
             let gone = FileChange::Delete {
                 path: "d/tmp.ibd".into(),
@@ -901,7 +946,13 @@ mod tests {
                 (110, FileOp::FirstPageInit { space_id: 7 }),
                 (150, rename_op(7, "./d/n.ibd", "./d/m.ibd")),
             ]);
-            let p = plan(&copied(&[("d/n.ibd", Some(7))]), &l, 200).expect("plan");
+            let p = plan(
+                &copied(&[("d/n.ibd", Some(7))]),
+                &l,
+                200,
+                &RemoteNames::default(),
+            )
+            .expect("plan");
             assert!(p.recopy.is_empty(), "{p:?}");
             assert_eq!(
                 p.changes,
@@ -940,9 +991,10 @@ mod tests {
                     path: p.to_string(),
                     space_id: None,
                     copied_between: Some((120, 140)),
+                    remote: None,
                 })
                 .collect();
-            let p = plan(&files, &l, 200).expect("plan");
+            let p = plan(&files, &l, 200, &RemoteNames::default()).expect("plan");
             assert!(p.recopy.is_empty(), "{p:?}");
             assert_eq!(p.changes.len(), 2, "{p:?}");
             // Copied in a step that overlapped the swap: which file is which cannot be
@@ -954,7 +1006,7 @@ mod tests {
                     ..c
                 })
                 .collect();
-            let p = plan(&during, &l, 200).expect("plan");
+            let p = plan(&during, &l, 200, &RemoteNames::default()).expect("plan");
             assert_eq!(p.recopy.len(), 2, "{p:?}");
         }
 
@@ -985,7 +1037,7 @@ mod tests {
                 ("d/#sh-9.ibd", Some(9)),
                 ("d/#sh-7.ibd", Some(9)),
             ]);
-            let p = plan(&files, &l, 140).expect("plan");
+            let p = plan(&files, &l, 140, &RemoteNames::default()).expect("plan");
             assert!(p.recopy.is_empty(), "{p:?}");
             let del = |path: &str, space_id| FileChange::Delete {
                 path: path.into(),
@@ -1017,21 +1069,98 @@ mod tests {
                 ),
                 (110, FileOp::FirstPageInit { space_id: 1 }),
             ]);
-            let p = plan(&copied(&[("undo001", Some(1))]), &l, 200).expect("plan");
+            let p = plan(
+                &copied(&[("undo001", Some(1))]),
+                &l,
+                200,
+                &RemoteNames::default(),
+            )
+            .expect("plan");
             assert_eq!(
                 p.recopy,
                 [Recopy {
                     space_id: 1,
                     name: "undo001".into(),
-                    to: "undo001".into()
+                    to: "undo001".into(),
+                    remote: None,
                 }]
             );
             assert!(p.changes.is_empty());
             let remote = ledger(&[(110, rename_op(6, "/srv/x/d/t.ibd", "/srv/x/d/u.ibd"))]);
             assert!(matches!(
-                plan(&[], &remote, 200),
+                plan(&[], &remote, 200, &RemoteNames::default()),
                 Err(PlanError::Remote { space_id: 6, .. })
             ));
+            // Mapped through the `.isl` files: a rename is a rename in the backup.
+            let mut names = RemoteNames::default();
+            names.insert("/srv/x/d/u.ibd", "d/u.ibd");
+            let t = [CopiedSpace {
+                path: "d/t.ibd".into(),
+                space_id: Some(6),
+                copied_between: None,
+                remote: Some("/srv/x/d/t.ibd".into()),
+            }];
+            let p = plan(&t, &remote, 200, &names).expect("plan");
+            assert_eq!(
+                p.changes,
+                [FileChange::Rename {
+                    from: "d/t.ibd".into(),
+                    to: "d/u.ibd".into(),
+                    space_id: 6
+                }]
+            );
+        }
+
+        #[test]
+        fn a_remote_rebuild_is_copied_again_from_its_data_directory() {
+            let l = ledger(&[
+                (
+                    110,
+                    FileOp::Create {
+                        space_id: 9,
+                        name: b"/srv/x/d/#sql-alter.ibd",
+                    },
+                ),
+                (110, FileOp::FirstPageInit { space_id: 9 }),
+                (120, rename_op(6, "/srv/x/d/t.ibd", "/srv/x/d/#sql-ib6.ibd")),
+                (
+                    120,
+                    rename_op(9, "/srv/x/d/#sql-alter.ibd", "/srv/x/d/t.ibd"),
+                ),
+                (
+                    130,
+                    FileOp::Delete {
+                        space_id: 6,
+                        name: b"/srv/x/d/#sql-ib6.ibd",
+                    },
+                ),
+            ]);
+            let mut names = RemoteNames::default();
+            names.insert("/srv/x/d/t.ibd", "d/t.ibd");
+            let t = [CopiedSpace {
+                path: "d/t.ibd".into(),
+                space_id: Some(6),
+                copied_between: None,
+                remote: Some("/srv/x/d/t.ibd".into()),
+            }];
+            let p = plan(&t, &l, 140, &names).expect("plan");
+            assert_eq!(
+                p.recopy,
+                [Recopy {
+                    space_id: 9,
+                    name: "d/t.ibd".into(),
+                    to: "d/t.new".into(),
+                    remote: Some("/srv/x/d/t.ibd".into()),
+                }]
+            );
+            assert_eq!(
+                p.changes,
+                [FileChange::New {
+                    path: "d/t.ibd".into(),
+                    side: "d/t.new".into(),
+                    space_id: 9
+                }]
+            );
         }
     }
 }

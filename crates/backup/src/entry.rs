@@ -32,6 +32,10 @@ pub struct CopiedFile {
     /// path, codec, size and SHA-256. `size` and `sha256` above stay those of the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredForm>,
+    /// A tablespace of a table with DATA DIRECTORY: the absolute path it was copied
+    /// from (its `.isl` names it), where `copy_back` puts it back by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 /// How one file of a backup is stored when not as is.
@@ -117,5 +121,6 @@ pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
         unverified_pages: 0,
         source: None,
         stored: None,
+        remote: None,
     })
 }

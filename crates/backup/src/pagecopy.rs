@@ -87,6 +87,7 @@ pub fn copy_file(
         unverified_pages: 0,
         source: Some(stamp),
         stored: None,
+        remote: src.remote.as_ref().map(|p| p.display().to_string()),
     };
     if src.class.is_innodb() {
         copy_pages(

@@ -148,6 +148,7 @@ mod tests {
                 ..stamp(ino, 10, mtime_s)
             }),
             stored: None,
+            remote: None,
         };
         (rel.into(), f)
     }

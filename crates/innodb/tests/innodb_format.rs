@@ -560,6 +560,7 @@ fn copy_tablespace(bytes: &[u8]) -> Result<stagehand_backup::entry::CopiedFile, 
         abs: src,
         rel: "db/t.ibd".into(),
         class: FileClass::Tablespace,
+        remote: None,
     };
     let opts = CopyOptions {
         chunk_bytes: 1 << 20,

@@ -74,6 +74,7 @@ pub async fn start_on(
         // A copy must not write binary logs or start replication of its own.
         .option("skip-log-bin", None)
         .start_timeout(std::time::Duration::from_secs(3600));
+    opts.mounts = remote_mounts(datadir, run_dir, binary.as_deref())?;
     if let Some(b) = binary {
         opts = opts.binary(b);
     }
@@ -84,6 +85,173 @@ pub async fn start_on(
             datadir.display()
         ))
     })
+}
+
+/// Where [`remote_mounts`] builds the trees it binds, inside the backup directory (hard
+/// links need the same filesystem; a dot-folder is never part of the backup).
+pub const REMOTE_LINKS_DIR: &str = ".stagehand-remote";
+
+/// The DATA DIRECTORY trap: the redo log and the `.isl` files name a remote table's
+/// tablespace by its absolute path, and `mariadbd` (crash recovery in NORMAL mode, then
+/// purge and rollback) would open the *live* file there. So the server runs in a
+/// private mount namespace where each DATA DIRECTORY root shows a tree of hard links to
+/// the backup's own copies (`<dir>/.stagehand-remote/<n>/db/t.ibd` → `<dir>/db/t.ibd`),
+/// checked to be the same inodes before exec. `None` when the backup has no such table.
+pub fn remote_mounts(
+    dir: &Path,
+    run_dir: &Path,
+    binary: Option<&Path>,
+) -> Result<Option<stagehand_host::process::PrivateMounts>, StepError> {
+    let remote = checked_remote(dir, &[dir, run_dir], binary)?;
+    forget_remote_links(dir)?;
+    if remote.is_empty() {
+        return Ok(None);
+    }
+    let links = dir.join(REMOTE_LINKS_DIR);
+    let mut mounts = stagehand_host::process::PrivateMounts::default();
+    let mut roots: Vec<&Path> = Vec::new();
+    for t in &remote {
+        let n = match roots.iter().position(|r| *r == t.root) {
+            Some(n) => n,
+            None => {
+                roots.push(&t.root);
+                let from = links.join((roots.len() - 1).to_string());
+                std::fs::create_dir_all(&from).map_err(|e| {
+                    StepError::fatal(format!("cannot create {}: {e}", from.display()))
+                })?;
+                mounts.binds.push((from, t.root.clone()));
+                roots.len() - 1
+            }
+        };
+        let copy = dir.join(&t.rel);
+        if !copy.exists() {
+            // Nothing to show there: with the live file hidden, InnoDB finds none.
+            tracing::warn!(table = %t.rel, "the backup has a .isl but no tablespace for it");
+            continue;
+        }
+        let inside = t.abs.strip_prefix(&t.root).unwrap_or(Path::new(&t.rel));
+        let link = links.join(n.to_string()).join(inside);
+        let io = |e: std::io::Error| {
+            StepError::fatal(format!(
+                "cannot link {} to {}: {e}",
+                copy.display(),
+                link.display()
+            ))
+        };
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::hard_link(&copy, &link).map_err(io)?;
+        mounts.same_files.push((t.abs.clone(), copy));
+    }
+    tracing::info!(
+        roots = roots.len(),
+        tables = remote.len(),
+        "DATA DIRECTORY paths show the backup's copies to the server"
+    );
+    Ok(Some(mounts))
+}
+
+/// Refuses, before anything changes, a backup whose DATA DIRECTORY tables
+/// [`remote_mounts`] could not hide from a server (not root, a root missing here or
+/// holding the backup or `binary`).
+pub fn check_remote_protection(dir: &Path, binary: Option<&Path>) -> Result<(), StepError> {
+    checked_remote(dir, &[dir], binary).map(|_| ())
+}
+
+/// A DATA DIRECTORY tablespace of a backup: its path at the source, in the backup, and
+/// the root bound over.
+struct RemoteTable {
+    abs: PathBuf,
+    rel: String,
+    root: PathBuf,
+}
+
+/// The backup's DATA DIRECTORY tables (from its `.isl` files), each root checked: it
+/// can be bound over and hides none of `dirs` or `binary`.
+fn checked_remote(
+    dir: &Path,
+    dirs: &[&Path],
+    binary: Option<&Path>,
+) -> Result<Vec<RemoteTable>, StepError> {
+    let remote =
+        crate::datadir::remote_tablespaces(dir).map_err(|e| StepError::fatal(e.to_string()))?;
+    if remote.is_empty() {
+        return Ok(Vec::new());
+    }
+    let named = remote
+        .iter()
+        .map(|(abs, rel)| format!("{} → {}", rel, abs.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refuse = |why: String| {
+        StepError::fatal(format!(
+            "the backup has DATA DIRECTORY tables ({named}): {why}"
+        ))
+        .with_hint("prepare with engine: mariadb-backup (it never opens the live files), or run stagehand as root on a host where those directories exist")
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(refuse("a server started on it would open the live files at those paths, and hiding them needs a private mount namespace (root)".into()));
+    }
+    let mut out: Vec<RemoteTable> = Vec::new();
+    for (abs, rel) in remote {
+        let root = crate::datadir::remote_root(&abs)
+            .ok_or_else(|| refuse(format!("{} is not below a directory", abs.display())))?;
+        if !out.iter().any(|t| t.root == root) {
+            check_remote_root(&root, dirs, binary).map_err(&refuse)?;
+        }
+        out.push(RemoteTable { abs, rel, root });
+    }
+    Ok(out)
+}
+
+/// A root that does not exist here cannot be bound over, and one that holds the
+/// backup, the run directory or the server binary would hide them from the server.
+fn check_remote_root(root: &Path, dirs: &[&Path], binary: Option<&Path>) -> Result<(), String> {
+    let real = std::fs::canonicalize(root).map_err(|e| {
+        format!(
+            "its DATA DIRECTORY {} cannot be used on this host ({e})",
+            root.display()
+        )
+    })?;
+    let hidden = dirs
+        .iter()
+        .copied()
+        .chain(binary)
+        .map(real_path)
+        .find(|p| p.starts_with(&real));
+    match hidden {
+        Some(p) => Err(format!(
+            "its DATA DIRECTORY {} holds {}, which the server must see",
+            root.display(),
+            p.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A path with its existing part resolved (symlinks, `..`): it may not exist yet.
+fn real_path(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    for ancestor in p.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(ancestor) {
+            return real.join(p.strip_prefix(ancestor).unwrap_or(Path::new("")));
+        }
+    }
+    p
+}
+
+/// Removes the trees [`remote_mounts`] built (once the server is gone).
+pub fn forget_remote_links(dir: &Path) -> Result<(), StepError> {
+    let links = dir.join(REMOTE_LINKS_DIR);
+    match std::fs::remove_dir_all(&links) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StepError::fatal(format!(
+            "cannot remove {}: {e}",
+            links.display()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A `mariadbd` running on a backup directory.
@@ -379,5 +547,53 @@ mod tests {
             "unknown source refused"
         );
         assert!(install_hint(b11).contains("MariaDB 11.8"));
+    }
+
+    /// A backup `dir/backup` whose `d/t.isl` names `dir/fast/d/t.ibd`.
+    fn backup_with_remote_table(dir: &Path) -> (PathBuf, PathBuf) {
+        let (backup, fast) = (dir.join("backup"), dir.join("fast"));
+        std::fs::create_dir_all(backup.join("d")).expect("mkdir");
+        std::fs::create_dir_all(fast.join("d")).expect("mkdir");
+        std::fs::write(fast.join("d/t.ibd"), b"live").expect("write");
+        std::fs::write(backup.join("d/t.ibd"), b"copy").expect("write");
+        let isl = fast.join("d/t.ibd").display().to_string();
+        std::fs::write(backup.join("d/t.isl"), isl).expect("write");
+        (backup, fast)
+    }
+
+    #[test]
+    fn remote_tables_are_shown_as_the_backups_copies_or_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let (backup, fast) = backup_with_remote_table(d.path());
+        let run = d.path().join("run");
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        if crate::sandbox::accounts::is_root() {
+            let mounts = remote_mounts(&backup, &run, None)
+                .expect("mounts")
+                .expect("a remote table");
+            let links = backup.join(REMOTE_LINKS_DIR).join("0");
+            assert_eq!(mounts.binds, vec![(links.clone(), fast.clone())]);
+            assert_eq!(
+                mounts.same_files,
+                vec![(fast.join("d/t.ibd"), backup.join("d/t.ibd"))]
+            );
+            assert_eq!(ino(&links.join("d/t.ibd")), ino(&backup.join("d/t.ibd")));
+            forget_remote_links(&backup).expect("forget");
+            assert!(!backup.join(REMOTE_LINKS_DIR).exists());
+            // A DATA DIRECTORY that holds the run directory would hide it.
+            let e = remote_mounts(&backup, &fast.join("run"), None).expect_err("refused");
+            assert!(e.message.contains("which the server must see"), "{e:?}");
+            // One that does not exist here cannot be bound over.
+            std::fs::remove_dir_all(&fast).expect("rm");
+            let e = remote_mounts(&backup, &run, None).expect_err("refused");
+            assert!(e.message.contains("cannot be used on this host"), "{e:?}");
+        } else {
+            let e = remote_mounts(&backup, &run, None).expect_err("refused without root");
+            assert!(e.message.contains("d/t.ibd"), "{e:?}");
+        }
+        let plain = d.path().join("plain");
+        std::fs::create_dir_all(plain.join("d")).expect("mkdir");
+        assert_eq!(remote_mounts(&plain, &run, None).expect("none"), None);
     }
 }

@@ -164,6 +164,9 @@ pub struct SourceFile {
     /// Path inside the backup directory.
     pub rel: String,
     pub class: FileClass,
+    /// A tablespace outside the datadir (DATA DIRECTORY): the absolute path its `.isl`
+    /// names (the same as `abs`). It is copied as `rel` = `db/t.ibd`.
+    pub remote: Option<PathBuf>,
 }
 
 /// Extensions of non-InnoDB files that belong in a backup (as mariadb-backup's list).
@@ -203,6 +206,7 @@ pub fn discover(
                 abs,
                 rel: name,
                 class: FileClass::SystemTablespace,
+                remote: None,
             });
         }
     }
@@ -214,6 +218,7 @@ pub fn discover(
                 abs: entry,
                 rel: name,
                 class: FileClass::UndoTablespace,
+                remote: None,
             });
         }
     }
@@ -242,6 +247,7 @@ pub fn aria_logs(
                 abs: entry,
                 rel: name,
                 class: FileClass::AriaLog,
+                remote: None,
             })
         })
         .collect())
@@ -269,9 +275,10 @@ fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), Datadi
         let class = match ext.as_str() {
             "ibd" => FileClass::Tablespace,
             "isl" => {
-                return Err(DatadirError::Unsupported(format!(
-                    "{db}/{name}: tables with DATA DIRECTORY are not supported yet (their tablespace lives outside the datadir)"
-                )))
+                if let Some(remote) = remote_tablespace(&db, &name, &entry)? {
+                    out.push(remote);
+                }
+                FileClass::NonInnodb
             }
             "mad" | "mai" => FileClass::AriaData,
             e if NON_INNODB_EXT.contains(&e) => FileClass::NonInnodb,
@@ -281,9 +288,100 @@ fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), Datadi
             abs: entry,
             rel: format!("{db}/{name}"),
             class,
+            remote: None,
         });
     }
     Ok(())
+}
+
+/// The tablespace a `db/t.isl` points at (DATA DIRECTORY): copied from the absolute
+/// path it holds to `db/t.ibd`, where mariadb-backup puts it too. `None` when the
+/// `.isl` is gone (the table was dropped since the listing).
+fn remote_tablespace(db: &str, name: &str, isl: &Path) -> Result<Option<SourceFile>, DatadirError> {
+    let Some(abs) = read_isl(isl)? else {
+        return Ok(None);
+    };
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    Ok(Some(SourceFile {
+        abs: abs.clone(),
+        rel: format!("{db}/{stem}.ibd"),
+        class: FileClass::Tablespace,
+        remote: Some(abs),
+    }))
+}
+
+/// The absolute path an `.isl` file holds (the server writes it without a newline; a
+/// trailing one written by hand is trimmed). `None` when the file is gone.
+pub fn read_isl(isl: &Path) -> Result<Option<PathBuf>, DatadirError> {
+    let text = match std::fs::read_to_string(isl) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(DatadirError::List {
+                path: isl.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let path = text.strip_suffix('\n').unwrap_or(&text);
+    let path = path.strip_suffix('\r').unwrap_or(path);
+    if !Path::new(path).is_absolute() {
+        return Err(DatadirError::Unsupported(format!(
+            "{}: holds `{path}`, not the absolute path of a tablespace",
+            isl.display()
+        )));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
+
+/// The tablespaces of a datadir's DATA DIRECTORY tables, from their `.isl` files:
+/// (absolute path, backup path `db/t.ibd`).
+pub fn remote_tablespaces(datadir: &Path) -> Result<Vec<(PathBuf, String)>, DatadirError> {
+    let mut out = Vec::new();
+    for db in read_dir(datadir)? {
+        let db_name = file_name(&db);
+        if !db.is_dir() || is_skipped_dir(&db_name) {
+            continue;
+        }
+        let entries = match read_dir(&db) {
+            Err(DatadirError::List { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue
+            }
+            other => other?,
+        };
+        for isl in entries {
+            let name = file_name(&isl);
+            if !name.ends_with(".isl") || name.starts_with("#sql") {
+                continue;
+            }
+            if let Some(f) = remote_tablespace(&db_name, &name, &isl)? {
+                out.push((f.abs, f.rel));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The DATA DIRECTORY roots of a datadir's tables: `/srv/fast` for a table whose
+/// `.isl` says `/srv/fast/db/t.ibd` (InnoDB puts the file in a folder named after the
+/// database).
+pub fn remote_roots(datadir: &Path) -> Result<Vec<PathBuf>, DatadirError> {
+    let mut roots = Vec::new();
+    for (abs, _) in remote_tablespaces(datadir)? {
+        if let Some(root) = remote_root(&abs) {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `/srv/fast/db/t.ibd` → `/srv/fast`.
+pub fn remote_root(ibd: &Path) -> Option<PathBuf> {
+    ibd.parent()?.parent().map(Path::to_path_buf)
 }
 
 /// `undo001` … `undo127` (innodb_undo_tablespaces).
@@ -717,7 +815,7 @@ pub fn check_target(
 ) -> Result<(), PlacementError> {
     let place = target_place(target)?;
     let server_datadir = Path::new(&settings.datadir);
-    let dirs = [
+    let mut dirs = vec![
         ("datadir", datadir.to_path_buf()),
         ("datadir", server_datadir.to_path_buf()),
         (
@@ -737,6 +835,11 @@ pub fn check_target(
             settings.resolve_dir(datadir, &settings.aria_log_dir_path),
         ),
     ];
+    // A target inside a DATA DIRECTORY would receive the files of a table created there.
+    // An unreadable datadir is reported by the copy itself.
+    for root in remote_roots(datadir).unwrap_or_default() {
+        dirs.push(("DATA DIRECTORY", root));
+    }
     for (what, dir) in dirs {
         // A directory that does not exist here holds nothing the target could clash with.
         let Ok(dir_chain) = ancestry(&dir) else {
@@ -930,6 +1033,44 @@ mod tests {
                 ("undo002".into(), FileClass::UndoTablespace),
             ]
         );
+    }
+
+    #[test]
+    fn a_data_directory_table_is_copied_from_where_its_isl_points() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (datadir, fast) = (d.path().join("data"), d.path().join("fast"));
+        std::fs::create_dir_all(datadir.join("app")).expect("mkdir");
+        std::fs::create_dir_all(fast.join("app")).expect("mkdir");
+        for (table, newline) in [("r", ""), ("p#P#p0", "\n")] {
+            let ibd = fast.join(format!("app/{table}.ibd"));
+            std::fs::write(&ibd, b"x").expect("write");
+            let isl = format!("{}{newline}", ibd.display());
+            std::fs::write(datadir.join(format!("app/{table}.isl")), isl).expect("write");
+        }
+        let files = discover(&datadir, &ServerSettings::default()).expect("discover");
+        let got: Vec<(&str, FileClass, Option<PathBuf>)> = files
+            .iter()
+            .map(|f| (f.rel.as_str(), f.class, f.remote.clone()))
+            .collect();
+        let remote = |t: &str| Some(fast.join(format!("app/{t}.ibd")));
+        assert_eq!(
+            got,
+            vec![
+                ("app/p#P#p0.ibd", FileClass::Tablespace, remote("p#P#p0")),
+                ("app/p#P#p0.isl", FileClass::NonInnodb, None),
+                ("app/r.ibd", FileClass::Tablespace, remote("r")),
+                ("app/r.isl", FileClass::NonInnodb, None),
+            ]
+        );
+        assert_eq!(remote_roots(&datadir).expect("roots"), vec![fast.clone()]);
+        let settings = settings_for(&datadir);
+        assert!(matches!(
+            check_target(&settings, &datadir, &fast.join("backup")),
+            Err(PlacementError::TargetInside {
+                what: "DATA DIRECTORY",
+                ..
+            })
+        ));
     }
 
     fn settings_for(datadir: &Path) -> ServerSettings {

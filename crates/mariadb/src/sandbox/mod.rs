@@ -232,6 +232,9 @@ pub struct SandboxOptions {
     /// System user mariadbd runs as (`--user`, needs root); the run directory, the
     /// tmpdir and the error log are handed to it. `None`: the current user.
     pub run_as: Option<String>,
+    /// Run in a private mount namespace with these binds (a backup's DATA DIRECTORY
+    /// tables: the live paths show the backup's copies). Needs root.
+    pub mounts: Option<stagehand_host::process::PrivateMounts>,
 }
 
 impl SandboxOptions {
@@ -253,6 +256,7 @@ impl SandboxOptions {
             admin_password: String::new(),
             socket: None,
             run_as: None,
+            mounts: None,
         }
     }
 
@@ -586,6 +590,11 @@ impl SandboxServer {
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_file2))
             .kill_on_drop(true);
+        if let Some(mounts) = &opts.mounts {
+            stagehand_host::process::with_private_mounts(&mut command, mounts).map_err(|e| {
+                SandboxError::io("cannot set up the private mount namespace".to_string(), e)
+            })?;
+        }
         let child = spawn_tied_to_process(command)
             .await
             .map_err(|e| SandboxError::io(format!("cannot spawn {}", self.binary.display()), e))?;

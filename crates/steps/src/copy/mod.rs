@@ -309,6 +309,7 @@ fn files_to_copy(
                 abs: from.join(&f.path),
                 rel: f.path,
                 class: FileClass::AriaData,
+                remote: None,
             })
             .collect();
         if !earlier.is_empty() {

@@ -102,6 +102,28 @@ pub struct CopyBackConfig {
     /// Files restored at once.
     #[serde(default = "default_parallel")]
     pub parallel: u32,
+    /// Where the tablespaces of DATA DIRECTORY tables go. Default: back where their
+    /// `.isl` says (refused if a file is there: never overwritten). A map of path
+    /// prefixes, `{"/srv/fast": "/mnt/new-fast"}`, moves them (the restored `.isl` says
+    /// the new path); `datadir` restores them as ordinary tables (`db/t.ibd`, no `.isl`).
+    pub data_directories: Option<DataDirectories>,
+}
+
+/// Where DATA DIRECTORY tables are restored (see `data_directories`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DataDirectories {
+    /// `datadir`: as ordinary tables in the datadir.
+    Datadir(IntoDatadir),
+    /// Old path prefix → new path prefix (the longest matching prefix wins).
+    Map(BTreeMap<String, String>),
+}
+
+/// The word `datadir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IntoDatadir {
+    Datadir,
 }
 
 fn default_parallel() -> u32 {
@@ -148,6 +170,10 @@ pub enum CopyBackError {
     },
     #[error("a server (pid {pid}) is running on {dir}: it holds a lock on {file}; stop it first")]
     InUse { dir: String, file: String, pid: i32 },
+    #[error("{path} exists: the tablespace of DATA DIRECTORY table {table} would overwrite it (copy_back never does)")]
+    RemoteExists { path: String, table: String },
+    #[error("DATA DIRECTORY table {table}: `{path}` is not an absolute path")]
+    RemotePath { path: String, table: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -169,6 +195,7 @@ impl CopyBackError {
             CopyBackError::Damaged { .. } => "the backup is damaged: restore another backup (and run `verify` on this one)".into(),
             CopyBackError::Owner { .. } => "run stagehand as root, or leave `owner` out".into(),
             CopyBackError::InUse { .. } => "stop that server (systemctl stop mariadb) before restoring into its datadir; nothing was removed".into(),
+            CopyBackError::RemoteExists { .. } => "restore DATA DIRECTORY tables elsewhere with `data_directories: {\"/old/dir\": \"/new/dir\"}`, or into the datadir with `data_directories: datadir`".into(),
             _ => return None,
         })
     }
@@ -227,6 +254,9 @@ struct Item {
     log: bool,
     /// The system tablespace (restored first).
     system: bool,
+    /// Written with this content instead of the backup's (an `.isl` pointing at the
+    /// new place of a DATA DIRECTORY table).
+    text: Option<String>,
 }
 
 /// What this step wrote, to undo on failure.
@@ -341,6 +371,19 @@ impl TypedStep for CopyBack {
         if let Some(o) = &cfg.owner {
             s.push_str(&format!("; files owned by {o}"));
         }
+        match &cfg.data_directories {
+            None => {}
+            Some(DataDirectories::Datadir(_)) => s.push_str(
+                "; DATA DIRECTORY tables become ordinary tables in the datadir (no .isl)",
+            ),
+            Some(DataDirectories::Map(map)) => {
+                let pairs: Vec<String> = map.iter().map(|(a, b)| format!("{a} → {b}")).collect();
+                s.push_str(&format!(
+                    "; DATA DIRECTORY tables move: {} (their .isl rewritten)",
+                    pairs.join(", ")
+                ));
+            }
+        }
         s
     }
 
@@ -433,7 +476,8 @@ fn plan(cfg: &CopyBackConfig) -> Result<(Job, Manifest), CopyBackError> {
     let targets = resolve_targets(cfg)?;
     check_overlap(&from, &targets)?;
     let owner = cfg.owner.as_deref().map(resolve_owner).transpose()?;
-    let (items, skipped) = plan_files(&from, &manifest, &targets)?;
+    let (items, skipped) = plan_files(&from, &manifest, &targets, cfg.data_directories.as_ref())?;
+    check_remote_free(&items, &targets, &from)?;
     check_not_in_use(&targets)?;
     check_targets(&targets, cfg.force)?;
     if cfg.mode == Mode::Copy {
@@ -513,12 +557,18 @@ fn preflight_findings(cfg: &CopyBackConfig) -> Vec<Finding> {
             out.push(Finding::error(e.to_string()));
         }
     }
-    if cfg.mode == Mode::Copy {
-        if let Ok((items, _)) = plan_files(&from, &manifest, &targets) {
-            if let Err(e) = check_space(&targets, &items) {
+    match plan_files(&from, &manifest, &targets, cfg.data_directories.as_ref()) {
+        Ok((items, _)) => {
+            if let Err(e) = check_remote_free(&items, &targets, &from) {
                 out.push(Finding::error(e.to_string()));
             }
+            if cfg.mode == Mode::Copy {
+                if let Err(e) = check_space(&targets, &items) {
+                    out.push(Finding::error(e.to_string()));
+                }
+            }
         }
+        Err(e) => out.push(Finding::error(e.to_string())),
     }
     out
 }
@@ -559,6 +609,30 @@ mod tests {
     }
 
     #[test]
+    fn data_directories_map_by_the_longest_prefix_or_come_into_the_datadir() {
+        let map: DataDirectories =
+            serde_yaml::from_str("{/srv/fast: /mnt/new, /srv/fast/d2: /mnt/other}").expect("map");
+        let DataDirectories::Map(m) = &map else {
+            panic!("{map:?}")
+        };
+        assert_eq!(
+            placement::mapped(Path::new("/srv/fast/d/t.ibd"), m).ok(),
+            Some(PathBuf::from("/mnt/new/d/t.ibd"))
+        );
+        assert_eq!(
+            placement::mapped(Path::new("/srv/fast/d2/t.ibd"), m).ok(),
+            Some(PathBuf::from("/mnt/other/t.ibd"))
+        );
+        // Whole components only; unmapped paths stay.
+        assert_eq!(
+            placement::mapped(Path::new("/srv/faster/d/t.ibd"), m).ok(),
+            Some(PathBuf::from("/srv/faster/d/t.ibd"))
+        );
+        let into: DataDirectories = serde_yaml::from_str("datadir").expect("datadir");
+        assert_eq!(into, DataDirectories::Datadir(IntoDatadir::Datadir));
+    }
+
+    #[test]
     fn relative_dirs_follow_the_datadir() {
         let cfg = CopyBackConfig {
             from: "/b".into(),
@@ -571,6 +645,7 @@ mod tests {
             mode: Mode::Copy,
             owner: None,
             parallel: 2,
+            data_directories: None,
         };
         let t = resolve_targets(&cfg).ok();
         assert_eq!(

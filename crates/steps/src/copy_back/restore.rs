@@ -167,6 +167,9 @@ pub(super) fn restore_file(
     counter: &ByteCounter,
     written: &Mutex<Vec<Written>>,
 ) -> Result<(), CopyBackError> {
+    if let Some(text) = &item.text {
+        return restore_text(job, item, text, dest, stop, counter, written);
+    }
     if job.mode == Mode::Move {
         // Checked before it leaves the backup: a damaged file must not replace it.
         hash_check(item, stop, counter, None)?;
@@ -200,6 +203,31 @@ pub(super) fn restore_file(
     record(written, Written::Copied(dest.to_path_buf()));
     hash_check(item, stop, counter, Some(&mut out))?;
     out.sync_all().map_err(|e| CopyBackError::io(dest, e))?;
+    chown_file(job, dest)
+}
+
+/// An `.isl` that names the new place of its table: the backup's file is checked, and
+/// the text written instead (no trailing newline, as the server writes it).
+fn restore_text(
+    job: &Job,
+    item: &Item,
+    text: &str,
+    dest: &Path,
+    stop: &AtomicBool,
+    counter: &ByteCounter,
+    written: &Mutex<Vec<Written>>,
+) -> Result<(), CopyBackError> {
+    hash_check(item, stop, counter, None)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(dest)
+        .map_err(|e| CopyBackError::io(dest, e))?;
+    record(written, Written::Copied(dest.to_path_buf()));
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.sync_all())
+        .map_err(|e| CopyBackError::io(dest, e))?;
     chown_file(job, dest)
 }
 

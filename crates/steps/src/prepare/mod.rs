@@ -105,24 +105,11 @@ impl TypedStep for Prepare {
         let dir = PathBuf::from(&cfg.target);
         match Manifest::read_for_prepare(&dir) {
             // A backup to prepare: is this host's binary of its series?
-            Ok(m) => vec![match backup_server::binary_for_backup(
-                cfg.engine.name(),
-                explicit,
-                &m.server.version,
-            )
-            .await
-            {
-                Ok(b) => Finding::ok(format!(
-                    "{} is a backup of MariaDB {}; {} can prepare it",
-                    dir.display(),
-                    m.server.version,
-                    b.display()
-                )),
-                Err(e) => Finding::error(match e.hint {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message,
-                }),
-            }],
+            Ok(m) => {
+                let mut out = vec![binary_finding(cfg, explicit, &dir, &m).await];
+                out.extend(remote_finding(cfg.engine, &m));
+                out
+            }
             // Not taken yet (a backup plan): say what this host prepares.
             Err(_) => vec![this_host_prepares(cfg.engine.name(), explicit).await],
         }
@@ -171,6 +158,11 @@ impl TypedStep for Prepare {
             )
             .await?,
         );
+        // Refused before anything changes too: mariadbd must not reach the live files of
+        // DATA DIRECTORY tables.
+        if cfg.engine == Engine::Mariadbd {
+            backup_server::check_remote_protection(&dir, binary.as_deref())?;
+        }
         if manifest.preparing {
             tracing::warn!(dir = %dir.display(), "an earlier prepare was interrupted: finishing it");
         }
@@ -202,6 +194,7 @@ impl TypedStep for Prepare {
         manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
             .await
             .map_err(|e| StepError::fatal(e.to_string()))??;
+        mark_remote(&dir, &mut manifest.files)?;
         manifest.complete = true;
         manifest.preparing = false;
         manifest
@@ -214,6 +207,47 @@ impl TypedStep for Prepare {
             manifest.files.len(),
         ))
     }
+}
+
+/// Whether this host's binary of the backup's series can prepare it.
+async fn binary_finding(
+    cfg: &PrepareConfig,
+    explicit: Option<PathBuf>,
+    dir: &Path,
+    m: &Manifest,
+) -> Finding {
+    match backup_server::binary_for_backup(cfg.engine.name(), explicit, &m.server.version).await {
+        Ok(b) => Finding::ok(format!(
+            "{} is a backup of MariaDB {}; {} can prepare it",
+            dir.display(),
+            m.server.version,
+            b.display()
+        )),
+        Err(e) => Finding::error(match e.hint {
+            Some(h) => format!("{} ({h})", e.message),
+            None => e.message,
+        }),
+    }
+}
+
+/// DATA DIRECTORY tables: `mariadbd` needs the private mount namespace (root).
+fn remote_finding(engine: Engine, m: &Manifest) -> Option<Finding> {
+    let remote: Vec<&str> = m.files.iter().filter_map(|f| f.remote.as_deref()).collect();
+    if remote.is_empty() || engine != Engine::Mariadbd {
+        return None;
+    }
+    Some(if stagehand_mariadb::sandbox::accounts::is_root() {
+        Finding::ok(format!(
+            "{} DATA DIRECTORY tablespaces (e.g. {}): mariadbd runs in a private mount namespace that shows the backup's copies at their paths",
+            remote.len(),
+            remote[0]
+        ))
+    } else {
+        Finding::error(format!(
+            "the backup has DATA DIRECTORY tables (e.g. {}): mariadbd would open the live files; prepare with engine: mariadb-backup, or run as root",
+            remote[0]
+        ))
+    })
 }
 
 /// Which series the binary that would prepare here belongs to.
@@ -342,6 +376,7 @@ async fn prepare_with_server(
         .shutdown(ShutdownMode::Slow)
         .await
         .map_err(|e| StepError::fatal(format!("the slow shutdown after recovery failed: {e}")))?;
+    backup_server::forget_remote_links(dir)?;
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     if text.contains("[ERROR]") {
         let errors: Vec<&str> = text
@@ -377,6 +412,18 @@ async fn prepare_with_mariadb_backup(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    // RESTORE mode maps DATA DIRECTORY paths into the backup by itself; as root it also
+    // gets the namespace mariadbd needs (defence in depth).
+    let is_root = stagehand_mariadb::sandbox::accounts::is_root();
+    if let Some(mounts) = is_root
+        .then(|| backup_server::remote_mounts(dir, dir, Some(&bin)))
+        .transpose()?
+        .flatten()
+    {
+        stagehand_host::process::with_private_mounts(&mut command, &mounts).map_err(|e| {
+            StepError::fatal(format!("cannot set up the private mount namespace: {e}"))
+        })?;
+    }
     let cannot_run = |e| StepError::fatal(format!("cannot run {}: {e}", bin.display()));
     let out = stagehand_host::process::spawn_tied_to_process(command)
         .await
@@ -384,6 +431,7 @@ async fn prepare_with_mariadb_backup(
         .wait_with_output()
         .await
         .map_err(cannot_run)?;
+    backup_server::forget_remote_links(dir)?;
     let text = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() || !text.contains("completed OK!") {
         let tail: Vec<&str> = text
@@ -424,6 +472,19 @@ fn mark_prepared(dir: &Path, manifest: &Manifest, engine: Engine) -> Result<(), 
     c.backup_type = bf::BackupType::LogApplied;
     std::fs::write(&path, bf::render_checkpoints(&c))
         .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))
+}
+
+/// The tablespaces of DATA DIRECTORY tables keep, in the rehashed list, the path their
+/// `.isl` names (where copy_back puts them by default).
+fn mark_remote(dir: &Path, files: &mut [CopiedFile]) -> Result<(), StepError> {
+    let remote = stagehand_mariadb::datadir::remote_tablespaces(dir)
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    for (abs, rel) in remote {
+        if let Some(f) = files.iter_mut().find(|f| f.path == rel) {
+            f.remote = Some(abs.display().to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Every file of a directory (but the manifest), hashed: prepare changes many files.

@@ -257,7 +257,7 @@ fn reconcile(
     lsn: u64,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Reconciled, StepError> {
-    let (parts, plan) = plan_against_parts(pass.to, ledger, lsn)?;
+    let (parts, plan) = plan_against_parts(pass.from, pass.to, ledger, lsn)?;
     let settings = innodb_settings(&parts, pass.to)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let t0 = Instant::now();
@@ -350,6 +350,7 @@ fn catch_up_path(name: &str, space_id: u32) -> String {
 
 /// The copy parts so far, and the plan against them of the ledger up to `lsn`.
 fn plan_against_parts(
+    from: &Path,
     to: &Path,
     ledger: &FileOps,
     lsn: u64,
@@ -363,14 +364,36 @@ fn plan_against_parts(
             path: f.path.clone(),
             space_id: f.space_id,
             copied_between: p.lsn_range,
+            remote: f.remote.clone(),
         })
         .collect();
-    let plan = ddl::plan(&copied, ledger, lsn).map_err(|e| {
+    let remote = remote_names(from, &parts)?;
+    let plan = ddl::plan(&copied, ledger, lsn, &remote).map_err(|e| {
         StepError::fatal(e.to_string()).with_hint(
             "hold BLOCK_DDL through the copy instead (docs/examples/full-backup-hold-ddl.yaml)",
         )
     })?;
     Ok((parts, plan))
+}
+
+/// Where the backup holds the tablespaces of DATA DIRECTORY tables: as copied, and as
+/// the `.isl` files say now (a remote table created or renamed during the copy).
+fn remote_names(from: &Path, parts: &[CopyPart]) -> Result<ddl::RemoteNames, StepError> {
+    let mut names = ddl::RemoteNames::default();
+    // Early copies (`db/#sh-9.ibd`) and side files are not where a table lives.
+    let table_path =
+        |p: &str| p.ends_with(".ibd") && !p.rsplit('/').next().unwrap_or(p).starts_with('#');
+    for f in parts.iter().flat_map(|p| &p.files) {
+        if let Some(abs) = f.remote.as_ref().filter(|_| table_path(&f.path)) {
+            names.insert(abs, &f.path);
+        }
+    }
+    let now = stagehand_mariadb::datadir::remote_tablespaces(from)
+        .map_err(|e| StepError::fatal(e.to_string()))?;
+    for (abs, rel) in now {
+        names.insert(&abs.display().to_string(), &rel);
+    }
+    Ok(names)
 }
 
 /// The server's settings, as the InnoDB copy recorded them.
@@ -442,10 +465,12 @@ fn recopy(
         } else {
             FileClass::UndoTablespace
         };
+        let remote = r.remote.as_ref().map(PathBuf::from);
         let src = SourceFile {
-            abs: from.join(&r.name),
+            abs: remote.clone().unwrap_or_else(|| from.join(&r.name)),
             rel: r.to.clone(),
             class,
+            remote,
         };
         let mut copied = match copy_file(&src, to, &opts, &mut scratch) {
             Ok(c) => c,

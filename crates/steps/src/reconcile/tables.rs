@@ -53,6 +53,7 @@ pub fn reconcile_tables(
             abs: from.join(rel),
             rel: rel.clone(),
             class: file.class,
+            remote: None,
         };
         match copy_file(&src, to, &opts, &mut scratch) {
             Ok(c) => copied.push(c),

@@ -469,6 +469,17 @@ fn sandbox_options(cfg: &ServerConfig, run_dir: &Path) -> Result<SandboxOptions,
     if let Some(b) = &cfg.binary {
         opts = opts.binary(b);
     }
+    // On a backup directory itself (not a restored datadir), its `.isl` files name the
+    // source's live DATA DIRECTORY files: the server sees the backup's copies there.
+    let datadir = Path::new(&cfg.datadir);
+    if datadir
+        .join(stagehand_backup::manifest::MANIFEST_FILE)
+        .exists()
+    {
+        let binary = cfg.binary.as_deref().map(Path::new);
+        opts.mounts = stagehand_mariadb::backup_server::remote_mounts(datadir, run_dir, binary)
+            .map_err(|e| ServerError::Setup(e.message))?;
+    }
     Ok(opts)
 }
 
