@@ -15,6 +15,12 @@ pub fn state(pid: u32) -> Option<String> {
     stat_field(pid, 0)
 }
 
+/// How many threads the process has (a zombie leader counts while its other threads
+/// are still exiting, holding the process's open files).
+pub fn threads(pid: u32) -> Option<u32> {
+    stat_field(pid, 17)?.parse().ok()
+}
+
 /// The parent's pid.
 pub fn parent(pid: u32) -> Option<u32> {
     stat_field(pid, 1)?.parse().ok()
@@ -35,6 +41,7 @@ mod tests {
         assert_eq!(parent(me), Some(std::os::unix::process::parent_id()));
         assert!(start_time(me).is_some());
         assert!(state(me).is_some());
+        assert!(threads(me).is_some_and(|n| n >= 1));
         assert_eq!(parent(u32::MAX - 1), None);
     }
 }

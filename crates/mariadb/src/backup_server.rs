@@ -432,13 +432,18 @@ pub async fn reclaim_left_servers(datadir: &Path) -> Result<bool, StepError> {
     Ok(!left.is_empty())
 }
 
-/// Waits until `pid` has exited (a zombie has released its files).
+/// Waits until `pid` has exited and released its files: gone, or a zombie whose other
+/// threads are gone too (the leader turns zombie while mariadbd's other threads still
+/// exit with the files open, and the new server would find the Aria control file
+/// locked).
 async fn wait_gone(pid: u32, datadir: &Path) -> Result<(), StepError> {
     const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
     let deadline = std::time::Instant::now() + WAIT;
     while std::time::Instant::now() < deadline {
+        let alone = || stagehand_host::procfs::threads(pid).is_none_or(|n| n <= 1);
         match stagehand_host::procfs::state(pid).as_deref() {
-            None | Some("Z") | Some("X") => return Ok(()),
+            None => return Ok(()),
+            Some("Z") | Some("X") if alone() => return Ok(()),
             _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
