@@ -181,21 +181,27 @@ async fn a_catch_up_pass_leaves_nothing_to_copy_under_block_ddl() {
     ddl_after_the_innodb_copy_restores_exactly(true).await;
 }
 
-/// A server with the binary log on and the tables of [`create_tables`].
-async fn server_with_tables(name: &str) -> TestServer {
+/// A server with the binary log on (a backup records its GTID) and an empty schema `d`.
+async fn binlog_server(name: &str) -> TestServer {
     let server = TestServer::builder()
         .name(name)
         .runtime_option("log-bin", Some("binlog"))
         .runtime_option("server-id", Some("1"))
         .start()
         .await;
+    server.exec("CREATE DATABASE d").await;
+    server
+}
+
+/// A [`binlog_server`] with the tables of [`create_tables`].
+async fn server_with_tables(name: &str) -> TestServer {
+    let server = binlog_server(name).await;
     create_tables(&server).await;
     server
 }
 
 /// InnoDB tables, and MyISAM and Aria ones, in schema `d`, with rows.
 async fn create_tables(server: &TestServer) {
-    server.exec("CREATE DATABASE d").await;
     let tables = [
         ("keep", "InnoDB"),
         ("gone", "InnoDB"),
@@ -253,18 +259,63 @@ async fn run_ddl(server: &TestServer) {
     }
 }
 
+/// A run of [`copy_under_start_plan`] (plans/full-backup.yaml, gated after the copies),
+/// started and waiting at its gate: the test runs its DDL, then [`Gated::finish`].
+struct Gated {
+    dir: tempfile::TempDir,
+    flag: PathBuf,
+    target: PathBuf,
+    stderr: PathBuf,
+    child: tokio::process::Child,
+}
+
+/// How a gated run ended: its exit code, its JSON report, its log.
+struct Ended {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    log: String,
+}
+
+impl Gated {
+    async fn start(server: &TestServer, catch_up: bool, params: &[&str]) -> Gated {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let flag = dir.path().join("gate-open");
+        let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
+        let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
+        let stderr = dir.path().join("stagehand.stderr");
+        let mut child = spawn_backup(&plan, server, &target, &state, params, &stderr);
+        wait_for_start(&mut child, &state, "gate").await;
+        Gated {
+            dir,
+            flag,
+            target,
+            stderr,
+            child,
+        }
+    }
+
+    /// Opens the gate and waits for the run to end; keeps the directory.
+    async fn finish(self) -> (Ended, tempfile::TempDir, PathBuf) {
+        std::fs::write(&self.flag, b"").expect("open the gate");
+        let out = tokio::time::timeout(Duration::from_secs(300), self.child.wait_with_output())
+            .await
+            .expect("the backup finishes")
+            .expect("wait for stagehand");
+        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let ended = Ended {
+            code: out.status.code(),
+            stdout: out.stdout,
+            log,
+        };
+        (ended, self.dir, self.target)
+    }
+}
+
 async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
     let server = server_with_tables("reconcile").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flag = dir.path().join("ddl-done");
-    let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
-    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
-    let stderr = dir.path().join("stagehand.stderr");
     // verify's test restore starts a server on a scratch copy with the DDL applied.
-    let params = ["prepare=false", "test_restore=true"];
-    let mut child = spawn_backup(&plan, &server, &target, &state, &params, &stderr);
-    // The InnoDB copy is done and only START is held: these change copied tablespaces.
-    wait_for_start(&mut child, &state, "gate").await;
+    let gated = Gated::start(&server, catch_up, &["prepare=false", "test_restore=true"]).await;
+    // The copies are done and only START is held: these change copied files.
     run_ddl(&server).await;
     // The server's own DDL log (the fallback when the redo log is encrypted) names them.
     let logged = stagehand_mariadb::ddl_log::read(server.datadir()).expect("ddl.log under START");
@@ -278,13 +329,8 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
     }
     let mut conn = server.conn().await;
     let expected = tables_of(&mut conn).await;
-    std::fs::write(&flag, b"").expect("open the gate");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("the backup finishes")
-        .expect("wait for stagehand");
-    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
+    let (out, dir, target) = gated.finish().await;
+    assert_eq!(out.code, Some(0), "the backup failed:\n{}", out.log);
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     let outputs_of = |id: &str| {
         report["steps"]
@@ -487,13 +533,7 @@ async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
 /// restores exactly; it never restores wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
-    let server = TestServer::builder()
-        .name("reconcile-import")
-        .runtime_option("log-bin", Some("binlog"))
-        .runtime_option("server-id", Some("1"))
-        .start()
-        .await;
-    server.exec("CREATE DATABASE d").await;
+    let server = binlog_server("reconcile-import").await;
     for (t, rows) in [("src", 2000), ("t", 3000)] {
         server
             .exec(&format!(
@@ -506,15 +546,9 @@ async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
             ))
             .await;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flag = dir.path().join("ddl-done");
-    let plan = copy_under_start_plan(dir.path(), &flag, false);
-    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
-    let stderr = dir.path().join("stagehand.stderr");
-    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
-    wait_for_start(&mut child, &state, "gate").await;
+    let gated = Gated::start(&server, false, &["prepare=false"]).await;
     let db = server.datadir().join("d");
-    let export = dir.path().join("export");
+    let export = gated.dir.path().join("export");
     std::fs::create_dir_all(&export).expect("export dir");
     let mut c = server.conn().await;
     c.query_drop("FLUSH TABLES d.src FOR EXPORT")
@@ -540,14 +574,10 @@ async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
         .expect("import");
     let expected = tables_of(&mut c).await;
     let _ = c.disconnect().await;
-    std::fs::write(&flag, b"").expect("open the gate");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("the backup finishes")
-        .expect("wait for stagehand");
-    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
-    eprintln!("backup exit {:?}:\n{err}", out.status.code());
-    if out.status.code() == Some(0) {
+    let (out, dir, target) = gated.finish().await;
+    let err = out.log;
+    eprintln!("backup exit {:?}:\n{err}", out.code);
+    if out.code == Some(0) {
         for engine in ["mariadbd", "mariadb-backup"] {
             let got = restored_tables(&target, dir.path(), engine).await;
             assert_eq!(
@@ -571,13 +601,7 @@ async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
 /// temporary table behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alter_copy_running_across_block_ddl_restores_without_it() {
-    let server = TestServer::builder()
-        .name("reconcile-alter-copy")
-        .runtime_option("log-bin", Some("binlog"))
-        .runtime_option("server-id", Some("1"))
-        .start()
-        .await;
-    server.exec("CREATE DATABASE d").await;
+    let server = binlog_server("reconcile-alter-copy").await;
     server
         .exec("CREATE TABLE d.big (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB")
         .await;
@@ -592,13 +616,7 @@ async fn alter_copy_running_across_block_ddl_restores_without_it() {
     }
     let mut conn = server.conn().await;
     let expected = tables_of(&mut conn).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flag = dir.path().join("alter-running");
-    let plan = copy_under_start_plan(dir.path(), &flag, false);
-    let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
-    let stderr = dir.path().join("stagehand.stderr");
-    let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
-    wait_for_start(&mut child, &state, "gate").await;
+    let gated = Gated::start(&server, false, &["prepare=false"]).await;
     let opts = server.opts();
     let alter = tokio::spawn(async move {
         let mut c = Conn::new(opts).await.expect("connect");
@@ -629,13 +647,8 @@ async fn alter_copy_running_across_block_ddl_restores_without_it() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    std::fs::write(&flag, b"").expect("open the gate");
-    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-        .await
-        .expect("the backup finishes")
-        .expect("wait for stagehand");
-    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
-    assert_eq!(out.status.code(), Some(0), "the backup failed:\n{err}");
+    let (out, dir, target) = gated.finish().await;
+    assert_eq!(out.code, Some(0), "the backup failed:\n{}", out.log);
     let altered = alter.await.expect("alter task");
     assert!(altered.is_ok(), "the ALTER finished after END: {altered:?}");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
@@ -693,24 +706,13 @@ async fn encrypted_redo_log_refuses_innodb_ddl_during_the_copy_only() {
             true,
         ),
     ] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let flag = dir.path().join("ddl-done");
-        let plan = copy_under_start_plan(dir.path(), &flag, false);
-        let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
-        let stderr = dir.path().join("stagehand.stderr");
-        let mut child = spawn_backup(&plan, &server, &target, &state, &["prepare=false"], &stderr);
-        wait_for_start(&mut child, &state, "gate").await;
+        let gated = Gated::start(&server, false, &["prepare=false"]).await;
         server.exec(ddl).await;
-        std::fs::write(&flag, b"").expect("open the gate");
-        let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
-            .await
-            .expect("the backup finishes")
-            .expect("wait for stagehand");
+        let (out, _dir, target) = gated.finish().await;
         // The log, and the report (which carries the step's hint).
-        let err = std::fs::read_to_string(&stderr).unwrap_or_default()
-            + &String::from_utf8_lossy(&out.stdout);
+        let err = out.log + &String::from_utf8_lossy(&out.stdout);
         if innodb {
-            assert_eq!(out.status.code(), Some(1), "run {n} ({ddl}): {err}");
+            assert_eq!(out.code, Some(1), "run {n} ({ddl}): {err}");
             assert!(
                 err.contains("the redo log is encrypted")
                     && err.contains("d.fresh")
@@ -719,7 +721,7 @@ async fn encrypted_redo_log_refuses_innodb_ddl_during_the_copy_only() {
             );
             assert!(!target.join("stagehand.json").exists());
         } else {
-            assert_eq!(out.status.code(), Some(0), "run {n} ({ddl}): {err}");
+            assert_eq!(out.code, Some(0), "run {n} ({ddl}): {err}");
             let manifest: Value = serde_json::from_str(
                 &std::fs::read_to_string(target.join("stagehand.json")).expect("manifest"),
             )
