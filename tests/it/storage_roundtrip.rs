@@ -408,3 +408,101 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
         "locks were released"
     );
 }
+
+/// kill -9 of a streamed backup after its seal, while the upload still sends (the
+/// manifest's PUT is held back): the spool holds a sealed manifest and what was not
+/// shipped yet. The next scheduled run reclaims that spool by itself (its run is gone)
+/// and makes a complete backup; the repository never listed the killed one as complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_backup_killed_after_its_seal_does_not_block_the_next_run() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("killed-spool");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    proxy.add(
+        Rule::op("PutObject")
+            .target_contains("stagehand.json")
+            .stall(Duration::from_secs(120)),
+    );
+    let repository = format!("s3://{bucket}/db1");
+    let server = TestServer::builder()
+        .name("s3-killed-spool")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let spool = work.path().join("spool");
+    let state = work.path().join("state");
+    let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
+    args.extend(set_args(&[
+        ("socket", server.socket().display().to_string()),
+        ("datadir", server.datadir().display().to_string()),
+        ("repository", repository.clone()),
+        ("endpoint", proxy.endpoint()),
+        ("path_style", "true".into()),
+        ("spool", spool.display().to_string()),
+    ]));
+    args.extend(["--state-dir".into(), state.display().to_string()]);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(&args)
+        .current_dir(crate::cli::repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .envs(KEYS.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stagehand");
+    let t0 = Instant::now();
+    while !crate::support::journal_in(&state)
+        .iter()
+        .any(|e| e["event"] == "step_finished" && e["step"] == "seal")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "seal never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The upload is now stuck on the manifest: kill -9.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.start_kill().expect("kill");
+    let _ = child.wait().await;
+    assert!(
+        spool.join("stagehand.json").exists(),
+        "the killed run left its sealed spool"
+    );
+    proxy.clear_rules();
+    let again = tokio::task::block_in_place(|| {
+        backup_to(&repository, &proxy.endpoint(), &server, work.path())
+    });
+    assert_eq!(
+        again.code, 0,
+        "the next run reclaims the spool and backs up\nstdout: {}\nstderr: {}",
+        again.stdout, again.stderr
+    );
+    assert!(
+        again.stderr.contains("was interrupted"),
+        "the reclaim is logged: {}",
+        again.stderr
+    );
+    let listed = run(&[
+        "backups".into(),
+        "list".into(),
+        repository.clone(),
+        "--endpoint".into(),
+        moto.endpoint(),
+        "--path-style".into(),
+        "--json".into(),
+    ]);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
+    let complete = rows
+        .as_array()
+        .map(|r| r.iter().filter(|b| b["complete"] == true).count())
+        .unwrap_or(0);
+    assert_eq!(
+        complete, 1,
+        "only the second run's backup is complete: {rows}"
+    );
+}

@@ -361,14 +361,15 @@ impl Claim {
         Some(Claim { run_id, process })
     }
 
-    /// Unsealed, and its process provably gone: same host, and no process with that pid
-    /// started at that time. A claim from another host (a shared NFS target) or
-    /// without a process (older stagehand) is never taken for abandoned.
+    /// Unsealed (or the spool of a streamed backup: sealed, but its files leave, so it
+    /// is never a backup by itself), and its process provably gone: same host, and no
+    /// process with that pid started at that time. A claim from another host (a shared
+    /// NFS target) or without a process (older stagehand) is never taken for abandoned.
     fn is_abandoned(&self, dir: &Path) -> bool {
         let Some((host, pid, start)) = &self.process else {
             return false;
         };
-        !dir.join(MANIFEST_FILE).exists()
+        (!dir.join(MANIFEST_FILE).exists() || crate::spool::is_streaming(dir))
             && *host == stagehand_host::machine::host_name()
             && stagehand_host::procfs::start_time(*pid) != Some(*start)
     }
@@ -467,6 +468,31 @@ mod tests {
         std::fs::create_dir_all(d.path().join("db")).expect("mkdir");
         std::fs::write(d.path().join("db/t.ibd"), b"partial").expect("write");
         d
+    }
+
+    /// A streamed backup's spool keeps its claim and its streaming mark when sealed: if
+    /// the run dies before the upload ends, the next run reclaims it (a nightly job
+    /// never stalls on it), but never while the run that owns it goes on.
+    #[test]
+    fn the_sealed_spool_of_a_dead_run_is_reclaimed_but_not_one_of_a_live_run() {
+        let host = stagehand_host::machine::host_name();
+        let dead = claimed_by_process("old-run", &host, u32::MAX - 1, 1);
+        std::fs::write(dead.path().join(MANIFEST_FILE), b"{}").expect("manifest");
+        crate::spool::mark_streaming(dead.path()).expect("mark");
+        claim_target(dead.path(), "new-run").expect("reclaimed");
+        assert!(!dead.path().join(MANIFEST_FILE).exists());
+        assert!(!dead.path().join("db").exists());
+
+        let me = std::process::id();
+        let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
+        let live = claimed_by_process("live-run", &host, me, my_start);
+        std::fs::write(live.path().join(MANIFEST_FILE), b"{}").expect("manifest");
+        crate::spool::mark_streaming(live.path()).expect("mark");
+        assert!(matches!(
+            claim_target(live.path(), "new"),
+            Err(ClaimError::OtherRun { .. })
+        ));
+        assert!(live.path().join("db/t.ibd").exists());
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub fn is_streaming(target: &Path) -> bool {
     streaming_marker(target).exists()
 }
 
+/// Marks `target` as streamed: its files leave as they are finished.
+pub fn mark_streaming(target: &Path) -> std::io::Result<()> {
+    let marker = streaming_marker(target);
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(marker, b"")
+}
+
 /// Appends one finished file to the step's ledger.
 pub fn announce(target: &Path, step: &str, file: &CopiedFile) -> std::io::Result<()> {
     let dir = ready_dir(target);

@@ -141,6 +141,27 @@ fn check_no_unreconciled_ddl(
     }
 }
 
+/// Removes the work folder. A streamed backup's spool keeps its claim and its streaming
+/// mark: it is never a backup by itself (its files leave), and if this run dies before
+/// the upload ends, the next run must see whose it was to reclaim it.
+fn clear_work_dir(dir: &Path) -> Result<(), StepError> {
+    let backup = BackupDir::new(dir);
+    let keep = if stagehand_backup::spool::is_streaming(dir) {
+        std::fs::read(backup.run_marker()).ok()
+    } else {
+        None
+    };
+    let _ = std::fs::remove_dir_all(backup.work());
+    if let Some(claim) = keep {
+        let failed = |e: std::io::Error| {
+            StepError::fatal(format!("cannot keep the claim of {}: {e}", dir.display()))
+        };
+        stagehand_backup::spool::mark_streaming(dir).map_err(failed)?;
+        stagehand_host::private_fs::write_private(&backup.run_marker(), claim).map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// Which run, plan and host made the backup.
 struct MadeBy {
     run_id: String,
@@ -290,7 +311,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
     };
     sync_all(dir, &manifest.files)?;
     // The staging area must not reach a datadir on copy-back.
-    let _ = std::fs::remove_dir_all(BackupDir::new(dir).work());
+    clear_work_dir(dir)?;
     manifest
         .write(dir)
         .map_err(|e| StepError::fatal(e.to_string()))?;

@@ -8,7 +8,7 @@
 use super::{finish_upload, ship_all, Shipper, UploadConfig, UploadOutput};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
-use stagehand_backup::spool::{streaming_marker, LedgerReader};
+use stagehand_backup::spool::LedgerReader;
 use stagehand_engine::{StepContext, StepError};
 use stagehand_mariadb::datadir::FileClass;
 use stagehand_repo as repo;
@@ -28,7 +28,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
     }
     let dir = PathBuf::from(&cfg.dir);
     stagehand_backup::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
-    std::fs::write(streaming_marker(&dir), b"")
+    stagehand_backup::spool::mark_streaming(&dir)
         .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
     let id = match &cfg.id {
         Some(id) => id.clone(),
