@@ -137,6 +137,34 @@ def doc_table(results):
     return "\n".join(lines)
 
 
+def _t(iso):
+    from datetime import datetime
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def where_worst(r):
+    """For a stagehand row: per probe class, the steps its worst sample overlapped (the sample
+    ends at `worst_at` and lasted `worst_ms`), the background redo copy left out."""
+    steps = r.get("steps") or {}
+    out = {}
+    for c in ("ddl", "myisam", "aria", "innodb"):
+        p = (r.get("probe") or {}).get(c) or {}
+        if not p.get("worst_at"):
+            continue
+        end = _t(p["worst_at"])
+        start = end - p["worst_ms"] / 1000
+        hit = []
+        for sid, st in steps.items():
+            if sid in ("run_id", "redo") or not isinstance(st, dict) or not st.get("started_at"):
+                continue
+            s0 = _t(st["started_at"])
+            s1 = s0 + (st.get("duration_ms") or 0) / 1000
+            if s0 <= end and s1 >= start:
+                hit.append(sid)
+        out[c] = {"worst_ms": p["worst_ms"], "from": p["worst_at"][11:23], "steps": hit or ["(before or after the run)"]}
+    return out
+
+
 def prepare_data(sock, data, a):
     def count():
         return int(bb.sql(sock, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest' "
@@ -203,6 +231,14 @@ def main():
         saved = json.loads(Path(a.render).read_text())
         print(json.dumps(saved["meta"]))
         print(doc_table(saved["results"]))
+        for r in saved["results"]:
+            if r.get("steps"):
+                w = where_worst(r)
+                print(f"{r['tool']} round {r['round']}: " + "; ".join(
+                    f"{c} {v['worst_ms']:.0f} ms ending {v['from']} during {'+'.join(v['steps'])}" for c, v in w.items()))
+                lk = r["steps"].get("lock_ddl", {}).get("outputs", {})
+                print(f"   lock_ddl acquire_ms {lk.get('acquire_ms')}; step ms: " + ", ".join(
+                    f"{k} {v.get('duration_ms')}" for k, v in r["steps"].items() if isinstance(v, dict)))
         for k, v in saved.items():
             if k.startswith("rerun_for_load") and v:
                 print(f"\n{k}:\n" + doc_table(v))
