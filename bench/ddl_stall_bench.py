@@ -11,8 +11,9 @@ same data in one run:
 each backup run while `examples/ddl_probe.rs` does, every 50 ms and each on its own
 connection, a CREATE+DROP TABLE, a MyISAM one-row INSERT, an Aria (TRANSACTIONAL=1) one-row
 INSERT and an InnoDB one-row commit. Rounds alternate a, b, c, a, b, c, ...; every backup
-starts with a cold page cache. Writes docs/benchmarks-ddl-stall.json (or --out) and prints
-a Markdown table. For stagehand rows it also keeps the manifest's `locks` and, from the
+starts with a cold page cache. Writes one run's JSON to --out (default
+docs/benchmarks-ddl-stall.json, which in the repository holds several runs merged under
+"runs": give --out a file of its own) and prints a Markdown table. For stagehand rows it also keeps the manifest's `locks` and, from the
 run's report.json, each step's start and duration (which step held BLOCK_DDL how long).
 
     python3 bench/ddl_stall_bench.py [--dir /tmp/stagehand-ddl-bench] [--tables 8] [--table-size 500000]
@@ -208,6 +209,23 @@ def prepare_data(sock, data, a):
         sys.exit(f"sbtest has {count()} tables, wanted {a.tables}")
 
 
+def render(name, saved):
+    print(f"\n## {name}" if name else "")
+    print(json.dumps(saved["meta"]))
+    print(doc_table(saved["results"]))
+    for r in saved["results"]:
+        if r.get("steps"):
+            w = where_worst(r)
+            print(f"{r['tool']} round {r['round']}: " + "; ".join(
+                f"{c} {v['worst_ms']:.0f} ms ending {v['from']} during {'+'.join(v['steps'])}" for c, v in w.items()))
+            lk = r["steps"].get("lock_ddl", {}).get("outputs", {})
+            print(f"   lock_ddl acquire_ms {lk.get('acquire_ms')}; step ms: " + ", ".join(
+                f"{k} {v.get('duration_ms')}" for k, v in r["steps"].items() if isinstance(v, dict)))
+    for k, v in saved.items():
+        if k.startswith("rerun_for_load") and v:
+            print(f"\n{k}:\n" + doc_table(v))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/stagehand-ddl-bench")
@@ -229,19 +247,9 @@ def main():
     a = ap.parse_args()
     if a.render:
         saved = json.loads(Path(a.render).read_text())
-        print(json.dumps(saved["meta"]))
-        print(doc_table(saved["results"]))
-        for r in saved["results"]:
-            if r.get("steps"):
-                w = where_worst(r)
-                print(f"{r['tool']} round {r['round']}: " + "; ".join(
-                    f"{c} {v['worst_ms']:.0f} ms ending {v['from']} during {'+'.join(v['steps'])}" for c, v in w.items()))
-                lk = r["steps"].get("lock_ddl", {}).get("outputs", {})
-                print(f"   lock_ddl acquire_ms {lk.get('acquire_ms')}; step ms: " + ", ".join(
-                    f"{k} {v.get('duration_ms')}" for k, v in r["steps"].items() if isinstance(v, dict)))
-        for k, v in saved.items():
-            if k.startswith("rerun_for_load") and v:
-                print(f"\n{k}:\n" + doc_table(v))
+        # docs/benchmarks-ddl-stall.json holds several runs under "runs"; a run's own --out is one run.
+        for name, run in (saved["runs"].items() if "runs" in saved else [("", saved)]):
+            render(name, run)
         return
     base = Path(a.dir)
     base.mkdir(parents=True, exist_ok=True)
