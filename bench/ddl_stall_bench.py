@@ -1,18 +1,29 @@
 #!/usr/bin/env python3
-"""DDL and MyISAM stalls during a hot backup (issue 14), side by side on the same data in
-one run:
+"""DDL, MyISAM, Aria and InnoDB stalls during a hot backup (issue 14), side by side on the
+same data in one run:
 
-  (a) stagehand plans/full-backup.yaml (BLOCK_DDL held through the whole copy),
-  (b) stagehand docs/examples/full-backup-innodb-under-start.yaml (InnoDB copied under
-      START, `reconcile` under BLOCK_DDL),
+  (a) stagehand plans/full-backup.yaml (the default: everything copied under BACKUP STAGE
+      START, a `catch_up` pass under START, BLOCK_DDL only for the `reconcile` step),
+  (b) stagehand docs/examples/full-backup-hold-ddl.yaml (the old order: BLOCK_DDL held
+      through the whole copy),
   (c) mariadb-backup --backup,
 
 each backup run while `examples/ddl_probe.rs` does, every 50 ms and each on its own
-connection, a CREATE+DROP TABLE, a MyISAM one-row INSERT and an InnoDB one-row commit.
-Rounds alternate a, b, c, a, b, c, ...; every backup starts with a cold page cache.
-Writes docs/benchmarks-ddl-stall.json and prints a Markdown table.
+connection, a CREATE+DROP TABLE, a MyISAM one-row INSERT, an Aria (TRANSACTIONAL=1) one-row
+INSERT and an InnoDB one-row commit. Rounds alternate a, b, c, a, b, c, ...; every backup
+starts with a cold page cache. Writes one run's JSON to --out (default
+docs/benchmarks-ddl-stall.json, which in the repository holds several runs merged under
+"runs": give --out a file of its own) and prints a Markdown table. For stagehand rows it also keeps the manifest's `locks` and, from the
+run's report.json, each step's start and duration (which step held BLOCK_DDL how long).
 
     python3 bench/ddl_stall_bench.py [--dir /tmp/stagehand-ddl-bench] [--tables 8] [--table-size 500000]
+        [--sysbench-tables 8]
+
+With --sysbench-tables N < --tables, only sbtest1..N are made by `sysbench prepare`; the
+others are copies of them (same rows) made with transportable tablespaces (FLUSH TABLES
+... FOR EXPORT, copy the .ibd/.cfg, ALTER TABLE ... IMPORT TABLESPACE), which takes the
+time of a file copy. Tables already there are kept, so a run on more tables reuses the
+datadir of a run on fewer.
 
 Needs what bench/backup_bench.py needs (mariadb-server, mariadb-backup, sysbench, cargo);
 reuses its server and data helpers.
@@ -26,6 +37,20 @@ import backup_bench as bb  # noqa: E402
 ROOT = bb.ROOT
 SH = ROOT / "target/release/stagehand"
 PROBE = ROOT / "target/release/examples/ddl_probe"
+
+
+def last_run_steps(state: Path):
+    """Each step's start, duration, status and scalar outputs, from the newest run's report.json."""
+    reports = sorted((state / "runs").glob("*/report.json"), key=lambda f: f.stat().st_mtime)
+    if not reports:
+        return None
+    rep = json.loads(reports[-1].read_text())
+    steps = {"run_id": rep.get("run_id")}
+    for st in rep.get("steps", []):
+        outs = {k: v for k, v in (st.get("outputs") or {}).items() if isinstance(v, (int, float, str, bool))}
+        steps[st["id"]] = {"started_at": st.get("started_at"), "duration_ms": st.get("duration_ms"),
+                           "status": st.get("status"), "outputs": outs}
+    return steps
 
 
 def one_backup(tool, rnd, cmd, sock, target, a):
@@ -52,7 +77,7 @@ def one_backup(tool, rnd, cmd, sock, target, a):
         probe.send_signal(signal.SIGTERM)
         out, _ = probe.communicate()
     res["probe"] = json.loads(out or "{}")
-    for c in ("ddl", "myisam", "innodb"):
+    for c in ("ddl", "myisam", "aria", "innodb"):
         p = res["probe"].get(c, {})
         res[f"{c}_worst_ms"] = p.get("worst_ms")
         res[f"{c}_p99_ms"] = p.get("p99_ms")
@@ -61,10 +86,13 @@ def one_backup(tool, rnd, cmd, sock, target, a):
         locks = json.loads(manifest.read_text()).get("locks", {})
         res["locks"] = locks
         holds = locks.get("holds_ms", {})
+        res["start_ms"] = holds.get("start")
+        res["flush_ms"] = holds.get("flush")
         res["block_ddl_ms"] = holds.get("block_ddl")
         res["block_commit_ms"] = holds.get("block_commit")
         res["ddl_blocked_ms"] = locks.get("ddl_blocked_ms")
         res["commit_blocked_ms"] = locks.get("commit_blocked_ms")
+        res["steps"] = last_run_steps(target.parent / "state")
     res["waited_for_quiet_s"] = waited
     res["loadavg_before"] = load_before
     res["loadavg_1m"] = round(os.getloadavg()[0], 2)
@@ -74,8 +102,8 @@ def one_backup(tool, rnd, cmd, sock, target, a):
 
 
 COLS = ["tool", "round", "wall_s", "ddl_worst_ms", "ddl_p99_ms", "myisam_worst_ms", "myisam_p99_ms",
-        "innodb_worst_ms", "innodb_p99_ms", "block_ddl_ms", "block_commit_ms", "ddl_blocked_ms",
-        "loadavg_before", "loadavg_1m", "exit"]
+        "aria_worst_ms", "aria_p99_ms", "innodb_worst_ms", "innodb_p99_ms", "start_ms", "flush_ms", "block_ddl_ms", "block_commit_ms", "ddl_blocked_ms",
+        "commit_blocked_ms", "loadavg_before", "loadavg_1m", "exit"]
 
 
 def table(results):
@@ -89,11 +117,122 @@ def table(results):
     return "\n".join(lines)
 
 
+def doc_table(results):
+    """The table of docs/BENCHMARKS.md: worst / p99 per probe class, lock holds, load."""
+    def f(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+        return str(v)
+    head = ["tool", "round", "wall_s", "DDL worst / p99 ms", "MyISAM worst / p99 ms", "Aria worst / p99 ms",
+            "InnoDB worst / p99 ms", "start ms", "block_ddl ms", "block_commit ms", "ddl_blocked ms",
+            "commit_blocked ms", "load before", "loadavg_1m", "exit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        cls = [f"{f(r.get(c + '_worst_ms'))} / {f(r.get(c + '_p99_ms'))}" for c in ("ddl", "myisam", "aria", "innodb")]
+        row = [r["tool"], str(r["round"]), f(r.get("wall_s")), *cls,
+               *(f(r.get(k)) for k in ("start_ms", "block_ddl_ms", "block_commit_ms", "ddl_blocked_ms",
+                                       "commit_blocked_ms", "loadavg_before", "loadavg_1m", "exit"))]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _t(iso):
+    from datetime import datetime
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def where_worst(r):
+    """For a stagehand row: per probe class, the steps its worst sample overlapped (the sample
+    ends at `worst_at` and lasted `worst_ms`), the background redo copy left out."""
+    steps = r.get("steps") or {}
+    out = {}
+    for c in ("ddl", "myisam", "aria", "innodb"):
+        p = (r.get("probe") or {}).get(c) or {}
+        if not p.get("worst_at"):
+            continue
+        end = _t(p["worst_at"])
+        start = end - p["worst_ms"] / 1000
+        hit = []
+        for sid, st in steps.items():
+            if sid in ("run_id", "redo") or not isinstance(st, dict) or not st.get("started_at"):
+                continue
+            s0 = _t(st["started_at"])
+            s1 = s0 + (st.get("duration_ms") or 0) / 1000
+            if s0 <= end and s1 >= start:
+                hit.append(sid)
+        out[c] = {"worst_ms": p["worst_ms"], "from": p["worst_at"][11:23], "steps": hit or ["(before or after the run)"]}
+    return out
+
+
+def prepare_data(sock, data, a):
+    def count():
+        return int(bb.sql(sock, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest' "
+                                "AND TABLE_NAME REGEXP '^sbtest[0-9]+$'"))
+    seed = min(a.sysbench_tables or a.tables, a.tables)
+    have = count() if bb.sql(sock, "SHOW DATABASES LIKE 'sbtest'") else 0
+    # Kept only when it is sbtest1..have with have <= tables (and the seeds are all there).
+    names = [f"sbtest{i}" for i in range(1, have + 1)]
+    ok = seed <= have <= a.tables and all(bb.sql(sock, f"SHOW TABLES FROM sbtest LIKE '{n}'") for n in names)
+    if ok:
+        rows = bb.sql(sock, "SELECT COUNT(*) FROM sbtest.sbtest1")
+        ok = rows == str(a.table_size)
+    if not ok:
+        bb.sql(sock, "DROP DATABASE IF EXISTS sbtest; CREATE DATABASE sbtest")
+        print(f"preparing sysbench data: {seed} tables ...", flush=True)
+        bb.run(bb.sysbench(sock, seed, a.table_size, "--threads=2", "prepare"), stdout=subprocess.DEVNULL)
+        have = seed
+    for i in range(have + 1, a.tables + 1):
+        src = f"sbtest{(i - 1) % seed + 1}"
+        print(f"sbtest{i}: a copy of {src} (transportable tablespace) ...", flush=True)
+        bb.sql(sock, f"CREATE TABLE sbtest.sbtest{i} LIKE sbtest.{src}; ALTER TABLE sbtest.sbtest{i} DISCARD TABLESPACE")
+        d = data / "sbtest"
+        try:
+            # FOR EXPORT holds its lock only while its session lives: copy while it is open.
+            cli = subprocess.Popen(["mariadb", "--no-defaults", "--unbuffered", "-S", str(sock), "-uroot", "-N"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            cli.stdin.write(f"FLUSH TABLES sbtest.{src} FOR EXPORT; SELECT 'exported';\n")
+            cli.stdin.flush()
+            if cli.stdout.readline().strip() != "exported":
+                raise RuntimeError(f"FLUSH TABLES sbtest.{src} FOR EXPORT failed")
+            for ext in ("ibd", "cfg"):
+                shutil.copyfile(d / f"{src}.{ext}", d / f"sbtest{i}.{ext}")
+            cli.communicate("UNLOCK TABLES;\n")
+            bb.sql(sock, f"ALTER TABLE sbtest.sbtest{i} IMPORT TABLESPACE")
+        except BaseException:
+            bb.sql(sock, f"DROP TABLE IF EXISTS sbtest.sbtest{i}")  # not left half made for the next run
+            raise
+        finally:
+            (d / f"sbtest{i}.cfg").unlink(missing_ok=True)
+    if count() != a.tables:
+        sys.exit(f"sbtest has {count()} tables, wanted {a.tables}")
+
+
+def render(name, saved):
+    print(f"\n## {name}" if name else "")
+    print(json.dumps(saved["meta"]))
+    print(doc_table(saved["results"]))
+    for r in saved["results"]:
+        if r.get("steps"):
+            w = where_worst(r)
+            print(f"{r['tool']} round {r['round']}: " + "; ".join(
+                f"{c} {v['worst_ms']:.0f} ms ending {v['from']} during {'+'.join(v['steps'])}" for c, v in w.items()))
+            lk = r["steps"].get("lock_ddl", {}).get("outputs", {})
+            print(f"   lock_ddl acquire_ms {lk.get('acquire_ms')}; step ms: " + ", ".join(
+                f"{k} {v.get('duration_ms')}" for k, v in r["steps"].items() if isinstance(v, dict)))
+    for k, v in saved.items():
+        if k.startswith("rerun_for_load") and v:
+            print(f"\n{k}:\n" + doc_table(v))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/stagehand-ddl-bench")
     ap.add_argument("--tables", type=int, default=8)
     ap.add_argument("--table-size", type=int, default=500000)
+    ap.add_argument("--sysbench-tables", type=int, default=None,
+                    help="make only this many tables with sysbench prepare, the rest as copies of them")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=2, help="copy threads, for every tool")
     ap.add_argument("--settle", type=float, default=20, help="seconds of quiet before each backup")
@@ -104,16 +243,20 @@ def main():
                     help="a row whose 1-minute load average is above this is run again (kept in the JSON)")
     ap.add_argument("--retries", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks-ddl-stall.json"))
+    ap.add_argument("--render", metavar="JSON", help="only print the docs/BENCHMARKS.md tables of a saved run")
     a = ap.parse_args()
+    if a.render:
+        saved = json.loads(Path(a.render).read_text())
+        # docs/benchmarks-ddl-stall.json holds several runs under "runs"; a run's own --out is one run.
+        for name, run in (saved["runs"].items() if "runs" in saved else [("", saved)]):
+            render(name, run)
+        return
     base = Path(a.dir)
     base.mkdir(parents=True, exist_ok=True)
     bb.run(["cargo", "build", "--release", "--locked", "-q", "--bin", "stagehand", "--example", "ddl_probe"], cwd=ROOT)
     srv, data, sock = bb.start_server(base)
     try:
-        if bb.sql(sock, "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA='sbtest'") != str(a.tables):
-            bb.sql(sock, "DROP DATABASE IF EXISTS sbtest; CREATE DATABASE sbtest")
-            print("preparing sysbench data ...", flush=True)
-            bb.run(bb.sysbench(sock, a.tables, a.table_size, "--threads=2", "prepare"), stdout=subprocess.DEVNULL)
+        prepare_data(sock, data, a)
         data_bytes = bb.du(data)
         version = bb.sql(sock, "SELECT VERSION()")
         target = base / "backup"
@@ -125,7 +268,7 @@ def main():
                     "--set", f"parallel={a.parallel}"]
         tools = {
             "(a) stagehand full-backup.yaml": stagehand("plans/full-backup.yaml"),
-            "(b) stagehand full-backup-innodb-under-start.yaml": stagehand("docs/examples/full-backup-innodb-under-start.yaml"),
+            "(b) stagehand full-backup-hold-ddl.yaml": stagehand("docs/examples/full-backup-hold-ddl.yaml"),
             "(c) mariadb-backup --backup": ["mariadb-backup", "--backup", f"--target-dir={target}", f"--socket={sock}",
                                             "--user=root", f"--parallel={a.parallel}"],
         }
@@ -133,7 +276,8 @@ def main():
         meta = {"command": "python3 bench/ddl_stall_bench.py " + " ".join(sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
                 "mariadb": version, "datadir_bytes": data_bytes, "tables": a.tables, "table_size": a.table_size,
-                "parallel": a.parallel, "probe_interval_ms": 50}
+                "parallel": a.parallel, "probe_interval_ms": 50, "sysbench_tables": a.sysbench_tables,
+                "table_files_bytes": bb.du(data / "sbtest")}
 
         def save():  # after every row, so an interrupted run keeps what it measured
             Path(a.out).write_text(json.dumps({"meta": meta, "results": results,

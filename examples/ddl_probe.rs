@@ -1,11 +1,13 @@
 //! Benchmark helper (issue 14): how long a backup stalls DDL, MyISAM writes and InnoDB
-//! commits. Three classes, each in its own task on its own connection so that one
+//! commits. Four classes, each in its own task on its own connection so that one
 //! stalled class never delays another; every `--interval-ms` (after the previous
 //! statement returned) each runs:
 //!
 //! - `ddl`: `CREATE TABLE probe.ddl_<pid>_<n> (a INT) ENGINE=InnoDB` then `DROP TABLE`
 //!   of it (one sample: both statements);
 //! - `myisam`: a one-row `INSERT` into `probe.myisam` (ENGINE=MyISAM);
+//! - `aria`: a one-row `INSERT` into `probe.aria` (ENGINE=Aria with the default table
+//!   options: ROW_FORMAT=PAGE, TRANSACTIONAL=1, i.e. crash-safe);
 //! - `innodb`: a one-row `INSERT` into `probe.innodb` and `COMMIT`.
 //!
 //! Once stopped (SIGTERM, SIGINT or `--stop-file` appearing) each task finishes the
@@ -22,6 +24,7 @@ use tokio::sync::watch;
 enum Class {
     Ddl,
     Myisam,
+    Aria,
     Innodb,
 }
 
@@ -30,6 +33,7 @@ impl Class {
         match self {
             Class::Ddl => "ddl",
             Class::Myisam => "myisam",
+            Class::Aria => "aria",
             Class::Innodb => "innodb",
         }
     }
@@ -84,6 +88,10 @@ async fn one(conn: &mut mysql_async::Conn, class: Class, n: u64) -> Result<(), m
         }
         Class::Myisam => {
             conn.query_drop("INSERT INTO probe.myisam (at) VALUES (NOW(6))")
+                .await
+        }
+        Class::Aria => {
+            conn.query_drop("INSERT INTO probe.aria (at) VALUES (NOW(6))")
                 .await
         }
         Class::Innodb => {
@@ -153,11 +161,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .query_drop("CREATE DATABASE IF NOT EXISTS probe")
         .await?;
     setup.query_drop("CREATE TABLE IF NOT EXISTS probe.myisam (id BIGINT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP(6)) ENGINE=MyISAM").await?;
+    setup.query_drop("CREATE TABLE IF NOT EXISTS probe.aria (id BIGINT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP(6)) ENGINE=Aria").await?;
     setup.query_drop("CREATE TABLE IF NOT EXISTS probe.innodb (id BIGINT AUTO_INCREMENT PRIMARY KEY, at TIMESTAMP(6)) ENGINE=InnoDB").await?;
     setup.disconnect().await?;
 
     let (tx, rx) = watch::channel(false);
-    let tasks: Vec<_> = [Class::Ddl, Class::Myisam, Class::Innodb]
+    let tasks: Vec<_> = [Class::Ddl, Class::Myisam, Class::Aria, Class::Innodb]
         .into_iter()
         .map(|c| {
             (
