@@ -203,6 +203,8 @@ pub enum ManifestError {
     Incomplete { path: String },
     #[error("{path}: an interrupted prepare: files of the backup changed after the manifest was written; run prepare again on this directory to finish it")]
     Preparing { path: String },
+    #[error("{path} is the spool of a streamed backup: its files went to the repository as they were copied, so it is not a backup by itself; restore from the repository (plans/restore.yaml)")]
+    Spool { path: String },
 }
 
 impl Manifest {
@@ -214,8 +216,16 @@ impl Manifest {
 
     /// Reads the manifest of a complete backup, or of one whose prepare was interrupted.
     pub fn read_for_prepare(dir: &Path) -> Result<Self, ManifestError> {
+        refuse_spool(dir)?;
         let (text, shown) = Self::read_text(dir)?;
         Self::from_slice_for_prepare(&text, &shown)
+    }
+
+    /// Reads the manifest of a backup to check or use it locally: a streamed backup's
+    /// spool (sealed, but its files shipped and gone) is refused, not taken for a backup.
+    pub fn read_local(dir: &Path) -> Result<Self, ManifestError> {
+        refuse_spool(dir)?;
+        Self::read(dir)
     }
 
     fn read_text(dir: &Path) -> Result<(Vec<u8>, String), ManifestError> {
@@ -375,6 +385,15 @@ impl Claim {
     }
 }
 
+fn refuse_spool(dir: &Path) -> Result<(), ManifestError> {
+    if crate::spool::is_streaming(dir) {
+        return Err(ManifestError::Spool {
+            path: dir.display().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Removes everything in `dir`, the claim marker last.
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     let mut claim_dir = None;
@@ -493,6 +512,16 @@ mod tests {
             Err(ClaimError::OtherRun { .. })
         ));
         assert!(live.path().join("db/t.ibd").exists());
+    }
+
+    #[test]
+    fn a_sealed_spool_is_not_taken_for_a_backup_by_prepare_or_verify() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join(MANIFEST_FILE), b"{}").expect("manifest");
+        crate::spool::mark_streaming(d.path()).expect("mark");
+        for read in [Manifest::read_for_prepare, Manifest::read_local] {
+            assert!(matches!(read(d.path()), Err(ManifestError::Spool { .. })));
+        }
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl TypedStep for Verify {
 
     async fn run(cfg: &VerifyConfig, ctx: &StepContext) -> Result<VerifyOutput, StepError> {
         let dir = PathBuf::from(&cfg.target);
-        let manifest = Manifest::read(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
+        let manifest = Manifest::read_local(&dir).map_err(|e| StepError::fatal(e.to_string()))?;
         let (d, m) = (dir.clone(), manifest.clone());
         let cancel = ctx.cancel.clone();
         let (bytes, pages) =
