@@ -6,7 +6,7 @@
 //! back where a map says, or into the datadir, and never over an existing file.
 
 use crate::support::{
-    backup_plan, copy_tree, insert_gate, run_plan, spawn_backup, wait_for_start, without_catch_up,
+    copy_tree, gated_after_copies_plan, rows_by_table, run_plan, spawn_backup, wait_for_start,
     write_plan, PlanRun,
 };
 use mysql_async::prelude::Queryable;
@@ -17,28 +17,6 @@ use stagehand_testkit::TestServer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Rows of every table of schema `d`: (row count, checksum of the rows), by table.
-async fn tables_of(conn: &mut Conn) -> BTreeMap<String, (u64, u64)> {
-    let names: Vec<String> = conn
-        .query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'd' AND table_type = 'BASE TABLE' ORDER BY 1",
-        )
-        .await
-        .expect("list tables");
-    let mut out = BTreeMap::new();
-    for t in names {
-        let row: Option<(u64, Option<u64>)> = conn
-            .query_first(format!(
-                "SELECT COUNT(*), SUM(CRC32(CONCAT_WS(',', id, v))) FROM d.`{t}`"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("read d.{t}: {e}"));
-        let (n, sum) = row.unwrap_or_default();
-        out.insert(t, (n, sum.unwrap_or(0)));
-    }
-    out
-}
 
 /// InnoDB tables in `fast` (one partitioned, one to rename, one to rebuild) and one in
 /// the datadir.
@@ -175,24 +153,10 @@ async fn restored_tables(datadir: &Path, run: &Path) -> BTreeMap<String, (u64, u
         .await
         .unwrap_or_else(|e| panic!("no server starts on {}: {e}", datadir.display()));
     let mut conn = Conn::new(server.opts("root", "")).await.expect("connect");
-    let tables = tables_of(&mut conn).await;
+    let tables = rows_by_table(&mut conn).await;
     let _ = conn.disconnect().await;
     let _ = server.kill().await;
     tables
-}
-
-/// plans/full-backup.yaml with a gate after the copies: before the catch-up pass (which
-/// then sees the DDL first), or, without one, before BLOCK_DDL.
-fn gated_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
-    backup_plan(dir, |steps| {
-        let gated = if catch_up {
-            "catch_up"
-        } else {
-            without_catch_up(steps);
-            "lock_ddl"
-        };
-        insert_gate(steps, gated, "copy_innodb", flag, 2400);
-    })
 }
 
 /// A backup target inside a DATA DIRECTORY is refused before anything is copied.
@@ -205,7 +169,7 @@ async fn a_backup_target_inside_a_data_directory_is_refused() {
     create_tables(&server, &fast).await;
     let flag = work.path().join("gate");
     std::fs::write(&flag, b"").expect("open the gate");
-    let plan = gated_plan(work.path(), &flag, false);
+    let plan = gated_after_copies_plan(work.path(), &flag, false);
     let inside = fast.join("backup");
     let stderr = work.path().join("refused.stderr");
     let refused = spawn_backup(
@@ -246,7 +210,7 @@ async fn restores_exactly_and_leaves_the_live_files_alone(catch_up: bool) {
     let server = TestServer::builder().name("datadir-remote").start().await;
     create_tables(&server, &fast).await;
     let flag = work.path().join("ddl-done");
-    let plan = gated_plan(work.path(), &flag, catch_up);
+    let plan = gated_after_copies_plan(work.path(), &flag, catch_up);
     let (target, state) = (work.path().join("backup"), work.path().join("state"));
     let stderr = work.path().join("stagehand.stderr");
     // verify's test restore starts mariadbd (crash recovery) on an unprepared copy.
@@ -264,7 +228,7 @@ async fn restores_exactly_and_leaves_the_live_files_alone(catch_up: bool) {
     assert!(written > 0, "the writer wrote during the copy");
     change_tables(&server, &fast).await;
     let mut conn = server.conn().await;
-    let expected = tables_of(&mut conn).await;
+    let expected = rows_by_table(&mut conn).await;
     // No write reaches the remote files from here on: FOR EXPORT flushes them and
     // holds them still while the backups are prepared.
     std::fs::write(&flag, b"").expect("open the gate");

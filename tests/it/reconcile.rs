@@ -8,7 +8,8 @@
 
 use crate::cli::repo_root;
 use crate::support::{
-    backup_plan, copy_tree, hold_ddl, insert_gate, spawn_backup, wait_for_start, without_catch_up,
+    copy_tree, gated_after_copies_plan, hold_ddl, insert_gate, rows_by_table, spawn_backup,
+    wait_for_start,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
@@ -18,21 +19,6 @@ use stagehand_testkit::TestServer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// plans/full-backup.yaml (everything copied under START, `reconcile` under BLOCK_DDL)
-/// with a gate after the copies. With `catch_up`, the gate is before the catch-up pass,
-/// which then sees all the DDL; without, the plan has no catch-up pass.
-fn copy_under_start_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
-    backup_plan(dir, |steps| {
-        let gated = if catch_up {
-            "catch_up"
-        } else {
-            without_catch_up(steps);
-            "lock_ddl"
-        };
-        insert_gate(steps, gated, "copy_innodb", flag, 2400);
-    })
-}
 
 /// The shipped example of the other mode is plans/full-backup.yaml with BLOCK_DDL moved
 /// before the copies and nothing else ([`hold_ddl`]).
@@ -60,28 +46,6 @@ fn the_hold_ddl_example_is_the_full_backup_plan_with_that_change_only() {
             .map(|p| p.len()),
         "the same params"
     );
-}
-
-/// Rows of every table of schema `d`: (row count, checksum of the rows), by table.
-async fn tables_of(conn: &mut Conn) -> BTreeMap<String, (u64, u64)> {
-    let names: Vec<String> = conn
-        .query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'd' ORDER BY 1",
-        )
-        .await
-        .expect("list tables");
-    let mut out = BTreeMap::new();
-    for t in names {
-        let row: Option<(u64, Option<u64>)> = conn
-            .query_first(format!(
-                "SELECT COUNT(*), SUM(CRC32(CONCAT_WS(',', id, v))) FROM d.`{t}`"
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("read d.{t}: {e}"));
-        let (n, sum) = row.unwrap_or_default();
-        out.insert(t, (n, sum.unwrap_or(0)));
-    }
-    out
 }
 
 /// Prepares a copy of the backup with plans/prepare.yaml and `engine`, starts a server on
@@ -126,7 +90,7 @@ async fn restored_tables(backup: &Path, work: &Path, engine: &str) -> BTreeMap<S
     .await
     .unwrap_or_else(|e| panic!("no server starts on the backup prepared by {engine}: {e}"));
     let mut conn = Conn::new(server.opts("root", "")).await.expect("connect");
-    let tables = tables_of(&mut conn).await;
+    let tables = rows_by_table(&mut conn).await;
     let orphans: Vec<String> = conn
         .query("SELECT name FROM information_schema.innodb_sys_tables WHERE name LIKE 'd/%#sql%'")
         .await
@@ -163,7 +127,7 @@ async fn raw_mariadb_backup_tables(backup: &Path, work: &Path) -> BTreeMap<Strin
             panic!("no server starts after a raw mariadb-backup --prepare: {e}\n{text}")
         });
     let mut conn = Conn::new(server.opts("root", "")).await.expect("connect");
-    let tables = tables_of(&mut conn).await;
+    let tables = rows_by_table(&mut conn).await;
     let _ = conn.disconnect().await;
     let _ = server.kill().await;
     tables
@@ -259,7 +223,7 @@ async fn run_ddl(server: &TestServer) {
     }
 }
 
-/// A run of [`copy_under_start_plan`] (plans/full-backup.yaml, gated after the copies),
+/// A run of [`gated_after_copies_plan`] (plans/full-backup.yaml, gated after the copies),
 /// started and waiting at its gate: the test runs its DDL, then [`Gated::finish`].
 struct Gated {
     dir: tempfile::TempDir,
@@ -280,7 +244,7 @@ impl Gated {
     async fn start(server: &TestServer, catch_up: bool, params: &[&str]) -> Gated {
         let dir = tempfile::tempdir().expect("tempdir");
         let flag = dir.path().join("gate-open");
-        let plan = copy_under_start_plan(dir.path(), &flag, catch_up);
+        let plan = gated_after_copies_plan(dir.path(), &flag, catch_up);
         let (target, state) = (dir.path().join("backup"), dir.path().join("state"));
         let stderr = dir.path().join("stagehand.stderr");
         let mut child = spawn_backup(&plan, server, &target, &state, params, &stderr);
@@ -328,7 +292,7 @@ async fn ddl_after_the_innodb_copy_restores_exactly(catch_up: bool) {
         );
     }
     let mut conn = server.conn().await;
-    let expected = tables_of(&mut conn).await;
+    let expected = rows_by_table(&mut conn).await;
     let (out, dir, target) = gated.finish().await;
     assert_eq!(out.code, Some(0), "the backup failed:\n{}", out.log);
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
@@ -469,7 +433,7 @@ async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
     wait_for_start(&mut child, &state, "gate").await;
     run_ddl(&server).await;
     let mut conn = server.conn().await;
-    let expected = tables_of(&mut conn).await;
+    let expected = rows_by_table(&mut conn).await;
     let _ = conn.disconnect().await;
     std::fs::write(&flag, b"").expect("open the gate");
     let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
@@ -516,7 +480,7 @@ async fn ddl_during_a_streamed_copy_is_reconciled_exactly() {
     let mut rconn = Conn::new(sandbox.admin_opts())
         .await
         .expect("connect to the restored server");
-    let got = tables_of(&mut rconn).await;
+    let got = rows_by_table(&mut rconn).await;
     let _ = rconn.disconnect().await;
     let _ = sandbox
         .shutdown(stagehand_mariadb::sandbox::ShutdownMode::Fast)
@@ -572,7 +536,7 @@ async fn import_tablespace_during_the_copy_fails_or_restores_exactly() {
     c.query_drop("ALTER TABLE d.t IMPORT TABLESPACE")
         .await
         .expect("import");
-    let expected = tables_of(&mut c).await;
+    let expected = rows_by_table(&mut c).await;
     let _ = c.disconnect().await;
     let (out, dir, target) = gated.finish().await;
     let err = out.log;
@@ -615,7 +579,7 @@ async fn alter_copy_running_across_block_ddl_restores_without_it() {
             .await;
     }
     let mut conn = server.conn().await;
-    let expected = tables_of(&mut conn).await;
+    let expected = rows_by_table(&mut conn).await;
     let gated = Gated::start(&server, false, &["prepare=false"]).await;
     let opts = server.opts();
     let alter = tokio::spawn(async move {

@@ -41,6 +41,11 @@ fn light() -> WorkloadOptions {
 
 /// Streams a backup of `server` with plans/backup-to-s3.yaml.
 fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Run {
+    run(&backup_args(repository, endpoint, server, work))
+}
+
+/// `stagehand run plans/backup-to-s3.yaml …` of `server`, spool and state under `work`.
+fn backup_args(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Vec<String> {
     let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
     args.extend(set_args(&[
         ("socket", server.socket().display().to_string()),
@@ -57,7 +62,7 @@ fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path)
         work.join("state").display().to_string(),
         "--json".into(),
     ]);
-    run(&args)
+    args
 }
 
 fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run {
@@ -434,16 +439,7 @@ async fn a_streamed_backup_killed_after_its_seal_does_not_block_the_next_run() {
     let work = tempfile::tempdir().expect("tempdir");
     let spool = work.path().join("spool");
     let state = work.path().join("state");
-    let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
-    args.extend(set_args(&[
-        ("socket", server.socket().display().to_string()),
-        ("datadir", server.datadir().display().to_string()),
-        ("repository", repository.clone()),
-        ("endpoint", proxy.endpoint()),
-        ("path_style", "true".into()),
-        ("spool", spool.display().to_string()),
-    ]));
-    args.extend(["--state-dir".into(), state.display().to_string()]);
+    let args = backup_args(&repository, &proxy.endpoint(), &server, work.path());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args(&args)
         .current_dir(crate::cli::repo_root())

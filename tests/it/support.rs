@@ -415,3 +415,45 @@ pub async fn wait_for_start(child: &mut tokio::process::Child, state: &Path, ste
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Rows of every base table of schema `d`: (row count, sum of the CRC32 of `id,v`), by
+/// table name. The tests that back up schema `d` compare restores with the source by it.
+pub async fn rows_by_table(
+    conn: &mut mysql_async::Conn,
+) -> std::collections::BTreeMap<String, (u64, u64)> {
+    use mysql_async::prelude::Queryable;
+    let names: Vec<String> = conn
+        .query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'd' AND table_type = 'BASE TABLE' ORDER BY 1",
+        )
+        .await
+        .expect("list tables");
+    let mut out = std::collections::BTreeMap::new();
+    for t in names {
+        let row: Option<(u64, Option<u64>)> = conn
+            .query_first(format!(
+                "SELECT COUNT(*), SUM(CRC32(CONCAT_WS(',', id, v))) FROM d.`{t}`"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("read d.{t}: {e}"));
+        let (n, sum) = row.unwrap_or_default();
+        out.insert(t, (n, sum.unwrap_or(0)));
+    }
+    out
+}
+
+/// plans/full-backup.yaml (everything copied under START, `reconcile` under BLOCK_DDL)
+/// with a gate after the copies. With `catch_up`, the gate is before the catch-up pass,
+/// which then sees the DDL run at the gate first; without, the plan has no catch-up pass
+/// and the gate is before BLOCK_DDL.
+pub fn gated_after_copies_plan(dir: &Path, flag: &Path, catch_up: bool) -> PathBuf {
+    backup_plan(dir, |steps| {
+        let gated = if catch_up {
+            "catch_up"
+        } else {
+            without_catch_up(steps);
+            "lock_ddl"
+        };
+        insert_gate(steps, gated, "copy_innodb", flag, 2400);
+    })
+}

@@ -779,6 +779,20 @@ mod tests {
                 .collect()
         }
 
+        fn create_op(space_id: u32, name: &'static str) -> FileOp<'static> {
+            FileOp::Create {
+                space_id,
+                name: name.as_bytes(),
+            }
+        }
+
+        fn delete_op(space_id: u32, name: &'static str) -> FileOp<'static> {
+            FileOp::Delete {
+                space_id,
+                name: name.as_bytes(),
+            }
+        }
+
         fn rename_op(space_id: u32, from: &'static str, to: &'static str) -> FileOp<'static> {
             FileOp::Rename {
                 space_id,
@@ -791,23 +805,11 @@ mod tests {
         fn a_rebuild_copies_the_new_tablespace_over_the_old_one() {
             // ALTER TABLE t FORCE after t was copied as tablespace 5.
             let l = ledger(&[
-                (
-                    110,
-                    FileOp::Create {
-                        space_id: 9,
-                        name: b"./d/#sql-alter.ibd",
-                    },
-                ),
+                (110, create_op(9, "./d/#sql-alter.ibd")),
                 (110, FileOp::FirstPageInit { space_id: 9 }),
                 (120, rename_op(5, "./d/t.ibd", "./d/#sql-ib5.ibd")),
                 (120, rename_op(9, "./d/#sql-alter.ibd", "./d/t.ibd")),
-                (
-                    130,
-                    FileOp::Delete {
-                        space_id: 5,
-                        name: b"./d/#sql-ib5.ibd",
-                    },
-                ),
+                (130, delete_op(5, "./d/#sql-ib5.ibd")),
             ]);
             let p = plan(
                 &copied(&[("d/t.ibd", Some(5)), ("d/u.ibd", Some(3))]),
@@ -853,13 +855,7 @@ mod tests {
                 (110, rename_op(2, "./d/b.ibd", "./d/a.ibd")),
                 (110, rename_op(1, "./d/x.ibd", "./d/b.ibd")),
                 (120, rename_op(3, "./d/r.ibd", "./e/r2.ibd")),
-                (
-                    130,
-                    FileOp::Delete {
-                        space_id: 4,
-                        name: b"./d/gone.ibd",
-                    },
-                ),
+                (130, delete_op(4, "./d/gone.ibd")),
             ]);
             let files = copied(&[
                 ("d/a.ibd", Some(1)),
@@ -898,28 +894,10 @@ mod tests {
         #[test]
         fn a_table_created_and_a_file_copied_before_its_page_0() {
             let l = ledger(&[
-                (
-                    110,
-                    FileOp::Create {
-                        space_id: 7,
-                        name: b"./d/n.ibd",
-                    },
-                ),
+                (110, create_op(7, "./d/n.ibd")),
                 (110, FileOp::FirstPageInit { space_id: 7 }),
-                (
-                    112,
-                    FileOp::Create {
-                        space_id: 8,
-                        name: b"./d/tmp.ibd",
-                    },
-                ),
-                (
-                    130,
-                    FileOp::Delete {
-                        space_id: 8,
-                        name: b"./d/tmp.ibd",
-                    },
-                ),
+                (112, create_op(8, "./d/tmp.ibd")),
+                (130, delete_op(8, "./d/tmp.ibd")),
             ]);
             // n was copied before its page 0 reached the disk (the log rebuilds it);
             // tmp too, and it is gone.
@@ -936,13 +914,7 @@ mod tests {
         #[test]
         fn a_table_created_and_copied_during_the_copy_is_kept_and_follows_its_renames() {
             let l = ledger(&[
-                (
-                    110,
-                    FileOp::Create {
-                        space_id: 7,
-                        name: b"./d/n.ibd",
-                    },
-                ),
+                (110, create_op(7, "./d/n.ibd")),
                 (110, FileOp::FirstPageInit { space_id: 7 }),
                 (150, rename_op(7, "./d/n.ibd", "./d/m.ibd")),
             ]);
@@ -967,20 +939,8 @@ mod tests {
         #[test]
         fn a_swap_of_files_copied_before_their_page_0_follows_the_copy_time_names() {
             let l = ledger(&[
-                (
-                    105,
-                    FileOp::Create {
-                        space_id: 1,
-                        name: b"./d/a.ibd",
-                    },
-                ),
-                (
-                    106,
-                    FileOp::Create {
-                        space_id: 2,
-                        name: b"./d/b.ibd",
-                    },
-                ),
+                (105, create_op(1, "./d/a.ibd")),
+                (106, create_op(2, "./d/b.ibd")),
                 (150, rename_op(1, "./d/a.ibd", "./d/x.ibd")),
                 (150, rename_op(2, "./d/b.ibd", "./d/a.ibd")),
                 (150, rename_op(1, "./d/x.ibd", "./d/b.ibd")),
@@ -1013,22 +973,10 @@ mod tests {
         #[test]
         fn an_early_copy_is_renamed_over_the_stale_one_and_a_second_copy_goes() {
             let l = ledger(&[
-                (
-                    110,
-                    FileOp::Create {
-                        space_id: 9,
-                        name: b"./d/#sql-alter.ibd",
-                    },
-                ),
+                (110, create_op(9, "./d/#sql-alter.ibd")),
                 (120, rename_op(5, "./d/t.ibd", "./d/#sql-ib5.ibd")),
                 (120, rename_op(9, "./d/#sql-alter.ibd", "./d/t.ibd")),
-                (
-                    130,
-                    FileOp::Delete {
-                        space_id: 5,
-                        name: b"./d/#sql-ib5.ibd",
-                    },
-                ),
+                (130, delete_op(5, "./d/#sql-ib5.ibd")),
             ]);
             // t copied as 5, then 9 copied early by the catch-up pass (twice, as if a
             // swap moved a name under it).
@@ -1114,26 +1062,14 @@ mod tests {
         #[test]
         fn a_remote_rebuild_is_copied_again_from_its_data_directory() {
             let l = ledger(&[
-                (
-                    110,
-                    FileOp::Create {
-                        space_id: 9,
-                        name: b"/srv/x/d/#sql-alter.ibd",
-                    },
-                ),
+                (110, create_op(9, "/srv/x/d/#sql-alter.ibd")),
                 (110, FileOp::FirstPageInit { space_id: 9 }),
                 (120, rename_op(6, "/srv/x/d/t.ibd", "/srv/x/d/#sql-ib6.ibd")),
                 (
                     120,
                     rename_op(9, "/srv/x/d/#sql-alter.ibd", "/srv/x/d/t.ibd"),
                 ),
-                (
-                    130,
-                    FileOp::Delete {
-                        space_id: 6,
-                        name: b"/srv/x/d/#sql-ib6.ibd",
-                    },
-                ),
+                (130, delete_op(6, "/srv/x/d/#sql-ib6.ibd")),
             ]);
             let mut names = RemoteNames::default();
             names.insert("/srv/x/d/t.ibd", "d/t.ibd");

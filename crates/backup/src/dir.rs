@@ -131,6 +131,19 @@ pub struct CopyPart {
     pub removed: Vec<String>,
 }
 
+/// The server's settings as the InnoDB copy recorded them (the first part of a copy of
+/// InnoDB files), or an error naming the directory when no such copy wrote into it.
+pub fn innodb_settings(parts: &[CopyPart], dir: &Path) -> Result<ServerSettings, StepError> {
+    parts
+        .iter()
+        .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
+        .map(|p| p.settings.clone())
+        .ok_or_else(|| {
+            StepError::fatal(format!("no InnoDB copy found in {}", dir.display()))
+                .with_hint("a `copy` step with `files: innodb` must write into the same directory")
+        })
+}
+
 /// The backup's files as the parts left them, by path: parts in the order they
 /// finished, each one's removals first, then its files (a later copy of a path wins).
 pub fn merged_files(parts: &[CopyPart]) -> std::collections::BTreeMap<String, CopiedFile> {

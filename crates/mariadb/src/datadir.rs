@@ -255,14 +255,7 @@ pub fn aria_logs(
 
 fn discover_database(dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), DatadirError> {
     let db = file_name(dir);
-    let entries = match read_dir(dir) {
-        // Dropped since the datadir was listed (DDL runs while InnoDB is copied).
-        Err(DatadirError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(())
-        }
-        other => other?,
-    };
-    for entry in entries {
+    for entry in database_entries(dir)? {
         let name = file_name(&entry);
         // Temporary files of a running ALTER (#sql-…) are never part of a backup.
         if !entry.is_file() || name.starts_with("#sql") {
@@ -343,15 +336,7 @@ pub fn remote_tablespaces(datadir: &Path) -> Result<Vec<(PathBuf, String)>, Data
         if !db.is_dir() || is_skipped_dir(&db_name) {
             continue;
         }
-        let entries = match read_dir(&db) {
-            Err(DatadirError::List { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue
-            }
-            other => other?,
-        };
-        for isl in entries {
+        for isl in database_entries(&db)? {
             let name = file_name(&isl);
             if !name.ends_with(".isl") || name.starts_with("#sql") {
                 continue;
@@ -397,6 +382,17 @@ pub fn is_redo_log_name(name: &str) -> bool {
 
 fn is_skipped_dir(name: &str) -> bool {
     name.starts_with('#') || name == "lost+found" || name.starts_with('.')
+}
+
+/// The entries of a database directory; none when it was dropped since the datadir was
+/// listed (DDL runs while the files are copied under BACKUP STAGE START).
+fn database_entries(dir: &Path) -> Result<Vec<PathBuf>, DatadirError> {
+    match read_dir(dir) {
+        Err(DatadirError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Vec::new())
+        }
+        other => other,
+    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, DatadirError> {

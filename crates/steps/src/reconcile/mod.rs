@@ -19,7 +19,7 @@ use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions};
 use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_innodb::file_ops::FileOps;
-use stagehand_mariadb::datadir::{FileClass, FileSet, ServerSettings, SourceFile};
+use stagehand_mariadb::datadir::{FileClass, FileSet, SourceFile};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -258,7 +258,7 @@ fn reconcile(
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Reconciled, StepError> {
     let (parts, plan) = plan_against_parts(pass.from, pass.to, ledger, lsn)?;
-    let settings = innodb_settings(&parts, pass.to)?;
+    let settings = stagehand_backup::dir::innodb_settings(&parts, pass.to)?;
     let started_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let t0 = Instant::now();
     let (plan, copied, mut files, ddl) = if pass.catch_up {
@@ -394,15 +394,6 @@ fn remote_names(from: &Path, parts: &[CopyPart]) -> Result<ddl::RemoteNames, Ste
         names.insert(&abs.display().to_string(), &rel);
     }
     Ok(names)
-}
-
-/// The server's settings, as the InnoDB copy recorded them.
-fn innodb_settings(parts: &[CopyPart], to: &Path) -> Result<ServerSettings, StepError> {
-    parts
-        .iter()
-        .find(|p| matches!(p.files_set, FileSet::Innodb | FileSet::All))
-        .map(|p| p.settings.clone())
-        .ok_or_else(|| StepError::fatal(format!("no InnoDB copy found in {}", to.display())))
 }
 
 /// Writes mariadb-backup's `.del`/`.ren` markers beside the copies (see

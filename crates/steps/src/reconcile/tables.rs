@@ -39,6 +39,8 @@ pub fn reconcile_tables(
         BTreeSet::new()
     };
     let delta = table_files::delta(&merged_files(parts), &present, &forced);
+    let class_of: std::collections::HashMap<&str, _> =
+        present.iter().map(|p| (p.rel.as_str(), p.class)).collect();
     let opts = super::copy_options();
     let mut scratch = Vec::new();
     let mut copied = Vec::new();
@@ -46,13 +48,13 @@ pub fn reconcile_tables(
         if cancel.is_cancelled() {
             return Err(StepError::cancelled());
         }
-        let Some(file) = present.iter().find(|p| &p.rel == rel) else {
+        let Some(&class) = class_of.get(rel.as_str()) else {
             continue;
         };
         let src = SourceFile {
             abs: from.join(rel),
             rel: rel.clone(),
-            class: file.class,
+            class,
             remote: None,
         };
         match copy_file(&src, to, &opts, &mut scratch) {

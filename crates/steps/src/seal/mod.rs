@@ -187,17 +187,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         return Err(StepError::fatal(format!("the redo copy reached LSN {last_lsn} but the backup must reach the commit LSN {commit_lsn}")));
     }
     let parts = read_parts(dir)?;
-    let settings = parts
-        .iter()
-        .find(|p| {
-            p.files_set == stagehand_mariadb::datadir::FileSet::Innodb
-                || p.files_set == stagehand_mariadb::datadir::FileSet::All
-        })
-        .map(|p| p.settings.clone())
-        .ok_or_else(|| {
-            StepError::fatal(format!("no InnoDB copy found in {}", dir.display()))
-                .with_hint("a `copy` step with `files: innodb` must write into the same directory")
-        })?;
+    let settings = stagehand_backup::dir::innodb_settings(&parts, dir)?;
     let version = stagehand_mariadb::version::ServerVersion::parse(&settings.version)
         .ok_or_else(|| StepError::fatal("cannot read the server version"))?;
     let naming = bf::naming(bf::Version(version.major, version.minor, version.patch));
