@@ -27,6 +27,7 @@
 //! [`TestServerBuilder::start`] panics with [`MARIADB_NOT_FOUND`].
 
 pub mod s3;
+pub mod watchdog;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -169,6 +170,7 @@ impl TestServerBuilder {
 
     /// Starts the server, returning errors instead of panicking.
     pub async fn try_start(self) -> Result<TestServer, TestkitError> {
+        watchdog::ensure_started();
         let began = Instant::now();
         let name = self.effective_name();
         let (mariadbd, install_db) = self.binaries()?;

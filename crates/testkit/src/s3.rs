@@ -81,6 +81,7 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts a server of its own (a few seconds: moto imports a lot).
     pub fn start() -> Result<MotoServer, HarnessError> {
+        crate::watchdog::ensure_started();
         Self::spawn(false)
     }
 
