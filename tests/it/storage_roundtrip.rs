@@ -8,6 +8,7 @@
 use crate::cli::{stagehand_env, Run};
 use crate::support::{assert_no_multipart_uploads, files_in, report_of, set_args, step};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
+use mysql_async::prelude::Queryable;
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
@@ -501,4 +502,239 @@ async fn a_streamed_backup_killed_after_its_seal_does_not_block_the_next_run() {
         complete, 1,
         "only the second run's backup is complete: {rows}"
     );
+}
+
+/// Starts plans/backup-to-s3.yaml of `server` in the background (spool and state under
+/// `work`); killed if the test ends first.
+fn spawn_backup_to(
+    repository: &str,
+    endpoint: &str,
+    server: &TestServer,
+    work: &Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(backup_args(repository, endpoint, server, work))
+        .current_dir(crate::cli::repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .envs(KEYS.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start stagehand")
+}
+
+/// Waits up to `limit` for `done`, polling every 50 ms; panics with `what` when it
+/// never holds.
+async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits up to 5 minutes for a background run: (exit code, stdout, stderr).
+async fn finish(child: tokio::process::Child) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .expect("the run ends within 5 minutes")
+        .expect("wait for stagehand");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// How many backups `repository` lists as complete (read straight from moto).
+fn complete_backups(repository: &str, moto: &MotoServer) -> usize {
+    let listed = run(&[
+        "backups".into(),
+        "list".into(),
+        repository.to_string(),
+        "--endpoint".into(),
+        moto.endpoint(),
+        "--path-style".into(),
+        "--json".into(),
+    ]);
+    let rows: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
+    rows.as_array()
+        .map(|r| r.iter().filter(|b| b["complete"] == true).count())
+        .unwrap_or(0)
+}
+
+/// Requests the proxy answered with a fault, whatever their operation.
+fn faults(proxy: &FaultProxy) -> usize {
+    proxy.seen().iter().filter(|s| s.fault.is_some()).count()
+}
+
+/// The S3 endpoint goes down (every connection reset) for 1 s, 10 s and then 60 s
+/// while a streamed backup uploads, as when it restarts or fails over. Each backup rides
+/// the outage out within its retry budget (`retry_for`, 2 minutes in the shipped plan)
+/// and completes; the repository lists all three complete and the last one restores
+/// and starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("outage");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let repository = format!("s3://{bucket}/db1");
+    let server = TestServer::builder()
+        .name("s3-outage")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let mut conn = server.conn().await;
+    create_schema(&mut conn, &light()).await;
+    let workload = Workload::start(server.opts(), &light());
+    let work = tempfile::tempdir().expect("tempdir");
+    for outage in [1, 10, 60] {
+        let dir = work.path().join(format!("outage-{outage}"));
+        proxy.reset_counts();
+        let child = spawn_backup_to(&repository, &proxy.endpoint(), &server, &dir);
+        // The outage starts once the upload is under way.
+        wait_until("the upload starts", Duration::from_secs(120), || {
+            proxy.count("PutObject") + proxy.count("UploadPart") > 0
+        })
+        .await;
+        proxy.add(Rule::any().reset());
+        tokio::time::sleep(Duration::from_secs(outage)).await;
+        proxy.clear_rules();
+        let faulted = faults(&proxy);
+        let (code, stdout, stderr) = finish(child).await;
+        assert_eq!(
+            code, 0,
+            "the backup rides out a {outage} s outage ({faulted} requests reset)\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(faulted > 0, "the {outage} s outage reset no request");
+        eprintln!("[s3-outage] {outage} s outage: {faulted} requests reset, backup complete");
+    }
+    let _ = workload.stop().await;
+    assert_eq!(complete_backups(&repository, &moto), 3);
+    let restored = tokio::task::block_in_place(|| {
+        restore_from(&repository, &moto.endpoint(), work.path(), "o")
+    });
+    assert_eq!(
+        restored.code, 0,
+        "the last backup restores\nstdout: {}\nstderr: {}",
+        restored.stdout, restored.stderr
+    );
+}
+
+/// The backup locks are gone: a DDL statement and a commit go through at once.
+async fn assert_no_backup_lock(server: &TestServer) {
+    let mut conn = server.conn().await;
+    conn.query_drop("SET SESSION lock_wait_timeout = 5")
+        .await
+        .expect("lock_wait_timeout");
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS bank.after_interrupt (id INT PRIMARY KEY) ENGINE=InnoDB",
+    )
+    .await
+    .expect("DDL runs: no backup lock is left");
+    conn.query_drop("REPLACE INTO bank.after_interrupt VALUES (1)")
+        .await
+        .expect("commits run: no backup lock is left");
+}
+
+/// A streamed backup stopped in the middle of its upload — SIGINT (Ctrl-C, `systemctl
+/// stop`) and then kill -9 (OOM killer, reboot) — leaves no backup that looks complete
+/// and no lock on the server; after SIGINT it also removed what it had uploaded. The
+/// next scheduled run, with the same spool and state directories, completes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("stopped");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let repository = format!("s3://{bucket}/db1");
+    let server = TestServer::builder()
+        .name("s3-stopped")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let mut conn = server.conn().await;
+    create_schema(&mut conn, &light()).await;
+    let workload = Workload::start(server.opts(), &light());
+    let work = tempfile::tempdir().expect("tempdir");
+    for signal in ["INT", "KILL"] {
+        let name = format!("SIG{signal}");
+        // One upload request hangs: the run is caught in the middle of its upload.
+        proxy.add(
+            Rule::any()
+                .method("PUT")
+                .times(1)
+                .stall(Duration::from_secs(120)),
+        );
+        proxy.reset_counts();
+        let child = spawn_backup_to(&repository, &proxy.endpoint(), &server, work.path());
+        wait_until("an upload request hangs", Duration::from_secs(120), || {
+            faults(&proxy) > 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal}");
+        let (code, stdout, stderr) = finish(child).await;
+        proxy.clear_rules();
+        match signal {
+            "INT" => assert_eq!(code, 130, "{name}: exit 130\n{stdout}\n{stderr}"),
+            _ => assert_eq!(code, -1, "{name}: killed"),
+        }
+        assert_eq!(
+            complete_backups(&repository, &moto),
+            0,
+            "{name}: nothing looks complete"
+        );
+        if signal == "INT" {
+            assert!(
+                keys_under(&moto, &bucket, "db1/").await.is_empty(),
+                "{name}: the interrupted run removed what it uploaded"
+            );
+            assert_no_multipart_uploads(&moto, &bucket).await;
+        }
+        assert_no_backup_lock(&server).await;
+        let again = tokio::task::block_in_place(|| {
+            backup_to(&repository, &proxy.endpoint(), &server, work.path())
+        });
+        assert_eq!(
+            again.code, 0,
+            "{name}: the next run completes\nstdout: {}\nstderr: {}",
+            again.stdout, again.stderr
+        );
+        // Its own backup only: the next round starts from an empty bucket again.
+        assert_eq!(complete_backups(&repository, &moto), 1, "{name}");
+        for key in keys_under(&moto, &bucket, "db1/").await {
+            moto.client()
+                .delete_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("DeleteObject");
+        }
+    }
+    let _ = workload.stop().await;
+}
+
+async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
+    moto.client()
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("ListObjectsV2")
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
 }
