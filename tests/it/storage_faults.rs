@@ -6,7 +6,8 @@
 
 use crate::cli::{stagehand_env, Run};
 use crate::support::{
-    self, assert_no_multipart_uploads, full_backup_args, report_of, set_args, write_plan,
+    self, assert_no_multipart_uploads, full_backup_args, keys_under, report_of, set_args,
+    write_plan,
 };
 use serde_json::Value;
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule};
@@ -91,20 +92,6 @@ async fn small_backup(dir: &Path, state: &Path) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = tokio::task::block_in_place(|| stagehand_env(&args, ENV));
     assert_eq!(r.code, 0, "backup failed: {}", r.stderr);
-}
-
-async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
-    moto.client()
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .send()
-        .await
-        .expect("ListObjectsV2")
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(String::from))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,9 @@
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
 use crate::cli::{stagehand_env, Run};
-use crate::support::{assert_no_multipart_uploads, files_in, report_of, set_args, step};
+use crate::support::{
+    assert_no_multipart_uploads, files_in, keys_under, report_of, set_args, step,
+};
 use crate::workload::{create_schema, domain0_seq_no, verify, Workload, WorkloadOptions};
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
@@ -484,23 +486,10 @@ async fn a_streamed_backup_killed_after_its_seal_does_not_block_the_next_run() {
         "the reclaim is logged: {}",
         again.stderr
     );
-    let listed = run(&[
-        "backups".into(),
-        "list".into(),
-        repository.clone(),
-        "--endpoint".into(),
-        moto.endpoint(),
-        "--path-style".into(),
-        "--json".into(),
-    ]);
-    let rows: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
-    let complete = rows
-        .as_array()
-        .map(|r| r.iter().filter(|b| b["complete"] == true).count())
-        .unwrap_or(0);
     assert_eq!(
-        complete, 1,
-        "only the second run's backup is complete: {rows}"
+        complete_backups(&repository, moto),
+        1,
+        "only the second run's backup is complete"
     );
 }
 
@@ -613,7 +602,7 @@ async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
         eprintln!("[s3-outage] {outage} s outage: {faulted} requests reset, backup complete");
     }
     let _ = workload.stop().await;
-    assert_eq!(complete_backups(&repository, &moto), 3);
+    assert_eq!(complete_backups(&repository, moto), 3);
     let restored = tokio::task::block_in_place(|| {
         restore_from(&repository, &moto.endpoint(), work.path(), "o")
     });
@@ -690,16 +679,16 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
             _ => assert_eq!(code, -1, "{name}: killed"),
         }
         assert_eq!(
-            complete_backups(&repository, &moto),
+            complete_backups(&repository, moto),
             0,
             "{name}: nothing looks complete"
         );
         if signal == "INT" {
             assert!(
-                keys_under(&moto, &bucket, "db1/").await.is_empty(),
+                keys_under(moto, &bucket, "db1/").await.is_empty(),
                 "{name}: the interrupted run removed what it uploaded"
             );
-            assert_no_multipart_uploads(&moto, &bucket).await;
+            assert_no_multipart_uploads(moto, &bucket).await;
         }
         assert_no_backup_lock(&server).await;
         let again = tokio::task::block_in_place(|| {
@@ -711,8 +700,8 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
             again.stdout, again.stderr
         );
         // Its own backup only: the next round starts from an empty bucket again.
-        assert_eq!(complete_backups(&repository, &moto), 1, "{name}");
-        for key in keys_under(&moto, &bucket, "db1/").await {
+        assert_eq!(complete_backups(&repository, moto), 1, "{name}");
+        for key in keys_under(moto, &bucket, "db1/").await {
             moto.client()
                 .delete_object()
                 .bucket(&bucket)
@@ -723,18 +712,4 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
         }
     }
     let _ = workload.stop().await;
-}
-
-async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
-    moto.client()
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .send()
-        .await
-        .expect("ListObjectsV2")
-        .contents()
-        .iter()
-        .filter_map(|o| o.key().map(String::from))
-        .collect()
 }

@@ -265,6 +265,21 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// No multipart upload is left in `bucket`.
+/// The keys of the objects under `prefix` in `bucket`.
+pub async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
+    moto.client()
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("ListObjectsV2")
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(String::from))
+        .collect()
+}
+
 pub async fn assert_no_multipart_uploads(moto: &MotoServer, bucket: &str) {
     let uploads = moto
         .client()
