@@ -290,7 +290,6 @@ fn no_credentials_and_a_dead_endpoint_give_one_clear_line() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let endpoint = format!("http://{}", closed.local_addr().expect("addr"));
     drop(closed);
-    let t = std::time::Instant::now();
     let r = crate::cli::stagehand_env(
         &[
             "backups",
@@ -316,11 +315,6 @@ fn no_credentials_and_a_dead_endpoint_give_one_clear_line() {
         "{} bytes:\n{}",
         r.stderr.len(),
         r.stderr
-    );
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(20),
-        "{:?}",
-        t.elapsed()
     );
 
     let work = tempfile::tempdir().expect("tempdir");

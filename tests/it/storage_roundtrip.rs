@@ -713,3 +713,38 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
     }
     let _ = workload.stop().await;
 }
+
+/// A streamed backup to a bucket that does not exist fails on its first request with
+/// one line that names the bucket, not that request (a manifest's DeleteObjects), before
+/// anything is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_bucket_is_named_in_one_line_before_anything_is_copied() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("never-created");
+    let repository = format!("s3://{bucket}/db1");
+    let server = TestServer::builder()
+        .name("s3-nobucket")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let r = tokio::task::block_in_place(|| {
+        backup_to(&repository, &moto.endpoint(), &server, work.path())
+    });
+    let ship = failed_step(&r, "ship", "a missing bucket fails the backup");
+    let error = ship["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("S3 bucket `{bucket}` does not exist")),
+        "{error}"
+    );
+    for noise in ["DeleteObjects", "stagehand.json", "attempt"] {
+        assert!(!error.contains(noise), "`{noise}` in: {error}");
+    }
+    let report = report_of(&r.stdout);
+    assert_eq!(step(&report, "copy_innodb")["status"], "skipped");
+    assert!(
+        files_in(&work.path().join("spool")).is_empty(),
+        "nothing is left in the spool"
+    );
+}

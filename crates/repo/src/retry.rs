@@ -149,10 +149,11 @@ impl Retry {
     ) -> Option<StoreError> {
         let cause = self.scrub(&f.cause);
         if f.kind != StoreErrorKind::Transient {
-            return Some(StoreError::new(
-                f.kind,
-                format!("{op} {target}: {cause} (attempt {n}, not retried)"),
-            ));
+            let message = match repository_wide(op, target, f) {
+                Some(what) => format!("{what} ({cause}; not retried)"),
+                None => format!("{op} {target}: {cause} (attempt {n}, not retried)"),
+            };
+            return Some(StoreError::new(f.kind, message));
         }
         let spent = started.elapsed();
         let attempts_spent = self.max_attempts > 0 && n >= self.max_attempts;
@@ -181,6 +182,25 @@ impl Retry {
         );
         tokio::time::sleep(wait).await;
     }
+}
+
+/// What a failure that concerns the bucket or the credentials, not the request that met
+/// it, means: said without the request's operation and object, which only confuse (a
+/// backup's first request deletes a stale manifest, for instance). Access denied keeps
+/// the operation: it names the permission the key lacks.
+fn repository_wide(op: &str, target: &str, f: &Failure) -> Option<String> {
+    let bucket = target
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or(target);
+    Some(match f.code.as_deref()? {
+        "NoSuchBucket" => format!("S3 bucket `{bucket}` does not exist at this endpoint: create it, or correct the repository URL or endpoint"),
+        "InvalidAccessKeyId" => "the S3 endpoint does not know this access key: check the repository's access_key_id".to_string(),
+        "SignatureDoesNotMatch" => "the S3 secret key does not match the access key: check the repository's secret_access_key".to_string(),
+        "ExpiredToken" | "TokenRefreshRequired" => "the S3 session token has expired: renew the credentials".to_string(),
+        "AccessDenied" | "AllAccessDisabled" => format!("the S3 key may not {op} in bucket `{bucket}`: grant it that permission (see the README's S3 permissions)"),
+        _ => return None,
+    })
 }
 
 /// One failed attempt, classified.
@@ -409,6 +429,49 @@ mod tests {
             StoreErrorKind::NotFound
         );
         assert_eq!(classify_status(404, None), StoreErrorKind::NotFound);
+    }
+
+    #[test]
+    fn bucket_and_credential_errors_do_not_name_the_request_that_met_them() {
+        let r = Retry::new(3, Duration::from_millis(1), Duration::from_millis(1));
+        let failure = |status: u16, code: &str| Failure {
+            kind: classify_status(status, Some(code)),
+            cause: format!("HTTP {status} {code}: some text"),
+            status: Some(status),
+            code: Some(code.to_string()),
+        };
+        let target = "s3://backups/db1 (1 keys from 20261207T010544Z/stagehand.json)";
+        let started = Instant::now();
+        let message = |status, code| {
+            r.give_up("DeleteObjects", target, 1, started, &failure(status, code))
+                .map(|e| e.message)
+                .unwrap_or_default()
+        };
+        let missing = message(404, "NoSuchBucket");
+        assert!(
+            missing.starts_with("S3 bucket `backups` does not exist"),
+            "{missing}"
+        );
+        assert!(
+            !missing.contains("DeleteObjects") && !missing.contains("stagehand.json"),
+            "{missing}"
+        );
+        assert!(missing.contains("HTTP 404 NoSuchBucket"), "{missing}");
+        let key = message(403, "InvalidAccessKeyId");
+        assert!(
+            key.contains("access_key_id") && !key.contains("DeleteObjects"),
+            "{key}"
+        );
+        let denied = message(403, "AccessDenied");
+        assert!(
+            denied.contains("may not DeleteObjects in bucket `backups`"),
+            "{denied}"
+        );
+        let other = message(400, "InvalidArgument");
+        assert!(
+            other.starts_with("DeleteObjects s3://backups/db1"),
+            "{other}"
+        );
     }
 
     #[test]
