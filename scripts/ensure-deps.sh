@@ -2,7 +2,9 @@
 # Installs what stagehand's demo and tests need on Debian 12, if it is missing:
 # MariaDB 10.11 server and client, mariadb-backup (compatibility tests, benchmarks), zstd,
 # openssl (a test certificate for STARTTLS) and the aiosmtpd SMTP server (notify tests);
-# with --matrix also MariaDB 11.8 (the tests' second server version, in a cache directory).
+# with --matrix (what scripts/test.sh asks for) also MariaDB 11.8 (the tests' second
+# server version) and Garage (a production S3 server, built once), both in a cache
+# directory.
 # Safe to run again; installs nothing when everything is there.
 set -euo pipefail
 
@@ -105,4 +107,19 @@ MARIADB_11_8_DIR="${STAGEHAND_MARIADB_11_8_DIR:-${HOME}/.cache/stagehand/mariadb
 if [ "${1:-}" = "--matrix" ] && ! "${MARIADB_11_8_DIR}/bin/mariadbd" --version 2>/dev/null | grep -q ' 11\.8\.'; then
   echo "== fetching MariaDB 11.8 into ${MARIADB_11_8_DIR} (the tests' second server version)"
   $SUDO bash "$(dirname "$0")/mariadb-11.8.sh" "$MARIADB_11_8_DIR" >/dev/null
+fi
+
+# A production S3 server for the storage round trip (tests/it/storage_roundtrip.rs):
+# Garage, built from crates.io once (about 10 minutes on 2 cores; it needs a C compiler
+# for its bundled LMDB and SQLite) into a cache directory the test harness looks in.
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="${STAGEHAND_GARAGE_ROOT:-${HOME}/.cache/stagehand/garage-${GARAGE_VERSION}}"
+if [ "${1:-}" = "--matrix" ] && ! "${GARAGE_ROOT}/bin/garage" --version 2>/dev/null | grep -q "${GARAGE_VERSION}"; then
+  echo "== building Garage ${GARAGE_VERSION} into ${GARAGE_ROOT} (an S3 server for the tests; about 10 minutes)"
+  if ! command -v cc >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends build-essential </dev/null
+  fi
+  cargo install garage --version "${GARAGE_VERSION}" --locked --root "${GARAGE_ROOT}" --quiet
 fi

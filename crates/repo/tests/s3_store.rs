@@ -418,7 +418,8 @@ async fn permanent_errors_are_not_retried() {
     assert!(err.message.contains("NoSuchBucket"), "{}", err.message);
     // The bucket is named, not the request that found it missing.
     assert!(
-        err.message.contains(&format!("S3 bucket `{b}` does not exist")),
+        err.message
+            .contains(&format!("S3 bucket `{b}` does not exist")),
         "{}",
         err.message
     );

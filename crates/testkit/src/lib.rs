@@ -26,6 +26,7 @@
 //! There is no silent skip: if `mariadbd` or `mariadb-install-db` is missing,
 //! [`TestServerBuilder::start`] panics with [`MARIADB_NOT_FOUND`].
 
+pub mod garage;
 pub mod s3;
 pub mod watchdog;
 

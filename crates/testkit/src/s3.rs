@@ -38,7 +38,7 @@ pub enum HarnessError {
     S3(String),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
     move |source| HarnessError::Io { what, source }
 }
@@ -67,7 +67,7 @@ pub fn find_moto_server() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("binding a free port"))?.port())
 }
@@ -251,6 +251,11 @@ pub fn repo_config(endpoint: &str, bucket: &str, prefix: &str) -> RepoConfig {
 
 /// A plain SDK client for `endpoint` with the dummy keys.
 pub fn client_for(endpoint: &str) -> aws_sdk_s3::Client {
+    client_with(endpoint, "us-east-1", ACCESS_KEY, SECRET_KEY)
+}
+
+/// A plain SDK client for `endpoint` in `region` with these keys.
+pub fn client_with(endpoint: &str, region: &str, key: &str, secret: &str) -> aws_sdk_s3::Client {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -259,10 +264,16 @@ pub fn client_for(endpoint: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(BehaviorVersion::latest())
         .http_client(http)
-        .region(Region::new("us-east-1"))
+        .region(Region::new(region.to_string()))
         .endpoint_url(endpoint)
         .force_path_style(true)
-        .credentials_provider(Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "test"))
+        .credentials_provider(Credentials::new(
+            key.to_string(),
+            secret.to_string(),
+            None,
+            None,
+            "test",
+        ))
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
