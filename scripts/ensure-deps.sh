@@ -23,8 +23,9 @@ fi
 # bsdutils (`script`: the progress-bar test runs on a pty), mount (the disk-full and
 # bind-mount tests), util-linux (`setpriv`: the tests connect as user `nobody`) and
 # debian-archive-keyring (MariaDB 11.8's packages are checked with it) are in every
-# Debian install; listed so a trimmed image gets them.
-APT_PACKAGES=(mariadb-server mariadb-backup mariadb-client zstd openssl bsdutils mount util-linux debian-archive-keyring)
+# Debian install; listed so a trimmed image gets them. gdb: the tests' watchdog prints
+# the stacks of a hung stagehand with it.
+APT_PACKAGES=(mariadb-server mariadb-backup mariadb-client zstd openssl bsdutils mount util-linux debian-archive-keyring gdb)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
