@@ -465,8 +465,25 @@ impl Run<'_> {
             grace: self.opts.grace,
         };
         let tx = self.tx.clone();
+        // A step that panics must still end: its task dies with the panic, so the outcome
+        // is sent from a task that watches it (else the run waits for it forever).
+        let step_task = tokio::spawn(async move { task.run(ctx).await });
         tokio::spawn(async move {
-            let outcome = task.run(ctx).await;
+            let outcome = match step_task.await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let why = if e.is_panic() {
+                        let p = e.into_panic();
+                        p.downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic".into())
+                    } else {
+                        e.to_string()
+                    };
+                    failed(1, StepError::fatal(format!("the step crashed: {why}")))
+                }
+            };
             let _ = tx.send(Msg::Done(i, outcome));
         });
     }

@@ -166,3 +166,79 @@ async fn a_run_id_that_is_not_one_path_component_is_refused() {
     assert!(!root.path().join("a/escaped").exists());
     assert!(!state.exists(), "nothing was written");
 }
+
+/// A step that panics (as `copy` does when its size-ordered sort meets a file that grew
+/// mid-sort: "user-provided comparison function does not correctly implement a total
+/// order").
+struct Boom;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct BoomConfig {}
+
+#[async_trait]
+impl TypedStep for Boom {
+    type Config = BoomConfig;
+    const NAME: &'static str = "boom";
+    type Output = NapOutput;
+    const SUMMARY: &'static str = "panics";
+    fn describe(_cfg: &BoomConfig) -> String {
+        "panics".into()
+    }
+    async fn run(_cfg: &BoomConfig, _ctx: &StepContext) -> Result<NapOutput, StepError> {
+        tokio::task::yield_now().await;
+        panic!("user-provided comparison function does not correctly implement a total order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_panics_ends_the_run_even_when_interrupted() {
+    let plan = r#"
+version: 1
+name: t
+steps:
+  - {id: b, uses: boom, with: {}}
+  - {id: c, uses: nap, needs: [b], with: {ms: 1}}
+"#;
+    let mut registry = Registry::default();
+    registry.register(Typed::<Nap>::default());
+    registry.register(Typed::<Boom>::default());
+    let checker = Checker {
+        registry: &registry,
+        provider: None,
+    };
+    let (loaded, params) = checker
+        .load_text("t.yaml", plan, &[], false)
+        .unwrap_or_else(|d| panic!("plan invalid: {d:?}"));
+    let state = tempfile::tempdir().expect("tempdir");
+    let interrupt = tokio_util::sync::CancellationToken::new();
+    let opts = RunOptions {
+        state_dir: state.path().to_path_buf(),
+        params,
+        interrupt: interrupt.clone(),
+        abort: Default::default(),
+        grace: Duration::from_secs(1),
+    };
+    // As CI did: an interrupt after a while.
+    let int = interrupt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        int.cancel();
+    });
+    let ended = tokio::time::timeout(
+        Duration::from_secs(8),
+        stagehand_engine::execute(&loaded, &registry, None, opts),
+    )
+    .await;
+    let journal = std::fs::read_dir(state.path().join("runs"))
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| std::fs::read_to_string(e.path().join("journal.jsonl")).unwrap_or_default())
+        .unwrap_or_default();
+    eprintln!("journal:\n{journal}");
+    assert!(
+        ended.is_ok(),
+        "the run never ended: step b panicked, its Done message was never sent, and the interrupt did not help"
+    );
+}

@@ -390,7 +390,10 @@ async fn copy_all(
     session: &Session,
 ) -> Result<Vec<CopiedFile>, StepError> {
     let system_format = system_format(&files);
-    files.sort_by_key(|f| {
+    // One size per file, read once: files grow while they are listed (the server keeps
+    // writing MyISAM and Aria tables), and a sort whose keys change under it may panic
+    // ("comparison function does not correctly implement a total order").
+    files.sort_by_cached_key(|f| {
         std::cmp::Reverse(std::fs::metadata(&f.abs).map(|m| m.len()).unwrap_or(0))
     });
     let total: u64 = files
