@@ -74,7 +74,7 @@ impl GarageServer {
 
     fn spawn() -> Result<GarageServer, HarnessError> {
         let bin = find_garage().ok_or_else(|| {
-            HarnessError::Startup(format!(
+            HarnessError::Garage(format!(
                 "garage not found (not in ${ENV_GARAGE_BIN}, ~/.cache/stagehand/garage-{GARAGE_VERSION}/bin or PATH): run `bash scripts/ensure-deps.sh --matrix`, which builds it with `cargo install garage --version {GARAGE_VERSION} --locked --root ~/.cache/stagehand/garage-{GARAGE_VERSION}`"
             ))
         })?;
@@ -152,8 +152,8 @@ impl GarageServer {
                 let log = std::fs::read_to_string(self._dir.path().join("garage.log"))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                return Err(HarnessError::Startup(format!(
-                    "{} on {}: {} (last answer: {last})\n{}",
+                return Err(HarnessError::Garage(format!(
+                    "Garage ({}) on {} did not come up: {} (last answer: {last})\n{}",
                     bin.display(),
                     self.addr,
                     match exited {

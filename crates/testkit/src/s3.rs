@@ -35,6 +35,8 @@ pub enum HarnessError {
     #[error("moto_server did not come up: {0}")]
     Startup(String),
     #[error("{0}")]
+    Garage(String),
+    #[error("{0}")]
     S3(String),
 }
 
