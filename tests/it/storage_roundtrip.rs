@@ -793,10 +793,14 @@ async fn streamed_backup_to_garage_restores_exactly_up_to_its_gtid() {
         ("STAGEHAND_S3_SECRET_ACCESS_KEY", GARAGE_SECRET_KEY),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ];
-    let in_region = |mut args: Vec<String>| {
-        args.extend(set_args(&[("region", GARAGE_REGION.to_string())]));
+    let with_keys = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         stagehand_env(&args, &env)
+    };
+    // Plans sign for Garage's region (its `s3_region`).
+    let in_region = |mut args: Vec<String>| {
+        args.extend(set_args(&[("region", GARAGE_REGION.to_string())]));
+        with_keys(args)
     };
     let server = TestServer::builder()
         .name("garage-roundtrip")
@@ -831,7 +835,7 @@ async fn streamed_backup_to_garage_restores_exactly_up_to_its_gtid() {
         .expect("the upload names the backup")
         .to_string();
 
-    let listed = in_region(vec![
+    let listed = with_keys(vec![
         "backups".into(),
         "list".into(),
         repository.clone(),
