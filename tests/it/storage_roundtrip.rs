@@ -42,6 +42,24 @@ fn light() -> WorkloadOptions {
     }
 }
 
+/// A server with the binary log on, the workload's schema, and the workload running
+/// (200 commits in).
+async fn busy_server(name: &str) -> (TestServer, Workload) {
+    let server = TestServer::builder()
+        .name(name)
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await;
+    let mut conn = server.conn().await;
+    create_schema(&mut conn, &light()).await;
+    let workload = Workload::start(server.opts(), &light());
+    workload
+        .wait_for_commits(200, Duration::from_secs(30))
+        .await;
+    (server, workload)
+}
+
 /// Streams a backup of `server` with plans/backup-to-s3.yaml.
 fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Run {
     run(&backup_args(repository, endpoint, server, work))
@@ -122,20 +140,9 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     proxy.add(Rule::op("PutObject").status(503, "SlowDown").times(2));
     let repository = format!("s3://{bucket}/db1");
 
-    let server = TestServer::builder()
-        .name("s3-roundtrip")
-        .option("log-bin", Some("binlog"))
-        .option("server-id", Some("1"))
-        .start()
-        .await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut conn = server.conn().await;
+    let (server, workload) = busy_server("s3-roundtrip").await;
     let opts = light();
-    create_schema(&mut conn, &opts).await;
-    let workload = Workload::start(server.opts(), &opts);
-    workload
-        .wait_for_commits(200, Duration::from_secs(30))
-        .await;
+    let work = tempfile::tempdir().expect("tempdir");
 
     let t0 = Instant::now();
     let work_path = work.path().to_path_buf();
@@ -596,15 +603,7 @@ async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
     moto.create_bucket(&bucket).await.expect("create bucket");
     let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
     let repository = format!("s3://{bucket}/db1");
-    let server = TestServer::builder()
-        .name("s3-outage")
-        .option("log-bin", Some("binlog"))
-        .option("server-id", Some("1"))
-        .start()
-        .await;
-    let mut conn = server.conn().await;
-    create_schema(&mut conn, &light()).await;
-    let workload = Workload::start(server.opts(), &light());
+    let (server, workload) = busy_server("s3-outage").await;
     let work = tempfile::tempdir().expect("tempdir");
     for outage in [1, 10, 60] {
         let dir = work.path().join(format!("outage-{outage}"));
@@ -666,15 +665,7 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
     moto.create_bucket(&bucket).await.expect("create bucket");
     let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
     let repository = format!("s3://{bucket}/db1");
-    let server = TestServer::builder()
-        .name("s3-stopped")
-        .option("log-bin", Some("binlog"))
-        .option("server-id", Some("1"))
-        .start()
-        .await;
-    let mut conn = server.conn().await;
-    create_schema(&mut conn, &light()).await;
-    let workload = Workload::start(server.opts(), &light());
+    let (server, workload) = busy_server("s3-stopped").await;
     let work = tempfile::tempdir().expect("tempdir");
     for signal in ["INT", "KILL"] {
         let name = format!("SIG{signal}");
@@ -802,20 +793,9 @@ async fn streamed_backup_to_garage_restores_exactly_up_to_its_gtid() {
         args.extend(set_args(&[("region", GARAGE_REGION.to_string())]));
         with_keys(args)
     };
-    let server = TestServer::builder()
-        .name("garage-roundtrip")
-        .option("log-bin", Some("binlog"))
-        .option("server-id", Some("1"))
-        .start()
-        .await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut conn = server.conn().await;
+    let (server, workload) = busy_server("garage-roundtrip").await;
     let opts = light();
-    create_schema(&mut conn, &opts).await;
-    let workload = Workload::start(server.opts(), &opts);
-    workload
-        .wait_for_commits(200, Duration::from_secs(30))
-        .await;
+    let work = tempfile::tempdir().expect("tempdir");
     let backup = tokio::task::block_in_place(|| {
         in_region(backup_args(
             &repository,

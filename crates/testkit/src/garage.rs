@@ -2,7 +2,7 @@
 //! tests that must not only pass against moto: a single node with its own metadata and
 //! data directories, a default key and bucket, killed with the test process.
 
-use crate::s3::{client_with, free_port, io, HarnessError};
+use crate::s3::{client_with, create_bucket_with, free_port, io, HarnessError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -183,18 +183,7 @@ impl GarageServer {
 
     /// Creates a bucket (the default key may create buckets).
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), HarnessError> {
-        self.client()
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                HarnessError::S3(format!(
-                    "CreateBucket {bucket} on Garage: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                ))
-            })
+        create_bucket_with(&self.client(), bucket).await
     }
 }
 

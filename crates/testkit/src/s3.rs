@@ -195,19 +195,27 @@ impl MotoServer {
     }
 
     pub async fn create_bucket(&self, bucket: &str) -> Result<(), HarnessError> {
-        self.client()
-            .create_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                HarnessError::S3(format!(
-                    "CreateBucket {bucket}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(e)
-                ))
-            })
+        create_bucket_with(&self.client(), bucket).await
     }
+}
+
+/// CreateBucket through `client`.
+pub(crate) async fn create_bucket_with(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+) -> Result<(), HarnessError> {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            HarnessError::S3(format!(
+                "CreateBucket {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            ))
+        })
 }
 
 impl Drop for MotoServer {
