@@ -36,6 +36,20 @@ pub struct CopiedFile {
     /// from (its `.isl` names it), where `copy_back` puts it back by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The object a repository holds for this file when its backup is encrypted (of the
+    /// stored form when there is one): path, size and SHA-256 of the encrypted bytes.
+    /// A fetch decrypts it back into the stored form (or the file) and drops this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<EncryptedObject>,
+}
+
+/// An encrypted object in a repository (see `stagehand_repo::crypt`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EncryptedObject {
+    /// Path of the object, relative to the backup (`ibdata1.zst.enc`).
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// How one file of a backup is stored when not as is.
@@ -122,5 +136,6 @@ pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
         source: None,
         stored: None,
         remote: None,
+        encrypted: None,
     })
 }

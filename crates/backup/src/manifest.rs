@@ -55,6 +55,16 @@ pub struct Manifest {
     /// When a `verify` step last checked the backup, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
+    /// How the backup's objects are encrypted in its repository, and with which key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// A backup encrypted client-side: its scheme and the id of its key (never the key).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Encryption {
+    pub scheme: String,
+    pub key_id: String,
 }
 
 fn full() -> String {
@@ -74,7 +84,11 @@ impl Manifest {
     pub fn stored_bytes(&self) -> u64 {
         self.files
             .iter()
-            .map(|f| f.stored.as_ref().map_or(f.size, |s| s.size))
+            .map(|f| match (&f.encrypted, &f.stored) {
+                (Some(e), _) => e.size,
+                (None, Some(s)) => s.size,
+                (None, None) => f.size,
+            })
             .sum()
     }
 

@@ -88,6 +88,7 @@ pub fn copy_file(
         source: Some(stamp),
         stored: None,
         remote: src.remote.as_ref().map(|p| p.display().to_string()),
+        encrypted: None,
     };
     if src.class.is_innodb() {
         copy_pages(

@@ -149,6 +149,7 @@ mod tests {
             }),
             stored: None,
             remote: None,
+            encrypted: None,
         };
         (rel.into(), f)
     }

@@ -7,6 +7,7 @@
 //! kind of storage; [`Repository`] is the backup layer on top of it.
 
 pub mod checks;
+pub mod crypt;
 mod files;
 pub mod local;
 pub mod retention;
@@ -74,6 +75,76 @@ pub struct RepoConfig {
     /// the attempt counts as failed and is retried.
     #[serde(default = "default_read_timeout")]
     pub read_timeout: String,
+    /// Client-side encryption: `upload` encrypts every object of a backup (AES-256-GCM,
+    /// streamed); `fetch` decrypts with the key given here. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// A repository's encryption key and whether uploads use it.
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Encrypt what `upload` writes (default true). `fetch` decrypts an encrypted
+    /// backup with the key whatever this says.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The key: 64 hex digits (32 random bytes, `openssl rand -hex 32`). Pass it as a
+    /// secret (`{{secrets.NAME}}`) so that it is redacted everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// A file holding the key (64 hex digits), readable by this user only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+// By hand: the derived one would print the key.
+impl std::fmt::Debug for EncryptionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptionConfig")
+            .field("enabled", &self.enabled)
+            .field("key", &self.key.as_ref().map(|_| "***"))
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
+impl EncryptionConfig {
+    /// Empty strings (unset params and optional secrets) as absent.
+    fn normalized(&self) -> EncryptionConfig {
+        let none_if_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        EncryptionConfig {
+            enabled: self.enabled,
+            key: none_if_empty(&self.key),
+            key_file: none_if_empty(&self.key_file),
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.key.is_some() && self.key_file.is_some() {
+            return Err(StoreError::config(
+                "encryption: give `key` or `key_file`, not both",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The key, read now (a key file is read here); `None` when none is given.
+    pub fn load(&self) -> Result<Option<crypt::Key>, StoreError> {
+        let cfg = self.normalized();
+        cfg.check()?;
+        let key = match (&cfg.key, &cfg.key_file) {
+            (Some(k), _) => crypt::Key::from_hex(k, "encryption.key"),
+            (None, Some(f)) => crypt::Key::from_file(Path::new(f)),
+            (None, None) => return Ok(None),
+        };
+        key.map(Some)
+            .map_err(|e| StoreError::config(e.to_string()))
+    }
 }
 
 fn default_retry_for() -> String {
@@ -115,6 +186,7 @@ impl RepoConfig {
             storage_class: none_if_empty(&self.storage_class),
             sse: none_if_empty(&self.sse),
             sse_kms_key_id: none_if_empty(&self.sse_kms_key_id),
+            encryption: self.encryption.as_ref().map(EncryptionConfig::normalized),
             ..self.clone()
         }
     }
@@ -151,7 +223,36 @@ impl RepoConfig {
         }
         self.part_size_bytes()?;
         self.read_timeout_duration()?;
+        if let Some(e) = &self.encryption {
+            e.check()?;
+        }
         Ok(())
+    }
+
+    /// The key `upload` encrypts with: `None` when encryption is off; an error when it
+    /// is on and no key is given (a backup is never stored in clear by mistake).
+    pub fn upload_key(&self) -> Result<Option<crypt::Key>, StoreError> {
+        match &self.encryption {
+            Some(e) if e.enabled => e.load()?.map(Some).ok_or_else(|| {
+                StoreError::config(
+                    "encryption is enabled but no key is given (encryption.key or encryption.key_file)",
+                )
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    /// The key `fetch` decrypts with, if one is given (enabled or not).
+    pub fn fetch_key(&self) -> Result<Option<crypt::Key>, StoreError> {
+        match &self.encryption {
+            Some(e) => e.load(),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `upload` encrypts (for dry-run sentences; reads no key).
+    pub fn encrypts(&self) -> bool {
+        self.encryption.as_ref().is_some_and(|e| e.enabled)
     }
 
     /// `read_timeout` parsed (30 s when empty).

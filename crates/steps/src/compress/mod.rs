@@ -327,6 +327,7 @@ pub(crate) mod tests {
             plan: String::new(),
             host: String::new(),
             verified: None,
+            encryption: None,
         };
         m.write(dir).expect("manifest");
         m
