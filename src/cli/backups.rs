@@ -165,6 +165,7 @@ fn entry_json(b: &BackupEntry) -> serde_json::Value {
             "host": m.host,
             "run_id": m.run_id,
             "base": m.base,
+            "encryption": m.encryption,
         }),
         None => json!({
             "id": b.id,
@@ -243,6 +244,13 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
             "zstd".into()
         } else {
             "no".into()
+        },
+    );
+    line(
+        "encrypted",
+        match &m.encryption {
+            Some(e) => format!("{} with key {} (restore needs that key)", e.scheme, e.key_id),
+            None => "no".into(),
         },
     );
     line(

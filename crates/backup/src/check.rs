@@ -22,6 +22,10 @@ pub fn check_files(
     cancel: &tokio_util::sync::CancellationToken,
     skip: &dyn Fn(&str) -> bool,
 ) -> Result<(u64, u64), StepError> {
+    if let Some(f) = m.files.iter().find(|f| f.encrypted.is_some()) {
+        let e = crate::codec::check_codec(f).err().map(|e| e.into_step_error());
+        return Err(e.unwrap_or_else(|| StepError::fatal("encrypted")));
+    }
     let system_format = m
         .files
         .iter()
@@ -70,6 +74,52 @@ pub fn check_files(
     }
 }
 
+/// Checks the encrypted objects of a backup as its repository holds them (a local
+/// repository's backup folder), without the key: each object's size and SHA-256 (of the
+/// encrypted bytes), and that nothing else is there. Returns the bytes hashed. The data
+/// inside (page checksums) can be checked only once fetched with the key.
+pub fn check_encrypted_objects(
+    dir: &Path,
+    m: &Manifest,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<u64, StepError> {
+    let mut bytes = 0;
+    let mut bad = Vec::new();
+    for f in &m.files {
+        if cancel.is_cancelled() {
+            return Err(StepError::cancelled());
+        }
+        let Some(e) = &f.encrypted else {
+            bad.push(format!("{}: not encrypted, in an encrypted backup", f.path));
+            continue;
+        };
+        match crate::entry::sha256_of(&dir.join(&e.path)) {
+            Err(err) => bad.push(format!("{}: {err}", e.path)),
+            Ok((size, _)) if size != e.size => bad.push(format!(
+                "{}: size {size}, manifest says {}",
+                e.path, e.size
+            )),
+            Ok((_, sha)) if sha != e.sha256 => {
+                bad.push(format!("{}: SHA-256 differs from the manifest", e.path))
+            }
+            Ok((size, _)) => bytes += size,
+        }
+    }
+    for extra in crate::manifest::unlisted_files(dir, &as_stored(&m.files)) {
+        bad.push(format!("{extra}: not in the manifest"));
+    }
+    if bad.is_empty() {
+        return Ok(bytes);
+    }
+    Err(StepError::fatal(format!(
+        "{} problem(s) in the encrypted backup {}: {}",
+        bad.len(),
+        dir.display(),
+        bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ")
+    ))
+    .with_hint("the backup is damaged: do not restore it; take a new backup"))
+}
+
 /// How a file is named in errors: with its stored object when stored compressed.
 pub fn shown(f: &CopiedFile) -> String {
     match &f.stored {
@@ -83,7 +133,11 @@ fn as_stored(files: &[CopiedFile]) -> Vec<CopiedFile> {
     files
         .iter()
         .map(|f| CopiedFile {
-            path: f.stored.as_ref().map_or(f.path.clone(), |s| s.path.clone()),
+            path: match (&f.encrypted, &f.stored) {
+                (Some(e), _) => e.path.clone(),
+                (None, Some(s)) => s.path.clone(),
+                (None, None) => f.path.clone(),
+            },
             ..f.clone()
         })
         .collect()

@@ -145,6 +145,12 @@ pub fn remove_stale_tmps(dir: &Path, f: &CopiedFile) -> Result<(), StepError> {
 
 /// A stored form this build can read (zstd).
 pub fn check_codec(f: &CopiedFile) -> Result<(), StorageError> {
+    if let Some(e) = &f.encrypted {
+        return Err(StorageError::Encrypted {
+            path: f.path.clone(),
+            object: e.path.clone(),
+        });
+    }
     match &f.stored {
         Some(s) if s.codec != CODEC => Err(StorageError::Codec {
             path: f.path.clone(),
@@ -176,6 +182,8 @@ pub enum StorageError {
     Lost { path: String, stored: String },
     #[error("{path}: stored with codec `{codec}`, which this build does not read (only `zstd`)")]
     Codec { path: String, codec: String },
+    #[error("{path}: stored encrypted (as {object}): a backup is decrypted by `fetch` with its key; this directory holds its encrypted objects")]
+    Encrypted { path: String, object: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -185,6 +193,7 @@ impl StorageError {
         let hint = match &self {
             StorageError::Io { .. } => return StepError::fatal(self.to_string()),
             StorageError::Codec { .. } => "use a stagehand version that knows the codec",
+            StorageError::Encrypted { .. } => "restore from the repository with the key (plans/restore.yaml); `verify` checks the encrypted objects' hashes without it",
             StorageError::Cancelled => {
                 return StepError::cancelled()
                     .with_hint("run the step again: it carries on where it stopped")

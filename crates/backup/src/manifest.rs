@@ -8,6 +8,8 @@ use std::path::Path;
 
 pub const MANIFEST_FILE: &str = "stagehand.json";
 pub const MANIFEST_FORMAT: u32 = 1;
+/// The sealed (encrypted) copy of an encrypted backup's manifest in its repository.
+pub const SEALED_MANIFEST_FILE: &str = "stagehand.json.enc";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
@@ -456,7 +458,10 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::entry::CopiedFile]) -> Vec<St
                 .strip_prefix(dir)
                 .map(|r| r.display().to_string())
                 .unwrap_or_default();
-            if rel == MANIFEST_FILE || rel.starts_with(crate::dir::WORK_DIR) {
+            if rel == MANIFEST_FILE
+                || rel == SEALED_MANIFEST_FILE
+                || rel.starts_with(crate::dir::WORK_DIR)
+            {
                 continue;
             }
             if p.is_dir() {

@@ -87,14 +87,16 @@ async fn write_probe(cfg: &RepoConfig) -> Result<(), String> {
     multipart.and(deleted)
 }
 
-/// The object key and local path of every file of a backup, as stored.
+/// The object of every file of a backup as its repository stores it (the encrypted
+/// object, else the stored form, else the file): path, size and SHA-256.
 pub fn stored_files(manifest: &Manifest) -> Vec<(String, u64, String)> {
     manifest
         .files
         .iter()
-        .map(|f| match &f.stored {
-            Some(s) => (s.path.clone(), s.size, s.sha256.clone()),
-            None => (f.path.clone(), f.size, f.sha256.clone()),
+        .map(|f| match (&f.encrypted, &f.stored) {
+            (Some(e), _) => (e.path.clone(), e.size, e.sha256.clone()),
+            (None, Some(s)) => (s.path.clone(), s.size, s.sha256.clone()),
+            (None, None) => (f.path.clone(), f.size, f.sha256.clone()),
         })
         .collect()
 }

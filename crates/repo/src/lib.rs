@@ -17,7 +17,7 @@ pub mod s3;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
+use stagehand_backup::manifest::{Manifest, MANIFEST_FILE, SEALED_MANIFEST_FILE};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -569,6 +569,61 @@ impl Repository {
             ))
         })?;
         Manifest::from_slice(&bytes, &shown).map_err(|e| StoreError::mismatch(e.to_string()))
+    }
+
+    /// Key of an encrypted backup's sealed manifest.
+    pub fn sealed_manifest_key(id: &str) -> String {
+        format!("{id}/{SEALED_MANIFEST_FILE}")
+    }
+
+    /// Writes the sealed (encrypted, authenticated) copy of an encrypted backup's
+    /// manifest, before the manifest in clear.
+    pub async fn put_sealed_manifest(
+        &self,
+        id: &str,
+        manifest: &Manifest,
+        key: &crypt::Key,
+    ) -> Result<(), StoreError> {
+        let sealed = crypt::encrypt_bytes(key, SEALED_MANIFEST_FILE, &manifest.to_vec())
+            .map_err(|e| StoreError::permanent(e.to_string()))?;
+        self.store
+            .put_bytes(&Self::sealed_manifest_key(id), sealed)
+            .await
+    }
+
+    /// The manifest of an encrypted backup as its sealed copy says, checked against
+    /// the one in clear (what `fetch` trusts): a manifest altered in the repository,
+    /// or a sealed copy that does not open with `key`, is an error naming the object.
+    pub async fn sealed_manifest(
+        &self,
+        id: &str,
+        clear: &Manifest,
+        key: &crypt::Key,
+    ) -> Result<Manifest, StoreError> {
+        let object = Self::sealed_manifest_key(id);
+        let shown = format!("{}/{object}", self.url);
+        let bytes = self.store.get_bytes(&object).await?.ok_or_else(|| {
+            StoreError::mismatch(format!(
+                "{shown} is missing: the backup's manifest says it is encrypted, but its sealed copy is gone"
+            ))
+        })?;
+        let text = crypt::decrypt_bytes(key, SEALED_MANIFEST_FILE, &bytes)
+            .map_err(|e| StoreError::mismatch(format!("{}/{id}/{e}", self.url)))?;
+        let sealed =
+            Manifest::from_slice(&text, &shown).map_err(|e| StoreError::mismatch(e.to_string()))?;
+        // `verified` may be added in clear later (a verify of a local repository).
+        let unverified = |m: &Manifest| Manifest {
+            verified: None,
+            ..m.clone()
+        };
+        if unverified(&sealed) != unverified(clear) {
+            return Err(StoreError::mismatch(format!(
+                "{}/{}: differs from its sealed copy {object}: altered in the repository",
+                self.url,
+                Self::manifest_key(id)
+            )));
+        }
+        Ok(sealed)
     }
 
     /// Deletes backup `id`: the manifest first, so that a deletion cut short never

@@ -3,6 +3,12 @@
 //! into the same directory keeps the files already fetched and intact, and continues a
 //! partly fetched file from where it stopped. The manifest is written last, so the
 //! directory is a complete backup only when every file is there and checked.
+//!
+//! An encrypted backup is fetched only with its key, checked before anything is
+//! written: its manifest is taken from its sealed copy, and each object is downloaded
+//! into the work folder, checked (SHA-256 of the encrypted bytes), decrypted (every
+//! chunk authenticated) into the file's stored form and checked again; the local copy
+//! is an unencrypted backup like any other.
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -13,6 +19,9 @@ use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
+use stagehand_backup::codec::HashingWriter;
+use stagehand_backup::manifest::Encryption;
+use stagehand_repo::crypt::{self, Key};
 use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +65,8 @@ pub struct FetchOutput {
     pub gtid_binlog_pos: String,
     /// the LSN the backup is consistent at
     pub commit_lsn: u64,
+    /// id of the key the backup was encrypted with (empty: not encrypted)
+    pub key_id: String,
 }
 
 pub struct Fetch;
@@ -87,7 +98,7 @@ impl TypedStep for Fetch {
             format!("backup {}", cfg.id)
         };
         format!(
-            "downloads {which} from {} into {} ({} files at once), checking every file's size and SHA-256 against its manifest; writes the manifest last",
+            "downloads {which} from {} into {} ({} files at once), checking every file's size and SHA-256 against its manifest; writes the manifest last; an encrypted backup needs its key (repository.encryption), whose id is checked before anything is written",
             cfg.repository.describe(),
             cfg.to,
             cfg.parallel
@@ -109,9 +120,18 @@ impl TypedStep for Fetch {
             .manifest(&id)
             .await
             .map_err(StoreError::into_step_error)?;
+        // Before anything is written: the right key, and the sealed manifest.
+        let key = backup_key(&cfg.repository, &id, &manifest)?;
+        let manifest = match &key {
+            Some(k) => repo
+                .sealed_manifest(&id, &manifest, k)
+                .await
+                .map_err(StoreError::into_step_error)?,
+            None => manifest,
+        };
         let dir = PathBuf::from(&cfg.to);
         let t0 = Instant::now();
-        let files = stored_files(&manifest);
+        let files = objects(&manifest);
         if claim_fetch_dir(&dir, &id, repo.url(), &manifest)? == Claim::AlreadyFetched {
             tracing::info!(dir = %dir.display(), %id, "already fetched: nothing to download");
             return Ok(fetch_outputs(
@@ -124,14 +144,14 @@ impl TypedStep for Fetch {
                 t0,
             ));
         }
-        let total: u64 = files.iter().map(|f| f.1).sum();
+        let total: u64 = files.iter().map(|f| f.object.1).sum();
         let progress = Progress::start(&ctx.step_id, "fetched", total);
         let store = repo.store().clone();
         let counter = progress.counter();
         let result = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-            r = fetch_all(&store, &dir, &id, &files, cfg.parallel, &counter) => r,
+            r = fetch_all(&store, key.map(Arc::new), &dir, &id, &files, cfg.parallel, &counter) => r,
         };
         let reused = result.map_err(|e| {
             e.into_step_error().with_hint(format!(
@@ -141,9 +161,14 @@ impl TypedStep for Fetch {
         })?;
         let bytes = progress.done();
         drop(progress);
-        manifest
+        // The local copy is decrypted: its manifest lists no encrypted objects (the
+        // backup's `encryption` stays, a record of the key it came from).
+        let mut local = manifest.clone();
+        local.files.iter_mut().for_each(|f| f.encrypted = None);
+        local
             .write(&dir)
             .map_err(|e| StepError::fatal(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(scratch_dir(&dir));
         let _ = std::fs::remove_file(BackupDir::new(&dir).fetch_marker());
         let _ = std::fs::remove_dir(BackupDir::new(&dir).work());
         Ok(fetch_outputs(
@@ -176,7 +201,76 @@ fn fetch_outputs(
         seconds: t0.elapsed().as_secs_f64(),
         gtid_binlog_pos: manifest.binlog.gtid_binlog_pos.clone(),
         commit_lsn: manifest.lsn.commit,
+        key_id: manifest
+            .encryption
+            .as_ref()
+            .map(|e| e.key_id.clone())
+            .unwrap_or_default(),
     }
+}
+
+/// The key an encrypted backup needs, checked by id against the one given; `None` for
+/// a backup in clear. One line naming both ids when they differ.
+fn backup_key(
+    repo: &RepoConfig,
+    id: &str,
+    manifest: &Manifest,
+) -> Result<Option<Key>, StepError> {
+    let Some(Encryption { scheme, key_id }) = &manifest.encryption else {
+        return Ok(None);
+    };
+    if scheme != crypt::SCHEME {
+        return Err(StepError::fatal(format!(
+            "backup {id} is encrypted with `{scheme}`, which this stagehand does not know (it knows {})",
+            crypt::SCHEME
+        )));
+    }
+    let given = repo
+        .fetch_key()
+        .map_err(|e| StepError::fatal(e.message))?;
+    match given {
+        None => Err(StepError::fatal(format!(
+            "backup {id} is encrypted with key {key_id}, and no key was given"
+        ))
+        .with_hint("give its key (repository.encryption.key or key_file; the restore plan's encryption_key secret or encryption_key_file param)")),
+        Some(k) if k.id() != *key_id => Err(StepError::fatal(format!(
+            "backup {id} is encrypted with key {key_id}, the key given is {}",
+            k.id()
+        ))
+        .with_hint("nothing was fetched; give the key whose id the backup names")),
+        Some(k) => {
+            tracing::info!(%id, key_id = %k.id(), "backup {id} is encrypted; decrypting with key {key_id}");
+            Ok(Some(k))
+        }
+    }
+}
+
+/// One file to fetch: the object the repository holds (path, size, SHA-256), and for
+/// an encrypted one, what it decrypts into (the stored form, or the file).
+#[derive(Debug, Clone)]
+struct Object {
+    object: (String, u64, String),
+    decrypted: Option<(String, u64, String)>,
+}
+
+fn objects(manifest: &Manifest) -> Vec<Object> {
+    manifest
+        .files
+        .iter()
+        .zip(stored_files(manifest))
+        .map(|(f, object)| Object {
+            object,
+            decrypted: f.encrypted.as_ref().map(|_| match &f.stored {
+                Some(s) => (s.path.clone(), s.size, s.sha256.clone()),
+                None => (f.path.clone(), f.size, f.sha256.clone()),
+            }),
+        })
+        .collect()
+}
+
+/// Where encrypted objects are downloaded before they are decrypted.
+fn scratch_dir(dir: &Path) -> PathBuf {
+    BackupDir::new(dir).work().join("encrypted")
 }
 
 /// What a fetch directory holds when the step starts.
@@ -257,29 +351,42 @@ fn claim_fetch_dir(
 
 async fn fetch_all(
     store: &Arc<dyn Store>,
+    key: Option<Arc<Key>>,
     dir: &Path,
     id: &str,
-    files: &[(String, u64, String)],
+    files: &[Object],
     parallel: usize,
     counter: &ByteCounter,
 ) -> Result<u64, StoreError> {
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut reused = 0;
-    let mut order: Vec<&(String, u64, String)> = files.iter().collect();
-    order.sort_by_key(|f| std::cmp::Reverse(f.1));
-    for (path, size, sha) in order.into_iter().cloned() {
+    let mut order: Vec<&Object> = files.iter().collect();
+    order.sort_by_key(|f| std::cmp::Reverse(f.object.1));
+    for file in order.into_iter().cloned() {
         let permit = limit
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| StoreError::permanent("fetch queue closed"))?;
-        let (store, counter) = (store.clone(), counter.clone());
-        let key = Repository::object_key(id, &path);
-        let local = dir.join(&path);
+        let (store, counter, key) = (store.clone(), counter.clone(), key.clone());
+        let (dir, id) = (dir.to_path_buf(), id.to_string());
         tasks.spawn(async move {
             let _permit = permit;
-            fetch_one(&store, &key, &local, size, &sha, &counter).await
+            match (&file.decrypted, key) {
+                (Some(_), Some(key)) => {
+                    fetch_encrypted(&store, &key, &dir, &id, &file, &counter).await
+                }
+                (Some(_), None) => Err(StoreError::config(format!(
+                    "{}: encrypted, and no key",
+                    file.object.0
+                ))),
+                (None, _) => {
+                    let (path, size, sha) = &file.object;
+                    let object = Repository::object_key(&id, path);
+                    fetch_one(&store, &object, &dir.join(path), *size, sha, &counter).await
+                }
+            }
         });
         while let Some(done) = tasks.try_join_next() {
             reused += u64::from(joined(done)?);
@@ -331,6 +438,72 @@ async fn fetch_one(
         return Err(corrupt(key, got, &hash, size, sha256));
     }
     Err(corrupt(key, got, &hash, size, sha256))
+}
+
+/// Fetches an encrypted object into the work folder, then decrypts it into the file's
+/// stored form (or the file) and checks that; `true` when it was there already.
+async fn fetch_encrypted(
+    store: &Arc<dyn Store>,
+    key: &Arc<Key>,
+    dir: &Path,
+    id: &str,
+    file: &Object,
+    counter: &ByteCounter,
+) -> Result<bool, StoreError> {
+    let (path, size, sha) = &file.object;
+    let Some((rel, plain_size, plain_sha)) = &file.decrypted else {
+        return Err(StoreError::permanent(format!("{path}: not encrypted")));
+    };
+    let local = dir.join(rel);
+    let have = std::fs::metadata(&local).ok().map(|m| m.len());
+    if have == Some(*plain_size) && hash_of(&local).await? == *plain_sha {
+        return Ok(true);
+    }
+    let tmp = scratch_dir(dir).join(path.replace('/', "%2F"));
+    std::fs::create_dir_all(scratch_dir(dir))
+        .map_err(|e| StoreError::io(&scratch_dir(dir).display().to_string(), e))?;
+    let object = Repository::object_key(id, path);
+    fetch_one(store, &object, &tmp, *size, sha, counter).await?;
+    let (k, p, t, l) = (key.clone(), path.clone(), tmp.clone(), local.clone());
+    let out = tokio::task::spawn_blocking(move || decrypt_file(&k, &p, &t, &l))
+        .await
+        .map_err(|e| StoreError::permanent(format!("a decryption task crashed: {e}")))?;
+    let checked = match out {
+        Ok((n, h)) if n == *plain_size && h == *plain_sha => Ok(false),
+        Ok((n, h)) => Err(corrupt(&object, n, &h, *plain_size, plain_sha)),
+        Err(e) => Err(StoreError::mismatch(format!("{id}/{e}"))),
+    };
+    if checked.is_err() {
+        let _ = std::fs::remove_file(&local);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    checked
+}
+
+/// Decrypts `src` (the object `path`) into `dest`; size and SHA-256 of what was written.
+fn decrypt_file(
+    key: &Key,
+    path: &str,
+    src: &Path,
+    dest: &Path,
+) -> Result<(u64, String), crypt::CryptError> {
+    let io = |source| crypt::CryptError::Io {
+        path: path.to_string(),
+        source,
+    };
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src).map_err(io)?);
+    let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(dest).map_err(io)?,
+    ));
+    crypt::decrypt(key, path, input, &mut out)?;
+    let (writer, size, sha) = out.finish();
+    let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    Ok((size, sha))
 }
 
 fn corrupt(key: &str, got: u64, hash: &str, size: u64, sha256: &str) -> StoreError {

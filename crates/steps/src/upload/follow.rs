@@ -12,6 +12,7 @@ use stagehand_backup::spool::LedgerReader;
 use stagehand_engine::{StepContext, StepError};
 use stagehand_mariadb::datadir::FileClass;
 use stagehand_repo as repo;
+use stagehand_repo::crypt::Key;
 use stagehand_repo::{Repository, StoreError, StoreErrorKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
             "`follow: true` streams a backup while it is taken: give the step `background: true` and `until:` the seal step",
         ));
     }
+    // Before the spool is claimed: a missing or bad key fails a run that did nothing.
+    let key = super::upload_key(cfg)?;
     let dir = PathBuf::from(&cfg.dir);
     stagehand_backup::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
     stagehand_backup::spool::mark_streaming(&dir)
@@ -48,6 +51,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
         &dir,
         &id,
         cfg.compress.clone(),
+        key.clone(),
         progress.counter(),
         cfg.remove_local,
     )
@@ -56,7 +60,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
     let t0 = Instant::now();
     let followed = follow_until_sealed(&shipper, &dir, cfg.parallel, ctx).await;
     let manifest = match followed {
-        Ok(()) => finish(&repo, &shipper, &dir, &id, cfg.parallel).await,
+        Ok(()) => finish(&repo, &shipper, &dir, &id, cfg.parallel, key.as_deref()).await,
         Err(e) => Err(e),
     };
     let manifest = match manifest {
@@ -76,13 +80,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
         let _ = std::fs::remove_dir_all(&dir);
     }
     let secs = t0.elapsed().as_secs_f64();
-    Ok(UploadOutput::of(
-        cfg,
-        &id,
-        manifest.files.len(),
-        bytes,
-        secs,
-    ))
+    Ok(UploadOutput::of(&manifest, cfg, &id, bytes, secs))
 }
 
 /// What is true of a failed backup's objects: removed, or left (the removal failed too,
@@ -168,10 +166,11 @@ async fn finish(
     dir: &Path,
     id: &str,
     parallel: usize,
+    key: Option<&Key>,
 ) -> Result<Manifest, StoreError> {
     let sealed = Manifest::read(dir).map_err(|e| StoreError::permanent(e.to_string()))?;
     let manifest = ship_all(shipper, &sealed, parallel).await?;
-    finish_upload(repo, id, &manifest).await?;
+    finish_upload(repo, id, &manifest, key).await?;
     Ok(manifest)
 }
 

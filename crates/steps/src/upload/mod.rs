@@ -18,6 +18,7 @@ use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedS
 use stagehand_host::progress::Progress;
 use stagehand_repo as repo;
 use stagehand_repo::checks::{check_repo, probe_repository_for_writing, stored_files};
+use stagehand_repo::crypt::Key;
 use stagehand_repo::{RepoConfig, Repository, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -87,12 +88,20 @@ pub struct UploadOutput {
     pub seconds: f64,
     /// upload rate
     pub mb_per_s: f64,
+    /// id of the key the objects are encrypted with (empty: not encrypted)
+    pub key_id: String,
 }
 
 impl UploadOutput {
     /// The outputs of backup `id` uploaded in `seconds` (streamed or not).
-    fn of(cfg: &UploadConfig, id: &str, files: usize, bytes: u64, seconds: f64) -> Self {
+    fn of(manifest: &Manifest, cfg: &UploadConfig, id: &str, bytes: u64, seconds: f64) -> Self {
+        let files = manifest.files.len();
         UploadOutput {
+            key_id: manifest
+                .encryption
+                .as_ref()
+                .map(|e| e.key_id.clone())
+                .unwrap_or_default(),
             id: id.into(),
             url: format!("{}/{id}", cfg.repository.url.trim_end_matches('/')),
             files: files as u64,
@@ -158,6 +167,12 @@ impl TypedStep for Upload {
                 c.level
             ));
         }
+        if cfg.repository.encrypts() {
+            s.push_str(&format!(
+                "; every object (and a sealed copy of the manifest) is encrypted with AES-256-GCM, key from {}",
+                key_source(&cfg.repository)
+            ));
+        }
         if cfg.follow {
             s = format!("streams the backup out while it is taken: {s}; each file leaves as soon as a copy step finishes it");
         }
@@ -196,6 +211,7 @@ impl TypedStep for Upload {
                 ))
             })?,
         };
+        let key = upload_key(cfg)?;
         let repo = Repository::open(&cfg.repository)
             .await
             .map_err(StoreError::into_step_error)?;
@@ -203,7 +219,7 @@ impl TypedStep for Upload {
         let outcome = tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => Err(StoreError::new(repo::StoreErrorKind::Cancelled, "cancelled")),
-            r = upload_backup(&repo, &dir, &manifest, &id, cfg, &ctx.step_id) => r,
+            r = upload_backup(&repo, &dir, &manifest, &id, cfg, key, &ctx.step_id) => r,
         };
         let manifest = match outcome {
             Ok(m) => m,
@@ -231,14 +247,31 @@ impl TypedStep for Upload {
             })?;
         }
         tracing::info!(%id, bytes, seconds = secs, "backup uploaded to {}", repo.url());
-        Ok(UploadOutput::of(
-            cfg,
-            &id,
-            manifest.files.len(),
-            bytes,
-            secs,
-        ))
+        Ok(UploadOutput::of(&manifest, cfg, &id, bytes, secs))
     }
+}
+
+/// Where the key comes from, for people (never the key).
+fn key_source(repo: &RepoConfig) -> String {
+    match repo.normalized().encryption {
+        Some(e) if e.key_file.is_some() => {
+            format!("the file {}", e.key_file.unwrap_or_default())
+        }
+        Some(e) if e.key.is_some() => "the plan (encryption.key)".into(),
+        _ => "nowhere: none is given, so the run will fail".into(),
+    }
+}
+
+/// The key uploads encrypt with, if any; its id is logged (never the key).
+pub(crate) fn upload_key(cfg: &UploadConfig) -> Result<Option<Arc<Key>>, StepError> {
+    let key = cfg
+        .repository
+        .upload_key()
+        .map_err(|e| StepError::fatal(e.message))?;
+    if let Some(k) = &key {
+        tracing::info!(key_id = %k.id(), "objects are encrypted with key {}", k.id());
+    }
+    Ok(key.map(Arc::new))
 }
 
 async fn upload_backup(
@@ -247,6 +280,7 @@ async fn upload_backup(
     manifest: &Manifest,
     id: &str,
     cfg: &UploadConfig,
+    key: Option<Arc<Key>>,
     step: &str,
 ) -> Result<Manifest, StoreError> {
     claim_destination(repo, id).await?;
@@ -258,13 +292,14 @@ async fn upload_backup(
         dir,
         id,
         cfg.compress.clone(),
+        key.clone(),
         progress.counter(),
         // The whole directory goes at the end (`remove_local`), once the backup is complete.
         false,
     )?;
     let manifest = ship_all(&shipper, manifest, cfg.parallel).await?;
     drop(progress);
-    finish_upload(repo, id, &manifest).await?;
+    finish_upload(repo, id, &manifest, key.as_deref()).await?;
     Ok(manifest)
 }
 
@@ -281,14 +316,20 @@ pub(crate) async fn claim_destination(repo: &Repository, id: &str) -> Result<(),
     repo.delete_backup(id).await.map(|_| ())
 }
 
-/// Checks the objects, writes the manifest last and reads it back.
+/// Checks the objects, writes the manifest last and reads it back. An encrypted
+/// backup's manifest goes twice: sealed (`stagehand.json.enc`, what a fetch trusts) and
+/// then in clear (what `backups list/show` and `rotate` read without the key).
 pub(crate) async fn finish_upload(
     repo: &Repository,
     id: &str,
     manifest: &Manifest,
+    key: Option<&Key>,
 ) -> Result<(), StoreError> {
     let store = repo.store();
     check_objects(store, id, &stored_files(manifest)).await?;
+    if let Some(key) = key {
+        repo.put_sealed_manifest(id, manifest, key).await?;
+    }
     store
         .put_bytes(&Repository::manifest_key(id), manifest.to_vec())
         .await?;

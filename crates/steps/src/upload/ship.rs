@@ -1,11 +1,13 @@
 //! Shipping one file of a backup to a repository: as it is, or compressed with zstd on
-//! the way (through a scratch file beside the backup, removed once uploaded).
+//! the way (through a scratch file beside the backup, removed once uploaded), and with
+//! a key, encrypted after compression (`stagehand_repo::crypt`, through a scratch file).
 
 use super::CompressOnUpload;
 use stagehand_backup::codec::{HashingReader, HashingWriter};
 use stagehand_backup::entry::CopiedFile;
-use stagehand_backup::entry::StoredForm;
-use stagehand_backup::manifest::Manifest;
+use stagehand_backup::entry::{EncryptedObject, StoredForm};
+use stagehand_backup::manifest::{Encryption, Manifest};
+use stagehand_repo::crypt::{self, Key};
 use stagehand_repo::{ByteCounter, Repository, Store, StoreError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ struct Shipped {
     /// SHA-256 of the data, as the copy recorded it.
     sha256: String,
     stored: Option<StoredForm>,
+    encrypted: Option<EncryptedObject>,
 }
 
 /// Uploads files of one backup and remembers what went, so the manifest can say how
@@ -31,6 +34,7 @@ struct Inner {
     dir: PathBuf,
     id: String,
     compress: Option<CompressOnUpload>,
+    key: Option<Arc<Key>>,
     counter: ByteCounter,
     remove_local: bool,
     scratch: tempfile::TempDir,
@@ -42,12 +46,13 @@ struct Inner {
 
 impl Shipper {
     /// A shipper of the backup in `dir` as `id`; with `remove_local`, each local file is
-    /// deleted once uploaded (streaming).
+    /// deleted once uploaded (streaming); with a key, every object is encrypted.
     pub fn new(
         store: Arc<dyn Store>,
         dir: &Path,
         id: &str,
         compress: Option<CompressOnUpload>,
+        key: Option<Arc<Key>>,
         counter: ByteCounter,
         remove_local: bool,
     ) -> Result<Self, StoreError> {
@@ -66,6 +71,7 @@ impl Shipper {
                 dir: dir.to_path_buf(),
                 id: id.to_string(),
                 compress,
+                key,
                 counter,
                 remove_local,
                 scratch,
@@ -103,7 +109,33 @@ impl Shipper {
         let inner = &self.inner;
         let local = inner.dir.join(&f.path);
         let stamp = stamp_of(&local);
-        let stored = match (&f.stored, &inner.compress) {
+        let (stored, encrypted) = match &inner.key {
+            Some(key) => self.ship_encrypted(f, key).await?,
+            None => (self.ship_clear(f, &local).await?, None),
+        };
+        self.shipped().insert(
+            f.path.clone(),
+            Shipped {
+                sha256: f.sha256.clone(),
+                stored,
+                encrypted,
+            },
+        );
+        // Remove the local copy unless it was rewritten meanwhile (a later copy pass).
+        if inner.remove_local && stamp.is_some() && stamp_of(&local) == stamp {
+            let _ = std::fs::remove_file(&local);
+        }
+        Ok(())
+    }
+
+    /// Ships a file unencrypted: its stored form, compressed now, or as it is.
+    async fn ship_clear(
+        &self,
+        f: &CopiedFile,
+        local: &Path,
+    ) -> Result<Option<StoredForm>, StoreError> {
+        let inner = &self.inner;
+        Ok(match (&f.stored, &inner.compress) {
             (Some(stored), _) => {
                 self.put(
                     &stored.path,
@@ -114,24 +146,70 @@ impl Shipper {
                 .await?;
                 Some(stored.clone())
             }
-            (None, Some(c)) => Some(self.ship_compressed(f, c).await?),
+            (None, Some(c)) => {
+                let (stored, tmp) = self.compress_to_scratch(f, c).await?;
+                let put = self.put(&stored.path, &tmp, stored.size, &stored.sha256).await;
+                let _ = std::fs::remove_file(&tmp);
+                put?;
+                Some(stored)
+            }
             (None, None) => {
-                self.put(&f.path, &local, f.size, &f.sha256).await?;
+                self.put(&f.path, local, f.size, &f.sha256).await?;
                 None
             }
+        })
+    }
+
+    /// Ships a file encrypted: its stored form (compressed by a step, or now) or the
+    /// file itself goes through the cipher into a scratch file, then up.
+    async fn ship_encrypted(
+        &self,
+        f: &CopiedFile,
+        key: &Arc<Key>,
+    ) -> Result<(Option<StoredForm>, Option<EncryptedObject>), StoreError> {
+        let inner = &self.inner;
+        let (stored, src, compressed) = match (&f.stored, &inner.compress) {
+            (Some(s), _) => (Some(s.clone()), inner.dir.join(&s.path), None),
+            (None, Some(c)) => {
+                let (s, tmp) = self.compress_to_scratch(f, c).await?;
+                (Some(s), tmp.clone(), Some(tmp))
+            }
+            (None, None) => (None, inner.dir.join(&f.path), None),
         };
-        self.shipped().insert(
-            f.path.clone(),
-            Shipped {
-                sha256: f.sha256.clone(),
-                stored,
-            },
-        );
-        // Remove the local copy unless it was rewritten meanwhile (a later copy pass).
-        if inner.remove_local && stamp.is_some() && stamp_of(&local) == stamp {
-            let _ = std::fs::remove_file(&local);
+        let (rel, size, sha256) = match &stored {
+            Some(s) => (s.path.clone(), s.size, s.sha256.clone()),
+            None => (f.path.clone(), f.size, f.sha256.clone()),
+        };
+        let object = format!("{rel}{}", crypt::SUFFIX);
+        let dest = self.scratch_path(&object);
+        let (k, o, d) = (key.clone(), object.clone(), dest.clone());
+        let sealed = tokio::task::spawn_blocking(move || encrypt_file(&k, &o, &src, &d))
+            .await
+            .map_err(|e| StoreError::permanent(format!("an encryption task crashed: {e}")))?;
+        if let Some(tmp) = compressed {
+            let _ = std::fs::remove_file(tmp);
         }
-        Ok(())
+        let result = match sealed {
+            Ok((n, sha, _, _)) if n != size || sha != sha256 => Err(StoreError::mismatch(format!(
+                "{rel}: changed since it was copied ({n} bytes, SHA-256 {sha}; recorded {size} bytes, {sha256})"
+            ))),
+            Ok((_, _, out_size, out_sha)) => self
+                .put(&object, &dest, out_size, &out_sha)
+                .await
+                .map(|()| EncryptedObject {
+                    path: object.clone(),
+                    size: out_size,
+                    sha256: out_sha,
+                }),
+            Err(e) => Err(StoreError::permanent(e.to_string())),
+        };
+        let _ = std::fs::remove_file(&dest);
+        Ok((stored, Some(result?)))
+    }
+
+    /// A scratch file for the object at `path`.
+    fn scratch_path(&self, path: &str) -> PathBuf {
+        self.inner.scratch.path().join(path.replace('/', "%2F"))
     }
 
     async fn put(
@@ -148,18 +226,15 @@ impl Shipper {
             .await
     }
 
-    async fn ship_compressed(
+    /// Compresses a file into a scratch file; its stored form and the scratch file.
+    async fn compress_to_scratch(
         &self,
         f: &CopiedFile,
         c: &CompressOnUpload,
-    ) -> Result<StoredForm, StoreError> {
+    ) -> Result<(StoredForm, PathBuf), StoreError> {
         let src = self.inner.dir.join(&f.path);
         let stored_path = format!("{}.zst", f.path);
-        let tmp = self
-            .inner
-            .scratch
-            .path()
-            .join(stored_path.replace('/', "%2F"));
+        let tmp = self.scratch_path(&stored_path);
         let (level, threads, dest) = (c.level, c.threads, tmp.clone());
         let sizes = tokio::task::spawn_blocking(move || compress_to(&src, &dest, level, threads))
             .await
@@ -179,15 +254,13 @@ impl Shipper {
                 f.path, f.size, f.sha256
             )));
         }
-        let put = self.put(&stored_path, &tmp, out_size, &out_sha).await;
-        let _ = std::fs::remove_file(&tmp);
-        put?;
-        Ok(StoredForm {
+        let stored = StoredForm {
             path: stored_path,
             codec: "zstd".into(),
             size: out_size,
             sha256: out_sha,
-        })
+        };
+        Ok((stored, tmp))
     }
 
     /// `manifest` with every file's stored form as shipped; an error if a file was not
@@ -197,7 +270,10 @@ impl Shipper {
         let mut out = manifest.clone();
         for f in &mut out.files {
             match shipped.get(&f.path) {
-                Some(s) if s.sha256 == f.sha256 => f.stored = s.stored.clone(),
+                Some(s) if s.sha256 == f.sha256 => {
+                    f.stored = s.stored.clone();
+                    f.encrypted = s.encrypted.clone();
+                }
                 _ => {
                     return Err(StoreError::mismatch(format!(
                         "{} was not uploaded in the version the manifest lists",
@@ -206,6 +282,10 @@ impl Shipper {
                 }
             }
         }
+        out.encryption = self.inner.key.as_ref().map(|k| Encryption {
+            scheme: crypt::SCHEME.into(),
+            key_id: k.id(),
+        });
         Ok(out)
     }
 }
@@ -214,6 +294,29 @@ impl Shipper {
 fn stamp_of(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?))
+}
+
+/// Encrypts `src` into `dest` as the object `object`; sizes and SHA-256 of both.
+fn encrypt_file(
+    key: &Key,
+    object: &str,
+    src: &Path,
+    dest: &Path,
+) -> Result<(u64, String, u64, String), crypt::CryptError> {
+    let io = |source| crypt::CryptError::Io {
+        path: object.to_string(),
+        source,
+    };
+    let mut input = HashingReader::new(std::fs::File::open(src).map_err(io)?);
+    let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(dest).map_err(io)?,
+    ));
+    crypt::encrypt(key, object, &mut input, &mut out)?;
+    let (writer, out_size, out_sha) = out.finish();
+    writer.into_inner().map_err(|e| io(e.into_error()))?;
+    let (in_size, in_sha) = input.digest();
+    Ok((in_size, in_sha, out_size, out_sha))
 }
 
 /// Compresses `src` into `dest`; sizes and SHA-256 of both.
