@@ -249,7 +249,10 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
     line(
         "encrypted",
         match &m.encryption {
-            Some(e) => format!("{} with key {} (restore needs that key)", e.scheme, e.key_id),
+            Some(e) => format!(
+                "{} with key {} (restore needs that key)",
+                e.scheme, e.key_id
+            ),
             None => "no".into(),
         },
     );

@@ -28,6 +28,7 @@ mod run_privileges;
 mod sandbox_safety;
 mod servers;
 mod storage_compress;
+mod storage_encryption;
 mod storage_faults;
 mod storage_roundtrip;
 mod support;

@@ -18,7 +18,7 @@ use stagehand_testkit::TestServer;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const KEYS: &[(&str, &str)] = &[
+pub(crate) const KEYS: &[(&str, &str)] = &[
     ("STAGEHAND_S3_ACCESS_KEY_ID", "testing-key"),
     (
         "STAGEHAND_S3_SECRET_ACCESS_KEY",
@@ -29,12 +29,12 @@ const KEYS: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
-fn run(args: &[String]) -> Run {
+pub(crate) fn run(args: &[String]) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     stagehand_env(&args, KEYS)
 }
 
-fn light() -> WorkloadOptions {
+pub(crate) fn light() -> WorkloadOptions {
     WorkloadOptions {
         clients: 2,
         accounts: 5_000,
@@ -66,7 +66,12 @@ fn backup_to(repository: &str, endpoint: &str, server: &TestServer, work: &Path)
 }
 
 /// `stagehand run plans/backup-to-s3.yaml …` of `server`, spool and state under `work`.
-fn backup_args(repository: &str, endpoint: &str, server: &TestServer, work: &Path) -> Vec<String> {
+pub(crate) fn backup_args(
+    repository: &str,
+    endpoint: &str,
+    server: &TestServer,
+    work: &Path,
+) -> Vec<String> {
     let mut args = vec!["run".to_string(), "plans/backup-to-s3.yaml".to_string()];
     args.extend(set_args(&[
         ("socket", server.socket().display().to_string()),
@@ -91,7 +96,12 @@ fn restore_from(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Run
 }
 
 /// `stagehand run plans/restore.yaml …` into `<work>/datadir-<tag>`.
-fn restore_args(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Vec<String> {
+pub(crate) fn restore_args(
+    repository: &str,
+    endpoint: &str,
+    work: &Path,
+    tag: &str,
+) -> Vec<String> {
     let mut args = vec!["run".to_string(), "plans/restore.yaml".to_string()];
     // Unix socket paths are limited to 107 bytes: keep it short (the tempdir is). The
     // server step creates its directory, private.
@@ -119,7 +129,7 @@ fn restore_args(repository: &str, endpoint: &str, work: &Path, tag: &str) -> Vec
 }
 
 /// The run exited 1 (`why`), its step `id` failed: that step.
-fn failed_step(r: &Run, id: &str, why: &str) -> Value {
+pub(crate) fn failed_step(r: &Run, id: &str, why: &str) -> Value {
     assert_eq!(r.code, 1, "{why}: {}", r.stdout);
     let report = report_of(&r.stdout);
     let failed = step(&report, id).clone();

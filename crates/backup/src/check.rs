@@ -23,7 +23,9 @@ pub fn check_files(
     skip: &dyn Fn(&str) -> bool,
 ) -> Result<(u64, u64), StepError> {
     if let Some(f) = m.files.iter().find(|f| f.encrypted.is_some()) {
-        let e = crate::codec::check_codec(f).err().map(|e| e.into_step_error());
+        let e = crate::codec::check_codec(f)
+            .err()
+            .map(|e| e.into_step_error());
         return Err(e.unwrap_or_else(|| StepError::fatal("encrypted")));
     }
     let system_format = m
@@ -95,10 +97,9 @@ pub fn check_encrypted_objects(
         };
         match crate::entry::sha256_of(&dir.join(&e.path)) {
             Err(err) => bad.push(format!("{}: {err}", e.path)),
-            Ok((size, _)) if size != e.size => bad.push(format!(
-                "{}: size {size}, manifest says {}",
-                e.path, e.size
-            )),
+            Ok((size, _)) if size != e.size => {
+                bad.push(format!("{}: size {size}, manifest says {}", e.path, e.size))
+            }
             Ok((_, sha)) if sha != e.sha256 => {
                 bad.push(format!("{}: SHA-256 differs from the manifest", e.path))
             }

@@ -309,7 +309,10 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[HEADER + CHUNK + 3] ^= 1;
         assert!(fails(&flipped, "a"), "a flipped bit");
-        assert!(fails(&sealed[..HEADER + CHUNK + TAG], "a"), "cut at a chunk");
+        assert!(
+            fails(&sealed[..HEADER + CHUNK + TAG], "a"),
+            "cut at a chunk"
+        );
         assert!(fails(&sealed[..sealed.len() - 1], "a"), "cut short");
         let mut longer = sealed.clone();
         longer.extend_from_slice(&[0; TAG + 1]);

@@ -93,7 +93,8 @@ pub struct EncryptionConfig {
     /// secret (`{{secrets.NAME}}`) so that it is redacted everywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// A file holding the key (64 hex digits), readable by this user only.
+    /// A file holding the key (64 hex digits), readable by this user only; used rather
+    /// than `key` when both are given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
 }
@@ -124,26 +125,16 @@ impl EncryptionConfig {
         }
     }
 
-    fn check(&self) -> Result<(), StoreError> {
-        if self.key.is_some() && self.key_file.is_some() {
-            return Err(StoreError::config(
-                "encryption: give `key` or `key_file`, not both",
-            ));
-        }
-        Ok(())
-    }
-
     /// The key, read now (a key file is read here); `None` when none is given.
     pub fn load(&self) -> Result<Option<crypt::Key>, StoreError> {
         let cfg = self.normalized();
-        cfg.check()?;
-        let key = match (&cfg.key, &cfg.key_file) {
-            (Some(k), _) => crypt::Key::from_hex(k, "encryption.key"),
-            (None, Some(f)) => crypt::Key::from_file(Path::new(f)),
+        // The file first: plans pass both, a file param and an optional secret.
+        let key = match (&cfg.key_file, &cfg.key) {
+            (Some(f), _) => crypt::Key::from_file(Path::new(f)),
+            (None, Some(k)) => crypt::Key::from_hex(k, "encryption.key"),
             (None, None) => return Ok(None),
         };
-        key.map(Some)
-            .map_err(|e| StoreError::config(e.to_string()))
+        key.map(Some).map_err(|e| StoreError::config(e.to_string()))
     }
 }
 
@@ -223,9 +214,6 @@ impl RepoConfig {
         }
         self.part_size_bytes()?;
         self.read_timeout_duration()?;
-        if let Some(e) = &self.encryption {
-            e.check()?;
-        }
         Ok(())
     }
 

@@ -13,14 +13,14 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use stagehand_backup::codec::HashingWriter;
 use stagehand_backup::dir::BackupDir;
+use stagehand_backup::manifest::Encryption;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::progress::Progress;
 use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
-use stagehand_backup::codec::HashingWriter;
-use stagehand_backup::manifest::Encryption;
 use stagehand_repo::crypt::{self, Key};
 use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
 use std::path::{Path, PathBuf};
@@ -211,11 +211,7 @@ fn fetch_outputs(
 
 /// The key an encrypted backup needs, checked by id against the one given; `None` for
 /// a backup in clear. One line naming both ids when they differ.
-fn backup_key(
-    repo: &RepoConfig,
-    id: &str,
-    manifest: &Manifest,
-) -> Result<Option<Key>, StepError> {
+fn backup_key(repo: &RepoConfig, id: &str, manifest: &Manifest) -> Result<Option<Key>, StepError> {
     let Some(Encryption { scheme, key_id }) = &manifest.encryption else {
         return Ok(None);
     };
@@ -225,9 +221,7 @@ fn backup_key(
             crypt::SCHEME
         )));
     }
-    let given = repo
-        .fetch_key()
-        .map_err(|e| StepError::fatal(e.message))?;
+    let given = repo.fetch_key().map_err(|e| StepError::fatal(e.message))?;
     match given {
         None => Err(StepError::fatal(format!(
             "backup {id} is encrypted with key {key_id}, and no key was given"

@@ -148,7 +148,9 @@ impl Shipper {
             }
             (None, Some(c)) => {
                 let (stored, tmp) = self.compress_to_scratch(f, c).await?;
-                let put = self.put(&stored.path, &tmp, stored.size, &stored.sha256).await;
+                let put = self
+                    .put(&stored.path, &tmp, stored.size, &stored.sha256)
+                    .await;
                 let _ = std::fs::remove_file(&tmp);
                 put?;
                 Some(stored)

@@ -95,7 +95,11 @@ impl TypedStep for Verify {
             prepared: manifest.prepared.is_some(),
             hashes_only: false,
         };
-        record_verified(&dir, manifest, if cfg.restore { "restore" } else { "pages" })?;
+        record_verified(
+            &dir,
+            manifest,
+            if cfg.restore { "restore" } else { "pages" },
+        )?;
         tracing::info!(files, bytes, pages, tables, "backup verified");
         Ok(out)
     }
@@ -132,7 +136,9 @@ async fn verify_encrypted(
             "{} is an encrypted backup (key {key_id}): a test restore needs its data",
             dir.display()
         ))
-        .with_hint("fetch it with its key first (plans/restore.yaml), then verify the fetched copy"));
+        .with_hint(
+            "fetch it with its key first (plans/restore.yaml), then verify the fetched copy",
+        ));
     }
     let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
     let bytes = tokio::task::spawn_blocking(move || {
