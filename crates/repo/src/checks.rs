@@ -87,6 +87,32 @@ async fn write_probe(cfg: &RepoConfig) -> Result<(), String> {
     multipart.and(deleted)
 }
 
+/// `--check` of the key a step would use: `upload` needs one when encryption is on,
+/// `fetch` uses one if given. Names the key by its id, never the key; `None` when there
+/// is nothing to say (no encryption configured).
+pub fn probe_key(cfg: &RepoConfig, for_upload: bool) -> Option<Finding> {
+    let loaded = if for_upload {
+        cfg.normalized().upload_key()
+    } else {
+        cfg.normalized().fetch_key()
+    };
+    match loaded {
+        Ok(Some(k)) => Some(Finding {
+            level: Level::Ok,
+            message: format!("encryption key {} can be read", k.id()),
+        }),
+        Ok(None) if for_upload || cfg.encryption.is_none() => None,
+        Ok(None) => Some(Finding {
+            level: Level::Ok,
+            message: "no encryption key given (an encrypted backup would be refused)".into(),
+        }),
+        Err(e) => Some(Finding {
+            level: Level::Error,
+            message: e.message,
+        }),
+    }
+}
+
 /// The object of every file of a backup as its repository stores it (the encrypted
 /// object, else the stored form, else the file): path, size and SHA-256.
 pub fn stored_files(manifest: &Manifest) -> Vec<(String, u64, String)> {

@@ -106,7 +106,9 @@ impl TypedStep for Fetch {
     }
 
     async fn preflight(cfg: &FetchConfig, _ctx: &StepContext) -> Vec<Finding> {
-        vec![probe_repository(&cfg.repository).await]
+        let mut findings = vec![probe_repository(&cfg.repository).await];
+        findings.extend(stagehand_repo::checks::probe_key(&cfg.repository, false));
+        findings
     }
 
     async fn run(cfg: &FetchConfig, ctx: &StepContext) -> Result<FetchOutput, StepError> {

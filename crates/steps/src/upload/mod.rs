@@ -186,7 +186,9 @@ impl TypedStep for Upload {
     }
 
     async fn preflight(cfg: &UploadConfig, _ctx: &StepContext) -> Vec<Finding> {
-        vec![probe_repository_for_writing(&cfg.repository).await]
+        let mut findings = vec![probe_repository_for_writing(&cfg.repository).await];
+        findings.extend(stagehand_repo::checks::probe_key(&cfg.repository, true));
+        findings
     }
 
     async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, StepError> {
@@ -430,4 +432,99 @@ async fn check_objects(
         store.delete(&stale).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::Compress;
+    use crate::fetch::{Fetch, FetchConfig};
+    use crate::test_support::{backup, cfg, ctx, noise, text};
+    use stagehand_repo::EncryptionConfig;
+
+    const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const OTHER: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    fn repo_with_key(dir: &Path, key: &str) -> RepoConfig {
+        RepoConfig {
+            encryption: Some(EncryptionConfig {
+                enabled: true,
+                key: Some(key.into()),
+                key_file: None,
+            }),
+            ..RepoConfig::at(&dir.display().to_string())
+        }
+    }
+
+    fn fetch_cfg(repo: RepoConfig, to: &Path) -> FetchConfig {
+        FetchConfig {
+            repository: repo,
+            id: "b1".into(),
+            to: to.display().to_string(),
+            parallel: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compressed_backup_uploaded_encrypted_fetches_back_with_its_key_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (src, repo) = (d.path().join("b"), d.path().join("repo"));
+        let files = [
+            ("ibdata1", text(3 << 20)),
+            ("db/t.frm", text(900)),
+            ("db/noise.MAD", noise(200 << 10)),
+        ];
+        backup(&src, &files);
+        Compress::run(&cfg(&src), &ctx()).await.expect("compress");
+        let upload = UploadConfig {
+            dir: src.display().to_string(),
+            repository: repo_with_key(&repo, KEY),
+            id: Some("b1".into()),
+            parallel: 2,
+            remove_local: false,
+            follow: false,
+            compress: None,
+        };
+        let out = Upload::run(&upload, &ctx()).await.expect("upload");
+        let key_id = stagehand_repo::crypt::Key::from_hex(KEY, "t")
+            .expect("key")
+            .id();
+        assert_eq!(out.key_id, key_id);
+        for obj in std::fs::read_dir(repo.join("b1"))
+            .expect("objects")
+            .flatten()
+            .filter(|e| e.path().is_file() && e.file_name() != "stagehand.json")
+        {
+            let bytes = std::fs::read(obj.path()).expect("object");
+            assert!(bytes.starts_with(b"STGHENC1"), "{:?} encrypted", obj.path());
+            assert!(!bytes.windows(16).any(|w| w == b"stagehand backup"));
+        }
+
+        // A wrong key: refused before the directory is even made.
+        let refused = d.path().join("refused");
+        let e = Fetch::run(&fetch_cfg(repo_with_key(&repo, OTHER), &refused), &ctx())
+            .await
+            .expect_err("wrong key");
+        assert!(e.to_string().contains(&key_id), "{e}");
+        assert!(!refused.exists());
+
+        // The right key: the same stored files as the backup had, a plain manifest.
+        let back = d.path().join("back");
+        let fetched = Fetch::run(&fetch_cfg(repo_with_key(&repo, KEY), &back), &ctx())
+            .await
+            .expect("fetch");
+        assert_eq!(fetched.key_id, key_id);
+        let m = Manifest::read(&src).expect("manifest");
+        let local = Manifest::read(&back).expect("fetched manifest");
+        assert!(local.files.iter().all(|f| f.encrypted.is_none()));
+        assert!(!back.join(".stagehand").exists(), "no scratch left");
+        for f in &m.files {
+            let rel = f.stored.as_ref().map_or(&f.path, |s| &s.path);
+            assert_eq!(
+                std::fs::read(back.join(rel)).expect("fetched"),
+                std::fs::read(src.join(rel)).expect("original"),
+                "{rel}"
+            );
+        }
+    }
 }
