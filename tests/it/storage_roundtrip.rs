@@ -248,7 +248,7 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
 
 /// Starts a server on a restored datadir and checks its data against the workload's
 /// commits up to `gtid` (domain 0).
-async fn assert_restored_exactly(
+pub(crate) async fn assert_restored_exactly(
     datadir: &Path,
     work: &Path,
     log: &crate::workload::WorkloadLog,
