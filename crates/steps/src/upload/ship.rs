@@ -203,6 +203,8 @@ impl Shipper {
                     size: out_size,
                     sha256: out_sha,
                 }),
+            // A file gone since announced stays NotFound: shipped at the end, if listed.
+            Err(crypt::CryptError::Io { path, source }) => Err(StoreError::io(&path, source)),
             Err(e) => Err(StoreError::permanent(e.to_string())),
         };
         let _ = std::fs::remove_file(&dest);
