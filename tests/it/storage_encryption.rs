@@ -7,16 +7,15 @@
 
 use crate::cli::{stagehand_env, Run};
 use crate::storage_roundtrip::{
-    assert_restored_exactly, backup_args, failed_step, light, restore_args, KEYS,
+    assert_restored_exactly, backup_args, busy_server, failed_step, light, restore_args, KEYS,
 };
 use crate::support::{files_in, report_of, set_args, step, write_plan};
-use crate::workload::{create_schema, domain0_seq_no, Workload, WorkloadOptions};
+use crate::workload::{domain0_seq_no, WorkloadOptions};
 use serde_json::Value;
 use stagehand_repo::crypt::Key;
 use stagehand_testkit::s3::{unique_bucket, MotoServer};
 use stagehand_testkit::TestServer;
 use std::path::Path;
-use std::time::Duration;
 
 const KEY_A: &str = "6c2b9f0e4a1d8c3b7e5f2a9d0c4b8e1f3a7d5c9b2e6f0a4d8c1b5e9f3a7d2c60";
 const KEY_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -76,21 +75,10 @@ async fn an_encrypted_streamed_backup_to_s3_restores_exactly_and_hides_its_rows(
     let bucket = unique_bucket("encrypted");
     moto.create_bucket(&bucket).await.expect("create bucket");
     let repository = format!("s3://{bucket}/db1");
-    let server = TestServer::builder()
-        .name("s3-encrypted")
-        .option("log-bin", Some("binlog"))
-        .option("server-id", Some("1"))
-        .start()
-        .await;
+    let (server, workload) = busy_server("s3-encrypted").await;
     add_marker(&server).await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let mut conn = server.conn().await;
     let opts: WorkloadOptions = light();
-    create_schema(&mut conn, &opts).await;
-    let workload = Workload::start(server.opts(), &opts);
-    workload
-        .wait_for_commits(200, Duration::from_secs(30))
-        .await;
+    let work = tempfile::tempdir().expect("tempdir");
 
     let args = with_sets(
         backup_args(&repository, &moto.endpoint(), &server, work.path()),

@@ -44,7 +44,7 @@ pub(crate) fn light() -> WorkloadOptions {
 
 /// A server with the binary log on, the workload's schema, and the workload running
 /// (200 commits in).
-async fn busy_server(name: &str) -> (TestServer, Workload) {
+pub(crate) async fn busy_server(name: &str) -> (TestServer, Workload) {
     let server = TestServer::builder()
         .name(name)
         .option("log-bin", Some("binlog"))
