@@ -2,7 +2,7 @@
 # The README's test command: installs missing prerequisites (scripts/ensure-deps.sh), then
 # runs every test of the workspace against real MariaDB servers that the harness starts
 # in temporary directories: all of them on the default server build (Debian 12's 10.11),
-# then the version matrix: the backup oracle, fault, storage, restore, reconcile, DATA DIRECTORY and safety tests
+# then the version matrix: the backup oracle, fault, storage (encryption too), restore, reconcile, DATA DIRECTORY and safety tests
 # again on MariaDB 11.8 (STAGEHAND_MARIADB_BIN names the server build to use).
 # With arguments, runs only `cargo test --workspace --locked ARGS` on the default build.
 set -euo pipefail
@@ -23,5 +23,5 @@ echo "== version matrix: backup, fault, storage, restore and safety tests on $("
 STAGEHAND_MARIADB_BIN="$bin" cargo test --locked --test it -- \
   backup_oracle:: backup_faults:: storage_roundtrip:: storage_faults:: restore:: \
   sandbox_safety:: preflight_safety:: private_files:: run_privileges:: file_ops_ledger:: reconcile:: \
-  data_directory:: \
+  data_directory:: storage_encryption:: \
   --skip reconcile::encrypted_redo_log_refuses_innodb_ddl_during_the_copy_only
