@@ -336,9 +336,36 @@ async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
     let moto = MotoServer::shared();
     let bucket = unique_bucket("rotate");
     moto.create_bucket(&bucket).await.expect("bucket");
+    let repository = format!(
+        "{{url: \"s3://{bucket}/nightly\", endpoint: \"{}\", path_style: true, access_key_id: k, secret_access_key: s}}",
+        moto.endpoint()
+    );
+    rotation_on_s3(&moto.client(), &bucket, &repository).await;
+}
+
+/// The same against Garage, a production S3 server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_garage_deletes_exactly_the_planned_backups() {
+    use stagehand_testkit::garage::{
+        GarageServer, GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY,
+    };
+    use stagehand_testkit::s3::unique_bucket;
+    let garage = GarageServer::shared();
+    let bucket = unique_bucket("rotate-garage");
+    garage.create_bucket(&bucket).await.expect("bucket");
+    let repository = format!(
+        "{{url: \"s3://{bucket}/nightly\", endpoint: \"{}\", region: {GARAGE_REGION}, path_style: true, access_key_id: {GARAGE_ACCESS_KEY}, secret_access_key: {GARAGE_SECRET_KEY}}}",
+        garage.endpoint()
+    );
+    rotation_on_s3(&garage.client(), &bucket, &repository).await;
+}
+
+/// Puts the scenario's backups under `nightly/` in `bucket`, runs the rotate plan on
+/// `repository` (a YAML mapping naming that bucket and prefix) and checks exactly the
+/// planned backups are gone.
+async fn rotation_on_s3(client: &stagehand_testkit::s3::S3Client, bucket: &str, repository: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = scenario(dir.path());
-    let client = moto.client();
     let mut stack = vec![s.repo.clone()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("dir").flatten() {
@@ -350,7 +377,7 @@ async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
             let rel = p.strip_prefix(&s.repo).expect("under repo").display();
             client
                 .put_object()
-                .bucket(&bucket)
+                .bucket(bucket)
                 .key(format!("nightly/{rel}"))
                 .body(std::fs::read(&p).expect("read").into())
                 .send()
@@ -358,17 +385,13 @@ async fn a_run_on_s3_deletes_exactly_the_planned_backups() {
                 .expect("put");
         }
     }
-    let repository = format!(
-        "{{url: \"s3://{bucket}/nightly\", endpoint: \"{}\", path_style: true, access_key_id: k, secret_access_key: s}}",
-        moto.endpoint()
-    );
-    let plan = write_plan(dir.path(), "rotate-s3", &rotate_plan_text(&repository, ""));
+    let plan = write_plan(dir.path(), "rotate-s3", &rotate_plan_text(repository, ""));
     let r = tokio::task::block_in_place(|| run_plan(dir.path(), &plan, &[], &[]));
     let out = succeeded(&r);
     assert_eq!(ids(&out["deleted_ids"]), s.deleted);
     let listed = client
         .list_objects_v2()
-        .bucket(&bucket)
+        .bucket(bucket)
         .prefix("nightly/")
         .send()
         .await

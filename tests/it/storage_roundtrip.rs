@@ -544,11 +544,17 @@ fn spawn_backup_to(
     server: &TestServer,
     work: &Path,
 ) -> tokio::process::Child {
+    spawn_stagehand(backup_args(repository, endpoint, server, work), KEYS)
+}
+
+/// Starts stagehand with `args` and `env` in the background; killed if the test ends
+/// first.
+fn spawn_stagehand(args: Vec<String>, env: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args(backup_args(repository, endpoint, server, work))
+        .args(args)
         .current_dir(crate::cli::repo_root())
         .env_remove("STAGEHAND_LOG")
-        .envs(KEYS.iter().copied())
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -615,27 +621,8 @@ async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
     let repository = format!("s3://{bucket}/db1");
     let (server, workload) = busy_server("s3-outage").await;
     let work = tempfile::tempdir().expect("tempdir");
-    for outage in [1, 10, 60] {
-        let dir = work.path().join(format!("outage-{outage}"));
-        proxy.reset_counts();
-        let child = spawn_backup_to(&repository, &proxy.endpoint(), &server, &dir);
-        // The outage starts once the upload is under way.
-        wait_until("the upload starts", Duration::from_secs(120), || {
-            proxy.count("PutObject") + proxy.count("UploadPart") > 0
-        })
-        .await;
-        proxy.add(Rule::any().reset());
-        tokio::time::sleep(Duration::from_secs(outage)).await;
-        proxy.clear_rules();
-        let faulted = faults(&proxy);
-        let (code, stdout, stderr) = finish(child).await;
-        assert_eq!(
-            code, 0,
-            "the backup rides out a {outage} s outage ({faulted} requests reset)\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        assert!(faulted > 0, "the {outage} s outage reset no request");
-        eprintln!("[s3-outage] {outage} s outage: {faulted} requests reset, backup complete");
-    }
+    let args = |dir: &Path| backup_args(&repository, &proxy.endpoint(), &server, dir);
+    ride_out_outages(&proxy, work.path(), &[1, 10, 60], args, KEYS).await;
     let _ = workload.stop().await;
     assert_eq!(complete_backups(&repository, moto), 3);
     let restored = tokio::task::block_in_place(|| {
@@ -646,6 +633,81 @@ async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
         "the last backup restores\nstdout: {}\nstderr: {}",
         restored.stdout, restored.stderr
     );
+}
+
+/// Streams one backup per outage (`args` for its work directory) through `proxy`, which
+/// resets every connection for that many seconds once the upload has started; each
+/// backup must complete.
+async fn ride_out_outages(
+    proxy: &FaultProxy,
+    work: &Path,
+    outages: &[u64],
+    args: impl Fn(&Path) -> Vec<String>,
+    env: &[(&str, &str)],
+) {
+    for &outage in outages {
+        proxy.reset_counts();
+        let child = spawn_stagehand(args(&work.join(format!("outage-{outage}"))), env);
+        wait_until("the upload starts", Duration::from_secs(120), || {
+            proxy.count("PutObject") + proxy.count("UploadPart") > 0
+        })
+        .await;
+        proxy.add(Rule::any().reset());
+        tokio::time::sleep(Duration::from_secs(outage)).await;
+        proxy.clear_rules();
+        let faulted = faults(proxy);
+        let (code, stdout, stderr) = finish(child).await;
+        assert_eq!(
+            code, 0,
+            "the backup rides out a {outage} s outage ({faulted} requests reset)\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(faulted > 0, "the {outage} s outage reset no request");
+        eprintln!("[s3-outage] {outage} s outage: {faulted} requests reset, backup complete");
+    }
+}
+
+/// The same outages of 1 and 10 s with Garage, a production S3 server, behind the
+/// proxy: both backups complete and Garage holds their manifests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streamed_backups_to_garage_ride_out_endpoint_outages() {
+    use stagehand_testkit::garage::{
+        GarageServer, GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY,
+    };
+    let garage = GarageServer::shared();
+    let bucket = unique_bucket("garage-outage");
+    garage.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(garage.addr()).await.expect("fault proxy");
+    let repository = format!("s3://{bucket}/db1");
+    let (server, workload) = busy_server("garage-outage").await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("STAGEHAND_S3_ACCESS_KEY_ID", GARAGE_ACCESS_KEY),
+        ("STAGEHAND_S3_SECRET_ACCESS_KEY", GARAGE_SECRET_KEY),
+        ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let args = |dir: &Path| {
+        let mut a = backup_args(&repository, &proxy.endpoint(), &server, dir);
+        a.extend(set_args(&[("region", GARAGE_REGION.to_string())]));
+        a
+    };
+    ride_out_outages(&proxy, work.path(), &[1, 10], args, &env).await;
+    let _ = workload.stop().await;
+    let client = garage.client();
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("db1/")
+        .send()
+        .await
+        .expect("ListObjectsV2");
+    let manifests = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| k.ends_with("/stagehand.json"))
+        .count();
+    assert_eq!(manifests, 2, "both backups completed on Garage");
 }
 
 /// The backup locks are gone: a DDL statement and a commit go through at once.

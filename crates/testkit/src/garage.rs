@@ -167,6 +167,10 @@ impl GarageServer {
         }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -3,6 +3,8 @@
 //! to a real S3 implementation, the proxy only breaks requests on purpose.
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+/// The SDK client the harness hands out, for tests that take one as a parameter.
+pub use aws_sdk_s3::Client as S3Client;
 use stagehand_repo::RepoConfig;
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
