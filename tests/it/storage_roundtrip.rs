@@ -741,15 +741,19 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
     let work = tempfile::tempdir().expect("tempdir");
     for signal in ["INT", "KILL"] {
         let name = format!("SIG{signal}");
-        // One upload request hangs: the run is caught in the middle of its upload.
-        proxy.add(
-            Rule::any()
-                .method("PUT")
-                .times(1)
-                .stall(Duration::from_secs(120)),
-        );
         proxy.reset_counts();
         let child = spawn_backup_to(&repository, &proxy.endpoint(), &server, work.path());
+        // Objects arrive, then every upload request hangs (none is forwarded, so none
+        // can land after the run has cleaned up): the run is caught in the middle of its
+        // upload, with objects to remove.
+        wait_until("an object is uploaded", Duration::from_secs(120), || {
+            proxy
+                .seen()
+                .iter()
+                .any(|s| s.method == "PUT" && s.fault.is_none())
+        })
+        .await;
+        proxy.add(Rule::any().method("PUT").stall(Duration::from_secs(300)));
         wait_until("an upload request hangs", Duration::from_secs(120), || {
             faults(&proxy) > 0
         })
