@@ -777,9 +777,10 @@ async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
             "{name}: nothing looks complete"
         );
         if signal == "INT" {
+            let left = keys_under(moto, &bucket, "db1/").await;
             assert!(
-                keys_under(moto, &bucket, "db1/").await.is_empty(),
-                "{name}: the interrupted run removed what it uploaded"
+                left.is_empty(),
+                "{name}: the interrupted run removed what it uploaded, not {left:?}\n{stderr}"
             );
             assert_no_multipart_uploads(moto, &bucket).await;
         }
