@@ -110,6 +110,13 @@ async fn follow_until_sealed(
     tokio::pin!(until);
     let sealed = loop {
         tokio::select! {
+            biased;
+            // Uploads in flight are dropped at once: one that hangs on a dead endpoint
+            // must not keep the run (and its cleanup) waiting for its retries.
+            _ = ctx.cancel.cancelled() => {
+                tasks.abort_all();
+                return Err(cancelled());
+            }
             r = &mut until => break r,
             _ = tokio::time::sleep(POLL) => {}
         }
@@ -138,8 +145,18 @@ async fn follow_until_sealed(
             super::joined(done)?;
         }
     };
-    while let Some(done) = tasks.join_next().await {
-        super::joined(done)?;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctx.cancel.cancelled() => {
+                tasks.abort_all();
+                return Err(cancelled());
+            }
+            done = tasks.join_next() => match done {
+                Some(done) => super::joined(done)?,
+                None => break,
+            },
+        }
     }
     sealed
         .map(|_| ())
