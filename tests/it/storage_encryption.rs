@@ -299,10 +299,7 @@ async fn a_local_encrypted_repository_refuses_wrong_keys_and_catches_tampering()
     objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let victim = objects.last().expect("an encrypted object").clone();
     let original = std::fs::read(&victim).expect("read object");
-    let mut bytes = original.clone();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&victim, &bytes).expect("write object");
+    crate::support::flip_a_middle_byte(&victim);
     let rargs = restore_args(&repository, "", work.path(), "t");
     let tampered = tokio::task::block_in_place(|| run_keyed(&rargs, Some(KEY_A)));
     let fetch = failed_step(&tampered, "fetch", "a tampered object must fail");

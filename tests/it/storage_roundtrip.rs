@@ -29,6 +29,20 @@ pub(crate) const KEYS: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
+/// The same for Garage's default key.
+const GARAGE_KEYS: &[(&str, &str)] = &[
+    (
+        "STAGEHAND_S3_ACCESS_KEY_ID",
+        stagehand_testkit::garage::GARAGE_ACCESS_KEY,
+    ),
+    (
+        "STAGEHAND_S3_SECRET_ACCESS_KEY",
+        stagehand_testkit::garage::GARAGE_SECRET_KEY,
+    ),
+    ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
 pub(crate) fn run(args: &[String]) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     stagehand_env(&args, KEYS)
@@ -40,6 +54,15 @@ pub(crate) fn light() -> WorkloadOptions {
         accounts: 5_000,
         ..WorkloadOptions::default()
     }
+}
+
+/// moto with a new bucket (named after `tag`), and a fault proxy in front of it.
+async fn moto_behind_proxy(tag: &str) -> (&'static MotoServer, String, FaultProxy) {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket(tag);
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    (moto, bucket, proxy)
 }
 
 /// A server with the binary log on, the workload's schema, and the workload running
@@ -139,10 +162,7 @@ pub(crate) fn failed_step(r: &Run, id: &str, why: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
-    let moto = MotoServer::shared();
-    let bucket = unique_bucket("roundtrip");
-    moto.create_bucket(&bucket).await.expect("create bucket");
-    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let (moto, bucket, proxy) = moto_behind_proxy("roundtrip").await;
     // Transient faults on the way up: the upload must ride through them.
     // (The files of this small server are all below the part size, so they go as
     // single PutObjects; multipart faults are tested in steps/tests/s3_store.rs.)
@@ -300,10 +320,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     objects.retain(|p| p.extension().is_some_and(|e| e == "zst"));
     objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     let victim = objects.last().expect("a compressed object").clone();
-    let mut bytes = std::fs::read(&victim).expect("read object");
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    std::fs::write(&victim, &bytes).expect("write object");
+    crate::support::flip_a_middle_byte(&victim);
 
     let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
     let fetch = failed_step(&restored, "fetch", "a corrupt object must fail the restore");
@@ -466,10 +483,7 @@ async fn disk_full_in_the_repository_fails_clearly_and_leaves_nothing_complete()
 /// and makes a complete backup; the repository never listed the killed one as complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_streamed_backup_killed_after_its_seal_does_not_block_the_next_run() {
-    let moto = MotoServer::shared();
-    let bucket = unique_bucket("killed-spool");
-    moto.create_bucket(&bucket).await.expect("create bucket");
-    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let (moto, bucket, proxy) = moto_behind_proxy("killed-spool").await;
     proxy.add(
         Rule::op("PutObject")
             .target_contains("stagehand.json")
@@ -614,10 +628,7 @@ fn faults(proxy: &FaultProxy) -> usize {
 /// and starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_backups_ride_out_endpoint_outages_of_1_10_and_60_seconds() {
-    let moto = MotoServer::shared();
-    let bucket = unique_bucket("outage");
-    moto.create_bucket(&bucket).await.expect("create bucket");
-    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let (moto, bucket, proxy) = moto_behind_proxy("outage").await;
     let repository = format!("s3://{bucket}/db1");
     let (server, workload) = busy_server("s3-outage").await;
     let work = tempfile::tempdir().expect("tempdir");
@@ -670,9 +681,7 @@ async fn ride_out_outages(
 /// proxy: both backups complete and Garage holds their manifests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_backups_to_garage_ride_out_endpoint_outages() {
-    use stagehand_testkit::garage::{
-        GarageServer, GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY,
-    };
+    use stagehand_testkit::garage::{GarageServer, GARAGE_REGION};
     let garage = GarageServer::shared();
     let bucket = unique_bucket("garage-outage");
     garage.create_bucket(&bucket).await.expect("create bucket");
@@ -680,18 +689,12 @@ async fn streamed_backups_to_garage_ride_out_endpoint_outages() {
     let repository = format!("s3://{bucket}/db1");
     let (server, workload) = busy_server("garage-outage").await;
     let work = tempfile::tempdir().expect("tempdir");
-    let env = [
-        ("STAGEHAND_S3_ACCESS_KEY_ID", GARAGE_ACCESS_KEY),
-        ("STAGEHAND_S3_SECRET_ACCESS_KEY", GARAGE_SECRET_KEY),
-        ("STAGEHAND_S3_RETRY_BASE_MS", "20"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
     let args = |dir: &Path| {
         let mut a = backup_args(&repository, &proxy.endpoint(), &server, dir);
         a.extend(set_args(&[("region", GARAGE_REGION.to_string())]));
         a
     };
-    ride_out_outages(&proxy, work.path(), &[1, 10], args, &env).await;
+    ride_out_outages(&proxy, work.path(), &[1, 10], args, GARAGE_KEYS).await;
     let _ = workload.stop().await;
     let client = garage.client();
     let listed = client
@@ -732,10 +735,7 @@ async fn assert_no_backup_lock(server: &TestServer) {
 /// next scheduled run, with the same spool and state directories, completes by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_streamed_backup_stopped_mid_upload_does_not_block_the_next_run() {
-    let moto = MotoServer::shared();
-    let bucket = unique_bucket("stopped");
-    moto.create_bucket(&bucket).await.expect("create bucket");
-    let proxy = FaultProxy::start(moto.addr()).await.expect("fault proxy");
+    let (moto, bucket, proxy) = moto_behind_proxy("stopped").await;
     let repository = format!("s3://{bucket}/db1");
     let (server, workload) = busy_server("s3-stopped").await;
     let work = tempfile::tempdir().expect("tempdir");
@@ -849,21 +849,14 @@ async fn a_missing_bucket_is_named_in_one_line_before_anything_is_copied() {
 /// workload oracle at that GTID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streamed_backup_to_garage_restores_exactly_up_to_its_gtid() {
-    use stagehand_testkit::garage::{
-        GarageServer, GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY,
-    };
+    use stagehand_testkit::garage::{GarageServer, GARAGE_REGION};
     let garage = GarageServer::shared();
     let bucket = unique_bucket("garage");
     garage.create_bucket(&bucket).await.expect("create bucket");
     let repository = format!("s3://{bucket}/db1");
-    let env = [
-        ("STAGEHAND_S3_ACCESS_KEY_ID", GARAGE_ACCESS_KEY),
-        ("STAGEHAND_S3_SECRET_ACCESS_KEY", GARAGE_SECRET_KEY),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
     let with_keys = |args: Vec<String>| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        stagehand_env(&args, &env)
+        stagehand_env(&args, GARAGE_KEYS)
     };
     // Plans sign for Garage's region (its `s3_region`).
     let in_region = |mut args: Vec<String>| {

@@ -265,6 +265,14 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// No multipart upload is left in `bucket`.
+/// Damages a stored file the way a bad disk would: one bit of its middle byte flipped.
+pub fn flip_a_middle_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read object");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(path, &bytes).expect("write object");
+}
+
 /// The keys of the objects under `prefix` in `bucket`.
 pub async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<String> {
     moto.client()

@@ -120,7 +120,7 @@ pub fn encrypted_size(plain: u64) -> u64 {
 pub fn encrypt(
     key: &Key,
     path: &str,
-    mut input: impl Read,
+    input: impl Read,
     mut output: impl Write,
 ) -> Result<u64, CryptError> {
     let io = |source| CryptError::Io {
@@ -135,22 +135,20 @@ pub fn encrypt(
     let mut enc = EncryptorBE32::from_aead(key.cipher.clone(), GenericArray::from_slice(&prefix));
     let sealed = |e| authentication(path, e);
     let mut total = 0u64;
-    let mut cur = read_chunk(&mut input, CHUNK).map_err(io)?;
-    // A full chunk is the last only when nothing follows it: read one ahead.
-    while cur.len() == CHUNK {
-        let next = read_chunk(&mut input, CHUNK).map_err(io)?;
-        if next.is_empty() {
+    let mut chunks = Chunks::new(input, CHUNK);
+    loop {
+        let (chunk, last) = chunks.next().map_err(io)?;
+        total += chunk.len() as u64;
+        if last {
+            let out = enc.encrypt_last(payload(&chunk, &aad)).map_err(sealed)?;
+            output.write_all(&out).map_err(io)?;
             break;
         }
-        let out = enc.encrypt_next(payload(&cur, &aad)).map_err(sealed)?;
+        let out = enc.encrypt_next(payload(&chunk, &aad)).map_err(sealed)?;
         output.write_all(&out).map_err(io)?;
-        total += cur.len() as u64;
-        cur = next;
     }
-    let out = enc.encrypt_last(payload(&cur, &aad)).map_err(sealed)?;
-    output.write_all(&out).map_err(io)?;
     output.flush().map_err(io)?;
-    Ok(total + cur.len() as u64)
+    Ok(total)
 }
 
 /// Decrypts the object at `path` from `input` into `output`, checking each chunk.
@@ -172,21 +170,21 @@ pub fn decrypt(
     let mut dec = DecryptorBE32::from_aead(key.cipher.clone(), GenericArray::from_slice(prefix));
     let open = |e| authentication(path, e);
     let mut total = 0u64;
-    let mut cur = read_chunk(&mut input, CHUNK + TAG).map_err(io)?;
-    while cur.len() == CHUNK + TAG {
-        let next = read_chunk(&mut input, CHUNK + TAG).map_err(io)?;
-        if next.is_empty() {
+    let mut chunks = Chunks::new(input, CHUNK + TAG);
+    loop {
+        let (chunk, last) = chunks.next().map_err(io)?;
+        if last {
+            let out = dec.decrypt_last(payload(&chunk, &aad)).map_err(open)?;
+            output.write_all(&out).map_err(io)?;
+            total += out.len() as u64;
             break;
         }
-        let out = dec.decrypt_next(payload(&cur, &aad)).map_err(open)?;
+        let out = dec.decrypt_next(payload(&chunk, &aad)).map_err(open)?;
         output.write_all(&out).map_err(io)?;
         total += out.len() as u64;
-        cur = next;
     }
-    let out = dec.decrypt_last(payload(&cur, &aad)).map_err(open)?;
-    output.write_all(&out).map_err(io)?;
     output.flush().map_err(io)?;
-    Ok(total + out.len() as u64)
+    Ok(total)
 }
 
 /// Encrypts a small object (a manifest) in memory.
@@ -241,6 +239,39 @@ fn authentication(path: &str, _: aes_gcm::aead::Error) -> CryptError {
 }
 
 /// Reads up to `len` bytes: fewer only at the end of the input.
+/// The chunks of a stream, each told whether it is the last: a full chunk is the last
+/// only when nothing follows it, so one chunk is read ahead. The last may be short or
+/// empty.
+struct Chunks<R> {
+    input: R,
+    size: usize,
+    ahead: Option<Vec<u8>>,
+}
+
+impl<R: Read> Chunks<R> {
+    fn new(input: R, size: usize) -> Self {
+        Chunks {
+            input,
+            size,
+            ahead: None,
+        }
+    }
+
+    fn next(&mut self) -> std::io::Result<(Vec<u8>, bool)> {
+        let cur = match self.ahead.take() {
+            Some(c) => c,
+            None => read_chunk(&mut self.input, self.size)?,
+        };
+        if cur.len() < self.size {
+            return Ok((cur, true));
+        }
+        let next = read_chunk(&mut self.input, self.size)?;
+        let last = next.is_empty();
+        self.ahead = Some(next);
+        Ok((cur, last))
+    }
+}
+
 fn read_chunk(input: &mut impl Read, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     input.take(len as u64).read_to_end(&mut buf)?;
