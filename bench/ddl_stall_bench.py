@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """DDL, MyISAM, Aria and InnoDB stalls during a hot backup (issue 14), side by side on the
-same data in one run:
+same data in one run (each round in a rotated order: a b c, b c a, c a b, ...):
 
   (a) stagehand plans/full-backup.yaml (the default: everything copied under BACKUP STAGE
       START, a `catch_up` pass under START, BLOCK_DDL only for the `reconcile` step),
@@ -18,6 +18,10 @@ run's report.json, each step's start and duration (which step held BLOCK_DDL how
 
     python3 bench/ddl_stall_bench.py [--dir /tmp/stagehand-ddl-bench] [--tables 8] [--table-size 500000]
         [--sysbench-tables 8]
+
+With --no-probe the same backups run with the server idle: the tools' own wall and CPU
+time, without the work the probe's statements add to the server (under (a) they run during
+the copy, under (b) they wait for it).
 
 With --sysbench-tables N < --tables, only sbtest1..N are made by `sysbench prepare`; the
 others are copies of them (same rows) made with transportable tablespaces (FLUSH TABLES
@@ -64,15 +68,17 @@ def one_backup(tool, rnd, cmd, sock, target, a):
     waited = round(time.monotonic() - waited)
     bb.drop_caches()
     load_before = round(os.getloadavg()[0], 2)
-    probe = subprocess.Popen([str(PROBE), "--socket", str(sock), "--interval-ms", "50", "--stop-file", str(stop)],
-                             stdout=subprocess.PIPE, text=True)
+    probe = None if a.no_probe else subprocess.Popen(
+        [str(PROBE), "--socket", str(sock), "--interval-ms", "50", "--stop-file", str(stop)],
+        stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     res = {"tool": tool, "round": rnd}
     res.update(bb.measured(cmd))
     time.sleep(1)
     stop.touch()
+    out = None
     try:
-        out, _ = probe.communicate(timeout=600)
+        out, _ = probe.communicate(timeout=600) if probe else (None, None)
     except subprocess.TimeoutExpired:
         probe.send_signal(signal.SIGTERM)
         out, _ = probe.communicate()
@@ -125,13 +131,14 @@ def doc_table(results):
         if isinstance(v, float):
             return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
         return str(v)
-    head = ["tool", "round", "wall_s", "DDL worst / p99 ms", "MyISAM worst / p99 ms", "Aria worst / p99 ms",
+    head = ["tool", "round", "wall_s", "cpu_s", "DDL worst / p99 ms", "MyISAM worst / p99 ms", "Aria worst / p99 ms",
             "InnoDB worst / p99 ms", "start ms", "block_ddl ms", "block_commit ms", "ddl_blocked ms",
             "commit_blocked ms", "load before", "loadavg_1m", "exit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        cls = [f"{f(r.get(c + '_worst_ms'))} / {f(r.get(c + '_p99_ms'))}" for c in ("ddl", "myisam", "aria", "innodb")]
-        row = [r["tool"], str(r["round"]), f(r.get("wall_s")), *cls,
+        cls = [f"{f(r.get(c + '_worst_ms'))} / {f(r.get(c + '_p99_ms'))}" if r.get(c + "_worst_ms") is not None
+               else "(no probe)" for c in ("ddl", "myisam", "aria", "innodb")]
+        row = [r["tool"], str(r["round"]), f(r.get("wall_s")), f(r.get("cpu_s")), *cls,
                *(f(r.get(k)) for k in ("start_ms", "block_ddl_ms", "block_commit_ms", "ddl_blocked_ms",
                                        "commit_blocked_ms", "loadavg_before", "loadavg_1m", "exit"))]
         lines.append("| " + " | ".join(row) + " |")
@@ -207,6 +214,25 @@ def prepare_data(sock, data, a):
             (d / f"sbtest{i}.cfg").unlink(missing_ok=True)
     if count() != a.tables:
         sys.exit(f"sbtest has {count()} tables, wanted {a.tables}")
+    checkpoint(sock)
+
+
+def checkpoint(sock):
+    """Flushes every dirty page so InnoDB makes a checkpoint: the backups' redo logs then
+    start after the set-up. Without it the IMPORTs above stay in the log since the last
+    checkpoint, and a stagehand backup refuses to run (it cannot tell an import made
+    before the backup from one made during the copy)."""
+    pct = bb.sql(sock, "SELECT @@innodb_max_dirty_pages_pct")
+    bb.sql(sock, "SET GLOBAL innodb_max_dirty_pages_pct=0")
+    try:
+        for _ in range(600):
+            age = bb.sql(sock, "SHOW GLOBAL STATUS LIKE 'Innodb_checkpoint_age'").split()[-1]
+            if int(age) < 1 << 20:
+                return
+            time.sleep(0.1)
+        sys.exit("InnoDB made no checkpoint within 60 s")
+    finally:
+        bb.sql(sock, f"SET GLOBAL innodb_max_dirty_pages_pct={pct}")
 
 
 def render(name, saved):
@@ -242,6 +268,8 @@ def main():
     ap.add_argument("--max-load", type=float, default=2.5,
                     help="a row whose 1-minute load average is above this is run again (kept in the JSON)")
     ap.add_argument("--retries", type=int, default=2)
+    ap.add_argument("--no-probe", action="store_true",
+                    help="run the backups without the probe: compares the tools' wall and CPU time alone")
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks-ddl-stall.json"))
     ap.add_argument("--render", metavar="JSON", help="only print the docs/BENCHMARKS.md tables of a saved run")
     a = ap.parse_args()
@@ -276,14 +304,19 @@ def main():
         meta = {"command": "python3 bench/ddl_stall_bench.py " + " ".join(sys.argv[1:]),
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
                 "mariadb": version, "datadir_bytes": data_bytes, "tables": a.tables, "table_size": a.table_size,
-                "parallel": a.parallel, "probe_interval_ms": 50, "sysbench_tables": a.sysbench_tables,
+                "parallel": a.parallel, "probe_interval_ms": None if a.no_probe else 50, "sysbench_tables": a.sysbench_tables,
                 "table_files_bytes": bb.du(data / "sbtest")}
 
         def save():  # after every row, so an interrupted run keeps what it measured
             Path(a.out).write_text(json.dumps({"meta": meta, "results": results,
                                                "rerun_for_load_above_%s" % a.max_load: noisy}, indent=1) + "\n")
+        names = list(tools)
         for rnd in range(1, a.rounds + 1):
-            for name, cmd in tools.items():
+            # Each round starts one tool later, so that no tool always follows the same
+            # one (a backup pays for the file deletion and writeback of the one before).
+            shift = (rnd - 1) % len(names)
+            for name in names[shift:] + names[:shift]:
+                cmd = tools[name]
                 for _ in range(a.retries + 1):
                     r = one_backup(name, rnd, cmd, sock, target, a)
                     if r["loadavg_1m"] <= a.max_load:

@@ -10,5 +10,6 @@ pub mod dir;
 pub mod entry;
 pub mod manifest;
 pub mod pagecopy;
+pub mod source;
 pub mod spool;
 pub mod table_files;

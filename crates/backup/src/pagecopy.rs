@@ -7,13 +7,14 @@ use stagehand_innodb::page::{check_page_at, PageError, PageStatus, SpaceFormat};
 use stagehand_mariadb::datadir::{FileClass, SourceFile};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::entry::{now_ns, CopiedFile, SourceStamp};
+use crate::source::{aligned, Source};
+use stagehand_host::write_behind::WriteBehind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
@@ -64,17 +65,16 @@ pub fn copy_file(
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let input = File::open(&src.abs).map_err(io(&src.abs))?;
+    let input = Source::open(&src.abs, src.class.is_innodb()).map_err(io(&src.abs))?;
     let meta = input.metadata().map_err(io(&src.abs))?;
     let stamp = SourceStamp::of(&meta, now_ns());
     // Growth after this point comes back from the redo log, as in mariadb-backup.
     let size = meta.len();
-    let mut output = File::create(&dest).map_err(io(&dest))?;
+    let output = File::create(&dest).map_err(io(&dest))?;
     let mut sink = HashingSink {
-        file: &mut output,
+        out: WriteBehind::new(&output),
         hash: Sha256::new(),
         path: &dest,
-        written: 0,
     };
     let mut record = CopiedFile {
         path: src.rel.clone(),
@@ -91,96 +91,66 @@ pub fn copy_file(
         encrypted: None,
     };
     if src.class.is_innodb() {
-        copy_pages(
-            &input,
-            &src.abs,
-            size,
-            &mut sink,
-            &mut record,
-            opts,
-            scratch,
-        )?;
+        copy_pages(&input, size, &mut sink, &mut record, opts, scratch)?;
     } else {
-        copy_bytes(&input, &src.abs, size, &mut sink, opts, scratch)?;
+        copy_bytes(&input, size, &mut sink, opts, scratch)?;
     }
-    record.size = sink.written;
+    record.size = sink.out.written();
     record.sha256 = format!("{:x}", sink.hash.finalize());
     // No fsync here: copies made under BLOCK_COMMIT must be quick, and durability only
-    // matters before the manifest is written (seal syncs every file first).
+    // matters before the manifest is written (seal syncs every file first; write-behind
+    // has already sent nearly all of it to the disk, so that sync is short).
+    sink.out.finish();
     Ok(record)
 }
 
+/// The copy's output: hashed as written, and written behind (see `WriteBehind`: a copy
+/// must not make the server's log writes queue behind a burst of its own).
 struct HashingSink<'a> {
-    file: &'a mut File,
+    out: WriteBehind<'a>,
     hash: Sha256,
     path: &'a Path,
-    written: u64,
 }
 
 impl HashingSink<'_> {
     fn write(&mut self, data: &[u8]) -> Result<(), CopyError> {
-        self.file.write_all(data).map_err(io(self.path))?;
+        self.out.write_all(data).map_err(io(self.path))?;
         self.hash.update(data);
-        self.written += data.len() as u64;
         Ok(())
     }
 }
 
-/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
-fn read_at(input: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<usize, CopyError> {
-    let mut done = 0;
-    while done < buf.len() {
-        match input.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(CopyError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
-                })
-            }
-        }
-    }
-    Ok(done)
-}
-
-/// Tells the kernel a range of the source will not be read again, so the copy does not
-/// fill the page cache with the datadir (the server uses O_DIRECT: cached pages of its
-/// files only cost it invalidations on every write). Advice only: errors are ignored.
-fn drop_from_cache(input: &File, offset: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: posix_fadvise reads no memory; the descriptor is open for the call.
-    unsafe {
-        libc::posix_fadvise(
-            input.as_raw_fd(),
-            offset as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
-        );
-    }
+/// Reads `want` bytes at `offset` into `window` (see `Source::read_at`).
+fn read_at(
+    input: &Source,
+    window: &mut [u8],
+    want: usize,
+    offset: u64,
+) -> Result<usize, CopyError> {
+    input
+        .read_at(window, want, offset)
+        .map_err(io(input.path()))
 }
 
 fn copy_bytes(
-    input: &File,
-    path: &Path,
+    input: &Source,
     size: u64,
     sink: &mut HashingSink,
     opts: &CopyOptions,
     buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    buf.resize(opts.chunk_bytes, 0);
+    let window = aligned(buf, opts.chunk_bytes);
     let mut offset = 0;
     while offset < size {
         check_cancel(opts)?;
-        let want = (size - offset).min(buf.len() as u64) as usize;
-        let n = read_at(input, path, &mut buf[..want], offset)?;
+        let want = (size - offset).min(window.len() as u64) as usize;
+        let n = read_at(input, window, want, offset)?;
         if n == 0 {
             break; // the file shrank while copied
         }
         throttle(opts, n);
-        sink.write(&buf[..n])?;
-        drop_from_cache(input, offset, n);
+        sink.write(&window[..n])?;
+        input.forget(offset, n);
         offset += n as u64;
     }
     Ok(())
@@ -188,19 +158,18 @@ fn copy_bytes(
 
 /// Copies a tablespace page by page; the file's class is `record.class`.
 fn copy_pages(
-    input: &File,
-    path: &Path,
+    input: &Source,
     size: u64,
     sink: &mut HashingSink,
     record: &mut CopiedFile,
     opts: &CopyOptions,
     buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    let format = tablespace_format(input, path, record.class, opts, buf)?;
+    let format = tablespace_format(input, record.class, opts, buf)?;
     let Some(fmt) = format else {
         // Page 0 not written yet (a table created after the last checkpoint): the redo
         // log recreates its pages, so the bytes are kept as they are.
-        copy_bytes(input, path, size, sink, opts, buf)?;
+        copy_bytes(input, size, sink, opts, buf)?;
         record.unverified_pages = size / 16384;
         return Ok(());
     };
@@ -210,23 +179,23 @@ fn copy_pages(
     let pages_per_chunk = (opts.chunk_bytes as u64 / page_size).max(1);
     // One buffer per copy thread, reused file after file: memory stays bounded and no
     // time goes into zeroing a fresh buffer for every small file.
-    buf.resize((pages_per_chunk * page_size) as usize, 0);
+    let window = aligned(buf, (pages_per_chunk * page_size) as usize);
     let mut offset = 0;
     while offset < size {
         check_cancel(opts)?;
-        let want = (size - offset).min(buf.len() as u64) as usize;
-        let n = read_at(input, path, &mut buf[..want], offset)?;
+        let want = (size - offset).min(window.len() as u64) as usize;
+        let n = read_at(input, window, want, offset)?;
         if n == 0 {
             break;
         }
         let whole = n - n % page_size as usize;
-        for (i, page) in buf[..whole].chunks_mut(page_size as usize).enumerate() {
+        for (i, page) in window[..whole].chunks_mut(page_size as usize).enumerate() {
             let page_no = offset / page_size + i as u64;
-            validate_page(input, path, page, page_no, &fmt, record, opts)?;
+            validate_page(input, page, page_no, &fmt, record, opts)?;
         }
         throttle(opts, n);
-        sink.write(&buf[..n])?;
-        drop_from_cache(input, offset, n);
+        sink.write(&window[..n])?;
+        input.forget(offset, n);
         record.pages += (whole as u64) / page_size;
         offset += n as u64;
     }
@@ -235,17 +204,16 @@ fn copy_pages(
 
 /// The format of a tablespace file from its page 0 (or the system tablespace's).
 fn tablespace_format(
-    input: &File,
-    path: &Path,
+    input: &Source,
     class: FileClass,
     opts: &CopyOptions,
     buf: &mut Vec<u8>,
 ) -> Result<Option<SpaceFormat>, CopyError> {
-    buf.resize(buf.len().max(65536), 0);
+    let head = aligned(buf, 65536);
     let mut tries = 0;
     loop {
-        let n = read_at(input, path, &mut buf[..65536], 0)?;
-        let fmt = match SpaceFormat::from_page0(&buf[..n]) {
+        let n = read_at(input, head, 65536, 0)?;
+        let fmt = match SpaceFormat::from_page0(&head[..n]) {
             Ok(fmt) => fmt,
             // ibdata2… start with an ordinary page: use ibdata1's format.
             Err(_) if class == FileClass::SystemTablespace => return Ok(opts.system_format),
@@ -261,11 +229,11 @@ fn tablespace_format(
         // Its flags decide how every other page is checked: trust them only from a
         // page 0 that passes its own check (a torn page 0 is read again, like any
         // page; one that stays bad is a corrupt header).
-        let page0 = buf.get(..fmt.physical_size).unwrap_or(&[]);
+        let page0 = head.get(..fmt.physical_size).unwrap_or(&[]);
         match check_page_at(page0, 0, &fmt) {
             Ok(PageStatus::Corrupt(c)) if tries >= opts.rereads => {
                 return Err(CopyError::CorruptPage {
-                    path: path.to_path_buf(),
+                    path: input.path().to_path_buf(),
                     page: 0,
                     tries: tries + 1,
                     status: format!("{c:?}; {}", page_facts(page0)),
@@ -283,14 +251,14 @@ fn tablespace_format(
 /// Waits before reading a range again, and drops it from the page cache so the read
 /// comes from the disk.
 fn reread_pause(
-    input: &File,
+    input: &Source,
     opts: &CopyOptions,
     offset: u64,
     len: usize,
 ) -> Result<(), CopyError> {
     check_cancel(opts)?;
     std::thread::sleep(opts.reread_delay);
-    drop_from_cache(input, offset, len);
+    input.forget(offset, len);
     Ok(())
 }
 
@@ -319,8 +287,7 @@ fn page_facts(page: &[u8]) -> String {
 /// Checks one page; a page that fails is read again (the server may have been writing
 /// it) after a pause, a bounded number of times.
 fn validate_page(
-    input: &File,
-    path: &Path,
+    input: &Source,
     page: &mut [u8],
     page_no: u64,
     fmt: &SpaceFormat,
@@ -335,16 +302,16 @@ fn validate_page(
         // Read it from the disk, not from a cached copy that could be stale.
         let offset = page_no * page.len() as u64;
         reread_pause(input, opts, offset, page.len())?;
-        let n = read_at(input, path, page, offset)?;
+        let n = read_at(input, page, page.len(), offset)?;
         // Never check (or keep) bytes of the earlier read past a short one.
         page[n..].fill(0);
         status = check(page);
-        tracing::debug!(file = %path.display(), page = page_no, try_no = tries, ?status, facts = %page_facts(page), "re-read a page that failed its checksum");
+        tracing::debug!(file = %input.path().display(), page = page_no, try_no = tries, ?status, facts = %page_facts(page), "re-read a page that failed its checksum");
         tries += 1;
     }
     match status {
         Some(PageStatus::Corrupt(c)) => Err(CopyError::CorruptPage {
-            path: path.to_path_buf(),
+            path: input.path().to_path_buf(),
             page: page_no,
             tries,
             status: format!("{c:?}; {}", page_facts(page)),

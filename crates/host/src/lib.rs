@@ -3,7 +3,8 @@
 //! (`private_fs`), facts about processes from `/proc` (`procfs`), children tied to our life
 //! (`process`), the host name (`machine`), a small blocking HTTP
 //! client for webhooks and the Pushgateway (`http`) and progress of long
-//! byte-moving work (`progress`). Knows nothing about MariaDB, backups or plans.
+//! byte-moving work (`progress`), and write-behind for
+//! large files written beside a live database (`write_behind`). Knows nothing about MariaDB, backups or plans.
 
 pub mod atomic;
 pub mod http;
@@ -12,3 +13,4 @@ pub mod private_fs;
 pub mod process;
 pub mod procfs;
 pub mod progress;
+pub mod write_behind;

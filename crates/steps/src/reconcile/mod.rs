@@ -279,7 +279,7 @@ fn reconcile(
             return Err(StepError::fatal(format!(
                 "{path}: its tablespace was replaced during the copy without the redo log (ALTER TABLE … DISCARD TABLESPACE, then IMPORT TABLESPACE): this backup cannot hold it"
             ))
-            .with_hint("run the backup again once the import is done"));
+            .with_hint("the redo log since the last checkpoint still holds the DISCARD: run the backup again once the import is done and InnoDB has made a checkpoint (`SET GLOBAL innodb_max_dirty_pages_pct=0` for a few seconds makes one at once)"));
         }
         let recopied = recopy(pass.from, pass.to, &plan.recopy, cancel, Missing::Fail)?;
         let mut files = recopied.clone();
