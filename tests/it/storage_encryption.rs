@@ -294,23 +294,15 @@ async fn a_local_encrypted_repository_refuses_wrong_keys_and_catches_tampering()
     std::fs::write(&manifest, &clear).expect("restore manifest");
 
     // A flipped byte in an object: named.
-    let mut objects: Vec<_> = files_in(&folder);
-    objects.retain(|p| p.extension().is_some_and(|e| e == "enc"));
-    objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
-    let victim = objects.last().expect("an encrypted object").clone();
+    let victim = crate::support::largest_object(&folder, "enc");
     let original = std::fs::read(&victim).expect("read object");
     crate::support::flip_a_middle_byte(&victim);
     let rargs = restore_args(&repository, "", work.path(), "t");
     let tampered = tokio::task::block_in_place(|| run_keyed(&rargs, Some(KEY_A)));
     let fetch = failed_step(&tampered, "fetch", "a tampered object must fail");
-    let error = fetch["error"].as_str().unwrap_or_default();
-    let name = victim
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    assert!(
-        error.contains(name) && error.contains("corrupt"),
-        "the error names the object {name}: {error}"
+    crate::support::assert_names_corrupt_object(
+        fetch["error"].as_str().unwrap_or_default(),
+        &victim,
     );
     assert!(
         untouched(&work.path().join("datadir-t")),

@@ -316,22 +316,14 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
         .expect("backup id")
         .to_string();
     // Flip one byte in the middle of the largest object.
-    let mut objects: Vec<_> = files_in(&repo_dir.join(&id));
-    objects.retain(|p| p.extension().is_some_and(|e| e == "zst"));
-    objects.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
-    let victim = objects.last().expect("a compressed object").clone();
+    let victim = crate::support::largest_object(&repo_dir.join(&id), "zst");
     crate::support::flip_a_middle_byte(&victim);
 
     let restored = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "b"));
     let fetch = failed_step(&restored, "fetch", "a corrupt object must fail the restore");
-    let error = fetch["error"].as_str().unwrap_or_default();
-    let name = victim
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    assert!(
-        error.contains(name) && error.contains("corrupt"),
-        "the error names the corrupt object {name}: {error}"
+    crate::support::assert_names_corrupt_object(
+        fetch["error"].as_str().unwrap_or_default(),
+        &victim,
     );
     assert!(
         !work

@@ -264,13 +264,34 @@ pub fn files_in(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// No multipart upload is left in `bucket`.
 /// Damages a stored file the way a bad disk would: one bit of its middle byte flipped.
 pub fn flip_a_middle_byte(path: &Path) {
     let mut bytes = std::fs::read(path).expect("read object");
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(path, &bytes).expect("write object");
+}
+
+/// The largest file below `dir` whose name ends in `.ext`: the object a corruption test
+/// damages (the most likely to hold table data).
+pub fn largest_object(dir: &Path, ext: &str) -> PathBuf {
+    files_in(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap_or_else(|| panic!("no .{ext} object under {}", dir.display()))
+}
+
+/// A fetch error names the damaged object and calls it corrupt.
+pub fn assert_names_corrupt_object(error: &str, object: &Path) {
+    let name = object
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    assert!(
+        error.contains(name) && error.contains("corrupt"),
+        "the error names the corrupt object {name}: {error}"
+    );
 }
 
 /// The keys of the objects under `prefix` in `bucket`.
@@ -288,6 +309,7 @@ pub async fn keys_under(moto: &MotoServer, bucket: &str, prefix: &str) -> Vec<St
         .collect()
 }
 
+/// No multipart upload is left in `bucket`.
 pub async fn assert_no_multipart_uploads(moto: &MotoServer, bucket: &str) {
     let uploads = moto
         .client()
