@@ -31,6 +31,7 @@ macro_rules! out {
 }
 
 mod backups;
+mod binlogs;
 mod runs;
 
 /// Ends the process after a failed write of its output (see [`outln!`]).
@@ -134,6 +135,11 @@ enum Command {
     Backups {
         #[command(subcommand)]
         command: backups::BackupsCommand,
+    },
+    /// The binlog archive of a repository (point-in-time restores): list.
+    Binlogs {
+        #[command(subcommand)]
+        command: binlogs::BinlogsCommand,
     },
     /// Print a shell completion script: `stagehand completions bash > /etc/bash_completion.d/stagehand`.
     Completions {
@@ -289,6 +295,7 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         }
         Command::Runs { command } => Ok(runs::dispatch(command_args(command))),
         Command::Backups { command } => backups::dispatch(command),
+        Command::Binlogs { command } => binlogs::dispatch(command),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics on a failed write.
             let mut script = Vec::new();

@@ -26,7 +26,7 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
-    fn config(&self) -> RepoConfig {
+    pub(super) fn config(&self) -> RepoConfig {
         let mut cfg = RepoConfig::at(&self.repository);
         cfg.endpoint = self.endpoint.clone();
         cfg.region = self.region.clone();
@@ -267,7 +267,7 @@ pub fn describe_manifest(id: &str, url: &str, m: &Manifest) -> String {
     s
 }
 
-fn fail(message: &str) -> i32 {
+pub(super) fn fail(message: &str) -> i32 {
     eprintln!("error: {message}");
     EXIT_FAILED
 }

@@ -5,9 +5,11 @@
 //! or plans (beyond the engine's step error and finding types).
 
 pub mod backup_server;
+pub mod binlog;
 pub mod datadir;
 pub mod ddl_log;
 pub mod defaults;
+pub mod gtid;
 pub mod locks;
 pub mod proof;
 pub mod sandbox;

@@ -103,6 +103,9 @@ pub struct Session {
     /// The datadir already checked to belong to this session's server, and how, so
     /// later steps (one under BLOCK_COMMIT) do not check it again.
     pub verified_datadir: std::sync::Mutex<Option<crate::proof::VerifiedSource>>,
+    /// How the session connected, for a client program that must reach the same server
+    /// as the same user (see [`Session::client_options_file`]).
+    client: ConnectionConfig,
 }
 
 impl Session {
@@ -119,6 +122,33 @@ impl Session {
     pub fn version(&self) -> Option<ServerVersion> {
         ServerVersion::parse(&self.server_version)
     }
+
+    /// Writes an options file (readable by this user only) that makes the `mariadb`
+    /// client connect as this session did: `mariadb --defaults-file=PATH`. The
+    /// password goes there, never onto a command line every local user can read.
+    pub fn client_options_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let c = &self.client;
+        let mut text = format!("[client]\nuser={}\n", option_value(&c.user));
+        if let Some(p) = &c.password {
+            text.push_str(&format!("password={}\n", option_value(p)));
+        }
+        match (&c.socket, &c.host) {
+            (Some(s), _) => text.push_str(&format!("socket={}\n", option_value(s))),
+            (None, Some(h)) => text.push_str(&format!(
+                "host={}\nport={}\nprotocol=TCP\n",
+                option_value(h),
+                c.port
+            )),
+            (None, None) => {}
+        }
+        stagehand_host::private_fs::write_private(path, text)
+    }
+}
+
+/// A value for an options file: quoted, with `\` and `"` escaped (the client reads
+/// escapes in quoted values).
+fn option_value(v: &str) -> String {
+    format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// Turns a driver or server error into a step error, retryable when trying again may work
@@ -205,6 +235,7 @@ impl ConnectionProvider for MariaDbProvider {
             locks_lost: Default::default(),
             socket: cfg.socket.as_ref().map(std::path::PathBuf::from),
             verified_datadir: Default::default(),
+            client: cfg,
         }))
     }
 

@@ -27,7 +27,9 @@ pub async fn probe_repository(cfg: &RepoConfig) -> Finding {
             message: format!(
                 "repository {} is reachable ({} backup folders)",
                 cfg.describe(),
-                ids.len()
+                ids.iter()
+                    .filter(|id| *id != crate::binlogs::BINLOGS_DIR)
+                    .count()
             ),
         },
         Err(e) => Finding {

@@ -6,6 +6,7 @@
 //! [`Store`] is the object layer (put, get, list, delete) with one implementation per
 //! kind of storage; [`Repository`] is the backup layer on top of it.
 
+pub mod binlogs;
 pub mod checks;
 pub mod crypt;
 mod files;
@@ -521,12 +522,15 @@ impl Repository {
     }
 
     /// Every backup folder, oldest id first (ids are UTC timestamps, so sorting by id
-    /// sorts by time), complete or not.
+    /// sorts by time), complete or not. The binlog archive's folder is not a backup.
     pub async fn backups(&self) -> Result<Vec<BackupEntry>, StoreError> {
         let objects = self.store.list("").await?;
         let mut by_id: std::collections::BTreeMap<String, u64> = Default::default();
         for o in &objects {
             if let Some((id, _)) = o.key.split_once('/') {
+                if id == binlogs::BINLOGS_DIR {
+                    continue;
+                }
                 *by_id.entry(id.to_string()).or_default() += o.size;
             }
         }

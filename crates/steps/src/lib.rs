@@ -4,6 +4,8 @@
 //! `stagehand-backup`, `stagehand-repo`, `stagehand-host`, `stagehand-innodb`), and the
 //! outputs one kind reads from another are typed in `outputs.rs`.
 
+mod binlog_archive;
+mod binlog_replay;
 mod compress;
 mod copy;
 mod copy_back;
@@ -13,6 +15,7 @@ mod exec;
 mod fetch;
 mod notify;
 mod outputs;
+mod pitr_target;
 mod prepare;
 mod reconcile;
 mod redo_tail;
@@ -35,6 +38,8 @@ use std::sync::Arc;
 /// Every step kind this build knows.
 pub fn registry() -> Registry {
     let mut r = Registry::default();
+    r.register(Typed::<binlog_archive::BinlogArchiveKind>::default());
+    r.register(Typed::<binlog_replay::BinlogReplay>::default());
     r.register(Typed::<compress::Compress>::default());
     r.register(Typed::<copy::Copy>::default());
     r.register(Typed::<copy_back::CopyBack>::default());
@@ -43,6 +48,7 @@ pub fn registry() -> Registry {
     r.register(Typed::<exec::Exec>::default());
     r.register(Typed::<fetch::Fetch>::default());
     r.register(Typed::<notify::Notify>::default());
+    r.register(Typed::<pitr_target::PitrTarget>::default());
     r.register(Typed::<prepare::Prepare>::default());
     r.register(Typed::<reconcile::Reconcile>::default());
     r.register(Typed::<redo_tail::RedoTail>::default());

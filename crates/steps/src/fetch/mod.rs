@@ -81,7 +81,10 @@ impl TypedStep for Fetch {
 
     fn check(cfg: &FetchConfig) -> Result<(), ConfigError> {
         check_repo(&cfg.repository)?;
-        if cfg.id != "latest" {
+        // An id from an earlier step's outputs (a point-in-time restore's choice) is
+        // only known at run time: validation sees a sample or a placeholder.
+        let known = !cfg.id.is_empty() && !cfg.id.contains('<');
+        if known && cfg.id != "latest" {
             stagehand_repo::check_backup_id(&cfg.id).map_err(|e| ConfigError {
                 path: "id".into(),
                 message: e.message,

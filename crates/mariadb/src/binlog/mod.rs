@@ -1,0 +1,7 @@
+//! The binary log: its format (`format`), the archive's segments (`segment`) and the
+//! replication stream a replica reads it through (`stream`).
+
+pub mod chain;
+pub mod format;
+pub mod segment;
+pub mod stream;
