@@ -27,6 +27,7 @@ fn sets_for(plan_text: &str, socket: &str, port: u16) -> Vec<String> {
             // The listener that must see no connection stands in for the S3 endpoint.
             "endpoint" => format!("http://127.0.0.1:{port}"),
             "workdir" => "/var/tmp/restore".to_string(),
+            "to" => "2026-12-07T10:15:00Z".to_string(),
             _ if spec.get("required").and_then(|r| r.as_bool()) == Some(true) => {
                 panic!("give the required param `{name}` a value in dry_run.rs")
             }

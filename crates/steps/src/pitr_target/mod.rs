@@ -25,14 +25,10 @@ use std::time::{Duration, UNIX_EPOCH};
 pub struct PitrTargetConfig {
     /// The repository holding the backups and the binlog archive.
     pub repository: RepoConfig,
-    /// Restore up to this time (UTC, `2026-12-07T10:15:00Z`): every transaction before
-    /// the first later one. Give this or `target_gtid`.
-    #[serde(default)]
-    pub target_time: String,
-    /// Restore up to and including this GTID (`0-1-2500`, one per domain), or `latest`
-    /// (the newest archived transaction). Give this or `target_time`.
-    #[serde(default)]
-    pub target_gtid: String,
+    /// How far to restore: a UTC time (`2026-12-07T10:15:00Z`: every transaction
+    /// before the first later one), a GTID (`0-1-2500`, one per domain: up to and
+    /// including it), or `latest` (the newest archived transaction).
+    pub target: String,
 }
 
 /// What `pitr_target` publishes.
@@ -74,22 +70,20 @@ impl TypedStep for PitrTarget {
         if settled(&cfg.repository.url) {
             check_repo(&cfg.repository)?;
         }
-        if settled(&cfg.target_time) || settled(&cfg.target_gtid) || both_empty(cfg) {
+        if settled(&cfg.target) {
             target_of(cfg)?;
         }
         Ok(())
     }
 
     fn describe(cfg: &PitrTargetConfig) -> String {
-        let target = if !cfg.target_time.trim().is_empty() {
-            format!(
+        let target = match target_of(cfg) {
+            Ok(Target::Time(_)) => format!(
                 "time {} (every transaction before the first later one)",
-                cfg.target_time
-            )
-        } else if cfg.target_gtid.trim() == "latest" {
-            "the newest archived transaction".to_string()
-        } else {
-            format!("GTID {} (inclusive)", cfg.target_gtid)
+                cfg.target.trim()
+            ),
+            Ok(Target::Latest) => "the newest archived transaction".to_string(),
+            _ => format!("GTID {} (inclusive)", cfg.target.trim()),
         };
         format!(
             "picks, in {}, the newest complete backup that the binlog archive can roll forward to {target}, and the segments to replay; refuses before anything is written when the target is not archived yet, is before every backup or lies behind a gap (`stagehand run --check` shows the choice)",
@@ -212,7 +206,7 @@ async fn position_at(
             "no archived transaction is later than {}: the archive ends at GTID {} ({}), and cannot tell whether transactions up to {} exist that are not archived yet",
             rfc3339(t), last.0, rfc3339(last.1), rfc3339(t)
         ))
-        .with_hint("restore to `target_gtid: latest` (the newest archived transaction), or wait for the archiver to archive past the target"));
+        .with_hint("restore to `latest` (the newest archived transaction), or wait for the archiver to archive past the target"));
     };
     let bytes = archive
         .read(seg, key)
@@ -238,38 +232,33 @@ fn segment_span(segs: &[SegmentMeta]) -> String {
     }
 }
 
+/// The target: `latest`, a time (it has a `:`), or a GTID position.
 fn target_of(cfg: &PitrTargetConfig) -> Result<Target, ConfigError> {
-    let (time, gtid) = (cfg.target_time.trim(), cfg.target_gtid.trim());
-    let err = |path: &str, message: String| ConfigError {
-        path: path.into(),
+    let text = cfg.target.trim();
+    let err = |message: String| ConfigError {
+        path: "target".into(),
         message,
-        hint: None,
+        hint: Some("a UTC time (2026-12-07T10:15:00Z), a GTID (0-1-2500) or latest".into()),
     };
-    match (time.is_empty(), gtid.is_empty()) {
-        (true, true) | (false, false) => Err(err(
-            "target_time",
-            "give exactly one of `target_time` and `target_gtid`".into(),
-        )),
-        (false, true) => humantime::parse_rfc3339_weak(time)
+    if text == "latest" {
+        return Ok(Target::Latest);
+    }
+    if text.contains(':') {
+        return humantime::parse_rfc3339_weak(text)
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| Target::Time(d.as_secs()))
             .ok_or_else(|| {
-                err(
-                    "target_time",
-                    format!("`{time}` is not a UTC time like 2026-12-07T10:15:00Z"),
-                )
-            }),
-        (true, false) if gtid == "latest" => Ok(Target::Latest),
-        (true, false) => gtid
-            .parse::<GtidPos>()
-            .map(Target::Gtid)
-            .map_err(|e| err("target_gtid", e.to_string())),
+                err(format!(
+                    "`{text}` is not a UTC time like 2026-12-07T10:15:00Z"
+                ))
+            });
     }
-}
-
-fn both_empty(cfg: &PitrTargetConfig) -> bool {
-    cfg.target_time.trim().is_empty() && cfg.target_gtid.trim().is_empty()
+    match text.parse::<GtidPos>() {
+        Ok(pos) if !pos.is_empty() => Ok(Target::Gtid(pos)),
+        Ok(_) => Err(err("no target given".into())),
+        Err(e) => Err(err(e.to_string())),
+    }
 }
 
 fn parse(text: &str) -> Result<GtidPos, StepError> {
