@@ -20,6 +20,7 @@ mod workload;
 mod history;
 mod metrics;
 mod notify;
+mod pitr_oracle;
 mod private_files;
 mod progress;
 mod restore;

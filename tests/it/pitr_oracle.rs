@@ -1,0 +1,573 @@
+//! Point-in-time restores (issue 17), proven the way backups are. The bank workload and
+//! the DDL workload commit with known GTIDs on a server with a binlog; a hot backup goes
+//! into a local repository; the archiver (`plans/binlog-archive.yaml`, `mode: follow`)
+//! runs throughout, is killed with SIGKILL mid-workload and started again. Then:
+//! - the archive holds exactly the server's transactions after the backup, each once,
+//!   in order (read with `mariadb-binlog`, the server's own reader);
+//! - `plans/restore-pitr.yaml` restores to a GTID in the middle, to a time, and to the
+//!   latest archived point, and each restored server holds exactly the commits up to its
+//!   target (every balance, the ledger, the MyISAM and Aria appends, the DDL schema) and
+//!   reports that GTID.
+//!
+//! The time target's expected GTID comes from the source's own binlog read by
+//! `mariadb-binlog`, not from stagehand's parser.
+//!
+//! A second test purges binlogs the archiver has not read yet: the archiver refuses
+//! with what to do, and a restore past the gap is refused before anything is written.
+
+use crate::cli::stagehand;
+use crate::ddl_workload::{check_ddl, create_ddl_schema, DdlDriver, DdlLog};
+use crate::support::{run_plan, PlanRun};
+use crate::workload::{create_schema, verify, Workload, WorkloadLog, WorkloadOptions};
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use serde_json::Value;
+use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_testkit::TestServer;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// The archiver's replica id on the test servers.
+const ARCHIVER_ID: &str = "4000000001";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits_up_to_them() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = work.path().join("repo");
+    let server = source_server("pitr-oracle").await;
+    let mut conn = server.conn().await;
+    let opts = WorkloadOptions {
+        pause: Duration::from_millis(2),
+        ..WorkloadOptions::default()
+    };
+    create_schema(&mut conn, &opts).await;
+    create_ddl_schema(&mut conn).await;
+    let ddl = DdlDriver::start(server.opts()).await;
+    let workload = Workload::start(server.opts(), &opts);
+    workload
+        .wait_for_commits(150, Duration::from_secs(60))
+        .await;
+
+    let backup_seq = take_backup(&server, &repo, work.path()).await;
+    let mut archiver = spawn_archiver(&server, &repo, work.path(), "first");
+    workload
+        .wait_for_commits(workload.commits() + 300, Duration::from_secs(120))
+        .await;
+    // Killed mid-stream: whatever it had not uploaded is fetched again after the
+    // restart, from the last complete segment's end.
+    archiver.start_kill().expect("SIGKILL the archiver");
+    let _ = archiver.wait().await;
+    workload
+        .wait_for_commits(workload.commits() + 200, Duration::from_secs(120))
+        .await;
+    let archiver = spawn_archiver(&server, &repo, work.path(), "second");
+    workload
+        .wait_for_commits(workload.commits() + 300, Duration::from_secs(120))
+        .await;
+    // Times are whole seconds: keep committing past the next second so the time
+    // target below has later transactions to stop before.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = workload.stop().await;
+    let ddl_log = ddl.stop().await;
+    let final_pos = gtid_binlog_pos(&mut conn).await;
+    wait_until_archived(&repo, &final_pos, Duration::from_secs(60)).await;
+    stop_archiver(archiver).await;
+
+    let source = source_gtid_times(server.datadir());
+    let after_backup: Vec<(u64, u64)> = source
+        .iter()
+        .copied()
+        .filter(|(seq, _)| *seq > backup_seq)
+        .collect();
+    assert!(
+        after_backup.len() > 500,
+        "the workload committed only {} transactions after the backup",
+        after_backup.len()
+    );
+    assert_eq!(
+        archived_seqs(&repo, work.path()),
+        after_backup.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        "the archive must hold every transaction after the backup's GTID 0-1-{backup_seq}, once each, in order"
+    );
+
+    let middle = after_backup[after_backup.len() / 3].0;
+    let (time, expected_at_time) = time_target(&after_backup);
+    let latest = after_backup.last().map(|(seq, _)| *seq).unwrap_or_default();
+    let cases = [
+        ("gtid", format!("0-1-{middle}"), middle),
+        ("time", rfc3339(time), expected_at_time),
+        ("latest", "latest".to_string(), latest),
+    ];
+    let mut problems = Vec::new();
+    for (label, to, expected) in cases {
+        problems.extend(
+            restore_and_check(
+                label,
+                &to,
+                expected,
+                &repo,
+                work.path(),
+                (&log, &ddl_log),
+                &opts,
+            )
+            .await,
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the_restore_refuse() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = work.path().join("repo");
+    let server = source_server("pitr-gap").await;
+    let mut conn = server.conn().await;
+    conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .expect("schema");
+    take_backup(&server, &repo, work.path()).await;
+    insert_rows(&mut conn, 1..=20).await;
+    let first = catch_up(&server, &repo, work.path());
+    assert_eq!(first.code, 0, "{}", first.output());
+    let archived_to = gtid_binlog_pos(&mut conn).await;
+
+    insert_rows(&mut conn, 21..=40).await;
+    conn.query_drop("FLUSH BINARY LOGS").await.expect("flush");
+    insert_rows(&mut conn, 41..=60).await;
+    let (last_file, _): (String, u64) = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .expect("SHOW MASTER STATUS")
+        .map(|row: mysql_async::Row| {
+            (
+                row.get::<String, _>(0).unwrap_or_default(),
+                row.get::<u64, _>(1).unwrap_or_default(),
+            )
+        })
+        .expect("a binlog");
+    conn.query_drop(format!("PURGE BINARY LOGS TO '{last_file}'"))
+        .await
+        .expect("purge");
+
+    let refused = catch_up(&server, &repo, work.path());
+    assert_ne!(
+        refused.code,
+        0,
+        "the archiver must refuse a gap: {}",
+        refused.output()
+    );
+    let error = refused.step("archive")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let hint = refused.step("archive")["hint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("1236") && error.contains(&archived_to),
+        "{error}"
+    );
+    assert!(
+        hint.contains("purged") && hint.contains("new full backup"),
+        "the hint must say what happened and what to do: {hint}"
+    );
+    let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
+    assert_eq!(
+        listed.code, 0,
+        "no gap inside the archive itself: {}",
+        listed.stderr
+    );
+    let listing: Value = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(listing["end_state"], archived_to.as_str());
+
+    // A restore past what the archive holds is refused before anything is written.
+    let now = gtid_binlog_pos(&mut conn).await;
+    let (run, datadir, workdir) = restore(&repo, work.path(), "past-gap", &now);
+    assert_ne!(run.code, 0, "{}", run.output());
+    let error = run.step("pitr")["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("reaches only {archived_to}")),
+        "the refusal must say how far the archive goes: {error}"
+    );
+    assert_eq!(run.step("fetch")["status"], "skipped", "{}", run.output());
+    for dir in [datadir, workdir] {
+        assert!(
+            !dir.exists()
+                || std::fs::read_dir(&dir)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(true),
+            "{} was written by a refused restore",
+            dir.display()
+        );
+    }
+}
+
+/// A server with a binlog (GTIDs `0-1-N`).
+async fn source_server(name: &str) -> TestServer {
+    TestServer::builder()
+        .name(name)
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .start()
+        .await
+}
+
+async fn gtid_binlog_pos(conn: &mut Conn) -> String {
+    conn.query_first("SELECT @@gtid_binlog_pos")
+        .await
+        .expect("SELECT @@gtid_binlog_pos")
+        .unwrap_or_default()
+}
+
+async fn insert_rows(conn: &mut Conn, ids: std::ops::RangeInclusive<u32>) {
+    for id in ids {
+        conn.query_drop(format!("INSERT INTO g.t VALUES ({id})"))
+            .await
+            .expect("insert");
+    }
+}
+
+/// A hot backup of `server` into the repository (plans/backup-to-s3.yaml on a local
+/// directory); returns its GTID seq_no.
+async fn take_backup(server: &TestServer, repo: &Path, work: &Path) -> u64 {
+    let sets = vec![
+        format!("socket={}", server.socket().display()),
+        format!("datadir={}", server.datadir().display()),
+        "user=root".to_string(),
+        format!("repository={}", repo.display()),
+        format!("spool={}", work.join("spool").display()),
+    ];
+    let dir = work.to_path_buf();
+    let run = tokio::task::spawn_blocking(move || {
+        run_plan(&dir, Path::new("plans/backup-to-s3.yaml"), &sets, &[])
+    })
+    .await
+    .expect("backup task");
+    assert_eq!(run.code, 0, "the backup failed: {}", run.output());
+    let listed = stagehand(&["backups", "list", &repo.display().to_string(), "--json"]);
+    let backups: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
+    let gtid = backups[0]["gtid_binlog_pos"].as_str().unwrap_or_default();
+    seq_of(gtid)
+}
+
+/// `plans/binlog-archive.yaml` in follow mode, closing a segment every second.
+fn spawn_archiver(
+    server: &TestServer,
+    repo: &Path,
+    work: &Path,
+    label: &str,
+) -> tokio::process::Child {
+    let log = std::fs::File::create(work.join(format!("archiver-{label}.log"))).expect("log file");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"));
+    cmd.args(["run", "plans/binlog-archive.yaml", "--state-dir"])
+        .arg(work.join("archiver-state"))
+        .args(archive_sets(server, repo, "follow"))
+        .current_dir(crate::cli::repo_root())
+        .env_remove("STAGEHAND_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    cmd.spawn().expect("start the archiver")
+}
+
+fn archive_sets(server: &TestServer, repo: &Path, mode: &str) -> Vec<String> {
+    [
+        format!("socket={}", server.socket().display()),
+        "user=root".to_string(),
+        format!("repository={}", repo.display()),
+        format!("mode={mode}"),
+        format!("server_id={ARCHIVER_ID}"),
+        "segment_max_age=1s".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+/// One catch-up run of the archiver.
+fn catch_up(server: &TestServer, repo: &Path, work: &Path) -> PlanRun {
+    let sets: Vec<String> = archive_sets(server, repo, "catch_up")
+        .into_iter()
+        .filter(|s| s != "--set")
+        .collect();
+    run_plan(work, Path::new("plans/binlog-archive.yaml"), &sets, &[])
+}
+
+/// SIGTERM, as a service manager stops it: it uploads what it holds and exits.
+async fn stop_archiver(mut child: tokio::process::Child) {
+    let pid = child.id().expect("the archiver runs");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIGTERM to the archiver");
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the archiver stops within 30 s of SIGTERM")
+        .expect("wait");
+    // An interrupted run exits non-zero; what matters is that it stopped and that
+    // the archive is complete, checked by the caller.
+    assert!(
+        status.code().is_some(),
+        "the archiver died of a signal: {status}"
+    );
+}
+
+/// Waits until the archive's end position is `pos`.
+async fn wait_until_archived(repo: &Path, pos: &str, timeout: Duration) {
+    let t0 = Instant::now();
+    let mut end = String::new();
+    while t0.elapsed() < timeout {
+        let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
+        if let Ok(v) = serde_json::from_str::<Value>(&listed.stdout) {
+            end = v["end_state"].as_str().unwrap_or_default().to_string();
+            if end == pos {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("the archive reached {end}, not {pos}, within {timeout:?}");
+}
+
+/// `(seq_no, time)` of every GTID in the source's binlog files, read by `mariadb-binlog`.
+fn source_gtid_times(datadir: &Path) -> Vec<(u64, u64)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(datadir)
+        .expect("datadir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                // binlog.000001, not 11.x's GTID index binlog.000001.idx
+                .and_then(|n| n.strip_prefix("binlog."))
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    files.sort();
+    gtids_of(&files)
+}
+
+/// `(seq_no, time)` of the GTID events in binlog files, as `mariadb-binlog` prints them.
+fn gtids_of(files: &[PathBuf]) -> Vec<(u64, u64)> {
+    let out = std::process::Command::new(binary("mariadb-binlog"))
+        .arg("--no-defaults")
+        .args(files)
+        .env("TZ", "UTC")
+        .output()
+        .expect("mariadb-binlog runs (apt-get install mariadb-client)");
+    assert!(
+        out.status.success(),
+        "mariadb-binlog {files:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(gtid_line)
+        .collect()
+}
+
+/// `#261207  6:11:53 server id 1  end_log_pos 367 CRC32 0x87bbc54d 	GTID 0-1-1 ddl`.
+fn gtid_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix('#')?;
+    let (_, gtid) = rest.split_once("\tGTID ")?;
+    let seq = seq_of(gtid.split_whitespace().next()?);
+    let mut fields = rest.split_whitespace();
+    let date = fields.next()?;
+    let clock = fields.next()?;
+    let (h, m, s) = {
+        let mut p = clock.split(':');
+        (p.next()?, p.next()?, p.next()?)
+    };
+    let text = format!(
+        "20{}-{}-{}T{:0>2}:{m}:{s}Z",
+        date.get(0..2)?,
+        date.get(2..4)?,
+        date.get(4..6)?,
+        h
+    );
+    let t = humantime::parse_rfc3339(&text).ok()?;
+    Some((seq, t.duration_since(UNIX_EPOCH).ok()?.as_secs()))
+}
+
+/// The seq_nos of every transaction in the archive, read back and listed by
+/// `mariadb-binlog`.
+fn archived_seqs(repo: &Path, work: &Path) -> Vec<u64> {
+    let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
+    assert_eq!(listed.code, 0, "binlogs list: {}", listed.stderr);
+    let listing: Value = serde_json::from_str(&listed.stdout).expect("json");
+    assert_eq!(
+        listing["gaps"],
+        serde_json::json!([]),
+        "no gap in the archive"
+    );
+    let dir = work.join("segments-read");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut files = Vec::new();
+    for seg in listing["segments"].as_array().expect("segments") {
+        let object = repo.join(seg["object"].as_str().expect("object"));
+        let bytes = std::fs::read(&object).expect("segment object");
+        let plain = zstd_decode(&bytes);
+        let path = dir.join(format!("{}.binlog", seg["seq"]));
+        std::fs::write(&path, plain).expect("write segment");
+        files.push(path);
+    }
+    gtids_of(&files).into_iter().map(|(seq, _)| seq).collect()
+}
+
+fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("zstd runs (apt-get install zstd)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bytes)
+        .expect("feed zstd");
+    let out = child.wait_with_output().expect("zstd");
+    assert!(out.status.success(), "zstd -d failed");
+    out.stdout
+}
+
+/// A target time in the middle of the transactions after the backup, and the GTID
+/// seq_no the restore must reach for it: the last transaction before the first one
+/// whose time is later (binlog order).
+fn time_target(after_backup: &[(u64, u64)]) -> (u64, u64) {
+    // Two thirds into the transactions of the seconds before the last one.
+    let last_second = after_backup
+        .iter()
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap_or_default();
+    let before_last = after_backup
+        .iter()
+        .position(|(_, time)| *time >= last_second)
+        .unwrap_or_default();
+    let t = after_backup[before_last * 2 / 3].1;
+    let first_later = after_backup
+        .iter()
+        .position(|(_, time)| *time > t)
+        .expect("a transaction later than the target time");
+    assert!(
+        first_later > 0,
+        "the target time is before every transaction"
+    );
+    (t, after_backup[first_later - 1].0)
+}
+
+/// Runs plans/restore-pitr.yaml to `to`; checks the plan's outputs, then starts the
+/// restored datadir and checks its data against the workloads at `expected`.
+async fn restore_and_check(
+    label: &str,
+    to: &str,
+    expected: u64,
+    repo: &Path,
+    work: &Path,
+    (log, ddl_log): (&WorkloadLog, &DdlLog),
+    opts: &WorkloadOptions,
+) -> Vec<String> {
+    let (run, datadir, _) = {
+        let (repo, work, label, to) = (
+            repo.to_path_buf(),
+            work.to_path_buf(),
+            label.to_string(),
+            to.to_string(),
+        );
+        tokio::task::spawn_blocking(move || restore(&repo, &work, &label, &to))
+            .await
+            .expect("restore task")
+    };
+    let mut problems = Vec::new();
+    if run.code != 0 {
+        return vec![format!(
+            "[{label}] the restore to {to} failed: {}",
+            run.output()
+        )];
+    }
+    let want = format!("0-1-{expected}");
+    let pitr = &run.step("pitr")["outputs"];
+    let replay = &run.step("replay")["outputs"];
+    if pitr["target_gtid"] != want.as_str() {
+        problems.push(format!(
+            "[{label}] pitr_target chose {} for {to}, expected {want}",
+            pitr["target_gtid"]
+        ));
+    }
+    if replay["reached_gtid"] != want.as_str() {
+        problems.push(format!(
+            "[{label}] the replay reached {}, expected {want}",
+            replay["reached_gtid"]
+        ));
+    }
+    let server = SandboxServer::start(
+        SandboxOptions::new(&datadir, work.join(format!("check-{label}")))
+            .option("log-bin", Some("pitr-replay-bin"))
+            .option("server-id", Some("1")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("[{label}] the restored datadir does not start: {e}"));
+    let mut conn = Conn::new(server.opts("root", ""))
+        .await
+        .expect("connect to the restored server");
+    let reached = gtid_binlog_pos(&mut conn).await;
+    if reached != want {
+        problems.push(format!(
+            "[{label}] the restored server is at {reached}, expected {want}"
+        ));
+    }
+    let report = verify(&mut conn, log, opts, expected).await;
+    problems.extend(report.violations.iter().map(|v| format!("[{label}] {v}")));
+    let ddl = check_ddl(&mut conn, ddl_log, expected).await;
+    problems.extend(ddl.problems.iter().map(|p| format!("[{label}] ddl: {p}")));
+    eprintln!(
+        "[{label}] restored to {want} ({} transactions replayed, {} s): {} transfers, {} DDL tables, {} problem(s)",
+        replay["transactions"],
+        replay["replay_seconds"],
+        report.expected_transfers,
+        ddl.tables,
+        problems.len()
+    );
+    let _ = conn.disconnect().await;
+    problems
+}
+
+/// `plans/restore-pitr.yaml` into `<work>/<label>-data`; the run, the datadir and the workdir.
+fn restore(repo: &Path, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf, PathBuf) {
+    let datadir = work.join(format!("{label}-data"));
+    let workdir = work.join(format!("{label}-work"));
+    let sets = vec![
+        format!("repository={}", repo.display()),
+        format!("to={to}"),
+        format!("workdir={}", workdir.display()),
+        format!("datadir={}", datadir.display()),
+        format!(
+            "check_socket={}",
+            work.join(format!("{label}-chk")).join("c.sock").display()
+        ),
+    ];
+    let run = run_plan(work, Path::new("plans/restore-pitr.yaml"), &sets, &[]);
+    (run, datadir, workdir)
+}
+
+fn seq_of(gtid: &str) -> u64 {
+    gtid.rsplit('-')
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn binary(name: &str) -> PathBuf {
+    stagehand_mariadb::sandbox::binaries::find_binary(name)
+        .unwrap_or_else(|| panic!("`{name}` not found: apt-get install mariadb-client"))
+}
