@@ -369,7 +369,7 @@ fn gtids_of(files: &[PathBuf]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// `#261207  6:11:53 server id 1  end_log_pos 367 CRC32 0x87bbc54d 	GTID 0-1-1 ddl`.
+/// `#261207  6:11:53 server id 1  end_log_pos 367 CRC32 0x87bbc54d <TAB>GTID 0-1-1 ddl`.
 fn gtid_line(line: &str) -> Option<(u64, u64)> {
     let rest = line.strip_prefix('#')?;
     let (_, gtid) = rest.split_once("\tGTID ")?;
