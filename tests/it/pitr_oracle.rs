@@ -15,14 +15,19 @@
 //! A second test purges binlogs the archiver has not read yet: the archiver refuses
 //! with what to do, and a restore past the gap is refused before anything is written.
 
-use crate::cli::stagehand;
+use crate::cli::stagehand_env;
 use crate::ddl_workload::{check_ddl, create_ddl_schema, DdlDriver, DdlLog};
+use crate::storage_roundtrip::KEYS;
 use crate::support::{run_plan, PlanRun};
 use crate::workload::{create_schema, verify, Workload, WorkloadLog, WorkloadOptions};
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde_json::Value;
 use stagehand_mariadb::sandbox::{SandboxOptions, SandboxServer};
+use stagehand_repo::binlogs::BinlogArchive;
+use stagehand_repo::crypt::Key;
+use stagehand_repo::{RepoConfig, Repository};
+use stagehand_testkit::s3::{unique_bucket, MotoServer};
 use stagehand_testkit::TestServer;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,11 +35,88 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// The archiver's replica id on the test servers.
 const ARCHIVER_ID: &str = "4000000001";
+/// The encryption key of the encrypted S3 archive.
+const KEY: &str = "3c5e7a9b1d2f4e6a8c0b2d4f6e8a0c2b4d6f8e0a2c4b6d8f0e2a4c6b8d0f2e4a";
+/// A value no encrypted segment may show.
+const MARKER: &str = "PITR-PLAINTEXT-MARKER-7d3f";
+
+/// A repository as the plans and the CLI are told about it.
+struct Repo {
+    url: String,
+    /// Plan params besides `repository` (S3 endpoint, encryption).
+    sets: Vec<String>,
+    /// Flags of `stagehand binlogs|backups list`.
+    flags: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    config: RepoConfig,
+    key: Option<Key>,
+}
+
+impl Repo {
+    fn local(dir: &Path) -> Repo {
+        let url = dir.display().to_string();
+        Repo {
+            config: RepoConfig::at(&url),
+            url,
+            sets: Vec::new(),
+            flags: Vec::new(),
+            env: Vec::new(),
+            key: None,
+        }
+    }
+
+    /// An encrypted repository on the shared moto server.
+    fn s3_encrypted(moto: &MotoServer, bucket: &str) -> Repo {
+        let mut env: Vec<(&'static str, String)> =
+            KEYS.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        env.push(("STAGEHAND_ENCRYPTION_KEY", KEY.to_string()));
+        let mut config = moto.repo_config(bucket, "db1");
+        config.encryption = serde_json::from_value(serde_json::json!({"key": KEY})).ok();
+        Repo {
+            url: format!("s3://{bucket}/db1"),
+            sets: vec![
+                format!("endpoint={}", moto.endpoint()),
+                "path_style=true".into(),
+                "encrypt=true".into(),
+            ],
+            flags: vec!["--endpoint".into(), moto.endpoint(), "--path-style".into()],
+            env,
+            config,
+            key: Some(Key::from_hex(KEY, "test").expect("key")),
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// `stagehand binlogs list REPO --json`.
+    fn binlogs(&self) -> Value {
+        let listed = self.cli(&["binlogs", "list"]);
+        assert_eq!(listed.code, 0, "binlogs list: {}", listed.stderr);
+        serde_json::from_str(&listed.stdout).expect("binlogs list --json")
+    }
+
+    /// `stagehand COMMAND REPO [flags] --json`.
+    fn cli(&self, command: &[&str]) -> crate::cli::Run {
+        let mut args: Vec<&str> = command.to_vec();
+        args.push(&self.url);
+        args.extend(self.flags.iter().map(String::as_str));
+        args.push("--json");
+        stagehand_env(&args, &self.env())
+    }
+
+    fn plan_sets(&self) -> Vec<String> {
+        let mut sets = vec![format!("repository={}", self.url)];
+        sets.extend(self.sets.iter().cloned());
+        sets
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits_up_to_them() {
     let work = tempfile::tempdir().expect("tempdir");
-    let repo = work.path().join("repo");
+    let repo = Repo::local(&work.path().join("repo"));
     let server = source_server("pitr-oracle").await;
     let mut conn = server.conn().await;
     let opts = WorkloadOptions {
@@ -86,7 +168,7 @@ async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits
         after_backup.len()
     );
     assert_eq!(
-        archived_seqs(&repo, work.path()),
+        archived_seqs(&repo, work.path()).await,
         after_backup.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
         "the archive must hold every transaction after the backup's GTID 0-1-{backup_seq}, once each, in order"
     );
@@ -120,7 +202,7 @@ async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the_restore_refuse() {
     let work = tempfile::tempdir().expect("tempdir");
-    let repo = work.path().join("repo");
+    let repo = Repo::local(&work.path().join("repo"));
     let server = source_server("pitr-gap").await;
     let mut conn = server.conn().await;
     conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
@@ -128,7 +210,7 @@ async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the
         .expect("schema");
     take_backup(&server, &repo, work.path()).await;
     insert_rows(&mut conn, 1..=20).await;
-    let first = catch_up(&server, &repo, work.path());
+    let first = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
     assert_eq!(first.code, 0, "{}", first.output());
     let archived_to = gtid_binlog_pos(&mut conn).await;
 
@@ -150,7 +232,7 @@ async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the
         .await
         .expect("purge");
 
-    let refused = catch_up(&server, &repo, work.path());
+    let refused = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
     assert_ne!(
         refused.code,
         0,
@@ -173,18 +255,12 @@ async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the
         hint.contains("purged") && hint.contains("new full backup"),
         "the hint must say what happened and what to do: {hint}"
     );
-    let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
-    assert_eq!(
-        listed.code, 0,
-        "no gap inside the archive itself: {}",
-        listed.stderr
-    );
-    let listing: Value = serde_json::from_str(&listed.stdout).expect("json");
-    assert_eq!(listing["end_state"], archived_to.as_str());
+    assert_eq!(repo.binlogs()["end_state"], archived_to.as_str());
 
     // A restore past what the archive holds is refused before anything is written.
     let now = gtid_binlog_pos(&mut conn).await;
-    let (run, datadir, workdir) = restore(&repo, work.path(), "past-gap", &now);
+    let (run, datadir, workdir) =
+        tokio::task::block_in_place(|| restore(&repo, work.path(), "past-gap", &now));
     assert_ne!(run.code, 0, "{}", run.output());
     let error = run.step("pitr")["error"].as_str().unwrap_or_default();
     assert!(
@@ -204,6 +280,109 @@ async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encrypted_archive_on_s3_follows_a_server_crash_and_restores_exactly() {
+    let moto = MotoServer::shared();
+    let bucket = unique_bucket("pitr-crash");
+    moto.create_bucket(&bucket).await.expect("create bucket");
+    let repo = Repo::s3_encrypted(moto, &bucket);
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = source_server("pitr-crash").await;
+    let mut conn = server.conn().await;
+    conn.query_drop(
+        "CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY, s VARCHAR(64)) ENGINE=InnoDB",
+    )
+    .await
+    .expect("schema");
+    insert_rows(&mut conn, 1..=10).await;
+    let backup_seq = take_backup(&server, &repo, work.path()).await;
+    let archiver = spawn_archiver(&server, &repo, work.path(), "crash");
+    insert_rows(&mut conn, 11..=200).await;
+    let before_crash = gtid_binlog_pos(&mut conn).await;
+    wait_until_archived(&repo, &before_crash, Duration::from_secs(60)).await;
+    drop(conn);
+
+    // The server dies (SIGKILL) and comes back on the same datadir and socket; the
+    // archiver reconnects by itself and goes on from where it was.
+    let restarted = crash_and_restart(&server, work.path()).await;
+    let mut conn = Conn::new(restarted.opts("root", ""))
+        .await
+        .expect("connect to the restarted server");
+    insert_rows(&mut conn, 201..=400).await;
+    let final_pos = gtid_binlog_pos(&mut conn).await;
+    wait_until_archived(&repo, &final_pos, Duration::from_secs(90)).await;
+    stop_archiver(archiver).await;
+    let log = std::fs::read_to_string(work.path().join("archiver-crash.log")).unwrap_or_default();
+    assert!(
+        log.contains("binlog stream lost; reconnecting"),
+        "the archiver did not notice the crash:\n{log}"
+    );
+
+    let after_backup: Vec<u64> = source_gtid_times(server.datadir())
+        .into_iter()
+        .map(|(seq, _)| seq)
+        .filter(|seq| *seq > backup_seq)
+        .collect();
+    assert_eq!(
+        archived_seqs(&repo, work.path()).await,
+        after_backup,
+        "the archive must hold every transaction after the backup, across the crash, once each"
+    );
+
+    let (run, datadir, _) =
+        tokio::task::block_in_place(|| restore(&repo, work.path(), "crash", "latest"));
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(
+        run.step("replay")["outputs"]["reached_gtid"],
+        final_pos.as_str()
+    );
+    let restored = SandboxServer::start(
+        SandboxOptions::new(&datadir, work.path().join("check-crash"))
+            .option("log-bin", Some("pitr-replay-bin"))
+            .option("server-id", Some("1")),
+    )
+    .await
+    .expect("the restored datadir starts");
+    let mut check = Conn::new(restored.opts("root", "")).await.expect("connect");
+    let (rows, sum): (u64, u64) = check
+        .query_first("SELECT COUNT(*), CAST(SUM(id) AS UNSIGNED) FROM g.t")
+        .await
+        .expect("count")
+        .expect("a row");
+    assert_eq!(
+        (rows, sum),
+        (400, 400 * 401 / 2),
+        "every row up to the latest point, once"
+    );
+    assert_eq!(gtid_binlog_pos(&mut check).await, final_pos);
+    let _ = check.disconnect().await;
+}
+
+/// SIGKILLs the test server's mariadbd and starts another on its datadir and socket.
+async fn crash_and_restart(server: &TestServer, work: &Path) -> SandboxServer {
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success(), "SIGKILL mariadbd");
+    // Gone once its socket no longer answers.
+    let t0 = Instant::now();
+    while std::os::unix::net::UnixStream::connect(server.socket()).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "mariadbd outlived SIGKILL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut opts = SandboxOptions::new(server.datadir(), work.join("restarted"))
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"));
+    opts.socket = Some(server.socket().to_path_buf());
+    SandboxServer::start(opts)
+        .await
+        .expect("the server starts again after the crash")
+}
+
 /// A server with a binlog (GTIDs `0-1-N`).
 async fn source_server(name: &str) -> TestServer {
     TestServer::builder()
@@ -221,51 +400,66 @@ async fn gtid_binlog_pos(conn: &mut Conn) -> String {
         .unwrap_or_default()
 }
 
+/// One transaction per row; the row holds [`MARKER`] when the table has a second column.
 async fn insert_rows(conn: &mut Conn, ids: std::ops::RangeInclusive<u32>) {
+    let columns: u64 = conn
+        .query_first("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = 'g' AND table_name = 't'")
+        .await
+        .expect("columns")
+        .unwrap_or(1);
     for id in ids {
-        conn.query_drop(format!("INSERT INTO g.t VALUES ({id})"))
+        let values = if columns > 1 {
+            format!("({id}, '{MARKER}')")
+        } else {
+            format!("({id})")
+        };
+        conn.query_drop(format!("INSERT INTO g.t VALUES {values}"))
             .await
             .expect("insert");
     }
 }
 
-/// A hot backup of `server` into the repository (plans/backup-to-s3.yaml on a local
-/// directory); returns its GTID seq_no.
-async fn take_backup(server: &TestServer, repo: &Path, work: &Path) -> u64 {
-    let sets = vec![
+/// A hot backup of `server` into the repository (plans/backup-to-s3.yaml); returns
+/// its GTID seq_no.
+async fn take_backup(server: &TestServer, repo: &Repo, work: &Path) -> u64 {
+    let mut sets = vec![
         format!("socket={}", server.socket().display()),
         format!("datadir={}", server.datadir().display()),
         "user=root".to_string(),
-        format!("repository={}", repo.display()),
         format!("spool={}", work.join("spool").display()),
     ];
-    let dir = work.to_path_buf();
-    let run = tokio::task::spawn_blocking(move || {
-        run_plan(&dir, Path::new("plans/backup-to-s3.yaml"), &sets, &[])
-    })
-    .await
-    .expect("backup task");
+    sets.extend(repo.plan_sets());
+    let run = tokio::task::block_in_place(|| {
+        run_plan(
+            work,
+            Path::new("plans/backup-to-s3.yaml"),
+            &sets,
+            &repo.env(),
+        )
+    });
     assert_eq!(run.code, 0, "the backup failed: {}", run.output());
-    let listed = stagehand(&["backups", "list", &repo.display().to_string(), "--json"]);
+    let listed = repo.cli(&["backups", "list"]);
     let backups: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
-    let gtid = backups[0]["gtid_binlog_pos"].as_str().unwrap_or_default();
-    seq_of(gtid)
+    seq_of(backups[0]["gtid_binlog_pos"].as_str().unwrap_or_default())
 }
 
 /// `plans/binlog-archive.yaml` in follow mode, closing a segment every second.
 fn spawn_archiver(
     server: &TestServer,
-    repo: &Path,
+    repo: &Repo,
     work: &Path,
     label: &str,
 ) -> tokio::process::Child {
     let log = std::fs::File::create(work.join(format!("archiver-{label}.log"))).expect("log file");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_stagehand"));
     cmd.args(["run", "plans/binlog-archive.yaml", "--state-dir"])
-        .arg(work.join("archiver-state"))
-        .args(archive_sets(server, repo, "follow"))
-        .current_dir(crate::cli::repo_root())
+        .arg(work.join("archiver-state"));
+    for s in archive_sets(server, repo, "follow") {
+        cmd.args(["--set", &s]);
+    }
+    cmd.current_dir(crate::cli::repo_root())
         .env_remove("STAGEHAND_LOG")
+        .envs(repo.env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -273,27 +467,27 @@ fn spawn_archiver(
     cmd.spawn().expect("start the archiver")
 }
 
-fn archive_sets(server: &TestServer, repo: &Path, mode: &str) -> Vec<String> {
-    [
+fn archive_sets(server: &TestServer, repo: &Repo, mode: &str) -> Vec<String> {
+    let mut sets = vec![
         format!("socket={}", server.socket().display()),
         "user=root".to_string(),
-        format!("repository={}", repo.display()),
         format!("mode={mode}"),
         format!("server_id={ARCHIVER_ID}"),
         "segment_max_age=1s".to_string(),
-    ]
-    .into_iter()
-    .flat_map(|s| ["--set".to_string(), s])
-    .collect()
+    ];
+    sets.extend(repo.plan_sets());
+    sets
 }
 
 /// One catch-up run of the archiver.
-fn catch_up(server: &TestServer, repo: &Path, work: &Path) -> PlanRun {
-    let sets: Vec<String> = archive_sets(server, repo, "catch_up")
-        .into_iter()
-        .filter(|s| s != "--set")
-        .collect();
-    run_plan(work, Path::new("plans/binlog-archive.yaml"), &sets, &[])
+fn catch_up(server: &TestServer, repo: &Repo, work: &Path) -> PlanRun {
+    let sets = archive_sets(server, repo, "catch_up");
+    run_plan(
+        work,
+        Path::new("plans/binlog-archive.yaml"),
+        &sets,
+        &repo.env(),
+    )
 }
 
 /// SIGTERM, as a service manager stops it: it uploads what it holds and exits.
@@ -317,16 +511,16 @@ async fn stop_archiver(mut child: tokio::process::Child) {
 }
 
 /// Waits until the archive's end position is `pos`.
-async fn wait_until_archived(repo: &Path, pos: &str, timeout: Duration) {
+async fn wait_until_archived(repo: &Repo, pos: &str, timeout: Duration) {
     let t0 = Instant::now();
     let mut end = String::new();
     while t0.elapsed() < timeout {
-        let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
-        if let Ok(v) = serde_json::from_str::<Value>(&listed.stdout) {
-            end = v["end_state"].as_str().unwrap_or_default().to_string();
-            if end == pos {
-                return;
-            }
+        end = repo.binlogs()["end_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if end == pos {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -392,48 +586,48 @@ fn gtid_line(line: &str) -> Option<(u64, u64)> {
     Some((seq, t.duration_since(UNIX_EPOCH).ok()?.as_secs()))
 }
 
-/// The seq_nos of every transaction in the archive, read back and listed by
-/// `mariadb-binlog`.
-fn archived_seqs(repo: &Path, work: &Path) -> Vec<u64> {
-    let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
-    assert_eq!(listed.code, 0, "binlogs list: {}", listed.stderr);
-    let listing: Value = serde_json::from_str(&listed.stdout).expect("json");
+/// The seq_nos of every transaction in the archive, in order: each segment read back
+/// (decrypted, decompressed, checked against its SHA-256) and listed by `mariadb-binlog`.
+async fn archived_seqs(repo: &Repo, work: &Path) -> Vec<u64> {
     assert_eq!(
-        listing["gaps"],
+        repo.binlogs()["gaps"],
         serde_json::json!([]),
         "no gap in the archive"
     );
+    let store = Repository::open(&repo.config)
+        .await
+        .expect("open the repository");
+    let archive = BinlogArchive::new(store.store().clone());
+    let listing = archive.list().await.expect("list the archive");
     let dir = work.join("segments-read");
     std::fs::create_dir_all(&dir).expect("dir");
     let mut files = Vec::new();
-    for seg in listing["segments"].as_array().expect("segments") {
-        let object = repo.join(seg["object"].as_str().expect("object"));
-        let bytes = std::fs::read(&object).expect("segment object");
-        let plain = zstd_decode(&bytes);
-        let path = dir.join(format!("{}.binlog", seg["seq"]));
+    for seg in &listing.segments {
+        assert_eq!(
+            seg.key_id.is_some(),
+            repo.key.is_some(),
+            "segment {} is encrypted as the repository says",
+            seg.seq
+        );
+        let stored = archive.get(seg).await.expect("segment object");
+        assert!(
+            !holds(&stored, MARKER),
+            "segment {} shows a row in plain text",
+            seg.seq
+        );
+        let plain = archive
+            .read(seg, repo.key.as_ref())
+            .await
+            .expect("read a segment back");
+        let path = dir.join(format!("{}.binlog", seg.seq));
         std::fs::write(&path, plain).expect("write segment");
         files.push(path);
     }
     gtids_of(&files).into_iter().map(|(seq, _)| seq).collect()
 }
 
-fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("zstd")
-        .args(["-d", "-c", "-q"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("zstd runs (apt-get install zstd)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(bytes)
-        .expect("feed zstd");
-    let out = child.wait_with_output().expect("zstd");
-    assert!(out.status.success(), "zstd -d failed");
-    out.stdout
+fn holds(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
 /// A target time in the middle of the transactions after the backup, and the GTID
@@ -468,22 +662,12 @@ async fn restore_and_check(
     label: &str,
     to: &str,
     expected: u64,
-    repo: &Path,
+    repo: &Repo,
     work: &Path,
     (log, ddl_log): (&WorkloadLog, &DdlLog),
     opts: &WorkloadOptions,
 ) -> Vec<String> {
-    let (run, datadir, _) = {
-        let (repo, work, label, to) = (
-            repo.to_path_buf(),
-            work.to_path_buf(),
-            label.to_string(),
-            to.to_string(),
-        );
-        tokio::task::spawn_blocking(move || restore(&repo, &work, &label, &to))
-            .await
-            .expect("restore task")
-    };
+    let (run, datadir, _) = tokio::task::block_in_place(|| restore(repo, work, label, to));
     let mut problems = Vec::new();
     if run.code != 0 {
         return vec![format!(
@@ -539,11 +723,13 @@ async fn restore_and_check(
 }
 
 /// `plans/restore-pitr.yaml` into `<work>/<label>-data`; the run, the datadir and the workdir.
-fn restore(repo: &Path, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf, PathBuf) {
+fn restore(repo: &Repo, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf, PathBuf) {
     let datadir = work.join(format!("{label}-data"));
     let workdir = work.join(format!("{label}-work"));
-    let sets = vec![
-        format!("repository={}", repo.display()),
+    let mut sets = repo.plan_sets();
+    // The restore plan decrypts with the key it is given; it has no `encrypt` switch.
+    sets.retain(|s| !s.starts_with("encrypt="));
+    sets.extend([
         format!("to={to}"),
         format!("workdir={}", workdir.display()),
         format!("datadir={}", datadir.display()),
@@ -551,8 +737,13 @@ fn restore(repo: &Path, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf
             "check_socket={}",
             work.join(format!("{label}-chk")).join("c.sock").display()
         ),
-    ];
-    let run = run_plan(work, Path::new("plans/restore-pitr.yaml"), &sets, &[]);
+    ]);
+    let run = run_plan(
+        work,
+        Path::new("plans/restore-pitr.yaml"),
+        &sets,
+        &repo.env(),
+    );
     (run, datadir, workdir)
 }
 
