@@ -8,6 +8,7 @@ use crate::support::{run_plan, write_plan, PlanRun};
 use serde_json::{json, Value};
 use stagehand_backup::manifest::{Binlog, Locks, Lsns, Manifest, RedoFacts, MANIFEST_FILE};
 use stagehand_mariadb::datadir::ServerSettings;
+use stagehand_repo::binlogs::{SegmentMeta, SegmentSource};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -411,4 +412,111 @@ async fn rotation_on_s3(client: &stagehand_testkit::s3::S3Client, bucket: &str, 
     let mut expected: Vec<String> = s.kept.iter().chain(&s.incomplete).cloned().collect();
     expected.sort();
     assert_eq!(left, expected, "exactly the planned backups are gone");
+}
+
+/// A complete backup `ago` seconds old whose binlog position is `gtid`.
+fn backup_at(repo: &Path, ago: u64, gtid: &str) -> String {
+    let (id, at) = started(ago);
+    let dir = repo.join(&id);
+    std::fs::create_dir_all(&dir).expect("backup folder");
+    std::fs::write(dir.join("ibdata1"), vec![1u8; 4096]).expect("data object");
+    let mut m = manifest(&id, &at, false, None);
+    m.binlog.gtid_binlog_pos = gtid.to_string();
+    std::fs::write(dir.join(MANIFEST_FILE), m.to_vec()).expect("manifest");
+    id
+}
+
+/// A binlog archive segment (metadata and a stand-in object) from `start` to `end`.
+fn segment(repo: &Path, seq: u64, start: &str, end: &str) {
+    let meta = SegmentMeta {
+        format: SegmentMeta::FORMAT,
+        seq,
+        object: SegmentMeta::object_key(seq, false),
+        stored_bytes: 100,
+        size: 100,
+        sha256: String::new(),
+        start_state: start.into(),
+        end_state: end.into(),
+        first_gtid: String::new(),
+        last_gtid: end.into(),
+        groups: 1,
+        first_time: 0,
+        last_time: 0,
+        max_time: 0,
+        seq_jumps: 0,
+        source: SegmentSource {
+            server_id: 1,
+            version: "10.11".into(),
+            binlog_file: "binlog.000001".into(),
+        },
+        key_id: None,
+        archived_at: String::new(),
+    };
+    let object = repo.join(&meta.object);
+    std::fs::create_dir_all(object.parent().expect("segments dir")).expect("segments dir");
+    std::fs::write(&object, vec![0u8; 100]).expect("object");
+    let json = serde_json::to_vec(&meta).expect("json");
+    std::fs::write(object.with_file_name(format!("{seq:010}.json")), json).expect("metadata");
+}
+
+#[test]
+fn binlog_segments_that_end_before_the_oldest_kept_backup_are_deleted_and_the_rest_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let old = backup_at(&repo, 40 * DAY, "0-1-10");
+    let new = backup_at(&repo, HOUR, "0-1-50");
+    segment(&repo, 1, "", "0-1-10");
+    segment(&repo, 2, "0-1-10", "0-1-30");
+    segment(&repo, 3, "0-1-30", "0-1-50");
+    segment(&repo, 4, "0-1-50", "0-1-80");
+    let plan = rotate_plan(dir.path(), &repo, "");
+    let plan_arg = plan.display().to_string();
+
+    let checked = stagehand(&["run", &plan_arg, "--check"]);
+    for seq in 1..=3 {
+        assert!(
+            checked
+                .stdout
+                .contains(&format!("- delete binlog segment {seq} ")),
+            "--check lists segment {seq} for deletion:\n{}",
+            checked.stdout
+        );
+    }
+    assert!(
+        checked.stdout.contains("keep   binlog segments: 1"),
+        "{}",
+        checked.stdout
+    );
+
+    let r = run_plan(dir.path(), &plan, &[], &[]);
+    let out = succeeded(&r);
+    assert_eq!(ids(&out["deleted_ids"]), [old]);
+    assert_eq!(out["deleted_segments"], json!(3));
+    let listed = stagehand(&["binlogs", "list", &repo.display().to_string(), "--json"]);
+    let listing: Value = serde_json::from_str(&listed.stdout).expect("json");
+    let left: Vec<u64> = listing["segments"]
+        .as_array()
+        .expect("segments")
+        .iter()
+        .filter_map(|s| s["seq"].as_u64())
+        .collect();
+    assert_eq!(left, [4], "the segment that rolls {new} forward stays");
+    assert_eq!(
+        listing["interrupted_uploads"],
+        json!([]),
+        "objects go with their metadata"
+    );
+    let backups = stagehand(&["backups", "list", &repo.display().to_string(), "--json"]);
+    let backups: Value = serde_json::from_str(&backups.stdout).expect("json");
+    let listed_ids: Vec<&str> = backups
+        .as_array()
+        .expect("backups")
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    assert_eq!(
+        listed_ids,
+        [new.as_str()],
+        "the archive's folder is not a backup"
+    );
 }

@@ -226,6 +226,14 @@ impl BinlogArchive {
         Ok(plain)
     }
 
+    /// Deletes a segment: its metadata first (it stops counting), then its object.
+    pub async fn delete(&self, meta: &SegmentMeta) -> Result<(), StoreError> {
+        self.store
+            .delete(&[SegmentMeta::meta_key(meta.seq)])
+            .await?;
+        self.store.delete(std::slice::from_ref(&meta.object)).await
+    }
+
     /// Deletes objects without metadata (what an interrupted upload left).
     pub async fn delete_orphans(&self, listing: &Listing) -> Result<(), StoreError> {
         if listing.orphans.is_empty() {

@@ -5,12 +5,15 @@
 //! `dry_run: true` lists the decisions and deletes nothing; `stagehand run --check`
 //! shows the same list as a diff.
 
+mod segments;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_repo::binlogs::BinlogArchive;
 use stagehand_repo::retention::{self, Age, Plan, Policy, PolicyError};
 use stagehand_repo::{BackupEntry, RepoConfig, Repository, StoreError, StoreErrorKind};
 use std::collections::HashMap;
@@ -49,9 +52,12 @@ pub struct RotateOutput {
     pub deleted: u64,
     /// ids of the deleted backups, oldest first
     pub deleted_ids: Vec<String>,
-    /// bytes the deleted backups took in the repository
+    /// bytes the deleted backups (and binlog segments) took in the repository
     pub freed_bytes: u64,
-    /// the decision on every backup, as a diff (`- delete` lines)
+    /// binlog archive segments deleted (with dry_run: that would be deleted): those
+    /// that end before the oldest kept backup
+    pub deleted_segments: u64,
+    /// the decision on every backup and on the binlog archive, as a diff (`- delete` lines)
     pub plan: String,
     /// true when nothing was deleted on purpose
     pub dry_run: bool,
@@ -89,7 +95,7 @@ impl TypedStep for Rotate {
             ""
         };
         format!(
-            "rotates the backups in {repo}{mode}: keeps {}; deletes every other complete backup, oldest first, each manifest first; never deletes the newest verified backup (the newest complete one when none is verified) nor a backup a kept one depends on; {}",
+            "rotates the backups in {repo}{mode}: keeps {}; deletes every other complete backup, oldest first, each manifest first; never deletes the newest verified backup (the newest complete one when none is verified) nor a backup a kept one depends on; {}; deletes the binlog archive's segments that end before the oldest kept backup",
             policy.describe_rules(),
             policy.describe_incomplete()
         )
@@ -110,9 +116,10 @@ impl TypedStep for Rotate {
         let listed = async {
             let repo = Repository::open(&cfg.repository).await?;
             let entries = repo.backups().await?;
-            Ok::<_, StoreError>((repo, entries))
+            let archive = BinlogArchive::new(repo.store().clone()).list().await?;
+            Ok::<_, StoreError>((repo, entries, archive))
         };
-        let (repo, entries) = match cancellable(&ctx.cancel, listed).await {
+        let (repo, entries, archive) = match cancellable(&ctx.cancel, listed).await {
             Ok(r) => r,
             Err(e) => {
                 return vec![Finding::error(format!(
@@ -123,7 +130,12 @@ impl TypedStep for Rotate {
             }
         };
         match retention::decide(&candidates(&entries), &policy, Utc::now()) {
-            Ok(plan) => findings(repo.url(), &plan, &sizes(&entries), cfg.dry_run),
+            Ok(plan) => {
+                let segs = segments::decide(&archive, &entries, &plan);
+                let mut out = findings(repo.url(), &plan, &sizes(&entries), cfg.dry_run);
+                out.extend(segs.diff_lines().into_iter().map(Finding::ok));
+                out
+            }
             Err(e) => vec![Finding::error(e.to_string())],
         }
     }
@@ -224,6 +236,7 @@ fn sizes(entries: &[BackupEntry]) -> HashMap<String, u64> {
 #[derive(Debug, Default)]
 pub struct Rotation {
     pub plan: Plan,
+    pub segments: segments::SegmentPlan,
     pub deleted_ids: Vec<String>,
     pub freed_bytes: u64,
 }
@@ -234,8 +247,15 @@ impl Rotation {
             kept: self.plan.kept().count() as u64,
             deleted: self.deleted_ids.len() as u64,
             deleted_ids: self.deleted_ids.clone(),
-            freed_bytes: self.freed_bytes,
-            plan: self.plan.diff(),
+            freed_bytes: self.freed_bytes + self.segments.freed_bytes(),
+            deleted_segments: self.segments.delete.len() as u64,
+            plan: self
+                .plan
+                .diff_lines()
+                .into_iter()
+                .chain(self.segments.diff_lines())
+                .collect::<Vec<_>>()
+                .join("\n"),
             dry_run,
         }
     }
@@ -272,8 +292,35 @@ pub async fn execute(
         done.deleted_ids.push(d.id.clone());
         done.freed_bytes += bytes;
     }
+    done.segments = rotate_segments(repo, &entries, &plan, dry_run, cancel).await?;
     done.plan = plan;
     Ok(done)
+}
+
+/// Deletes the binlog segments no kept backup needs (unless `dry_run`), oldest first.
+async fn rotate_segments(
+    repo: &Repository,
+    entries: &[BackupEntry],
+    plan: &Plan,
+    dry_run: bool,
+    cancel: &CancellationToken,
+) -> Result<segments::SegmentPlan, StepError> {
+    let archive = BinlogArchive::new(repo.store().clone());
+    let listing = cancellable(cancel, archive.list()).await?;
+    let decided = segments::decide(&listing, entries, plan);
+    for s in &decided.delete {
+        if dry_run {
+            tracing::info!(segment = s.seq, end = %s.end_state, "would delete binlog segment (dry run)");
+            continue;
+        }
+        cancellable(cancel, archive.delete(s)).await.map_err(|e| {
+            e.with_hint(
+                "run rotate again: deleted segments stay deleted, the rest are decided anew",
+            )
+        })?;
+        tracing::info!(segment = s.seq, end = %s.end_state, "deleted binlog segment");
+    }
+    Ok(decided)
 }
 
 fn log_plan(url: &str, plan: &Plan) {
