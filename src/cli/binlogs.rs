@@ -5,8 +5,11 @@ use super::backups::{fail, RepoArgs};
 use super::{EXIT_FAILED, EXIT_OK};
 use clap::Subcommand;
 use serde_json::json;
-use stagehand_repo::binlogs::{BinlogArchive, Listing, SegmentMeta};
+use stagehand_engine::metrics::{label, write_atomic};
+use stagehand_repo::binlogs::{BinlogArchive, Heartbeat, Listing, SegmentMeta};
 use stagehand_repo::{RepoConfig, Repository};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand, Debug)]
 pub enum BinlogsCommand {
@@ -18,6 +21,23 @@ pub enum BinlogsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The dead-man check of the archiver: exit 1 when the archive is known complete
+    /// only up to longer ago than --max-lag (the archiver stopped or fell behind), has a
+    /// gap, or is empty. Run it every minute from cron or a timer, with --metrics-file
+    /// for Prometheus' textfile collector.
+    Check {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The lag that is still fine, e.g. 5m (a follow archiver closes a segment
+        /// every 30 s and reports an idle server every 10 s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_lag: Duration,
+        #[arg(long)]
+        json: bool,
+        /// Write the archive's gauges here (Prometheus text format, atomically).
+        #[arg(long, value_name = "PATH")]
+        metrics_file: Option<PathBuf>,
+    },
 }
 
 pub fn dispatch(command: BinlogsCommand) -> anyhow::Result<i32> {
@@ -25,24 +45,51 @@ pub fn dispatch(command: BinlogsCommand) -> anyhow::Result<i32> {
     rt.block_on(async {
         match command {
             BinlogsCommand::List { repo, json } => list(&repo.config(), json).await,
+            BinlogsCommand::Check {
+                repo,
+                max_lag,
+                json,
+                metrics_file,
+            } => check(&repo.config(), max_lag, json, metrics_file).await,
         }
     })
 }
 
+/// What an archive holds, as read once.
+struct Archive {
+    url: String,
+    listing: Listing,
+    heartbeat: Option<Heartbeat>,
+}
+
+impl Archive {
+    async fn read(cfg: &RepoConfig) -> Result<Archive, String> {
+        let repo = Repository::open(cfg).await.map_err(|e| e.message)?;
+        let archive = BinlogArchive::new(repo.store().clone());
+        let listing = archive.list().await.map_err(|e| e.message)?;
+        let heartbeat = archive.heartbeat().await.map_err(|e| e.message)?;
+        Ok(Archive {
+            url: repo.url().to_string(),
+            listing,
+            heartbeat,
+        })
+    }
+
+    fn complete_until(&self) -> Option<u64> {
+        BinlogArchive::complete_until(&self.listing, self.heartbeat.as_ref())
+    }
+}
+
 async fn list(cfg: &RepoConfig, as_json: bool) -> anyhow::Result<i32> {
-    let repo = match Repository::open(cfg).await {
-        Ok(r) => r,
-        Err(e) => return Ok(fail(&e.message)),
+    let archive = match Archive::read(cfg).await {
+        Ok(a) => a,
+        Err(e) => return Ok(fail(&e)),
     };
-    let listing = match BinlogArchive::new(repo.store().clone()).list().await {
-        Ok(l) => l,
-        Err(e) => return Ok(fail(&e.message)),
-    };
-    let gaps = listing.gaps();
+    let gaps = archive.listing.gaps();
     if as_json {
-        outln!("{}", serde_json::to_string_pretty(&listing_json(&listing))?);
+        outln!("{}", serde_json::to_string_pretty(&listing_json(&archive))?);
     } else {
-        print_table(repo.url(), &listing);
+        print_table(&archive);
     }
     Ok(if gaps.is_empty() {
         EXIT_OK
@@ -51,7 +98,8 @@ async fn list(cfg: &RepoConfig, as_json: bool) -> anyhow::Result<i32> {
     })
 }
 
-fn listing_json(listing: &Listing) -> serde_json::Value {
+fn listing_json(archive: &Archive) -> serde_json::Value {
+    let listing = &archive.listing;
     let first = listing.segments.first();
     let last = listing.last();
     json!({
@@ -61,10 +109,113 @@ fn listing_json(listing: &Listing) -> serde_json::Value {
         "start_state": first.map(|m| m.start_state.clone()),
         "end_state": last.map(|m| m.end_state.clone()),
         "last_time": last.map(|m| time(m.last_time)),
+        "complete_until": archive.complete_until().map(time),
     })
 }
 
-fn print_table(url: &str, listing: &Listing) {
+async fn check(
+    cfg: &RepoConfig,
+    max_lag: Duration,
+    as_json: bool,
+    metrics_file: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    let archive = match Archive::read(cfg).await {
+        Ok(a) => a,
+        Err(e) => return Ok(fail(&e)),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let complete = archive.complete_until();
+    let lag = complete.map(|c| now.saturating_sub(c));
+    let gaps = archive.listing.gaps().len();
+    let problem = match (complete, lag) {
+        (Some(c), Some(l)) if gaps == 0 && l > max_lag.as_secs() => Some(format!(
+            "the archive is known complete only up to {} ({} ago, more than {}): is the archiver running?",
+            time(c),
+            humantime::format_duration(Duration::from_secs(l)),
+            humantime::format_duration(max_lag)
+        )),
+        (Some(_), Some(_)) if gaps > 0 => Some(format!(
+            "the archive has {gaps} gap(s): `stagehand binlogs list` shows them"
+        )),
+        (Some(_), Some(_)) => None,
+        _ => Some("the archive is empty".to_string()),
+    };
+    if let Some(path) = &metrics_file {
+        write_atomic(path, &gauges(&archive, lag, gaps))?;
+    }
+    if as_json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": problem.is_none(),
+                "problem": problem,
+                "complete_until": complete.map(time),
+                "lag_seconds": lag,
+                "segments": archive.listing.segments.len(),
+                "gaps": gaps,
+                "end_state": archive.listing.last().map(|m| m.end_state.clone()),
+            }))?
+        );
+    } else if let Some(p) = &problem {
+        eprintln!("STALE: {}: {p}", archive.url);
+    } else {
+        outln!(
+            "ok: {}: complete up to {} ({} ago), GTID {}",
+            archive.url,
+            complete.map(time).unwrap_or_default(),
+            humantime::format_duration(Duration::from_secs(lag.unwrap_or_default())),
+            archive
+                .listing
+                .last()
+                .map(|m| m.end_state.as_str())
+                .unwrap_or_default()
+        );
+    }
+    Ok(if problem.is_none() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// The archive's gauges in the Prometheus text format.
+fn gauges(archive: &Archive, lag: Option<u64>, gaps: usize) -> String {
+    let repo = label(&archive.url);
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: Option<u64>| {
+        if let Some(v) = value {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {v}\n"
+            ));
+        }
+    };
+    gauge(
+        "stagehand_binlog_archive_lag_seconds",
+        "Seconds since the time up to which the binlog archive is known to hold every transaction.",
+        lag,
+    );
+    gauge(
+        "stagehand_binlog_archive_complete_until_timestamp_seconds",
+        "The time up to which the binlog archive is known to hold every transaction.",
+        archive.complete_until(),
+    );
+    gauge(
+        "stagehand_binlog_archive_segments",
+        "Segments in the binlog archive.",
+        Some(archive.listing.segments.len() as u64),
+    );
+    gauge(
+        "stagehand_binlog_archive_gaps",
+        "Places where the binlog archive's chain of GTID positions breaks.",
+        Some(gaps as u64),
+    );
+    text
+}
+
+fn print_table(archive: &Archive) {
+    let (url, listing) = (&archive.url, &archive.listing);
     if listing.segments.is_empty() {
         outln!("no binlog segments in {url}");
         return;
@@ -99,11 +250,12 @@ fn print_table(url: &str, listing: &Listing) {
         &listing.segments[listing.segments.len() - 1],
     );
     outln!(
-        "{} segments; transactions after {} up to {} ({}), {}",
+        "{} segments; transactions after {} up to {} (last at {}; complete up to {}), {}",
         listing.segments.len(),
         shown(&first.start_state),
         shown(&last.end_state),
         time(last.last_time),
+        archive.complete_until().map(time).unwrap_or_default(),
         if gaps.is_empty() {
             "no gap".to_string()
         } else {

@@ -383,6 +383,83 @@ async fn crash_and_restart(server: &TestServer, work: &Path) -> SandboxServer {
         .expect("the server starts again after the crash")
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_archive_is_complete_up_to_its_heartbeat_and_the_dead_man_check_goes_stale() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::local(&work.path().join("repo"));
+    let server = source_server("pitr-idle").await;
+    let mut conn = server.conn().await;
+    conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .expect("schema");
+    take_backup(&server, &repo, work.path()).await;
+    insert_rows(&mut conn, 1..=20).await;
+    let last_write = now_secs();
+    let end = gtid_binlog_pos(&mut conn).await;
+    // Nothing is written after this; the catch-up run then vouches for "complete up to now".
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let caught_up = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
+    assert_eq!(caught_up.code, 0, "{}", caught_up.output());
+
+    let metrics = work.path().join("archive.prom");
+    let fresh = repo.cli(&[
+        "binlogs",
+        "check",
+        "--max-lag",
+        "1h",
+        "--metrics-file",
+        &metrics.display().to_string(),
+    ]);
+    assert_eq!(fresh.code, 0, "{}", fresh.stderr);
+    let text = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert!(
+        text.contains("stagehand_binlog_archive_lag_seconds{repository="),
+        "{text}"
+    );
+
+    // A time after the last transaction but before the heartbeat is the archive's end.
+    let (run, _, _) = tokio::task::block_in_place(|| {
+        restore(&repo, work.path(), "idle", &rfc3339(last_write + 1))
+    });
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(run.step("replay")["outputs"]["reached_gtid"], end.as_str());
+
+    // Past the heartbeat nobody vouches for the archive: refused, nothing written.
+    let (run, datadir, _) = tokio::task::block_in_place(|| {
+        restore(&repo, work.path(), "future", &rfc3339(now_secs() + 3600))
+    });
+    assert_ne!(run.code, 0, "{}", run.output());
+    let error = run.step("pitr")["error"].as_str().unwrap_or_default();
+    assert!(error.contains("known complete only up to"), "{error}");
+    assert!(
+        !datadir.exists(),
+        "a refused restore wrote {}",
+        datadir.display()
+    );
+
+    // The archiver "stopped": the check goes stale once the lag passes the limit.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stale = repo.cli(&["binlogs", "check", "--max-lag", "2s"]);
+    assert_eq!(stale.code, 1, "{}", stale.stdout);
+    let verdict: Value = serde_json::from_str(&stale.stdout).expect("json");
+    assert!(
+        verdict["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("is the archiver running?")),
+        "{verdict}"
+    );
+    assert!(
+        verdict["lag_seconds"].as_u64().is_some_and(|l| l >= 3),
+        "{verdict}"
+    );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A server with a binlog (GTIDs `0-1-N`).
 async fn source_server(name: &str) -> TestServer {
     TestServer::builder()

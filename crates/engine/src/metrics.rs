@@ -14,7 +14,8 @@ pub const BYTES_OUTPUT: &str = "bytes";
 pub const HOLDS_OUTPUT: &str = "holds_ms";
 
 /// Label values need `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
+/// A Prometheus label value, escaped.
+pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -14,6 +14,7 @@ use std::sync::Arc;
 /// The folder of the archive, beside the backups' folders (never a backup id).
 pub const BINLOGS_DIR: &str = "binlogs";
 const SEGMENTS: &str = "binlogs/segments/";
+const HEARTBEAT: &str = "binlogs/heartbeat.json";
 const META_EXT: &str = ".json";
 /// zstd level of segments: binlogs compress well at the default level.
 const ZSTD_LEVEL: i32 = 3;
@@ -93,6 +94,18 @@ pub fn encode(
         None => compressed,
     };
     Ok((object, sha))
+}
+
+/// The archiver's word that, at `at`, the archive held everything the server had
+/// written: it rewrites this when the server says it is idle (and at the end of a
+/// catch-up), so an archive that gets no new segment because nothing happens is
+/// told apart from one whose archiver stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Seconds since the epoch, UTC.
+    pub at: u64,
+    /// The archive's end position then.
+    pub end_state: String,
 }
 
 /// Segments whose start is not the end of the segment before.
@@ -224,6 +237,33 @@ impl BinlogArchive {
             )));
         }
         Ok(plain)
+    }
+
+    /// Records that the archive is complete up to now, at `end_state`.
+    pub async fn put_heartbeat(&self, beat: &Heartbeat) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(beat)
+            .map_err(|e| StoreError::permanent(format!("heartbeat: {e}")))?;
+        self.store.put_bytes(HEARTBEAT, json).await
+    }
+
+    /// The last heartbeat, if any (a damaged one counts as none).
+    pub async fn heartbeat(&self) -> Result<Option<Heartbeat>, StoreError> {
+        Ok(self
+            .store
+            .get_bytes(HEARTBEAT)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Until when the archive is known to hold every transaction: the latest of the
+    /// last heartbeat (when it is about the archive's current end) and the last
+    /// archived transaction's time. `None` for an empty archive.
+    pub fn complete_until(listing: &Listing, beat: Option<&Heartbeat>) -> Option<u64> {
+        let last = listing.last()?;
+        let beat_at = beat
+            .filter(|b| b.end_state == last.end_state)
+            .map_or(0, |b| b.at);
+        Some(beat_at.max(last.max_time))
     }
 
     /// Deletes a segment: its metadata first (it stops counting), then its object.

@@ -6,13 +6,14 @@
 use super::{BinlogArchiveConfig, BinlogArchiveOutput, Mode};
 use stagehand_engine::{StepContext, StepError};
 use stagehand_mariadb::binlog::format::{
-    GroupTracker, Place, RawEvent, FORMAT_DESCRIPTION, INCIDENT, ROTATE,
+    GroupTracker, Place, RawEvent, FORMAT_DESCRIPTION, HEARTBEAT as HEARTBEAT_EVENT, INCIDENT,
+    ROTATE,
 };
 use stagehand_mariadb::binlog::segment::Segment;
 use stagehand_mariadb::binlog::stream::{Dump, DumpRequest};
 use stagehand_mariadb::gtid::{Gtid, GtidPos};
 use stagehand_mariadb::session::Session;
-use stagehand_repo::binlogs::{self, BinlogArchive, SegmentMeta, SegmentSource};
+use stagehand_repo::binlogs::{self, BinlogArchive, Heartbeat, SegmentMeta, SegmentSource};
 use stagehand_repo::crypt::Key;
 use stagehand_repo::StoreError;
 use std::sync::Arc;
@@ -29,6 +30,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Waits between reconnection attempts in follow mode: 1 s doubling to 30 s.
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// How often an idle archive's heartbeat object is rewritten at most.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Archiver<'a> {
     archive: &'a BinlogArchive,
@@ -47,6 +50,7 @@ pub struct Archiver<'a> {
     group: Vec<RawEvent>,
     group_start: Option<(Gtid, u32)>,
     segment: Option<Segment>,
+    last_heartbeat: Option<std::time::Instant>,
     out: BinlogArchiveOutput,
 }
 
@@ -84,6 +88,7 @@ impl<'a> Archiver<'a> {
             group: Vec::new(),
             group_start: None,
             segment: None,
+            last_heartbeat: None,
             out,
         }
     }
@@ -101,7 +106,12 @@ impl<'a> Archiver<'a> {
             // Whole transactions received so far are valid whatever happened next.
             self.cut().await?;
             match attempt {
-                Ok(_) => return Ok(self.out),
+                Ok(Ended::AtEnd) => {
+                    // The server sent everything it had: the archive is complete now.
+                    self.beat(true).await?;
+                    return Ok(self.out);
+                }
+                Ok(Ended::Cancelled) => return Ok(self.out),
                 Err(e) if cfg.mode == Mode::Follow && e.retryable && !ctx.cancel.is_cancelled() => {
                     tracing::warn!(error = %e.message, retry_in = ?wait, reached = %self.reached, "binlog stream lost; reconnecting");
                     tokio::select! {
@@ -191,6 +201,10 @@ impl<'a> Archiver<'a> {
                 self.fde = Some(ev);
                 return Ok(());
             }
+            HEARTBEAT_EVENT => {
+                // Sent only when the server has had nothing new for a while.
+                return self.beat(false).await;
+            }
             INCIDENT => {
                 return Err(StepError::fatal(format!(
                     "the server logged an INCIDENT event in {} after {}: changes may be missing from its binlog",
@@ -246,6 +260,32 @@ impl<'a> Archiver<'a> {
         if segment.len() as u64 >= self.limits.max_bytes {
             self.cut().await?;
         }
+        Ok(())
+    }
+
+    /// Writes the heartbeat object when nothing is pending (no open segment or
+    /// transaction): everything the server wrote is in the repository. At most every
+    /// [`HEARTBEAT_EVERY`] unless `now`.
+    async fn beat(&mut self, now: bool) -> Result<(), StepError> {
+        let pending =
+            self.segment.as_ref().is_some_and(|s| !s.is_empty()) || self.group_start.is_some();
+        let recent = self
+            .last_heartbeat
+            .is_some_and(|t| t.elapsed() < HEARTBEAT_EVERY);
+        if pending || (recent && !now) {
+            return Ok(());
+        }
+        let beat = Heartbeat {
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            end_state: self.reached.to_string(),
+        };
+        self.archive
+            .put_heartbeat(&beat)
+            .await
+            .map_err(StoreError::into_step_error)?;
+        self.last_heartbeat = Some(std::time::Instant::now());
         Ok(())
     }
 

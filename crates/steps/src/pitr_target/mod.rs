@@ -198,15 +198,26 @@ async fn position_at(
     key: Option<&stagehand_repo::crypt::Key>,
 ) -> Result<(GtidPos, Option<u64>), StepError> {
     let Some(seg) = listing.segments.iter().find(|s| s.max_time > t) else {
-        let last = listing
+        // Nothing archived is later than t: the target is the archive's end, if the
+        // archiver vouched (a heartbeat) that nothing was missing at or after t.
+        let beat = archive
+            .heartbeat()
+            .await
+            .map_err(StoreError::into_step_error)?;
+        let complete = BinlogArchive::complete_until(listing, beat.as_ref()).unwrap_or_default();
+        let end = listing
             .last()
-            .map(|s| (s.end_state.clone(), s.last_time))
+            .map(|s| s.end_state.clone())
             .unwrap_or_default();
+        if complete >= t {
+            return Ok((parse(&end)?, None));
+        }
         return Err(StepError::fatal(format!(
-            "no archived transaction is later than {}: the archive ends at GTID {} ({}), and cannot tell whether transactions up to {} exist that are not archived yet",
-            rfc3339(t), last.0, rfc3339(last.1), rfc3339(t)
+            "the archive is known complete only up to {} (GTID {end}): it cannot tell whether transactions up to {} exist that are not archived yet",
+            rfc3339(complete),
+            rfc3339(t)
         ))
-        .with_hint("restore to `latest` (the newest archived transaction), or wait for the archiver to archive past the target"));
+        .with_hint("is the archiver running (`stagehand binlogs check`)? Restore to `latest` (the newest archived transaction), or wait until the archive has caught up past the target"));
     };
     let bytes = archive
         .read(seg, key)
