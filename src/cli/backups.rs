@@ -79,8 +79,22 @@ async fn list(cfg: &RepoConfig, as_json: bool) -> anyhow::Result<i32> {
         Ok(b) => b,
         Err(e) => return Ok(fail(&e.message)),
     };
+    let archive = match super::binlogs::Archive::read_from(&repo).await {
+        Ok(a) => a,
+        Err(e) => return Ok(fail(&e)),
+    };
     if as_json {
-        let rows: Vec<_> = backups.iter().map(entry_json).collect();
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                let mut row = entry_json(b);
+                if let (Some(m), serde_json::Value::Object(o)) = (&b.manifest, &mut row) {
+                    let reach = archive.reach(&m.binlog.gtid_binlog_pos);
+                    o.insert("pitr".into(), reach.to_json());
+                }
+                row
+            })
+            .collect();
         outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(EXIT_OK);
     }
@@ -89,26 +103,32 @@ async fn list(cfg: &RepoConfig, as_json: bool) -> anyhow::Result<i32> {
         return Ok(EXIT_OK);
     }
     outln!(
-        "{:<18} {:<5} {:<20} {:>10} {:>24} {:<18} {:<8} PLAN",
+        "{:<18} {:<5} {:<20} {:>10} {:>24} {:<18} {:<8} {:<20} PLAN",
         "ID",
         "TYPE",
         "STARTED",
         "SIZE",
         "LSN (checkpoint→commit)",
         "GTID",
-        "VERIFIED"
+        "VERIFIED",
+        "PITR UP TO"
     );
     for b in &backups {
-        outln!("{}", entry_line(b));
+        let reach = b
+            .manifest
+            .as_ref()
+            .map(|m| archive.reach(&m.binlog.gtid_binlog_pos).shown())
+            .unwrap_or_default();
+        outln!("{}", entry_line(b, &reach));
     }
     Ok(EXIT_OK)
 }
 
-fn entry_line(b: &BackupEntry) -> String {
+fn entry_line(b: &BackupEntry, pitr: &str) -> String {
     let size = bytesize::ByteSize(b.stored_bytes).to_string();
     match &b.manifest {
         Some(m) => format!(
-            "{:<18} {:<5} {:<20} {:>10} {:>24} {:<18} {:<8} {}",
+            "{:<18} {:<5} {:<20} {:>10} {:>24} {:<18} {:<8} {:<20} {}",
             b.id,
             m.backup_type,
             short_time(&m.started_at),
@@ -116,6 +136,7 @@ fn entry_line(b: &BackupEntry) -> String {
             format!("{}→{}", m.lsn.checkpoint, m.lsn.commit),
             m.binlog.gtid_binlog_pos,
             verified(m),
+            pitr,
             m.plan
         ),
         None => format!(

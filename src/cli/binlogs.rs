@@ -6,6 +6,8 @@ use super::{EXIT_FAILED, EXIT_OK};
 use clap::Subcommand;
 use serde_json::json;
 use stagehand_engine::metrics::{label, write_atomic};
+use stagehand_mariadb::binlog::chain;
+use stagehand_mariadb::gtid::GtidPos;
 use stagehand_repo::binlogs::{BinlogArchive, Heartbeat, Listing, SegmentMeta};
 use stagehand_repo::{RepoConfig, Repository};
 use std::path::PathBuf;
@@ -56,7 +58,7 @@ pub fn dispatch(command: BinlogsCommand) -> anyhow::Result<i32> {
 }
 
 /// What an archive holds, as read once.
-struct Archive {
+pub(super) struct Archive {
     url: String,
     listing: Listing,
     heartbeat: Option<Heartbeat>,
@@ -65,6 +67,10 @@ struct Archive {
 impl Archive {
     async fn read(cfg: &RepoConfig) -> Result<Archive, String> {
         let repo = Repository::open(cfg).await.map_err(|e| e.message)?;
+        Self::read_from(&repo).await
+    }
+
+    pub(super) async fn read_from(repo: &Repository) -> Result<Archive, String> {
         let archive = BinlogArchive::new(repo.store().clone());
         let listing = archive.list().await.map_err(|e| e.message)?;
         let heartbeat = archive.heartbeat().await.map_err(|e| e.message)?;
@@ -77,6 +83,60 @@ impl Archive {
 
     fn complete_until(&self) -> Option<u64> {
         BinlogArchive::complete_until(&self.listing, self.heartbeat.as_ref())
+    }
+
+    /// How far the archive rolls a backup at GTID position `from` forward.
+    pub(super) fn reach(&self, from: &str) -> Reach {
+        let Some(last) = self.listing.last() else {
+            return Reach::NotArchived("no binlog archive".into());
+        };
+        let Ok(from) = from.parse::<GtidPos>() else {
+            return Reach::NotArchived("no GTID position".into());
+        };
+        if from.is_empty() {
+            return Reach::NotArchived("no GTID position".into());
+        }
+        let Ok(end) = last.end_state.parse::<GtidPos>() else {
+            return Reach::NotArchived("unreadable archive".into());
+        };
+        let until = self.complete_until().map(time).unwrap_or_default();
+        match chain::select(
+            &self.listing.segments,
+            |s| &s.start_state,
+            |s| &s.end_state,
+            &from,
+            &end,
+        ) {
+            Ok(_) => Reach::Until {
+                time: until,
+                gtid: chain::merged(&from, &end).to_string(),
+            },
+            Err(e) => Reach::NotArchived(e.to_string()),
+        }
+    }
+}
+
+/// How far a backup can be rolled forward.
+pub(super) enum Reach {
+    /// Up to this time and GTID position (the archive's end).
+    Until { time: String, gtid: String },
+    /// Not at all, and why.
+    NotArchived(String),
+}
+
+impl Reach {
+    pub(super) fn to_json(&self) -> serde_json::Value {
+        match self {
+            Reach::Until { time, gtid } => json!({"until": time, "gtid": gtid}),
+            Reach::NotArchived(why) => json!({"until": null, "why_not": why}),
+        }
+    }
+
+    pub(super) fn shown(&self) -> String {
+        match self {
+            Reach::Until { time, .. } => time.clone(),
+            Reach::NotArchived(_) => "-".into(),
+        }
     }
 }
 

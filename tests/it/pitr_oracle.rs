@@ -401,6 +401,15 @@ async fn an_idle_archive_is_complete_up_to_its_heartbeat_and_the_dead_man_check_
     let caught_up = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
     assert_eq!(caught_up.code, 0, "{}", caught_up.output());
 
+    let listed = repo.cli(&["backups", "list"]);
+    let backups: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
+    assert_eq!(
+        backups[0]["pitr"]["gtid"],
+        end.as_str(),
+        "the backup can be rolled forward to the archive's end: {}",
+        backups[0]
+    );
+
     let metrics = work.path().join("archive.prom");
     let fresh = repo.cli(&[
         "binlogs",
