@@ -469,6 +469,104 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_archive_continues_from_the_promoted_replica_without_a_gap() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::local(&work.path().join("repo"));
+    let primary = TestServer::builder()
+        .name("pitr-primary")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("1"))
+        .tcp(true)
+        .start()
+        .await;
+    let replica = TestServer::builder()
+        .name("pitr-replica")
+        .option("log-bin", Some("binlog"))
+        .option("server-id", Some("2"))
+        .option("log-slave-updates", None)
+        .option("gtid-strict-mode", Some("1"))
+        .start()
+        .await;
+    let mut p = primary.conn().await;
+    p.query_drop("CREATE USER repl@'127.0.0.1' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE ON *.* TO repl@'127.0.0.1'")
+        .await
+        .expect("replication user");
+    let mut r = replica.conn().await;
+    r.query_drop(format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='repl', MASTER_PASSWORD='repl-pw', MASTER_USE_GTID=slave_pos; START SLAVE",
+        primary.port().expect("the primary listens on TCP")
+    ))
+    .await
+    .expect("start replication");
+    p.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .expect("schema");
+    insert_rows(&mut p, 1..=50).await;
+    let backup_seq = take_backup(&primary, &repo, work.path()).await;
+    insert_rows(&mut p, 51..=100).await;
+    let archived = tokio::task::block_in_place(|| catch_up(&primary, &repo, work.path()));
+    assert_eq!(archived.code, 0, "{}", archived.output());
+    insert_rows(&mut p, 101..=150).await;
+    let primary_end = gtid_binlog_pos(&mut p).await;
+    wait_for_replica(&mut r, &primary_end).await;
+
+    // Failover: the primary is gone, the replica takes the writes.
+    drop(p);
+    r.query_drop("STOP SLAVE; RESET SLAVE ALL")
+        .await
+        .expect("promote");
+    insert_rows(&mut r, 151..=200).await;
+    let end = gtid_binlog_pos(&mut r).await;
+    let archived = tokio::task::block_in_place(|| catch_up(&replica, &repo, work.path()));
+    assert_eq!(archived.code, 0, "{}", archived.output());
+    assert_eq!(repo.binlogs()["end_state"], end.as_str());
+    assert_eq!(
+        archived_seqs(&repo, work.path()).await,
+        ((backup_seq + 1)..=backup_seq + 150).collect::<Vec<_>>(),
+        "every transaction after the backup, from both servers, once each"
+    );
+
+    let (run, datadir, _) =
+        tokio::task::block_in_place(|| restore(&repo, work.path(), "failover", "latest"));
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(run.step("replay")["outputs"]["reached_gtid"], end.as_str());
+    let restored = SandboxServer::start(
+        SandboxOptions::new(&datadir, work.path().join("check-failover"))
+            .option("log-bin", Some("pitr-replay-bin"))
+            .option("server-id", Some("3")),
+    )
+    .await
+    .expect("the restored datadir starts");
+    let mut check = Conn::new(restored.opts("root", "")).await.expect("connect");
+    let rows: Option<(u64, u64)> = check
+        .query_first("SELECT COUNT(*), CAST(SUM(id) AS UNSIGNED) FROM g.t")
+        .await
+        .expect("count");
+    assert_eq!(rows, Some((200, 200 * 201 / 2)));
+    let _ = check.disconnect().await;
+}
+
+/// Waits until the replica has applied `pos`.
+async fn wait_for_replica(replica: &mut Conn, pos: &str) {
+    let t0 = Instant::now();
+    loop {
+        let at: String = replica
+            .query_first("SELECT @@gtid_slave_pos")
+            .await
+            .expect("gtid_slave_pos")
+            .unwrap_or_default();
+        if at == pos {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the replica is at {at}, not {pos}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A server with a binlog (GTIDs `0-1-N`).
 async fn source_server(name: &str) -> TestServer {
     TestServer::builder()
