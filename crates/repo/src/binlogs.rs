@@ -354,4 +354,28 @@ mod tests {
         archive.delete_orphans(&listing).await.expect("delete");
         assert!(archive.list().await.expect("list").orphans.is_empty());
     }
+
+    #[tokio::test]
+    async fn the_archive_folder_is_never_a_backup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(LocalStore::new(dir.path()));
+        let archive = BinlogArchive::new(store.clone());
+        archive
+            .put(&meta(1, "", "0-1-5"), b"one".to_vec())
+            .await
+            .expect("put");
+        store
+            .put_bytes("20261207T000000Z/ibdata1", b"data".to_vec())
+            .await
+            .expect("a backup's object");
+        let ids: Vec<String> = crate::Repository::from_store(store)
+            .backups()
+            .await
+            .expect("backups")
+            .into_iter()
+            .map(|b| b.id)
+            .collect();
+        assert_eq!(ids, ["20261207T000000Z"]);
+        assert!(crate::check_backup_id(BINLOGS_DIR).is_err());
+    }
 }

@@ -656,6 +656,11 @@ pub fn check_backup_id(id: &str) -> Result<(), StoreError> {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if id == binlogs::BINLOGS_DIR {
+        return Err(StoreError::config(format!(
+            "backup id `{id}` is the binlog archive's folder: choose another id"
+        )));
+    }
     if ok {
         Ok(())
     } else {
