@@ -203,13 +203,7 @@ async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits
 async fn binlogs_purged_before_they_were_archived_are_a_gap_the_archiver_and_the_restore_refuse() {
     let work = tempfile::tempdir().expect("tempdir");
     let repo = Repo::local(&work.path().join("repo"));
-    let server = source_server("pitr-gap").await;
-    let mut conn = server.conn().await;
-    conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
-        .await
-        .expect("schema");
-    take_backup(&server, &repo, work.path()).await;
-    insert_rows(&mut conn, 1..=20).await;
+    let (server, mut conn) = backed_up_table("pitr-gap", &repo, work.path()).await;
     let first = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
     assert_eq!(first.code, 0, "{}", first.output());
     let archived_to = gtid_binlog_pos(&mut conn).await;
@@ -387,13 +381,7 @@ async fn crash_and_restart(server: &TestServer, work: &Path) -> SandboxServer {
 async fn an_idle_archive_is_complete_up_to_its_heartbeat_and_the_dead_man_check_goes_stale() {
     let work = tempfile::tempdir().expect("tempdir");
     let repo = Repo::local(&work.path().join("repo"));
-    let server = source_server("pitr-idle").await;
-    let mut conn = server.conn().await;
-    conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
-        .await
-        .expect("schema");
-    take_backup(&server, &repo, work.path()).await;
-    insert_rows(&mut conn, 1..=20).await;
+    let (server, mut conn) = backed_up_table("pitr-idle", &repo, work.path()).await;
     let last_write = now_secs();
     let end = gtid_binlog_pos(&mut conn).await;
     // Nothing is written after this; the catch-up run then vouches for "complete up to now".
@@ -565,6 +553,19 @@ async fn wait_for_replica(replica: &mut Conn, pos: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A server with table `g.t`, backed up into `repo`, then 20 rows written (one
+/// transaction each).
+async fn backed_up_table(name: &str, repo: &Repo, work: &Path) -> (TestServer, Conn) {
+    let server = source_server(name).await;
+    let mut conn = server.conn().await;
+    conn.query_drop("CREATE DATABASE g; CREATE TABLE g.t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        .await
+        .expect("schema");
+    take_backup(&server, repo, work).await;
+    insert_rows(&mut conn, 1..=20).await;
+    (server, conn)
 }
 
 /// A server with a binlog (GTIDs `0-1-N`).

@@ -159,6 +159,17 @@ impl BinlogArchive {
         BinlogArchive { store, url }
     }
 
+    /// Opens a repository and lists its archive: what every step that reads or writes
+    /// the archive starts with.
+    pub async fn open_listed(
+        cfg: &crate::RepoConfig,
+    ) -> Result<(crate::Repository, BinlogArchive, Listing), StoreError> {
+        let repo = crate::Repository::open(cfg).await?;
+        let archive = BinlogArchive::new(repo.store().clone());
+        let listing = archive.list().await?;
+        Ok((repo, archive, listing))
+    }
+
     /// Every segment with metadata, in order, and the objects without.
     pub async fn list(&self) -> Result<Listing, StoreError> {
         let objects = self.store.list(SEGMENTS).await?;

@@ -171,11 +171,9 @@ impl TypedStep for BinlogArchiveKind {
             .repository
             .upload_key()
             .map_err(StoreError::into_step_error)?;
-        let repo = Repository::open(&cfg.repository)
+        let (repo, archive, listing) = BinlogArchive::open_listed(&cfg.repository)
             .await
             .map_err(StoreError::into_step_error)?;
-        let archive = BinlogArchive::new(repo.store().clone());
-        let listing = archive.list().await.map_err(StoreError::into_step_error)?;
         archive
             .delete_orphans(&listing)
             .await

@@ -25,7 +25,7 @@ use stagehand_mariadb::gtid::GtidPos;
 use stagehand_mariadb::session::{classify, Session};
 use stagehand_repo::binlogs::{BinlogArchive, SegmentMeta};
 use stagehand_repo::checks::{check_repo, probe_repository};
-use stagehand_repo::{RepoConfig, Repository, StoreError};
+use stagehand_repo::{RepoConfig, StoreError};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -122,11 +122,9 @@ impl TypedStep for BinlogReplay {
             .repository
             .fetch_key()
             .map_err(StoreError::into_step_error)?;
-        let repo = Repository::open(&cfg.repository)
+        let (repo, archive, listing) = BinlogArchive::open_listed(&cfg.repository)
             .await
             .map_err(StoreError::into_step_error)?;
-        let archive = BinlogArchive::new(repo.store().clone());
-        let listing = archive.list().await.map_err(StoreError::into_step_error)?;
         let range = chain::select(
             &listing.segments,
             |s| &s.start_state,

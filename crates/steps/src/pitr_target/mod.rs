@@ -17,7 +17,7 @@ use stagehand_mariadb::binlog::chain::{self, ChainError};
 use stagehand_mariadb::gtid::GtidPos;
 use stagehand_repo::binlogs::{BinlogArchive, Listing, SegmentMeta};
 use stagehand_repo::checks::check_repo;
-use stagehand_repo::{RepoConfig, Repository, StoreError};
+use stagehand_repo::{RepoConfig, StoreError};
 use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -111,11 +111,9 @@ impl TypedStep for PitrTarget {
 
 async fn resolve(cfg: &PitrTargetConfig) -> Result<PitrTargetOutput, StepError> {
     let target = target_of(cfg).map_err(|e| StepError::fatal(e.message))?;
-    let repo = Repository::open(&cfg.repository)
+    let (repo, archive, listing) = BinlogArchive::open_listed(&cfg.repository)
         .await
         .map_err(StoreError::into_step_error)?;
-    let archive = BinlogArchive::new(repo.store().clone());
-    let listing = archive.list().await.map_err(StoreError::into_step_error)?;
     let last = listing.last().ok_or_else(|| {
         StepError::fatal(format!("{} has no archived binlog", repo.url()))
             .with_hint("run a binlog_archive step (plans/binlog-archive.yaml) on the server; point-in-time restores need its archive")
