@@ -383,6 +383,23 @@ async fn an_idle_archive_is_complete_up_to_its_heartbeat_and_the_dead_man_check_
     let repo = Repo::local(&work.path().join("repo"));
     let (server, mut conn) = backed_up_table("pitr-idle", &repo, work.path()).await;
     let last_write = now_secs();
+    // --check proves the server can be archived, and refuses the server's own id.
+    let checked = preflight(&server, &repo, ARCHIVER_ID);
+    assert_eq!(checked.code, 0, "{}", checked.stdout);
+    assert!(
+        checked.stdout.contains("may read it as a replica"),
+        "{}",
+        checked.stdout
+    );
+    let refused = preflight(&server, &repo, "1");
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused
+            .stdout
+            .contains("server_id 1 is the server's own id"),
+        "{}",
+        refused.stdout
+    );
     let end = gtid_binlog_pos(&mut conn).await;
     // Nothing is written after this; the catch-up run then vouches for "complete up to now".
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -662,6 +679,25 @@ fn archive_sets(server: &TestServer, repo: &Repo, mode: &str) -> Vec<String> {
     ];
     sets.extend(repo.plan_sets());
     sets
+}
+
+/// `stagehand run plans/binlog-archive.yaml --check` with replica id `server_id`.
+fn preflight(server: &TestServer, repo: &Repo, server_id: &str) -> crate::cli::Run {
+    let mut args = vec![
+        "run".to_string(),
+        "plans/binlog-archive.yaml".into(),
+        "--check".into(),
+    ];
+    for s in archive_sets(server, repo, "catch_up") {
+        let s = if s.starts_with("server_id=") {
+            format!("server_id={server_id}")
+        } else {
+            s
+        };
+        args.extend(["--set".to_string(), s]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stagehand_env(&args, &repo.env())
 }
 
 /// One catch-up run of the archiver.

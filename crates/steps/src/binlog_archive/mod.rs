@@ -157,9 +157,13 @@ impl TypedStep for BinlogArchiveKind {
         vec![cfg.connection.clone()]
     }
 
-    async fn preflight(cfg: &BinlogArchiveConfig, _ctx: &StepContext) -> Vec<Finding> {
+    async fn preflight(cfg: &BinlogArchiveConfig, ctx: &StepContext) -> Vec<Finding> {
         let mut findings = vec![probe_repository_for_writing(&cfg.repository).await];
         findings.extend(probe_key(&cfg.repository, true));
+        match stagehand_mariadb::session::preflight_session(ctx, &cfg.connection).await {
+            Ok(session) => findings.push(server_finding(cfg, &session).await),
+            Err(f) => findings.push(f),
+        }
         findings
     }
 
@@ -203,6 +207,48 @@ impl TypedStep for BinlogArchiveKind {
         )
         .run(cfg, ctx)
         .await
+    }
+}
+
+/// Whether the server can be archived as configured: it writes a binlog, its own
+/// server id is not the archiver's, and the user may read the binlog as a replica.
+async fn server_finding(
+    cfg: &BinlogArchiveConfig,
+    session: &stagehand_mariadb::session::Session,
+) -> Finding {
+    use stagehand_mariadb::session::{session_privileges, session_values};
+    let values = match session_values(
+        session,
+        "SELECT 'log_bin', @@log_bin UNION ALL SELECT 'server_id', @@server_id",
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            return Finding::error(format!("cannot read the server's settings: {}", e.message))
+        }
+    };
+    if values.get("log_bin").map(String::as_str) != Some("1") {
+        return Finding::error(
+            "the server writes no binlog (log_bin is OFF): there is nothing to archive; start it with log-bin",
+        );
+    }
+    if values.get("server_id") == Some(&cfg.server_id.to_string()) {
+        return Finding::error(format!(
+            "server_id {} is the server's own id: give the archiver an id no server or replica uses",
+            cfg.server_id
+        ));
+    }
+    match session_privileges(session).await {
+        Ok(p) if p.has("REPLICATION SLAVE") || p.has("REPLICATION REPLICA") => Finding::ok(format!(
+            "the server writes a binlog and `{}` may read it as a replica (id {})",
+            cfg.connection, cfg.server_id
+        )),
+        Ok(_) => Finding::error(format!(
+            "the user of connection `{}` lacks REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO …",
+            cfg.connection
+        )),
+        Err(e) => Finding::error(format!("cannot read the user's grants (SHOW GRANTS): {}", e.message)),
     }
 }
 
