@@ -572,6 +572,59 @@ async fn wait_for_replica(replica: &mut Conn, pos: &str) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_in_the_gtid_sequence_stops_the_archiver_unless_it_is_allowed() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::local(&work.path().join("repo"));
+    let (server, mut conn) = backed_up_table("pitr-hole", &repo, work.path()).await;
+    let first = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
+    assert_eq!(first.code, 0, "{}", first.output());
+    let before = gtid_binlog_pos(&mut conn).await;
+    let skip_to = seq_of(&before) + 10;
+    conn.query_drop(format!(
+        "SET SESSION gtid_seq_no = {skip_to}; INSERT INTO g.t VALUES (1000)"
+    ))
+    .await
+    .expect("a transaction after a hole");
+
+    let refused = tokio::task::block_in_place(|| catch_up(&server, &repo, work.path()));
+    assert_ne!(refused.code, 0, "{}", refused.output());
+    let step = refused.step("archive");
+    let error = step["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("goes from {before} to 0-1-{skip_to}")),
+        "{error}"
+    );
+    assert!(
+        step["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("allow_seq_jumps")),
+        "{step}"
+    );
+    assert_eq!(
+        repo.binlogs()["end_state"],
+        before.as_str(),
+        "nothing past the hole"
+    );
+
+    let mut sets = archive_sets(&server, &repo, "catch_up");
+    sets.push("allow_seq_jumps=true".into());
+    let allowed = tokio::task::block_in_place(|| {
+        run_plan(
+            work.path(),
+            Path::new("plans/binlog-archive.yaml"),
+            &sets,
+            &repo.env(),
+        )
+    });
+    assert_eq!(allowed.code, 0, "{}", allowed.output());
+    assert_eq!(allowed.step("archive")["outputs"]["seq_jumps"], 1);
+    assert_eq!(
+        repo.binlogs()["end_state"],
+        format!("0-1-{skip_to}").as_str()
+    );
+}
+
 /// A server with table `g.t`, backed up into `repo`, then 20 rows written (one
 /// transaction each).
 async fn backed_up_table(name: &str, repo: &Repo, work: &Path) -> (TestServer, Conn) {

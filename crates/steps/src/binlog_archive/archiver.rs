@@ -23,6 +23,7 @@ use std::time::Duration;
 pub struct Limits {
     pub max_bytes: u64,
     pub max_age: Duration,
+    pub allow_seq_jumps: bool,
 }
 
 /// How often an idle server sends a heartbeat (lets a follower notice a dead link).
@@ -239,6 +240,7 @@ impl<'a> Archiver<'a> {
         let Some((gtid, time)) = self.group_start.take() else {
             return Ok(());
         };
+        self.refuse_a_hole(gtid)?;
         let fde = self.fde.as_ref().ok_or_else(|| {
             StepError::retryable("a transaction arrived before the binlog's format description")
         })?;
@@ -261,6 +263,25 @@ impl<'a> Archiver<'a> {
             self.cut().await?;
         }
         Ok(())
+    }
+
+    /// A transaction whose sequence number skips ahead in its domain: the transactions
+    /// in between are not in the binlog, which a restore could not tell from loss.
+    fn refuse_a_hole(&self, gtid: Gtid) -> Result<(), StepError> {
+        let Some(last) = self.reached.get(gtid.domain) else {
+            return Ok(());
+        };
+        if gtid.seq <= last.seq + 1 || self.limits.allow_seq_jumps {
+            return Ok(());
+        }
+        Err(StepError::fatal(format!(
+            "the binlog goes from {last} to {gtid}: sequence numbers {}…{} of domain {} are not in it; the archive stops before the hole (at {})",
+            last.seq + 1,
+            gtid.seq - 1,
+            gtid.domain,
+            self.reached
+        ))
+        .with_hint("was gtid_seq_no set by hand on the server, or the binlog switched off for some transactions? If the hole is expected, set `allow_seq_jumps: true`; otherwise take a new full backup, point-in-time restores are exact again from it"))
     }
 
     /// Writes the heartbeat object when nothing is pending (no open segment or

@@ -67,6 +67,11 @@ pub struct BinlogArchiveConfig {
     )]
     #[schemars(with = "String")]
     pub segment_max_age: Duration,
+    /// Accept transactions whose sequence number skips ahead in their domain (the
+    /// server's binlog itself has the hole, e.g. after `SET gtid_seq_no`). Off: such a
+    /// hole fails the step, since a restore could not tell it from lost transactions.
+    #[serde(default)]
+    pub allow_seq_jumps: bool,
 }
 
 fn default_start() -> String {
@@ -196,6 +201,7 @@ impl TypedStep for BinlogArchiveKind {
         let limits = Limits {
             max_bytes: max_bytes(cfg).map_err(|e| StepError::fatal(e.message))?,
             max_age: cfg.segment_max_age,
+            allow_seq_jumps: cfg.allow_seq_jumps,
         };
         tracing::info!(step = %ctx.step_id, from = %start, next_segment = next_seq, "archiving the binlog");
         Archiver::new(
