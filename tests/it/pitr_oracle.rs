@@ -176,16 +176,18 @@ async fn restores_to_a_gtid_a_time_and_the_latest_point_hold_exactly_the_commits
     let middle = after_backup[after_backup.len() / 3].0;
     let (time, expected_at_time) = time_target(&after_backup);
     let latest = after_backup.last().map(|(seq, _)| *seq).unwrap_or_default();
+    // Both replay methods: mariadb-binlog | mariadb, and the server's SQL thread with
+    // four parallel workers (the plan's default).
     let cases = [
-        ("gtid", format!("0-1-{middle}"), middle),
-        ("time", rfc3339(time), expected_at_time),
-        ("latest", "latest".to_string(), latest),
+        ("gtid", format!("0-1-{middle}"), middle, "pipe"),
+        ("time", rfc3339(time), expected_at_time, "sql_thread"),
+        ("latest", "latest".to_string(), latest, "sql_thread"),
     ];
     let mut problems = Vec::new();
-    for (label, to, expected) in cases {
+    for (label, to, expected, method) in cases {
         problems.extend(
             restore_and_check(
-                label,
+                (label, method),
                 &to,
                 expected,
                 &repo,
@@ -933,7 +935,7 @@ fn time_target(after_backup: &[(u64, u64)]) -> (u64, u64) {
 /// Runs plans/restore-pitr.yaml to `to`; checks the plan's outputs, then starts the
 /// restored datadir and checks its data against the workloads at `expected`.
 async fn restore_and_check(
-    label: &str,
+    (label, method): (&str, &str),
     to: &str,
     expected: u64,
     repo: &Repo,
@@ -941,7 +943,9 @@ async fn restore_and_check(
     (log, ddl_log): (&WorkloadLog, &DdlLog),
     opts: &WorkloadOptions,
 ) -> Vec<String> {
-    let (run, datadir, _) = tokio::task::block_in_place(|| restore(repo, work, label, to));
+    let set = format!("replay_method={method}");
+    let (run, datadir, _) =
+        tokio::task::block_in_place(|| restore_with(repo, work, label, to, &[set]));
     let mut problems = Vec::new();
     if run.code != 0 {
         return vec![format!(
@@ -985,7 +989,7 @@ async fn restore_and_check(
     let ddl = check_ddl(&mut conn, ddl_log, expected).await;
     problems.extend(ddl.problems.iter().map(|p| format!("[{label}] ddl: {p}")));
     eprintln!(
-        "[{label}] restored to {want} ({} transactions replayed, {} s): {} transfers, {} DDL tables, {} problem(s)",
+        "[{label}] restored to {want} with {method} ({} transactions replayed, {} s): {} transfers, {} DDL tables, {} problem(s)",
         replay["transactions"],
         replay["replay_seconds"],
         report.expected_transfers,
@@ -998,6 +1002,17 @@ async fn restore_and_check(
 
 /// `plans/restore-pitr.yaml` into `<work>/<label>-data`; the run, the datadir and the workdir.
 fn restore(repo: &Repo, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf, PathBuf) {
+    restore_with(repo, work, label, to, &[])
+}
+
+/// [`restore`] with more plan params.
+fn restore_with(
+    repo: &Repo,
+    work: &Path,
+    label: &str,
+    to: &str,
+    extra: &[String],
+) -> (PlanRun, PathBuf, PathBuf) {
     let datadir = work.join(format!("{label}-data"));
     let workdir = work.join(format!("{label}-work"));
     let mut sets = repo.plan_sets();
@@ -1012,6 +1027,7 @@ fn restore(repo: &Repo, work: &Path, label: &str, to: &str) -> (PlanRun, PathBuf
             work.join(format!("{label}-chk")).join("c.sock").display()
         ),
     ]);
+    sets.extend(extra.iter().cloned());
     let run = run_plan(
         work,
         Path::new("plans/restore-pitr.yaml"),

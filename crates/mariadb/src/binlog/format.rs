@@ -259,6 +259,24 @@ pub fn gtid_list_event(pos: &GtidPos, timestamp: u32, server_id: u32, crc: bool)
     }
 }
 
+/// A made-up ROTATE naming `file` (position 4), as a server writes at the start of a
+/// relay log: the replication SQL thread of 10.11 needs one after the format
+/// description of each relay file it applies in parallel (without it, it crashed in
+/// our trials; docs/design/pitr.md §2.6).
+pub fn rotate_event(file: &str, server_id: u32, crc: bool) -> RawEvent {
+    let mut body = 4u64.to_le_bytes().to_vec();
+    body.extend_from_slice(file.as_bytes());
+    RawEvent {
+        type_code: ROTATE,
+        timestamp: 0,
+        server_id,
+        log_pos: 0,
+        flags: ARTIFICIAL_FLAG,
+        body,
+        crc,
+    }
+}
+
 /// The GTIDs a GTID_LIST event lists.
 pub fn parse_gtid_list(body: &[u8]) -> Result<GtidPos, FormatError> {
     let short = || FormatError::Short {

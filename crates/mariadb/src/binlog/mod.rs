@@ -3,5 +3,6 @@
 
 pub mod chain;
 pub mod format;
+pub mod relay;
 pub mod segment;
 pub mod stream;

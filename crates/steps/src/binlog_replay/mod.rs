@@ -13,6 +13,7 @@
 //! a replica that continues from the target.
 
 mod pipe;
+mod sql_thread;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -42,8 +43,29 @@ pub struct BinlogReplayConfig {
     /// …up to and including this one.
     pub to_gtid: String,
     /// Where the segments are written before they are applied (created private; the
-    /// segment files are deleted afterwards).
+    /// segment files are deleted afterwards). Not used by `sql_thread`, which writes
+    /// relay logs beside the server's.
     pub workdir: String,
+    /// `sql_thread` (default): the server's replication SQL thread applies the segments
+    /// as relay logs, with `workers` parallel workers (the server's id must not be the
+    /// source's). `pipe`: `mariadb-binlog | mariadb`, one session.
+    #[serde(default)]
+    pub method: Method,
+    /// Parallel workers of the SQL thread (0: the thread applies alone).
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    #[default]
+    SqlThread,
+    Pipe,
+}
+
+fn default_workers() -> u32 {
+    4
 }
 
 /// What `binlog_replay` publishes.
@@ -74,6 +96,13 @@ impl TypedStep for BinlogReplay {
         if settled(&cfg.repository.url) {
             check_repo(&cfg.repository)?;
         }
+        if cfg.workers > 256 {
+            return Err(ConfigError {
+                path: "workers".into(),
+                message: "at most 256 (slave_parallel_threads' limit is 16383; more than the cores buys nothing)".into(),
+                hint: None,
+            });
+        }
         for (field, text) in [("from_gtid", &cfg.from_gtid), ("to_gtid", &cfg.to_gtid)] {
             if settled(text) {
                 text.parse::<GtidPos>().map_err(|e| ConfigError {
@@ -87,13 +116,22 @@ impl TypedStep for BinlogReplay {
     }
 
     fn describe(cfg: &BinlogReplayConfig) -> String {
+        let how = match cfg.method {
+            Method::SqlThread => format!(
+                "through the server's replication SQL thread ({} parallel workers), as relay logs holding exactly those transactions",
+                cfg.workers
+            ),
+            Method::Pipe => format!(
+                "with mariadb-binlog | mariadb in GTID strict mode, the segments written to {}",
+                cfg.workdir
+            ),
+        };
         format!(
-            "replays the binlog archived in {} into the server of connection `{}`: the transactions after GTID {} up to and including {} (mariadb-binlog | mariadb, GTID strict mode, segments checked against their SHA-256 first, written to {}); then checks that the server's @@gtid_binlog_pos is exactly the target and sets gtid_slave_pos to it",
+            "replays the binlog archived in {} into the server of connection `{}`: the transactions after GTID {} up to and including {}, {how}, every segment checked against its SHA-256 first; then checks that the server's GTID position is exactly the target and sets gtid_slave_pos to it",
             cfg.repository.describe(),
             cfg.connection,
             cfg.from_gtid,
             cfg.to_gtid,
-            cfg.workdir
         )
     }
 
@@ -138,17 +176,39 @@ impl TypedStep for BinlogReplay {
         })?;
         let segments = &listing.segments[range];
         let session = ctx.connections.get_as::<Session>(&cfg.connection).await?;
-        seed(&session, &from).await?;
-        let workdir = PathBuf::from(&cfg.workdir);
-        let files = write_segments(&archive, segments, key.as_ref(), &workdir).await?;
-        let transactions = count_transactions(&files, &from, &to)?;
-        let t0 = Instant::now();
-        let replayed = pipe::replay(&session, &workdir, &files, &from, &to, &ctx.cancel).await;
-        for f in &files {
-            let _ = std::fs::remove_file(f);
-        }
-        replayed?;
-        let replay_seconds = t0.elapsed().as_secs_f64();
+        fresh_server(&session).await?;
+        let (transactions, replay_seconds) = match cfg.method {
+            Method::Pipe => {
+                set_binlog_state(&session, &from).await?;
+                let workdir = PathBuf::from(&cfg.workdir);
+                let files = write_segments(&archive, segments, key.as_ref(), &workdir).await?;
+                let transactions = count_transactions(&files, &from, &to)?;
+                let t0 = Instant::now();
+                let replayed =
+                    pipe::replay(&session, &workdir, &files, &from, &to, &ctx.cancel).await;
+                for f in &files {
+                    let _ = std::fs::remove_file(f);
+                }
+                replayed?;
+                (transactions, t0.elapsed().as_secs_f64())
+            }
+            Method::SqlThread => {
+                let replay = sql_thread::Replay {
+                    archive: &archive,
+                    segments,
+                    key: key.as_ref(),
+                    from: &from,
+                    to: &to,
+                    expected: &expected,
+                    workers: cfg.workers,
+                };
+                let (n, took) = sql_thread::replay(&session, &replay, &ctx.cancel).await?;
+                // The thread moved gtid_slave_pos; the binlog state follows, so both
+                // methods leave the server alike.
+                set_binlog_state(&session, &expected).await?;
+                (n, took.as_secs_f64())
+            }
+        };
         let reached = finish(&session, &expected).await?;
         tracing::info!(step = %ctx.step_id, %reached, transactions, replay_seconds, "binlog replayed");
         Ok(BinlogReplayOutput {
@@ -161,9 +221,9 @@ impl TypedStep for BinlogReplay {
     }
 }
 
-/// Sets the server's binlog state to the backup's position, after checking that it
-/// logs and has logged nothing yet.
-async fn seed(session: &Session, from: &GtidPos) -> Result<(), StepError> {
+/// Checks that the server logs and has logged nothing yet (a freshly restored
+/// server), then turns on GTID strict mode.
+async fn fresh_server(session: &Session) -> Result<(), StepError> {
     let mut guard = session.conn.lock().await;
     let conn = guard
         .as_mut()
@@ -185,10 +245,22 @@ async fn seed(session: &Session, from: &GtidPos) -> Result<(), StepError> {
         ))
         .with_hint("restore the backup again (the restore steps before this one) and replay into that server"));
     }
+    conn.query_drop("SET GLOBAL gtid_strict_mode = 1")
+        .await
+        .map_err(|e| classify(&e))?;
+    Ok(())
+}
+
+/// Makes `pos` the server's binlog state (its binlog emptied first: it holds nothing
+/// but what an earlier step of this restore logged).
+async fn set_binlog_state(session: &Session, pos: &GtidPos) -> Result<(), StepError> {
+    let mut guard = session.conn.lock().await;
+    let conn = guard
+        .as_mut()
+        .ok_or_else(|| StepError::fatal("the session is closed"))?;
     for sql in [
         "RESET MASTER".to_string(),
-        format!("SET GLOBAL gtid_binlog_state = '{from}'"),
-        "SET GLOBAL gtid_strict_mode = 1".to_string(),
+        format!("SET GLOBAL gtid_binlog_state = '{pos}'"),
     ] {
         conn.query_drop(&sql).await.map_err(|e| classify(&e))?;
     }
