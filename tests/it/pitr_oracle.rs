@@ -517,6 +517,12 @@ async fn after_a_failover_the_archive_continues_from_the_promoted_replica_withou
     insert_rows(&mut p, 101..=150).await;
     let primary_end = gtid_binlog_pos(&mut p).await;
     wait_for_replica(&mut r, &primary_end).await;
+    // A backup of the replica, replica settings and all: the newest, so the restore
+    // starts from it and its replay must first clear what it brought. (Backup ids are
+    // start times in whole seconds.)
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let replica_seq = take_backup(&replica, &repo, work.path()).await;
+    assert_eq!(replica_seq, seq_of(&primary_end));
 
     // Failover: the primary is gone, the replica takes the writes.
     drop(p);
@@ -538,6 +544,11 @@ async fn after_a_failover_the_archive_continues_from_the_promoted_replica_withou
         tokio::task::block_in_place(|| restore(&repo, work.path(), "failover", "latest"));
     assert_eq!(run.code, 0, "{}", run.output());
     assert_eq!(run.step("replay")["outputs"]["reached_gtid"], end.as_str());
+    assert_eq!(
+        run.step("replay")["outputs"]["transactions"],
+        50,
+        "only what came after the replica's backup"
+    );
     let restored = SandboxServer::start(
         SandboxOptions::new(&datadir, work.path().join("check-failover"))
             .option("log-bin", Some("pitr-replay-bin"))
@@ -697,7 +708,12 @@ async fn take_backup(server: &TestServer, repo: &Repo, work: &Path) -> u64 {
     assert_eq!(run.code, 0, "the backup failed: {}", run.output());
     let listed = repo.cli(&["backups", "list"]);
     let backups: Value = serde_json::from_str(&listed.stdout).expect("backups list --json");
-    seq_of(backups[0]["gtid_binlog_pos"].as_str().unwrap_or_default())
+    let newest = backups
+        .as_array()
+        .and_then(|b| b.last())
+        .cloned()
+        .unwrap_or_default();
+    seq_of(newest["gtid_binlog_pos"].as_str().unwrap_or_default())
 }
 
 /// `plans/binlog-archive.yaml` in follow mode, closing a segment every second.

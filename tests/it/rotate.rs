@@ -464,11 +464,14 @@ fn binlog_segments_that_end_before_the_oldest_kept_backup_are_deleted_and_the_re
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
     let old = backup_at(&repo, 40 * DAY, "0-1-10");
-    let new = backup_at(&repo, HOUR, "0-1-50");
+    // Kept (younger than max_age): the oldest kept backup decides, not the newest.
+    let new = backup_at(&repo, 2 * DAY, "0-1-50");
+    let newest = backup_at(&repo, HOUR, "0-1-70");
     segment(&repo, 1, "", "0-1-10");
     segment(&repo, 2, "0-1-10", "0-1-30");
     segment(&repo, 3, "0-1-30", "0-1-50");
-    segment(&repo, 4, "0-1-50", "0-1-80");
+    segment(&repo, 4, "0-1-50", "0-1-60");
+    segment(&repo, 5, "0-1-60", "0-1-90");
     let plan = rotate_plan(dir.path(), &repo, "");
     let plan_arg = plan.display().to_string();
 
@@ -483,7 +486,7 @@ fn binlog_segments_that_end_before_the_oldest_kept_backup_are_deleted_and_the_re
         );
     }
     assert!(
-        checked.stdout.contains("keep   binlog segments: 1"),
+        checked.stdout.contains("keep   binlog segments: 2"),
         "{}",
         checked.stdout
     );
@@ -500,7 +503,7 @@ fn binlog_segments_that_end_before_the_oldest_kept_backup_are_deleted_and_the_re
         .iter()
         .filter_map(|s| s["seq"].as_u64())
         .collect();
-    assert_eq!(left, [4], "the segment that rolls {new} forward stays");
+    assert_eq!(left, [4, 5], "the segments that roll {new} forward stay");
     assert_eq!(
         listing["interrupted_uploads"],
         json!([]),
@@ -516,7 +519,7 @@ fn binlog_segments_that_end_before_the_oldest_kept_backup_are_deleted_and_the_re
         .collect();
     assert_eq!(
         listed_ids,
-        [new.as_str()],
+        [new.as_str(), newest.as_str()],
         "the archive's folder is not a backup"
     );
 }

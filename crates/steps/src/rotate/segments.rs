@@ -64,11 +64,15 @@ fn shown(pos: &str) -> &str {
 
 /// Which segments the kept backups no longer need.
 pub fn decide(listing: &Listing, entries: &[BackupEntry], plan: &Plan) -> SegmentPlan {
-    let oldest_kept = plan.kept().find_map(|d| {
-        let manifest = entries.iter().find(|e| e.id == d.id)?.manifest.as_ref()?;
-        let pos: GtidPos = manifest.binlog.gtid_binlog_pos.parse().ok()?;
-        (!pos.is_empty()).then(|| (d.id.clone(), pos))
-    });
+    // Ids are start times: the smallest is the oldest (the plan lists newest first).
+    let oldest_kept = plan
+        .kept()
+        .filter_map(|d| {
+            let manifest = entries.iter().find(|e| e.id == d.id)?.manifest.as_ref()?;
+            let pos: GtidPos = manifest.binlog.gtid_binlog_pos.parse().ok()?;
+            (!pos.is_empty()).then(|| (d.id.clone(), pos))
+        })
+        .min_by(|a, b| a.0.cmp(&b.0));
     let Some((id, pos)) = oldest_kept else {
         return SegmentPlan {
             keep: listing.segments.len(),
