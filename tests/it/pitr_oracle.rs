@@ -563,6 +563,57 @@ async fn after_a_failover_the_archive_continues_from_the_promoted_replica_withou
         .expect("count");
     assert_eq!(rows, Some((200, 200 * 201 / 2)));
     let _ = check.disconnect().await;
+
+    // A point between the two backups rolls the older one forward; --check says so
+    // before anything runs.
+    let between = format!("0-1-{}", backup_seq + 50);
+    let checked = {
+        let mut args = vec![
+            "run".to_string(),
+            "plans/restore-pitr.yaml".into(),
+            "--check".into(),
+        ];
+        let data = work.path().join("between-data");
+        let work_dir = work.path().join("between-work");
+        for s in repo.plan_sets().into_iter().chain([
+            format!("to={between}"),
+            format!("workdir={}", work_dir.display()),
+            format!("datadir={}", data.display()),
+        ]) {
+            args.extend(["--set".to_string(), s]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stagehand_env(&args, &repo.env())
+    };
+    let first_backup =
+        format!("(GTID 0-1-{backup_seq}), then 1 archived segment(s) (#1) up to GTID {between}");
+    assert!(
+        checked.stdout.contains(&first_backup),
+        "--check names the choice:\n{}",
+        checked.stdout
+    );
+    let (run, datadir, _) =
+        tokio::task::block_in_place(|| restore(&repo, work.path(), "between", &between));
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(run.step("replay")["outputs"]["transactions"], 50);
+    let restored = SandboxServer::start(
+        SandboxOptions::new(&datadir, work.path().join("check-between"))
+            .option("log-bin", Some("pitr-replay-bin"))
+            .option("server-id", Some("3")),
+    )
+    .await
+    .expect("the restored datadir starts");
+    let mut check = Conn::new(restored.opts("root", "")).await.expect("connect");
+    let rows: Option<(u64, u64)> = check
+        .query_first("SELECT COUNT(*), CAST(SUM(id) AS UNSIGNED) FROM g.t")
+        .await
+        .expect("count");
+    assert_eq!(
+        rows,
+        Some((100, 100 * 101 / 2)),
+        "exactly the rows up to {between}"
+    );
+    let _ = check.disconnect().await;
 }
 
 /// Waits until the replica has applied `pos`.
