@@ -14,10 +14,12 @@ one run:
      time it is first seen on the source. After sysbench the archiver is given time to
      catch up, then stopped with SIGTERM.
 
-  2. Replay throughput over that archive, from the backup to the archive's end:
-     (a) plans/restore-pitr.yaml --set to=latest (mariadb-binlog | mariadb): the replay
-         step's replay_seconds, transactions, bytes;
-     (b) the server's SQL thread: the backup restored with plans/restore-pitr.yaml
+  2. Replay throughput over that archive, from the backup to the archive's end
+     (--replay-rows):
+     (a) plans/restore-pitr.yaml --set to=latest, with replay_method=pipe
+         (mariadb-binlog | mariadb) and replay_method=sql_thread (replay_workers 4 and 0):
+         the replay step's replay_seconds, transactions, bytes;
+     (b) the server's SQL thread by hand: the backup restored with plans/restore-pitr.yaml
          --set to=<backup GTID> (replays nothing), that datadir copied, the segments
          decompressed and installed as relay logs (a synthetic ROTATE after each file's
          FORMAT_DESCRIPTION event, see docs/design/pitr.md §2.6), a server started on the
@@ -31,7 +33,7 @@ script waits (at most --quiet-wait s) for the load to drop to --quiet-load, and 
 again once if its load before was still above that (both attempts are kept in the JSON).
 
     python3 bench/pitr_bench.py [--dir /tmp/stagehand-pitr-bench] [--tables 4] [--table-size 100000]
-        [--time 60] [--ages 30s,5s]
+        [--time 60] [--ages 30s,5s] [--snapshot /tmp/stagehand-pitr-snap]
 
 Needs mariadb-server, mariadb-client, sysbench, zstd, and a release build
 (target/release/stagehand; the script does not build it). Run from anywhere; plans are
@@ -43,6 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SH = ROOT / "target/release/stagehand"
+PLANS = ROOT / "plans"  # --snapshot copies the binary and the plans and uses the copies
 
 
 def run(cmd, **kw):
@@ -196,20 +199,29 @@ def pct(sorted_vals, p):
 
 
 def archiver_cmd(a, base, sock, repo, age, mode="follow"):
-    return [str(SH), "run", "plans/binlog-archive.yaml", "--state-dir", str(base / "state"),
+    return [str(SH), "run", str(PLANS / "binlog-archive.yaml"), "--state-dir", str(base / "state"),
             "--set", f"repository={repo}", "--set", f"socket={sock}", "--set", "user=root",
             "--set", f"mode={mode}", "--set", f"segment_max_age={age}", "--set", f"server_id={a.server_id}"]
 
 
-def wait_archived(repo, target_seq, timeout):
+def wait_archived(repo, target_seq, timeout, proc=None):
     """Waits until the archive's end reaches target_seq; returns the seconds it took or None."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+    while time.monotonic() - t0 < timeout and (proc is None or proc.poll() is None):
         lst = archive_listing(repo)
         if lst and seq_of(lst.get("end_state") or "") >= target_seq:
             return round(time.monotonic() - t0, 1)
         time.sleep(0.5)
     return None
+
+
+def cpu_s(pid):
+    """User+system CPU seconds of a running process (and its reaped children)."""
+    try:
+        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in f[11:15]) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return None
 
 
 def lag_row(name, age, rnd, a, base, sock, repo):
@@ -220,7 +232,7 @@ def lag_row(name, age, rnd, a, base, sock, repo):
         arch = subprocess.Popen(archiver_cmd(a, base, sock, repo, age), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         # Catch up on whatever the server logged while no archiver ran, before measuring.
         backlog = seq_of(sql(sock, "SELECT @@gtid_binlog_pos"))
-        res["backlog_catch_up_s"] = wait_archived(repo, backlog, a.catch_up_timeout)
+        res["backlog_catch_up_s"] = wait_archived(repo, backlog, a.catch_up_timeout, arch)
         if arch.poll() is not None:
             res["archiver_exit"] = arch.returncode
             print(json.dumps(res), flush=True)
@@ -231,10 +243,13 @@ def lag_row(name, age, rnd, a, base, sock, repo):
     time.sleep(2)
     t_start = time.time()
     seq_start = seq_of(sql(sock, "SELECT @@gtid_binlog_pos"))
+    cpu0 = cpu_s(arch.pid) if arch else None
     sb = subprocess.run(sysbench(sock, a, "--threads=2", f"--time={a.time}", "--report-interval=10", "run"),
                         capture_output=True, text=True)
     t_end = time.time()
     seq_end = seq_of(sql(sock, "SELECT @@gtid_binlog_pos"))
+    if arch and cpu0 is not None:
+        res["archiver_cpu_s_during_sysbench"] = round(cpu_s(arch.pid) - cpu0, 2)
     res["loadavg_after_sysbench"] = load1()
     (base / f"sysbench-{name}-{rnd}.log").write_text(sb.stdout + sb.stderr)
     for line in sb.stdout.splitlines():
@@ -293,14 +308,14 @@ def lag_row(name, age, rnd, a, base, sock, repo):
 
 # --- 2. replay -----------------------------------------------------------------------
 
-def restore_pitr(base, repo, to, name):
+def restore_pitr(base, repo, to, name, extra=()):
     """plans/restore-pitr.yaml into base/<name>-data; returns (report, wall seconds)."""
     work, data, sockdir = base / f"{name}-work", base / f"{name}-data", base / f"{name}-sock"
     for d in (work, data, sockdir):
         shutil.rmtree(d, ignore_errors=True)
-    cmd = [str(SH), "run", "plans/restore-pitr.yaml", "--json", "--state-dir", str(base / "state"),
+    cmd = [str(SH), "run", str(PLANS / "restore-pitr.yaml"), "--json", "--state-dir", str(base / "state"),
            "--set", f"repository={repo}", "--set", f"to={to}", "--set", f"workdir={work}",
-           "--set", f"datadir={data}", "--set", f"check_socket={sockdir}/check.sock"]
+           "--set", f"datadir={data}", "--set", f"check_socket={sockdir}/check.sock", *extra]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = round(time.monotonic() - t0, 2)
@@ -332,11 +347,20 @@ def table_checks(datadir, base, name, tables, source_sums):
             **({} if sums == source_sums else {"checksums": sums})}
 
 
-def pipe_row(a, base, repo, source_sums, end_state, rnd):
-    res = {"method": "restore-pitr.yaml (mariadb-binlog | mariadb)", "threads": 1, "round": rnd}
+def plan_row(a, base, repo, source_sums, end_state, method, workers, rnd):
+    """plans/restore-pitr.yaml --set to=latest with replay_method (pipe: mariadb-binlog |
+    mariadb; sql_thread: stagehand's relay-log replay with `workers`)."""
+    if method == "pipe":
+        res = {"method": "restore-pitr.yaml replay_method=pipe (mariadb-binlog \\| mariadb)", "threads": 1}
+        extra = ["--set", "replay_method=pipe"]
+    else:
+        res = {"method": f"restore-pitr.yaml replay_method=sql_thread replay_workers={workers}", "threads": workers}
+        extra = ["--set", "replay_method=sql_thread", "--set", f"replay_workers={workers}"]
+    res["round"] = rnd
     res["waited_for_quiet_s"] = wait_quiet(a)
     res["loadavg_before"] = load1()
-    rep, wall, code, data = restore_pitr(base, repo, "latest", "pipe")
+    name = f"plan-{method}{workers}"
+    rep, wall, code, data = restore_pitr(base, repo, "latest", name, extra)
     res["loadavg_1m"] = load1()
     res["plan_wall_s"], res["exit"] = wall, code
     out, st = step_outputs(rep, "replay")
@@ -348,7 +372,7 @@ def pipe_row(a, base, repo, source_sums, end_state, rnd):
         res["trx_per_s"] = round(out["transactions"] / out["replay_seconds"])
         res["mb_per_s"] = round(out["bytes"] / 1e6 / out["replay_seconds"], 2)
         res["reached_end"] = out.get("reached_gtid") == end_state
-        res.update(table_checks(data, base, "pipe", a.tables, source_sums))
+        res.update(table_checks(data, base, name, a.tables, source_sums))
     shutil.rmtree(data, ignore_errors=True)
     print(json.dumps(res), flush=True)
     return res
@@ -367,10 +391,10 @@ def make_relay(src: bytes, name: str) -> bytes:
     return src[:4 + fde_len] + ev + src[4 + fde_len:]
 
 
-def sql_thread_row(a, base, repo, listing, restored0, backup_gtid, source_sums, threads, rnd):
-    name = f"sqlthread{threads}"
-    res = {"method": f"SQL thread, slave_parallel_threads={threads}" + (" optimistic" if threads else " (serial)"),
-           "threads": threads, "round": rnd}
+def sql_thread_row(a, base, repo, listing, restored0, backup_gtid, source_sums, threads, lsu, rnd):
+    name = f"sqlthread{threads}{'-lsu' if lsu else ''}"
+    res = {"method": f"by hand: SQL thread, slave_parallel_threads={threads}" + (" optimistic" if threads else " (serial)")
+           + (", log_slave_updates=ON" if lsu else ""), "threads": threads, "log_slave_updates": lsu, "round": rnd}
     res["waited_for_quiet_s"] = wait_quiet(a)
     data = base / f"{name}-data"
     shutil.rmtree(data, ignore_errors=True)
@@ -393,6 +417,8 @@ def sql_thread_row(a, base, repo, listing, restored0, backup_gtid, source_sums, 
     sock = base / f"{name}.sock"
     opts = ["--log-bin=pitr-replay-bin", "--gtid-strict-mode=1", "--server-id=2", "--relay-log=relay",
             "--skip-slave-start", f"--slave-parallel-threads={threads}", "--slave-parallel-mode=optimistic"]
+    if lsu:
+        opts.append("--log-slave-updates=ON")
     srv = start_server(data, sock, base / f"{name}.err", opts)
     end = listing["end_state"]
     try:
@@ -472,12 +498,13 @@ def f(v):
 def render(saved):
     print(json.dumps(saved["meta"]))
     head = ["row", "segment_max_age", "round", "sysbench TPS", "source trx", "lag p50 s", "lag p90 s", "lag p99 s",
-            "lag max s", "caught up after sysbench s", "archiver exit", "load before", "loadavg_1m"]
+            "lag max s", "archiver CPU s during sysbench", "caught up after sysbench s", "archiver exit", "load before",
+            "loadavg_1m"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in saved["lag"]:
         print("| " + " | ".join(f(r.get(k)) for k in (
             "row", "segment_max_age", "round", "tps", "source_transactions", "lag_p50_s", "lag_p90_s", "lag_p99_s",
-            "lag_max_s", "caught_up_after_sysbench_s", "archiver_exit", "loadavg_before", "loadavg_1m")) + " |")
+            "lag_max_s", "archiver_cpu_s_during_sysbench", "caught_up_after_sysbench_s", "archiver_exit", "loadavg_before", "loadavg_1m")) + " |")
     head = ["method", "round", "transactions", "MB (uncompressed binlog)", "apply s", "trx/s", "MB/s",
             "reached archive end", "CHECKSUM TABLE = source", "load before", "loadavg_1m", "error"]
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
@@ -506,7 +533,13 @@ def main():
     ap.add_argument("--catch-up-timeout", type=float, default=180)
     ap.add_argument("--replay-timeout", type=float, default=1800)
     ap.add_argument("--quiet-load", type=float, default=1.5)
-    ap.add_argument("--quiet-wait", type=float, default=90)
+    ap.add_argument("--quiet-wait", type=float, default=60)
+    ap.add_argument("--replay-rows", default="pipe,plan4,plan0,manual4,manual0",
+                    help="of pipe, plan4, plan0 (restore-pitr.yaml's methods), manual4, manual0, manual4-lsu "
+                         "(relay logs installed by this script, log_slave_updates for -lsu)")
+    ap.add_argument("--snapshot", metavar="DIR",
+                    help="copy target/release/stagehand and plans/ here first and run the copies "
+                         "(the working tree may change during a long run)")
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks-pitr.json"))
     ap.add_argument("--keep", action="store_true", help="keep --dir afterwards")
     ap.add_argument("--render", metavar="JSON")
@@ -514,15 +547,26 @@ def main():
     if a.render:
         render(json.loads(Path(a.render).read_text()))
         return
+    global SH, PLANS
     if not SH.exists():
         sys.exit(f"{SH} is missing: cargo build --release first")
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    built = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(SH.stat().st_mtime))
+    if a.snapshot:
+        snap = Path(a.snapshot)
+        shutil.rmtree(snap, ignore_errors=True)
+        snap.mkdir(parents=True)
+        shutil.copy2(SH, snap / "stagehand")
+        shutil.copytree(ROOT / "plans", snap / "plans")
+        SH, PLANS = snap / "stagehand", snap / "plans"
     base = Path(a.dir)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     src_data, sock, repo = base / "source", base / "source.sock", base / "repo"
     srv = None
     saved = {"meta": {"command": "python3 bench/pitr_bench.py " + " ".join(sys.argv[1:]),
-                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count()},
+                      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": os.cpu_count(),
+                      "git_head": head, "binary_built": built},
              "lag": [], "replay": [], "rerun_lag": [], "rerun_replay": []}
 
     def save():
@@ -541,7 +585,7 @@ def main():
                      "source_options": "log-bin, server-id=1, gtid_strict_mode=ON, binlog_format=ROW, "
                                        "innodb_buffer_pool_size=1G, innodb_log_file_size=512M"})
         t0 = time.monotonic()
-        run([str(SH), "-q", "run", "plans/backup-to-s3.yaml", "--state-dir", str(base / "state"),
+        run([str(SH), "-q", "run", str(PLANS / "backup-to-s3.yaml"), "--state-dir", str(base / "state"),
              "--set", f"repository={repo}", "--set", f"socket={sock}", "--set", f"datadir={src_data}",
              "--set", "user=root", "--set", f"spool={base / 'spool'}"], cwd=ROOT, stdout=subprocess.DEVNULL)
         meta["backup_wall_s"] = round(time.monotonic() - t0, 1)
@@ -599,13 +643,18 @@ def main():
         save()
         if code != 0:
             print(f"restore to the backup's GTID failed (exit {code}); see {base}/base-restore.log", flush=True)
-        methods = [("pipe", None), ("sql", 4), ("sql", 0)]
-        for kind, threads in methods:
+        # The pipe's server writes every replayed transaction to its binlog (it checks the
+        # end position there); the SQL thread's does so only with log_slave_updates.
+        known = {"pipe": ("plan", "pipe", 1, None), "plan4": ("plan", "sql_thread", 4, None),
+                 "plan0": ("plan", "sql_thread", 0, None), "manual4": ("manual", None, 4, False),
+                 "manual0": ("manual", None, 0, False), "manual4-lsu": ("manual", None, 4, True)}
+        for key in a.replay_rows.split(","):
+            kind, method, threads, lsu = known[key]
             for attempt in range(2):
-                if kind == "pipe":
-                    r = pipe_row(a, base, repo, source_sums, lst["end_state"], 1)
+                if kind == "plan":
+                    r = plan_row(a, base, repo, source_sums, lst["end_state"], method, threads, 1)
                 elif code == 0:
-                    r = sql_thread_row(a, base, repo, lst, restored0, backup_gtid, source_sums, threads, 1)
+                    r = sql_thread_row(a, base, repo, lst, restored0, backup_gtid, source_sums, threads, lsu, 1)
                 else:
                     r = {"method": f"SQL thread, slave_parallel_threads={threads}", "error": "no restored datadir"}
                 if r.get("loadavg_before", 0) <= a.quiet_load or attempt == 1:
@@ -620,6 +669,8 @@ def main():
         save()
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
+            if a.snapshot:
+                shutil.rmtree(a.snapshot, ignore_errors=True)
 
 
 if __name__ == "__main__":
