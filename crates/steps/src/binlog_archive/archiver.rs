@@ -52,6 +52,8 @@ pub struct Archiver<'a> {
     group_start: Option<(Gtid, u32)>,
     segment: Option<Segment>,
     last_heartbeat: Option<std::time::Instant>,
+    /// Dumps started so far (a started one resets the reconnection wait).
+    dumps_started: u64,
     out: BinlogArchiveOutput,
 }
 
@@ -90,6 +92,7 @@ impl<'a> Archiver<'a> {
             group_start: None,
             segment: None,
             last_heartbeat: None,
+            dumps_started: 0,
             out,
         }
     }
@@ -103,7 +106,12 @@ impl<'a> Archiver<'a> {
         let mut wait = RECONNECT_FIRST;
         let mut signalled = false;
         loop {
+            let started_before = self.dumps_started;
             let attempt = self.connect_and_pump(cfg, ctx, &mut signalled).await;
+            if self.dumps_started > started_before {
+                // The link worked until it broke: the next outage starts from 1 s again.
+                wait = RECONNECT_FIRST;
+            }
             // Whole transactions received so far are valid whatever happened next.
             self.cut().await?;
             match attempt {
@@ -154,6 +162,7 @@ impl<'a> Archiver<'a> {
             heartbeat: HEARTBEAT,
         };
         let mut dump = Dump::start(conn, &request).await?;
+        self.dumps_started += 1;
         tracing::info!(from = %self.reached, endpoint = %session.endpoint, "binlog dump started");
         self.tracker.reset();
         self.group.clear();
