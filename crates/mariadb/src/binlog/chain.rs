@@ -185,8 +185,8 @@ mod tests {
         let mut seg = Segment::new(&fde, p("0-1-4"), "binlog.000001", false);
         // Times are not monotonic in commit order: 0-1-7 (time 103) is after the
         // first later one (0-1-6 at 105) and so is not in the prefix.
-        for (seq, time) in [(5, 101), (6, 105), (7, 103)] {
-            let mut body = (seq as u64).to_le_bytes().to_vec();
+        for (seq, time) in [(5u64, 101), (6, 105), (7, 103)] {
+            let mut body = seq.to_le_bytes().to_vec();
             body.extend_from_slice(&[0; 5]);
             let ev = RawEvent {
                 type_code: GTID,
