@@ -693,7 +693,8 @@ mod tests {
              keeps the last 2, the newest of each of the last 7 days, 4 ISO weeks and 12 months that have a backup (UTC), every backup younger than 90d; \
              deletes every other complete backup, oldest first, each manifest first; \
              never deletes the newest verified backup (the newest complete one when none is verified) nor a backup a kept one depends on; \
-             deletes incomplete backups older than 26h"
+             deletes incomplete backups older than 26h; \
+             deletes the binlog archive's segments that end before the oldest kept backup"
         );
     }
 }
