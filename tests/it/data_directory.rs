@@ -106,13 +106,13 @@ impl Writer {
     }
 }
 
-/// SHA-256 and mtime of every tablespace file below `dir`.
+/// Hash and mtime of every tablespace file below `dir`.
 fn fingerprints(dir: &Path) -> BTreeMap<PathBuf, (String, std::time::SystemTime)> {
     crate::support::files_in(dir)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "ibd"))
         .map(|p| {
-            let (_, hash) = stagehand_backup::entry::sha256_of(&p).expect("hash a remote file");
+            let (_, hash) = stagehand_host::digest::hash_file(&p).expect("hash a remote file");
             let mtime = std::fs::metadata(&p)
                 .and_then(|m| m.modified())
                 .expect("mtime");

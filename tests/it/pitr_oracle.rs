@@ -930,7 +930,7 @@ fn gtid_line(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The seq_nos of every transaction in the archive, in order: each segment read back
-/// (decrypted, decompressed, checked against its SHA-256) and listed by `mariadb-binlog`.
+/// (decrypted, decompressed, checked against its hash) and listed by `mariadb-binlog`.
 async fn archived_seqs(repo: &Repo, work: &Path) -> Vec<u64> {
     assert_eq!(
         repo.binlogs()["gaps"],

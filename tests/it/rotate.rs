@@ -434,7 +434,7 @@ fn segment(repo: &Path, seq: u64, start: &str, end: &str) {
         object: SegmentMeta::object_key(seq, false),
         stored_bytes: 100,
         size: 100,
-        sha256: String::new(),
+        hash: String::new(),
         start_state: start.into(),
         end_state: end.into(),
         first_gtid: String::new(),

@@ -129,7 +129,7 @@ fn assert_stored_forms(dir: &Path, sealed: &Manifest) -> usize {
     assert_eq!(m.files.len(), sealed.files.len());
     let mut stored = 0;
     for (f, s) in m.files.iter().zip(&sealed.files) {
-        assert_eq!((&f.path, f.size, &f.sha256), (&s.path, s.size, &s.sha256));
+        assert_eq!((&f.path, f.size, &f.hash), (&s.path, s.size, &s.hash));
         let Some(form) = &f.stored else {
             assert!(dir.join(&f.path).is_file(), "{} kept as is", f.path);
             continue;
@@ -139,8 +139,8 @@ fn assert_stored_forms(dir: &Path, sealed: &Manifest) -> usize {
         assert_eq!(form.path, format!("{}.zst", f.path));
         let on_disk = hash_file(dir, &form.path).expect("hash the object");
         assert_eq!(
-            (on_disk.size, &on_disk.sha256),
-            (form.size, &form.sha256),
+            (on_disk.size, &on_disk.hash),
+            (form.size, &form.hash),
             "{}",
             form.path
         );
@@ -162,7 +162,7 @@ fn assert_sealed_files(dir: &Path, sealed: &Manifest) {
     );
     for f in &sealed.files {
         let h = hash_file(dir, &f.path).expect("hash");
-        assert_eq!((h.size, &h.sha256), (f.size, &f.sha256), "{}", f.path);
+        assert_eq!((h.size, &h.hash), (f.size, &f.hash), "{}", f.path);
         assert!(!dir.join(format!("{}.zst", f.path)).exists());
     }
 }
@@ -323,7 +323,8 @@ fn tmp_of(path: &Path) -> PathBuf {
 
 /// Decompresses an object into a file.
 fn unpack(obj: &Path, to: &Path) {
-    let mut r = StoredReader::open(obj).expect("open object");
+    let hasher = stagehand_host::digest::ContentHasher::new();
+    let mut r = StoredReader::open(obj, hasher).expect("open object");
     let mut out = std::fs::File::create(to).expect("create");
     std::io::copy(&mut r, &mut out).expect("decompress");
 }

@@ -253,7 +253,7 @@ async fn a_local_encrypted_repository_refuses_wrong_keys_and_catches_tampering()
     assert!(
         verified
             .stderr
-            .contains("only the sizes and SHA-256 of its encrypted objects were checked"),
+            .contains("only the sizes and hashes of its encrypted objects were checked"),
         "verify says what it checked: {}",
         verified.stderr
     );

@@ -1,18 +1,18 @@
-//! Checking a backup's files against its manifest: each file's size and SHA-256, the
+//! Checking a backup's files against its manifest: each file's size and hash, the
 //! page checksums of InnoDB files (of the data, also when stored compressed) and that
 //! no file is there that the manifest does not list. `verify` and `prepare` both run it.
 
 use crate::codec::StoredReader;
 use crate::entry::CopiedFile;
 use crate::manifest::Manifest;
-use sha2::{Digest, Sha256};
 use stagehand_engine::StepError;
+use stagehand_host::digest::{hash_file_like, ContentHasher};
 use stagehand_innodb::page::{check_page_at, PageStatus, SpaceFormat};
 use stagehand_mariadb::datadir::FileClass;
 use std::io::Read;
 use std::path::Path;
 
-/// Checks a backup's files against its manifest: each file's size, SHA-256 and InnoDB
+/// Checks a backup's files against its manifest: each file's size, hash and InnoDB
 /// page checksums, and that no file is missing from it. `skip(path)` leaves a file out
 /// (prepare's rerun skips the files an interrupted crash recovery already rewrote).
 /// `prepare` runs the same check before it changes anything.
@@ -53,8 +53,8 @@ pub fn check_files(
                         shown(f),
                         f.size
                     ));
-                } else if sha != f.sha256 {
-                    bad.push(format!("{}: SHA-256 differs from the manifest", shown(f)));
+                } else if sha != f.hash {
+                    bad.push(format!("{}: its hash differs from the manifest", shown(f)));
                 }
                 if let Some(p) = corrupt {
                     bad.push(format!("{}: page {p} fails its checksum", shown(f)));
@@ -77,7 +77,7 @@ pub fn check_files(
 }
 
 /// Checks the encrypted objects of a backup as its repository holds them (a local
-/// repository's backup folder), without the key: each object's size and SHA-256 (of the
+/// repository's backup folder), without the key: each object's size and hash (of the
 /// encrypted bytes), and that nothing else is there. Returns the bytes hashed. The data
 /// inside (page checksums) can be checked only once fetched with the key.
 pub fn check_encrypted_objects(
@@ -95,13 +95,13 @@ pub fn check_encrypted_objects(
             bad.push(format!("{}: not encrypted, in an encrypted backup", f.path));
             continue;
         };
-        match crate::entry::sha256_of(&dir.join(&e.path)) {
+        match hash_file_like(&dir.join(&e.path), &e.hash) {
             Err(err) => bad.push(format!("{}: {err}", e.path)),
             Ok((size, _)) if size != e.size => {
                 bad.push(format!("{}: size {size}, manifest says {}", e.path, e.size))
             }
-            Ok((_, sha)) if sha != e.sha256 => {
-                bad.push(format!("{}: SHA-256 differs from the manifest", e.path))
+            Ok((_, sha)) if sha != e.hash => {
+                bad.push(format!("{}: its hash differs from the manifest", e.path))
             }
             Ok((size, _)) => bytes += size,
         }
@@ -162,7 +162,10 @@ impl Read for Data {
 fn open_data(dir: &Path, f: &CopiedFile) -> std::io::Result<Data> {
     crate::codec::check_codec(f).map_err(std::io::Error::other)?;
     Ok(match &f.stored {
-        Some(s) => Data::Stored(Box::new(StoredReader::open(&dir.join(&s.path))?)),
+        Some(s) => Data::Stored(Box::new(StoredReader::open(
+            &dir.join(&s.path),
+            ContentHasher::like(&s.hash),
+        )?)),
         None => Data::Plain(std::fs::File::open(dir.join(&f.path))?),
     })
 }
@@ -176,7 +179,7 @@ fn read_head(dir: &Path, f: &CopiedFile) -> Option<Vec<u8>> {
 }
 
 /// Hashes a file's data and checks its pages, and for a stored object also the
-/// object's size and SHA-256 (read to its end).
+/// object's size and hash (read to its end).
 fn check_file(
     dir: &Path,
     f: &CopiedFile,
@@ -184,7 +187,13 @@ fn check_file(
     system: Option<SpaceFormat>,
 ) -> std::io::Result<(u64, String, u64, Option<u64>)> {
     let mut data = open_data(dir, f)?;
-    let result = hash_and_check(&mut data, pages, f.class, system)?;
+    let result = hash_and_check(
+        &mut data,
+        ContentHasher::like(&f.hash),
+        pages,
+        f.class,
+        system,
+    )?;
     if let (Data::Stored(r), Some(s)) = (data, &f.stored) {
         let (size, sha) = r.finish()?;
         if size != s.size {
@@ -193,9 +202,9 @@ fn check_file(
                 s.size
             )));
         }
-        if sha != s.sha256 {
+        if sha != s.hash {
             return Err(std::io::Error::other(
-                "the stored object's SHA-256 differs from the manifest",
+                "the stored object's hash differs from the manifest",
             ));
         }
     }
@@ -205,6 +214,7 @@ fn check_file(
 /// Hashes a file and, for tablespaces, checks each page; returns the first bad page.
 fn hash_and_check(
     data: &mut impl Read,
+    mut h: ContentHasher,
     pages: bool,
     class: FileClass,
     system: Option<SpaceFormat>,
@@ -214,7 +224,6 @@ fn hash_and_check(
     let n = read_full(data, &mut head)?;
     head.truncate(n);
     let mut f = std::io::Cursor::new(&head).chain(data);
-    let mut h = Sha256::new();
     let fmt = if pages {
         match SpaceFormat::from_page0(&head).ok() {
             Some(f) => Some(f),
@@ -248,7 +257,7 @@ fn hash_and_check(
             }
         }
     }
-    Ok((size, format!("{:x}", h.finalize()), page_no, corrupt))
+    Ok((size, h.finish(), page_no, corrupt))
 }
 
 fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -6,8 +6,8 @@
 use crate::entry::CopiedFile;
 use crate::entry::StoredForm;
 use crate::manifest::Manifest;
-use sha2::{Digest, Sha256};
 use stagehand_engine::{ConfigError, StepContext, StepError};
+use stagehand_host::digest::{algorithm_of, ContentHasher};
 use stagehand_host::progress::ByteCounter;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
@@ -221,22 +221,23 @@ pub fn io_at(rel: &str) -> impl Fn(io::Error) -> StorageError + '_ {
 /// Hashes and counts what passes through a reader.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: ContentHasher,
     count: u64,
 }
 
 impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
+    /// `hasher`: `ContentHasher::new()` to record, `ContentHasher::like(recorded)` to check.
+    pub fn new(inner: R, hasher: ContentHasher) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher,
             count: 0,
         }
     }
 
-    /// Bytes read and their SHA-256 (hex).
+    /// Bytes read and their hash.
     pub fn digest(self) -> (u64, String) {
-        (self.count, format!("{:x}", self.hasher.finalize()))
+        (self.count, self.hasher.finish())
     }
 }
 
@@ -252,26 +253,23 @@ impl<R: Read> Read for HashingReader<R> {
 /// Hashes and counts what passes through a writer.
 pub struct HashingWriter<W> {
     inner: W,
-    hasher: Sha256,
+    hasher: ContentHasher,
     count: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
+    /// `hasher`: `ContentHasher::new()` to record, `ContentHasher::like(recorded)` to check.
+    pub fn new(inner: W, hasher: ContentHasher) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher,
             count: 0,
         }
     }
 
-    /// The writer, bytes written and their SHA-256 (hex).
+    /// The writer, bytes written and their hash.
     pub fn finish(self) -> (W, u64, String) {
-        (
-            self.inner,
-            self.count,
-            format!("{:x}", self.hasher.finalize()),
-        )
+        (self.inner, self.count, self.hasher.finish())
     }
 }
 
@@ -293,13 +291,16 @@ pub struct StoredReader {
 }
 
 impl StoredReader {
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let decoder = zstd::stream::read::Decoder::new(HashingReader::new(File::open(path)?))?;
+    /// Opens the object at `path`, hashed by `hasher` (`ContentHasher::like` its record
+    /// to check it).
+    pub fn open(path: &Path, hasher: ContentHasher) -> io::Result<Self> {
+        let hashed = HashingReader::new(File::open(path)?, hasher);
+        let decoder = zstd::stream::read::Decoder::new(hashed)?;
         Ok(Self { decoder })
     }
 
     /// Reads what the decoder left of the object (so every byte is hashed); the
-    /// object's size and SHA-256.
+    /// object's size and hash.
     pub fn finish(self) -> io::Result<(u64, String)> {
         let mut rest = self.decoder.finish();
         io::copy(&mut rest, &mut io::sink())?;
@@ -416,7 +417,8 @@ pub fn corrupt(rel: &str, e: io::Error) -> StorageError {
     }
 }
 
-/// Checks data (size, SHA-256) against the manifest's entry.
+/// Checks data (size, hash) against the manifest's entry; `sha` was made with
+/// `ContentHasher::like(&f.hash)`.
 pub fn check_data(
     f: &CopiedFile,
     (size, sha): (u64, String),
@@ -425,8 +427,8 @@ pub fn check_data(
     if size != f.size {
         return Err(err(format!("its size ({size} bytes, manifest {})", f.size)));
     }
-    if sha != f.sha256 {
-        return Err(err("its SHA-256".into()));
+    if sha != f.hash {
+        return Err(err(format!("its {}", algorithm_of(&f.hash))));
     }
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! came from and how it is stored.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use stagehand_engine::StepError;
 use stagehand_mariadb::datadir::FileClass;
 use std::path::Path;
@@ -13,7 +12,10 @@ pub struct CopiedFile {
     pub path: String,
     pub class: FileClass,
     pub size: u64,
-    pub sha256: String,
+    /// The data's hash (`stagehand_host::digest`: BLAKE3, or SHA-256 in manifests
+    /// written before it, whose key was `sha256`).
+    #[serde(alias = "sha256")]
+    pub hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_id: Option<u32>,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -29,7 +31,7 @@ pub struct CopiedFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceStamp>,
     /// How the file is stored when it is not stored as is (compressed): its object's
-    /// path, codec, size and SHA-256. `size` and `sha256` above stay those of the data.
+    /// path, codec, size and hash. `size` and `hash` above stay those of the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredForm>,
     /// A tablespace of a table with DATA DIRECTORY: the absolute path it was copied
@@ -37,7 +39,7 @@ pub struct CopiedFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
     /// The object a repository holds for this file when its backup is encrypted (of the
-    /// stored form when there is one): path, size and SHA-256 of the encrypted bytes.
+    /// stored form when there is one): path, size and hash of the encrypted bytes.
     /// A fetch decrypts it back into the stored form (or the file) and drops this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<EncryptedObject>,
@@ -49,7 +51,8 @@ pub struct EncryptedObject {
     /// Path of the object, relative to the backup (`ibdata1.zst.enc`).
     pub path: String,
     pub size: u64,
-    pub sha256: String,
+    #[serde(alias = "sha256")]
+    pub hash: String,
 }
 
 /// How one file of a backup is stored when not as is.
@@ -60,7 +63,8 @@ pub struct StoredForm {
     /// `zstd`.
     pub codec: String,
     pub size: u64,
-    pub sha256: String,
+    #[serde(alias = "sha256")]
+    pub hash: String,
 }
 
 /// Identity and modification time of a source file at copy time.
@@ -111,24 +115,21 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-/// The size and SHA-256 (hex) of a whole file, as the manifest records them.
-pub fn sha256_of(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let size = std::io::copy(&mut f, &mut h)?;
-    Ok((size, format!("{:x}", h.finalize())))
-}
-
-/// The entry of a file kept as is (not an InnoDB tablespace): its size and SHA-256.
+/// The entry of a file kept as is (not an InnoDB tablespace): its size and hash.
 pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
     let path = dir.join(rel);
-    let (size, sha256) =
-        sha256_of(&path).map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
-    Ok(CopiedFile {
+    let (size, hash) = stagehand_host::digest::hash_file(&path)
+        .map_err(|e| StepError::fatal(format!("{}: {e}", path.display())))?;
+    Ok(plain_entry(rel, size, hash))
+}
+
+/// The entry of a file kept as is, of known size and hash.
+pub fn plain_entry(rel: &str, size: u64, hash: String) -> CopiedFile {
+    CopiedFile {
         path: rel.to_string(),
         class: FileClass::NonInnodb,
         size,
-        sha256,
+        hash,
         space_id: None,
         pages: 0,
         reread_pages: 0,
@@ -137,5 +138,5 @@ pub fn hash_file(dir: &Path, rel: &str) -> Result<CopiedFile, StepError> {
         stored: None,
         remote: None,
         encrypted: None,
-    })
+    }
 }

@@ -1,8 +1,7 @@
 //! Copying one file of a live datadir: InnoDB tablespaces page by page with checksum
 //! validation and re-reads of pages caught mid-write; other files byte for byte. Every
-//! copy is hashed (SHA-256) as it is written.
+//! copy is hashed (BLAKE3, `stagehand_host::digest`) as it is written.
 
-use sha2::{Digest, Sha256};
 use stagehand_innodb::page::{check_page_at, PageError, PageStatus, SpaceFormat};
 use stagehand_mariadb::datadir::{FileClass, SourceFile};
 use std::fs::File;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::entry::{now_ns, CopiedFile, SourceStamp};
 use crate::source::{aligned, Source};
+use stagehand_host::digest::ContentHasher;
 use stagehand_host::write_behind::WriteBehind;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +73,14 @@ pub fn copy_file(
     let output = File::create(&dest).map_err(io(&dest))?;
     let mut sink = HashingSink {
         out: WriteBehind::new(&output),
-        hash: Sha256::new(),
+        hash: ContentHasher::new(),
         path: &dest,
     };
     let mut record = CopiedFile {
         path: src.rel.clone(),
         class: src.class,
         size: 0,
-        sha256: String::new(),
+        hash: String::new(),
         space_id: None,
         pages: 0,
         reread_pages: 0,
@@ -96,7 +96,7 @@ pub fn copy_file(
         copy_bytes(&input, size, &mut sink, opts, scratch)?;
     }
     record.size = sink.out.written();
-    record.sha256 = format!("{:x}", sink.hash.finalize());
+    record.hash = sink.hash.finish();
     // No fsync here: copies made under BLOCK_COMMIT must be quick, and durability only
     // matters before the manifest is written (seal syncs every file first; write-behind
     // has already sent nearly all of it to the disk, so that sync is short).
@@ -108,7 +108,7 @@ pub fn copy_file(
 /// must not make the server's log writes queue behind a burst of its own).
 struct HashingSink<'a> {
     out: WriteBehind<'a>,
-    hash: Sha256,
+    hash: ContentHasher,
     path: &'a Path,
 }
 

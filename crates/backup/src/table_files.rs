@@ -138,7 +138,7 @@ mod tests {
             path: rel.into(),
             class,
             size: 10,
-            sha256: String::new(),
+            hash: String::new(),
             space_id: None,
             pages: 0,
             reread_pages: 0,

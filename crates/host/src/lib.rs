@@ -1,4 +1,5 @@
-//! The host side of stagehand: files replaced atomically (`atomic`), files and
+//! The host side of stagehand: files replaced atomically (`atomic`), content hashes
+//! (`digest`: BLAKE3, SHA-256 for old records), files and
 //! directories only this user can read
 //! (`private_fs`), facts about processes from `/proc` (`procfs`), children tied to our life
 //! (`process`), the host name (`machine`), a small blocking HTTP
@@ -7,6 +8,7 @@
 //! large files written beside a live database (`write_behind`). Knows nothing about MariaDB, backups or plans.
 
 pub mod atomic;
+pub mod digest;
 pub mod http;
 pub mod machine;
 pub mod private_fs;

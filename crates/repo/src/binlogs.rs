@@ -8,7 +8,7 @@
 use crate::crypt::{self, Key};
 use crate::{Store, StoreError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use stagehand_host::digest::{algorithm_of, hash_bytes, ContentHasher};
 use std::sync::Arc;
 
 /// The folder of the archive, beside the backups' folders (never a backup id).
@@ -29,9 +29,10 @@ pub struct SegmentMeta {
     pub object: String,
     /// Bytes of the object as stored (compressed, encrypted).
     pub stored_bytes: u64,
-    /// Bytes of the segment (a binlog file) and their SHA-256.
+    /// Bytes of the segment (a binlog file) and their hash (`stagehand_host::digest`).
     pub size: u64,
-    pub sha256: String,
+    #[serde(alias = "sha256")]
+    pub hash: String,
     /// The position before the first transaction and after the last one.
     pub start_state: String,
     pub end_state: String,
@@ -78,14 +79,14 @@ impl SegmentMeta {
     }
 }
 
-/// A segment's object as stored (zstd, then encrypted with `key`), with the SHA-256
-/// of `plain`.
+/// A segment's object as stored (zstd, then encrypted with `key`), with the hash of
+/// `plain`.
 pub fn encode(
     plain: &[u8],
     object_key: &str,
     key: Option<&Key>,
 ) -> Result<(Vec<u8>, String), StoreError> {
-    let sha = hex::encode(Sha256::digest(plain));
+    let sha = hash_bytes(plain);
     let compressed = zstd::encode_all(plain, ZSTD_LEVEL)
         .map_err(|e| StoreError::permanent(format!("compressing a binlog segment: {e}")))?;
     let object = match key {
@@ -222,7 +223,7 @@ impl BinlogArchive {
     }
 
     /// Reads a segment back as the binlog file it was: decrypted, decompressed and
-    /// checked against its SHA-256.
+    /// checked against its hash.
     pub async fn read(&self, meta: &SegmentMeta, key: Option<&Key>) -> Result<Vec<u8>, StoreError> {
         let shown = format!("{}/{}", self.url, meta.object);
         let stored = self.get(meta).await?;
@@ -238,13 +239,16 @@ impl BinlogArchive {
         };
         let plain = zstd::decode_all(compressed.as_slice())
             .map_err(|e| StoreError::mismatch(format!("{shown}: not a zstd object: {e}")))?;
-        let sha = hex::encode(Sha256::digest(&plain));
-        if plain.len() as u64 != meta.size || sha != meta.sha256 {
+        let mut hasher = ContentHasher::like(&meta.hash);
+        hasher.update(&plain);
+        let sha = hasher.finish();
+        if plain.len() as u64 != meta.size || sha != meta.hash {
             return Err(StoreError::mismatch(format!(
-                "{shown}: corrupt: {} bytes with SHA-256 {sha}, the metadata says {} bytes with {}",
+                "{shown}: corrupt: {} bytes with {} {sha}, the metadata says {} bytes with {}",
                 plain.len(),
+                algorithm_of(&meta.hash),
                 meta.size,
-                meta.sha256
+                meta.hash
             )));
         }
         Ok(plain)
@@ -310,7 +314,7 @@ mod tests {
             object: SegmentMeta::object_key(seq, false),
             stored_bytes: 3,
             size: 3,
-            sha256: String::new(),
+            hash: String::new(),
             start_state: start.into(),
             end_state: end.into(),
             first_gtid: String::new(),

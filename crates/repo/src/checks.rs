@@ -116,15 +116,15 @@ pub fn probe_key(cfg: &RepoConfig, for_upload: bool) -> Option<Finding> {
 }
 
 /// The object of every file of a backup as its repository stores it (the encrypted
-/// object, else the stored form, else the file): path, size and SHA-256.
+/// object, else the stored form, else the file): path, size and hash.
 pub fn stored_files(manifest: &Manifest) -> Vec<(String, u64, String)> {
     manifest
         .files
         .iter()
         .map(|f| match (&f.encrypted, &f.stored) {
-            (Some(e), _) => (e.path.clone(), e.size, e.sha256.clone()),
-            (None, Some(s)) => (s.path.clone(), s.size, s.sha256.clone()),
-            (None, None) => (f.path.clone(), f.size, f.sha256.clone()),
+            (Some(e), _) => (e.path.clone(), e.size, e.hash.clone()),
+            (None, Some(s)) => (s.path.clone(), s.size, s.hash.clone()),
+            (None, None) => (f.path.clone(), f.size, f.hash.clone()),
         })
         .collect()
 }

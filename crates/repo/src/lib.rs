@@ -343,13 +343,14 @@ pub trait Store: Send + Sync {
     /// Where the store is, for people (no secrets).
     fn location(&self) -> String;
 
-    /// Uploads the local file `path` (of `size` bytes and SHA-256 `sha256`) as `key`.
+    /// Uploads the local file `path` (of `size` bytes and hash `hash`, in the form of
+    /// `stagehand_host::digest`) as `key`.
     async fn put_file(
         &self,
         key: &str,
         path: &Path,
         size: u64,
-        sha256: &str,
+        hash: &str,
         progress: &ByteCounter,
     ) -> Result<(), StoreError>;
 

@@ -5,7 +5,7 @@
 use crate::files::{blocking, open_for_resume};
 use crate::{ByteCounter, ObjectInfo, Store, StoreError};
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
+use stagehand_host::digest::{algorithm_of, ContentHasher};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -33,11 +33,12 @@ impl LocalStore {
     }
 }
 
-/// Copies `src` to `dest` through a temporary file; returns size and SHA-256 of what
-/// was written.
+/// Copies `src` to `dest` through a temporary file; returns size and hash (by `hash`)
+/// of what was written.
 fn write_durably(
     dest: &Path,
     mut src: impl Read,
+    mut hash: ContentHasher,
     progress: &ByteCounter,
 ) -> Result<(u64, String), StoreError> {
     let dir = dest
@@ -49,7 +50,6 @@ fn write_durably(
     let shown = tmp.display().to_string();
     let mut out = stagehand_host::private_fs::create_private_file(&tmp)
         .map_err(|e| StoreError::io(&shown, e))?;
-    let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -73,7 +73,7 @@ fn write_durably(
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(&dir.display().to_string(), e))?;
-    Ok((size, format!("{:x}", hash.finalize())))
+    Ok((size, hash.finish()))
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), StoreError> {
@@ -115,22 +115,23 @@ impl Store for LocalStore {
         key: &str,
         path: &Path,
         size: u64,
-        sha256: &str,
+        hash: &str,
         progress: &ByteCounter,
     ) -> Result<(), StoreError> {
         let dest = self.path_of(key)?;
         let src = path.to_path_buf();
-        let expected = sha256.to_string();
+        let expected = hash.to_string();
         let progress = progress.clone();
         blocking(move || {
             let input = std::fs::File::open(&src)
                 .map_err(|e| StoreError::io(&src.display().to_string(), e))?;
-            let (n, hash) = write_durably(&dest, input, &progress)?;
+            let (n, hash) = write_durably(&dest, input, ContentHasher::like(&expected), &progress)?;
             if n != size || hash != expected {
                 let _ = std::fs::remove_file(&dest);
                 return Err(StoreError::mismatch(format!(
-                    "{}: wrote {n} bytes with SHA-256 {hash}, expected {size} bytes with {expected} (did the file change?)",
-                    dest.display()
+                    "{}: wrote {n} bytes with {} {hash}, expected {size} bytes with {expected} (did the file change?)",
+                    dest.display(),
+                    algorithm_of(&expected)
                 )));
             }
             Ok(())
@@ -141,7 +142,13 @@ impl Store for LocalStore {
     async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let dest = self.path_of(key)?;
         blocking(move || {
-            write_durably(&dest, bytes.as_slice(), &ByteCounter::default()).map(|_| ())
+            write_durably(
+                &dest,
+                bytes.as_slice(),
+                ContentHasher::new(),
+                &ByteCounter::default(),
+            )
+            .map(|_| ())
         })
         .await
     }

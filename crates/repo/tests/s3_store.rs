@@ -1,7 +1,7 @@
 //! The S3 store against a real moto_server, directly and through the fault proxy.
 //! Run: `cargo test -p stagehand-repo --test s3_store`.
 
-use sha2::{Digest, Sha256};
+use stagehand_host::digest::hash_bytes;
 use stagehand_repo::s3::S3Store;
 use stagehand_repo::{ByteCounter, RepoConfig, Store, StoreError, StoreErrorKind};
 use stagehand_testkit::s3::{unique_bucket, FaultProxy, MotoServer, Rule, ACCESS_KEY, SECRET_KEY};
@@ -63,7 +63,7 @@ impl TestFile {
         TestFile {
             dir,
             path,
-            sha: format!("{:x}", Sha256::digest(&data)),
+            sha: hash_bytes(&data),
             size: size as u64,
         }
     }
@@ -90,7 +90,7 @@ impl TestFile {
 }
 
 fn sha_of(p: &Path) -> String {
-    format!("{:x}", Sha256::digest(std::fs::read(p).expect("read")))
+    hash_bytes(&std::fs::read(p).expect("read"))
 }
 
 /// Multipart uploads still open in the bucket, asked of moto directly.
@@ -147,7 +147,7 @@ async fn round_trip_put_get_list_delete() {
         .await
         .expect("head under the prefix");
     assert_eq!(
-        head.metadata().and_then(|m| m.get("sha256")),
+        head.metadata().and_then(|m| m.get("hash")),
         Some(&small.sha)
     );
     assert_eq!(

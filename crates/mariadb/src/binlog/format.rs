@@ -177,7 +177,7 @@ fn has_binlog_number(name: &[u8]) -> bool {
 }
 
 /// The events of a binlog file (a segment), in order. CRCs are not checked here: a
-/// segment's SHA-256 is, before it is read.
+/// segment's hash is, before it is read.
 pub fn read_events(file: &[u8]) -> Result<Vec<RawEvent>, FormatError> {
     if !file.starts_with(&MAGIC) {
         return Err(FormatError::NoMagic);

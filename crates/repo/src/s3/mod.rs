@@ -2,8 +2,8 @@
 //!
 //! Every request goes through [`Retry`] (the SDK's own retries are off, see
 //! `retry.rs`). Puts are checked end to end: Content-MD5 on every request body, the
-//! ETag S3 computes (single or multipart) against ours, the file's SHA-256 stored as
-//! metadata `sha256`, and a HEAD afterwards that must show the size and that hash. A
+//! ETag S3 computes (single or multipart) against ours, the file's hash stored as
+//! metadata `hash`, and a HEAD afterwards that must show the size and that hash. A
 //! multipart upload that fails for good (or whose future is dropped) is aborted, so no
 //! orphan parts stay billed and no partial object appears under the key.
 //!
@@ -146,10 +146,10 @@ impl Store for S3Store {
         key: &str,
         path: &Path,
         size: u64,
-        sha256: &str,
+        hash: &str,
         progress: &ByteCounter,
     ) -> Result<(), StoreError> {
-        let src = put::Source { path, size, sha256 };
+        let src = put::Source { path, size, hash };
         self.inner
             .put_file(&self.inner.full(key), &src, progress)
             .await

@@ -7,8 +7,8 @@ use super::{hex, unquote, Inner};
 use crate::retry::classify;
 use crate::{ByteCounter, StoreError};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use md5::{Digest, Md5};
+use stagehand_host::digest::ContentHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::task::{JoinError, JoinSet};
@@ -111,7 +111,7 @@ impl Inner {
         }
         // Opened before the upload starts: a missing file leaves nothing to abort.
         let file = src.open()?;
-        let upload_id = self.create_upload(full, src.sha256).await?;
+        let upload_id = self.create_upload(full, src.hash).await?;
         let guard = UploadGuard {
             inner: self.clone(),
             key: full.to_string(),
@@ -143,11 +143,11 @@ impl Inner {
     }
 
     /// CreateMultipartUpload; the upload id.
-    async fn create_upload(&self, full: &str, sha256: &str) -> Result<String, StoreError> {
+    async fn create_upload(&self, full: &str, hash: &str) -> Result<String, StoreError> {
         let target = self.target(full);
         let created = retried!(self, "CreateMultipartUpload", &target, |c| {
             let req = c.create_multipart_upload().bucket(&self.bucket).key(full);
-            new_object_settings!(req, self, sha256)
+            new_object_settings!(req, self, hash)
         })
         .await?;
         let upload_id = created
@@ -162,7 +162,7 @@ impl Inner {
     }
 
     /// Sends the parts (at most `part_parallel` in memory and in flight) and checks
-    /// the SHA-256 of what was read. The parts, by number.
+    /// the hash of what was read. The parts, by number.
     async fn send_parts(
         self: &Arc<Self>,
         upload: &Upload<'_>,
@@ -185,8 +185,8 @@ impl Inner {
             done.push(part);
             Ok(())
         };
-        let result: Result<Sha256, StoreError> = async {
-            let mut sha = Sha256::new();
+        let result: Result<ContentHasher, StoreError> = async {
+            let mut sha = ContentHasher::like(src.hash);
             for i in 0..n_parts {
                 // Wait for a free slot before reading: bounded memory.
                 while set.len() >= self.part_parallel {
@@ -264,7 +264,7 @@ impl Inner {
         let target = self.target(full);
         let expected_etag = multipart_etag(&parts.iter().map(|p| p.md5).collect::<Vec<_>>());
         let answered = self.send_complete(upload, parts).await?;
-        let head_etag = self.verify_head(full, src.size, src.sha256).await?;
+        let head_etag = self.verify_head(full, src.size, src.hash).await?;
         if self.is_kms() {
             return Ok(());
         }

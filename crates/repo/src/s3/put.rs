@@ -1,7 +1,7 @@
 //! Writing objects. A file up to the part size, or a small object, goes in one
 //! PutObject (larger files go to `multipart`). Every body, here or a part, is sent by
 //! [`Inner::send_checked`]: Content-MD5 on the request, the returned ETag checked
-//! against our MD5. A HEAD afterwards must show the size and the `sha256` metadata.
+//! against our MD5. A HEAD afterwards must show the size and the `hash` metadata.
 
 use super::{hex, md5_of, unquote, Inner};
 use crate::files::blocking;
@@ -11,7 +11,7 @@ use aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder;
 use aws_sdk_s3::operation::upload_part::builders::UploadPartFluentBuilder;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
+use stagehand_host::digest::{algorithm_of, hash_bytes, ContentHasher};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -21,11 +21,11 @@ use std::sync::Arc;
 /// S3's limit on bytes per object.
 pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
-/// A local file to upload, with the size and SHA-256 the caller knows it by.
+/// A local file to upload, with the size and hash the caller knows it by.
 pub(super) struct Source<'a> {
     pub path: &'a Path,
     pub size: u64,
-    pub sha256: &'a str,
+    pub hash: &'a str,
 }
 
 impl Source<'_> {
@@ -41,16 +41,16 @@ impl Source<'_> {
 
     /// What was read must hash to what the caller said: a file that changed during
     /// the upload is not stored under a hash it does not have.
-    pub(super) fn check_read(&self, read: Sha256) -> Result<(), StoreError> {
-        let read_sha = hex(&read.finalize());
-        if read_sha == self.sha256 {
+    pub(super) fn check_read(&self, read: ContentHasher) -> Result<(), StoreError> {
+        let read_hash = read.finish();
+        if read_hash == self.hash {
             return Ok(());
         }
         Err(StoreError::mismatch(format!(
-            "{}: read {} bytes with SHA-256 {read_sha}, expected {} (did the file change?)",
+            "{}: read {} bytes with hash {read_hash}, expected {} (did the file change?)",
             self.shown(),
             self.size,
-            self.sha256
+            self.hash
         )))
     }
 }
@@ -69,14 +69,14 @@ impl PartData {
 }
 
 /// Reads `len` bytes at `offset` (off the async threads) and feeds them to the
-/// running SHA-256 of the file.
+/// running hash of the file.
 pub(super) async fn read_part(
     file: Arc<std::fs::File>,
     shown: String,
     offset: u64,
     len: u64,
-    mut sha: Sha256,
-) -> Result<(PartData, Sha256), StoreError> {
+    mut sha: ContentHasher,
+) -> Result<(PartData, ContentHasher), StoreError> {
     blocking(move || {
         let mut buf = vec![0u8; len as usize];
         file.read_exact_at(&mut buf, offset).map_err(|e| {
@@ -158,11 +158,11 @@ macro_rules! body_request {
 
 body_request!(PutObjectFluentBuilder, UploadPartFluentBuilder);
 
-/// Applies the repository's storage class, encryption and the `sha256` metadata to a
+/// Applies the repository's storage class, encryption and the `hash` metadata to a
 /// PutObject or CreateMultipartUpload request.
 macro_rules! new_object_settings {
-    ($req:expr, $inner:expr, $sha256:expr) => {{
-        let mut r = $req.metadata("sha256", $sha256);
+    ($req:expr, $inner:expr, $hash:expr) => {{
+        let mut r = $req.metadata("hash", $hash);
         if let Some(c) = &$inner.storage_class {
             r = r.storage_class(c.clone());
         }
@@ -195,26 +195,33 @@ impl Inner {
         if src.size > self.part_size {
             return self.put_multipart(full, src, progress).await;
         }
-        let (part, sha) = read_part(src.open()?, src.shown(), 0, src.size, Sha256::new()).await?;
+        let (part, sha) = read_part(
+            src.open()?,
+            src.shown(),
+            0,
+            src.size,
+            ContentHasher::like(src.hash),
+        )
+        .await?;
         src.check_read(sha)?;
-        self.put_small(full, &part, src.sha256).await?;
+        self.put_small(full, &part, src.hash).await?;
         progress.fetch_add(src.size, Ordering::Relaxed);
         Ok(())
     }
 
     /// Writes a small object in one request.
     pub(super) async fn put_bytes(&self, full: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let sha = hex(&Sha256::digest(&bytes));
-        self.put_small(full, &PartData::new(Bytes::from(bytes)), &sha)
+        let hash = hash_bytes(&bytes);
+        self.put_small(full, &PartData::new(Bytes::from(bytes)), &hash)
             .await
     }
 
     /// One PutObject of an in-memory body, ETag checked, then the HEAD check.
-    async fn put_small(&self, full: &str, body: &PartData, sha256: &str) -> Result<(), StoreError> {
+    async fn put_small(&self, full: &str, body: &PartData, hash: &str) -> Result<(), StoreError> {
         let sent = self
             .send_checked("PutObject", &self.target(full), body, || {
                 let req = self.client.put_object().bucket(&self.bucket).key(full);
-                new_object_settings!(req, self, sha256)
+                new_object_settings!(req, self, hash)
             })
             .await;
         match sent {
@@ -226,7 +233,7 @@ impl Inner {
                 return Err(StoreError::mismatch(format!("{e}; the object was removed")));
             }
         }
-        self.verify_head(full, body.bytes.len() as u64, sha256)
+        self.verify_head(full, body.bytes.len() as u64, hash)
             .await
             .map(|_| ())
     }
@@ -266,13 +273,13 @@ impl Inner {
         Ok(etag.to_string())
     }
 
-    /// HEAD: the object must have `size` bytes and metadata `sha256`; otherwise it is
+    /// HEAD: the object must have `size` bytes and metadata `hash`; otherwise it is
     /// removed (no wrong object stays under the key). Returns its ETag.
     pub(super) async fn verify_head(
         &self,
         full: &str,
         size: u64,
-        sha256: &str,
+        hash: &str,
     ) -> Result<Option<String>, StoreError> {
         let target = self.target(full);
         let head = retried!(self, "HeadObject", &target, |c| c
@@ -281,15 +288,16 @@ impl Inner {
             .key(full))
         .await?;
         let got_size = head.content_length().unwrap_or(-1);
-        let got_sha = head
+        let got_hash = head
             .metadata()
-            .and_then(|m| m.get("sha256"))
+            .and_then(|m| m.get("hash"))
             .map(String::as_str);
-        if got_size != size as i64 || got_sha != Some(sha256) {
+        if got_size != size as i64 || got_hash != Some(hash) {
             let _ = self.delete_one(full).await;
             return Err(StoreError::mismatch(format!(
-                "{target}: after the upload the object has {got_size} bytes and sha256 {}, expected {size} bytes and {sha256}; the object was removed",
-                got_sha.unwrap_or("(none)")
+                "{target}: after the upload the object has {got_size} bytes and {} {}, expected {size} bytes and {hash}; the object was removed",
+                algorithm_of(hash),
+                got_hash.unwrap_or("(none)")
             )));
         }
         Ok(head.e_tag().map(|e| unquote(e).to_string()))

@@ -354,7 +354,7 @@ impl<'a> Archiver<'a> {
             object: object_key.clone(),
             stored_bytes: 0,
             size: segment.len() as u64,
-            sha256: String::new(),
+            hash: String::new(),
             start_state: segment.start.to_string(),
             end_state: segment.end.to_string(),
             first_gtid: segment
@@ -383,7 +383,7 @@ impl<'a> Archiver<'a> {
         .await
         .map_err(|e| StepError::fatal(format!("the segment writer crashed: {e}")))?
         .map_err(StoreError::into_step_error)?;
-        meta.sha256 = sha;
+        meta.hash = sha;
         meta.stored_bytes = object.len() as u64;
         Ok((meta, object))
     }

@@ -1,7 +1,7 @@
 //! `binlog_replay`: rolls a restored server forward with archived binlog segments,
 //! from the backup's GTID position (exclusive) to a target position (inclusive), then
 //! proves it got exactly there. The segments are read back from the repository
-//! (decrypted, decompressed, checked against their SHA-256) into `workdir`, and
+//! (decrypted, decompressed, checked against their hashes) into `workdir`, and
 //! applied with `mariadb-binlog --start-position=FROM --stop-position=TO … | mariadb`.
 //!
 //! Before the replay the server's binlog state is set to the backup's position and
@@ -127,7 +127,7 @@ impl TypedStep for BinlogReplay {
             ),
         };
         format!(
-            "replays the binlog archived in {} into the server of connection `{}`: the transactions after GTID {} up to and including {}, {how}, every segment checked against its SHA-256 first; then checks that the server's GTID position is exactly the target and sets gtid_slave_pos to it",
+            "replays the binlog archived in {} into the server of connection `{}`: the transactions after GTID {} up to and including {}, {how}, every segment checked against its hash first; then checks that the server's GTID position is exactly the target and sets gtid_slave_pos to it",
             cfg.repository.describe(),
             cfg.connection,
             cfg.from_gtid,

@@ -1,5 +1,5 @@
 //! `compress`: replaces each file of a sealed backup by a zstd object `<path>.zst` and
-//! records it in the manifest as the file's stored form. The data's size and SHA-256
+//! records it in the manifest as the file's stored form. The data's size and hash
 //! stay in the manifest, so `verify` and `decompress` check both the object and the data
 //! it decompresses to.
 //!
@@ -24,6 +24,7 @@ use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::entry::StoredForm;
 use stagehand_backup::manifest::Manifest;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_host::digest::ContentHasher;
 use std::fs::File;
 use std::io::{self};
 use std::path::{Path, PathBuf};
@@ -182,7 +183,7 @@ fn compress_file(
     let (src, dst) = (w.dir.join(&f.path), w.dir.join(&rel_zst));
     let tmp = tmp_path(&w.dir, &rel_zst);
     let written = encode(w, f, &src, &tmp, level, threads);
-    let (size, sha256) = match written {
+    let (size, hash) = match written {
         Ok(w) => w,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -211,7 +212,7 @@ fn compress_file(
             path: rel_zst.clone(),
             codec: CODEC.into(),
             size,
-            sha256,
+            hash,
         }),
         kept: false,
         bytes_in: f.size,
@@ -220,7 +221,7 @@ fn compress_file(
 }
 
 /// Writes the compressed form of `src` to `tmp` (synced); checks the input against
-/// the manifest; the output's size and SHA-256.
+/// the manifest; the output's size and hash.
 fn encode(
     w: &Work,
     f: &CopiedFile,
@@ -234,8 +235,11 @@ fn encode(
         path: tmp.display().to_string(),
         source: e,
     };
-    let mut input = HashingReader::new(File::open(src).map_err(&at_src)?);
-    let out = HashingWriter::new(File::create(tmp).map_err(at_tmp)?);
+    let mut input = HashingReader::new(
+        File::open(src).map_err(&at_src)?,
+        ContentHasher::like(&f.hash),
+    );
+    let out = HashingWriter::new(File::create(tmp).map_err(at_tmp)?, ContentHasher::new());
     let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(at_tmp)?;
     enc.include_checksum(true).map_err(at_tmp)?;
     if threads > 0 {
@@ -256,10 +260,10 @@ fn encode(
 fn adopt_stored(w: &Work, f: &CopiedFile) -> Result<Outcome, StorageError> {
     let rel = stored_path(f);
     let at = io_at(&rel);
-    let mut r = StoredReader::open(&w.dir.join(&rel)).map_err(&at)?;
-    let mut data = HashingWriter::new(io::sink());
+    let mut r = StoredReader::open(&w.dir.join(&rel), ContentHasher::new()).map_err(&at)?;
+    let mut data = HashingWriter::new(io::sink(), ContentHasher::like(&f.hash));
     w.pump(|e| corrupt(&rel, e), &at).run(&mut r, &mut data)?;
-    let (size, sha256) = r.finish().map_err(&at)?;
+    let (size, hash) = r.finish().map_err(&at)?;
     let (_, n, sha) = data.finish();
     check_data(f, (n, sha), |what| StorageError::Corrupt {
         path: rel.clone(),
@@ -273,7 +277,7 @@ fn adopt_stored(w: &Work, f: &CopiedFile) -> Result<Outcome, StorageError> {
             path: rel.clone(),
             codec: CODEC.into(),
             size,
-            sha256,
+            hash,
         }),
         kept: false,
         bytes_in: 0,
@@ -284,9 +288,9 @@ fn adopt_stored(w: &Work, f: &CopiedFile) -> Result<Outcome, StorageError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use sha2::{Digest, Sha256};
     use stagehand_backup::manifest::{Binlog, Locks, Lsns, RedoFacts};
     use stagehand_engine::resources::Connections;
+    use stagehand_host::digest::hash_bytes;
     use stagehand_mariadb::datadir::FileClass;
     use std::collections::BTreeMap;
 
@@ -378,16 +382,16 @@ pub(crate) mod tests {
             .expect("compress");
         let m = Manifest::read(d.path()).expect("manifest");
         for (f, b) in m.files.iter().zip(&before.files) {
-            assert_eq!((&f.sha256, f.size), (&b.sha256, b.size), "data facts kept");
+            assert_eq!((&f.hash, f.size), (&b.hash, b.size), "data facts kept");
             match &f.stored {
                 Some(s) => {
                     assert!(!d.path().join(&f.path).exists(), "{} removed", f.path);
                     let bytes = std::fs::read(d.path().join(&s.path)).expect("object");
                     assert_eq!(bytes.len() as u64, s.size);
-                    assert_eq!(format!("{:x}", Sha256::digest(&bytes)), s.sha256);
+                    assert_eq!(hash_bytes(&bytes), s.hash);
                     assert_eq!(s.codec, "zstd");
                     let data = zstd::decode_all(bytes.as_slice()).expect("zstd");
-                    assert_eq!(format!("{:x}", Sha256::digest(&data)), f.sha256);
+                    assert_eq!(hash_bytes(&data), f.hash);
                 }
                 None => assert!(d.path().join(&f.path).exists()),
             }

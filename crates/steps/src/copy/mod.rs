@@ -1,6 +1,6 @@
 //! `copy`: the native physical copier. Copies one class of a datadir's files (InnoDB
 //! tablespaces, non-InnoDB table files, or Aria logs) into the backup directory, in
-//! parallel with bounded memory, and records each file (size, SHA-256, pages) in a part
+//! parallel with bounded memory, and records each file (size, BLAKE3 hash, pages) in a part
 //! of the manifest that `seal` assembles.
 
 use crate::outputs::CopyOutput;

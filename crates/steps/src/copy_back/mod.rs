@@ -6,7 +6,7 @@
 //! `mariadb_backup_*` metadata, as mariadb-backup skips them) are not restored; the
 //! binlog position and GTID of the backup become outputs instead.
 //!
-//! Every file is checked against the manifest (size and SHA-256) as it is copied, and
+//! Every file is checked against the manifest (size and hash) as it is copied, and
 //! fsynced, as are the directories. Files are written in place, in an order that never
 //! leaves a startable half-restore: the system tablespace first, the redo log last
 //! (under a temporary name, renamed once everything else is durable) — InnoDB 10.8+
@@ -17,11 +17,11 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::{Manifest, ManifestError, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_host::digest::{algorithm_of, ContentHasher};
 use stagehand_host::progress::Progress;
 use stagehand_mariadb::defaults::read_server_options;
 use stagehand_mariadb::sandbox::accounts::{chown_path, is_root, lookup_group, lookup_user};
@@ -249,7 +249,8 @@ struct Item {
     dest: PathBuf,
     rel: String,
     size: u64,
-    sha256: String,
+    /// As the manifest records it (`stagehand_host::digest`).
+    hash: String,
     /// The redo log (restored last).
     log: bool,
     /// The system tablespace (restored first).
@@ -360,7 +361,7 @@ impl TypedStep for CopyBack {
             }
         }
         s.push_str(&format!(
-            ", {} at once, checking sizes and SHA-256 against the manifest; ",
+            ", {} at once, checking sizes and hashes against the manifest; ",
             cfg.parallel
         ));
         s.push_str(if cfg.force {

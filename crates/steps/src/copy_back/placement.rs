@@ -55,7 +55,7 @@ pub(super) fn plan_files(
             dest: moved.unwrap_or_else(|| dir.join(&f.path)),
             rel: f.path.clone(),
             size: f.size,
-            sha256: f.sha256.clone(),
+            hash: f.hash.clone(),
             log: placed == Place::Log,
             system: placed == Place::Home,
             text,

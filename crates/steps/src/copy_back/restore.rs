@@ -238,7 +238,7 @@ pub(super) fn record(written: &Mutex<Vec<Written>>, w: Written) {
 }
 
 /// Reads the backup file (writing it to `out` when given) and compares its size and
-/// SHA-256 with the manifest.
+/// hash with the manifest.
 pub(super) fn hash_check(
     item: &Item,
     stop: &AtomicBool,
@@ -246,7 +246,7 @@ pub(super) fn hash_check(
     mut out: Option<&mut File>,
 ) -> Result<(), CopyBackError> {
     let mut src = File::open(&item.src).map_err(|e| CopyBackError::io(&item.src, e))?;
-    let mut h = Sha256::new();
+    let mut h = ContentHasher::like(&item.hash);
     let mut buf = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
@@ -267,17 +267,21 @@ pub(super) fn hash_check(
         size += n as u64;
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
-    let sha = format!("{:x}", h.finalize());
+    let sha = h.finish();
     if size != item.size {
         return Err(CopyBackError::Damaged {
             path: item.rel.clone(),
             what: format!("{size} bytes, the manifest says {}", item.size),
         });
     }
-    if sha != item.sha256 {
+    if sha != item.hash {
         return Err(CopyBackError::Damaged {
             path: item.rel.clone(),
-            what: format!("SHA-256 {sha}, the manifest says {}", item.sha256),
+            what: format!(
+                "{} {sha}, the manifest says {}",
+                algorithm_of(&item.hash),
+                item.hash
+            ),
         });
     }
     Ok(())

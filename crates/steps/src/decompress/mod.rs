@@ -1,6 +1,6 @@
 //! `decompress`: the reverse of `compress`. Each stored object is decompressed into its
 //! file while the object is hashed; the object must match its stored form and the data
-//! the manifest's size and SHA-256, or the backup is corrupt. The file is renamed into
+//! the manifest's size and hash, or the backup is corrupt. The file is renamed into
 //! place only once checked, then the object is removed; the manifest is written at the
 //! end (also when a file fails, with the files done so far).
 //!
@@ -21,6 +21,7 @@ use stagehand_backup::codec::{
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_host::digest::{algorithm_of, ContentHasher};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -182,19 +183,25 @@ fn decode(work: &Work, f: &CopiedFile, src: &Path, tmp: &Path) -> Result<u64, St
         path: tmp.display().to_string(),
         source: e,
     };
-    let mut r = StoredReader::open(src).map_err(&at_zst)?;
-    let mut w = HashingWriter::new(File::create(tmp).map_err(at_tmp)?);
+    let object_hasher = f
+        .stored
+        .as_ref()
+        .map_or_else(ContentHasher::new, |s| ContentHasher::like(&s.hash));
+    let mut r = StoredReader::open(src, object_hasher).map_err(&at_zst)?;
+    let data_hasher = ContentHasher::like(&f.hash);
+    let mut w = HashingWriter::new(File::create(tmp).map_err(at_tmp)?, data_hasher);
     work.pump(|e| corrupt(&rel_zst, e), at_tmp)
         .run(&mut r, &mut w)?;
-    let (size, sha256) = r.finish().map_err(|e| corrupt(&rel_zst, e))?;
+    let (size, hash) = r.finish().map_err(|e| corrupt(&rel_zst, e))?;
     if let Some(s) = &f.stored {
-        if (size, &sha256) != (s.size, &s.sha256) {
+        if (size, &hash) != (s.size, &s.hash) {
             return Err(StorageError::Corrupt {
                 path: rel_zst.clone(),
                 what: format!(
-                    "the stored object ({size} bytes) differs from the manifest's ({} bytes, SHA-256 {})",
+                    "the stored object ({size} bytes) differs from the manifest's ({} bytes, {} {})",
                     s.size,
-                    if sha256 == s.sha256 { "equal" } else { "different" }
+                    algorithm_of(&s.hash),
+                    if hash == s.hash { "equal" } else { "different" }
                 ),
             });
         }
@@ -212,7 +219,10 @@ fn decode(work: &Work, f: &CopiedFile, src: &Path, tmp: &Path) -> Result<u64, St
 /// holds the manifest's data.
 fn adopt_plain(work: &Work, f: &CopiedFile) -> Result<Outcome, StorageError> {
     let at = io_at(&f.path);
-    let mut r = HashingReader::new(File::open(work.dir.join(&f.path)).map_err(&at)?);
+    let mut r = HashingReader::new(
+        File::open(work.dir.join(&f.path)).map_err(&at)?,
+        ContentHasher::like(&f.hash),
+    );
     let mut sink = io::sink();
     work.pump(&at, &at).run(&mut r, &mut sink)?;
     check_data(f, r.digest(), |what| StorageError::Corrupt {
@@ -267,7 +277,7 @@ mod tests {
         assert_eq!(m.files, sealed.files, "back to the sealed manifest");
         for f in &m.files {
             let again = stagehand_backup::entry::hash_file(d.path(), &f.path).expect("hash");
-            assert_eq!(again.sha256, f.sha256, "{}", f.path);
+            assert_eq!(again.hash, f.hash, "{}", f.path);
         }
         assert!(stagehand_backup::manifest::unlisted_files(d.path(), &m.files).is_empty());
         // Nothing left to do.
@@ -275,6 +285,57 @@ mod tests {
             .await
             .expect("again");
         assert_eq!(again.files, 0);
+    }
+
+    /// Rewrites a sealed backup's manifest as stagehand wrote them before BLAKE3:
+    /// SHA-256 hashes under the key `sha256`.
+    fn record_as_before_blake3(dir: &Path) {
+        let mut m = Manifest::read(dir).expect("manifest");
+        for f in &mut m.files {
+            let file = std::fs::File::open(dir.join(&f.path)).expect("open");
+            let sha256 = stagehand_host::digest::hash_reader(file, ContentHasher::sha256());
+            f.hash = sha256.expect("hash").1;
+        }
+        m.write(dir).expect("write");
+        let path = dir.join(stagehand_backup::manifest::MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("\"hash\":", "\"sha256\":")).expect("write");
+    }
+
+    #[tokio::test]
+    async fn a_backup_recorded_with_sha256_still_compresses_checks_and_decompresses() {
+        let d = tempfile::tempdir().expect("tempdir");
+        sample(d.path());
+        record_as_before_blake3(d.path());
+        let old = Manifest::read(d.path()).expect("an old manifest reads");
+        assert!(
+            old.files.iter().all(|f| f.hash.len() == 64),
+            "SHA-256 records"
+        );
+        Compress::run(&cfg(d.path()), &ctx())
+            .await
+            .expect("compress an old backup");
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let m = Manifest::read(d.path()).expect("manifest");
+        stagehand_backup::check::check_files(d.path(), &m, &cancel, &|_| false)
+            .expect("the old backup checks");
+        Decompress::run(&dcfg(d.path()), &ctx())
+            .await
+            .expect("decompress");
+        let m = Manifest::read(d.path()).expect("manifest");
+        assert_eq!(m.files, old.files, "back to the old records");
+        // A changed byte is still caught under an old record.
+        let ibdata = d.path().join("ibdata1");
+        let mut bytes = std::fs::read(&ibdata).expect("read");
+        bytes[1000] ^= 1;
+        std::fs::write(&ibdata, bytes).expect("write");
+        let err = stagehand_backup::check::check_files(d.path(), &m, &cancel, &|_| false)
+            .expect_err("a changed file");
+        assert!(
+            err.message.contains("ibdata1: its hash differs"),
+            "{}",
+            err.message
+        );
     }
 
     #[tokio::test]

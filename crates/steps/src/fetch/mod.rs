@@ -1,12 +1,12 @@
 //! `fetch`: downloads a backup from a repository into a local directory, files in
-//! parallel, each checked against the manifest's size and SHA-256. Resumable: a new run
+//! parallel, each checked against the manifest's size and hash. Resumable: a new run
 //! into the same directory keeps the files already fetched and intact, and continues a
 //! partly fetched file from where it stopped. The manifest is written last, so the
 //! directory is a complete backup only when every file is there and checked.
 //!
 //! An encrypted backup is fetched only with its key, checked before anything is
 //! written: its manifest is taken from its sealed copy, and each object is downloaded
-//! into the work folder, checked (SHA-256 of the encrypted bytes), decrypted (every
+//! into the work folder, checked (hash of the encrypted bytes), decrypted (every
 //! chunk authenticated) into the file's stored form and checked again; the local copy
 //! is an unencrypted backup like any other.
 
@@ -19,6 +19,7 @@ use stagehand_backup::manifest::Encryption;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
+use stagehand_host::digest::{algorithm_of, hash_file_like, ContentHasher};
 use stagehand_host::progress::Progress;
 use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
 use stagehand_repo::crypt::{self, Key};
@@ -101,7 +102,7 @@ impl TypedStep for Fetch {
             format!("backup {}", cfg.id)
         };
         format!(
-            "downloads {which} from {} into {} ({} files at once), checking every file's size and SHA-256 against its manifest; writes the manifest last; an encrypted backup needs its key (repository.encryption), whose id is checked before anything is written",
+            "downloads {which} from {} into {} ({} files at once), checking every file's size and hash against its manifest; writes the manifest last; an encrypted backup needs its key (repository.encryption), whose id is checked before anything is written",
             cfg.repository.describe(),
             cfg.to,
             cfg.parallel
@@ -244,7 +245,7 @@ fn backup_key(repo: &RepoConfig, id: &str, manifest: &Manifest) -> Result<Option
     }
 }
 
-/// One file to fetch: the object the repository holds (path, size, SHA-256), and for
+/// One file to fetch: the object the repository holds (path, size, hash), and for
 /// an encrypted one, what it decrypts into (the stored form, or the file).
 #[derive(Debug, Clone)]
 struct Object {
@@ -260,8 +261,8 @@ fn objects(manifest: &Manifest) -> Vec<Object> {
         .map(|(f, object)| Object {
             object,
             decrypted: f.encrypted.as_ref().map(|_| match &f.stored {
-                Some(s) => (s.path.clone(), s.size, s.sha256.clone()),
-                None => (f.path.clone(), f.size, f.sha256.clone()),
+                Some(s) => (s.path.clone(), s.size, s.hash.clone()),
+                None => (f.path.clone(), f.size, f.hash.clone()),
             }),
         })
         .collect()
@@ -407,7 +408,7 @@ async fn fetch_one(
     key: &str,
     local: &Path,
     size: u64,
-    sha256: &str,
+    recorded: &str,
     counter: &ByteCounter,
 ) -> Result<bool, StoreError> {
     if let Some(parent) = local.parent() {
@@ -415,7 +416,7 @@ async fn fetch_one(
             .map_err(|e| StoreError::io(&parent.display().to_string(), e))?;
     }
     let have = std::fs::metadata(local).ok().map(|m| m.len());
-    if have == Some(size) && hash_of(local).await? == sha256 {
+    if have == Some(size) && hash_of(local, recorded).await? == recorded {
         return Ok(true);
     }
     let have = have.unwrap_or(0);
@@ -423,20 +424,20 @@ async fn fetch_one(
     // file was there but wrong.
     let offset = if have < size { have } else { 0 };
     let got = store.get_to_file(key, local, offset, counter).await?;
-    let hash = hash_of(local).await?;
-    if got == size && hash == sha256 {
+    let hash = hash_of(local, recorded).await?;
+    if got == size && hash == recorded {
         return Ok(false);
     }
     if offset > 0 {
         // The kept part may have been bad: fetch the whole object once more.
         let got = store.get_to_file(key, local, 0, counter).await?;
-        let hash = hash_of(local).await?;
-        if got == size && hash == sha256 {
+        let hash = hash_of(local, recorded).await?;
+        if got == size && hash == recorded {
             return Ok(false);
         }
-        return Err(corrupt(key, got, &hash, size, sha256));
+        return Err(corrupt(key, got, &hash, size, recorded));
     }
-    Err(corrupt(key, got, &hash, size, sha256))
+    Err(corrupt(key, got, &hash, size, recorded))
 }
 
 /// Fetches an encrypted object into the work folder, then decrypts it into the file's
@@ -455,7 +456,7 @@ async fn fetch_encrypted(
     };
     let local = dir.join(rel);
     let have = std::fs::metadata(&local).ok().map(|m| m.len());
-    if have == Some(*plain_size) && hash_of(&local).await? == *plain_sha {
+    if have == Some(*plain_size) && hash_of(&local, plain_sha).await? == *plain_sha {
         return Ok(true);
     }
     let tmp = scratch_dir(dir).join(path.replace('/', "%2F"));
@@ -464,7 +465,8 @@ async fn fetch_encrypted(
     let object = Repository::object_key(id, path);
     fetch_one(store, &object, &tmp, *size, sha, counter).await?;
     let (k, p, t, l) = (key.clone(), path.clone(), tmp.clone(), local.clone());
-    let out = tokio::task::spawn_blocking(move || decrypt_file(&k, &p, &t, &l))
+    let recorded = plain_sha.clone();
+    let out = tokio::task::spawn_blocking(move || decrypt_file(&k, &p, &t, &recorded, &l))
         .await
         .map_err(|e| StoreError::permanent(format!("a decryption task crashed: {e}")))?;
     let checked = match out {
@@ -479,11 +481,13 @@ async fn fetch_encrypted(
     checked
 }
 
-/// Decrypts `src` (the object `path`) into `dest`; size and SHA-256 of what was written.
+/// Decrypts `src` (the object `path`) into `dest`; size and hash (in the algorithm of
+/// `recorded`) of what was written.
 fn decrypt_file(
     key: &Key,
     path: &str,
     src: &Path,
+    recorded: &str,
     dest: &Path,
 ) -> Result<(u64, String), crypt::CryptError> {
     let io = |source| crypt::CryptError::Io {
@@ -494,10 +498,10 @@ fn decrypt_file(
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(src).map_err(io)?);
-    let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(dest).map_err(io)?,
-    ));
+    let mut out = HashingWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dest).map_err(io)?),
+        ContentHasher::like(recorded),
+    );
     crypt::decrypt(key, path, input, &mut out)?;
     let (writer, size, sha) = out.finish();
     let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
@@ -505,17 +509,20 @@ fn decrypt_file(
     Ok((size, sha))
 }
 
-fn corrupt(key: &str, got: u64, hash: &str, size: u64, sha256: &str) -> StoreError {
+fn corrupt(key: &str, got: u64, hash: &str, size: u64, recorded: &str) -> StoreError {
     StoreError::mismatch(format!(
-        "{key} is corrupt in the repository: {got} bytes with SHA-256 {hash}, its manifest says {size} bytes with {sha256}"
+        "{key} is corrupt in the repository: {got} bytes with {} {hash}, its manifest says {size} bytes with {recorded}",
+        algorithm_of(recorded)
     ))
 }
 
-async fn hash_of(path: &Path) -> Result<String, StoreError> {
+/// The hash of a local file in the algorithm of `recorded`.
+async fn hash_of(path: &Path, recorded: &str) -> Result<String, StoreError> {
     let path = path.to_path_buf();
+    let recorded = recorded.to_string();
     tokio::task::spawn_blocking(move || {
-        stagehand_backup::entry::sha256_of(&path)
-            .map(|(_, sha256)| sha256)
+        hash_file_like(&path, &recorded)
+            .map(|(_, hash)| hash)
             .map_err(|e| StoreError::io(&path.display().to_string(), e))
     })
     .await

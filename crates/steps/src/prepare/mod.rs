@@ -13,13 +13,14 @@
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use stagehand_backup::entry::CopiedFile;
+use stagehand_backup::entry::{hash_file, plain_entry, CopiedFile, SourceStamp};
 use stagehand_backup::manifest::{Manifest, Prepared};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_innodb::backup_files as bf;
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::ShutdownMode;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -168,7 +169,16 @@ impl TypedStep for Prepare {
         }
         // A server an interrupted run left behind has run recovery on the files too.
         let reclaimed = backup_server::reclaim_left_servers(&dir).await?;
-        check_unchanged(&dir, &manifest, manifest.preparing || reclaimed, ctx).await?;
+        let interrupted = manifest.preparing || reclaimed;
+        // Taken before the check, so a file that keeps these after recovery holds exactly
+        // what the check hashed. After an interrupted prepare the check skips the files
+        // recovery may have rewritten, so nothing is taken over then.
+        let stamps = if interrupted {
+            HashMap::new()
+        } else {
+            stamps_of(&dir, &manifest)
+        };
+        check_unchanged(&dir, &manifest, interrupted, ctx).await?;
         mark_preparing(&dir, &manifest)?;
         apply_ddl(&dir, &manifest).await?;
         let work = async {
@@ -190,8 +200,8 @@ impl TypedStep for Prepare {
             at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             seconds,
         });
-        let dir2 = dir.clone();
-        manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2))
+        let (dir2, checked) = (dir.clone(), manifest.files.clone());
+        manifest.files = tokio::task::spawn_blocking(move || rehash_dir(&dir2, &stamps, &checked))
             .await
             .map_err(|e| StepError::fatal(e.to_string()))??;
         mark_remote(&dir, &mut manifest.files)?;
@@ -487,15 +497,49 @@ fn mark_remote(dir: &Path, files: &mut [CopiedFile]) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Every file of a directory (but the manifest), hashed: prepare changes many files.
-pub fn rehash_dir(dir: &Path) -> Result<Vec<CopiedFile>, StepError> {
+/// The files of the manifest as they are on disk before prepare checks them (those
+/// that can be stat'ed).
+fn stamps_of(dir: &Path, manifest: &Manifest) -> HashMap<String, SourceStamp> {
+    let now = stagehand_backup::entry::now_ns();
+    manifest
+        .files
+        .iter()
+        .filter_map(|f| {
+            let meta = std::fs::metadata(dir.join(&f.path)).ok()?;
+            Some((f.path.clone(), SourceStamp::of(&meta, now)))
+        })
+        .collect()
+}
+
+/// Every file of a directory (but the manifest) with its hash: prepare changes many
+/// files. A file that crash recovery did not touch (same inode, size and mtime as in
+/// `stamps`, taken before the check that hashed it) keeps its checked hash instead of
+/// being read once more.
+fn rehash_dir(
+    dir: &Path,
+    stamps: &HashMap<String, SourceStamp>,
+    checked: &[CopiedFile],
+) -> Result<Vec<CopiedFile>, StepError> {
+    let checked: HashMap<&str, &CopiedFile> =
+        checked.iter().map(|f| (f.path.as_str(), f)).collect();
+    let reuse = |rel: &str| -> Option<CopiedFile> {
+        let stamp = stamps.get(rel)?;
+        let meta = std::fs::metadata(dir.join(rel)).ok()?;
+        let f = checked.get(rel).filter(|_| stamp.still_matches(&meta))?;
+        Some(plain_entry(rel, f.size, f.hash.clone()))
+    };
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, &reuse, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<CopiedFile>) -> Result<(), StepError> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    reuse: &dyn Fn(&str) -> Option<CopiedFile>,
+    out: &mut Vec<CopiedFile>,
+) -> Result<(), StepError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
     for e in entries.filter_map(|e| e.ok()) {
@@ -505,9 +549,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<CopiedFile>) -> Result<(), StepEr
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         if path.is_dir() {
-            walk(root, &path, out)?;
+            walk(root, &path, reuse, out)?;
         } else if rel != stagehand_backup::manifest::MANIFEST_FILE && !rel.starts_with('.') {
-            let mut f = stagehand_backup::entry::hash_file(root, &rel)?;
+            let mut f = match reuse(&rel) {
+                Some(unchanged) => unchanged,
+                None => hash_file(root, &rel)?,
+            };
             f.class = class_of(&rel);
             out.push(f);
         }
@@ -536,6 +583,38 @@ fn class_of(rel: &str) -> stagehand_mariadb::datadir::FileClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rehash_after_recovery_reads_only_the_files_recovery_changed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("kept.frm"), b"kept").expect("write");
+        std::fs::write(d.path().join("ibdata1"), b"before").expect("write");
+        // A stand-in hash: if it comes back, the file was not read again.
+        let recorded = |rel: &str| plain_entry(rel, 4, "blake3:recorded".into());
+        let checked = vec![recorded("ibdata1"), recorded("kept.frm")];
+        let later = stagehand_backup::entry::now_ns() + 2_000_000_000;
+        let stamps: HashMap<String, SourceStamp> = ["ibdata1", "kept.frm"]
+            .iter()
+            .map(|rel| {
+                let meta = std::fs::metadata(d.path().join(rel)).expect("stat");
+                (rel.to_string(), SourceStamp::of(&meta, later))
+            })
+            .collect();
+        // Recovery rewrites ibdata1 and creates a file.
+        std::fs::write(d.path().join("ibdata1"), b"after recovery").expect("write");
+        std::fs::write(d.path().join("ib_logfile0"), b"log").expect("write");
+        let files = rehash_dir(d.path(), &stamps, &checked).expect("rehash");
+        let hash_of = |rel: &str| {
+            let f = files.iter().find(|f| f.path == rel).expect("listed");
+            (f.size, f.hash.clone())
+        };
+        assert_eq!(hash_of("kept.frm"), (4, "blake3:recorded".into()));
+        let read =
+            |rel: &str| stagehand_host::digest::hash_file(&d.path().join(rel)).expect("hash");
+        assert_eq!(hash_of("ibdata1"), read("ibdata1"));
+        assert_eq!(hash_of("ib_logfile0"), read("ib_logfile0"));
+        assert_eq!(files.len(), 3);
+    }
 
     #[test]
     fn a_rerun_skips_only_what_crash_recovery_writes() {

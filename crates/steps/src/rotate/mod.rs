@@ -432,10 +432,10 @@ mod tests {
             key: &str,
             path: &Path,
             size: u64,
-            sha256: &str,
+            hash: &str,
             progress: &ByteCounter,
         ) -> Result<(), StoreError> {
-            self.inner.put_file(key, path, size, sha256, progress).await
+            self.inner.put_file(key, path, size, hash, progress).await
         }
         async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
             self.inner.put_bytes(key, bytes).await

@@ -7,6 +7,7 @@ use stagehand_backup::codec::{HashingReader, HashingWriter};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::entry::{EncryptedObject, StoredForm};
 use stagehand_backup::manifest::{Encryption, Manifest};
+use stagehand_host::digest::{algorithm_of, ContentHasher};
 use stagehand_repo::crypt::{self, Key};
 use stagehand_repo::{ByteCounter, Repository, Store, StoreError};
 use std::collections::HashMap;
@@ -16,8 +17,8 @@ use std::sync::{Arc, Mutex};
 /// What was uploaded for one file of the backup.
 #[derive(Debug, Clone)]
 struct Shipped {
-    /// SHA-256 of the data, as the copy recorded it.
-    sha256: String,
+    /// Hash of the data, as the copy recorded it.
+    hash: String,
     stored: Option<StoredForm>,
     encrypted: Option<EncryptedObject>,
 }
@@ -98,7 +99,7 @@ impl Shipper {
     pub fn has_shipped(&self, f: &CopiedFile) -> bool {
         self.shipped()
             .get(&f.path)
-            .is_some_and(|s| s.sha256 == f.sha256)
+            .is_some_and(|s| s.hash == f.hash)
     }
 
     /// Uploads one file. A `Mismatch` error means the local file is not the data the
@@ -116,7 +117,7 @@ impl Shipper {
         self.shipped().insert(
             f.path.clone(),
             Shipped {
-                sha256: f.sha256.clone(),
+                hash: f.hash.clone(),
                 stored,
                 encrypted,
             },
@@ -141,7 +142,7 @@ impl Shipper {
                     &stored.path,
                     &inner.dir.join(&stored.path),
                     stored.size,
-                    &stored.sha256,
+                    &stored.hash,
                 )
                 .await?;
                 Some(stored.clone())
@@ -149,14 +150,14 @@ impl Shipper {
             (None, Some(c)) => {
                 let (stored, tmp) = self.compress_to_scratch(f, c).await?;
                 let put = self
-                    .put(&stored.path, &tmp, stored.size, &stored.sha256)
+                    .put(&stored.path, &tmp, stored.size, &stored.hash)
                     .await;
                 let _ = std::fs::remove_file(&tmp);
                 put?;
                 Some(stored)
             }
             (None, None) => {
-                self.put(&f.path, local, f.size, &f.sha256).await?;
+                self.put(&f.path, local, f.size, &f.hash).await?;
                 None
             }
         })
@@ -178,22 +179,24 @@ impl Shipper {
             }
             (None, None) => (None, inner.dir.join(&f.path), None),
         };
-        let (rel, size, sha256) = match &stored {
-            Some(s) => (s.path.clone(), s.size, s.sha256.clone()),
-            None => (f.path.clone(), f.size, f.sha256.clone()),
+        let (rel, size, recorded) = match &stored {
+            Some(s) => (s.path.clone(), s.size, s.hash.clone()),
+            None => (f.path.clone(), f.size, f.hash.clone()),
         };
         let object = format!("{rel}{}", crypt::SUFFIX);
         let dest = self.scratch_path(&object);
         let (k, o, d) = (key.clone(), object.clone(), dest.clone());
-        let sealed = tokio::task::spawn_blocking(move || encrypt_file(&k, &o, &src, &d))
+        let r = recorded.clone();
+        let sealed = tokio::task::spawn_blocking(move || encrypt_file(&k, &o, &src, &r, &d))
             .await
             .map_err(|e| StoreError::permanent(format!("an encryption task crashed: {e}")))?;
         if let Some(tmp) = compressed {
             let _ = std::fs::remove_file(tmp);
         }
         let result = match sealed {
-            Ok((n, sha, _, _)) if n != size || sha != sha256 => Err(StoreError::mismatch(format!(
-                "{rel}: changed since it was copied ({n} bytes, SHA-256 {sha}; recorded {size} bytes, {sha256})"
+            Ok((n, sha, _, _)) if n != size || sha != recorded => Err(StoreError::mismatch(format!(
+                "{rel}: changed since it was copied ({n} bytes, {} {sha}; recorded {size} bytes, {recorded})",
+                algorithm_of(&recorded)
             ))),
             Ok((_, _, out_size, out_sha)) => self
                 .put(&object, &dest, out_size, &out_sha)
@@ -201,7 +204,7 @@ impl Shipper {
                 .map(|()| EncryptedObject {
                     path: object.clone(),
                     size: out_size,
-                    sha256: out_sha,
+                    hash: out_sha,
                 }),
             // A file gone since announced stays NotFound: shipped at the end, if listed.
             Err(crypt::CryptError::Io { path, source }) => Err(StoreError::io(&path, source)),
@@ -216,17 +219,11 @@ impl Shipper {
         self.inner.scratch.path().join(path.replace('/', "%2F"))
     }
 
-    async fn put(
-        &self,
-        path: &str,
-        local: &Path,
-        size: u64,
-        sha256: &str,
-    ) -> Result<(), StoreError> {
+    async fn put(&self, path: &str, local: &Path, size: u64, hash: &str) -> Result<(), StoreError> {
         let key = Repository::object_key(&self.inner.id, path);
         self.inner
             .store
-            .put_file(&key, local, size, sha256, &self.inner.counter)
+            .put_file(&key, local, size, hash, &self.inner.counter)
             .await
     }
 
@@ -240,10 +237,13 @@ impl Shipper {
         let stored_path = format!("{}.zst", f.path);
         let tmp = self.scratch_path(&stored_path);
         let (level, threads, dest) = (c.level, c.threads, tmp.clone());
-        let sizes = tokio::task::spawn_blocking(move || compress_to(&src, &dest, level, threads))
-            .await
-            .map_err(|e| StoreError::permanent(format!("a compression task crashed: {e}")))?
-            .map_err(|e| StoreError::io(&format!("compressing {}", f.path), e));
+        let recorded = f.hash.clone();
+        let sizes = tokio::task::spawn_blocking(move || {
+            compress_to(&src, &recorded, &dest, level, threads)
+        })
+        .await
+        .map_err(|e| StoreError::permanent(format!("a compression task crashed: {e}")))?
+        .map_err(|e| StoreError::io(&format!("compressing {}", f.path), e));
         let (in_size, in_sha, out_size, out_sha) = match sizes {
             Ok(s) => s,
             Err(e) => {
@@ -251,18 +251,21 @@ impl Shipper {
                 return Err(e);
             }
         };
-        if in_size != f.size || in_sha != f.sha256 {
+        if in_size != f.size || in_sha != f.hash {
             let _ = std::fs::remove_file(&tmp);
             return Err(StoreError::mismatch(format!(
-                "{}: changed since it was copied ({in_size} bytes, SHA-256 {in_sha}; recorded {} bytes, {})",
-                f.path, f.size, f.sha256
+                "{}: changed since it was copied ({in_size} bytes, {} {in_sha}; recorded {} bytes, {})",
+                f.path,
+                algorithm_of(&f.hash),
+                f.size,
+                f.hash
             )));
         }
         let stored = StoredForm {
             path: stored_path,
             codec: "zstd".into(),
             size: out_size,
-            sha256: out_sha,
+            hash: out_sha,
         };
         Ok((stored, tmp))
     }
@@ -274,7 +277,7 @@ impl Shipper {
         let mut out = manifest.clone();
         for f in &mut out.files {
             match shipped.get(&f.path) {
-                Some(s) if s.sha256 == f.sha256 => {
+                Some(s) if s.hash == f.hash => {
                     f.stored = s.stored.clone();
                     f.encrypted = s.encrypted.clone();
                 }
@@ -300,22 +303,27 @@ fn stamp_of(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     Some((m.len(), m.modified().ok()?))
 }
 
-/// Encrypts `src` into `dest` as the object `object`; sizes and SHA-256 of both.
+/// Encrypts `src` (recorded with hash `recorded`) into `dest` as the object `object`;
+/// sizes and hashes of both (the input's in the algorithm of `recorded`).
 fn encrypt_file(
     key: &Key,
     object: &str,
     src: &Path,
+    recorded: &str,
     dest: &Path,
 ) -> Result<(u64, String, u64, String), crypt::CryptError> {
     let io = |source| crypt::CryptError::Io {
         path: object.to_string(),
         source,
     };
-    let mut input = HashingReader::new(std::fs::File::open(src).map_err(io)?);
-    let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(dest).map_err(io)?,
-    ));
+    let mut input = HashingReader::new(
+        std::fs::File::open(src).map_err(io)?,
+        ContentHasher::like(recorded),
+    );
+    let mut out = HashingWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dest).map_err(io)?),
+        ContentHasher::new(),
+    );
     crypt::encrypt(key, object, &mut input, &mut out)?;
     let (writer, out_size, out_sha) = out.finish();
     writer.into_inner().map_err(|e| io(e.into_error()))?;
@@ -323,19 +331,21 @@ fn encrypt_file(
     Ok((in_size, in_sha, out_size, out_sha))
 }
 
-/// Compresses `src` into `dest`; sizes and SHA-256 of both.
+/// Compresses `src` (recorded with hash `recorded`) into `dest`; sizes and hashes of
+/// both (the input's in the algorithm of `recorded`).
 fn compress_to(
     src: &Path,
+    recorded: &str,
     dest: &Path,
     level: i32,
     threads: u32,
 ) -> std::io::Result<(u64, String, u64, String)> {
-    let mut input =
-        std::io::BufReader::with_capacity(1 << 20, HashingReader::new(std::fs::File::open(src)?));
-    let out = HashingWriter::new(std::io::BufWriter::with_capacity(
-        1 << 20,
-        std::fs::File::create(dest)?,
-    ));
+    let hashed = HashingReader::new(std::fs::File::open(src)?, ContentHasher::like(recorded));
+    let mut input = std::io::BufReader::with_capacity(1 << 20, hashed);
+    let out = HashingWriter::new(
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dest)?),
+        ContentHasher::new(),
+    );
     let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
     if threads > 0 {
         encoder.multithread(threads)?;

@@ -1,8 +1,8 @@
 //! `verify`: checks a backup directory against its manifest — every file's size and
-//! SHA-256, every InnoDB page's checksum, the LSNs — and optionally restores it into a
+//! hash, every InnoDB page's checksum, the LSNs — and optionally restores it into a
 //! scratch directory, starts a server on it, runs CHECK TABLE on every table and counts
 //! rows. A file stored compressed is read through its decoder: the object's size and
-//! SHA-256 are checked as well as the data's.
+//! hashes are checked as well as the data's.
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
@@ -45,7 +45,7 @@ pub struct VerifyOutput {
     /// whether the backup was prepared
     pub prepared: bool,
     /// the backup is encrypted (a repository's copy, no key here): only its objects'
-    /// sizes and SHA-256 were checked, not the data inside
+    /// sizes and hashes were checked, not the data inside
     pub hashes_only: bool,
 }
 
@@ -64,7 +64,7 @@ impl TypedStep for Verify {
         } else {
             ""
         };
-        format!("checks every file of {} against its manifest (size, SHA-256), every InnoDB page checksum and the LSNs{restore}", cfg.target)
+        format!("checks every file of {} against its manifest (size, hash), every InnoDB page checksum and the LSNs{restore}", cfg.target)
     }
 
     async fn run(cfg: &VerifyConfig, ctx: &StepContext) -> Result<VerifyOutput, StepError> {
@@ -118,7 +118,7 @@ fn record_verified(dir: &Path, mut manifest: Manifest, depth: &str) -> Result<()
 }
 
 /// An encrypted backup as its repository holds it (a local repository's folder): no
-/// key here, so only the encrypted objects' sizes and SHA-256 are checked, and the step
+/// key here, so only the encrypted objects' sizes and hashes are checked, and the step
 /// says so. Its data (pages, LSNs, a test restore) is checked once fetched with the key.
 async fn verify_encrypted(
     cfg: &VerifyConfig,
@@ -148,7 +148,7 @@ async fn verify_encrypted(
     .map_err(|e| StepError::fatal(format!("verify crashed: {e}")))??;
     tracing::warn!(
         key_id = %key_id,
-        "{} is encrypted (key {key_id}): only the sizes and SHA-256 of its encrypted objects were checked; page checksums and LSNs need the key (fetch it, then verify the copy)",
+        "{} is encrypted (key {key_id}): only the sizes and hashes of its encrypted objects were checked; page checksums and LSNs need the key (fetch it, then verify the copy)",
         dir.display()
     );
     let out = VerifyOutput {
@@ -301,7 +301,8 @@ fn unpack(src: &Path, m: &Manifest, dst: &Path) -> Result<(), StepError> {
     for f in &m.files {
         let Some(s) = &f.stored else { continue };
         let err = |e: std::io::Error| StepError::fatal(format!("{}: {e}", shown(f)));
-        let mut r = StoredReader::open(&src.join(&s.path)).map_err(err)?;
+        let hasher = stagehand_host::digest::ContentHasher::like(&s.hash);
+        let mut r = StoredReader::open(&src.join(&s.path), hasher).map_err(err)?;
         let mut out = std::fs::File::create(dst.join(&f.path)).map_err(err)?;
         std::io::copy(&mut r, &mut out).map_err(err)?;
         std::fs::remove_file(dst.join(&s.path)).map_err(err)?;
