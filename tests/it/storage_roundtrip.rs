@@ -1,7 +1,7 @@
 //! The storage pipeline end to end, with real parts: a hot backup under a concurrent
 //! workload streamed by plans/backup-to-s3.yaml (copy → zstd → multipart upload) to a
 //! real S3 server (moto) through a proxy that injects 503s and connection resets; the
-//! repository listed; plans/restore.yaml (fetch → verify → decompress → prepare →
+//! repository listed; plans/restore.yaml (fetch → decompress → prepare →
 //! copy_back → server → check); and the restored data checked by the workload oracle
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 

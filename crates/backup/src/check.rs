@@ -1,6 +1,7 @@
 //! Checking a backup's files against its manifest: each file's size and hash, the
 //! page checksums of InnoDB files (of the data, also when stored compressed) and that
-//! no file is there that the manifest does not list. `verify` and `prepare` both run it.
+//! no file is there that the manifest does not list, and the LSNs. `verify` and `prepare`
+//! both run it.
 
 use crate::codec::StoredReader;
 use crate::entry::CopiedFile;
@@ -74,6 +75,35 @@ pub fn check_files(
         Err(StepError::fatal(format!("{} problem(s) in {}: {}", bad.len(), dir.display(), bad.iter().take(10).cloned().collect::<Vec<_>>().join("; ")))
             .with_hint("the backup is damaged: do not restore it; take a new backup (or fetch it again from its repository)"))
     }
+}
+
+/// The LSNs must be in order, and an unprepared backup's log must hold exactly the
+/// bytes from the checkpoint to the last LSN.
+pub fn check_lsns(dir: &Path, m: &Manifest) -> Result<(), StepError> {
+    let l = &m.lsn;
+    if !(l.checkpoint <= l.commit && l.commit <= l.last && l.checkpoint > 0) {
+        return Err(StepError::fatal(format!(
+            "LSNs out of order: checkpoint {} commit {} last {}",
+            l.checkpoint, l.commit, l.last
+        )));
+    }
+    if m.prepared.is_none() {
+        // A compressed log's data size was checked against the manifest's already.
+        let log = m.files.iter().find(|f| f.path == "ib_logfile0");
+        let size = match log {
+            Some(f) if f.stored.is_some() => f.size,
+            _ => std::fs::metadata(dir.join("ib_logfile0"))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        };
+        let expected = stagehand_innodb::redo::START_OFFSET + (l.last - l.checkpoint);
+        if size != expected {
+            return Err(StepError::fatal(format!(
+                "ib_logfile0 holds {size} bytes; the LSNs say {expected}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the encrypted objects of a backup as its repository holds them (a local

@@ -117,13 +117,14 @@ impl TypedStep for Prepare {
     }
 
     fn describe(cfg: &PrepareConfig) -> String {
-        match cfg.engine {
-            Engine::Mariadbd => format!(
-                "prepares {} in place: starts mariadbd on it (no network, no grants) so crash recovery applies the redo log and rolls back, then shuts it down slowly",
-                cfg.target
-            ),
-            Engine::MariadbBackup => format!("prepares {} in place with `mariadb-backup --prepare` (redo applied; the first start rolls back)", cfg.target),
-        }
+        let how = match cfg.engine {
+            Engine::Mariadbd => "starts mariadbd on it (no network, no grants) so crash recovery applies the redo log and rolls back, then shuts it down slowly",
+            Engine::MariadbBackup => "runs `mariadb-backup --prepare` (redo applied; the first start rolls back)",
+        };
+        format!(
+            "checks every file of {} against its manifest (size, hash), every InnoDB page checksum and the LSNs, then prepares it in place: {how}",
+            cfg.target
+        )
     }
 
     async fn run(cfg: &PrepareConfig, ctx: &StepContext) -> Result<PrepareOutput, StepError> {
@@ -306,12 +307,17 @@ async fn check_unchanged(
         let rewritten = |p: &str| {
             interrupted && (rewritten_by_recovery(p, &m.metadata_files) || ddl_paths.contains(p))
         };
-        stagehand_backup::check::check_files(&d, &m, &cancel, &rewritten)
+        let checked = stagehand_backup::check::check_files(&d, &m, &cancel, &rewritten)?;
+        // An interrupted recovery may have rewritten the redo log already.
+        if !interrupted {
+            stagehand_backup::check::check_lsns(&d, &m)?;
+        }
+        Ok(checked)
     })
     .await
     .map_err(|e| StepError::fatal(format!("the check before prepare crashed: {e}")))?
     .map(|_| ())
-    .map_err(|mut e| {
+    .map_err(|mut e: StepError| {
         e.message = format!("refusing to prepare (nothing was changed): {}", e.message);
         e
     })

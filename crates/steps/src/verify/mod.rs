@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use stagehand_backup::check::{check_files, shown};
+use stagehand_backup::check::{check_files, check_lsns, shown};
 use stagehand_backup::codec::StoredReader;
 use stagehand_backup::manifest::Manifest;
 use stagehand_engine::{StepContext, StepError, TypedStep};
@@ -160,35 +160,6 @@ async fn verify_encrypted(
     };
     record_verified(dir, manifest, "hashes")?;
     Ok(out)
-}
-
-/// The LSNs must be in order, and an unprepared backup's log must hold exactly the
-/// bytes from the checkpoint to the last LSN.
-fn check_lsns(dir: &Path, m: &Manifest) -> Result<(), StepError> {
-    let l = &m.lsn;
-    if !(l.checkpoint <= l.commit && l.commit <= l.last && l.checkpoint > 0) {
-        return Err(StepError::fatal(format!(
-            "LSNs out of order: checkpoint {} commit {} last {}",
-            l.checkpoint, l.commit, l.last
-        )));
-    }
-    if m.prepared.is_none() {
-        // A compressed log's data size was checked against the manifest's already.
-        let log = m.files.iter().find(|f| f.path == "ib_logfile0");
-        let size = match log {
-            Some(f) if f.stored.is_some() => f.size,
-            _ => std::fs::metadata(dir.join("ib_logfile0"))
-                .map(|m| m.len())
-                .unwrap_or(0),
-        };
-        let expected = stagehand_innodb::redo::START_OFFSET + (l.last - l.checkpoint);
-        if size != expected {
-            return Err(StepError::fatal(format!(
-                "ib_logfile0 holds {size} bytes; the LSNs say {expected}"
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Copies the backup to a scratch directory (decompressed), starts a server on it
