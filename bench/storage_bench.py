@@ -225,6 +225,10 @@ def main():
     a = ap.parse_args()
     base = Path(a.dir)
     base.mkdir(parents=True, exist_ok=True)
+    # The restore's check server wants its socket in a directory only we can enter.
+    sockdir = base / "sock"
+    sockdir.mkdir(mode=0o700, exist_ok=True)
+    sockdir.chmod(0o700)
     if not a.no_build:
         run(["cargo", "build", "--release", "--locked", "-q", "--bin", "stagehand"], cwd=ROOT)
     if a.seed_from and not (base / "data").exists():
@@ -303,8 +307,8 @@ def main():
         wk, dd = base / "restore-work", base / "restore-data"
         fresh(wk, dd)
         cmd = sh + [str(ROOT / "plans/restore.yaml"), *repo, "--set", "id=latest", "--set", f"workdir={wk}",
-                    "--set", f"datadir={dd}", "--set", f"check_socket={base}/restore-check.sock"]
-        r = measured("stagehand restore.yaml (fetch→verify→decompress→prepare→copy_back→server→check)", cmd)
+                    "--set", f"datadir={dd}", "--set", f"check_socket={sockdir}/restore-check.sock"]
+        r = measured("stagehand restore.yaml (fetch→decompress→prepare→copy_back→server→check)", cmd)
         r["cmd"] = " ".join(cmd)
         results["restore_stagehand"] = r
         fresh(wk, dd)
@@ -380,7 +384,7 @@ def write_report(out: Path, R, data_bytes, version, a, up_how):
     text = f"""## Storage pipeline (issue 4)
 
 Command: `python3 bench/storage_bench.py --tables {a.tables} --table-size {a.table_size}{seed_note}`
-(run {summary['date']}, {summary['cores']} cores shared with other work, MariaDB {version}; data
+(run {summary['date']}, {summary['cores']} cores, MariaDB {version}; data
 {data_bytes / 1e9:.2f} GB of sysbench tables, idle server; S3 = `moto_server` on loopback, bucket
 `bench`; zstd level {a.level}, {a.parallel} files at once / `-T2`; each run starts with a cold page
 cache). The exact commands and plans of every row are in `docs/benchmarks-storage.json`
@@ -390,7 +394,8 @@ cache). The exact commands and plans of every row are in `docs/benchmarks-storag
 process's own VmHWM sampled every 0.1 s (for stagehand rows: stagehand itself), the next
 column the largest peaks by process name (for the restore they include the `mariadbd`
 stagehand starts to prepare and to check). `load 1m` is the load average at the end of the
-row (above ~2 on this machine: other work competed). `moto_server CPU s` is the CPU the S3
+row (above ~2 on this 2-core machine: other work competed; the rows run back to back,
+so the benchmark's own previous row adds to it). `moto_server CPU s` is the CPU the S3
 server spent during the row, on the same 2 cores, not included in `CPU s`.
 
 | run | wall s | CPU s (tree) | peak RSS MiB (root) | peak RSS MiB (largest processes) | stored | moto_server CPU s | notes | load 1m | exit |
