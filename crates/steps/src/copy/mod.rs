@@ -39,7 +39,8 @@ pub struct CopyConfig {
     /// Files copied at once.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
-    /// Read rate limit for all threads together, e.g. `200MiB` (per second).
+    /// Read rate limit for all threads together, e.g. `200MiB` (per second); empty or
+    /// absent: no limit (so a plan can pass an unset param through).
     pub max_rate: Option<String>,
     /// Read size per request.
     #[serde(default = "default_chunk")]
@@ -80,10 +81,13 @@ fn parse_size(text: &str, field: &str) -> Result<u64, ConfigError> {
 
 impl CopyConfig {
     fn max_rate(&self) -> Result<Option<u64>, ConfigError> {
-        self.max_rate
-            .as_deref()
+        self.rate_text()
             .map(|r| parse_size(r, "max_rate"))
             .transpose()
+    }
+
+    fn rate_text(&self) -> Option<&str> {
+        self.max_rate.as_deref().filter(|r| !r.trim().is_empty())
     }
 }
 
@@ -121,8 +125,7 @@ impl TypedStep for Copy {
 
     fn describe(cfg: &CopyConfig) -> String {
         let rate = cfg
-            .max_rate
-            .as_ref()
+            .rate_text()
             .map(|r| format!(", at most {r}/s"))
             .unwrap_or_default();
         format!(
@@ -611,5 +614,30 @@ fn summary(part: &CopyPart, part_path: &Path) -> CopyOutput {
         seconds: (part.seconds * 1000.0).round() / 1000.0,
         mb_per_s: (mbps * 10.0).round() / 10.0,
         part: part_path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn build(max_rate: &str) -> Result<CopyConfig, ConfigError> {
+        let with = json!({"connection": "source", "from": "/var/lib/mysql", "to": "/backups/x", "max_rate": max_rate});
+        let cfg: CopyConfig = stagehand_engine::step::deserialize_config(&with)?;
+        Copy::check(&cfg)?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn an_empty_max_rate_means_no_limit_and_a_bad_one_is_refused() {
+        let unlimited = build("").expect("empty: no limit");
+        assert_eq!(unlimited.max_rate().expect("rate"), None);
+        assert!(!Copy::describe(&unlimited).contains("at most"));
+        let limited = build("200MiB").expect("a rate");
+        assert_eq!(limited.max_rate().expect("rate"), Some(200 << 20));
+        assert!(Copy::describe(&limited).ends_with(", at most 200MiB/s"));
+        let bad = build("fast").expect_err("not a size");
+        assert_eq!(bad.path, "max_rate");
     }
 }
