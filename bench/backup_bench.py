@@ -34,6 +34,8 @@ def start_server(base: Path):
         if subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-uroot", "-e", "SELECT 1"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
             return srv, data, sock
+        if srv.poll() is not None:
+            break
         time.sleep(0.1)
     sys.exit("the server did not start; see " + str(base / "server.err"))
 

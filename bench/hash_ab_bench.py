@@ -23,47 +23,11 @@ Needs: mariadb-server, mariadb-backup, sysbench, root (for drop_caches).
 import argparse, json, os, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backup_bench import ROOT, run, start_server, sql, sysbench, du  # noqa: E402
+
 PLAN = ROOT / "plans/full-backup.yaml"
 START_MAX, AFTER_MAX, MAX_ATTEMPTS = 1.5, 2.0, 3
-
-
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
-
-
-def start_server(base: Path):
-    data, sock = base / "data", base / "mysqld.sock"
-    opts = ["--no-defaults", f"--datadir={data}", "--user=root", "--innodb-buffer-pool-size=1G",
-            "--innodb-log-file-size=512M", "--log-bin=binlog", "--server-id=1", "--max-connections=200",
-            f"--tmpdir={base}"]
-    if not data.exists():
-        run(["mariadb-install-db", *opts[:2], "--user=root", "--auth-root-authentication-method=normal",
-             "--skip-test-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    srv = subprocess.Popen(["mariadbd", *opts, f"--socket={sock}", "--skip-networking",
-                            f"--log-error={base}/server.err", f"--pid-file={base}/mysqld.pid"])
-    for _ in range(600):
-        if subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-uroot", "-e", "SELECT 1"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
-            return srv, data, sock
-        if srv.poll() is not None:
-            break
-        time.sleep(0.1)
-    sys.exit("the server did not start; see " + str(base / "server.err"))
-
-
-def sql(sock, q):
-    return subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-uroot", "-N", "-e", q],
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def sysbench(sock, tables, size, *extra):
-    return ["sysbench", "oltp_read_write", "--db-driver=mysql", f"--mysql-socket={sock}", "--mysql-user=root",
-            "--mysql-db=sbtest", f"--tables={tables}", f"--table-size={size}", *extra]
-
-
-def du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def measured(cmd):
