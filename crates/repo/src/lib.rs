@@ -367,6 +367,16 @@ pub trait Store: Send + Sync {
         progress: &ByteCounter,
     ) -> Result<u64, StoreError>;
 
+    /// Streams `key` into `sink`. A failed attempt resumes where the sink stopped, so
+    /// the sink sees every byte once and in order; a write error of the sink ends the
+    /// download at once (no retry). Returns the object's size.
+    async fn get_to_writer(
+        &self,
+        key: &str,
+        sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+        progress: &ByteCounter,
+    ) -> Result<u64, StoreError>;
+
     /// Reads a small object; `None` when it does not exist.
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -191,6 +191,40 @@ impl Store for LocalStore {
         .await
     }
 
+    async fn get_to_writer(
+        &self,
+        key: &str,
+        sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+        progress: &ByteCounter,
+    ) -> Result<u64, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let src = self.path_of(key)?;
+        let shown = src.display().to_string();
+        let mut input = tokio::fs::File::open(&src)
+            .await
+            .map_err(|e| StoreError::io(&shown, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = input
+                .read(&mut buf)
+                .await
+                .map_err(|e| StoreError::io(&shown, e))?;
+            if n == 0 {
+                break;
+            }
+            sink.write_all(&buf[..n]).await.map_err(|e| {
+                StoreError::permanent(format!("writing what was read from {shown}: {e}"))
+            })?;
+            size += n as u64;
+            progress.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        sink.flush().await.map_err(|e| {
+            StoreError::permanent(format!("writing what was read from {shown}: {e}"))
+        })?;
+        Ok(size)
+    }
+
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let src = self.path_of(key)?;
         blocking(move || match std::fs::read(&src) {

@@ -283,6 +283,43 @@ async fn ranged_get_resumes_from_offset() {
     assert_eq!(proxy.count("GetObject"), 2);
 }
 
+/// A streamed GET cut short is resumed where it stopped: the writer sees every byte
+/// once and in order. A writer that fails ends the download at once, with no retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_get_resumes_into_the_writer_and_stops_when_the_writer_fails() {
+    let (moto, b) = bucket("stream").await;
+    let (proxy, s) = proxied_store(moto, &b, "", |_| {}).await;
+    let obj = TestFile::random(3 * MIB);
+    let data = std::fs::read(&obj.path).unwrap();
+    obj.put(&s, "k/obj").await.unwrap();
+
+    proxy.reset_counts();
+    proxy.add(Rule::op("GetObject").times(1).truncate(700_000));
+    let mut sink: Vec<u8> = Vec::new();
+    let progress = ByteCounter::default();
+    let n = s
+        .get_to_writer("k/obj", &mut sink, &progress)
+        .await
+        .expect("after a cut");
+    assert_eq!(n, data.len() as u64);
+    assert!(
+        sink == data,
+        "the writer got the object exactly once, in order"
+    );
+    assert_eq!(progress.load(Ordering::Relaxed), data.len() as u64);
+    assert_eq!(proxy.count("GetObject"), 2, "one cut attempt, one resumed");
+
+    proxy.reset_counts();
+    let (mut writer, reader) = tokio::io::duplex(64 * 1024);
+    drop(reader);
+    let err = s
+        .get_to_writer("k/obj", &mut writer, &ByteCounter::default())
+        .await
+        .expect_err("a writer that fails");
+    assert!(err.message.contains("writing"), "{err}");
+    assert_eq!(proxy.count("GetObject"), 1, "not retried: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_down_twice_then_success() {
     let (moto, b) = bucket("slowdown").await;

@@ -9,7 +9,7 @@ use crate::{ByteCounter, StoreError, StoreErrorKind};
 use aws_sdk_s3::primitives::ByteStream;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 impl Inner {
     /// Downloads `full` into `path` from byte `offset` on, retrying from where each
@@ -21,9 +21,35 @@ impl Inner {
         offset: u64,
         progress: &ByteCounter,
     ) -> Result<u64, StoreError> {
-        let target = self.target(full);
         let shown = path.display().to_string();
         let mut file = tokio::fs::File::from_std(open_for_resume(path, offset)?);
+        let size = self.get_into(full, &mut file, offset, progress).await?;
+        file.sync_all()
+            .await
+            .map_err(|e| StoreError::io(&shown, e))?;
+        Ok(size)
+    }
+
+    /// Streams `full` into `sink` from its first byte; the object's size.
+    pub(super) async fn get_to_writer(
+        &self,
+        full: &str,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: &ByteCounter,
+    ) -> Result<u64, StoreError> {
+        self.get_into(full, sink, 0, progress).await
+    }
+
+    /// Writes `full` from byte `offset` on into `sink`, retrying from where each attempt
+    /// stopped, and flushes it. The position reached (the object's size).
+    async fn get_into<W: AsyncWrite + Unpin + Send + ?Sized>(
+        &self,
+        full: &str,
+        sink: &mut W,
+        offset: u64,
+        progress: &ByteCounter,
+    ) -> Result<u64, StoreError> {
+        let target = self.target(full);
         let mut pos = offset;
         let mut etag = None;
         let mut attempt = 0u32;
@@ -32,7 +58,7 @@ impl Inner {
             attempt += 1;
             let before = pos;
             match self
-                .get_attempt(full, &mut file, &mut pos, &mut etag, progress)
+                .get_attempt(full, sink, &mut pos, &mut etag, progress)
                 .await
             {
                 Ok(()) => break,
@@ -52,18 +78,15 @@ impl Inner {
                 }
             }
         }
-        file.flush().await.map_err(|e| StoreError::io(&shown, e))?;
-        file.sync_all()
-            .await
-            .map_err(|e| StoreError::io(&shown, e))?;
+        sink.flush().await.map_err(|e| StoreError::io(&target, e))?;
         Ok(pos)
     }
 
     /// One GET attempt from `*pos` on, appending to `file`. Moves `*pos` as bytes land.
-    async fn get_attempt(
+    async fn get_attempt<W: AsyncWrite + Unpin + Send + ?Sized>(
         &self,
         full: &str,
-        file: &mut tokio::fs::File,
+        file: &mut W,
         pos: &mut u64,
         etag: &mut Option<String>,
         progress: &ByteCounter,
@@ -135,10 +158,10 @@ impl Inner {
     }
 
     /// Appends the body to `file`, each read bounded by the read timeout.
-    async fn copy_body(
+    async fn copy_body<W: AsyncWrite + Unpin + Send + ?Sized>(
         &self,
         mut body: ByteStream,
-        file: &mut tokio::fs::File,
+        file: &mut W,
         pos: &mut u64,
         progress: &ByteCounter,
     ) -> Result<(), Failure> {
@@ -161,7 +184,7 @@ impl Inner {
             };
             file.write_all(&chunk)
                 .await
-                .map_err(|e| Failure::permanent(format!("writing the file: {e}")))?;
+                .map_err(|e| Failure::permanent(format!("writing what was downloaded: {e}")))?;
             *pos += chunk.len() as u64;
             progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }

@@ -170,6 +170,16 @@ impl Store for S3Store {
         self.inner.get_to_file(&full, path, offset, progress).await
     }
 
+    async fn get_to_writer(
+        &self,
+        key: &str,
+        sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+        progress: &ByteCounter,
+    ) -> Result<u64, StoreError> {
+        let full = self.inner.full(key);
+        self.inner.get_to_writer(&full, sink, progress).await
+    }
+
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_bytes(&self.inner.full(key)).await
     }

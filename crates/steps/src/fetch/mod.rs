@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use stagehand_backup::codec::HashingWriter;
 use stagehand_backup::dir::BackupDir;
+use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Encryption;
 use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
 use stagehand_engine::step::Finding;
@@ -23,10 +24,14 @@ use stagehand_host::digest::{algorithm_of, hash_file_like, ContentHasher};
 use stagehand_host::progress::Progress;
 use stagehand_repo::checks::{check_repo, probe_repository, resolve_id, stored_files};
 use stagehand_repo::crypt::{self, Key};
-use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError};
+use stagehand_repo::{ByteCounter, RepoConfig, Repository, Store, StoreError, StoreErrorKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+use unpack::Unpack;
+
+mod unpack;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +46,11 @@ pub struct FetchConfig {
     /// Files downloaded at once.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// Decrypt and decompress each file while it downloads, so the directory holds the
+    /// data itself (a backup as `decompress` leaves it) and no compressed copy is ever
+    /// written. A file cut short is fetched again from its start.
+    #[serde(default)]
+    pub decompress: bool,
 }
 
 fn default_parallel() -> usize {
@@ -101,8 +111,13 @@ impl TypedStep for Fetch {
         } else {
             format!("backup {}", cfg.id)
         };
+        let form = if cfg.decompress {
+            "decrypting and decompressing each file as it arrives (no compressed copy is written) and checking the object's and the data's size and hash against its manifest"
+        } else {
+            "checking every file's size and hash against its manifest"
+        };
         format!(
-            "downloads {which} from {} into {} ({} files at once), checking every file's size and hash against its manifest; writes the manifest last; an encrypted backup needs its key (repository.encryption), whose id is checked before anything is written",
+            "downloads {which} from {} into {} ({} files at once), {form}; writes the manifest last; an encrypted backup needs its key (repository.encryption), whose id is checked before anything is written",
             cfg.repository.describe(),
             cfg.to,
             cfg.parallel
@@ -138,7 +153,12 @@ impl TypedStep for Fetch {
         let dir = PathBuf::from(&cfg.to);
         let t0 = Instant::now();
         let files = objects(&manifest);
-        if claim_fetch_dir(&dir, &id, repo.url(), &manifest)? == Claim::AlreadyFetched {
+        let owner = FetchOwner {
+            url: repo.url(),
+            id: &id,
+            decompress: cfg.decompress,
+        };
+        if claim_fetch_dir(&dir, &owner, &manifest)? == Claim::AlreadyFetched {
             tracing::info!(dir = %dir.display(), %id, "already fetched: nothing to download");
             return Ok(fetch_outputs(
                 cfg,
@@ -154,11 +174,23 @@ impl TypedStep for Fetch {
         let progress = Progress::start(&ctx.step_id, "fetched", total);
         let store = repo.store().clone();
         let counter = progress.counter();
-        let result = tokio::select! {
-            biased;
-            _ = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-            r = fetch_all(&store, key.map(Arc::new), &dir, &id, &files, cfg.parallel, &counter) => r,
-        };
+        // Not raced against the cancel in a select: fetch_all stops its tasks and
+        // waits for them, so nothing writes into the directory after the step.
+        let stop = ctx.cancel.child_token();
+        let result = fetch_all(
+            &store,
+            key.map(Arc::new),
+            &dir,
+            &id,
+            &files,
+            cfg,
+            &counter,
+            &stop,
+        )
+        .await;
+        if ctx.cancel.is_cancelled() {
+            return Err(StepError::cancelled());
+        }
         let reused = result.map_err(|e| {
             e.into_step_error().with_hint(format!(
                 "{} is not a complete backup (no manifest); run the fetch again to resume it",
@@ -168,9 +200,15 @@ impl TypedStep for Fetch {
         let bytes = progress.done();
         drop(progress);
         // The local copy is decrypted: its manifest lists no encrypted objects (the
-        // backup's `encryption` stays, a record of the key it came from).
+        // backup's `encryption` stays, a record of the key it came from). Decompressed
+        // as it came, it lists no stored forms either.
         let mut local = manifest.clone();
-        local.files.iter_mut().for_each(|f| f.encrypted = None);
+        for f in &mut local.files {
+            f.encrypted = None;
+            if cfg.decompress {
+                f.stored = None;
+            }
+        }
         local
             .write(&dir)
             .map_err(|e| StepError::fatal(e.to_string()))?;
@@ -245,12 +283,13 @@ fn backup_key(repo: &RepoConfig, id: &str, manifest: &Manifest) -> Result<Option
     }
 }
 
-/// One file to fetch: the object the repository holds (path, size, hash), and for
-/// an encrypted one, what it decrypts into (the stored form, or the file).
+/// One file to fetch: the object the repository holds (path, size, hash), for an
+/// encrypted one what it decrypts into (the stored form, or the file), and the file.
 #[derive(Debug, Clone)]
 struct Object {
     object: (String, u64, String),
     decrypted: Option<(String, u64, String)>,
+    file: CopiedFile,
 }
 
 fn objects(manifest: &Manifest) -> Vec<Object> {
@@ -260,6 +299,7 @@ fn objects(manifest: &Manifest) -> Vec<Object> {
         .zip(stored_files(manifest))
         .map(|(f, object)| Object {
             object,
+            file: f.clone(),
             decrypted: f.encrypted.as_ref().map(|_| match &f.stored {
                 Some(s) => (s.path.clone(), s.size, s.hash.clone()),
                 None => (f.path.clone(), f.size, f.hash.clone()),
@@ -271,6 +311,26 @@ fn objects(manifest: &Manifest) -> Vec<Object> {
 /// Where encrypted objects are downloaded before they are decrypted.
 fn scratch_dir(dir: &Path) -> PathBuf {
     BackupDir::new(dir).work().join("encrypted")
+}
+
+/// Which fetch fills a directory: the backup, and whether it is decompressed on the
+/// way (a resume in the other form would mix the two).
+struct FetchOwner<'a> {
+    url: &'a str,
+    id: &'a str,
+    decompress: bool,
+}
+
+impl FetchOwner<'_> {
+    /// The text of the fetch marker.
+    fn marker(&self) -> String {
+        let form = if self.decompress {
+            " (decompressed)"
+        } else {
+            ""
+        };
+        format!("{}/{}{form}", self.url, self.id)
+    }
 }
 
 /// What a fetch directory holds when the step starts.
@@ -296,12 +356,12 @@ fn same_backup(local: &Manifest, wanted: &Manifest) -> bool {
 /// in a restore.
 fn claim_fetch_dir(
     dir: &Path,
-    id: &str,
-    url: &str,
+    owner: &FetchOwner,
     manifest: &Manifest,
 ) -> Result<Claim, StepError> {
     let marker = BackupDir::new(dir).fetch_marker();
-    let wanted = format!("{url}/{id}");
+    let wanted = owner.marker();
+    let id = owner.id;
     if let Ok(owner) = std::fs::read_to_string(&marker) {
         if owner.trim() == wanted {
             tracing::info!("resuming the fetch into {}", dir.display());
@@ -349,57 +409,117 @@ fn claim_fetch_dir(
         .map(|_| Claim::Fetch)
 }
 
+/// Fetches every object, `cfg.parallel` at once, largest first; how many were there
+/// already. The first failure (or `stop`) stops the others, and every task, with the
+/// thread writing its file, has ended when this returns.
+#[allow(clippy::too_many_arguments)]
 async fn fetch_all(
     store: &Arc<dyn Store>,
     key: Option<Arc<Key>>,
     dir: &Path,
     id: &str,
     files: &[Object],
-    parallel: usize,
+    cfg: &FetchConfig,
     counter: &ByteCounter,
+    stop: &CancellationToken,
 ) -> Result<u64, StoreError> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = Arc::new(tokio::sync::Semaphore::new(cfg.parallel.max(1)));
+    let decompress = cfg.decompress;
     let mut tasks = tokio::task::JoinSet::new();
-    let mut reused = 0;
+    let mut tally = Tally::default();
     let mut order: Vec<&Object> = files.iter().collect();
     order.sort_by_key(|f| std::cmp::Reverse(f.object.1));
     for file in order.into_iter().cloned() {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::permanent("fetch queue closed"))?;
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = limit.clone().acquire_owned() => p.map_err(|_| StoreError::permanent("fetch queue closed"))?,
+        };
         let (store, counter, key) = (store.clone(), counter.clone(), key.clone());
-        let (dir, id) = (dir.to_path_buf(), id.to_string());
+        let (dir, id, task_stop) = (dir.to_path_buf(), id.to_string(), stop.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            match (&file.decrypted, key) {
-                (Some(_), Some(key)) => {
-                    fetch_encrypted(&store, &key, &dir, &id, &file, &counter).await
-                }
-                (Some(_), None) => Err(StoreError::config(format!(
-                    "{}: encrypted, and no key",
-                    file.object.0
-                ))),
-                (None, _) => {
-                    let (path, size, sha) = &file.object;
-                    let object = Repository::object_key(&id, path);
-                    fetch_one(&store, &object, &dir.join(path), *size, sha, &counter).await
-                }
+            if decompress {
+                let job = Unpack::new(file.object.clone(), file.file.clone());
+                return fetch_unpacked(&store, key, &dir, &id, job, &counter, &task_stop).await;
+            }
+            tokio::select! {
+                biased;
+                _ = task_stop.cancelled() => Err(stopped()),
+                r = fetch_stored(&store, key, &dir, &id, &file, &counter) => r,
             }
         });
         while let Some(done) = tasks.try_join_next() {
-            reused += u64::from(joined(done)?);
+            tally.add(done, stop);
         }
     }
     while let Some(done) = tasks.join_next().await {
-        reused += u64::from(joined(done)?);
+        tally.add(done, stop);
     }
-    Ok(reused)
+    tally.end(stop)
 }
 
-fn joined(r: Result<Result<bool, StoreError>, tokio::task::JoinError>) -> Result<bool, StoreError> {
-    r.map_err(|e| StoreError::permanent(format!("a fetch task crashed: {e}")))?
+/// Fetches an object as the repository stores it (decrypted when encrypted).
+async fn fetch_stored(
+    store: &Arc<dyn Store>,
+    key: Option<Arc<Key>>,
+    dir: &Path,
+    id: &str,
+    file: &Object,
+    counter: &ByteCounter,
+) -> Result<bool, StoreError> {
+    match (&file.decrypted, key) {
+        (Some(_), Some(key)) => fetch_encrypted(store, &key, dir, id, file, counter).await,
+        (Some(_), None) => Err(StoreError::config(format!(
+            "{}: encrypted, and no key",
+            file.object.0
+        ))),
+        (None, _) => {
+            let (path, size, sha) = &file.object;
+            let object = Repository::object_key(id, path);
+            fetch_one(store, &object, &dir.join(path), *size, sha, counter).await
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::new(StoreErrorKind::Cancelled, "the fetch was stopped")
+}
+
+/// What the fetch tasks gave: files found already fetched, and the first failure.
+#[derive(Default)]
+struct Tally {
+    reused: u64,
+    failure: Option<StoreError>,
+}
+
+impl Tally {
+    /// Counts a finished task; a failure stops the others.
+    fn add(
+        &mut self,
+        r: Result<Result<bool, StoreError>, tokio::task::JoinError>,
+        stop: &CancellationToken,
+    ) {
+        let r = r.map_err(|e| StoreError::permanent(format!("a fetch task crashed: {e}")));
+        match r.and_then(|r| r) {
+            Ok(reused) => self.reused += u64::from(reused),
+            Err(e) => {
+                stop.cancel();
+                // The others' "stopped" is a consequence, not the cause.
+                if self.failure.is_none() && e.kind != StoreErrorKind::Cancelled {
+                    self.failure = Some(e);
+                }
+            }
+        }
+    }
+
+    fn end(self, stop: &CancellationToken) -> Result<u64, StoreError> {
+        match self.failure {
+            Some(e) => Err(e),
+            None if stop.is_cancelled() => Err(stopped()),
+            None => Ok(self.reused),
+        }
+    }
 }
 
 /// Fetches one object into `local`; `true` when it was already there and intact.
@@ -438,6 +558,54 @@ async fn fetch_one(
         return Err(corrupt(key, got, &hash, size, recorded));
     }
     Err(corrupt(key, got, &hash, size, recorded))
+}
+
+/// Streams an object into its file, decrypted and decompressed on the way (see
+/// `unpack`); `true` when the file was there already.
+async fn fetch_unpacked(
+    store: &Arc<dyn Store>,
+    key: Option<Arc<Key>>,
+    dir: &Path,
+    id: &str,
+    job: Unpack,
+    counter: &ByteCounter,
+    stop: &CancellationToken,
+) -> Result<bool, StoreError> {
+    let dest = job.dest(dir);
+    let have = std::fs::metadata(&dest).ok().map(|m| m.len());
+    if have == Some(job.file.size) && hash_of(&dest, &job.file.hash).await? == job.file.hash {
+        return Ok(true);
+    }
+    let (mut download, received) = tokio::io::duplex(1 << 20);
+    let input = tokio_util::io::SyncIoBridge::new(received);
+    let failed = unpack::failure_flag();
+    let consumer = {
+        let (dir, failed, job) = (dir.to_path_buf(), failed.clone(), job.clone());
+        tokio::task::spawn_blocking(move || {
+            unpack::unpack(input, key.as_deref(), &dir, &job, &failed)
+        })
+    };
+    let object = Repository::object_key(id, &job.object.0);
+    let got = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(stopped()),
+        r = store.get_to_writer(&object, &mut download, counter) => r,
+    };
+    // Read before the stream ends: after that the consumer fails because it ended.
+    let consumer_gave_up = failed.load(std::sync::atomic::Ordering::SeqCst);
+    // The end of the stream, for the consumer, which is always waited for: no thread
+    // writes into the directory once the fetch has returned.
+    drop(download);
+    let unpacked = consumer
+        .await
+        .map_err(|e| StoreError::permanent(format!("a fetch task crashed: {e}")))?;
+    match got {
+        // The download stopped because the consumer gave up: its error says why.
+        Err(_) if consumer_gave_up => unpacked.map(|()| false),
+        // The consumer saw the stream end early because the download failed.
+        Err(e) => Err(e),
+        Ok(_) => unpacked.map(|()| false),
+    }
 }
 
 /// Fetches an encrypted object into the work folder, then decrypts it into the file's
@@ -548,6 +716,14 @@ mod tests {
         serde_json::from_value(value).expect("a manifest")
     }
 
+    fn owner() -> FetchOwner<'static> {
+        FetchOwner {
+            url: "file:///r",
+            id: "b1",
+            decompress: false,
+        }
+    }
+
     fn holding(m: &Manifest) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tempdir");
         let text = serde_json::to_vec(m).expect("json");
@@ -563,11 +739,11 @@ mod tests {
             (manifest("backup-1", false, true), "being prepared"),
         ] {
             let d = holding(&local);
-            let claim = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).ok();
+            let claim = claim_fetch_dir(d.path(), &owner(), &wanted).ok();
             assert_eq!(claim, Some(Claim::AlreadyFetched), "{what}");
         }
         let d = holding(&manifest("backup-2", true, false));
-        let err = claim_fetch_dir(d.path(), "b1", "file:///r", &wanted).err();
+        let err = claim_fetch_dir(d.path(), &owner(), &wanted).err();
         assert!(
             err.is_some_and(|e| e.to_string().contains("another backup")),
             "another backup is refused"

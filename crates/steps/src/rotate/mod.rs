@@ -449,6 +449,14 @@ mod tests {
         ) -> Result<u64, StoreError> {
             self.inner.get_to_file(key, path, offset, progress).await
         }
+        async fn get_to_writer(
+            &self,
+            key: &str,
+            sink: &mut (dyn tokio::io::AsyncWrite + Unpin + Send),
+            progress: &ByteCounter,
+        ) -> Result<u64, StoreError> {
+            self.inner.get_to_writer(key, sink, progress).await
+        }
         async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get_bytes(key).await
         }

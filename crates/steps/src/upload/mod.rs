@@ -462,6 +462,111 @@ mod tests {
             id: "b1".into(),
             to: to.display().to_string(),
             parallel: 2,
+            decompress: false,
+        }
+    }
+
+    /// Compresses a backup of `files` in `src` and uploads it to `repo` as `b1`.
+    async fn compressed_and_uploaded(src: &Path, repo: RepoConfig, files: &[(&str, Vec<u8>)]) {
+        backup(src, files);
+        Compress::run(&cfg(src), &ctx()).await.expect("compress");
+        let upload = UploadConfig {
+            dir: src.display().to_string(),
+            repository: repo,
+            id: Some("b1".into()),
+            parallel: 2,
+            remove_local: false,
+            follow: false,
+            compress: None,
+        };
+        Upload::run(&upload, &ctx()).await.expect("upload");
+    }
+
+    /// `decompress: true`: each object is decrypted and decompressed as it downloads.
+    /// The directory holds the data and a manifest without stored forms, and no
+    /// compressed copy; a corrupt object fails the fetch, leaving neither its file nor a
+    /// manifest, and a fetch after the repair completes.
+    #[tokio::test]
+    async fn a_fetch_that_decompresses_writes_the_data_and_refuses_a_corrupt_object() {
+        let files = [
+            ("ibdata1", text(3 << 20)),
+            ("db/t.frm", text(900)),
+            ("db/noise.MAD", noise(200 << 10)),
+            ("db/empty.MYD", Vec::new()),
+        ];
+        for encrypted in [false, true] {
+            let d = tempfile::tempdir().expect("tempdir");
+            let (src, repo_dir) = (d.path().join("b"), d.path().join("repo"));
+            let repo = if encrypted {
+                repo_with_key(&repo_dir, KEY)
+            } else {
+                RepoConfig::at(&repo_dir.display().to_string())
+            };
+            compressed_and_uploaded(&src, repo.clone(), &files).await;
+            // The manifest the repository holds names the objects (encrypted or not).
+            let stored = Manifest::read(&repo_dir.join("b1")).expect("manifest");
+            assert_eq!(stored.files.iter().any(|f| f.encrypted.is_some()), encrypted);
+            assert!(
+                stored.files.iter().any(|f| f.stored.is_some()),
+                "compressed"
+            );
+
+            let back = d.path().join("back");
+            let fcfg = FetchConfig {
+                decompress: true,
+                ..fetch_cfg(repo.clone(), &back)
+            };
+            let out = Fetch::run(&fcfg, &ctx()).await.expect("fetch");
+            assert_eq!(out.files, files.len() as u64);
+            for (path, data) in &files {
+                let got = std::fs::read(back.join(path)).expect("fetched");
+                assert!(
+                    got == *data,
+                    "{path} holds its data (encrypted: {encrypted})"
+                );
+            }
+            let local = Manifest::read(&back).expect("fetched manifest");
+            assert!(local
+                .files
+                .iter()
+                .all(|f| f.stored.is_none() && f.encrypted.is_none()));
+            assert!(
+                stagehand_backup::manifest::unlisted_files(&back, &local.files).is_empty(),
+                "no compressed copy or temporary file left"
+            );
+
+            // One flipped byte in the largest object.
+            let (object, file) = stagehand_repo::checks::stored_files(&stored)
+                .into_iter()
+                .zip(&stored.files)
+                .max_by_key(|(o, _)| o.1)
+                .expect("an object");
+            let at = repo_dir.join("b1").join(&object.0);
+            let good = std::fs::read(&at).expect("object");
+            let mut bad = good.clone();
+            bad[good.len() / 2] ^= 1;
+            std::fs::write(&at, &bad).expect("corrupt it");
+            let again = d.path().join("again");
+            let acfg = FetchConfig {
+                decompress: true,
+                ..fetch_cfg(repo.clone(), &again)
+            };
+            let e = Fetch::run(&acfg, &ctx())
+                .await
+                .expect_err("a corrupt object fails the fetch");
+            assert!(e.to_string().contains(&object.0), "{e}");
+            assert!(!again.join("stagehand.json").exists(), "no manifest");
+            assert!(
+                !again.join(&file.path).exists(),
+                "no file from the bad object"
+            );
+            std::fs::write(&at, &good).expect("repair");
+            let out = Fetch::run(&acfg, &ctx()).await.expect("after the repair");
+            assert!(out.reused_files > 0, "the files fetched before were kept");
+            assert!(
+                std::fs::read(again.join(&file.path)).expect("fixed")
+                    == std::fs::read(back.join(&file.path)).expect("first")
+            );
         }
     }
 
