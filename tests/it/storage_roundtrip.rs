@@ -1,7 +1,7 @@
 //! The storage pipeline end to end, with real parts: a hot backup under a concurrent
 //! workload streamed by plans/backup-to-s3.yaml (copy → zstd → multipart upload) to a
 //! real S3 server (moto) through a proxy that injects 503s and connection resets; the
-//! repository listed; plans/restore.yaml (fetch → decompress → prepare →
+//! repository listed; plans/restore.yaml (fetch, decompressing → prepare →
 //! copy_back → server → check); and the restored data checked by the workload oracle
 //! at the backup's GTID. Plus: a corrupted object is caught by fetch.
 
@@ -342,7 +342,8 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
     );
 }
 
-/// A restore killed after its fetch had finished (here: a plan that only fetches)
+/// A restore killed after its fetch had finished (here: a plan that only fetches, as
+/// the restore plan does)
 /// leaves a complete fetched backup in the workdir; running the restore plan again
 /// must carry on from there, not refuse the workdir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -361,7 +362,7 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
     std::fs::write(
         &plan,
         format!(
-            "version: 1\nname: fetch-only\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{}\", repository: {{url: \"{repository}\"}}}}\n",
+            "version: 1\nname: fetch-only\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{}\", decompress: true, repository: {{url: \"{repository}\"}}}}\n",
             fetched.display()
         ),
     )

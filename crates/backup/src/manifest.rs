@@ -7,6 +7,9 @@ use stagehand_mariadb::datadir::ServerSettings;
 use std::path::Path;
 
 pub const MANIFEST_FILE: &str = "stagehand.json";
+/// What a moved-out backup's manifest is renamed to (`copy_back` with `mode: move`):
+/// the directory is no longer a complete backup and must not be taken for one.
+pub const MOVED_MANIFEST_FILE: &str = "stagehand.moved.json";
 pub const MANIFEST_FORMAT: u32 = 1;
 /// The sealed (encrypted) copy of an encrypted backup's manifest in its repository.
 pub const SEALED_MANIFEST_FILE: &str = "stagehand.json.enc";

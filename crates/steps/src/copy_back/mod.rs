@@ -49,9 +49,7 @@ const CHUNK: usize = 1 << 20;
 const SHOWN_FILES: usize = 5;
 /// Where the redo log is written before it gets its name (the last rename).
 const LOG_TMP_SUFFIX: &str = ".stagehand-partial";
-/// What a moved-out backup's manifest is renamed to: the directory is no longer a
-/// complete backup and must not be taken for one.
-pub const MOVED_MANIFEST: &str = "stagehand.moved.json";
+pub use stagehand_backup::manifest::MOVED_MANIFEST_FILE as MOVED_MANIFEST;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -17,7 +17,7 @@ use stagehand_backup::codec::HashingWriter;
 use stagehand_backup::dir::BackupDir;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Encryption;
-use stagehand_backup::manifest::{Manifest, MANIFEST_FILE};
+use stagehand_backup::manifest::{Manifest, MANIFEST_FILE, MOVED_MANIFEST_FILE};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::digest::{algorithm_of, hash_file_like, ContentHasher};
@@ -392,6 +392,16 @@ fn claim_fetch_dir(
             ))
             .with_hint("fetch into a new directory")),
         };
+    }
+    if dir.join(MOVED_MANIFEST_FILE).exists() {
+        return Err(StepError::fatal(format!(
+            "{} held a backup that copy_back has since moved into a datadir",
+            dir.display()
+        ))
+        .with_hint(format!(
+            "to fetch again, remove it first (rm -r {}) or fetch into a new directory",
+            dir.display()
+        )));
     }
     let empty = std::fs::read_dir(dir)
         .map(|mut e| e.next().is_none())

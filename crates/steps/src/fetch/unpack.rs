@@ -84,14 +84,23 @@ fn unpack_into(
         None => DataSink::Plain(data),
     };
     let mut reader = HashingReader::new(input, ContentHasher::like(object_hash));
-    let bad = |what: String| StoreError::mismatch(format!("{object}: {what}"));
+    let bad = |what: String| {
+        StoreError::mismatch(format!("{object} is corrupt in the repository: {what}"))
+    };
+    // A local failure (disk full…) carries an OS error; anything else is the data's.
+    let failed = |e: io::Error| match e.raw_os_error() {
+        Some(_) => at_tmp(e),
+        None => bad(e.to_string()),
+    };
     match (&f.encrypted, key) {
         (Some(_), Some(key)) => {
             // The decrypted bytes are the stored form (or the data when not compressed).
             let (stored_size, stored_hash) = stored_record(f);
             let mut stored = HashingWriter::new(&mut sink, ContentHasher::like(stored_hash));
-            crypt::decrypt(key, object, &mut reader, &mut stored)
-                .map_err(|e| bad(e.to_string()))?;
+            crypt::decrypt(key, object, &mut reader, &mut stored).map_err(|e| match e {
+                crypt::CryptError::Io { source, .. } => failed(source),
+                e => bad(e.to_string()),
+            })?;
             let (_, n, hash) = stored.finish();
             check(n, &hash, stored_size, stored_hash, "decrypted").map_err(&bad)?;
         }
@@ -101,18 +110,22 @@ fn unpack_into(
             )))
         }
         (None, _) => {
-            pump(&mut reader, &mut sink).map_err(|e| bad(e.to_string()))?;
+            pump(&mut reader, &mut sink).map_err(failed)?;
         }
     }
     // The rest of the body (none, for a well-formed object) still counts in its hash.
-    io::copy(&mut reader, &mut io::sink()).map_err(|e| bad(e.to_string()))?;
+    io::copy(&mut reader, &mut io::sink()).map_err(failed)?;
     let (n, hash) = reader.digest();
     check(n, &hash, *object_size, object_hash, "downloaded").map_err(&bad)?;
-    let (file, n, hash) = sink
-        .finish()
-        .map_err(|e| bad(format!("decompressing: {e}")))?;
-    check(n, &hash, f.size, &f.hash, "decompressed")
-        .map_err(|what| StoreError::mismatch(format!("{}: {what}", f.path)))?;
+    let (file, n, hash) = sink.finish().map_err(failed)?;
+    check(
+        n,
+        &hash,
+        f.size,
+        &f.hash,
+        &format!("decompressed into {}", f.path),
+    )
+    .map_err(&bad)?;
     file.sync_all().map_err(at_tmp)
 }
 

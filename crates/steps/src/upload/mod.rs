@@ -505,7 +505,10 @@ mod tests {
             compressed_and_uploaded(&src, repo.clone(), &files).await;
             // The manifest the repository holds names the objects (encrypted or not).
             let stored = Manifest::read(&repo_dir.join("b1")).expect("manifest");
-            assert_eq!(stored.files.iter().any(|f| f.encrypted.is_some()), encrypted);
+            assert_eq!(
+                stored.files.iter().any(|f| f.encrypted.is_some()),
+                encrypted
+            );
             assert!(
                 stored.files.iter().any(|f| f.stored.is_some()),
                 "compressed"
