@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backup_bench import ROOT, SH, run, start_server, sql, du  # noqa: E402
-from storage_bench import MOTO, measured, start_moto, s3, fresh, download_single_get_cmd, upload_cmd  # noqa: E402
+from storage_bench import MOTO, S3ENV, measured, start_moto, s3, fresh, download_single_get_cmd, upload_cmd  # noqa: E402
 
 CHECK = ("SELECT COUNT(*) FROM information_schema.tables WHERE engine IS NOT NULL AND table_schema "
          "NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')")
@@ -76,12 +76,12 @@ def main():
         fresh(spool, mbtmp)
         mbtmp.mkdir()
         run(sh + [str(ROOT / "plans/backup-to-s3.yaml"), "--set", f"socket={sock}", "--set", f"datadir={data}",
-                  *repo, "--set", f"spool={spool}", "--set", f"parallel={P}"], stdout=subprocess.DEVNULL)
+                  *repo, "--set", f"spool={spool}", "--set", f"parallel={P}"], stdout=subprocess.DEVNULL,
+            env=dict(os.environ, **S3ENV))
         up, _ = upload_cmd(url, "bench/mb.zst")
         run(f"set -o pipefail; mariadb-backup --backup --stream=mbstream --target-dir={mbtmp} --socket={sock} "
             f"--user=root --parallel={P} 2>{base}/mb-backup.log | zstd -q -T2 -3 | {up}",
-            shell=True, executable="/bin/bash", env=dict(os.environ, AWS_ACCESS_KEY_ID="testing",
-                                                        AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"))
+            shell=True, executable="/bin/bash", env=dict(os.environ, **S3ENV))
         fresh(spool, mbtmp)
         # The source server is stopped: the restores have the machine to themselves.
         sql(sock, "SHUTDOWN")

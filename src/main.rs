@@ -7,5 +7,6 @@ fn main() {
     // Before anything is created: a backup, its journal and everything else written
     // are readable by this user only (see private_fs).
     stagehand_host::private_fs::restrict_umask();
+    stagehand_host::memory::return_large_buffers_to_the_system();
     std::process::exit(cli::main());
 }

@@ -11,6 +11,7 @@ pub mod atomic;
 pub mod digest;
 pub mod http;
 pub mod machine;
+pub mod memory;
 pub mod private_fs;
 pub mod process;
 pub mod procfs;

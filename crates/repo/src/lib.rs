@@ -72,6 +72,11 @@ pub struct RepoConfig {
     /// S3: requests in flight at once per file (parts of one upload or download).
     #[serde(default = "default_part_parallel")]
     pub part_parallel: usize,
+    /// S3: memory for the parts being uploaded, shared by every file a step uploads at
+    /// once, so memory stays bounded whatever the parallelism (a part larger than this
+    /// is still sent, alone). Empty: 128MiB.
+    #[serde(default = "default_buffer_memory")]
+    pub buffer_memory: String,
     /// S3: how long to wait for a response (and between bytes of a download) before
     /// the attempt counts as failed and is retried.
     #[serde(default = "default_read_timeout")]
@@ -148,6 +153,9 @@ fn default_part_size() -> String {
 fn default_part_parallel() -> usize {
     4
 }
+fn default_buffer_memory() -> String {
+    "128MiB".into()
+}
 fn default_read_timeout() -> String {
     "30s".into()
 }
@@ -160,6 +168,7 @@ impl RepoConfig {
             retry_for: default_retry_for(),
             part_size: default_part_size(),
             part_parallel: default_part_parallel(),
+            buffer_memory: default_buffer_memory(),
             read_timeout: default_read_timeout(),
             ..Default::default()
         }
@@ -214,6 +223,7 @@ impl RepoConfig {
             }
         }
         self.part_size_bytes()?;
+        self.buffer_memory_bytes()?;
         self.read_timeout_duration()?;
         Ok(())
     }
@@ -281,6 +291,24 @@ impl RepoConfig {
         if n < 5 * 1024 * 1024 {
             return Err(StoreError::config(
                 "part_size must be at least 5MiB (S3's smallest part)",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// `buffer_memory` in bytes (empty: the default).
+    pub fn buffer_memory_bytes(&self) -> Result<u64, StoreError> {
+        let text = match self.buffer_memory.trim() {
+            "" => default_buffer_memory(),
+            t => t.to_string(),
+        };
+        let n = text
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| StoreError::config(format!("buffer_memory `{text}` is not a size")))?
+            .as_u64();
+        if n < 5 * 1024 * 1024 {
+            return Err(StoreError::config(
+                "buffer_memory must be at least 5MiB (one of S3's smallest parts)",
             ));
         }
         Ok(n)

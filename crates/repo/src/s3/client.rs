@@ -2,7 +2,7 @@
 //! endpoint, path style, timeouts (longer for requests with a body), the SDK's own
 //! retries and flexible checksums off, and the Content-MD5 header for in-memory bodies.
 
-use super::{md5_of, Inner, S3Store};
+use super::{md5_of, Inner, PartMemory, S3Store};
 use crate::retry::Retry;
 use crate::{RepoConfig, StoreError};
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -38,6 +38,7 @@ impl S3Store {
                     .with_secrets(secrets),
                 part_size,
                 part_parallel: cfg.part_parallel.max(1),
+                part_memory: PartMemory::new(cfg.buffer_memory_bytes()?),
                 read_timeout,
                 storage_class: cfg.storage_class.as_deref().map(StorageClass::from),
                 sse: cfg.sse.as_deref().map(ServerSideEncryption::from),

@@ -59,11 +59,45 @@ struct Inner {
     retry: Retry,
     part_size: u64,
     part_parallel: usize,
+    /// The memory all parts being uploaded share (`buffer_memory`).
+    part_memory: PartMemory,
     read_timeout: Duration,
     storage_class: Option<StorageClass>,
     sse: Option<ServerSideEncryption>,
     sse_kms_key_id: Option<String>,
     location: String,
+}
+
+/// A budget of upload buffer memory, in MiB, shared by every upload of a store: a part
+/// is read only once its size is reserved, and the reservation ends with its upload.
+struct PartMemory {
+    mib: Arc<tokio::sync::Semaphore>,
+    total_mib: u32,
+}
+
+impl PartMemory {
+    const MIB: u64 = 1 << 20;
+
+    fn new(bytes: u64) -> Self {
+        let total_mib = u32::try_from(bytes / Self::MIB).unwrap_or(u32::MAX).max(1);
+        PartMemory {
+            mib: Arc::new(tokio::sync::Semaphore::new(total_mib as usize)),
+            total_mib,
+        }
+    }
+
+    /// Waits until `len` bytes fit (a part larger than the whole budget waits for all
+    /// of it, and is then sent alone).
+    async fn reserve(&self, len: u64) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let want = u32::try_from(len.div_ceil(Self::MIB))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_mib);
+        self.mib
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| StoreError::permanent("the upload buffer budget was closed"))
+    }
 }
 
 impl S3Store {
@@ -198,5 +232,36 @@ impl Store for S3Store {
 
     async fn abort_incomplete_uploads(&self, prefix: &str) -> Result<u64, StoreError> {
         self.inner.abort_incomplete_uploads(prefix).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartMemory;
+    use std::time::Duration;
+
+    const MIB: u64 = 1 << 20;
+
+    async fn waits(f: impl std::future::Future) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), f)
+            .await
+            .is_err()
+    }
+
+    /// Parts are read only while they fit in the budget; a part larger than the whole
+    /// budget gets all of it, alone.
+    #[tokio::test]
+    async fn parts_wait_for_room_in_the_shared_budget() {
+        let memory = PartMemory::new(32 * MIB);
+        let a = memory.reserve(16 * MIB).await.expect("a");
+        let b = memory.reserve(15 * MIB + 1).await.expect("b");
+        assert!(waits(memory.reserve(MIB)).await, "the budget is full");
+        drop(a);
+        let c = memory.reserve(16 * MIB).await.expect("room again");
+        drop((b, c));
+        let huge = memory.reserve(100 * MIB).await.expect("alone");
+        assert!(waits(memory.reserve(1)).await, "the huge part holds it all");
+        drop(huge);
+        assert!(!waits(memory.reserve(1)).await);
     }
 }

@@ -196,16 +196,23 @@ impl Inner {
                 }
                 let offset = i * part_size;
                 let len = part_size.min(src.size - offset);
+                // Shared with the other files' uploads: held until this part is sent.
+                let memory = self.part_memory.reserve(len).await?;
                 let (part, next) = read_part(file.clone(), src.shown(), offset, len, sha).await?;
                 sha = next;
                 let number = i32::try_from(i + 1)
                     .map_err(|_| StoreError::config(format!("{target}: too many parts")))?;
-                set.spawn(self.clone().upload_part(
+                let sending = self.clone().upload_part(
                     upload.full.to_string(),
                     upload.id.to_string(),
                     number,
                     part,
-                ));
+                );
+                set.spawn(async move {
+                    let sent = sending.await;
+                    drop(memory);
+                    sent
+                });
             }
             while let Some(r) = set.join_next().await {
                 collect(r, &mut done)?;

@@ -195,6 +195,7 @@ impl Inner {
         if src.size > self.part_size {
             return self.put_multipart(full, src, progress).await;
         }
+        let _memory = self.part_memory.reserve(src.size).await?;
         let (part, sha) = read_part(
             src.open()?,
             src.shown(),
