@@ -73,6 +73,14 @@ def measured(cmd, env=None):
 SB_LINE = re.compile(r"\[ (\d+)s \].*?tps: ([\d.]+).*?lat \(ms,95%\): ([\d.]+)")
 
 
+def settle(below: float = 1.5, most_s: float = 180):
+    """The previous row's load must not count against the next: waits until the 1-minute
+    load average is below `below` (at most `most_s` seconds)."""
+    t0 = time.monotonic()
+    while os.getloadavg()[0] >= below and time.monotonic() - t0 < most_s:
+        time.sleep(5)
+
+
 def drop_caches():
     """Every tool starts from a cold page cache (needs root; skipped otherwise)."""
     subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], stderr=subprocess.DEVNULL)

@@ -19,7 +19,7 @@ import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup_bench import ROOT, SH, run, start_server, sql, du  # noqa: E402
+from backup_bench import ROOT, SH, run, start_server, sql, du, settle  # noqa: E402
 from storage_bench import MOTO, S3ENV, measured, start_moto, s3, fresh, download_single_get_cmd, upload_cmd  # noqa: E402
 
 CHECK = ("SELECT COUNT(*) FROM information_schema.tables WHERE engine IS NOT NULL AND table_schema "
@@ -35,7 +35,8 @@ def start_and_check(datadir: Path, sock: Path) -> str:
             f"mariadb --no-defaults -S {sock} -uroot -e SHUTDOWN && wait $pid")
 
 
-def row(name, cmd, shell=False):
+def row(name, cmd, shell=False, below=1.5):
+    settle(below)
     load_before = round(os.getloadavg()[0], 2)
     r = measured(name, cmd, shell=shell)
     r["loadavg_before"] = load_before
@@ -48,6 +49,7 @@ def main():
     ap.add_argument("--dir", default="/tmp/stagehand-restore-bench")
     ap.add_argument("--seed-from", required=True, help="a shut-down datadir of sysbench data to copy")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=1.5, help="before each row, wait (at most 3 min) until the 1-minute load is below this")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "docs/BENCHMARKS.md"))
     ap.add_argument("--no-build", action="store_true")
@@ -94,7 +96,7 @@ def main():
                 cmd = sh + [str(ROOT / "plans/restore.yaml"), *repo, "--set", "id=latest", "--set", f"workdir={wk}",
                             "--set", f"datadir={dd}", "--set", f"copy_back={mode}",
                             "--set", f"check_socket={sockdir}/restore-check.sock"]
-                r = row(f"stagehand restore.yaml, copy_back={mode}", cmd)
+                r = row(f"stagehand restore.yaml, copy_back={mode}", cmd, below=a.settle)
                 r.update(round=rnd, key=f"stagehand_{mode}")
                 runs.append(r)
                 fresh(wk, dd)
@@ -105,7 +107,7 @@ def main():
                         f"mariadb-backup --prepare --target-dir={mw} 2>{base}/mb-prepare.log && "
                         f"mariadb-backup --{verb} --target-dir={mw} --datadir={md} 2>{base}/mb-{verb}.log && "
                         + start_and_check(md, sockdir / "mb-check.sock"))
-                r = row(f"GET | zstd -d | mbstream -x; --prepare; --{verb}; mariadbd start + check", pipe, shell=True)
+                r = row(f"GET | zstd -d | mbstream -x; --prepare; --{verb}; mariadbd start + check", pipe, shell=True, below=a.settle)
                 r.update(round=rnd, key=f"peer_{verb}", download_method=dl_how)
                 runs.append(r)
                 fresh(mw, md)

@@ -15,7 +15,7 @@ import argparse, json, os, statistics, subprocess, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backup_bench import ROOT, SH, run, start_server, sql, du  # noqa: E402
+from backup_bench import ROOT, SH, run, start_server, sql, du, settle  # noqa: E402
 from storage_bench import MOTO, measured, start_moto, s3, fresh, stored_bytes, delete_prefix, upload_cmd  # noqa: E402
 
 
@@ -25,6 +25,7 @@ def main():
     ap.add_argument("--seed-from", required=True, help="a shut-down datadir of sysbench data to copy")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=1.5, help="before each row, wait (at most 3 min) until the 1-minute load is below this")
     ap.add_argument("--binary", action="append", default=[], help="name=path of a stagehand build (default: this tree's release build)")
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks-stream.json"))
     a = ap.parse_args()
@@ -50,6 +51,7 @@ def main():
                        str(ROOT / "plans/backup-to-s3.yaml"), "--set", f"socket={sock}", "--set", f"datadir={data}",
                        "--set", "repository=s3://bench/db", "--set", f"endpoint={url}", "--set", "path_style=true",
                        "--set", f"spool={spool}", "--set", f"parallel={P}"]
+                settle(a.settle)
                 before = round(os.getloadavg()[0], 2)
                 r = measured(f"{name}: backup-to-s3.yaml, parallel {P}", cmd)
                 r.update(round=rnd, key=name, loadavg_before=before, cmd=" ".join(cmd))
@@ -60,6 +62,7 @@ def main():
             mbtmp.mkdir()
             pipe = (f"set -o pipefail; mariadb-backup --backup --stream=mbstream --target-dir={mbtmp} --socket={sock} "
                     f"--user=root --parallel={P} 2>{base}/mb-backup.log | zstd -q -T2 -3 | {up}")
+            settle(a.settle)
             before = round(os.getloadavg()[0], 2)
             r = measured(f"mariadb-backup --stream --parallel={P} | zstd -3 -T2 | upload", pipe, shell=True)
             r.update(round=rnd, key="mariadb-backup", loadavg_before=before, cmd=pipe, upload_method=up_how)
