@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backup_bench import ROOT, SH, run, start_server, sql, du, settle  # noqa: E402
-from storage_bench import MOTO, S3ENV, measured, start_moto, s3, fresh, download_single_get_cmd, upload_cmd  # noqa: E402
+from storage_bench import MOTO, S3ENV, replace_section, measured, start_moto, s3, fresh, download_single_get_cmd, upload_cmd  # noqa: E402
 
 CHECK = ("SELECT COUNT(*) FROM information_schema.tables WHERE engine IS NOT NULL AND table_schema "
          "NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')")
@@ -166,14 +166,7 @@ Medians (wall): stagehand ÷ peer
 
 The target of issue 15 is ≤ 0.7× the peer's whole path.
 """
-    old = out.read_text() if out.exists() else "# Benchmarks\n"
-    marker = "## Restore to a started server (issue 15)"
-    if marker in old:
-        head, tail = old.split(marker, 1)
-        k = tail.find("\n## ")
-        old = head.rstrip() + "\n\n" + (tail[k + 1:] if k >= 0 else "")
-    out.write_text(old.rstrip() + "\n\n" + text)
-    print(f"wrote {out}")
+    replace_section(out, "## Restore to a started server (issue 15)", text)
 
 
 if __name__ == "__main__":

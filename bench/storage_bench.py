@@ -412,8 +412,13 @@ Targets:
   whole plan {yes(rs['wall_s'] <= rm['wall_s'])}, like for like (up to prepare) {yes(rs_to_prepare <= rm['wall_s'])}.
 - stagehand peak RSS < 256 MiB: {max_rss} MiB at most, {yes(max_rss < 256)}.
 """
+    replace_section(out, "## Storage pipeline (issue 4)", text)
+
+
+def replace_section(out: Path, marker: str, text: str):
+    """Writes `text` as the section of `out` that starts with `marker` (moved to the end;
+    the other sections stay as they are)."""
     old = out.read_text() if out.exists() else "# Benchmarks\n"
-    marker = "## Storage pipeline (issue 4)"
     if marker in old:
         head, tail = old.split(marker, 1)
         k = tail.find("\n## ")

@@ -588,7 +588,7 @@ async fn fetch_unpacked(
     }
     let (mut download, received) = tokio::io::duplex(1 << 20);
     let input = tokio_util::io::SyncIoBridge::new(received);
-    let failed = unpack::failure_flag();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = {
         let (dir, failed, job) = (dir.to_path_buf(), failed.clone(), job.clone());
         tokio::task::spawn_blocking(move || {

@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// Read and write size of the pipeline.
 const BUF: usize = 1 << 20;
@@ -206,9 +205,4 @@ impl Write for DataSink {
             DataSink::Zstd(d) => d.flush(),
         }
     }
-}
-
-/// Flags the consumer sets when it gives up (see [`unpack`]).
-pub(super) fn failure_flag() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(false))
 }
