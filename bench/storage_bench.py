@@ -22,8 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backup_bench import ROOT, SH, run, start_server, sql, sysbench, du, drop_caches  # noqa: E402
 
 KEY = "testing"
-S3ENV = {"STAGEHAND_S3_ACCESS_KEY_ID": KEY, "STAGEHAND_S3_SECRET_ACCESS_KEY": KEY,
-         "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+# The S3 server's credentials and region, set by start_moto / start_garage.
+CREDS = {"key": KEY, "secret": KEY, "region": "us-east-1"}
+S3ENV = {}
+
+
+def _use_creds(key, secret, region):
+    CREDS.update(key=key, secret=secret, region=region)
+    S3ENV.clear()
+    S3ENV.update({"STAGEHAND_S3_ACCESS_KEY_ID": key, "STAGEHAND_S3_SECRET_ACCESS_KEY": secret,
+                  "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": region})
+
+
+_use_creds(KEY, KEY, "us-east-1")
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,7 +124,7 @@ def measured(name, cmd, env=None, shell=False):
     res = {"name": name, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
            "root_peak_rss_mib": round(root_peak[0] / 1024, 1),
            "peak_rss_mib_by_process": {k: round(v / 1024, 1) for k, v in sorted(peaks.items()) if v},
-           "moto_server_cpu_s": round(_cpu_s(MOTO["pid"]) - moto0, 2),
+           "s3_server_cpu_s": round(_cpu_s(MOTO["pid"]) - moto0, 2),
            "exit": code, "loadavg_1m": round(os.getloadavg()[0], 2)}
     if not shell and Path(cmd[0]).name == "stagehand":
         try:
@@ -130,31 +141,77 @@ def measured(name, cmd, env=None, shell=False):
 # S3
 
 
-def start_moto(base: Path):
+def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    return port
+
+
+def _wait_for_port(port, what, log):
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{what} did not start; see {log}")
+
+
+def start_s3(kind, base: Path):
+    """The S3 server the benchmark runs against: `moto` (moto_server, Python) or `garage`
+    (Garage, a production S3 server, single node); (process, url)."""
+    return start_garage(base) if kind == "garage" else start_moto(base)
+
+
+def start_garage(base: Path):
+    """A single-node Garage whose default key may create buckets; the binary where the
+    tests find it (scripts/ensure-deps.sh builds it)."""
+    home = Path.home() / ".cache/stagehand/garage-2.5.0/bin/garage"
+    binary = os.environ.get("STAGEHAND_GARAGE_BIN") or (str(home) if home.is_file() else shutil.which("garage"))
+    if not binary:
+        sys.exit("garage not found: run `bash scripts/ensure-deps.sh --matrix` (builds Garage 2.5.0 into ~/.cache/stagehand)")
+    d = base / "garage"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    port, rpc = _free_port(), _free_port()
+    (d / "garage.toml").write_text(
+        f'metadata_dir = "{d}/meta"\ndata_dir = "{d}/data"\ndb_engine = "sqlite"\nreplication_factor = 1\n'
+        f'rpc_bind_addr = "127.0.0.1:{rpc}"\nrpc_public_addr = "127.0.0.1:{rpc}"\nrpc_secret = "{os.urandom(32).hex()}"\n'
+        f'[s3_api]\ns3_region = "garage"\napi_bind_addr = "127.0.0.1:{port}"\n')
+    key, secret = "GK57a6e7d1c0ffee0000000002", os.urandom(32).hex()
+    env = dict(os.environ, GARAGE_DEFAULT_ACCESS_KEY=key, GARAGE_DEFAULT_SECRET_KEY=secret,
+               GARAGE_DEFAULT_BUCKET="default", RUST_LOG="warn")
+    proc = subprocess.Popen([binary, "-c", str(d / "garage.toml"), "server", "--single-node", "--default-bucket"],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "garage.log", "w"), env=env)
+    _wait_for_port(port, "garage", d / "garage.log")
+    _use_creds(key, secret, "garage")
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):  # the port opens before the default key and bucket exist
+        try:
+            s3(url).list_objects_v2(Bucket="default")
+            break
+        except Exception:
+            time.sleep(0.2)
+    return proc, url
+
+
+def start_moto(base: Path):
+    _use_creds(KEY, KEY, "us-east-1")
+    port = _free_port()
     tmp = base / "moto-tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     moto = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=open(base / "moto.log", "w"), env=dict(os.environ, TMPDIR=str(tmp)))
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        sys.exit("moto_server did not start; see " + str(base / "moto.log"))
-    return moto, url
+    _wait_for_port(port, "moto_server", base / "moto.log")
+    return moto, f"http://127.0.0.1:{port}"
 
 
 def s3(url):
     import boto3
-    return boto3.client("s3", endpoint_url=url, aws_access_key_id=KEY, aws_secret_access_key=KEY,
-                        region_name="us-east-1")
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id=CREDS["key"],
+                        aws_secret_access_key=CREDS["secret"], region_name=CREDS["region"])
 
 
 def stored_bytes(url, bucket, prefix):
@@ -364,7 +421,7 @@ def write_report(out: Path, R, data_bytes, version, a, up_how):
         rss_s = ", ".join(f"{k} {v}" for k, v in sorted(rss.items(), key=lambda kv: -kv[1])[:3])
         label = label.replace("|", "\\|")
         return (f"| {label} | {r['wall_s']} | {r['cpu_s']} | {r['root_peak_rss_mib']} | {rss_s} | "
-                f"{fmt_mib(r['stored_bytes']) if 'stored_bytes' in r else ''} | {r['moto_server_cpu_s']} | {extra} | {r['loadavg_1m']} | {r['exit']} |")
+                f"{fmt_mib(r['stored_bytes']) if 'stored_bytes' in r else ''} | {r.get('s3_server_cpu_s', r.get('moto_server_cpu_s'))} | {extra} | {r['loadavg_1m']} | {r['exit']} |")
     notes = {
         "stream_stagehand": f"{s.get('objects', '')} objects",
         "stream_mariadb_backup": f"1 object; CPU/RSS incl. zstd and {up_how.split(' (')[0]}",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backup_bench import ROOT, SH, run, start_server, sql, du, settle  # noqa: E402
-from storage_bench import MOTO, measured, start_moto, s3, fresh, stored_bytes, delete_prefix, upload_cmd  # noqa: E402
+from storage_bench import MOTO, CREDS, measured, start_s3, s3, fresh, stored_bytes, delete_prefix, upload_cmd  # noqa: E402
 
 
 def main():
@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--seed-from", required=True, help="a shut-down datadir of sysbench data to copy")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--s3", choices=["moto", "garage"], default="moto",
+                    help="the S3 server both tools upload to: moto_server (Python) or Garage (a production server)")
     ap.add_argument("--settle", type=float, default=1.5, help="before each row, wait (at most 3 min) until the 1-minute load is below this")
     ap.add_argument("--binary", action="append", default=[], help="name=path of a stagehand build (default: this tree's release build)")
     ap.add_argument("--out", default=str(ROOT / "docs/benchmarks-stream.json"))
@@ -35,7 +37,7 @@ def main():
     if not (base / "data").exists():
         run(["cp", "-a", a.seed_from, str(base / "data")])
     srv, data, sock = start_server(base)
-    moto, url = start_moto(base)
+    moto, url = start_s3(a.s3, base)
     MOTO["pid"] = moto.pid
     P = str(a.parallel)
     runs = []
@@ -49,12 +51,12 @@ def main():
                 fresh(spool)
                 cmd = [binary, "-q", "run", "--json", "--state-dir", str(base / "state"),
                        str(ROOT / "plans/backup-to-s3.yaml"), "--set", f"socket={sock}", "--set", f"datadir={data}",
-                       "--set", "repository=s3://bench/db", "--set", f"endpoint={url}", "--set", "path_style=true",
+                       "--set", "repository=s3://bench/db", "--set", f"endpoint={url}", "--set", "path_style=true", "--set", f"region={CREDS['region']}",
                        "--set", f"spool={spool}", "--set", f"parallel={P}"]
                 settle(a.settle)
                 before = round(os.getloadavg()[0], 2)
                 r = measured(f"{name}: backup-to-s3.yaml, parallel {P}", cmd)
-                r.update(round=rnd, key=name, loadavg_before=before, cmd=" ".join(cmd))
+                r.update(round=rnd, key=name, loadavg_before=before, cmd=" ".join(cmd), s3_server=a.s3)
                 r["stored_bytes"], r["objects"] = stored_bytes(url, "bench", "db/")
                 runs.append(r)
                 delete_prefix(url, "bench", "db/")
@@ -65,7 +67,7 @@ def main():
             settle(a.settle)
             before = round(os.getloadavg()[0], 2)
             r = measured(f"mariadb-backup --stream --parallel={P} | zstd -3 -T2 | upload", pipe, shell=True)
-            r.update(round=rnd, key="mariadb-backup", loadavg_before=before, cmd=pipe, upload_method=up_how)
+            r.update(round=rnd, key="mariadb-backup", loadavg_before=before, cmd=pipe, upload_method=up_how, s3_server=a.s3)
             r["stored_bytes"], r["objects"] = stored_bytes(url, "bench", "mb.zst")
             runs.append(r)
             fresh(mbtmp)
@@ -81,7 +83,7 @@ def main():
     summary = {k: {"median_wall_s": statistics.median(x["wall_s"] for x in v),
                    "median_cpu_s": statistics.median(x["cpu_s"] for x in v),
                    "max_root_peak_rss_mib": max(x["root_peak_rss_mib"] for x in v)} for k, v in med.items()}
-    summary.update(data_bytes=data_bytes, mariadb_version=version, parallel=a.parallel, rounds=a.rounds,
+    summary.update(data_bytes=data_bytes, mariadb_version=version, parallel=a.parallel, s3_server=a.s3, rounds=a.rounds,
                    cores=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     Path(a.out).write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     print(json.dumps(summary, indent=1))

@@ -21,6 +21,31 @@ pub const CODEC: &str = "zstd";
 /// Bytes read and written at a time.
 pub const CHUNK: usize = 1 << 20;
 
+/// zstd worker threads per file unless a plan says otherwise: one. The file is then
+/// read while it is compressed, and zstd's multithreaded mode matches within one
+/// contiguous buffer; with 0 (compression on the reading thread) its streaming buffer
+/// wraps and most blocks take a slower path. Measured on sysbench tablespaces at level 3:
+/// 8 % less user CPU with 1 (and 2 MiB jobs) than with 0, for 8 MiB more memory per file.
+pub const DEFAULT_ZSTD_THREADS: u32 = 1;
+/// Input per zstd job when compressing with workers. zstd's own default (4 windows,
+/// 8 MiB at level 3) costs 40 MiB per file for no measurable gain.
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
+
+/// The zstd encoder both the `compress` step and the uploader use: `level`, and `threads`
+/// workers per file (0: compress on the calling thread).
+pub fn zstd_encoder<W: Write>(
+    out: W,
+    level: i32,
+    threads: u32,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    if threads > 0 {
+        enc.multithread(threads)?;
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
+    }
+    Ok(enc)
+}
+
 /// Runs a compress or decompress over `jobs` on `parallel` threads with a progress
 /// report, records each finished file's stored form and writes the manifest — even when
 /// a file failed, so the files done so far are recorded as they now are.

@@ -38,8 +38,9 @@ pub struct CompressConfig {
     /// zstd level, 1 (fastest) to 19 (smallest).
     #[serde(default = "default_level")]
     pub level: i32,
-    /// zstd worker threads per file; 0 compresses each file on its worker's own thread.
-    #[serde(default)]
+    /// zstd worker threads per file (default 1: the file is read while it is compressed);
+    /// 0 compresses each file on its worker's own thread, which takes more CPU.
+    #[serde(default = "default_threads")]
     pub threads: u32,
     /// Files compressed at once.
     #[serde(default = "default_parallel")]
@@ -48,6 +49,10 @@ pub struct CompressConfig {
 
 fn default_level() -> i32 {
     3
+}
+
+fn default_threads() -> u32 {
+    DEFAULT_ZSTD_THREADS
 }
 
 /// What `compress` publishes.
@@ -94,7 +99,8 @@ impl TypedStep for Compress {
 
     fn describe(cfg: &CompressConfig) -> String {
         let threads = match cfg.threads {
-            0 => String::new(),
+            0 => ", each on its worker's thread".to_string(),
+            1 => ", 1 zstd thread per file".to_string(),
             n => format!(", {n} zstd threads per file"),
         };
         format!(
@@ -240,11 +246,8 @@ fn encode(
         ContentHasher::like(&f.hash),
     );
     let out = HashingWriter::new(File::create(tmp).map_err(at_tmp)?, ContentHasher::new());
-    let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(at_tmp)?;
+    let mut enc = zstd_encoder(out, level, threads).map_err(at_tmp)?;
     enc.include_checksum(true).map_err(at_tmp)?;
-    if threads > 0 {
-        enc.multithread(threads).map_err(at_tmp)?;
-    }
     w.pump(&at_src, at_tmp).run(&mut input, &mut enc)?;
     let (file, size, sha) = enc.finish().map_err(at_tmp)?.finish();
     check_data(f, input.digest(), |what| StorageError::Changed {

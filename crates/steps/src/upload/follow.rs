@@ -5,6 +5,7 @@
 //! disk. Once the backup is sealed, what is left (the redo log, metadata files, files a
 //! later pass rewrote) goes, then the manifest, last.
 
+use super::ship::files_in_flight;
 use super::{finish_upload, ship_all, Shipper, UploadConfig, UploadOutput};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
@@ -54,6 +55,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
         key.clone(),
         progress.counter(),
         cfg.remove_local,
+        cfg.parallel,
     )
     .map_err(StoreError::into_step_error)?;
     ctx.signal_ready().await;
@@ -103,7 +105,7 @@ async fn follow_until_sealed(
     parallel: usize,
     ctx: &StepContext,
 ) -> Result<(), StoreError> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = Arc::new(tokio::sync::Semaphore::new(files_in_flight(parallel)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut ledgers = LedgerReader::default();
     let until = ctx.wait_until();

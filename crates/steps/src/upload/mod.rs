@@ -35,7 +35,8 @@ pub struct UploadConfig {
     /// time in UTC, `20261121T101500Z`.
     #[serde(default)]
     pub id: Option<String>,
-    /// Files uploaded at once (each may also send several parts at once).
+    /// Files compressed or encrypted at once; twice as many are uploaded at once (each
+    /// may also send several parts at once), within the repository's `buffer_memory`.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
     /// Delete the local directory once the backup is complete in the repository (with
@@ -60,13 +61,18 @@ pub struct CompressOnUpload {
     /// zstd level, 1 (fast) to 19.
     #[serde(default = "default_level")]
     pub level: i32,
-    /// zstd worker threads per file (0: compress on the uploading thread).
-    #[serde(default)]
+    /// zstd worker threads per file (default 1: the file is read while it is compressed;
+    /// 0: compress on the uploading thread, which takes more CPU).
+    #[serde(default = "default_threads")]
     pub threads: u32,
 }
 
 fn default_level() -> i32 {
     3
+}
+
+fn default_threads() -> u32 {
+    stagehand_backup::codec::DEFAULT_ZSTD_THREADS
 }
 
 fn default_parallel() -> usize {
@@ -298,6 +304,7 @@ async fn upload_backup(
         progress.counter(),
         // The whole directory goes at the end (`remove_local`), once the backup is complete.
         false,
+        cfg.parallel,
     )?;
     let manifest = ship_all(&shipper, manifest, cfg.parallel).await?;
     drop(progress);
@@ -353,7 +360,7 @@ pub(crate) async fn ship_all(
     manifest: &Manifest,
     parallel: usize,
 ) -> Result<Manifest, StoreError> {
-    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let limit = Arc::new(tokio::sync::Semaphore::new(ship::files_in_flight(parallel)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut order: Vec<CopiedFile> = manifest
         .files

@@ -39,6 +39,9 @@ struct Inner {
     counter: ByteCounter,
     remove_local: bool,
     scratch: tempfile::TempDir,
+    /// Files compressed or encrypted at once (the step's `parallel`). The upload of a
+    /// file does not hold one: while some files wait on the network, others are encoded.
+    encoders: tokio::sync::Semaphore,
     shipped: Mutex<HashMap<String, Shipped>>,
     /// One upload at a time per path: a file copied again (a reconcile, the Aria pass)
     /// is announced again, and its uploads must reach the key in the order announced.
@@ -46,8 +49,10 @@ struct Inner {
 }
 
 impl Shipper {
-    /// A shipper of the backup in `dir` as `id`; with `remove_local`, each local file is
-    /// deleted once uploaded (streaming); with a key, every object is encrypted.
+    /// A shipper of the backup in `dir` as `id`, encoding `parallel` files at once; with
+    /// `remove_local`, each local file is deleted once uploaded (streaming); with a key,
+    /// every object is encrypted.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         dir: &Path,
@@ -56,6 +61,7 @@ impl Shipper {
         key: Option<Arc<Key>>,
         counter: ByteCounter,
         remove_local: bool,
+        parallel: usize,
     ) -> Result<Self, StoreError> {
         // Scratch for compressed files: beside the backup (same filesystem, and not
         // inside it, where seal would see unlisted files).
@@ -76,6 +82,7 @@ impl Shipper {
                 counter,
                 remove_local,
                 scratch,
+                encoders: tokio::sync::Semaphore::new(parallel.max(1)),
                 shipped: Mutex::new(HashMap::new()),
                 per_path: Mutex::new(HashMap::new()),
             }),
@@ -187,9 +194,11 @@ impl Shipper {
         let dest = self.scratch_path(&object);
         let (k, o, d) = (key.clone(), object.clone(), dest.clone());
         let r = recorded.clone();
+        let encoder = self.encoder_turn().await?;
         let sealed = tokio::task::spawn_blocking(move || encrypt_file(&k, &o, &src, &r, &d))
             .await
             .map_err(|e| StoreError::permanent(format!("an encryption task crashed: {e}")))?;
+        drop(encoder);
         if let Some(tmp) = compressed {
             let _ = std::fs::remove_file(tmp);
         }
@@ -212,6 +221,15 @@ impl Shipper {
         };
         let _ = std::fs::remove_file(&dest);
         Ok((stored, Some(result?)))
+    }
+
+    /// Waits for one of the `parallel` encoding turns.
+    async fn encoder_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        self.inner
+            .encoders
+            .acquire()
+            .await
+            .map_err(|_| StoreError::permanent("the upload's encoders are closed"))
     }
 
     /// A scratch file for the object at `path`.
@@ -238,12 +256,14 @@ impl Shipper {
         let tmp = self.scratch_path(&stored_path);
         let (level, threads, dest) = (c.level, c.threads, tmp.clone());
         let recorded = f.hash.clone();
+        let encoder = self.encoder_turn().await?;
         let sizes = tokio::task::spawn_blocking(move || {
             compress_to(&src, &recorded, &dest, level, threads)
         })
         .await
         .map_err(|e| StoreError::permanent(format!("a compression task crashed: {e}")))?
         .map_err(|e| StoreError::io(&format!("compressing {}", f.path), e));
+        drop(encoder);
         let (in_size, in_sha, out_size, out_sha) = match sizes {
             Ok(s) => s,
             Err(e) => {
@@ -297,6 +317,14 @@ impl Shipper {
     }
 }
 
+/// Files shipped at once for a step with `parallel`: twice as many as are encoded at
+/// once, so that the cores keep compressing while uploads wait on the network. Their
+/// part buffers share the repository's `buffer_memory`, and at most this many compressed
+/// files wait in the scratch directory.
+pub fn files_in_flight(parallel: usize) -> usize {
+    parallel.max(1) * 2
+}
+
 /// Size and modification time, to tell whether a file was rewritten.
 fn stamp_of(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     let m = std::fs::metadata(path).ok()?;
@@ -346,10 +374,7 @@ fn compress_to(
         std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dest)?),
         ContentHasher::new(),
     );
-    let mut encoder = zstd::stream::write::Encoder::new(out, level)?;
-    if threads > 0 {
-        encoder.multithread(threads)?;
-    }
+    let mut encoder = stagehand_backup::codec::zstd_encoder(out, level, threads)?;
     std::io::copy(&mut input, &mut encoder)?;
     let (writer, out_size, out_sha) = encoder.finish()?.finish();
     writer.into_inner().map_err(|e| e.into_error())?;
