@@ -252,6 +252,11 @@ async fn streamed_backup_to_s3_restores_exactly_up_to_its_gtid() {
     );
     let rreport = report_of(&restored.stdout);
     assert_eq!(step(&rreport, "fetch")["outputs"]["id"], id.as_str());
+    assert_eq!(
+        step(&rreport, "prepare")["outputs"]["checked_bytes"],
+        0,
+        "prepare does not read again what the fetch checked as it wrote it"
+    );
     assert_eq!(step(&rreport, "check")["status"], "succeeded");
     eprintln!(
         "[s3-roundtrip] backup {backup_secs:.1}s (id {id}, GTID {gtid}, {faults} faults injected)"
@@ -357,33 +362,7 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
         "backup: {}\n{}",
         backup.stdout, backup.stderr
     );
-    let fetched = work.path().join("fetched-c");
-    let plan = work.path().join("fetch-only.yaml");
-    std::fs::write(
-        &plan,
-        format!(
-            "version: 1\nname: fetch-only\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{}\", decompress: true, repository: {{url: \"{repository}\"}}}}\n",
-            fetched.display()
-        ),
-    )
-    .expect("write plan");
-    let first = tokio::task::block_in_place(|| {
-        run(&[
-            "run".into(),
-            plan.display().to_string(),
-            "--state-dir".into(),
-            work.path().join("state").display().to_string(),
-        ])
-    });
-    assert_eq!(
-        first.code, 0,
-        "the fetch: {}\n{}",
-        first.stdout, first.stderr
-    );
-    assert!(
-        fetched.join("stagehand.json").exists(),
-        "the fetch finished"
-    );
+    fetch_only(&repository, work.path(), "c");
 
     let rerun = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "c"));
     assert_eq!(
@@ -397,7 +376,112 @@ async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
         0,
         "nothing downloaded again"
     );
+    assert!(
+        step(&report, "prepare")["outputs"]["checked_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0),
+        "a check of an earlier run is not trusted: prepare reads the files again"
+    );
     assert_eq!(step(&report, "check")["status"], "succeeded");
+}
+
+/// Runs a plan with only a decompressing fetch of the latest backup of a local
+/// `repository` into `<work>/fetched-<tag>`.
+fn fetch_only(repository: &str, work: &Path, tag: &str) {
+    let fetched = work.join(format!("fetched-{tag}"));
+    let plan = work.join(format!("fetch-only-{tag}.yaml"));
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nname: fetch-only\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{}\", decompress: true, repository: {{url: \"{repository}\"}}}}\n",
+            fetched.display()
+        ),
+    )
+    .expect("write plan");
+    let r = tokio::task::block_in_place(|| {
+        run(&[
+            "run".into(),
+            plan.display().to_string(),
+            "--state-dir".into(),
+            work.join("state").display().to_string(),
+        ])
+    });
+    assert_eq!(r.code, 0, "the fetch: {}\n{}", r.stdout, r.stderr);
+    assert!(
+        fetched.join("stagehand.json").exists(),
+        "the fetch finished"
+    );
+}
+
+/// In one run, fetch → a change to one file → prepare: prepare does not read again the
+/// files the fetch checked, but a file changed since (one byte, with its modification
+/// time put back) is read again and refused before anything is prepared. A prepare in a
+/// later run trusts nothing and reads everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepare_reads_again_a_file_changed_after_the_fetch_of_its_run() {
+    let server = TestServer::builder().name("tampered").start().await;
+    let work = tempfile::tempdir().expect("tempdir");
+    let repository = work.path().join("repo").display().to_string();
+    let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
+    assert_eq!(
+        backup.code, 0,
+        "backup: {}\n{}",
+        backup.stdout, backup.stderr
+    );
+
+    // Flips one byte of page 3 of ibdata1 ($1) and puts its modification time back.
+    let flip = work.path().join("flip.sh");
+    std::fs::write(
+        &flip,
+        "f=\"$1/ibdata1\"\nt=$(stat -c %y \"$f\")\nprintf '\\377' | dd of=\"$f\" bs=1 seek=49252 conv=notrunc status=none\ntouch -d \"$t\" \"$f\"\n",
+    )
+    .expect("write script");
+    let run_plan = |tag: &str, between: &str| {
+        let dir = work.path().join(format!("fetched-{tag}"));
+        let plan = work.path().join(format!("{tag}.yaml"));
+        let between = between.replace("DIR", &dir.display().to_string());
+        std::fs::write(
+            &plan,
+            format!(
+                "version: 1\nname: {tag}\nsteps:\n  - id: fetch\n    uses: fetch\n    with: {{id: latest, to: \"{d}\", decompress: true, repository: {{url: \"{repository}\"}}}}\n  - id: between\n    uses: exec\n    needs: [fetch]\n    with: {{command: {between}}}\n  - id: prepare\n    uses: prepare\n    needs: [between]\n    with: {{target: \"{d}\"}}\n",
+                d = dir.display()
+            ),
+        )
+        .expect("write plan");
+        let r = tokio::task::block_in_place(|| {
+            run(&[
+                "run".into(),
+                plan.display().to_string(),
+                "--json".into(),
+                "--state-dir".into(),
+                work.path().join("state").display().to_string(),
+            ])
+        });
+        (dir, r)
+    };
+
+    // Untouched: nothing read again.
+    let (dir, clean) = run_plan("clean", "[\"true\"]");
+    assert_eq!(clean.code, 0, "{}\n{}", clean.stdout, clean.stderr);
+    let prepared = step(&report_of(&clean.stdout), "prepare")["outputs"].clone();
+    assert_eq!(prepared["checked_bytes"], 0, "{prepared}");
+    assert!(dir.join("stagehand.json").exists());
+
+    let (dir, tampered) = run_plan(
+        "tampered",
+        &format!("[sh, \"{}\", \"DIR\"]", flip.display()),
+    );
+    let failed = failed_step(&tampered, "prepare", "a changed file must stop the prepare");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refusing to prepare") && error.contains("ibdata1"),
+        "names the changed file: {error}"
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("stagehand.json")).expect("manifest"),
+    )
+    .expect("json");
+    assert!(manifest.get("prepared").is_none(), "nothing was prepared");
 }
 
 /// A tmpfs of `size` mounted on `dir` for the test's lifetime.

@@ -63,6 +63,80 @@ pub struct Manifest {
     /// How the backup's objects are encrypted in its repository, and with which key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<Encryption>,
+    /// Set by a step that checked every file's data against its hash (`fetch` as it
+    /// wrote them, `verify`): how each file looked on disk then, and in which run.
+    /// `prepare` in the same run reads again only the files that look otherwise now,
+    /// and drops the receipt before it changes anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<CheckReceipt>,
+}
+
+/// What a step checked: each file of the manifest as it was on disk when its bytes
+/// were found to match the manifest's hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckReceipt {
+    /// The run of the step that checked (`prepare` trusts only its own run's checks:
+    /// the longer the wait, the likelier a disk fault no file time shows).
+    pub run_id: String,
+    /// The step kind that checked: `fetch` or `verify`.
+    pub by: String,
+    pub at: String,
+    pub files: std::collections::BTreeMap<String, FileIdentity>,
+}
+
+impl CheckReceipt {
+    /// How the files of `m` in `dir` look now (one that cannot be looked at is left
+    /// out, so it is read again), for a check `by` in run `run_id`.
+    pub fn take(dir: &Path, m: &Manifest, run_id: &str, by: &str) -> Self {
+        let files = m
+            .files
+            .iter()
+            .filter_map(|f| {
+                let meta = std::fs::symlink_metadata(dir.join(&f.path)).ok()?;
+                Some((f.path.clone(), FileIdentity::of(&meta)))
+            })
+            .collect();
+        Self {
+            run_id: run_id.into(),
+            by: by.into(),
+            at: now_rfc3339(),
+            files,
+        }
+    }
+
+    /// Whether `rel` in `dir` is still the file that was checked.
+    pub fn unchanged(&self, dir: &Path, rel: &str) -> bool {
+        let now = std::fs::symlink_metadata(dir.join(rel)).map(|m| FileIdentity::of(&m));
+        matches!((self.files.get(rel), now), (Some(then), Ok(now)) if *then == now)
+    }
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A file's inode, size, and modification and change times: a write changes the size
+/// or the modification time, and a `touch` that puts an old modification time back
+/// changes the change time, which no one can set.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// A backup encrypted client-side: its scheme and the id of its key (never the key).
@@ -481,6 +555,46 @@ pub fn unlisted_files(dir: &Path, listed: &[crate::entry::CopiedFile]) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetch_receipt_holds_only_while_the_file_is_untouched() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("t.ibd");
+        std::fs::write(&path, vec![7u8; 64 << 10]).expect("write");
+        let rel = "t.ibd".to_string();
+        let mut files = std::collections::BTreeMap::new();
+        let meta = std::fs::metadata(&path).expect("stat");
+        files.insert(rel.clone(), FileIdentity::of(&meta));
+        let receipt = CheckReceipt {
+            run_id: "r".into(),
+            by: "fetch".into(),
+            at: "now".into(),
+            files,
+        };
+        assert!(receipt.unchanged(d.path(), &rel));
+        assert!(
+            !receipt.unchanged(d.path(), "other.ibd"),
+            "not in the receipt"
+        );
+
+        // One byte changed in place, same size, the modification time put back: the
+        // change time still tells.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mtime = meta.modified().expect("mtime");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        std::os::unix::fs::FileExt::write_all_at(&f, &[8u8], 4096).expect("write");
+        f.set_modified(mtime).expect("set mtime");
+        drop(f);
+        let now = std::fs::metadata(&path).expect("stat");
+        assert_eq!((now.len(), now.modified().ok()), (meta.len(), Some(mtime)));
+        assert!(!receipt.unchanged(d.path(), &rel));
+
+        std::fs::remove_file(&path).expect("rm");
+        assert!(!receipt.unchanged(d.path(), &rel), "gone");
+    }
 
     #[test]
     fn locks_written_before_ddl_blocked_ms_was_recorded_still_read() {

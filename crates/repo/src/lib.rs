@@ -645,6 +645,7 @@ impl Repository {
         // `verified` may be added in clear later (a verify of a local repository).
         let unverified = |m: &Manifest| Manifest {
             verified: None,
+            checked: None,
             ..m.clone()
         };
         if unverified(&sealed) != unverified(clear) {

@@ -334,6 +334,7 @@ pub(crate) mod tests {
             plan: String::new(),
             host: String::new(),
             verified: None,
+            checked: None,
             encryption: None,
         };
         m.write(dir).expect("manifest");

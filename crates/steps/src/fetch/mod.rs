@@ -17,7 +17,7 @@ use stagehand_backup::codec::HashingWriter;
 use stagehand_backup::dir::BackupDir;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Encryption;
-use stagehand_backup::manifest::{Manifest, MANIFEST_FILE, MOVED_MANIFEST_FILE};
+use stagehand_backup::manifest::{CheckReceipt, Manifest, MANIFEST_FILE, MOVED_MANIFEST_FILE};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_host::digest::{algorithm_of, hash_file_like, ContentHasher};
@@ -209,6 +209,11 @@ impl TypedStep for Fetch {
                 f.stored = None;
             }
         }
+        // What prepare, later in this run, need not read again: each file's data was
+        // checked against its hash as it was written (only when decompressed).
+        local.checked = cfg
+            .decompress
+            .then(|| CheckReceipt::take(&dir, &local, &ctx.run_id, "fetch"));
         local
             .write(&dir)
             .map_err(|e| StepError::fatal(e.to_string()))?;

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use stagehand_backup::entry::{hash_file, plain_entry, CopiedFile, SourceStamp};
-use stagehand_backup::manifest::{Manifest, Prepared};
+use stagehand_backup::manifest::{CheckReceipt, Manifest, Prepared};
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, StepContext, StepError, TypedStep};
 use stagehand_innodb::backup_files as bf;
@@ -86,6 +86,9 @@ pub struct PrepareOutput {
     pub already_prepared: bool,
     /// files in the prepared directory
     pub files: u64,
+    /// bytes its check read before it prepared (files a `fetch` or `verify` of the same
+    /// run checked, unchanged since, are not read again)
+    pub checked_bytes: u64,
 }
 
 pub struct Prepare;
@@ -179,7 +182,12 @@ impl TypedStep for Prepare {
         } else {
             stamps_of(&dir, &manifest)
         };
-        check_unchanged(&dir, &manifest, interrupted, ctx).await?;
+        // Spent here (recovery changes the files it describes); trusted from this run only.
+        let checked = manifest
+            .checked
+            .take()
+            .filter(|r| r.run_id == ctx.run_id && !interrupted);
+        let checked_bytes = check_unchanged(&dir, &manifest, interrupted, checked, ctx).await?;
         mark_preparing(&dir, &manifest)?;
         apply_ddl(&dir, &manifest).await?;
         let work = async {
@@ -211,12 +219,9 @@ impl TypedStep for Prepare {
         manifest
             .write(&dir)
             .map_err(|e| StepError::fatal(e.to_string()))?;
-        Ok(outputs(
-            cfg.engine.name(),
-            seconds,
-            false,
-            manifest.files.len(),
-        ))
+        let mut out = outputs(cfg.engine.name(), seconds, false, manifest.files.len());
+        out.checked_bytes = checked_bytes;
+        Ok(out)
     }
 }
 
@@ -295,28 +300,32 @@ fn with_rerun_hint(mut e: StepError) -> StepError {
 /// files, so it would otherwise bless them): verify's own check of every file against
 /// the manifest. Only a rerun after an interrupted prepare (`interrupted`) skips the files crash
 /// recovery rewrites; table definitions and non-InnoDB tables are checked even then.
+/// Files a `fetch` or `verify` of this run has checked (`checked`), unchanged since, are
+/// not read again. Returns the bytes read.
 async fn check_unchanged(
     dir: &Path,
     manifest: &Manifest,
     interrupted: bool,
+    checked: Option<CheckReceipt>,
     ctx: &StepContext,
-) -> Result<(), StepError> {
+) -> Result<u64, StepError> {
     let (d, m, cancel) = (dir.to_path_buf(), manifest.clone(), ctx.cancel.clone());
     tokio::task::spawn_blocking(move || {
         let ddl_paths = m.ddl.as_ref().map(|d| d.paths()).unwrap_or_default();
         let rewritten = |p: &str| {
             interrupted && (rewritten_by_recovery(p, &m.metadata_files) || ddl_paths.contains(p))
         };
-        let checked = stagehand_backup::check::check_files(&d, &m, &cancel, &rewritten)?;
+        let checked_in_this_run = |p: &str| checked.as_ref().is_some_and(|r| r.unchanged(&d, p));
+        let skip = |p: &str| rewritten(p) || checked_in_this_run(p);
+        let (bytes, _pages) = stagehand_backup::check::check_files(&d, &m, &cancel, &skip)?;
         // An interrupted recovery may have rewritten the redo log already.
         if !interrupted {
             stagehand_backup::check::check_lsns(&d, &m)?;
         }
-        Ok(checked)
+        Ok(bytes)
     })
     .await
     .map_err(|e| StepError::fatal(format!("the check before prepare crashed: {e}")))?
-    .map(|_| ())
     .map_err(|mut e: StepError| {
         e.message = format!("refusing to prepare (nothing was changed): {}", e.message);
         e
@@ -377,6 +386,7 @@ fn outputs(engine: &str, seconds: f64, already: bool, files: usize) -> PrepareOu
         seconds: (seconds * 1000.0).round() / 1000.0,
         already_prepared: already,
         files: files as u64,
+        checked_bytes: 0,
     }
 }
 

@@ -298,6 +298,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         plan: made_by.plan.clone(),
         host: made_by.host.clone(),
         verified: None,
+        checked: None,
         encryption: None,
     };
     sync_all(dir, &manifest.files)?;

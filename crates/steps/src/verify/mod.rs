@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use stagehand_backup::check::{check_files, check_lsns, shown};
 use stagehand_backup::codec::StoredReader;
-use stagehand_backup::manifest::Manifest;
+use stagehand_backup::manifest::{CheckReceipt, Manifest};
 use stagehand_engine::{StepContext, StepError, TypedStep};
 use stagehand_mariadb::backup_server;
 use stagehand_mariadb::sandbox::ShutdownMode;
@@ -73,6 +73,8 @@ impl TypedStep for Verify {
         if manifest.files.iter().any(|f| f.encrypted.is_some()) {
             return verify_encrypted(cfg, &dir, manifest, ctx).await;
         }
+        // Taken before the check: a file changed while it is read no longer matches it.
+        let receipt = CheckReceipt::take(&dir, &manifest, &ctx.run_id, "verify");
         let (d, m) = (dir.clone(), manifest.clone());
         let cancel = ctx.cancel.clone();
         let (bytes, pages) =
@@ -99,6 +101,7 @@ impl TypedStep for Verify {
             &dir,
             manifest,
             if cfg.restore { "restore" } else { "pages" },
+            Some(receipt),
         )?;
         tracing::info!(files, bytes, pages, tables, "backup verified");
         Ok(out)
@@ -107,7 +110,13 @@ impl TypedStep for Verify {
 
 /// Notes in the manifest that the backup passed, and how deeply: `backups list` shows it
 /// and `rotate` never deletes the newest verified backup.
-fn record_verified(dir: &Path, mut manifest: Manifest, depth: &str) -> Result<(), StepError> {
+fn record_verified(
+    dir: &Path,
+    mut manifest: Manifest,
+    depth: &str,
+    receipt: Option<CheckReceipt>,
+) -> Result<(), StepError> {
+    manifest.checked = receipt;
     manifest.verified = Some(stagehand_backup::manifest::Verified {
         at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         depth: depth.into(),
@@ -158,7 +167,7 @@ async fn verify_encrypted(
         hashes_only: true,
         ..Default::default()
     };
-    record_verified(dir, manifest, "hashes")?;
+    record_verified(dir, manifest, "hashes", None)?;
     Ok(out)
 }
 
