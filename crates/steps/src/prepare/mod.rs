@@ -125,7 +125,7 @@ impl TypedStep for Prepare {
             Engine::MariadbBackup => "runs `mariadb-backup --prepare` (redo applied; the first start rolls back)",
         };
         format!(
-            "checks every file of {} against its manifest (size, hash), every InnoDB page checksum and the LSNs, then prepares it in place: {how}",
+            "checks every file of {} against its manifest (size, hash), every InnoDB page checksum and the LSNs (not again the files a fetch or verify of this run checked, if unchanged since), then prepares it in place: {how}",
             cfg.target
         )
     }
