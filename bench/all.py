@@ -131,9 +131,12 @@ def stages(seed, base, out, rounds, tables, tag):
     rows += copy_rows(copy_json, size)
     for server in ("moto", "garage"):
         j = out / f"stream-{server}{tag}.json"
-        script("stream_bench.py", "--seed-from", seed, "--parallel", 4, "--rounds", rounds, "--s3", server, "--out", j)
+        script("stream_bench.py", "--seed-from", seed, "--parallel", 4, "--rounds", rounds, "--s3", server, "--out", j,
+               "--dir", f"/tmp/stagehand-stream-bench{tag}")
         rows += stream_rows(j, size, server)
-    script("restore_bench.py", "--seed-from", seed, "--rounds", rounds, "--no-build", "--out", out / f"restore{tag}.md")
+    # Each size in its own directories: the scripts reuse a datadir copied there before.
+    script("restore_bench.py", "--seed-from", seed, "--rounds", rounds, "--no-build", "--out", out / f"restore{tag}.md",
+           "--dir", f"/tmp/stagehand-restore-bench{tag}")
     (out / f"restore{tag}.json").write_text((out / "benchmarks-restore.json").read_text())
     rows += restore_rows(out / f"restore{tag}.json", size)
     return rows
@@ -145,6 +148,7 @@ def main():
     ap.add_argument("--scale-seed", help="a larger shut-down datadir (32 sysbench tables) for the scale rows")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out-dir", default="/tmp/stagehand-bench-all")
+    ap.add_argument("--scale-only", action="store_true", help="only the --scale-seed rows")
     a = ap.parse_args()
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,16 +156,19 @@ def main():
     seed = Path(a.seed_from)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     # The copy rows run on the seed itself (hash_ab_bench prepares it when missing).
-    rows = stages(seed, seed.parent, out, a.rounds, 8, "")
-    script("load_bench.py", "--seed-from", seed, "--rounds", a.rounds, "--out", out / "load.json")
-    rows += load_rows(out / "load.json", gb(seed))
-    script("compress_bench.py", "--seed-from", seed, "--levels", "1,3", "--out", out / "compress.json")
-    rows += compress_rows(out / "compress.json", gb(seed))
+    rows = []
+    if not a.scale_only:
+        rows += stages(seed, seed.parent, out, a.rounds, 8, "")
+        script("load_bench.py", "--seed-from", seed, "--rounds", a.rounds, "--out", out / "load.json")
+        rows += load_rows(out / "load.json", gb(seed))
+        script("compress_bench.py", "--seed-from", seed, "--levels", "1,3", "--out", out / "compress.json")
+        rows += compress_rows(out / "compress.json", gb(seed))
     if a.scale_seed:
         scale = Path(a.scale_seed)
         rows += stages(scale, scale.parent, out, a.rounds, 32, "-scale")
     lines = [f"Command: `python3 bench/all.py --seed-from {a.seed_from}"
-             + (f" --scale-seed {a.scale_seed}" if a.scale_seed else "") + f" --rounds {a.rounds}` "
+             + (f" --scale-seed {a.scale_seed}" if a.scale_seed else "")
+             + (" --scale-only" if a.scale_only else "") + f" --rounds {a.rounds}` "
              f"({started} to {time.strftime('%H:%M UTC', time.gmtime())}, {a.rounds} rounds, medians).", "",
              "| stage | .ibd files | stagehand | peer | ratio | target | load before the rows |",
              "|---|---|---|---|---|---|---|"]
