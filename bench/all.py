@@ -51,7 +51,8 @@ def copy_rows(path, size):
     rows = json.loads(path.read_text())["rows"]
     out = []
     for p in sorted({r["parallel"] for r in rows if r["part"] == "A"}):
-        at = [r for r in rows if r["part"] == "A" and r["parallel"] == p and r["exit"] == 0]
+        at = [r for r in rows if r["part"] == "A" and r["parallel"] == p and r["exit"] == 0
+              and not r.get("superseded")]
         sh = [r for r in at if r["tool"] == "stagehand"]
         mb = [r for r in at if r["tool"] == "mariadb-backup"]
         w, pw = median(r["wall_s"] for r in sh), median(r["wall_s"] for r in mb)
@@ -111,10 +112,14 @@ def restore_rows(path, size):
     summ, runs = s["summary"], s["runs"]
     m = {k: round(v, 2) for k, v in summ["median_wall_s"].items()}
     load = [r.get("loadavg_before") for r in runs]
-    return [("restore to a started server (move) ÷ --copy-back path", size, f"{m['stagehand_move']} s",
-             f"{m['peer_copy-back']} s", f"{ratio(m['stagehand_move'], m['peer_copy-back'])}×", "≤ 0.7×", load),
-            ("  the same ÷ --move-back path", size, f"{m['stagehand_move']} s", f"{m['peer_move-back']} s",
-             f"{ratio(m['stagehand_move'], m['peer_move-back'])}×", "(for reference)", load)]
+    mine = m.get("stagehand_move")
+    rows = []
+    # A peer row that failed (e.g. a full disk) has no median: its line is left out.
+    for peer, label, target in (("peer_copy-back", "restore to a started server (move) ÷ --copy-back path", "≤ 0.7×"),
+                                ("peer_move-back", "  the same ÷ --move-back path", "(for reference)")):
+        if peer in m:
+            rows.append((label, size, f"{mine} s", f"{m[peer]} s", f"{ratio(mine, m[peer])}×", target, load))
+    return rows
 
 
 def gb(seed):
