@@ -353,15 +353,7 @@ async fn a_corrupted_object_in_a_local_repository_is_caught_by_fetch() {
 /// must carry on from there, not refuse the workdir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_rerun_after_its_fetch_finished_carries_on() {
-    let server = TestServer::builder().name("refetch").start().await;
-    let work = tempfile::tempdir().expect("tempdir");
-    let repository = work.path().join("repo").display().to_string();
-    let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
-    assert_eq!(
-        backup.code, 0,
-        "backup: {}\n{}",
-        backup.stdout, backup.stderr
-    );
+    let (_server, work, repository) = backed_up_into_a_local_repository("refetch").await;
     fetch_only(&repository, work.path(), "c");
 
     let rerun = tokio::task::block_in_place(|| restore_from(&repository, "", work.path(), "c"));
@@ -398,14 +390,7 @@ fn fetch_only(repository: &str, work: &Path, tag: &str) {
         ),
     )
     .expect("write plan");
-    let r = tokio::task::block_in_place(|| {
-        run(&[
-            "run".into(),
-            plan.display().to_string(),
-            "--state-dir".into(),
-            work.join("state").display().to_string(),
-        ])
-    });
+    let r = run_plan_file(work, &plan);
     assert_eq!(r.code, 0, "the fetch: {}\n{}", r.stdout, r.stderr);
     assert!(
         fetched.join("stagehand.json").exists(),
@@ -413,13 +398,23 @@ fn fetch_only(repository: &str, work: &Path, tag: &str) {
     );
 }
 
-/// In one run, fetch → a change to one file → prepare: prepare does not read again the
-/// files the fetch checked, but a file changed since (one byte, with its modification
-/// time put back) is read again and refused before anything is prepared. A prepare in a
-/// later run trusts nothing and reads everything.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn prepare_reads_again_a_file_changed_after_the_fetch_of_its_run() {
-    let server = TestServer::builder().name("tampered").start().await;
+/// `stagehand run <plan> --json` with the state under `work`.
+fn run_plan_file(work: &Path, plan: &Path) -> Run {
+    tokio::task::block_in_place(|| {
+        run(&[
+            "run".into(),
+            plan.display().to_string(),
+            "--json".into(),
+            "--state-dir".into(),
+            work.join("state").display().to_string(),
+        ])
+    })
+}
+
+/// A fresh server named `name` backed up into a local repository under a new work
+/// directory; the server (kept running), the work directory and the repository.
+async fn backed_up_into_a_local_repository(name: &str) -> (TestServer, tempfile::TempDir, String) {
+    let server = TestServer::builder().name(name).start().await;
     let work = tempfile::tempdir().expect("tempdir");
     let repository = work.path().join("repo").display().to_string();
     let backup = tokio::task::block_in_place(|| backup_to(&repository, "", &server, work.path()));
@@ -428,6 +423,15 @@ async fn prepare_reads_again_a_file_changed_after_the_fetch_of_its_run() {
         "backup: {}\n{}",
         backup.stdout, backup.stderr
     );
+    (server, work, repository)
+}
+
+/// In one run, fetch → a change to one file → prepare: prepare does not read again the
+/// files the fetch checked, but a file changed since (one byte, with its modification
+/// time put back) is read again and refused before anything is prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepare_reads_again_a_file_changed_after_the_fetch_of_its_run() {
+    let (_server, work, repository) = backed_up_into_a_local_repository("tampered").await;
 
     // Flips one byte of page 3 of ibdata1 ($1) and puts its modification time back.
     let flip = work.path().join("flip.sh");
@@ -448,16 +452,7 @@ async fn prepare_reads_again_a_file_changed_after_the_fetch_of_its_run() {
             ),
         )
         .expect("write plan");
-        let r = tokio::task::block_in_place(|| {
-            run(&[
-                "run".into(),
-                plan.display().to_string(),
-                "--json".into(),
-                "--state-dir".into(),
-                work.path().join("state").display().to_string(),
-            ])
-        });
-        (dir, r)
+        (dir, run_plan_file(work.path(), &plan))
     };
 
     // Untouched: nothing read again.
