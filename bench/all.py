@@ -11,7 +11,7 @@ of stagehand against its peer with the target beside each ratio.
 
 The seed is a shut-down datadir with 8 sysbench tables of 1M rows; bench/hash_ab_bench.py
 creates it in /tmp/stagehand-hash-bench/data when it is missing. The larger one is built
-from it as BENCHMARKS.md ("Scale") says. Every row starts from a cold page cache and waits
+from it by bench/make_scale_seed.py. Every row starts from a cold page cache and waits
 for a 1-minute load below 1.5, and prints the load beside it.
 Writes the scripts' JSON files and summary.json / summary.md to --out-dir; nothing in
 docs/ is changed (copy what you keep into docs/BENCHMARKS.md).
@@ -54,12 +54,17 @@ def copy_rows(path, size):
         at = [r for r in rows if r["part"] == "A" and r["parallel"] == p and r["exit"] == 0
               and not r.get("superseded")]
         sh = [r for r in at if r["tool"] == "stagehand"]
-        mb = [r for r in at if r["tool"] == "mariadb-backup"]
-        w, pw = median(r["wall_s"] for r in sh), median(r["wall_s"] for r in mb)
-        c, pc = median(r["cpu_s"] for r in sh), median(r["cpu_s"] for r in mb)
+        w, c = median(r["wall_s"] for r in sh), median(r["cpu_s"] for r in sh)
         load = [r["loadavg_before"] for r in at]
-        out.append((f"hot copy, parallel {p}", size, f"{w} s, {c} CPU-s", f"{pw} s, {pc} CPU-s",
-                    f"wall {ratio(w, pw)}×, CPU {ratio(c, pc)}×", "wall ≤ 0.8×, CPU ≤ 2×", load))
+        for peer, label, target in (("mariadb-backup", f"hot copy, parallel {p}", "wall ≤ 0.8×, CPU ≤ 2×"),
+                                    ("mariadb-backup+sync", "  the same ÷ mariadb-backup && sync (as durable)",
+                                     "(for reference)")):
+            mb = [r for r in at if r["tool"] == peer]
+            if not mb:
+                continue
+            pw, pc = median(r["wall_s"] for r in mb), median(r["cpu_s"] for r in mb)
+            out.append((label, size, f"{w} s, {c} CPU-s", f"{pw} s, {pc} CPU-s",
+                        f"wall {ratio(w, pw)}×, CPU {ratio(c, pc)}×", target, load))
     return out
 
 
@@ -132,7 +137,8 @@ def stages(seed, base, out, rounds, tables, tag):
     rows = []
     copy_json = out / f"copy{tag}.json"
     script("hash_ab_bench.py", "--binary", f"stagehand={SH}", "--dir", base, "--tables", tables,
-           "--rounds", rounds, "--json", copy_json, "--keep-data-under-gb", 1000, "--wait-load", 1.5)
+           "--rounds", rounds, "--json", copy_json, "--keep-data-under-gb", 1000, "--wait-load", 1.5,
+           "--durable-peer")
     rows += copy_rows(copy_json, size)
     for server in ("moto", "garage"):
         j = out / f"stream-{server}{tag}.json"

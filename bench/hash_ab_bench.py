@@ -174,6 +174,10 @@ def one_row(part, tool, parallel, rnd, cmd, target, state, own_pids, a):
     return attempts
 
 
+def peers(a):
+    return ["mariadb-backup"] + (["mariadb-backup+sync"] if a.durable_peer else [])
+
+
 def median(xs):
     return round(statistics.median(xs), 2) if xs else None
 
@@ -187,6 +191,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--parallel", default="1,2,4")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--durable-peer", action="store_true",
+                    help="also run `mariadb-backup --backup … && sync`: the peer with the durability stagehand gives "
+                         "(it syncs every file before its manifest; mariadb-backup leaves its copy in the page cache)")
     ap.add_argument("--wait-load", type=float, default=1.0,
                     help="each row waits until the 1-minute load is below this (and no CI process runs)")
     ap.add_argument("--max-wait", type=float, default=1800, help="seconds to wait for a quiet machine before giving up")
@@ -232,14 +239,18 @@ def main():
         la = wait_quiet(own, a.wait_load, a.max_wait)
         print(f"# quiet: load {la}; measuring", flush=True)
 
-        tools = list(bins) + ["mariadb-backup"]
+        tools = list(bins) + peers(a)
         for pi, p in enumerate(pars):
             for rnd in range(1, a.rounds + 1):
                 k = (rnd - 1 + pi) % len(tools)
                 for tool in tools[k:] + tools[:k]:
-                    if tool == "mariadb-backup":
+                    if tool.startswith("mariadb-backup"):
                         cmd = ["mariadb-backup", "--backup", f"--target-dir={target}", f"--socket={sock}",
                                "--user=root", f"--parallel={p}"]
+                        if tool.endswith("+sync"):
+                            # `sync` with no argument: the whole page cache, as the datadir is idle
+                            # and on the same file system this flushes the copy and nothing else.
+                            cmd = ["sh", "-c", " ".join(cmd) + " && sync"]
                         state = None
                     else:
                         state = base / f"state-{tool}"
@@ -289,7 +300,7 @@ def report(results, header, bins, pars, a):
     print("Part A medians (wall_s / cpu_s):")
     for p in pars:
         med = {}
-        for tool in list(bins) + ["mariadb-backup"]:
+        for tool in list(bins) + peers(a):
             rows = [r for r in final if r["part"] == "A" and r["tool"] == tool and r["parallel"] == p and r["exit"] == 0]
             med[tool] = {"wall_s": median([r["wall_s"] for r in rows]), "cpu_s": median([r["cpu_s"] for r in rows]),
                          "max_rss_mib": median([r["max_rss_mib"] for r in rows]), "n": len(rows)}
@@ -303,7 +314,8 @@ def report(results, header, bins, pars, a):
             for metric in ("wall_s", "cpu_s"):
                 def ratio(u, v):
                     return round(med[u][metric] / med[v][metric], 3) if med[u][metric] and med[v][metric] else None
-                print(f"  P={p} {metric}: {x}/{y} = {ratio(x, y)}, {x}/mariadb-backup = {ratio(x, 'mariadb-backup')}")
+                print(f"  P={p} {metric}: {x}/{y} = {ratio(x, y)}, "
+                      + ", ".join(f"{x}/{peer} = {ratio(x, peer)}" for peer in peers(a)))
     print("Part B medians:")
     for tool in bins:
         rows = [r for r in final if r["part"] == "B" and r["tool"] == tool and r["exit"] == 0]

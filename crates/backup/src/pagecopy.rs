@@ -1,6 +1,7 @@
 //! Copying one file of a live datadir: InnoDB tablespaces page by page with checksum
 //! validation and re-reads of pages caught mid-write; other files byte for byte. Every
-//! copy is hashed (BLAKE3, `stagehand_host::digest`) as it is written.
+//! copy is hashed (BLAKE3, `stagehand_host::digest`) as it is written, while the next
+//! window of the file is read (`readahead`).
 
 use stagehand_innodb::page::{check_page_at, PageError, PageStatus, SpaceFormat};
 use stagehand_mariadb::datadir::{FileClass, SourceFile};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::entry::{now_ns, CopiedFile, SourceStamp};
+use crate::readahead::for_each_window;
 use crate::source::{aligned, Source};
 use stagehand_host::digest::ContentHasher;
 use stagehand_host::write_behind::WriteBehind;
@@ -34,7 +36,7 @@ pub enum CopyError {
     Cancelled,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CopyError + '_ {
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CopyError + '_ {
     move |source| CopyError::Io {
         path: path.to_path_buf(),
         source,
@@ -139,21 +141,20 @@ fn copy_bytes(
     opts: &CopyOptions,
     buf: &mut Vec<u8>,
 ) -> Result<(), CopyError> {
-    let window = aligned(buf, opts.chunk_bytes);
-    let mut offset = 0;
-    while offset < size {
-        check_cancel(opts)?;
-        let want = (size - offset).min(window.len() as u64) as usize;
-        let n = read_at(input, window, want, offset)?;
-        if n == 0 {
-            break; // the file shrank while copied
-        }
-        throttle(opts, n);
-        sink.write(&window[..n])?;
-        input.forget(offset, n);
-        offset += n as u64;
-    }
-    Ok(())
+    for_each_window(
+        input,
+        size,
+        opts.chunk_bytes,
+        buf,
+        |window, offset, n| {
+            check_cancel(opts)?;
+            throttle(opts, n);
+            sink.write(&window[..n])?;
+            input.forget(offset, n);
+            Ok(())
+        },
+        io(input.path()),
+    )
 }
 
 /// Copies a tablespace page by page; the file's class is `record.class`.
@@ -177,29 +178,26 @@ fn copy_pages(
     let page_size = fmt.physical_size as u64;
     // For ibdata2… the page numbers continue from the previous files; not checked there.
     let pages_per_chunk = (opts.chunk_bytes as u64 / page_size).max(1);
-    // One buffer per copy thread, reused file after file: memory stays bounded and no
-    // time goes into zeroing a fresh buffer for every small file.
-    let window = aligned(buf, (pages_per_chunk * page_size) as usize);
-    let mut offset = 0;
-    while offset < size {
-        check_cancel(opts)?;
-        let want = (size - offset).min(window.len() as u64) as usize;
-        let n = read_at(input, window, want, offset)?;
-        if n == 0 {
-            break;
-        }
-        let whole = n - n % page_size as usize;
-        for (i, page) in window[..whole].chunks_mut(page_size as usize).enumerate() {
-            let page_no = offset / page_size + i as u64;
-            validate_page(input, page, page_no, &fmt, record, opts)?;
-        }
-        throttle(opts, n);
-        sink.write(&window[..n])?;
-        input.forget(offset, n);
-        record.pages += (whole as u64) / page_size;
-        offset += n as u64;
-    }
-    Ok(())
+    for_each_window(
+        input,
+        size,
+        (pages_per_chunk * page_size) as usize,
+        buf,
+        |window, offset, n| {
+            check_cancel(opts)?;
+            let whole = n - n % page_size as usize;
+            for (i, page) in window[..whole].chunks_mut(page_size as usize).enumerate() {
+                let page_no = offset / page_size + i as u64;
+                validate_page(input, page, page_no, &fmt, record, opts)?;
+            }
+            throttle(opts, n);
+            sink.write(&window[..n])?;
+            input.forget(offset, n);
+            record.pages += (whole as u64) / page_size;
+            Ok(())
+        },
+        io(input.path()),
+    )
 }
 
 /// The format of a tablespace file from its page 0 (or the system tablespace's).

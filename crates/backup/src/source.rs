@@ -6,12 +6,12 @@
 //! take (a buffer, offset or length not aligned, e.g. a re-read of a 1 KiB compressed
 //! page) goes through a buffered descriptor opened when first needed.
 
-use std::cell::OnceCell;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// The alignment direct reads get: 4 KiB covers the logical block size of the disks
 /// and file systems a datadir lives on.
@@ -21,7 +21,7 @@ pub struct Source {
     path: PathBuf,
     file: File,
     direct: bool,
-    buffered: OnceCell<File>,
+    buffered: OnceLock<File>,
 }
 
 impl Source {
@@ -50,7 +50,7 @@ impl Source {
             path: path.to_path_buf(),
             file,
             direct,
-            buffered: OnceCell::new(),
+            buffered: OnceLock::new(),
         })
     }
 
