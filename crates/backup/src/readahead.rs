@@ -137,15 +137,7 @@ fn in_turn<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn file_of(len: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        (dir, path, data)
-    }
+    use crate::source::tests::file_of;
 
     fn read_back(path: &std::path::Path, size: u64, window: usize) -> Result<Vec<u8>, String> {
         let src = Source::open(path, true).unwrap();

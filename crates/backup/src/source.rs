@@ -153,10 +153,11 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn file_of(len: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
+    /// A file of `len` patterned bytes (also the readahead tests' input).
+    pub(crate) fn file_of(len: usize) -> (tempfile::TempDir, PathBuf, Vec<u8>) {
         // On tmpfs (no direct I/O) both reads are buffered and the test still holds.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
