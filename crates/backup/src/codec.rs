@@ -31,6 +31,14 @@ pub const DEFAULT_ZSTD_THREADS: u32 = 1;
 /// 8 MiB at level 3) costs 40 MiB per file for no measurable gain.
 const ZSTD_JOB_SIZE: u32 = 2 << 20;
 
+/// zstd's level and workers per file, as a plan sets them for the `compress` step or
+/// the uploader (and the uploader passes on to the copies that feed it, `spool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ZstdSettings {
+    pub level: i32,
+    pub threads: u32,
+}
+
 /// The zstd encoder both the `compress` step and the uploader use: `level`, and `threads`
 /// workers per file (0: compress on the calling thread).
 pub fn zstd_encoder<W: Write>(

@@ -633,7 +633,7 @@ mod tests {
         let host = stagehand_host::machine::host_name();
         let dead = claimed_by_process("old-run", &host, u32::MAX - 1, 1);
         std::fs::write(dead.path().join(MANIFEST_FILE), b"{}").expect("manifest");
-        crate::spool::mark_streaming(dead.path()).expect("mark");
+        crate::spool::mark_streaming(dead.path(), &Default::default()).expect("mark");
         claim_target(dead.path(), "new-run").expect("reclaimed");
         assert!(!dead.path().join(MANIFEST_FILE).exists());
         assert!(!dead.path().join("db").exists());
@@ -642,7 +642,7 @@ mod tests {
         let my_start = stagehand_host::procfs::start_time(me).expect("own start time");
         let live = claimed_by_process("live-run", &host, me, my_start);
         std::fs::write(live.path().join(MANIFEST_FILE), b"{}").expect("manifest");
-        crate::spool::mark_streaming(live.path()).expect("mark");
+        crate::spool::mark_streaming(live.path(), &Default::default()).expect("mark");
         assert!(matches!(
             claim_target(live.path(), "new"),
             Err(ClaimError::OtherRun { .. })
@@ -654,7 +654,7 @@ mod tests {
     fn a_sealed_spool_is_not_taken_for_a_backup_by_prepare_or_verify() {
         let d = tempfile::tempdir().expect("tempdir");
         std::fs::write(d.path().join(MANIFEST_FILE), b"{}").expect("manifest");
-        crate::spool::mark_streaming(d.path()).expect("mark");
+        crate::spool::mark_streaming(d.path(), &Default::default()).expect("mark");
         for read in [Manifest::read_for_prepare, Manifest::read_local] {
             assert!(matches!(read(d.path()), Err(ManifestError::Spool { .. })));
         }

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::entry::{now_ns, CopiedFile, SourceStamp};
+use crate::codec::{zstd_encoder, HashingWriter, ZstdSettings};
+use crate::entry::{now_ns, CopiedFile, SourceStamp, StoredForm};
 use crate::readahead::for_each_window;
 use crate::source::{aligned, Source};
 use stagehand_host::digest::ContentHasher;
@@ -54,16 +55,21 @@ pub struct CopyOptions {
     pub system_format: Option<SpaceFormat>,
     /// Bytes read so far by all threads (for progress lines).
     pub progress: Arc<std::sync::atomic::AtomicU64>,
+    /// Write InnoDB files compressed (`spool::SpoolRequest`); other files stay as they are.
+    pub compress: Option<ZstdSettings>,
 }
 
-/// Copies `src` to `target_root/src.rel`.
+/// Copies `src` to `target_root/src.rel` (or, for an InnoDB file when `opts.compress`
+/// is set, to `src.rel.zst`, recorded as its stored form).
 pub fn copy_file(
     src: &SourceFile,
     target_root: &Path,
     opts: &CopyOptions,
     scratch: &mut Vec<u8>,
 ) -> Result<CopiedFile, CopyError> {
-    let dest = target_root.join(&src.rel);
+    let compress = opts.compress.filter(|_| src.class.is_innodb());
+    let stored_rel = compress.map(|_| format!("{}.zst", src.rel));
+    let dest = target_root.join(stored_rel.as_deref().unwrap_or(&src.rel));
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
@@ -72,12 +78,11 @@ pub fn copy_file(
     let stamp = SourceStamp::of(&meta, now_ns());
     // Growth after this point comes back from the redo log, as in mariadb-backup.
     let size = meta.len();
+    if src.class.is_innodb() {
+        replace_other_form(target_root, &src.rel, stored_rel.is_some())?;
+    }
     let output = File::create(&dest).map_err(io(&dest))?;
-    let mut sink = HashingSink {
-        out: WriteBehind::new(&output),
-        hash: ContentHasher::new(),
-        path: &dest,
-    };
+    let mut sink = HashingSink::new(WriteBehind::new(&output), compress, &dest)?;
     let mut record = CopiedFile {
         path: src.rel.clone(),
         class: src.class,
@@ -97,28 +102,115 @@ pub fn copy_file(
     } else {
         copy_bytes(&input, size, &mut sink, opts, scratch)?;
     }
-    record.size = sink.out.written();
-    record.hash = sink.hash.finish();
     // No fsync here: copies made under BLOCK_COMMIT must be quick, and durability only
     // matters before the manifest is written (seal syncs every file first; write-behind
     // has already sent nearly all of it to the disk, so that sync is short).
-    sink.out.finish();
+    let written = sink.finish()?;
+    record.size = written.size;
+    record.hash = written.hash;
+    record.stored = stored_rel
+        .zip(written.stored)
+        .map(|(path, (size, hash))| StoredForm {
+            path,
+            codec: crate::codec::CODEC.into(),
+            size,
+            hash,
+        });
     Ok(record)
+}
+
+/// A later copy of a file replaces an earlier one in the other form (a reconcile copies
+/// again, plainly, a tablespace the streamed copy wrote compressed): the directory then
+/// holds only the version its records list. An upload still reading the earlier form
+/// keeps its open file, and the newer version is shipped after it.
+fn replace_other_form(target_root: &Path, rel: &str, compressed: bool) -> Result<(), CopyError> {
+    let other = match compressed {
+        true => target_root.join(rel),
+        false => target_root.join(format!("{rel}.zst")),
+    };
+    match std::fs::remove_file(&other) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&other)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Where a copy's bytes go: to the file as they are, or through zstd.
+enum Output<'a> {
+    Plain(WriteBehind<'a>),
+    Zstd(zstd::stream::write::Encoder<'static, HashingWriter<WriteBehind<'a>>>),
+}
+
+/// What a finished copy wrote: the data's size and hash, and the stored form's when the
+/// file was compressed.
+struct Written {
+    size: u64,
+    hash: String,
+    stored: Option<(u64, String)>,
 }
 
 /// The copy's output: hashed as written, and written behind (see `WriteBehind`: a copy
 /// must not make the server's log writes queue behind a burst of its own).
 struct HashingSink<'a> {
-    out: WriteBehind<'a>,
+    out: Output<'a>,
     hash: ContentHasher,
+    written: u64,
     path: &'a Path,
 }
 
-impl HashingSink<'_> {
+impl<'a> HashingSink<'a> {
+    fn new(
+        file: WriteBehind<'a>,
+        compress: Option<ZstdSettings>,
+        path: &'a Path,
+    ) -> Result<Self, CopyError> {
+        let out = match compress {
+            None => Output::Plain(file),
+            Some(z) => Output::Zstd(
+                zstd_encoder(
+                    HashingWriter::new(file, ContentHasher::new()),
+                    z.level,
+                    z.threads,
+                )
+                .map_err(io(path))?,
+            ),
+        };
+        Ok(HashingSink {
+            out,
+            hash: ContentHasher::new(),
+            written: 0,
+            path,
+        })
+    }
+
     fn write(&mut self, data: &[u8]) -> Result<(), CopyError> {
-        self.out.write_all(data).map_err(io(self.path))?;
+        match &mut self.out {
+            Output::Plain(w) => w.write_all(data),
+            Output::Zstd(w) => w.write_all(data),
+        }
+        .map_err(io(self.path))?;
         self.hash.update(data);
+        self.written += data.len() as u64;
         Ok(())
+    }
+
+    /// Ends the output (the last window handed to the disk, not waited for).
+    fn finish(self) -> Result<Written, CopyError> {
+        let stored = match self.out {
+            Output::Plain(mut w) => {
+                w.finish();
+                None
+            }
+            Output::Zstd(enc) => {
+                let (mut w, size, hash) = enc.finish().map_err(io(self.path))?.finish();
+                w.finish();
+                Some((size, hash))
+            }
+        };
+        Ok(Written {
+            size: self.written,
+            hash: self.hash.finish(),
+            stored,
+        })
     }
 }
 

@@ -8,8 +8,16 @@
 //!
 //! The ledger is a file rather than an in-memory channel so a follower needs nothing
 //! but the directory, and what was announced can be inspected after a failure.
+//!
+//! The marker holds what the follower asks of the copies (`SpoolRequest`): when it
+//! compresses and deletes what it ships, the copies write InnoDB files compressed
+//! (`<path>.zst`, recorded as the file's stored form) as they copy them. The bytes then
+//! reach the spool once, compressed, and the follower ships them as they are, instead of
+//! reading the whole copy back from disk to compress it.
 
+use crate::codec::ZstdSettings;
 use crate::entry::CopiedFile;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::{BufRead, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -31,13 +39,28 @@ pub fn is_streaming(target: &Path) -> bool {
     streaming_marker(target).exists()
 }
 
+/// What a following upload asks of the copies that feed it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpoolRequest {
+    /// Write InnoDB files compressed, with these settings.
+    pub compress: Option<ZstdSettings>,
+}
+
 /// Marks `target` as streamed: its files leave as they are finished.
-pub fn mark_streaming(target: &Path) -> std::io::Result<()> {
+pub fn mark_streaming(target: &Path, request: &SpoolRequest) -> std::io::Result<()> {
     let marker = streaming_marker(target);
     if let Some(dir) = marker.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(marker, b"")
+    let body = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+    std::fs::write(marker, body)
+}
+
+/// The follower's request when `target` is streamed (an empty or unreadable marker, as
+/// older runs wrote, asks for nothing); None when it is not.
+pub fn streaming_request(target: &Path) -> Option<SpoolRequest> {
+    let body = std::fs::read(streaming_marker(target)).ok()?;
+    Some(serde_json::from_slice(&body).unwrap_or_default())
 }
 
 /// Appends one finished file to the step's ledger.
@@ -151,5 +174,28 @@ impl SpoolGate {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         held.retain(|(path, _)| self.target.join(path).exists());
         held.iter().map(|(_, size)| size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_carries_the_followers_request_and_an_empty_one_asks_for_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(streaming_request(dir.path()), None, "not streamed");
+        let request = SpoolRequest {
+            compress: Some(ZstdSettings {
+                level: 3,
+                threads: 1,
+            }),
+        };
+        mark_streaming(dir.path(), &request).expect("mark");
+        assert!(is_streaming(dir.path()));
+        assert_eq!(streaming_request(dir.path()), Some(request));
+        // The marker of a run of an older build is empty.
+        std::fs::write(streaming_marker(dir.path()), b"").expect("write");
+        assert_eq!(streaming_request(dir.path()), Some(SpoolRequest::default()));
     }
 }

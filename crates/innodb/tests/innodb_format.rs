@@ -550,12 +550,21 @@ fn encrypted_log_framing_and_writer() {
 
 /// Copies `bytes` as a tablespace file with the page copier.
 fn copy_tablespace(bytes: &[u8]) -> Result<stagehand_backup::entry::CopiedFile, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    copy_tablespace_into(dir.path(), bytes, None)
+}
+
+/// Copies `bytes` as the tablespace `db/t.ibd` into `dir/out`, compressed if asked.
+fn copy_tablespace_into(
+    dir: &std::path::Path,
+    bytes: &[u8],
+    compress: Option<stagehand_backup::codec::ZstdSettings>,
+) -> Result<stagehand_backup::entry::CopiedFile, String> {
     use stagehand_backup::pagecopy::{copy_file, CopyOptions};
     use stagehand_mariadb::datadir::{FileClass, SourceFile};
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let src = dir.path().join("t.ibd");
+    let src = dir.join("t.ibd");
     std::fs::write(&src, bytes).map_err(|e| e.to_string())?;
-    let out = dir.path().join("out");
+    let out = dir.join("out");
     let file = SourceFile {
         abs: src,
         rel: "db/t.ibd".into(),
@@ -570,8 +579,57 @@ fn copy_tablespace(bytes: &[u8]) -> Result<stagehand_backup::entry::CopiedFile, 
         limiter: None,
         system_format: None,
         progress: Default::default(),
+        compress,
     };
     copy_file(&file, &out, &opts, &mut Vec::new()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn a_tablespace_copied_for_a_compressing_upload_is_written_once_as_zstd_with_its_data_hash() {
+    use stagehand_backup::codec::{StoredReader, ZstdSettings};
+    use std::io::Read;
+    let plain = data("s_plain.ibd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = copy_tablespace(&plain).expect("a plain copy");
+    let settings = ZstdSettings {
+        level: 3,
+        threads: 1,
+    };
+    let copied = copy_tablespace_into(dir.path(), &plain, Some(settings)).expect("copied");
+    // The record describes the data, as a plain copy's does; the stored form the object.
+    assert_eq!(
+        (copied.size, &copied.hash, copied.pages),
+        (expected.size, &expected.hash, expected.pages)
+    );
+    let stored = copied.stored.as_ref().expect("recorded as stored");
+    assert_eq!(
+        (stored.path.as_str(), stored.codec.as_str()),
+        ("db/t.ibd.zst", "zstd")
+    );
+    let out = dir.path().join("out");
+    assert!(
+        !out.join("db/t.ibd").exists(),
+        "no plain copy is written as well"
+    );
+    let object = out.join(&stored.path);
+    let on_disk = std::fs::metadata(&object).expect("the .zst file").len();
+    assert!(
+        on_disk == stored.size && on_disk < copied.size,
+        "{on_disk} {stored:?}"
+    );
+    let mut reader = StoredReader::open(
+        &object,
+        stagehand_host::digest::ContentHasher::like(&stored.hash),
+    )
+    .expect("open");
+    let mut back = Vec::new();
+    reader.read_to_end(&mut back).expect("decompress");
+    assert_eq!(
+        reader.finish().expect("finish"),
+        (stored.size, stored.hash.clone())
+    );
+    assert!(back == plain, "the object decompresses to the source file");
+    assert_eq!(stagehand_host::digest::hash_bytes(&back), copied.hash);
 }
 
 #[test]

@@ -7,9 +7,11 @@ use crate::outputs::CopyOutput;
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use stagehand_backup::codec::ZstdSettings;
 use stagehand_backup::dir::{BackupDir, CopyPart};
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::pagecopy::{copy_file, CopyError, CopyOptions, RateLimiter};
+use stagehand_backup::spool::SpoolRequest;
 use stagehand_engine::step::Finding;
 use stagehand_engine::{ConfigError, DirectoryUse, StepContext, StepError, TypedStep};
 use stagehand_mariadb::datadir::{
@@ -50,8 +52,9 @@ pub struct CopyConfig {
     pub rereads: u32,
     /// When the backup streams out (an `upload` with `follow: true`): wait before
     /// starting a file while more than this much of what the step copied is still on
-    /// local disk (`4GiB`). Bounds scratch space; do not set it on a copy that runs
-    /// under BLOCK_COMMIT.
+    /// local disk (`4GiB`; InnoDB files count as written, compressed when the upload
+    /// compresses and removes what it ships). Bounds scratch space; do not set it on a
+    /// copy that runs under BLOCK_COMMIT.
     pub max_spool: Option<String>,
 }
 
@@ -406,6 +409,7 @@ async fn copy_all(
         .sum();
     let progress = stagehand_host::progress::Progress::start(&ctx.step_id, "copied", total);
     let cancel = Arc::new(AtomicBool::new(false));
+    let hand_off = Arc::new(HandOff::new(cfg, to, &ctx.step_id)?);
     let opts = Arc::new(CopyOptions {
         chunk_bytes: parse_size(&cfg.chunk, "chunk").map_err(|e| StepError::fatal(e.message))?
             as usize,
@@ -418,9 +422,9 @@ async fn copy_all(
             .map(|r| Arc::new(RateLimiter::new(r))),
         system_format,
         progress: progress.counter(),
+        compress: hand_off.compress(),
     });
     let _ = settings;
-    let hand_off = Arc::new(HandOff::new(cfg, to, &ctx.step_id)?);
     let queue = Arc::new(Mutex::new(VecDeque::from(files)));
     let mut workers = Vec::new();
     for _ in 0..cfg.parallel {
@@ -485,16 +489,16 @@ async fn futures_join(
 /// following upload, and held back by the spool limit if one is set.
 struct HandOff {
     step: String,
-    /// Whether an upload follows this directory (it marks it when it starts): only then
-    /// are files announced and held back by the spool limit.
-    streaming: bool,
+    /// What the upload following this directory asks (it marks it when it starts): only
+    /// then are files announced and held back by the spool limit.
+    streaming: Option<SpoolRequest>,
     gate: Option<stagehand_backup::spool::SpoolGate>,
 }
 
 impl HandOff {
     fn new(cfg: &CopyConfig, to: &Path, step: &str) -> Result<Self, StepError> {
-        let streaming = stagehand_backup::spool::is_streaming(to);
-        let gate = match (&cfg.max_spool, streaming) {
+        let streaming = stagehand_backup::spool::streaming_request(to);
+        let gate = match (&cfg.max_spool, streaming.is_some()) {
             (Some(limit), true) => Some(stagehand_backup::spool::SpoolGate::new(
                 to,
                 parse_size(limit, "max_spool").map_err(|e| StepError::fatal(e.message))?,
@@ -523,14 +527,23 @@ impl HandOff {
         gate.wait_for_room(size, cancel)
     }
 
+    /// How InnoDB files are written: compressed when the upload that follows compresses
+    /// and deletes what it ships (it then sends them as they are).
+    fn compress(&self) -> Option<ZstdSettings> {
+        self.streaming.and_then(|r| r.compress)
+    }
+
     fn finished(&self, to: &Path, rec: &CopiedFile) -> Result<(), StepError> {
-        if !self.streaming {
+        if self.streaming.is_none() {
             return Ok(());
         }
         stagehand_backup::spool::announce(to, &self.step, rec)
             .map_err(|e| StepError::fatal(format!("cannot record {} as copied: {e}", rec.path)))?;
         if let Some(gate) = &self.gate {
-            gate.add(&rec.path, rec.size);
+            match &rec.stored {
+                Some(s) => gate.add(&s.path, s.size),
+                None => gate.add(&rec.path, rec.size),
+            }
         }
         Ok(())
     }

@@ -432,6 +432,8 @@ fn copy_options() -> CopyOptions {
         limiter: None,
         system_format: None,
         progress: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        // Copies again under BLOCK_DDL stay plain: they must be quick.
+        compress: None,
     }
 }
 

@@ -146,17 +146,14 @@ fn check_no_unreconciled_ddl(
 /// the upload ends, the next run must see whose it was to reclaim it.
 fn clear_work_dir(dir: &Path) -> Result<(), StepError> {
     let backup = BackupDir::new(dir);
-    let keep = if stagehand_backup::spool::is_streaming(dir) {
-        std::fs::read(backup.run_marker()).ok()
-    } else {
-        None
-    };
+    let keep = stagehand_backup::spool::streaming_request(dir)
+        .and_then(|request| Some((request, std::fs::read(backup.run_marker()).ok()?)));
     let _ = std::fs::remove_dir_all(backup.work());
-    if let Some(claim) = keep {
+    if let Some((request, claim)) = keep {
         let failed = |e: std::io::Error| {
             StepError::fatal(format!("cannot keep the claim of {}: {e}", dir.display()))
         };
-        stagehand_backup::spool::mark_streaming(dir).map_err(failed)?;
+        stagehand_backup::spool::mark_streaming(dir, &request).map_err(failed)?;
         stagehand_host::private_fs::write_private(&backup.run_marker(), claim).map_err(failed)?;
     }
     Ok(())
@@ -247,7 +244,7 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
         files.push(hash_file(dir, name)?);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let extra = unlisted_files(dir, &files);
+    let extra = unlisted_files(dir, &as_written(&files));
     if !extra.is_empty() {
         return Err(StepError::fatal(format!(
             "{} file(s) in {} were not written by this backup: {}",
@@ -320,6 +317,18 @@ fn seal(dir: &Path, made_by: &MadeBy, upstream: &Upstreams) -> Result<SealOutput
     })
 }
 
+/// The files as the copies left them: a file a streamed copy wrote compressed is on
+/// disk as its stored form.
+fn as_written(files: &[CopiedFile]) -> Vec<CopiedFile> {
+    files
+        .iter()
+        .map(|f| CopiedFile {
+            path: f.stored.as_ref().map_or(&f.path, |s| &s.path).clone(),
+            ..f.clone()
+        })
+        .collect()
+}
+
 /// Makes every file and directory of the backup durable before the manifest says it
 /// is complete.
 fn sync_all(dir: &Path, files: &[CopiedFile]) -> Result<(), StepError> {
@@ -327,7 +336,7 @@ fn sync_all(dir: &Path, files: &[CopiedFile]) -> Result<(), StepError> {
     let streaming = stagehand_backup::spool::is_streaming(dir);
     let mut dirs = std::collections::BTreeSet::new();
     for f in files {
-        let path = dir.join(&f.path);
+        let path = dir.join(f.stored.as_ref().map_or(&f.path, |s| &s.path));
         if streaming && !path.exists() {
             continue;
         }

@@ -7,9 +7,10 @@
 
 use super::ship::files_in_flight;
 use super::{finish_upload, ship_all, Shipper, UploadConfig, UploadOutput};
+use stagehand_backup::codec::ZstdSettings;
 use stagehand_backup::entry::CopiedFile;
 use stagehand_backup::manifest::Manifest;
-use stagehand_backup::spool::LedgerReader;
+use stagehand_backup::spool::{LedgerReader, SpoolRequest};
 use stagehand_engine::{StepContext, StepError};
 use stagehand_mariadb::datadir::FileClass;
 use stagehand_repo as repo;
@@ -32,7 +33,7 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
     let key = super::upload_key(cfg)?;
     let dir = PathBuf::from(&cfg.dir);
     stagehand_backup::manifest::claim_target(&dir, &ctx.run_id).map_err(|e| e.into_step_error())?;
-    stagehand_backup::spool::mark_streaming(&dir)
+    stagehand_backup::spool::mark_streaming(&dir, &spool_request(cfg))
         .map_err(|e| StepError::fatal(format!("{}: {e}", dir.display())))?;
     let id = match &cfg.id {
         Some(id) => id.clone(),
@@ -83,6 +84,19 @@ pub async fn run(cfg: &UploadConfig, ctx: &StepContext) -> Result<UploadOutput, 
     }
     let secs = t0.elapsed().as_secs_f64();
     Ok(UploadOutput::of(&manifest, cfg, &id, bytes, secs))
+}
+
+/// What the copies feeding this upload are asked: when it compresses and deletes what
+/// it ships, to write InnoDB files compressed, so that they reach the spool once and
+/// leave as they are (a kept spool stays a plain backup).
+pub(super) fn spool_request(cfg: &UploadConfig) -> SpoolRequest {
+    let compress = cfg.compress.as_ref().filter(|_| cfg.remove_local);
+    SpoolRequest {
+        compress: compress.map(|c| ZstdSettings {
+            level: c.level,
+            threads: c.threads,
+        }),
+    }
 }
 
 /// What is true of a failed backup's objects: removed, or left (the removal failed too,
@@ -200,6 +214,33 @@ fn cancelled() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_asked_to_compress_only_for_an_upload_that_compresses_and_removes_them() {
+        let upload = |compress: bool, remove_local: bool| UploadConfig {
+            dir: "/spool".into(),
+            repository: repo::RepoConfig::at("/repo"),
+            id: None,
+            parallel: 2,
+            remove_local,
+            follow: true,
+            compress: compress.then_some(super::super::CompressOnUpload {
+                level: 5,
+                threads: 1,
+            }),
+        };
+        let asked = spool_request(&upload(true, true)).compress;
+        assert_eq!(
+            asked,
+            Some(ZstdSettings {
+                level: 5,
+                threads: 1
+            })
+        );
+        // A kept spool stays a plain backup; nothing to compress stays plain.
+        assert_eq!(spool_request(&upload(true, false)).compress, None);
+        assert_eq!(spool_request(&upload(false, true)).compress, None);
+    }
 
     #[test]
     fn the_hint_says_the_objects_stay_when_their_removal_failed() {

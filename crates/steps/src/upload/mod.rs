@@ -188,6 +188,11 @@ impl TypedStep for Upload {
                 cfg.dir
             ));
         }
+        if cfg.follow && follow::spool_request(cfg).compress.is_some() {
+            s.push_str(
+                "; the copy steps write InnoDB files compressed, and they leave as they are",
+            );
+        }
         s
     }
 

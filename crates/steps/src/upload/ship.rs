@@ -116,7 +116,11 @@ impl Shipper {
         let _one_at_a_time = turn.lock().await;
         let inner = &self.inner;
         let local = inner.dir.join(&f.path);
-        let stamp = stamp_of(&local);
+        // What is on disk: the stored form when a copy wrote the file compressed.
+        let on_disk = inner
+            .dir
+            .join(f.stored.as_ref().map_or(&f.path, |s| &s.path));
+        let stamp = stamp_of(&on_disk);
         let (stored, encrypted) = match &inner.key {
             Some(key) => self.ship_encrypted(f, key).await?,
             None => (self.ship_clear(f, &local).await?, None),
@@ -130,8 +134,8 @@ impl Shipper {
             },
         );
         // Remove the local copy unless it was rewritten meanwhile (a later copy pass).
-        if inner.remove_local && stamp.is_some() && stamp_of(&local) == stamp {
-            let _ = std::fs::remove_file(&local);
+        if inner.remove_local && stamp.is_some() && stamp_of(&on_disk) == stamp {
+            let _ = std::fs::remove_file(&on_disk);
         }
         Ok(())
     }
