@@ -45,6 +45,14 @@ pub struct CopiedFile {
     pub encrypted: Option<EncryptedObject>,
 }
 
+impl CopiedFile {
+    /// Where the file is in a local backup directory: its stored form when it has one
+    /// (compressed by `compress`, or by a streamed copy), else its own path.
+    pub fn local_path(&self) -> &str {
+        self.stored.as_ref().map_or(&self.path, |s| &s.path)
+    }
+}
+
 /// An encrypted object in a repository (see `stagehand_repo::crypt`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EncryptedObject {

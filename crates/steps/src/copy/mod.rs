@@ -552,10 +552,8 @@ impl HandOff {
         stagehand_backup::spool::announce(to, &self.step, rec)
             .map_err(|e| StepError::fatal(format!("cannot record {} as copied: {e}", rec.path)))?;
         if let Some(gate) = &self.gate {
-            match &rec.stored {
-                Some(s) => gate.add(&s.path, s.size),
-                None => gate.add(&rec.path, rec.size),
-            }
+            let on_disk = rec.stored.as_ref().map_or(rec.size, |s| s.size);
+            gate.add(rec.local_path(), on_disk);
         }
         Ok(())
     }
@@ -657,7 +655,11 @@ mod tests {
     #[test]
     fn a_compressing_copy_runs_no_more_files_at_once_than_there_are_cores() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(files_at_once(64, false), 64, "a plain copy keeps its parallel");
+        assert_eq!(
+            files_at_once(64, false),
+            64,
+            "a plain copy keeps its parallel"
+        );
         assert_eq!(files_at_once(64, true), cores.min(64));
         assert_eq!(files_at_once(1, true), 1);
     }

@@ -323,7 +323,7 @@ fn as_written(files: &[CopiedFile]) -> Vec<CopiedFile> {
     files
         .iter()
         .map(|f| CopiedFile {
-            path: f.stored.as_ref().map_or(&f.path, |s| &s.path).clone(),
+            path: f.local_path().to_string(),
             ..f.clone()
         })
         .collect()
@@ -336,7 +336,7 @@ fn sync_all(dir: &Path, files: &[CopiedFile]) -> Result<(), StepError> {
     let streaming = stagehand_backup::spool::is_streaming(dir);
     let mut dirs = std::collections::BTreeSet::new();
     for f in files {
-        let path = dir.join(f.stored.as_ref().map_or(&f.path, |s| &s.path));
+        let path = dir.join(f.local_path());
         if streaming && !path.exists() {
             continue;
         }

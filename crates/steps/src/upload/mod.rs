@@ -639,7 +639,7 @@ mod tests {
         assert!(local.files.iter().all(|f| f.encrypted.is_none()));
         assert!(!back.join(".stagehand").exists(), "no scratch left");
         for f in &m.files {
-            let rel = f.stored.as_ref().map_or(&f.path, |s| &s.path);
+            let rel = f.local_path();
             assert_eq!(
                 std::fs::read(back.join(rel)).expect("fetched"),
                 std::fs::read(src.join(rel)).expect("original"),

@@ -117,9 +117,7 @@ impl Shipper {
         let inner = &self.inner;
         let local = inner.dir.join(&f.path);
         // What is on disk: the stored form when a copy wrote the file compressed.
-        let on_disk = inner
-            .dir
-            .join(f.stored.as_ref().map_or(&f.path, |s| &s.path));
+        let on_disk = inner.dir.join(f.local_path());
         let stamp = stamp_of(&on_disk);
         let (stored, encrypted) = match &inner.key {
             Some(key) => self.ship_encrypted(f, key).await?,
