@@ -164,11 +164,10 @@ fn as_stored(files: &[CopiedFile]) -> Vec<CopiedFile> {
     files
         .iter()
         .map(|f| CopiedFile {
-            path: match (&f.encrypted, &f.stored) {
-                (Some(e), _) => e.path.clone(),
-                (None, Some(s)) => s.path.clone(),
-                (None, None) => f.path.clone(),
-            },
+            path: f
+                .encrypted
+                .as_ref()
+                .map_or_else(|| f.local_path().to_string(), |e| e.path.clone()),
             ..f.clone()
         })
         .collect()
